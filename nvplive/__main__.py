@@ -1,0 +1,3 @@
+from nvplive.cli import main
+
+raise SystemExit(main())

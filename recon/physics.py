@@ -1,0 +1,344 @@
+"""Multi-slice (split-step) forward model of fluorescence diffraction tomography.
+
+Conventions (DESIGN.md §1–2): lengths in µm, arrays ``[z, y, x]``, lateral origin
+at the centre of the field of view (``x_j = (j − N/2)·dx``), axial origin at the
+bottom face of the volume, light travelling toward +z. A field's spectrum uses
+``Ê(k) = Σ_j E(x_j)·exp(−i k·x_j)`` relative to that origin.
+
+The core is a set of pure functions of tensors; :class:`ForwardModel` only holds
+what depends on the geometry (frequency grids, propagation kernels, pupil,
+absorbing window), built once and kept on the compute device. Everything is
+batched over views ``V``, runs on any torch device, and is differentiable in Δn,
+source positions, brightness and background.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+
+from nvplive.errors import GeometryError
+
+from .optics import Optics, VolumeGeometry
+
+#: Relative width of the raised-cosine edge of the source band limit.
+SOURCE_EDGE_WIDTH = 0.12
+
+
+def complex_dtype(real_dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype matching a real one (float32 → complex64, float64 → complex128)."""
+    return torch.complex128 if real_dtype == torch.float64 else torch.complex64
+
+
+def frequency_grid(
+    ny: int, nx: int, dy: float, dx: float, *, device=None, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angular spatial frequencies ``ky [ny, 1]`` and ``kx [1, nx]`` (rad/µm), FFT order."""
+    ky = 2.0 * math.pi * torch.fft.fftfreq(ny, d=dy, device=device, dtype=dtype)
+    kx = 2.0 * math.pi * torch.fft.fftfreq(nx, d=dx, device=device, dtype=dtype)
+    return ky[:, None], kx[None, :]
+
+
+def axial_wavenumber(ky: torch.Tensor, kx: torch.Tensor, km: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kz = sqrt(km² − kx² − ky²)`` and the mask of propagating (non-evanescent) waves."""
+    kz2 = km**2 - kx**2 - ky**2
+    propagating = kz2 > 0
+    kz = torch.sqrt(torch.clamp(kz2, min=0.0))
+    return kz, propagating
+
+
+def propagation_kernel(kz: torch.Tensor, propagating: torch.Tensor, distance_um: float) -> torch.Tensor:
+    """Angular-spectrum transfer function ``exp(i·kz·d)``; evanescent waves are dropped."""
+    phase = kz * distance_um
+    kernel = torch.polar(torch.ones_like(phase), phase)
+    return kernel * propagating.to(kernel.real.dtype)
+
+
+def propagate(field: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Propagate a field ``[..., Y, X]`` by the transfer function ``kernel [Y, X]``."""
+    return torch.fft.ifft2(torch.fft.fft2(field) * kernel)
+
+
+def band_edge(k_perp: torch.Tensor, k_cut: float, width: float = SOURCE_EDGE_WIDTH) -> torch.Tensor:
+    """Smooth band limit: 1 below ``(1−width)·k_cut``, raised cosine to 0 at ``k_cut``."""
+    k_in = (1.0 - width) * k_cut
+    t = torch.clamp((k_perp - k_in) / (k_cut - k_in), 0.0, 1.0)
+    return 0.5 * (1.0 + torch.cos(math.pi * t))
+
+
+def pupil(ky: torch.Tensor, kx: torch.Tensor, k0: float, na: float) -> torch.Tensor:
+    """Objective pupil ``circ(|k⊥| ≤ k0·NA)`` on the frequency grid."""
+    return ((kx**2 + ky**2) <= (k0 * na) ** 2).to(kx.dtype)
+
+
+def point_source_spectrum(
+    ky: torch.Tensor,
+    kx: torch.Tensor,
+    kz: torch.Tensor,
+    band: torch.Tensor,
+    sources_xyz: torch.Tensor,
+    z_um: float,
+    dy: float,
+    dx: float,
+) -> torch.Tensor:
+    """Spectrum on the plane ``z`` of the field of point sources (Weyl expansion).
+
+    ``Ê = (2πi / (dx·dy)) · exp(−i(kx·xs + ky·ys)) · exp(i·kz·(z − zs)) / kz · band``,
+    normalised so that ``ifft2(Ê)`` approximates the band-limited spherical wave
+    ``exp(i·km·r)/r`` (1/µm) sampled at ``x_j = (j − N/2)·dx``. Sub-pixel positions
+    enter only through the phase ramp, so the result is differentiable in them.
+
+    Args:
+        ky, kx, kz: frequency grids (``[Y,1]``, ``[1,X]``, ``[Y,X]``, rad/µm).
+        band: smooth band limit ``[Y, X]`` (zero where ``kz`` is not safely > 0).
+        sources_xyz: ``[V, 3]`` source positions (µm).
+        z_um: height of the plane (µm); may lie below a source (back-propagation).
+        dy, dx: grid spacing (µm).
+    Returns:
+        ``[V, Y, X]`` complex spectrum.
+    """
+    ny, nx = kz.shape
+    xs = sources_xyz[:, 0, None, None] + 0.5 * nx * dx
+    ys = sources_xyz[:, 1, None, None] + 0.5 * ny * dy
+    zs = sources_xyz[:, 2, None, None]
+    phase = -(kx * xs + ky * ys) + kz * (z_um - zs)
+    safe_kz = torch.where(band > 0, kz, torch.ones_like(kz))
+    amplitude = band * (2.0 * math.pi / (dx * dy)) / safe_kz
+    return 1j * torch.polar(amplitude.expand_as(phase), phase)
+
+
+def transmission(dn_slab: torch.Tensor, k0: float, dz: float) -> torch.Tensor:
+    """Thin-slab transmission ``exp(i·k0·Δn·dz)``; a complex Δn adds absorption."""
+    if dn_slab.is_complex():
+        return torch.exp(1j * k0 * dz * dn_slab)
+    return torch.polar(torch.ones_like(dn_slab), k0 * dz * dn_slab)
+
+
+def bin_intensity(intensity: torch.Tensor, factor: int) -> torch.Tensor:
+    """Integrate ``[..., Y, X]`` intensity over ``factor × factor`` pixels (mean)."""
+    if factor == 1:
+        return intensity
+    lead = intensity.shape[:-2]
+    flat = intensity.reshape(-1, 1, *intensity.shape[-2:])
+    return F.avg_pool2d(flat, factor).reshape(*lead, intensity.shape[-2] // factor, intensity.shape[-1] // factor)
+
+
+def _nice_fft_size(n: int) -> int:
+    """Smallest even integer ≥ n whose only prime factors are 2, 3 and 5."""
+    m = max(2, n + (n % 2))
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 2
+
+
+def default_padding(
+    optics: Optics, geometry: VolumeGeometry, source_depth_um: float, margin_fraction: float = 0.15
+) -> tuple[int, int]:
+    """Lateral padding (pixels per side, y and x) that keeps the source cone from wrapping.
+
+    The band-limited source field fills a cone of half-angle ``asin(NA_src/n)``. The
+    padded period must hold the cone at the highest plane reached (the top of the
+    volume or the focal plane) around a source anywhere in the field of view, plus a
+    margin in which the absorbing window acts.
+    """
+    nz, ny, nx = geometry.shape_zyx
+    dz, dy, dx = geometry.voxel_um_zyx
+    na = optics.source_na
+    tan_theta = na / math.sqrt(optics.n_medium**2 - na**2)
+    z_high = max(nz * dz, geometry.focal_z_um)
+    radius = (z_high + max(source_depth_um, 0.0)) * tan_theta
+    pads = []
+    for n, d in ((ny, dy), (nx, dx)):
+        half_fov = 0.5 * n * d
+        reach = half_fov + radius
+        period = 2.0 * reach * (1.0 + margin_fraction)
+        total = _nice_fft_size(max(n + 2, int(math.ceil(period / d))))
+        if (total - n) % 2:
+            total += 1
+        pads.append((total - n) // 2)
+    return pads[0], pads[1]
+
+
+def absorbing_window(n: int, pad: int, margin_fraction: float = 0.15, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """1D window: 1 over the field and the cone, raised cosine to ~0 in the outer margin."""
+    total = n + 2 * pad
+    width = max(2, int(round(margin_fraction / (1 + margin_fraction) * 0.5 * total)))
+    idx = torch.arange(total, device=device, dtype=dtype)
+    dist_to_edge = torch.minimum(idx, (total - 1) - idx)
+    t = torch.clamp(dist_to_edge / width, 0.0, 1.0)
+    return 0.5 * (1.0 - torch.cos(math.pi * t))
+
+
+@dataclass(frozen=True)
+class ForwardModel:
+    """Geometry-dependent tensors of the multi-slice renderer, built once per geometry.
+
+    Build it with :meth:`build`; move it with :meth:`to`. All frequency-domain
+    tensors are ``[Yp, Xp]`` on the padded grid, in FFT order.
+    """
+
+    optics: Optics
+    geometry: VolumeGeometry
+    pad_yx: tuple[int, int]
+    upsample: int
+    ky: torch.Tensor
+    kx: torch.Tensor
+    kz: torch.Tensor
+    source_band: torch.Tensor
+    slab_kernel: torch.Tensor
+    exit_kernel: torch.Tensor
+    absorber: torch.Tensor
+
+    @classmethod
+    def build(
+        cls,
+        optics: Optics,
+        geometry: VolumeGeometry,
+        *,
+        source_depth_um: float | None = None,
+        pad_yx: tuple[int, int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> "ForwardModel":
+        """Precompute kernels for ``optics`` and ``geometry``.
+
+        Args:
+            source_depth_um: deepest source distance below the bottom face (µm),
+                used to size the padding (default: half the volume depth).
+            pad_yx: explicit lateral padding per side (pixels), overriding the default.
+        """
+        upsample = geometry.check_sampling(optics)
+        nz, ny, nx = geometry.shape_zyx
+        dz, dy, dx = geometry.voxel_um_zyx
+        if source_depth_um is None:
+            source_depth_um = 0.5 * nz * dz
+        if pad_yx is None:
+            pad_yx = default_padding(optics, geometry, source_depth_um)
+        pad_y, pad_x = (int(p) for p in pad_yx)
+        if pad_y < 0 or pad_x < 0:
+            raise GeometryError(f"Padding must be non-negative, got {pad_yx}.")
+        yp, xp = ny + 2 * pad_y, nx + 2 * pad_x
+        ky, kx = frequency_grid(yp, xp, dy, dx, device=device, dtype=dtype)
+        kz, propagating = axial_wavenumber(ky, kx, optics.km)
+        k_perp = torch.sqrt(kx**2 + ky**2)
+        source_band = band_edge(k_perp, optics.k0 * optics.source_na) * propagating.to(dtype)
+        slab_kernel = propagation_kernel(kz, propagating, dz)
+        refocus = geometry.focal_z_um - nz * dz
+        exit_kernel = propagation_kernel(kz, propagating, dz + refocus) * pupil(ky, kx, optics.k0, optics.na)
+        wy = absorbing_window(ny, pad_y, device=device, dtype=dtype) if pad_y else torch.ones(yp, device=device, dtype=dtype)
+        wx = absorbing_window(nx, pad_x, device=device, dtype=dtype) if pad_x else torch.ones(xp, device=device, dtype=dtype)
+        absorber = wy[:, None] * wx[None, :]
+        return cls(optics, geometry, (pad_y, pad_x), upsample, ky, kx, kz, source_band, slab_kernel, exit_kernel, absorber)
+
+    def to(self, device: torch.device | str) -> "ForwardModel":
+        """A copy with every tensor on ``device``."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved)
+
+    @property
+    def device(self) -> torch.device:
+        return self.kz.device
+
+    @property
+    def real_dtype(self) -> torch.dtype:
+        return self.kz.dtype
+
+    @property
+    def padded_shape_yx(self) -> tuple[int, int]:
+        return tuple(self.kz.shape)  # type: ignore[return-value]
+
+
+def source_field(model: ForwardModel, sources_xyz: torch.Tensor) -> torch.Tensor:
+    """Field ``[V, Yp, Xp]`` of each view's source on the bottom face ``z = 0``."""
+    _, dy, dx = model.geometry.voxel_um_zyx
+    spectrum = point_source_spectrum(model.ky, model.kx, model.kz, model.source_band, sources_xyz, 0.0, dy, dx)
+    return torch.fft.ifft2(spectrum)
+
+
+def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor) -> torch.Tensor:
+    """Propagate each source's field through Δn; return the pupil-filtered spectrum at the focal plane.
+
+    Args:
+        dn: ``[Nz, Ny, Nx]`` refractive-index contrast (real, or complex for absorption).
+        sources_xyz: ``[V, 3]`` source positions (µm).
+    Returns:
+        ``[V, Yp, Xp]`` complex spectrum of the image-side field at the focal plane.
+    """
+    nz, ny, nx = model.geometry.shape_zyx
+    if tuple(dn.shape) != (nz, ny, nx):
+        raise GeometryError(f"Δn has shape {tuple(dn.shape)}, expected {(nz, ny, nx)}.")
+    dz = model.geometry.voxel_um_zyx[0]
+    pad_y, pad_x = model.pad_yx
+    dn_pad = F.pad(dn, (pad_x, pad_x, pad_y, pad_y)) if (pad_x or pad_y) else dn
+    slabs = transmission(dn_pad, model.optics.k0, dz) * model.absorber
+    absorber = model.absorber.to(slabs.dtype)
+    # A source inside the volume only sees the slabs above it (DESIGN.md §2.1).
+    slab_bottoms = torch.arange(nz, device=dn.device, dtype=sources_xyz.dtype) * dz
+    inside = (slab_bottoms[None, :] >= sources_xyz[:, 2:3].detach())[:, :, None, None]
+    all_above = bool(torch.all(sources_xyz[:, 2] <= 0)) if sources_xyz.device.type == "cpu" else False
+    field = source_field(model, sources_xyz)
+    for k in range(nz):
+        t = slabs[k] if all_above else torch.where(inside[:, k], slabs[k], absorber)
+        field = field * t
+        if k < nz - 1:
+            field = propagate(field, model.slab_kernel)
+    return torch.fft.fft2(field) * model.exit_kernel
+
+
+def image_field(model: ForwardModel, spectrum: torch.Tensor) -> torch.Tensor:
+    """Field on the camera's field of view at ``upsample`` × the voxel sampling."""
+    ny, nx = model.geometry.shape_zyx[1:]
+    pad_y, pad_x = model.pad_yx
+    s = model.upsample
+    if s == 1:
+        field = torch.fft.ifft2(spectrum)
+        return field[..., pad_y : pad_y + ny, pad_x : pad_x + nx]
+    yp, xp = spectrum.shape[-2:]
+    shifted = torch.fft.fftshift(spectrum, dim=(-2, -1))
+    extra_y, extra_x = (s - 1) * yp, (s - 1) * xp
+    padded = F.pad(shifted, (extra_x // 2, extra_x - extra_x // 2, extra_y // 2, extra_y - extra_y // 2))
+    field = torch.fft.ifft2(torch.fft.ifftshift(padded, dim=(-2, -1))) * (s * s)
+    return field[..., s * pad_y : s * (pad_y + ny), s * pad_x : s * (pad_x + nx)]
+
+
+def render(
+    model: ForwardModel,
+    dn: torch.Tensor,
+    sources_xyz: torch.Tensor,
+    brightness: torch.Tensor | None = None,
+    background: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Camera images ``I_i = b_i·|E_img|² + c_i`` of every view, ``[V, Yc, Xc]``.
+
+    Args:
+        dn: ``[Nz, Ny, Nx]`` Δn.
+        sources_xyz: ``[V, 3]`` source positions (µm).
+        brightness, background: ``[V]`` per-view ``b_i`` and ``c_i`` (default 1 and 0).
+    """
+    spectrum = multislice(model, dn, sources_xyz)
+    return camera_intensity(model, spectrum, brightness, background)
+
+
+def camera_intensity(
+    model: ForwardModel,
+    spectrum: torch.Tensor,
+    brightness: torch.Tensor | None = None,
+    background: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pixel-integrated intensity on the camera from the focal-plane spectrum."""
+    field = image_field(model, spectrum)
+    intensity = field.real**2 + field.imag**2
+    intensity = bin_intensity(intensity, model.upsample * model.geometry.camera_binning)
+    if brightness is not None:
+        intensity = intensity * brightness[:, None, None]
+    if background is not None:
+        intensity = intensity + background[:, None, None]
+    return intensity

@@ -1,0 +1,1 @@
+"""Icons, default configurations and demo settings shipped with nvp-live."""

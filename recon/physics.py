@@ -70,8 +70,12 @@ def band_edge(k_perp: torch.Tensor, k_cut: float, width: float = SOURCE_EDGE_WID
 
 
 def pupil(ky: torch.Tensor, kx: torch.Tensor, k0: float, na: float) -> torch.Tensor:
-    """Objective pupil ``circ(|k⊥| ≤ k0·NA)`` on the frequency grid."""
-    return ((kx**2 + ky**2) <= (k0 * na) ** 2).to(kx.dtype)
+    """Objective pupil ``circ(|k⊥| ≤ k0·NA)`` on the frequency grid.
+
+    Grid points on the edge (common: ``N·dx·NA/λ`` is often an integer) are kept
+    whatever the rounding, given float64 grids.
+    """
+    return ((kx**2 + ky**2) <= (k0 * na) ** 2 * (1.0 + 1e-9)).to(kx.dtype)
 
 
 def point_source_spectrum(
@@ -231,8 +235,13 @@ class ForwardModel:
         k_perp = torch.sqrt(kx**2 + ky**2)
         source_band = band_edge(k_perp, optics.k0 * optics.source_na) * propagating.to(dtype)
         slab_kernel = propagation_kernel(kz, propagating, dz)
-        refocus = geometry.focal_z_um - nz * dz
-        exit_kernel = propagation_kernel(kz, propagating, dz + refocus) * pupil(ky, kx, optics.k0, optics.na)
+        # Each slab acts at its centre plane (k + ½)·dz (symmetric split step), so the
+        # last one is followed by the distance from the top slab's centre to z_f.
+        exit_distance = geometry.focal_z_um - (nz - 0.5) * dz
+        # The pupil's edge is decided in float64 so that float32 and float64 models agree.
+        ky64, kx64 = frequency_grid(yp, xp, dy, dx, dtype=torch.float64)
+        aperture = pupil(ky64, kx64, optics.k0, optics.na).to(device=device, dtype=dtype)
+        exit_kernel = propagation_kernel(kz, propagating, exit_distance) * aperture
         wy = absorbing_window(ny, pad_y, device=device, dtype=dtype) if pad_y else torch.ones(yp, device=device, dtype=dtype)
         wx = absorbing_window(nx, pad_x, device=device, dtype=dtype) if pad_x else torch.ones(xp, device=device, dtype=dtype)
         absorber = wy[:, None] * wx[None, :]
@@ -257,9 +266,9 @@ class ForwardModel:
 
 
 def source_field(model: ForwardModel, sources_xyz: torch.Tensor) -> torch.Tensor:
-    """Field ``[V, Yp, Xp]`` of each view's source on the bottom face ``z = 0``."""
-    _, dy, dx = model.geometry.voxel_um_zyx
-    spectrum = point_source_spectrum(model.ky, model.kx, model.kz, model.source_band, sources_xyz, 0.0, dy, dx)
+    """Field ``[V, Yp, Xp]`` of each view's source on the centre plane ``z = dz/2`` of slab 0."""
+    dz, dy, dx = model.geometry.voxel_um_zyx
+    spectrum = point_source_spectrum(model.ky, model.kx, model.kz, model.source_band, sources_xyz, 0.5 * dz, dy, dx)
     return torch.fft.ifft2(spectrum)
 
 

@@ -1,0 +1,376 @@
+"""The optimisation loop: cold start, warm start and self-calibration (DESIGN.md §4).
+
+One :class:`Reconstructor` owns the representation, the source parameters and
+their optimisers. ``cold_start(frames)`` fits a timepoint from scratch;
+``warm_update(frames)`` continues from the previous timepoint's state and stops
+on an iteration budget, a time budget or a loss plateau. The loop keeps losses
+on the device and synchronises with the host only every ``check_every``
+iterations (progress, plateau and time checks).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from nvplive.errors import ReconstructionError
+
+from .calibration import fit_brightness_background, initial_sources
+from .losses import coherence_mask, coherence_radius_um, gaussian_window, image_loss, total_variation
+from .optics import Optics, VolumeGeometry
+from .physics import ForwardModel, render
+from .representations import Representation, make_representation
+
+ProgressCallback = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    """Settings of a reconstruction (all saved with the volumes).
+
+    Attributes:
+        method: ``nvp``, ``explicit`` or ``triplane``.
+        iterations: cold-start iteration budget.
+        warm_iterations: warm-update iteration budget per timepoint.
+        time_budget_s: optional wall-clock budget per timepoint (s).
+        lr: learning rate of the representation (feature grid / planes; scaled for explicit).
+        tv_weight: τ, weight of the total variation of Δn.
+        nonnegative: impose Δn ≥ 0.
+        coherence_mask: weight the image loss by the coherence mask.
+        self_calibration: optimise source positions, brightness and background.
+        calibration_warmup: iterations before the source parameters are released.
+        lr_sources_um: learning rate of the source positions (µm per step).
+        lr_photometry: learning rate of log-brightness and background.
+        coarse_to_fine: grow the NVP grid from coarse to voxel resolution.
+        features, hidden: feature channels and MLP width (NVP, triplane).
+        check_every: iterations between host synchronisations.
+        plateau_rel_tol: relative loss improvement per check below which the loss has plateaued.
+        stop_on_plateau: end a warm update early on a plateau.
+        seed: seeds the representation's initialisation.
+    """
+
+    method: str = "nvp"
+    iterations: int = 300
+    warm_iterations: int = 40
+    time_budget_s: float | None = None
+    lr: float = 0.02
+    tv_weight: float = 2e-3
+    nonnegative: bool = True
+    coherence_mask: bool = True
+    self_calibration: bool = True
+    calibration_warmup: int = 60
+    lr_sources_um: float = 0.01
+    lr_photometry: float = 0.005
+    coarse_to_fine: bool = True
+    features: int = 8
+    hidden: int = 32
+    check_every: int = 10
+    plateau_rel_tol: float = 1e-3
+    stop_on_plateau: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ReconResult:
+    """What one cold start or warm update produced."""
+
+    dn: np.ndarray
+    loss: float
+    losses: list[float]
+    iterations: int
+    seconds: float
+    sources_um_xyz: np.ndarray
+    brightness: np.ndarray
+    background: np.ndarray
+    stopped_by: str
+    warm: bool
+    flagged: bool = False
+    message: str = ""
+
+
+@dataclass
+class ReconState:
+    """Everything a warm start needs from the previous timepoint."""
+
+    representation: dict
+    level: int
+    resolution: tuple[int, ...]
+    source_offset: torch.Tensor
+    log_brightness: torch.Tensor
+    background: torch.Tensor
+    base_sources: torch.Tensor
+    base_brightness: torch.Tensor
+    base_background: torch.Tensor
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ReconstructionError("CUDA was requested but no CUDA device is available; use --device cpu.")
+    return dev
+
+
+class Reconstructor:
+    """Fits Δn (and calibrates the sources) to the frames of successive timepoints.
+
+    Args:
+        optics, geometry: the microscope and the reconstructed volume.
+        sources_um_xyz: ``[V, 3]`` nominal source positions (µm).
+        camera_offset, camera_gain: to convert ADU to photo-electrons.
+        config: the settings.
+        device: ``auto``, ``cpu``, ``cuda`` …
+    """
+
+    def __init__(
+        self,
+        optics: Optics,
+        geometry: VolumeGeometry,
+        sources_um_xyz: np.ndarray,
+        *,
+        camera_offset: float = 0.0,
+        camera_gain: float = 1.0,
+        config: ReconConfig = ReconConfig(),
+        device: str | torch.device = "auto",
+    ) -> None:
+        self.optics = optics
+        self.geometry = geometry
+        self.config = config
+        self.device = select_device(device)
+        self.nominal_sources = np.asarray(sources_um_xyz, dtype=np.float64).reshape(-1, 3)
+        self.camera_offset = float(camera_offset)
+        self.camera_gain = float(camera_gain)
+        depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
+        self.model = ForwardModel.build(optics, geometry, source_depth_um=depth, device=self.device)
+        self.representation: Representation | None = None
+        self.state: ReconState | None = None
+        self._window = gaussian_window(device=self.device)
+
+    @property
+    def n_views(self) -> int:
+        return len(self.nominal_sources)
+
+    def with_config(self, **changes: object) -> None:
+        """Change settings between timepoints (e.g. from the GUI); the warm state is kept."""
+        self.config = replace(self.config, **changes)
+
+    def reset(self) -> None:
+        """Forget the warm-start state: the next update is a cold start."""
+        self.representation = None
+        self.state = None
+
+    # -- data -----------------------------------------------------------------
+    def _measured(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Photo-electron images ``[V, Y, X]`` and their per-view mean (normalisation)."""
+        arr = np.asarray(frames)
+        expected = (self.n_views, *self.geometry.camera_shape_yx)
+        if arr.shape != expected:
+            raise ReconstructionError(f"Frames have shape {arr.shape}, expected {expected} (views, y, x).")
+        data = torch.as_tensor(arr.astype(np.float32), device=self.device)
+        data = (data - self.camera_offset) / self.camera_gain
+        if not torch.isfinite(data).all():
+            raise ReconstructionError("Frames contain NaN or infinite values.")
+        scale = data.mean(dim=(1, 2)).clamp_min(1e-6)
+        return data, scale
+
+    # -- public API ---------------------------------------------------------------
+    def cold_start(self, frames: np.ndarray, callback: ProgressCallback | None = None) -> ReconResult:
+        """Reconstruct one timepoint from scratch (self-calibration included)."""
+        cfg = self.config
+        measured, scale = self._measured(frames)
+        pixel = self.geometry.camera_pixel_um
+        if cfg.self_calibration:
+            start = initial_sources(
+                (measured - measured.amin(dim=(1, 2), keepdim=True)).cpu().numpy(), self.nominal_sources, pixel
+            )
+        else:
+            start = self.nominal_sources.copy()
+        base_sources = torch.as_tensor(start, dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            empty = torch.zeros(self.geometry.shape_zyx, device=self.device)
+            unperturbed = render(self.model, empty, base_sources)
+        b0, c0 = fit_brightness_background(unperturbed, measured)
+        self.representation = make_representation(
+            cfg.method, self.geometry.shape_zyx, **self._rep_options()
+        ).to(self.device)
+        self.state = ReconState(
+            representation={},
+            level=0,
+            resolution=(),
+            source_offset=torch.zeros_like(base_sources),
+            log_brightness=torch.zeros_like(b0),
+            background=torch.zeros_like(c0),
+            base_sources=base_sources,
+            base_brightness=b0.detach(),
+            base_background=c0.detach(),
+        )
+        return self._optimise(measured, scale, cfg.iterations, warm=False, callback=callback)
+
+    def warm_update(self, frames: np.ndarray, state: ReconState | None = None, callback: ProgressCallback | None = None) -> ReconResult:
+        """Update from the previous timepoint's state (cold start when there is none)."""
+        if state is not None:
+            self.load_state(state)
+        if self.state is None or self.representation is None:
+            return self.cold_start(frames, callback)
+        measured, scale = self._measured(frames)
+        return self._optimise(measured, scale, self.config.warm_iterations, warm=True, callback=callback)
+
+    def snapshot(self) -> ReconState:
+        """A deep copy of the current warm-start state."""
+        if self.state is None or self.representation is None:
+            raise ReconstructionError("Nothing reconstructed yet: no state to save.")
+        self._store_representation()
+        return copy.deepcopy(self.state)
+
+    def load_state(self, state: ReconState) -> None:
+        """Restore a state saved by :meth:`snapshot` (e.g. from another timepoint)."""
+        rep = make_representation(self.config.method, self.geometry.shape_zyx, **self._rep_options())
+        for _ in range(state.level):
+            rep.refine()
+        rep.load_state_dict(state.representation)
+        self.representation = rep.to(self.device)
+        self.state = copy.deepcopy(state)
+        for name in ("source_offset", "log_brightness", "background", "base_sources", "base_brightness", "base_background"):
+            setattr(self.state, name, getattr(self.state, name).to(self.device))
+
+    # -- internals --------------------------------------------------------------
+    def _rep_options(self) -> dict:
+        cfg = self.config
+        options: dict = {"nonnegative": cfg.nonnegative, "seed": cfg.seed}
+        if cfg.method == "nvp":
+            options.update(features=cfg.features, hidden=cfg.hidden, coarse_to_fine=cfg.coarse_to_fine)
+        elif cfg.method == "triplane":
+            options.update(features=cfg.features, hidden=cfg.hidden)
+        return options
+
+    def _store_representation(self) -> None:
+        rep = self.representation
+        assert rep is not None and self.state is not None
+        self.state.representation = {k: v.detach().clone() for k, v in rep.state_dict().items()}
+        self.state.level = getattr(rep, "level", 0)
+        self.state.resolution = rep.resolution
+
+    def _mask(self, sources: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.coherence_mask:
+            return None
+        path = self.geometry.focal_z_um - sources[:, 2]
+        radii = torch.tensor(
+            [
+                coherence_radius_um(self.optics.wavelength_um, self.optics.emission_fwhm_um, self.optics.n_medium, self.optics.na, float(p))
+                for p in path
+            ],
+            device=self.device,
+        )
+        return coherence_mask(sources[:, :2], radii, self.geometry.camera_shape_yx, self.geometry.camera_pixel_um)
+
+    def _optimise(
+        self, measured: torch.Tensor, scale: torch.Tensor, budget: int, *, warm: bool, callback: ProgressCallback | None
+    ) -> ReconResult:
+        cfg = self.config
+        rep, st = self.representation, self.state
+        assert rep is not None and st is not None
+        torch.manual_seed(cfg.seed)
+        start_time = time.perf_counter()
+        target = measured / scale[:, None, None]
+        data_range = target.amax()
+        mask = self._mask(st.base_sources + st.source_offset)
+        calib = [st.source_offset, st.log_brightness, st.background]
+        for p in calib:
+            p.requires_grad_(cfg.self_calibration)
+        calib_opt = torch.optim.Adam(
+            [
+                {"params": [st.source_offset], "lr": cfg.lr_sources_um},
+                {"params": [st.log_brightness, st.background], "lr": cfg.lr_photometry},
+            ]
+        )
+        opt = torch.optim.Adam(rep.parameter_groups(cfg.lr))
+        levels = len(getattr(rep, "levels", [0]))
+        refine_at = [int(budget * f) for f in np.linspace(0, 0.6, levels)[1:]] if not warm else []
+        losses_dev: list[torch.Tensor] = []
+        losses: list[float] = []
+        good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
+        good_calib = [p.detach().clone() for p in calib]
+        stopped_by = "iterations"
+        flagged, message = False, ""
+        last_window = math.inf
+        it = 0
+        for it in range(1, budget + 1):
+            opt.zero_grad(set_to_none=True)
+            calib_opt.zero_grad(set_to_none=True)
+            dn = rep()
+            sources = st.base_sources + st.source_offset
+            brightness = st.base_brightness * torch.exp(st.log_brightness)
+            background = st.base_background + st.background * scale
+            predicted = render(self.model, dn, sources, brightness, background) / scale[:, None, None]
+            loss = image_loss(predicted, target, mask, data_range=data_range, window=self._window)
+            if cfg.tv_weight:
+                loss = loss + cfg.tv_weight * total_variation(dn) / 0.01
+            loss.backward()
+            opt.step()
+            if cfg.self_calibration and (warm or it > cfg.calibration_warmup):
+                calib_opt.step()
+            losses_dev.append(loss.detach())
+            scheduled_refine = it in refine_at
+            if it % cfg.check_every == 0 or it == budget or scheduled_refine:
+                window = torch.stack(losses_dev).cpu().tolist()
+                losses_dev.clear()
+                losses.extend(window)
+                current = float(np.mean(window))
+                if not math.isfinite(current):
+                    rep.load_state_dict(good)
+                    with torch.no_grad():
+                        for p, g in zip(calib, good_calib):
+                            p.copy_(g)
+                    stopped_by, flagged = "diverged", True
+                    message = f"Loss became non-finite at iteration {it}; rolled back to the last good state."
+                    break
+                good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
+                good_calib = [p.detach().clone() for p in calib]
+                if callback is not None:
+                    callback(it, budget, window[-1])
+                plateau = last_window - current < cfg.plateau_rel_tol * abs(last_window)
+                last_window = current
+                if scheduled_refine or (plateau and not warm and levels > 1 and it < 0.6 * budget):
+                    if rep.refine():
+                        opt = torch.optim.Adam(rep.parameter_groups(cfg.lr))
+                        refine_at = [r for r in refine_at if r > it]
+                        last_window = math.inf
+                        continue
+                if cfg.time_budget_s is not None and time.perf_counter() - start_time >= cfg.time_budget_s:
+                    stopped_by = "time"
+                    break
+                if warm and plateau and cfg.stop_on_plateau:
+                    stopped_by = "plateau"
+                    break
+        if losses_dev:
+            losses.extend(torch.stack(losses_dev).cpu().tolist())
+        for p in calib:
+            p.requires_grad_(False)
+        self._store_representation()
+        with torch.no_grad():
+            dn = rep().detach()
+        return ReconResult(
+            dn=dn.cpu().numpy().astype(np.float32),
+            loss=float(losses[-1]) if losses else math.nan,
+            losses=losses,
+            iterations=it,
+            seconds=time.perf_counter() - start_time,
+            sources_um_xyz=(st.base_sources + st.source_offset).detach().cpu().numpy().astype(np.float64),
+            brightness=(st.base_brightness * torch.exp(st.log_brightness)).detach().cpu().numpy(),
+            background=(st.base_background + st.background * scale).detach().cpu().numpy(),
+            stopped_by=stopped_by,
+            warm=warm,
+            flagged=flagged,
+            message=message,
+        )

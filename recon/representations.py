@@ -1,0 +1,186 @@
+"""Volume representations behind one interface (DESIGN.md §4).
+
+Every representation is an ``nn.Module`` whose ``forward()`` returns the Δn volume
+``[Z, Y, X]`` on the voxel grid, and whose ``refine()`` grows its resolution one
+step (coarse-to-fine); representations without a resolution hierarchy return
+``False``. ``dn_scale`` sets the output units so that unit-sized parameters map to a
+typical biological Δn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Typical Δn magnitude of cells and tissue; network outputs are scaled by it.
+DN_SCALE = 0.05
+
+
+def _activate(raw: torch.Tensor, nonnegative: bool) -> torch.Tensor:
+    """Map raw outputs to Δn: softplus when Δn ≥ 0 is imposed, identity otherwise."""
+    if nonnegative:
+        return DN_SCALE * F.softplus(raw - 3.0, beta=1.0)
+    return DN_SCALE * raw
+
+
+class Representation(nn.Module):
+    """Base class: ``forward() -> Δn [Z, Y, X]``, ``refine() -> bool``."""
+
+    def __init__(self, shape_zyx: tuple[int, int, int], nonnegative: bool = True) -> None:
+        super().__init__()
+        self.shape_zyx = tuple(int(n) for n in shape_zyx)
+        self.nonnegative = nonnegative
+
+    def refine(self) -> bool:
+        """Grow the resolution one step; ``False`` when already at full resolution."""
+        return False
+
+    @property
+    def resolution(self) -> tuple[int, ...]:
+        return self.shape_zyx
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """Optimizer parameter groups (representation-specific learning rates)."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+
+class MLPDecoder(nn.Module):
+    """The 3-layer MLP that decodes a feature vector into Δn (features on dim 0)."""
+
+    def __init__(self, features: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(features, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
+        )
+        nn.init.zeros_(self.layers[-1].bias)
+        with torch.no_grad():
+            self.layers[-1].weight.mul_(0.1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``[F, Z, Y, X]`` features → ``[Z, Y, X]`` raw output."""
+        f = features.shape[0]
+        flat = features.reshape(f, -1).transpose(0, 1)
+        return self.layers(flat).reshape(features.shape[1:])
+
+
+def _grid_levels(shape: tuple[int, int, int], start_fraction: float, levels: int) -> list[tuple[int, int, int]]:
+    """Coarse-to-fine feature-grid sizes ending at the voxel grid."""
+    out = []
+    for i in range(levels):
+        f = start_fraction ** ((levels - 1 - i) / max(levels - 1, 1))
+        out.append(tuple(max(2, int(round(n * f))) for n in shape))
+    return out
+
+
+class NVP(Representation):
+    """Neural volumetric prior: feature grid ``W ∈ R^{F×Gz×Gy×Gx}`` + 3-layer MLP.
+
+    Features are trilinearly interpolated to voxel centres and decoded per voxel.
+    Coarse-to-fine: the grid starts at ``start_fraction`` of the voxel resolution
+    and ``refine()`` upsamples it (trilinear, preserving the decoded volume) through
+    ``levels`` steps up to the voxel grid.
+    """
+
+    def __init__(
+        self,
+        shape_zyx: tuple[int, int, int],
+        features: int = 8,
+        hidden: int = 32,
+        nonnegative: bool = True,
+        coarse_to_fine: bool = True,
+        start_fraction: float = 0.25,
+        levels: int = 3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(shape_zyx, nonnegative)
+        self.levels = _grid_levels(self.shape_zyx, start_fraction, levels) if coarse_to_fine else [self.shape_zyx]
+        self.level = 0
+        gen = torch.Generator().manual_seed(seed)
+        self.grid = nn.Parameter(0.01 * torch.randn(features, *self.levels[0], generator=gen))
+        self.decoder = MLPDecoder(features, hidden)
+
+    @property
+    def resolution(self) -> tuple[int, ...]:
+        return tuple(self.grid.shape[1:])
+
+    def features(self) -> torch.Tensor:
+        if tuple(self.grid.shape[1:]) == self.shape_zyx:
+            return self.grid
+        return F.interpolate(self.grid[None], size=self.shape_zyx, mode="trilinear", align_corners=False)[0]
+
+    def forward(self) -> torch.Tensor:
+        return _activate(self.decoder(self.features()), self.nonnegative)
+
+    def refine(self) -> bool:
+        if self.level + 1 >= len(self.levels):
+            return False
+        self.level += 1
+        with torch.no_grad():
+            finer = F.interpolate(self.grid[None], size=self.levels[self.level], mode="trilinear", align_corners=False)[0]
+        self.grid = nn.Parameter(finer.contiguous())
+        return True
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        return [{"params": [self.grid], "lr": lr}, {"params": list(self.decoder.parameters()), "lr": 0.2 * lr}]
+
+
+class Explicit(Representation):
+    """One Δn value per voxel (the classic explicit baseline)."""
+
+    def __init__(self, shape_zyx: tuple[int, int, int], nonnegative: bool = True, **_: object) -> None:
+        super().__init__(shape_zyx, nonnegative)
+        self.values = nn.Parameter(torch.zeros(self.shape_zyx))
+
+    def forward(self) -> torch.Tensor:
+        return self.values.clamp_min(0.0) if self.nonnegative else self.values
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        return [{"params": [self.values], "lr": lr * DN_SCALE * 0.2}]
+
+
+class Triplane(Representation):
+    """Three 2D feature planes (xy, xz, yz), summed at each voxel and decoded by an MLP."""
+
+    def __init__(
+        self,
+        shape_zyx: tuple[int, int, int],
+        features: int = 8,
+        hidden: int = 32,
+        nonnegative: bool = True,
+        seed: int = 0,
+        **_: object,
+    ) -> None:
+        super().__init__(shape_zyx, nonnegative)
+        z, y, x = self.shape_zyx
+        gen = torch.Generator().manual_seed(seed)
+        self.plane_xy = nn.Parameter(0.01 * torch.randn(features, y, x, generator=gen))
+        self.plane_xz = nn.Parameter(0.01 * torch.randn(features, z, x, generator=gen))
+        self.plane_yz = nn.Parameter(0.01 * torch.randn(features, z, y, generator=gen))
+        self.decoder = MLPDecoder(features, hidden)
+
+    def forward(self) -> torch.Tensor:
+        feats = self.plane_xy[:, None, :, :] + self.plane_xz[:, :, None, :] + self.plane_yz[:, :, :, None]
+        return _activate(self.decoder(feats), self.nonnegative)
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        planes = [self.plane_xy, self.plane_xz, self.plane_yz]
+        return [{"params": planes, "lr": lr}, {"params": list(self.decoder.parameters()), "lr": 0.2 * lr}]
+
+
+REPRESENTATIONS: dict[str, type[Representation]] = {"nvp": NVP, "explicit": Explicit, "triplane": Triplane}
+
+
+def make_representation(method: str, shape_zyx: tuple[int, int, int], **options: object) -> Representation:
+    """Build a representation by name (``nvp``, ``explicit``, ``triplane``)."""
+    try:
+        cls = REPRESENTATIONS[method]
+    except KeyError:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(REPRESENTATIONS)}.") from None
+    return cls(shape_zyx, **options)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in module.parameters())

@@ -1,0 +1,194 @@
+"""Synthetic FDT data: partially coherent images of point sources through a phantom.
+
+The simulator deliberately uses richer physics than the reconstruction (DESIGN.md
+§3): an incoherent sum of the coherent renderer over wavelengths of the emission
+spectrum and over sub-sources filling each bead, followed by the camera's noise
+model (DESIGN.md §2.7). Intensities are in photo-electrons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nvplive.errors import GeometryError
+
+from .optics import Optics, VolumeGeometry
+from .physics import ForwardModel, multislice, camera_intensity
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """Camera noise model: ``offset + Poisson(gain·I) + N(0, read_noise²)`` in ADU (uint16)."""
+
+    offset: float = 100.0
+    gain: float = 1.0
+    read_noise: float = 1.6
+    bit_depth: int = 16
+
+    def to_dict(self) -> dict:
+        return {"offset": self.offset, "gain": self.gain, "read_noise": self.read_noise}
+
+
+@dataclass(frozen=True)
+class PartialCoherence:
+    """How the simulator sums incoherent contributions.
+
+    Attributes:
+        n_wavelengths: Gauss–Hermite nodes over the Gaussian emission spectrum
+            (1 = coherent at the centre wavelength).
+        bead_diameter_um: diameter of each fluorescent bead (µm).
+        n_subsources: incoherent point emitters spread over each bead (1 = a point).
+    """
+
+    n_wavelengths: int = 5
+    bead_diameter_um: float = 0.2
+    n_subsources: int = 4
+
+
+def emission_wavelengths(optics: Optics, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Wavelengths (µm) and weights (summing to 1) sampling a Gaussian emission spectrum."""
+    if n <= 1 or optics.emission_fwhm_um == 0:
+        return np.array([optics.wavelength_um]), np.array([1.0])
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n)
+    sigma = optics.emission_fwhm_um / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    return optics.wavelength_um + sigma * nodes, weights / weights.sum()
+
+
+def bead_offsets(diameter_um: float, n: int, seed: int = 0) -> np.ndarray:
+    """``[n, 3]`` offsets (µm) of sub-emitters spread uniformly through a bead (mean zero)."""
+    if n <= 1 or diameter_um <= 0:
+        return np.zeros((1, 3))
+    rng = np.random.default_rng(seed)
+    points = []
+    while len(points) < n:
+        p = rng.uniform(-1, 1, 3)
+        if p @ p <= 1:
+            points.append(p)
+    offsets = np.array(points) * 0.5 * diameter_um
+    return offsets - offsets.mean(axis=0)
+
+
+def default_sources(
+    geometry: VolumeGeometry, views: int, *, depth_um: float | None = None, seed: int = 0
+) -> np.ndarray:
+    """Nominal source positions ``[V, 3]`` (µm): beads on a plane below the volume.
+
+    One source under the centre and the others on a ring (or, for many views, a
+    sunflower pattern) within the field of view, with a small random jitter, as
+    beads on a coverslip under the specimen.
+    """
+    if views < 1:
+        raise GeometryError(f"Sources: need at least one view, got {views}.")
+    nz, ny, nx = geometry.shape_zyx
+    dz, dy, dx = geometry.voxel_um_zyx
+    if depth_um is None:
+        depth_um = 0.25 * nz * dz
+    rng = np.random.default_rng(seed)
+    radius = 0.32 * min(ny * dy, nx * dx)
+    if views <= 8:
+        angles = 2 * math.pi * np.arange(views - 1) / max(views - 1, 1) + rng.uniform(0, 2 * math.pi)
+        xy = np.concatenate([[[0.0, 0.0]], radius * np.stack([np.cos(angles), np.sin(angles)], 1)])
+    else:
+        golden = math.pi * (3 - math.sqrt(5))
+        i = np.arange(views)
+        r = radius * np.sqrt((i + 0.5) / views) * 1.15
+        xy = np.stack([r * np.cos(i * golden), r * np.sin(i * golden)], 1)
+    jitter = rng.normal(scale=0.15 * min(dx, dy) * 4, size=(views, 2))
+    z = -depth_um + rng.normal(scale=0.05, size=(views, 1))
+    return np.concatenate([xy + jitter, z], axis=1)
+
+
+@dataclass
+class Simulator:
+    """Renders noisy camera frames of a Δn volume for a fixed set of sources.
+
+    Attributes:
+        optics, geometry: the microscope and the volume.
+        sources_um_xyz: ``[V, 3]`` true source positions (µm).
+        photons: mean expected photo-electrons per pixel of an unperturbed image.
+        relative_brightness: ``[V]`` per-bead brightness factors (real beads differ).
+        background: ``[V]`` background photo-electrons per pixel.
+        coherence: partial-coherence sampling.
+        camera: the noise model.
+    """
+
+    optics: Optics
+    geometry: VolumeGeometry
+    sources_um_xyz: np.ndarray
+    photons: float = 400.0
+    relative_brightness: np.ndarray | None = None
+    background: np.ndarray | None = None
+    coherence: PartialCoherence = field(default_factory=PartialCoherence)
+    camera: CameraModel = field(default_factory=CameraModel)
+    device: str | torch.device = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.sources_um_xyz = np.asarray(self.sources_um_xyz, dtype=np.float64).reshape(-1, 3)
+        v = len(self.sources_um_xyz)
+        rng = np.random.default_rng(self.seed + 7)
+        if self.relative_brightness is None:
+            self.relative_brightness = rng.uniform(0.75, 1.25, v)
+        if self.background is None:
+            self.background = rng.uniform(2.0, 8.0, v)
+        self.relative_brightness = np.asarray(self.relative_brightness, dtype=np.float64)
+        self.background = np.asarray(self.background, dtype=np.float64)
+        wavelengths, weights = emission_wavelengths(self.optics, self.coherence.n_wavelengths)
+        depth = float(max(0.0, -self.sources_um_xyz[:, 2].min()))
+        reference = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth)
+        self._models = [
+            ForwardModel.build(
+                self.optics.with_wavelength(float(w)), self.geometry, pad_yx=reference.pad_yx, device=self.device
+            )
+            for w in wavelengths
+        ]
+        self._weights = weights
+        self._offsets = bead_offsets(self.coherence.bead_diameter_um, self.coherence.n_subsources, self.seed)
+        empty = np.zeros(self.geometry.shape_zyx, dtype=np.float32)
+        unperturbed = self._partially_coherent(empty)
+        self._scale = self.photons / unperturbed.mean(axis=(1, 2))
+
+    @property
+    def n_views(self) -> int:
+        return len(self.sources_um_xyz)
+
+    @property
+    def brightness(self) -> np.ndarray:
+        """``[V]`` factor b_i mapping the renderer's |E|² to photo-electrons."""
+        return self._scale * self.relative_brightness
+
+    def _partially_coherent(self, dn: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
+        """Incoherent sum over wavelengths and bead sub-sources of |E|², ``[V, Yc, Xc]``."""
+        idx = np.arange(self.n_views) if views is None else np.asarray(views)
+        sources = self.sources_um_xyz[idx]
+        sub = (sources[:, None, :] + self._offsets[None, :, :]).reshape(-1, 3)
+        dn_t = torch.as_tensor(dn, dtype=torch.float32, device=self.device)
+        src_t = torch.as_tensor(sub, dtype=torch.float32, device=self.device)
+        total = None
+        with torch.no_grad():
+            for model, weight in zip(self._models, self._weights):
+                image = camera_intensity(model, multislice(model, dn_t, src_t)) * float(weight)
+                total = image if total is None else total + image
+        total = total.reshape(len(idx), len(self._offsets), *total.shape[-2:]).mean(dim=1)
+        return total.cpu().numpy().astype(np.float64)
+
+    def expected(self, dn: np.ndarray, views: np.ndarray | None = None) -> np.ndarray:
+        """Noise-free expected photo-electrons ``[V, Yc, Xc]`` (float64)."""
+        idx = np.arange(self.n_views) if views is None else np.asarray(views)
+        image = self._partially_coherent(dn, idx)
+        return image * self.brightness[idx, None, None] + self.background[idx, None, None]
+
+    def frames(self, dn: np.ndarray, rng: np.random.Generator, views: np.ndarray | None = None) -> np.ndarray:
+        """Noisy uint16 camera frames ``[V, Yc, Xc]``."""
+        return camera_noise(self.expected(dn, views), self.camera, rng)
+
+
+def camera_noise(expected: np.ndarray, camera: CameraModel, rng: np.random.Generator) -> np.ndarray:
+    """``offset + Poisson(gain·I) + N(0, read_noise²)``, clipped and quantised to uint16."""
+    signal = rng.poisson(np.clip(camera.gain * expected, 0, None)).astype(np.float64)
+    noisy = camera.offset + signal + rng.normal(0.0, camera.read_noise, size=expected.shape)
+    return np.clip(np.rint(noisy), 0, 2**camera.bit_depth - 1).astype(np.uint16)

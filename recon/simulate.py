@@ -157,6 +157,11 @@ class Simulator:
         return len(self.sources_um_xyz)
 
     @property
+    def pad_yx(self) -> tuple[int, int]:
+        """Lateral padding (pixels per side) of the renderer, shared by all wavelengths."""
+        return self._models[0].pad_yx
+
+    @property
     def brightness(self) -> np.ndarray:
         """``[V]`` factor b_i mapping the renderer's |E|² to photo-electrons."""
         return self._scale * self.relative_brightness

@@ -1,0 +1,247 @@
+"""The ``nvplive`` command line (DESIGN.md §6).
+
+User mistakes (bad arguments, missing or broken files, impossible optics) end
+with one sentence on stderr and exit status 2; nothing prints a traceback unless
+``NVPLIVE_DEBUG=1`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from nvplive import __version__
+from nvplive.errors import NvpLiveError
+
+PHANTOM_NAMES = ("cell", "tissue", "cardiomyocyte")
+METHODS = ("nvp", "explicit", "triplane")
+
+
+class UsageError(NvpLiveError):
+    """A command-line argument that cannot be used."""
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, label: str, stream=None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.perf_counter()
+        self._last_pct = -1
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        pct = int(100 * done / max(total, 1))
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (total - done) if done else 0.0
+        bar = "#" * (pct // 4) + "-" * (25 - pct // 4)
+        line = f"{self.label} [{bar}] {pct:3d}% {message} ({elapsed:.0f} s, ~{eta:.0f} s left)"
+        if self.tty:
+            self.stream.write("\r" + line[:160].ljust(160))
+            if done >= total:
+                self.stream.write("\n")
+        elif pct // 10 != self._last_pct // 10 or done >= total:
+            self.stream.write(line + "\n")
+        self._last_pct = pct
+        self.stream.flush()
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X as three integers, got {text!r}") from None
+    if len(parts) != 3 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X as three positive integers, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _voxel(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DZ,DY,DX in µm, got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected DZ,DY,DX as positive sizes in µm, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one sentence, exit 2
+        raise UsageError(f"{self.prog}: {message}.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nvplive", description="Live 3D refractive index by fluorescence diffraction tomography.")
+    parser.add_argument("--version", action="version", version=f"nvp-live {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="the app on a simulated microscope (beating cardiomyocyte)")
+    demo.add_argument("--headless", action="store_true", help="no window: acquire + reconstruct live and write the recording")
+    demo.add_argument("--timepoints", type=_positive_int, default=None, help="number of timepoints (default: 20 headless, endless in the app)")
+    demo.add_argument("--out", type=Path, default=None, help="folder for the recording (default: ./nvplive-demo)")
+    demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    app = sub.add_parser("app", help="the app on real hardware")
+    app.add_argument("--mm-config", type=Path, default=None, help="Micro-Manager configuration file (.cfg)")
+    app.add_argument("--settings", type=Path, default=None, help="FDT settings file (source selection, nominal positions)")
+
+    sim = sub.add_parser("simulate", help="simulate an FDT recording of a phantom")
+    sim.add_argument("--phantom", choices=PHANTOM_NAMES, required=True)
+    sim.add_argument("--views", type=_positive_int, default=7)
+    sim.add_argument("--timepoints", type=_positive_int, default=1)
+    sim.add_argument("--shape", type=_shape, default=(32, 64, 64), help="Z,Y,X voxels (default 32,64,64)")
+    sim.add_argument("--voxel-um", type=_voxel, default=None, help="DZ,DY,DX voxel size in µm (default 0.25)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing recording")
+    sim.add_argument("out", type=Path, metavar="OUT.fdt")
+
+    rec = sub.add_parser("reconstruct", help="reconstruct every timepoint of a recording")
+    rec.add_argument("recording", type=Path, metavar="IN.fdt")
+    rec.add_argument("--method", choices=METHODS, default="nvp")
+    rec.add_argument("--iterations", type=_positive_int, default=None, help="cold-start iterations")
+    rec.add_argument("--warm-iterations", type=_positive_int, default=None, help="iterations per later timepoint")
+    rec.add_argument("--tv", type=float, default=None, help="TV weight τ")
+    rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+    ev = sub.add_parser("evaluate", help="score a reconstruction against ground truth")
+    ev.add_argument("recording", type=Path, metavar="IN.fdt")
+    ev.add_argument("--json", action="store_true", help="print the scores as JSON")
+
+    bench = sub.add_parser("bench", help="quality and speed benchmarks (DESIGN.md §8)")
+    bench.add_argument("kind", choices=("quality", "speed"))
+    bench.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the result rows as JSON")
+    bench.add_argument("--full", action="store_true", help="the full (GPU) size")
+    bench.add_argument("--markdown", type=Path, default=None, help="append the table to this Markdown file")
+    return parser
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from nvplive.acquisition.offline import DEFAULT_VOXEL_UM, simulate_recording
+
+    if args.out.suffix != ".fdt":
+        raise UsageError(f"The output {args.out} must be a folder name ending in .fdt.")
+    path = simulate_recording(
+        args.out,
+        phantom=args.phantom,
+        views=args.views,
+        timepoints=args.timepoints,
+        shape_zyx=args.shape,
+        voxel_um_zyx=args.voxel_um or DEFAULT_VOXEL_UM,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=ProgressBar("simulate"),
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from nvplive.acquisition.offline import reconstruct_recording
+    from nvplive.recon.reconstructor import ReconConfig
+
+    config = ReconConfig(method=args.method)
+    changes = {k: v for k, v in (("iterations", args.iterations), ("warm_iterations", args.warm_iterations), ("tv_weight", args.tv)) if v is not None}
+    config = replace(config, **changes)
+    summary = reconstruct_recording(args.recording, config, device=args.device, progress=ProgressBar("reconstruct"))
+    print(
+        f"reconstructed {summary.timepoints} timepoint(s) with {args.method} on {summary.device} in {summary.seconds:.1f} s"
+        f"; final loss {summary.losses[-1]:.4f}"
+    )
+    if summary.flagged:
+        print(f"warning: timepoints {summary.flagged} diverged and were rolled back", file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nvplive.acquisition.offline import evaluate_recording
+
+    scores = evaluate_recording(args.recording)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+    else:
+        a, p = scores["absolute"], scores["published"]
+        print(f"{scores['recording']}: {scores['method']}, {scores['timepoints']} timepoint(s)")
+        print(f"  Δn absolute:  PSNR {a['psnr_db']:.2f} dB  SSIM {a['ssim']:.3f}")
+        print(f"  Δn published: PSNR {p['psnr_db']:.2f} dB  SSIM {p['ssim']:.3f}")
+        print(f"  held-out views ({scores['heldout_views']}): image PSNR {scores['heldout_image_psnr_db']:.2f} dB")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.headless:
+        from nvplive.acquisition.demo import run_headless_demo
+
+        out = args.out or Path("nvplive-demo")
+        run_headless_demo(out, timepoints=args.timepoints or 20, device=args.device, progress=ProgressBar("demo"), verbose=True)
+        return 0
+    from nvplive.app.main import run_app
+
+    return run_app(demo=True, timepoints=args.timepoints, out=args.out, device=args.device)
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from nvplive.app.main import run_app
+
+    if args.mm_config is not None and not args.mm_config.is_file():
+        raise UsageError(f"The Micro-Manager configuration {args.mm_config} does not exist.")
+    return run_app(demo=False, mm_config=args.mm_config, settings=args.settings)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.kind == "quality":
+        from nvplive.benchmarks.quality import main as bench_main
+    else:
+        from nvplive.benchmarks.speed import main as bench_main
+    return bench_main(json_path=args.json, full=args.full, markdown=args.markdown)
+
+
+COMMANDS = {
+    "simulate": _cmd_simulate,
+    "reconstruct": _cmd_reconstruct,
+    "evaluate": _cmd_evaluate,
+    "demo": _cmd_demo,
+    "app": _cmd_app,
+    "bench": _cmd_bench,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``nvplive``; returns the exit status."""
+    debug = os.environ.get("NVPLIVE_DEBUG") == "1"
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except NvpLiveError as exc:
+        if debug:
+            raise
+        print(f"nvplive: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nvplive: interrupted.", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as exc:
+        if debug:
+            raise
+        print(f"nvplive: error: {exc}", file=sys.stderr)
+        return 2

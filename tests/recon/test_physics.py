@@ -1,0 +1,510 @@
+"""Physics tests of the multi-slice FDT renderer (recon/physics.py, DESIGN.md §2).
+
+The references are computed independently of the renderer's FFT code wherever the
+physics allows: the homogeneous-medium image against a Hankel-transform quadrature
+of the band-limited spherical wave, free-space propagation against the third-party
+package ``nrefocus``, weak objects against a first-order (Born) single-scattering
+sum written here with numpy. Lengths are in µm.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import simpson
+from scipy.special import j0
+
+from nvplive.errors import GeometryError
+from nvplive.recon import physics
+from nvplive.recon.optics import Optics, VolumeGeometry
+
+OPTICS = Optics(wavelength_um=0.6, n_medium=1.33, na=0.8)
+#: 24 slabs × 48 × 48 voxels of 0.25 µm: a 6 × 12 × 12 µm volume, field upsampled ×2.
+GEOMETRY = VolumeGeometry(shape_zyx=(24, 48, 48), voxel_um_zyx=(0.25, 0.25, 0.25))
+
+
+def rel_l2(a, b) -> float:
+    """‖a − b‖ / ‖b‖ for numpy arrays or tensors."""
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def sources(*xyz: tuple[float, float, float], dtype=torch.float64) -> torch.Tensor:
+    return torch.tensor(xyz, dtype=dtype)
+
+
+def focal_field(model: physics.ForwardModel, dn: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Image-side field on the camera's field of view, ``[V, s·Ny, s·Nx]``."""
+    return physics.image_field(model, physics.multislice(model, dn, src))
+
+
+def analytic_focal_field(
+    optics: Optics, geometry: VolumeGeometry, source_xyz, upsample: int, n_k: int = 1001
+) -> np.ndarray:
+    """Pupil-filtered band-limited spherical wave on the focal plane, by quadrature.
+
+    Weyl's expansion ``exp(i·km·r)/r = (i/2π) ∫ d²k exp(i(k⊥·ρ + kz·|z|))/kz``, band
+    limited by the raised-cosine edge ``A(k)`` and integrated over angle, is radially
+    symmetric about the source's lateral position:
+    ``E(ρ) = i ∫_0^{k0·NA_src} exp(i·kz·d)/kz · A(k) · J0(k·ρ) k dk`` with
+    ``d = z_f − z_s``. Evaluated on the grid ``x_j = (j − n/2)·dx/s`` of the
+    (upsampled) camera field of view.
+    """
+    _, ny, nx = geometry.shape_zyx
+    _, dy, dx = geometry.voxel_um_zyx
+    xs, ys, zs = source_xyz
+    k_cut = optics.k0 * optics.source_na
+    k = np.linspace(0.0, k_cut, n_k)
+    kz = np.sqrt(optics.km**2 - k**2)
+    band = physics.band_edge(torch.from_numpy(k), k_cut).numpy()
+    weight = np.exp(1j * kz * (geometry.focal_z_um - zs)) / kz * band * k
+    s = upsample
+    y = (np.arange(s * ny) - s * ny / 2) * dy / s
+    x = (np.arange(s * nx) - s * nx / 2) * dx / s
+    rho = np.hypot(y[:, None] - ys, x[None, :] - xs).ravel()
+    out = np.empty(rho.size, dtype=complex)
+    chunk = 2048
+    for i in range(0, rho.size, chunk):
+        integrand = weight[None, :] * j0(np.outer(rho[i : i + chunk], k))
+        out[i : i + chunk] = 1j * simpson(integrand, x=k, axis=1)
+    return out.reshape(s * ny, s * nx)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny FFTs: torch's thread pool only adds overhead (≈100× on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model64() -> physics.ForwardModel:
+    return physics.ForwardModel.build(OPTICS, GEOMETRY, dtype=torch.float64)
+
+
+# --- 1. homogeneous medium against direct analytic propagation (DESIGN §2.5) -----------------
+
+
+@pytest.mark.parametrize(
+    "source_xyz",
+    [
+        (0.0, 0.0, -1.0),  # on a pixel
+        (0.3, -0.7, -2.0),  # sub-pixel in x and y (dx = 0.25)
+        (1.13, 2.41, -3.0),  # off-centre, deeper
+        (-3.37, 0.05, -0.5),  # near the edge of the field of view, shallow
+    ],
+)
+def test_homogeneous_medium_matches_analytic_spherical_wave(model64, source_xyz):
+    dn = torch.zeros(GEOMETRY.shape_zyx, dtype=torch.float64)
+    field = focal_field(model64, dn, sources(source_xyz))[0]
+    reference = analytic_focal_field(OPTICS, GEOMETRY, source_xyz, model64.upsample)
+    assert model64.upsample == 2
+    assert field.shape == reference.shape
+    assert rel_l2(field, reference) < 0.01
+    # The camera integrates |E|² over each voxel-sized pixel (2×2 upsampled samples).
+    ny, nx = GEOMETRY.camera_shape_yx
+    expected_image = (np.abs(reference) ** 2).reshape(ny, 2, nx, 2).mean(axis=(1, 3))
+    assert rel_l2(physics.render(model64, dn, sources(source_xyz))[0], expected_image) < 0.01
+
+
+@pytest.mark.parametrize("focal_z_um", [0.4, 5.5])
+def test_refocus_below_and_above_the_volume_centre_matches_analytic(focal_z_um):
+    """The focal plane need not be the centre: near the bottom (backward refocus) or the top."""
+    geometry = VolumeGeometry((16, 48, 48), (0.25, 0.25, 0.25), focal_plane_z_um=focal_z_um)
+    model = physics.ForwardModel.build(OPTICS, geometry, source_depth_um=1.5, dtype=torch.float64)
+    src = (0.42, -0.18, -1.5)
+    field = focal_field(model, torch.zeros(geometry.shape_zyx, dtype=torch.float64), sources(src))[0]
+    assert rel_l2(field, analytic_focal_field(OPTICS, geometry, src, model.upsample)) < 0.01
+
+
+def test_homogeneous_medium_matches_analytic_without_upsampling():
+    """Fine voxels (dx ≤ λ/(4·NA)) use the field as is; the physics must not change."""
+    geometry = VolumeGeometry((16, 64, 64), (0.15, 0.15, 0.15))
+    model = physics.ForwardModel.build(OPTICS, geometry, dtype=torch.float64)
+    assert model.upsample == 1
+    src = (-0.61, 0.37, -1.2)
+    field = focal_field(model, torch.zeros(geometry.shape_zyx, dtype=torch.float64), sources(src))[0]
+    assert rel_l2(field, analytic_focal_field(OPTICS, geometry, src, 1)) < 0.01
+
+
+# --- 2. energy conservation of the angular-spectrum propagator ------------------------------
+
+
+def _random_field(n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    real, imag = torch.randn(2, n, n, generator=gen, dtype=torch.float64)
+    return torch.complex(real, imag)
+
+
+def test_propagation_conserves_energy_in_the_propagating_band():
+    n, dx, km = 64, 0.1, OPTICS.km  # Nyquist π/dx ≈ 31 rad/µm > km ≈ 13.9: part of the grid is evanescent
+    ky, kx = physics.frequency_grid(n, n, dx, dx, dtype=torch.float64)
+    kz, propagating = physics.axial_wavenumber(ky, kx, km)
+    assert 0 < int(propagating.sum()) < n * n
+    k_perp = torch.sqrt(kx**2 + ky**2)
+    inside = (k_perp < 0.95 * km).to(torch.complex128)
+    field = torch.fft.ifft2(torch.fft.fft2(_random_field(n, 0)) * inside)  # spectrum strictly propagating
+    for distance in (0.37, 5.0, -2.6):
+        out = physics.propagate(field, physics.propagation_kernel(kz, propagating, distance))
+        assert rel_l2(out, field) > 0.1  # it did propagate
+        energy_in, energy_out = float((field.abs() ** 2).sum()), float((out.abs() ** 2).sum())
+        assert energy_out == pytest.approx(energy_in, rel=1e-12)
+    # Propagation is a group: forward then back returns the field, d1 then d2 equals d1 + d2.
+    there = physics.propagate(field, physics.propagation_kernel(kz, propagating, 3.1))
+    back = physics.propagate(there, physics.propagation_kernel(kz, propagating, -3.1))
+    assert rel_l2(back, field) < 1e-12
+    two_steps = physics.propagate(there, physics.propagation_kernel(kz, propagating, 1.4))
+    one_step = physics.propagate(field, physics.propagation_kernel(kz, propagating, 4.5))
+    assert rel_l2(two_steps, one_step) < 1e-12
+
+
+def test_propagation_removes_evanescent_energy():
+    n, dx, km = 64, 0.1, OPTICS.km
+    ky, kx = physics.frequency_grid(n, n, dx, dx, dtype=torch.float64)
+    kz, propagating = physics.axial_wavenumber(ky, kx, km)
+    field = _random_field(n, 1)  # white spectrum: propagating and evanescent parts
+    spectrum = np.fft.fft2(field.numpy())
+    k_perp = np.hypot(*np.meshgrid(2 * np.pi * np.fft.fftfreq(n, dx), 2 * np.pi * np.fft.fftfreq(n, dx), indexing="ij"))
+    propagating_energy = float((np.abs(spectrum[k_perp < km]) ** 2).sum()) / (n * n)  # Parseval
+    out = physics.propagate(field, physics.propagation_kernel(kz, propagating, 1.0))
+    energy_out = float((out.abs() ** 2).sum())
+    assert energy_out == pytest.approx(propagating_energy, rel=1e-12)
+    assert energy_out < 0.9 * float((field.abs() ** 2).sum())
+
+
+# --- 3. a laterally uniform layer only adds the phase k0·Δn·L ---------------------------------
+
+
+def test_uniform_layer_adds_a_global_phase_on_a_periodic_grid():
+    """Δn uniform over the whole (unpadded, periodic) plane commutes with propagation."""
+    model = physics.ForwardModel.build(OPTICS, GEOMETRY, pad_yx=(0, 0), dtype=torch.float64)
+    dz = GEOMETRY.voxel_um_zyx[0]
+    dn = torch.zeros(GEOMETRY.shape_zyx, dtype=torch.float64)
+    delta_n, first, last = 0.02, 3, 13  # slabs 3..12: L = 10·dz = 2.5 µm
+    dn[first:last] = delta_n
+    src = sources((0.3, -0.2, -1.0))
+    homogeneous = focal_field(model, torch.zeros_like(dn), src)
+    layered = focal_field(model, dn, src)
+    expected_phase = OPTICS.k0 * delta_n * (last - first) * dz  # ≈ 0.52 rad
+    assert rel_l2(layered, homogeneous * complex(math.cos(expected_phase), math.sin(expected_phase))) < 1e-10
+    # The measured global phase, not just consistency: arg⟨E0, E⟩ = k0·Δn·L.
+    measured = float(torch.angle((homogeneous.conj() * layered).sum()))
+    assert measured == pytest.approx(expected_phase, abs=1e-9)
+    # An imaginary part κ absorbs: the amplitude falls by exp(−k0·κ·L) (Beer–Lambert).
+    kappa = 0.004
+    absorbing = focal_field(model, torch.complex(dn, kappa * (dn != 0).to(dn.dtype)), src)
+    attenuation = math.exp(-OPTICS.k0 * kappa * (last - first) * dz)
+    assert rel_l2(absorbing, layered * attenuation) < 1e-10
+
+
+def test_uniform_layer_over_the_field_of_view_adds_a_global_phase(model64):
+    """With the default padding Δn stops at the edge of the field of view; a layer below the
+    focal plane still only shifts the phase of the central image (the rays that form it
+    cross the layer inside the field of view)."""
+    dz = GEOMETRY.voxel_um_zyx[0]
+    dn = torch.zeros(GEOMETRY.shape_zyx, dtype=torch.float64)
+    delta_n, first, last = 0.01, 2, 8  # z ∈ [0.5, 2.0] µm, focal plane at 3 µm
+    dn[first:last] = delta_n
+    src = sources((0.2, -0.3, -1.0))
+    homogeneous = focal_field(model64, torch.zeros_like(dn), src)[0]
+    layered = focal_field(model64, dn, src)[0]
+    phase = OPTICS.k0 * delta_n * (last - first) * dz
+    n = homogeneous.shape[-1]
+    centre = slice(n // 4, 3 * n // 4)
+    expected = homogeneous * complex(math.cos(phase), math.sin(phase))
+    assert rel_l2(layered[centre, centre], expected[centre, centre]) < 0.005
+    assert rel_l2(layered[centre, centre], homogeneous[centre, centre]) > 0.1  # the phase (0.157 rad) is there
+
+
+# --- 4. weak objects: first-order (Born) scattering -------------------------------------------
+
+
+def born_focal_field(
+    model: physics.ForwardModel, dn: np.ndarray, source_xyz, n_points: int
+) -> np.ndarray:
+    """First-order scattered field on the focal plane, written with numpy only.
+
+    ``ΔE(z_f) = Σ_k ∫_slab k P_{z_f − z}{ pupil · i·k0·Δn_k · E0(z) } dz`` with the
+    incident field ``E0(z)`` from its angular spectrum (Weyl expansion, DESIGN §2.1) and
+    the integral over each slab's thickness by ``n_points``-point Gauss–Legendre
+    quadrature. Returns the field on the voxel grid of the field of view.
+    """
+    optics, geometry = model.optics, model.geometry
+    nz, ny, nx = geometry.shape_zyx
+    dz, dy, dx = geometry.voxel_um_zyx
+    pad_y, pad_x = model.pad_yx
+    size_y, size_x = ny + 2 * pad_y, nx + 2 * pad_x
+    ky = 2 * np.pi * np.fft.fftfreq(size_y, dy)[:, None]
+    kx = 2 * np.pi * np.fft.fftfreq(size_x, dx)[None, :]
+    k_perp = np.hypot(kx, ky)
+    kz = np.sqrt(np.maximum(optics.km**2 - k_perp**2, 0.0))
+    band = physics.band_edge(torch.from_numpy(k_perp), optics.k0 * optics.source_na).numpy()
+    pupil = k_perp <= optics.k0 * optics.na
+    xs, ys, zs = source_xyz
+    x_first, y_first = -(size_x // 2) * dx, -(size_y // 2) * dy  # coordinate of index 0
+
+    def incident(z: float) -> np.ndarray:
+        phase = -(kx * (xs - x_first) + ky * (ys - y_first)) + kz * (z - zs)
+        spectrum = 2j * np.pi / (dx * dy) * band / np.where(band > 0, kz, 1.0) * np.exp(1j * phase)
+        return np.fft.ifft2(spectrum)
+
+    nodes, weights = np.polynomial.legendre.leggauss(n_points)
+    dn_padded = np.pad(dn, ((0, 0), (pad_y, pad_y), (pad_x, pad_x)))
+    scattered = np.zeros((size_y, size_x), dtype=complex)
+    for k in range(nz):
+        if not dn_padded[k].any():
+            continue
+        for node, weight in zip(nodes, weights):
+            z = (k + 0.5 + 0.5 * node) * dz
+            source_term = 1j * optics.k0 * dn_padded[k] * incident(z)
+            scattered += 0.5 * weight * dz * np.fft.fft2(source_term) * np.exp(1j * kz * (geometry.focal_z_um - z)) * pupil
+    return np.fft.ifft2(scattered)[pad_y : pad_y + ny, pad_x : pad_x + nx]
+
+
+def _voxel_grid_field(model: physics.ForwardModel, dn: np.ndarray, src) -> np.ndarray:
+    spectrum = physics.multislice(model, torch.from_numpy(dn), sources(src))
+    ny, nx = model.geometry.shape_zyx[1:]
+    pad_y, pad_x = model.pad_yx
+    return torch.fft.ifft2(spectrum)[0, pad_y : pad_y + ny, pad_x : pad_x + nx].numpy()
+
+
+def _gaussian_blob(geometry: VolumeGeometry, centre_xyz, sigma_um: float) -> np.ndarray:
+    nz, ny, nx = geometry.shape_zyx
+    dz, dy, dx = geometry.voxel_um_zyx
+    z = (np.arange(nz) + 0.5) * dz
+    y = (np.arange(ny) - ny / 2) * dy
+    x = (np.arange(nx) - nx / 2) * dx
+    cx, cy, cz = centre_xyz
+    r2 = (z[:, None, None] - cz) ** 2 + (y[None, :, None] - cy) ** 2 + (x[None, None, :] - cx) ** 2
+    return np.exp(-r2 / (2 * sigma_um**2))
+
+
+@pytest.fixture(scope="module")
+def born_setup():
+    geometry = VolumeGeometry((16, 48, 48), (0.25, 0.25, 0.25))
+    model = physics.ForwardModel.build(OPTICS, geometry, dtype=torch.float64)
+    src = (0.4, -0.6, -1.5)
+    blob = _gaussian_blob(geometry, (0.3, -0.2, 2.1), 0.4)
+    homogeneous = _voxel_grid_field(model, np.zeros_like(blob), src)
+    return model, src, blob, homogeneous
+
+
+def test_weak_phase_object_matches_first_order_born(born_setup):
+    """Δn = 1e-4 blob: the change of the image-side field is the Born field of the slabs'
+    physical thickness (each slab integrated over z, not lumped at one face)."""
+    model, src, blob, homogeneous = born_setup
+    amplitude = 1e-4
+    change = _voxel_grid_field(model, amplitude * blob, src) - homogeneous
+    reference = born_focal_field(model, amplitude * blob, src, n_points=3)
+    assert np.linalg.norm(change) > 5e-5 * np.linalg.norm(homogeneous)  # a resolved effect
+    assert rel_l2(change, reference) < 0.02
+
+
+def test_born_error_scales_with_dn_squared(born_setup):
+    """Against the single-scattering sum, the residual is second order in Δn: doubling Δn
+    doubles the relative error (quadruples the absolute one)."""
+    model, src, blob, homogeneous = born_setup
+    errors = []
+    for amplitude in (1e-3, 2e-3):
+        change = _voxel_grid_field(model, amplitude * blob, src) - homogeneous
+        reference = born_focal_field(model, amplitude * blob, src, n_points=1)
+        errors.append(rel_l2(change, reference))
+    assert errors[1] < 0.02
+    assert errors[1] / errors[0] == pytest.approx(2.0, rel=0.1)
+
+
+# --- 5. gradients -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> physics.ForwardModel:
+    return physics.ForwardModel.build(OPTICS, VolumeGeometry((4, 12, 12), (0.25, 0.25, 0.25)), dtype=torch.float64)
+
+
+def _tiny_inputs(model: physics.ForwardModel):
+    gen = torch.Generator().manual_seed(3)
+    dn = 0.03 * torch.rand(model.geometry.shape_zyx, generator=gen, dtype=torch.float64)
+    # One source below the volume, one inside it (z = 0.4 µm: in slab 1, clear of the slab
+    # bottoms that decide which slabs it sees).
+    src = torch.tensor([[0.13, -0.21, -0.8], [-0.3, 0.27, 0.4]], dtype=torch.float64)
+    brightness = torch.tensor([1.3, 0.7], dtype=torch.float64)
+    background = torch.tensor([0.05, 0.1], dtype=torch.float64)
+    return dn, src, brightness, background
+
+
+def test_render_gradients_match_finite_differences(tiny_model):
+    """Full Jacobian check in every voxel of Δn, source xyz, brightness and background."""
+    inputs = tuple(t.clone().requires_grad_() for t in _tiny_inputs(tiny_model))
+
+    def images(dn, src, brightness, background):
+        return physics.render(tiny_model, dn, src, brightness, background)
+
+    assert torch.autograd.gradcheck(images, inputs, eps=1e-6, atol=1e-7, rtol=1e-4)
+
+
+def test_render_gradient_in_absorbing_dn(tiny_model):
+    """A complex Δn (imaginary part = absorption) is differentiable too."""
+    dn, src, brightness, background = _tiny_inputs(tiny_model)
+    gen = torch.Generator().manual_seed(4)
+    absorbing = torch.complex(dn, 0.01 * torch.rand(dn.shape, generator=gen, dtype=torch.float64)).requires_grad_()
+
+    def images(dn):
+        return physics.render(tiny_model, dn, src, brightness, background)
+
+    assert torch.autograd.gradcheck(images, (absorbing,), eps=1e-6, atol=1e-7, rtol=1e-4)
+
+
+# --- 6. padding ------------------------------------------------------------------------------
+
+
+def test_doubling_the_padding_leaves_the_image_unchanged(model64):
+    doubled = physics.ForwardModel.build(
+        OPTICS, GEOMETRY, pad_yx=tuple(2 * p for p in model64.pad_yx), dtype=torch.float64
+    )
+    dn = torch.from_numpy(0.01 * _gaussian_blob(GEOMETRY, (0.5, 0.0, 2.5), 0.8))
+    src = sources((0.3, -0.7, -2.0), (-3.2, 2.9, -3.0))
+    image = physics.render(model64, dn, src)
+    image_doubled = physics.render(doubled, dn, src)
+    for view in range(2):
+        assert rel_l2(image[view], image_doubled[view]) < 0.01
+
+
+# --- 7. free-space propagation against nrefocus ----------------------------------------------
+
+
+def test_propagation_agrees_with_nrefocus():
+    """nrefocus's Helmholtz kernel is ``exp(i·d·(kz − km))``: it drops the carrier phase
+    ``exp(i·km·d)`` that ours keeps (both use ``exp(+i·kz·d)`` for propagation toward +z).
+    Distances and the wavelength are given to it in pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # missing optional FFT back-ends
+        import nrefocus
+
+    n, dx = 64, 0.2
+    y = (np.arange(n) - n / 2) * dx
+    yy, xx = np.meshgrid(y, y, indexing="ij")
+    # A smooth, band-limited field: a tilted Gaussian beam with a phase bump.
+    field = np.exp(-(xx**2 + (yy - 0.5) ** 2) / (2 * 1.5**2)) * np.exp(1j * (3.0 * xx - 1.2 * yy + 0.8 * np.exp(-(xx**2 + yy**2))))
+    ky, kx = physics.frequency_grid(n, n, dx, dx, dtype=torch.float64)
+    kz, propagating = physics.axial_wavenumber(ky, kx, OPTICS.km)
+    for distance in (2.5, -1.7):
+        ours = physics.propagate(torch.from_numpy(field), physics.propagation_kernel(kz, propagating, distance)).numpy()
+        theirs = nrefocus.refocus(
+            field, distance / dx, OPTICS.n_medium, OPTICS.wavelength_um / dx, method="helmholtz", padding=False
+        ) * np.exp(1j * OPTICS.km * distance)
+        assert rel_l2(ours, field) > 0.1
+        assert rel_l2(ours, theirs) < 1e-10
+
+
+# --- 8. sampling and geometry validation (DESIGN §2.6) ---------------------------------------
+
+
+def test_voxel_coarser_than_field_nyquist_is_refused():
+    # λ/(2·NA) = 0.375 µm
+    for dx in (0.4, 0.5):
+        geometry = VolumeGeometry((8, 16, 16), (0.25, dx, dx))
+        with pytest.raises(GeometryError, match=r"too coarse.*λ/\(2·NA\)"):
+            physics.ForwardModel.build(OPTICS, geometry)
+
+
+def test_sampling_selects_field_upsampling():
+    # λ/(4·NA) = 0.1875 µm < dx < λ/(2·NA) = 0.375 µm → ×2; finer → ×1.
+    assert physics.ForwardModel.build(OPTICS, VolumeGeometry((4, 16, 16), (0.25, 0.3, 0.3))).upsample == 2
+    assert physics.ForwardModel.build(OPTICS, VolumeGeometry((4, 16, 16), (0.25, 0.2, 0.2))).upsample == 2
+    assert physics.ForwardModel.build(OPTICS, VolumeGeometry((4, 16, 16), (0.25, 0.18, 0.18))).upsample == 1
+    assert physics.ForwardModel.build(OPTICS, VolumeGeometry((4, 16, 16), (0.25, 0.1, 0.1))).upsample == 1
+    # The coarser lateral axis decides.
+    assert physics.ForwardModel.build(OPTICS, VolumeGeometry((4, 16, 16), (0.25, 0.3, 0.1))).upsample == 2
+    # A wider source band (NA_src > NA) needs finer voxels.
+    wide_source = Optics(wavelength_um=0.6, n_medium=1.33, na=0.8, na_source=1.0)  # λ/(2·NA_src) = 0.3
+    with pytest.raises(GeometryError):
+        physics.ForwardModel.build(wide_source, VolumeGeometry((4, 16, 16), (0.25, 0.33, 0.33)))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Optics(wavelength_um=0.6, n_medium=1.33, na=1.4),  # NA > n
+        lambda: Optics(wavelength_um=0.6, n_medium=1.33, na=1.33),  # NA = n
+        lambda: Optics(wavelength_um=-0.6),
+        lambda: Optics(n_medium=0.0),
+        lambda: Optics(na_source=1.5),
+        lambda: VolumeGeometry((8, 16, 16), (0.25, -0.25, 0.25)),
+        lambda: VolumeGeometry((8, 16, 16), (0.0, 0.25, 0.25)),
+        lambda: VolumeGeometry((8, -16, 16), (0.25, 0.25, 0.25)),
+        lambda: VolumeGeometry((8, 16, 16), (0.25, 0.25, 0.25), camera_binning=3),
+        lambda: physics.ForwardModel.build(OPTICS, VolumeGeometry((8, 16, 16), (0.25, 0.25, 0.25)), pad_yx=(-2, 4)),
+    ],
+)
+def test_invalid_geometry_is_refused(make):
+    with pytest.raises(GeometryError) as info:
+        make()
+    message = str(info.value)
+    assert message.endswith(".") and "\n" not in message
+
+
+def test_dn_with_the_wrong_shape_is_refused(model64):
+    with pytest.raises(GeometryError, match="expected"):
+        physics.render(model64, torch.zeros(4, 48, 48, dtype=torch.float64), sources((0, 0, -1)))
+
+
+# --- 9. a source inside the volume -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("z_source", [1.1, 4.2])  # below and above the focal plane (3 µm)
+def test_source_inside_volume_matches_analytic(model64, z_source):
+    src = (0.35, -0.45, z_source)
+    field = focal_field(model64, torch.zeros(GEOMETRY.shape_zyx, dtype=torch.float64), sources(src))[0]
+    reference = analytic_focal_field(OPTICS, GEOMETRY, src, model64.upsample)
+    assert rel_l2(field, reference) < 0.01
+
+
+def test_slabs_below_a_source_inside_the_volume_do_not_affect_its_image(model64):
+    dz = GEOMETRY.voxel_um_zyx[0]
+    z_source = 2.1  # inside slab 8 ([2.0, 2.25] µm)
+    below = int(z_source // dz)  # slabs 0..7 lie entirely below the source
+    blob = torch.from_numpy(_gaussian_blob(GEOMETRY, (0.2, 0.1, 0.0), 1.0))
+    strong_below = torch.zeros(GEOMETRY.shape_zyx, dtype=torch.float64)
+    strong_below[:below] = 0.1 * blob[:below]
+    strong_above = torch.zeros_like(strong_below)
+    strong_above[below + 2 : below + 10] = 0.1 * blob[:8]
+    # The second view sits below the volume and must see the object.
+    src = sources((0.3, -0.2, z_source), (0.3, -0.2, -1.0))
+    empty = physics.render(model64, torch.zeros_like(strong_below), src)
+    with_below = physics.render(model64, strong_below, src)
+    with_above = physics.render(model64, strong_above, src)
+    assert rel_l2(with_below[0], empty[0]) < 1e-12
+    assert rel_l2(with_below[1], empty[1]) > 0.05
+    assert rel_l2(with_above[0], empty[0]) > 0.05
+
+
+# --- 10. batching and precision --------------------------------------------------------------
+
+
+def test_batched_views_equal_single_views(model64):
+    dn = torch.from_numpy(0.02 * _gaussian_blob(GEOMETRY, (-0.4, 0.6, 3.0), 1.0))
+    src = sources((0.3, -0.7, -2.0), (-2.1, 1.4, -1.0), (0.0, 0.0, 2.6))
+    brightness = torch.tensor([1.0, 2.5, 0.4], dtype=torch.float64)
+    background = torch.tensor([0.0, 0.3, 1.2], dtype=torch.float64)
+    batched = physics.render(model64, dn, src, brightness, background)
+    assert batched.shape == (3, *GEOMETRY.camera_shape_yx)
+    for view in range(3):
+        single = physics.render(model64, dn, src[view : view + 1], brightness[view : view + 1], background[view : view + 1])
+        assert torch.allclose(batched[view], single[0], rtol=1e-12, atol=1e-14)
+
+
+def test_float32_agrees_with_float64(model64):
+    model32 = physics.ForwardModel.build(OPTICS, GEOMETRY, dtype=torch.float32)
+    dn = torch.from_numpy(0.02 * _gaussian_blob(GEOMETRY, (-0.4, 0.6, 3.0), 1.0))
+    src = sources((0.3, -0.7, -2.0), (-2.1, 1.4, -1.0))
+    image64 = physics.render(model64, dn, src)
+    image32 = physics.render(model32, dn.float(), src.float())
+    assert image32.dtype == torch.float32
+    assert rel_l2(image32.double(), image64) < 1e-4

@@ -97,8 +97,8 @@ def coherence_radius_um(
 def coherence_mask(
     sources_xy_um: torch.Tensor,
     radii_um: torch.Tensor,
-    shape_yx: tuple[int, int],
-    pixel_um: float,
+    y_um: torch.Tensor,
+    x_um: torch.Tensor,
     *,
     edge_fraction: float = 0.25,
     floor: float = 0.05,
@@ -108,15 +108,14 @@ def coherence_mask(
     Args:
         sources_xy_um: ``[V, 2]`` lateral source positions (µm, FOV-centre origin).
         radii_um: ``[V]`` coherent radius at the focal plane (µm), see :func:`coherence_radius_um`.
-        shape_yx: camera frame shape; ``pixel_um`` the camera pixel in sample space.
+        y_um, x_um: camera pixel centres (µm).
         edge_fraction: width of the raised-cosine taper relative to the radius.
         floor: weight kept far outside (the scattered light there still carries signal).
     """
-    ny, nx = shape_yx
-    dev, dt = sources_xy_um.device, sources_xy_um.dtype
-    y = (torch.arange(ny, device=dev, dtype=dt) - ny / 2) * pixel_um
-    x = (torch.arange(nx, device=dev, dtype=dt) - nx / 2) * pixel_um
-    rho = torch.sqrt((x[None, None, :] - sources_xy_um[:, 0, None, None]) ** 2 + (y[None, :, None] - sources_xy_um[:, 1, None, None]) ** 2)
+    rho = torch.sqrt(
+        (x_um[None, None, :] - sources_xy_um[:, 0, None, None]) ** 2
+        + (y_um[None, :, None] - sources_xy_um[:, 1, None, None]) ** 2
+    )
     inner = radii_um[:, None, None] * (1 - edge_fraction)
     t = torch.clamp((rho - inner) / (radii_um[:, None, None] * edge_fraction), 0.0, 1.0)
     return floor + (1 - floor) * 0.5 * (1 + torch.cos(math.pi * t))

@@ -139,6 +139,21 @@ class VolumeGeometry:
         """Camera pixel size in sample space (µm); uses dx (square pixels)."""
         return self.camera_binning * self.voxel_um_zyx[2]
 
+    def camera_coordinates_um(self) -> tuple["np.ndarray", "np.ndarray"]:
+        """Centres (µm) of the camera pixels along y and x, FOV-centre origin.
+
+        A camera pixel integrates ``camera_binning`` voxels per axis; its centre is
+        the mean of their centres ``x_j = (j − N/2)·dx``.
+        """
+        import numpy as np
+
+        b = self.camera_binning
+        _, ny, nx = self.shape_zyx
+        _, dy, dx = self.voxel_um_zyx
+        ys = ((np.arange(ny // b) * b - ny / 2) + (b - 1) / 2) * dy
+        xs = ((np.arange(nx // b) * b - nx / 2) + (b - 1) / 2) * dx
+        return ys, xs
+
     def check_sampling(self, optics: Optics) -> int:
         """Check DESIGN.md §2.6 and return the field upsampling factor for |E|².
 

@@ -200,6 +200,7 @@ class ForwardModel:
     slab_kernel: torch.Tensor
     exit_kernel: torch.Tensor
     absorber: torch.Tensor
+    sample_shift: torch.Tensor
 
     @classmethod
     def build(
@@ -242,10 +243,17 @@ class ForwardModel:
         ky64, kx64 = frequency_grid(yp, xp, dy, dx, dtype=torch.float64)
         aperture = pupil(ky64, kx64, optics.k0, optics.na).to(device=device, dtype=dtype)
         exit_kernel = propagation_kernel(kz, propagating, exit_distance) * aperture
+        # Upsampled samples sit at the centres of the s × s sub-pixels of each voxel
+        # (offsets (i + ½)/s − ½ voxels), so that binning them integrates the pixel
+        # centred on x_j = (j − N/2)·dx.
+        shift = -(upsample - 1) / (2 * upsample)
+        sample_shift = torch.polar(torch.ones_like(kz), (kx * dx + ky * dy) * shift)
         wy = absorbing_window(ny, pad_y, device=device, dtype=dtype) if pad_y else torch.ones(yp, device=device, dtype=dtype)
         wx = absorbing_window(nx, pad_x, device=device, dtype=dtype) if pad_x else torch.ones(xp, device=device, dtype=dtype)
         absorber = wy[:, None] * wx[None, :]
-        return cls(optics, geometry, (pad_y, pad_x), upsample, ky, kx, kz, source_band, slab_kernel, exit_kernel, absorber)
+        return cls(
+            optics, geometry, (pad_y, pad_x), upsample, ky, kx, kz, source_band, slab_kernel, exit_kernel, absorber, sample_shift
+        )
 
     def to(self, device: torch.device | str) -> "ForwardModel":
         """A copy with every tensor on ``device``."""
@@ -270,6 +278,19 @@ def source_field(model: ForwardModel, sources_xyz: torch.Tensor) -> torch.Tensor
     dz, dy, dx = model.geometry.voxel_um_zyx
     spectrum = point_source_spectrum(model.ky, model.kx, model.kz, model.source_band, sources_xyz, 0.5 * dz, dy, dx)
     return torch.fft.ifft2(spectrum)
+
+
+def homogeneous_spectrum(model: ForwardModel, sources_xyz: torch.Tensor) -> torch.Tensor:
+    """Focal-plane spectrum ``[V, Yp, Xp]`` for Δn = 0, by direct propagation (no slabs).
+
+    Equal to :func:`multislice` with an empty volume; cheap enough for calibrating
+    sources against the unperturbed image.
+    """
+    nz = model.geometry.shape_zyx[0]
+    dz, dy, dx = model.geometry.voxel_um_zyx
+    top = (nz - 0.5) * dz
+    spectrum = point_source_spectrum(model.ky, model.kx, model.kz, model.source_band, sources_xyz, top, dy, dx)
+    return spectrum * model.exit_kernel
 
 
 def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor) -> torch.Tensor:
@@ -311,7 +332,7 @@ def image_field(model: ForwardModel, spectrum: torch.Tensor) -> torch.Tensor:
         field = torch.fft.ifft2(spectrum)
         return field[..., pad_y : pad_y + ny, pad_x : pad_x + nx]
     yp, xp = spectrum.shape[-2:]
-    shifted = torch.fft.fftshift(spectrum, dim=(-2, -1))
+    shifted = torch.fft.fftshift(spectrum * model.sample_shift, dim=(-2, -1))
     extra_y, extra_x = (s - 1) * yp, (s - 1) * xp
     padded = F.pad(shifted, (extra_x // 2, extra_x - extra_x // 2, extra_y // 2, extra_y - extra_y // 2))
     field = torch.fft.ifft2(torch.fft.ifftshift(padded, dim=(-2, -1))) * (s * s)

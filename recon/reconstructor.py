@@ -21,10 +21,10 @@ import torch
 
 from nvplive.errors import ReconstructionError
 
-from .calibration import fit_brightness_background, initial_sources
+from .calibration import fit_brightness_background, initial_sources, refine_sources
 from .losses import coherence_mask, coherence_radius_um, gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
-from .physics import ForwardModel, render
+from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, render
 from .representations import Representation, make_representation
 
 ProgressCallback = Callable[[int, int, float], None]
@@ -189,18 +189,18 @@ class Reconstructor:
         """Reconstruct one timepoint from scratch (self-calibration included)."""
         cfg = self.config
         measured, scale = self._measured(frames)
-        pixel = self.geometry.camera_pixel_um
         if cfg.self_calibration:
+            y, x = self.geometry.camera_coordinates_um()
             start = initial_sources(
-                (measured - measured.amin(dim=(1, 2), keepdim=True)).cpu().numpy(), self.nominal_sources, pixel
+                (measured - measured.amin(dim=(1, 2), keepdim=True)).cpu().numpy(), self.nominal_sources, y, x
             )
+            base_sources = torch.as_tensor(start, dtype=torch.float32, device=self.device)
+            base_sources, b0, c0 = refine_sources(self.model, measured, base_sources)
         else:
-            start = self.nominal_sources.copy()
-        base_sources = torch.as_tensor(start, dtype=torch.float32, device=self.device)
-        with torch.no_grad():
-            empty = torch.zeros(self.geometry.shape_zyx, device=self.device)
-            unperturbed = render(self.model, empty, base_sources)
-        b0, c0 = fit_brightness_background(unperturbed, measured)
+            base_sources = torch.as_tensor(self.nominal_sources, dtype=torch.float32, device=self.device)
+            with torch.no_grad():
+                unperturbed = camera_intensity(self.model, homogeneous_spectrum(self.model, base_sources))
+            b0, c0 = fit_brightness_background(unperturbed, measured)
         self.representation = make_representation(
             cfg.method, self.geometry.shape_zyx, **self._rep_options()
         ).to(self.device)
@@ -272,7 +272,8 @@ class Reconstructor:
             ],
             device=self.device,
         )
-        return coherence_mask(sources[:, :2], radii, self.geometry.camera_shape_yx, self.geometry.camera_pixel_um)
+        y, x = (torch.as_tensor(c, dtype=torch.float32, device=self.device) for c in self.geometry.camera_coordinates_um())
+        return coherence_mask(sources[:, :2], radii, y, x)
 
     def _optimise(
         self, measured: torch.Tensor, scale: torch.Tensor, budget: int, *, warm: bool, callback: ProgressCallback | None

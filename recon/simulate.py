@@ -119,7 +119,7 @@ class Simulator:
     optics: Optics
     geometry: VolumeGeometry
     sources_um_xyz: np.ndarray
-    photons: float = 400.0
+    photons: float = 3000.0
     relative_brightness: np.ndarray | None = None
     background: np.ndarray | None = None
     coherence: PartialCoherence = field(default_factory=PartialCoherence)

@@ -64,8 +64,10 @@ def analytic_focal_field(
     band = physics.band_edge(torch.from_numpy(k), k_cut).numpy()
     weight = np.exp(1j * kz * (geometry.focal_z_um - zs)) / kz * band * k
     s = upsample
-    y = (np.arange(s * ny) - s * ny / 2) * dy / s
-    x = (np.arange(s * nx) - s * nx / 2) * dx / s
+    # Samples sit at the centres of the s × s sub-pixels of each voxel-sized pixel
+    # centred on x_j = (j − N/2)·dx (DESIGN.md §1).
+    y = (np.arange(s * ny) - s * ny / 2) * dy / s - (s - 1) / (2 * s) * dy
+    x = (np.arange(s * nx) - s * nx / 2) * dx / s - (s - 1) / (2 * s) * dx
     rho = np.hypot(y[:, None] - ys, x[None, :] - xs).ravel()
     out = np.empty(rho.size, dtype=complex)
     chunk = 2048

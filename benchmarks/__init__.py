@@ -1,0 +1,1 @@
+"""Benchmarks of nvp-live (quality and speed); results go to BENCHMARKS.md."""

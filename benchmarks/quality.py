@@ -1,0 +1,235 @@
+"""``nvplive bench quality``: Δn quality of NVP against the baselines (DESIGN.md §8).
+
+Synthetic data: phantoms ``cell`` and ``tissue`` simulated with partial coherence
+and camera noise, 6, 7 and 20 views; methods NVP, Explicit, Triplane; ablations of
+NVP at 6 views (no self-calibration, no coherence mask, no coarse-to-fine, no TV);
+and the warm-start target (iterations a warm update needs to reach the cold-start
+quality of a timepoint of the beating cardiomyocyte). Runs are spread over worker
+processes (one torch thread each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+PAPER_6_VIEWS = {"explicit": 28.62, "triplane": 28.73, "nvp": 30.73}
+
+
+@dataclass(frozen=True)
+class QualitySize:
+    shape_zyx: tuple[int, int, int]
+    voxel_um: float
+    iterations: int
+    warm_iterations: int
+
+
+DEFAULT_SIZE = QualitySize((16, 40, 40), 0.25, 300, 60)
+FULL_SIZE = QualitySize((48, 128, 128), 0.2, 1500, 300)
+
+ABLATIONS = {
+    "no self-calibration": {"self_calibration": False},
+    "no coherence mask": {"coherence_mask": False},
+    "no coarse-to-fine": {"coarse_to_fine": False},
+    "no TV": {"tv_weight": 0.0},
+}
+
+
+def _setup(phantom: str, views: int, size: QualitySize, seed: int = 0):
+    from nvplive.recon.optics import Optics, VolumeGeometry
+    from nvplive.recon.phantoms import make_phantom
+    from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, default_sources
+
+    optics = Optics()
+    geometry = VolumeGeometry(size.shape_zyx, (size.voxel_um,) * 3)
+    sources = default_sources(geometry, views, seed=seed)
+    truth = make_phantom(phantom, geometry.shape_zyx, geometry.voxel_um_zyx, seed=seed)
+    sim = Simulator(optics, geometry, sources, coherence=PartialCoherence(3, 0.2, 2), camera=CameraModel(), seed=seed)
+    frames = sim.frames(truth, np.random.default_rng(seed))
+    return optics, geometry, sources, truth, frames
+
+
+def _run(task: dict) -> list[dict]:
+    """One reconstruction; returns rows for both metric protocols."""
+    import torch
+
+    torch.set_num_threads(1)
+    from nvplive.recon.metrics import absolute_scores, published_scores
+    from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+
+    size = QualitySize(**task["size"])
+    optics, geometry, sources, truth, frames = _setup(task["phantom"], task["views"], size)
+    config = replace(ReconConfig(method=task["method"], iterations=size.iterations), **task["options"])
+    rec = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=config, device="cpu")
+    start = time.perf_counter()
+    result = rec.cold_start(frames)
+    seconds = time.perf_counter() - start
+    rows = []
+    for protocol, scores in (("absolute", absolute_scores(result.dn, truth)), ("published", published_scores(result.dn, truth))):
+        rows.append(
+            {
+                "phantom": task["phantom"],
+                "views": task["views"],
+                "method": task["method"],
+                "variant": task["variant"],
+                "protocol": protocol,
+                "psnr_db": round(float(scores.psnr_db), 3),
+                "ssim": round(float(scores.ssim), 4),
+                "iterations": result.iterations,
+                "seconds": round(seconds, 2),
+                "device": "cpu",
+            }
+        )
+    return rows
+
+
+def _warm_start(size_dict: dict) -> dict:
+    """Iterations a warm update needs to reach the cold-start quality of the next timepoint."""
+    import torch
+
+    torch.set_num_threads(1)
+    from nvplive.recon.metrics import absolute_scores
+    from nvplive.recon.optics import Optics, VolumeGeometry
+    from nvplive.recon.phantoms import Cardiomyocyte
+    from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+    from nvplive.recon.simulate import PartialCoherence, Simulator, default_sources
+
+    size = QualitySize(**size_dict)
+    optics = Optics()
+    geometry = VolumeGeometry(size.shape_zyx, (size.voxel_um,) * 3)
+    sources = default_sources(geometry, 7, seed=0)
+    phantom = Cardiomyocyte(geometry.shape_zyx, geometry.voxel_um_zyx, seed=0)
+    sim = Simulator(optics, geometry, sources, coherence=PartialCoherence(3, 0.2, 2), seed=0)
+    rng = np.random.default_rng(0)
+    t0, t1 = 0.0, 0.1
+    frames0, frames1 = sim.frames(phantom.at(t0), rng), sim.frames(phantom.at(t1), rng)
+    truth1 = phantom.at(t1)
+    cfg = ReconConfig(iterations=size.iterations, warm_iterations=size.iterations, stop_on_plateau=False)
+    cold = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=cfg, device="cpu")
+    cold_result = cold.cold_start(frames1)
+    target = absolute_scores(cold_result.dn, truth1).psnr_db
+    warm = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=cfg, device="cpu")
+    warm.cold_start(frames0)
+    state = warm.snapshot()
+    step = max(1, size.iterations // 50)
+    needed = None
+    done = 0
+    warm.load_state(state)
+    warm.with_config(warm_iterations=step)
+    while done < size.iterations:
+        result = warm.warm_update(frames1)
+        done += result.iterations
+        if absolute_scores(result.dn, truth1).psnr_db >= target:
+            needed = done
+            break
+    return {
+        "cold_iterations": size.iterations,
+        "cold_psnr_db": round(float(target), 3),
+        "warm_iterations_to_cold_quality": needed,
+        "fraction": None if needed is None else round(needed / size.iterations, 3),
+    }
+
+
+def run_quality(full: bool = False, workers: int | None = None, progress=print) -> tuple[list[dict], dict]:
+    size = FULL_SIZE if full else DEFAULT_SIZE
+    size_dict = {"shape_zyx": size.shape_zyx, "voxel_um": size.voxel_um, "iterations": size.iterations, "warm_iterations": size.warm_iterations}
+    tasks = []
+    for phantom in ("cell", "tissue"):
+        for views in (6, 7, 20):
+            for method in ("nvp", "explicit", "triplane"):
+                tasks.append({"phantom": phantom, "views": views, "method": method, "variant": "full", "options": {}, "size": size_dict})
+        for variant, options in ABLATIONS.items():
+            tasks.append({"phantom": phantom, "views": 6, "method": "nvp", "variant": variant, "options": options, "size": size_dict})
+    workers = workers or max(1, min(len(tasks), os.cpu_count() or 1))
+    rows: list[dict] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        warm_future = pool.submit(_warm_start, size_dict)
+        futures = [pool.submit(_run, task) for task in tasks]
+        for i, fut in enumerate(futures):
+            rows.extend(fut.result())
+            t = tasks[i]
+            progress(f"[{i + 1}/{len(tasks)}] {t['phantom']} {t['views']} views {t['method']} {t['variant']}: "
+                     f"{rows[-1]['psnr_db']:.2f} dB published, {rows[-2]['psnr_db']:.2f} dB absolute")
+        warm = warm_future.result()
+    return rows, warm
+
+
+def _lookup(rows, phantom, views, method, variant, protocol):
+    for r in rows:
+        if (r["phantom"], r["views"], r["method"], r["variant"], r["protocol"]) == (phantom, views, method, variant, protocol):
+            return r
+    return None
+
+
+def markdown_table(rows: list[dict], warm: dict, seconds: float, full: bool) -> str:
+    size = FULL_SIZE if full else DEFAULT_SIZE
+    lines = [
+        f"### Quality ({time.strftime('%Y-%m-%d')}, `nvplive bench quality{' --full' if full else ''}`)",
+        "",
+        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch threads 1 per worker; "
+        f"volume {size.shape_zyx[0]}×{size.shape_zyx[1]}×{size.shape_zyx[2]} voxels of {size.voxel_um} µm, "
+        f"{size.iterations} cold iterations; wall time {seconds / 60:.1f} min.",
+        "",
+        "| phantom | views | protocol | NVP PSNR / SSIM | Explicit | Triplane | NVP − best baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    targets = []
+    for phantom in ("cell", "tissue"):
+        for views in (6, 7, 20):
+            for protocol in ("published", "absolute"):
+                cells = {m: _lookup(rows, phantom, views, m, "full", protocol) for m in ("nvp", "explicit", "triplane")}
+                fmt = {m: f"{c['psnr_db']:.2f} / {c['ssim']:.3f}" for m, c in cells.items()}
+                margin = cells["nvp"]["psnr_db"] - max(cells["explicit"]["psnr_db"], cells["triplane"]["psnr_db"])
+                lines.append(f"| {phantom} | {views} | {protocol} | {fmt['nvp']} | {fmt['explicit']} | {fmt['triplane']} | {margin:+.2f} dB |")
+        for protocol in ("published",):
+            nvp6 = _lookup(rows, phantom, 6, "nvp", "full", protocol)["psnr_db"]
+            exp6 = _lookup(rows, phantom, 6, "explicit", "full", protocol)["psnr_db"]
+            exp20 = _lookup(rows, phantom, 20, "explicit", "full", protocol)["psnr_db"]
+            beats = all(
+                _lookup(rows, phantom, v, "nvp", "full", protocol)["psnr_db"]
+                > max(_lookup(rows, phantom, v, m, "full", protocol)["psnr_db"] for m in ("explicit", "triplane"))
+                for v in (6, 7, 20)
+            )
+            targets.append(f"- {phantom}: NVP beats both baselines at every view count: {'met' if beats else 'MISSED'}; "
+                           f"NVP − Explicit at 6 views {nvp6 - exp6:+.2f} dB (target ≥ +1.5: {'met' if nvp6 - exp6 >= 1.5 else 'MISSED'}); "
+                           f"NVP@6 {nvp6:.2f} vs Explicit@20 {exp20:.2f} dB ({'met' if nvp6 >= exp20 else 'MISSED'}).")
+    lines += ["", "Ablations of NVP at 6 views (published protocol PSNR / SSIM):", "", "| phantom | variant | PSNR | SSIM |", "|---|---|---|---|"]
+    for phantom in ("cell", "tissue"):
+        for variant in ["full", *ABLATIONS]:
+            r = _lookup(rows, phantom, 6, "nvp", variant, "published")
+            lines.append(f"| {phantom} | {variant} | {r['psnr_db']:.2f} | {r['ssim']:.3f} |")
+    frac = warm["fraction"]
+    lines += [
+        "",
+        f"Paper (6 views, published protocol, their data): Explicit {PAPER_6_VIEWS['explicit']}, Triplane {PAPER_6_VIEWS['triplane']}, NVP {PAPER_6_VIEWS['nvp']} dB.",
+        "",
+        "Targets (DESIGN.md §8, published protocol):",
+        *targets,
+        f"- Warm start (cardiomyocyte, 7 views, next timepoint 0.1 s later): cold start reaches {warm['cold_psnr_db']} dB (absolute) "
+        f"in {warm['cold_iterations']} iterations; warm start reaches it in "
+        f"{warm['warm_iterations_to_cold_quality']} iterations ({'n/a' if frac is None else f'{100 * frac:.0f} %'}; target ≤ 20 %: "
+        f"{'met' if frac is not None and frac <= 0.2 else 'MISSED'}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None) -> int:
+    start = time.perf_counter()
+    rows, warm = run_quality(full=full)
+    seconds = time.perf_counter() - start
+    table = markdown_table(rows, warm, seconds, full)
+    print(table)
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(rows, indent=1))
+    if markdown is not None:
+        with open(markdown, "a", encoding="utf-8") as fh:
+            fh.write("\n" + table)
+    return 0

@@ -1,0 +1,220 @@
+"""``nvplive bench speed``: renderer and reconstruction speed (DESIGN.md §8, issue 6).
+
+For each volume size (7 views) and device: forward-render time, iterations per
+second (forward + backward + optimiser step, NVP), warm-update latency per
+timepoint, cold-start time, peak memory (host RSS of a fresh worker process;
+device allocator peak on CUDA), and the forward renderer against the
+straightforward reference in :mod:`.reference_renderer` (one view at a time,
+kernels rebuilt every call) and, when an interpreter with diffractio is named by
+``NVPLIVE_DIFFRACTIO_PYTHON``, against diffractio's BPM on the same volume.
+Ratios (reference time / our time) are reported because these machines are noisy.
+Each size runs in its own process so the memory peak belongs to it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHAPES = [(32, 64, 64), (64, 128, 128), (128, 256, 256)]
+VIEWS = 7
+VOXEL_UM = 0.25
+
+
+def _timeit(fn, repeats: int, sync) -> float:
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
+
+
+def _measure(shape: tuple[int, int, int], device: str, full: bool, queue) -> None:
+    try:
+        queue.put(_measure_inner(shape, device, full))
+    except Exception as exc:  # reported as a row, the benchmark goes on
+        queue.put({"shape_zyx": list(shape), "views": VIEWS, "device": device, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _measure_inner(shape, device: str, full: bool) -> dict:
+    import numpy as np
+    import torch
+
+    from nvplive.recon.optics import Optics, VolumeGeometry
+    from nvplive.recon.phantoms import Cardiomyocyte
+    from nvplive.recon.physics import ForwardModel, render
+    from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+    from nvplive.recon.simulate import PartialCoherence, Simulator, default_sources
+
+    from .reference_renderer import render_reference
+
+    dev = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    voxels = shape[0] * shape[1] * shape[2]
+    small = voxels <= 32 * 64 * 64
+    optics = Optics()
+    geometry = VolumeGeometry(tuple(shape), (VOXEL_UM,) * 3)
+    sources = default_sources(geometry, VIEWS, seed=0)
+    phantom = Cardiomyocyte(geometry.shape_zyx, geometry.voxel_um_zyx, seed=0)
+    truth0 = phantom.at(0.0)
+    model = ForwardModel.build(optics, geometry, source_depth_um=float(-sources[:, 2].min()) + 1.0, device=dev)
+    dn = torch.as_tensor(truth0, device=dev)
+    src = torch.as_tensor(sources, dtype=torch.float32, device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    with torch.no_grad():
+        ours = render(model, dn, src)
+        reference = render_reference(optics, geometry, model.pad_yx, dn, src)
+        agreement = float((ours - reference).norm() / ours.norm())
+        repeats = 5 if small else 2
+        forward_s = _timeit(lambda: render(model, dn, src), repeats, sync)
+        reference_s = _timeit(lambda: render_reference(optics, geometry, model.pad_yx, dn, src), 1 if not small else 3, sync)
+
+    row = {
+        "shape_zyx": list(shape),
+        "views": VIEWS,
+        "device": device if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "padded_yx": list(model.padded_shape_yx),
+        "forward_ms": round(1000 * forward_s, 2),
+        "reference_ms": round(1000 * reference_s, 2),
+        "reference_ratio": round(reference_s / forward_s, 2),
+        "reference_agreement": agreement,
+        "diffractio_ratio": None,
+        "iters_per_s": None,
+        "warm_update_s": None,
+        "cold_start_s": None,
+        "peak_mem_mb": None,
+        "torch_threads": torch.get_num_threads(),
+    }
+    heavy_ok = dev.type == "cuda" or small or full
+    sim = Simulator(optics, geometry, sources, coherence=PartialCoherence(1, 0.0, 1), device=dev, seed=0)
+    rng = np.random.default_rng(0)
+    frames0 = sim.frames(truth0, rng)
+    frames1 = sim.frames(phantom.at(0.1), rng)
+    config = ReconConfig(iterations=300 if heavy_ok else 3, warm_iterations=40)
+    rec = Reconstructor(optics, geometry, sources, camera_offset=sim.camera.offset, config=config, device=dev)
+    if heavy_ok:
+        start = time.perf_counter()
+        rec.cold_start(frames0)
+        sync()
+        row["cold_start_s"] = round(time.perf_counter() - start, 2)
+        result = rec.warm_update(frames1)
+        sync()
+        row["warm_update_s"] = round(result.seconds, 3)
+        row["warm_iterations"] = result.iterations
+        row["iters_per_s"] = round(result.iterations / result.seconds, 2)
+    elif voxels > 64 * 128 * 128:
+        row["note"] = "CPU: forward only at this size (use --full to time iterations)"
+    else:
+        rec.cold_start(frames0)
+        rec.with_config(warm_iterations=2, stop_on_plateau=False)
+        result = rec.warm_update(frames1)
+        row["iters_per_s"] = round(result.iterations / result.seconds, 3)
+    if dev.type == "cuda":
+        row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    else:
+        row["peak_mem_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    row["diffractio_ratio"] = _diffractio_ratio(geometry, optics, truth0, sources, forward_s)
+    return row
+
+
+def _diffractio_ratio(geometry, optics, dn, sources, forward_s: float) -> float | None:
+    """Time diffractio's BPM over the same volume (7 views, one at a time) in its own interpreter."""
+    python = os.environ.get("NVPLIVE_DIFFRACTIO_PYTHON")
+    if not python:
+        return None
+    import numpy as np
+
+    script = Path(__file__).with_name("diffractio_bpm.py")
+    with _TempArray(dn) as path:
+        out = subprocess.run(
+            [python, str(script), path, json.dumps({"voxel_um": list(geometry.voxel_um_zyx), "wavelength_um": optics.wavelength_um,
+                                                     "n_medium": optics.n_medium, "views": len(sources)})],
+            capture_output=True, text=True, timeout=1800,
+        )
+    if out.returncode != 0:
+        return None
+    seconds = float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+    return round(seconds / forward_s, 2) if np.isfinite(seconds) else None
+
+
+class _TempArray:
+    def __init__(self, array) -> None:
+        self.array = array
+
+    def __enter__(self) -> str:
+        import tempfile
+
+        import numpy as np
+
+        fd, self.path = tempfile.mkstemp(suffix=".npy")
+        os.close(fd)
+        np.save(self.path, self.array)
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        os.unlink(self.path)
+
+
+def run_speed(full: bool = False, progress=print) -> list[dict]:
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    ctx = mp.get_context("spawn")
+    rows = []
+    for device in devices:
+        for shape in SHAPES:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_measure, args=(shape, device, full, queue))
+            proc.start()
+            row = queue.get()
+            proc.join()
+            rows.append(row)
+            progress(json.dumps(row))
+    return rows
+
+
+def markdown_table(rows: list[dict], seconds: float) -> str:
+    lines = [
+        f"### Speed ({time.strftime('%Y-%m-%d')}, `nvplive bench speed`)",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; wall time {seconds / 60:.1f} min. "
+        "7 views, voxels of 0.25 µm, NVP; CPU rows use torch's default threads.",
+        "",
+        "| shape Z×Y×X | device | padded grid | forward ms | reference ms (ratio) | iters/s | warm update s (iters) | cold start s | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v: "—" if v is None else str(v)  # noqa: E731
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {'×'.join(map(str, r['shape_zyx']))} | {r['device']} | failed: {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {'×'.join(map(str, r['shape_zyx']))} | {r['device']} | {'×'.join(map(str, r['padded_yx']))} | {r['forward_ms']} | "
+            f"{r['reference_ms']} ({r['reference_ratio']}×) | {fmt(r['iters_per_s'])} | {fmt(r['warm_update_s'])} ({fmt(r.get('warm_iterations'))}) | "
+            f"{fmt(r['cold_start_s'])} | {fmt(r['peak_mem_mb'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None) -> int:
+    start = time.perf_counter()
+    rows = run_speed(full=full, progress=lambda s: print(s, file=sys.stderr))
+    table = markdown_table(rows, time.perf_counter() - start)
+    print(table)
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(rows, indent=1))
+    if markdown is not None:
+        with open(markdown, "a", encoding="utf-8") as fh:
+            fh.write("\n" + table)
+    return 0

@@ -1,0 +1,574 @@
+"""Setting up the microscope core (simulated or real) and the FDT acquisition sequence.
+
+- :func:`build_demo_core` loads the simulated devices of :mod:`.devices` into a
+  ``UniMMCore`` and defines the channel group ``FDT-Source`` whose presets excite
+  each source.
+- :func:`load_hardware_core` loads a real Micro-Manager ``.cfg`` plus a small JSON
+  settings file (format in ``docs/acquisition.md``) that says which config group —
+  or which device property — selects the source of each view, and where the
+  sources are (calibration). Missing pieces raise one :class:`AcquisitionError`
+  that names them.
+- :func:`fdt_sequence` is the ``useq.MDASequence`` of an FDT time-lapse: a time
+  plan × one channel per view.
+- :class:`FDTEngine` is the pymmcore-plus ``MDAEngine`` that refuses to lose a
+  frame silently: a failing snap or a source that was not selected raises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import useq
+from pymmcore_plus.experimental.unicore import UniMMCore
+from pymmcore_plus.mda import MDAEngine, SkipEvent
+
+from nvplive.errors import AcquisitionError, GeometryError
+from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.simulate import CameraModel, PartialCoherence
+
+from .devices import (
+    REFERENCE_EXPOSURE_MS,
+    Phantom,
+    SimulatedFDTCamera,
+    SimulatedFocusStage,
+    SimulatedScene,
+    SourceSelector,
+    demo_scene,
+    source_labels,
+)
+
+#: Default name of the config group whose presets select the excited source.
+SOURCE_GROUP = "FDT-Source"
+#: Key of the FDT description in the sequence's and the events' metadata.
+FDT_METADATA_KEY = "nvplive"
+SETTINGS_FORMAT = "nvp-live-hardware-settings"
+SETTINGS_VERSION = 1
+
+DEMO_CAMERA = "FDTCamera"
+DEMO_SELECTOR = "SourceSelector"
+DEMO_FOCUS = "Focus"
+
+
+@dataclass
+class MicroscopeInfo:
+    """What the acquisition and the recording need to know about a loaded microscope.
+
+    Attributes:
+        group: config group whose presets select the sources.
+        presets: preset of each view, in view order.
+        camera: camera device label.
+        optics, geometry: the optics and the reconstructed volume (camera sampling).
+        sources_um_xyz: ``[V, 3]`` nominal source positions (µm).
+        camera_model: ``offset``/``gain``/``read_noise`` of the camera (ADU).
+        exposure_ms: exposure per frame (ms).
+        scene: the simulated scene (``None`` on real hardware).
+        frame_metadata: optional callable giving extra metadata of the last frame.
+        source: where the settings came from (``demo`` or the files' paths).
+    """
+
+    group: str
+    presets: list[str]
+    camera: str
+    optics: Optics
+    geometry: VolumeGeometry
+    sources_um_xyz: np.ndarray
+    camera_model: CameraModel
+    exposure_ms: float
+    scene: SimulatedScene | None = None
+    focus: str = ""
+    frame_metadata: Callable[[], dict] | None = None
+    source: str = "demo"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_views(self) -> int:
+        return len(self.presets)
+
+    def sequence(self, timepoints: int, interval_s: float = 0.0) -> useq.MDASequence:
+        """The FDT sequence for this microscope (see :func:`fdt_sequence`)."""
+        return fdt_sequence(self.presets, timepoints, interval_s, group=self.group, exposure_ms=self.exposure_ms)
+
+
+# ---------------------------------------------------------------------------------------
+# The sequence and the engine
+# ---------------------------------------------------------------------------------------
+def fdt_sequence(
+    views: int | Sequence[str],
+    timepoints: int,
+    interval_s: float = 0.0,
+    *,
+    group: str = SOURCE_GROUP,
+    exposure_ms: float | None = None,
+) -> useq.MDASequence:
+    """An FDT time-lapse: ``timepoints`` × (one frame per view), views innermost.
+
+    Args:
+        views: number of views (presets ``Source-0`` …) or the preset of each view.
+        timepoints: number of timepoints.
+        interval_s: time between timepoint starts (s); 0 = as fast as possible.
+        group: config group of the presets.
+        exposure_ms: exposure of every frame (``None``: keep the camera's).
+
+    The sequence's metadata ``["nvplive"]`` lists the presets in view order; the
+    :class:`FDTEngine` copies ``{"view", "timepoint", "preset"}`` into each event's
+    metadata ``["nvplive"]``.
+    """
+    presets = source_labels(views) if isinstance(views, int) else [str(p) for p in views]
+    if not presets:
+        raise AcquisitionError("An FDT sequence needs at least one view.")
+    if not isinstance(timepoints, int) or timepoints < 1:
+        raise AcquisitionError(f"An FDT sequence needs at least one timepoint, got {timepoints!r}.")
+    if not (math.isfinite(interval_s) and interval_s >= 0):
+        raise AcquisitionError(f"The interval must be ≥ 0 s, got {interval_s!r}.")
+    channels = []
+    for preset in presets:
+        channel: dict[str, Any] = {"group": group, "config": preset}
+        if exposure_ms is not None:
+            channel["exposure"] = float(exposure_ms)
+        channels.append(channel)
+    return useq.MDASequence(
+        time_plan={"interval": float(interval_s), "loops": int(timepoints)},
+        channels=channels,
+        axis_order="tpcz",
+        metadata={
+            FDT_METADATA_KEY: {
+                "group": group,
+                "presets": presets,
+                "views": len(presets),
+                "timepoints": int(timepoints),
+                "interval_s": float(interval_s),
+            }
+        },
+    )
+
+
+def event_view_timepoint(event: useq.MDAEvent) -> tuple[int, int]:
+    """(timepoint, view) of an FDT event (from the engine's metadata, else its index)."""
+    fdt = event.metadata.get(FDT_METADATA_KEY) or {}
+    t = fdt.get("timepoint", event.index.get("t", 0))
+    v = fdt.get("view", event.index.get("c", 0))
+    return int(t), int(v)
+
+
+class FDTEngine(MDAEngine):
+    """The pymmcore-plus engine, made strict for FDT.
+
+    The stock engine logs a failed snap or a failed ``setConfig`` and carries on,
+    which would silently drop a frame or image the wrong source. Here both raise
+    :class:`AcquisitionError`, which ends the run (the runner reports it). Each
+    event's metadata gets ``["nvplive"] = {"view", "timepoint", "preset"}``.
+
+    ``skip_from_timepoint``: events of this timepoint and later are skipped (set by
+    a stop request so that no frame of a timepoint after the stop is taken).
+    """
+
+    _views: dict[str, int]
+    skip_from_timepoint: int | None = None
+
+    def setup_event(self, event: useq.MDAEvent) -> None:
+        limit = self.skip_from_timepoint
+        if limit is not None and int(event.index.get("t", 0)) >= limit:
+            raise SkipEvent(reason=f"acquisition stopped before timepoint {limit}")
+        super().setup_event(event)
+
+    def setup_sequence(self, sequence: useq.MDASequence):  # type: ignore[override]
+        fdt = sequence.metadata.get(FDT_METADATA_KEY) or {}
+        self._views = {str(p): i for i, p in enumerate(fdt.get("presets", []))}
+        self.skip_from_timepoint = None
+        return super().setup_sequence(sequence)
+
+    def setup_single_event(self, event: useq.MDAEvent) -> None:
+        super().setup_single_event(event)
+        t = int(event.index.get("t", 0))
+        view = int(event.index.get("c", 0))
+        preset = ""
+        if (ch := event.channel) is not None:
+            preset = ch.config
+            view = getattr(self, "_views", {}).get(ch.config, view)
+            current = self.mmcore.getCurrentConfigFromCache(ch.group)
+            if current != ch.config:
+                raise AcquisitionError(
+                    f"Could not select source {view} (preset {ch.config!r} of group {ch.group!r}) at timepoint {t}: "
+                    f"the group reports {current!r}."
+                )
+        event.metadata[FDT_METADATA_KEY] = {"view": view, "timepoint": t, "preset": preset}
+
+    def exec_single_event(self, event: useq.MDAEvent) -> Iterator[tuple]:  # type: ignore[override]
+        core = self.mmcore
+        t, view = event_view_timepoint(event)
+        try:
+            core.snapImage()
+        except Exception as exc:
+            raise AcquisitionError(f"The camera failed at timepoint {t}, view {view}: {exc}") from exc
+        t0 = event.metadata.get("runner_t0") or time.perf_counter()
+        event_time_ms = (time.perf_counter() - t0) * 1000
+        if not event.keep_shutter_open and self._autoshutter_was_set:
+            core.setShutterOpen(False)
+        n_channels = core.getNumberOfCameraChannels()
+        for cam in range(n_channels):
+            meta = self.get_frame_metadata(
+                event,
+                runner_time_ms=event_time_ms,
+                camera_device=core.getPhysicalCameraDevice(cam),
+                include_position=self._include_frame_position_metadata is not False,
+            )
+            sub_event = event if n_channels == 1 else event.model_copy(update={"index": {**event.index, "cam": cam}})
+            yield core.getImage(cam), sub_event, meta
+
+
+# ---------------------------------------------------------------------------------------
+# The simulated microscope
+# ---------------------------------------------------------------------------------------
+def build_demo_core(
+    scene: SimulatedScene | None = None,
+    *,
+    shape_zyx: tuple[int, int, int] = (32, 64, 64),
+    voxel_um_zyx: tuple[float, float, float] = (0.25, 0.25, 0.25),
+    views: int = 7,
+    seed: int = 0,
+    phantom: Phantom | None = None,
+    coherence: PartialCoherence | None = None,
+    exposure_ms: float = 20.0,
+    time_quantum_s: float = 0.1,
+    clock: Callable[[], float] | None = None,
+    switch_ms: float = 0.0,
+    group: str = SOURCE_GROUP,
+    hold_per_timepoint: bool = True,
+) -> tuple[UniMMCore, MicroscopeInfo]:
+    """A ``UniMMCore`` with the simulated camera, source selector and focus stage.
+
+    Without ``scene`` a :func:`.devices.demo_scene` is built (beating cardiomyocyte,
+    ``views`` beads below the volume). The sample clock restarts when an MDA starts.
+    Devices: ``FDTCamera`` (camera), ``SourceSelector`` (state device, labels
+    ``Source-i``), ``Focus`` (stage); group ``group`` has one preset per view that
+    sets ``SourceSelector``'s ``Label``; auto-shutter is off (no shutter).
+    With ``hold_per_timepoint`` the specimen is held still while the views of one
+    timepoint are taken (see :meth:`SimulatedScene.begin_timepoint`).
+    """
+    if scene is None:
+        options: dict[str, Any] = {"time_quantum_s": time_quantum_s, "clock": clock}
+        if coherence is not None:
+            options["coherence"] = coherence
+        scene = demo_scene(shape_zyx, voxel_um_zyx, views, phantom=phantom, seed=seed, **options)
+    labels = source_labels(scene.n_views)
+    core = python_only_core()
+    camera = SimulatedFDTCamera(scene, exposure_ms=exposure_ms)
+    core.loadPyDevice(DEMO_CAMERA, camera)
+    core.loadPyDevice(DEMO_SELECTOR, SourceSelector(labels, scene=scene, switch_ms=switch_ms))
+    core.loadPyDevice(DEMO_FOCUS, SimulatedFocusStage(scene))
+    core.initializeAllDevices()
+    core.setCameraDevice(DEMO_CAMERA)
+    core.setFocusDevice(DEMO_FOCUS)
+    core.defineConfigGroup(group)
+    for label in labels:
+        core.defineConfig(group, label, DEMO_SELECTOR, "Label", label)
+    core.setChannelGroup(group)
+    core.setAutoShutter(False)
+    core.setExposure(exposure_ms)
+    core.updateSystemStateCache()
+    core.mda.set_engine(FDTEngine(core))
+    core.mda.events.sequenceStarted.connect(scene.start_clock)
+    if hold_per_timepoint:
+
+        def hold(event: useq.MDAEvent) -> None:
+            if int(event.index.get("c", 0)) == 0:
+                scene.begin_timepoint()
+
+        core.mda.events.eventStarted.connect(hold)
+        core.mda.events.sequenceFinished.connect(scene.release)
+    info = MicroscopeInfo(
+        group=group,
+        presets=labels,
+        camera=DEMO_CAMERA,
+        optics=scene.optics,
+        geometry=scene.geometry,
+        sources_um_xyz=scene.sources_um_xyz.copy(),
+        camera_model=scene.camera,
+        exposure_ms=float(exposure_ms),
+        scene=scene,
+        focus=DEMO_FOCUS,
+        frame_metadata=scene.frame_metadata,
+        source="demo",
+        extra={"simulated": True, "time_quantum_s": scene.time_quantum_s, "photons": scene.photons,
+               "reference_exposure_ms": REFERENCE_EXPOSURE_MS, "specimen_held_per_timepoint": hold_per_timepoint},
+    )
+    return core, info
+
+
+def python_only_core() -> UniMMCore:
+    """A ``UniMMCore`` meant for pure-Python devices only.
+
+    pymmcore-plus logs an error when it finds no Micro-Manager installation (C++
+    device adapters); the simulated microscope needs none, so that search is silenced.
+    """
+    logger = logging.getLogger("pymmcore-plus")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        return UniMMCore()
+    finally:
+        logger.setLevel(level)
+
+
+def demo_camera(core: UniMMCore) -> SimulatedFDTCamera:
+    """The simulated camera object of a demo core (for fault injection in tests)."""
+    return core._pydevices[DEMO_CAMERA]  # noqa: SLF001
+
+
+# ---------------------------------------------------------------------------------------
+# Real hardware
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HardwareSettings:
+    """The JSON settings file of a real FDT microscope (see ``docs/acquisition.md``)."""
+
+    path: Path
+    group: str
+    presets: tuple[str, ...] | None
+    device: str | None
+    property: str | None
+    values: tuple[str, ...] | None
+    sources_um_xyz: np.ndarray
+    optics: Optics
+    geometry: VolumeGeometry
+    camera_model: CameraModel
+    camera: str | None = None
+    exposure_ms: float | None = None
+    roi: tuple[int, int, int, int] | None = None
+
+    @property
+    def n_views(self) -> int:
+        return len(self.sources_um_xyz)
+
+
+def _settings_error(path: Path, message: str) -> AcquisitionError:
+    return AcquisitionError(f"Hardware settings {path}: {message}")
+
+
+def load_settings(path: str | Path) -> HardwareSettings:
+    """Read and validate a hardware settings file (no hardware is touched)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AcquisitionError(f"Hardware settings file {path} does not exist.") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AcquisitionError(f"Hardware settings file {path} is not readable JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise _settings_error(path, "the top level must be a JSON object.")
+    if data.get("format") != SETTINGS_FORMAT:
+        raise _settings_error(path, f"field 'format' must be {SETTINGS_FORMAT!r}, got {data.get('format')!r}.")
+    if data.get("version") != SETTINGS_VERSION:
+        raise _settings_error(path, f"field 'version' must be {SETTINGS_VERSION}, got {data.get('version')!r}.")
+
+    selection = data.get("source_selection")
+    if not isinstance(selection, dict):
+        raise _settings_error(path, "field 'source_selection' (an object with 'group' and 'presets', or "
+                                    "'device', 'property' and 'values') is missing.")
+    group = str(selection.get("group", SOURCE_GROUP))
+    presets = device = prop = values = None
+    if "presets" in selection:
+        presets = selection["presets"]
+        if not (isinstance(presets, list) and presets and all(isinstance(p, str) for p in presets)):
+            raise _settings_error(path, "field 'source_selection.presets' must be a non-empty list of preset names.")
+        presets = tuple(presets)
+    elif "device" in selection:
+        device, prop, values = selection.get("device"), selection.get("property"), selection.get("values")
+        if not isinstance(device, str) or not device:
+            raise _settings_error(path, "field 'source_selection.device' must be a device label.")
+        if not isinstance(prop, str) or not prop:
+            raise _settings_error(path, "field 'source_selection.property' must be a property name.")
+        if not (isinstance(values, list) and values):
+            raise _settings_error(path, "field 'source_selection.values' must be a non-empty list (one per view).")
+        values = tuple(str(v) for v in values)
+    else:
+        raise _settings_error(path, "field 'source_selection' needs either 'presets' (with 'group') or "
+                                    "'device', 'property' and 'values'.")
+    n_views = len(presets if presets is not None else values)  # type: ignore[arg-type]
+
+    try:
+        sources = np.asarray(data["sources_um_xyz"], dtype=np.float64)
+    except KeyError:
+        raise _settings_error(path, "field 'sources_um_xyz' (one [x, y, z] µm per view) is missing.") from None
+    except (TypeError, ValueError):
+        raise _settings_error(path, "field 'sources_um_xyz' must be a list of [x, y, z] numbers (µm).") from None
+    if sources.ndim != 2 or sources.shape[1] != 3 or not np.isfinite(sources).all():
+        raise _settings_error(path, f"field 'sources_um_xyz' must have shape [V, 3] of finite numbers, got {sources.shape}.")
+    if len(sources) != n_views:
+        raise _settings_error(path, f"field 'sources_um_xyz' has {len(sources)} positions but 'source_selection' "
+                                    f"selects {n_views} views.")
+
+    try:
+        optics = Optics(**data["optics"])
+    except KeyError:
+        raise _settings_error(path, "field 'optics' (wavelength_um, n_medium, na …) is missing.") from None
+    except TypeError as exc:
+        raise _settings_error(path, f"field 'optics' is invalid: {exc}.") from None
+    except GeometryError as exc:
+        raise _settings_error(path, str(exc)) from None
+    volume = data.get("volume")
+    if not isinstance(volume, dict):
+        raise _settings_error(path, "field 'volume' (shape_zyx, voxel_um_zyx …) is missing.")
+    try:
+        geometry = VolumeGeometry(
+            tuple(int(n) for n in volume["shape_zyx"]),
+            tuple(float(d) for d in volume["voxel_um_zyx"]),
+            volume.get("focal_plane_z_um"),
+            int(volume.get("camera_binning", 1)),
+        )
+        geometry.check_sampling(optics)
+    except KeyError as exc:
+        raise _settings_error(path, f"field 'volume.{exc.args[0]}' is missing.") from None
+    except (TypeError, ValueError) as exc:
+        raise _settings_error(path, f"field 'volume' is invalid: {exc}.") from None
+    except GeometryError as exc:
+        raise _settings_error(path, str(exc)) from None
+    cam = data.get("camera_model", {})
+    try:
+        camera_model = CameraModel(**{k: float(v) for k, v in cam.items() if k in ("offset", "gain", "read_noise")})
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise _settings_error(path, f"field 'camera_model' is invalid: {exc}.") from None
+    exposure = data.get("exposure_ms")
+    if exposure is not None and not (isinstance(exposure, (int, float)) and exposure > 0):
+        raise _settings_error(path, f"field 'exposure_ms' must be a positive number, got {exposure!r}.")
+    roi = data.get("roi")
+    if roi is not None:
+        if not (isinstance(roi, list) and len(roi) == 4 and all(isinstance(r, int) and r >= 0 for r in roi)):
+            raise _settings_error(path, f"field 'roi' must be [x, y, width, height] in pixels, got {roi!r}.")
+        roi = tuple(roi)
+    camera = data.get("camera")
+    if camera is not None and not isinstance(camera, str):
+        raise _settings_error(path, f"field 'camera' must be a device label, got {camera!r}.")
+    return HardwareSettings(
+        path=path, group=group, presets=presets, device=device, property=prop, values=values,
+        sources_um_xyz=sources, optics=optics, geometry=geometry, camera_model=camera_model,
+        camera=camera, exposure_ms=None if exposure is None else float(exposure), roi=roi,  # type: ignore[arg-type]
+    )
+
+
+def apply_settings(core: UniMMCore, settings: HardwareSettings, *, config_name: str = "") -> MicroscopeInfo:
+    """Check a loaded core against the settings, define what they ask for, return the info.
+
+    All problems found are reported together in one :class:`AcquisitionError`.
+    """
+    where = f"the configuration {config_name}" if config_name else "the loaded configuration"
+    problems: list[str] = []
+    loaded = set(core.getLoadedDevices())
+    group = settings.group
+
+    if settings.presets is not None:
+        if not core.isGroupDefined(group):
+            groups = ", ".join(sorted(core.getAvailableConfigGroups())) or "none"
+            problems.append(f"{where} has no config group {group!r} to select the sources (groups: {groups})")
+            presets: list[str] = list(settings.presets)
+        else:
+            available = set(core.getAvailableConfigs(group))
+            presets = list(settings.presets)
+            for view, preset in enumerate(presets):
+                if preset not in available:
+                    problems.append(
+                        f"config group {group!r} has no preset {preset!r} for view {view} "
+                        f"(presets: {', '.join(sorted(available)) or 'none'})"
+                    )
+    else:
+        device, prop = settings.device or "", settings.property or ""
+        presets = [f"View-{i}" for i in range(settings.n_views)]
+        if device not in loaded:
+            problems.append(
+                f"{where} does not load the source-selection device {device!r} "
+                f"(devices: {', '.join(sorted(d for d in loaded if d != 'Core')) or 'none'})"
+            )
+        elif not core.hasProperty(device, prop):
+            problems.append(f"source-selection device {device!r} has no property {prop!r}")
+        else:
+            allowed = set(core.getAllowedPropertyValues(device, prop))
+            for view, value in enumerate(settings.values or ()):
+                if allowed and value not in allowed:
+                    problems.append(
+                        f"property {device}.{prop} does not allow the value {value!r} for view {view} "
+                        f"(allowed: {', '.join(sorted(allowed))})"
+                    )
+        if core.isGroupDefined(group):
+            problems.append(f"{where} already defines the config group {group!r} that the settings would create")
+
+    camera = settings.camera or core.getCameraDevice()
+    if not camera:
+        problems.append(f"{where} has no camera (set 'camera' in the settings or Core-Camera in the .cfg)")
+    elif camera not in loaded:
+        problems.append(f"{where} does not load the camera {camera!r}")
+
+    if problems:
+        raise AcquisitionError(
+            f"The microscope cannot run FDT with settings {settings.path}: " + "; ".join(problems) + "."
+        )
+
+    if settings.presets is None:
+        core.defineConfigGroup(group)
+        for preset, value in zip(presets, settings.values or ()):
+            core.defineConfig(group, preset, settings.device, settings.property, value)
+    if core.getCameraDevice() != camera:
+        core.setCameraDevice(camera)
+    core.setChannelGroup(group)
+    try:
+        if settings.roi is not None:
+            core.setROI(*settings.roi)
+        if settings.exposure_ms is not None:
+            core.setExposure(settings.exposure_ms)
+        core.updateSystemStateCache()
+    except Exception as exc:
+        raise AcquisitionError(f"Could not apply the camera settings of {settings.path}: {exc}") from exc
+    frame = (core.getImageHeight(), core.getImageWidth())
+    if frame != settings.geometry.camera_shape_yx:
+        raise AcquisitionError(
+            f"Camera {camera!r} delivers {frame[0]}×{frame[1]} pixel frames but the volume in {settings.path} "
+            f"expects {settings.geometry.camera_shape_yx[0]}×{settings.geometry.camera_shape_yx[1]} "
+            "(set 'roi' or 'volume.camera_binning')."
+        )
+    core.mda.set_engine(FDTEngine(core))
+    return MicroscopeInfo(
+        group=group,
+        presets=presets,
+        camera=camera,
+        optics=settings.optics,
+        geometry=settings.geometry,
+        sources_um_xyz=settings.sources_um_xyz.copy(),
+        camera_model=settings.camera_model,
+        exposure_ms=float(core.getExposure()),
+        focus=core.getFocusDevice(),
+        source=str(settings.path),
+        extra={"simulated": False, "settings_file": str(settings.path), "config_file": config_name},
+    )
+
+
+def load_hardware_core(cfg_path: str | Path, settings_path: str | Path) -> tuple[UniMMCore, MicroscopeInfo]:
+    """Load a Micro-Manager ``.cfg`` and the FDT settings; check that they fit together.
+
+    Raises:
+        AcquisitionError: a file is missing or invalid, or the configuration lacks
+            what the settings need (source-selection group/presets or device/property,
+            camera); the message names every missing piece.
+    """
+    settings = load_settings(settings_path)
+    cfg = Path(cfg_path)
+    if not cfg.is_file():
+        raise AcquisitionError(f"Micro-Manager configuration file {cfg} does not exist.")
+    core = UniMMCore()
+    try:
+        core.loadSystemConfiguration(cfg)
+    except Exception as exc:
+        raise AcquisitionError(f"Could not load the Micro-Manager configuration {cfg}: {exc}") from None
+    try:
+        return core, apply_settings(core, settings, config_name=str(cfg))
+    except BaseException:
+        with suppress(Exception):  # leave no half-configured hardware behind
+            core.unloadAllDevices()
+        raise

@@ -1,0 +1,578 @@
+"""Live FDT acquisition: MDA → disk first → (newest timepoint) → warm-started reconstruction.
+
+Data flow (DESIGN.md §7)::
+
+    MDA thread (pymmcore-plus runner)          reconstruction thread
+    ───────────────────────────────────        ─────────────────────────────
+    camera frame ─► writer.write_frame ─┐
+                    frame_written       │
+    all V views ─► timepoint_complete ──┼──► ReconstructionWorker.submit
+                                        │    (single-slot mailbox: the newest
+                                        │     pending timepoint replaces an
+                                        │     older one, which is *skipped*)
+                                        │    reconstructor.warm_update(frames)
+                                        │    writer.write_volume ► volume_ready
+
+Every frame is on disk before anything else sees it. The acquisition never waits
+for the reconstruction. Memory is bounded: the acquisition holds one timepoint
+being assembled, the worker one pending and one in progress.
+
+Signals (psygnal) are emitted from the thread that produced the data (MDA thread
+or reconstruction thread); a GUI connects with ``thread="main"`` or a queued
+connection and only draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import useq
+from psygnal import Signal
+
+from nvplive.errors import AcquisitionError
+
+from .microscope import FDTEngine, MicroscopeInfo, event_view_timepoint
+from . import offline
+from .recording import RecordingMeta
+
+logger = logging.getLogger("nvplive.acquisition")
+
+
+def recording_meta(info: MicroscopeInfo, extra: Mapping | None = None) -> RecordingMeta:
+    """The recording metadata of an acquisition on this microscope."""
+    more = {"exposure_ms": info.exposure_ms, "source_group": info.group, "presets": list(info.presets),
+            "microscope": info.source, **info.extra, **(dict(extra) if extra else {})}
+    return offline.recording_meta(info.optics, info.geometry, info.camera_model, info.sources_um_xyz, more)
+
+
+class FrameSink(Protocol):
+    """Where frames go first (a :class:`~nvplive.acquisition.recording.RecordingWriter`)."""
+
+    def write_frame(self, t: int, view: int, frame: np.ndarray, timestamp_s: float, metadata: Mapping) -> None: ...
+
+
+class VolumeSink(Protocol):
+    """Where reconstructed volumes go."""
+
+    def write_volume(self, t: int, dn: np.ndarray, method: str, settings: Mapping) -> None: ...
+
+
+class WarmReconstructor(Protocol):
+    """What the worker needs of a reconstructor (``nvplive.recon.reconstructor.Reconstructor``)."""
+
+    def warm_update(self, frames: np.ndarray) -> Any: ...
+
+
+def _emit(signal: Any, *args: Any) -> None:
+    """Emit without letting a faulty listener break the data path (it is logged)."""
+    try:
+        signal.emit(*args)
+    except Exception:  # a listener's bug must not lose frames
+        logger.exception("A listener of %s raised", getattr(signal, "name", "a signal"))
+
+
+@dataclass
+class TimepointRecord:
+    """Timing of one complete timepoint (s since the acquisition started)."""
+
+    t: int
+    started_s: float
+    completed_s: float
+    frame_timestamps_s: list[float]
+
+    @property
+    def seconds(self) -> float:
+        """Time from the start of its first event to its last frame on disk (s)."""
+        return self.completed_s - self.started_s
+
+
+@dataclass
+class AcquisitionSummary:
+    """How an acquisition ended.
+
+    Attributes:
+        status: ``completed``, ``stopped`` (stop: every started timepoint finished),
+            ``aborted`` (abort or an external cancel) or ``failed`` (see ``error``).
+        timepoints_requested, timepoints_complete: counts.
+        frames_written: frames on disk (including those of an unfinished timepoint).
+        error: the error message of a failed run.
+        seconds: duration of the run (s).
+        timepoints: timing of each complete timepoint.
+    """
+
+    status: str
+    timepoints_requested: int
+    timepoints_complete: int
+    frames_written: int
+    error: str | None
+    seconds: float
+    timepoints: list[TimepointRecord] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("completed", "stopped")
+
+
+class FDTAcquisition:
+    """Runs an FDT time-lapse on a core and writes every frame to disk as it arrives.
+
+    Args:
+        core: a ``UniMMCore``/``CMMCorePlus`` prepared by :func:`build_demo_core` or
+            :func:`load_hardware_core`.
+        info: the matching :class:`MicroscopeInfo`.
+        writer: frame sink (``write_frame``), normally a ``RecordingWriter``; the
+            acquisition does not close it.
+        timepoints: number of timepoints; interval_s: between timepoint starts (s).
+        sequence: a ready sequence instead of ``info.sequence(timepoints, interval_s)``.
+
+    Signals: ``frame_written(t, view, frame)``, ``timepoint_complete(t, frames[V,Y,X])``,
+    ``finished(AcquisitionSummary)``, ``error(message)`` (before ``finished``).
+
+    Stop vs abort: :meth:`stop` lets the timepoint in progress finish (all its views
+    on disk) and takes no frame of a later one; :meth:`abort` ends after the frame
+    being exposed (a snap cannot be interrupted), leaving that timepoint incomplete
+    (its frames stay on disk; readers only show complete timepoints).
+    """
+
+    frame_written = Signal(int, int, object)
+    timepoint_complete = Signal(int, object)
+    finished = Signal(object)
+    error = Signal(str)
+
+    def __init__(
+        self,
+        core: Any,
+        info: MicroscopeInfo,
+        writer: FrameSink,
+        *,
+        timepoints: int,
+        interval_s: float = 0.0,
+        sequence: useq.MDASequence | None = None,
+    ) -> None:
+        self.core = core
+        self.info = info
+        self.writer = writer
+        self.timepoints = int(timepoints)
+        self.sequence = sequence if sequence is not None else info.sequence(self.timepoints, interval_s)
+        engine = core.mda.engine
+        if not isinstance(engine, FDTEngine):
+            engine = FDTEngine(core)
+            core.mda.set_engine(engine)
+        self._engine: FDTEngine = engine
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
+        self._prepared = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._t0 = time.perf_counter()
+        self._open_t: int | None = None
+        self._open_started_s = 0.0
+        self._buffer: np.ndarray | None = None
+        self._buffer_t = -1
+        self._received: set[int] = set()
+        self._stamps: list[float] = []
+        self._next_t = 0
+        self._stop_requested = False
+        self._abort_requested = False
+        self._external_cancel = False
+        self._error: str | None = None
+        self._records: list[TimepointRecord] = []
+        self.frames_written = 0
+        self.summary: AcquisitionSummary | None = None
+
+    # -- control ------------------------------------------------------------------------
+    @property
+    def n_views(self) -> int:
+        return self.info.n_views
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def completed_timepoints(self) -> list[int]:
+        with self._lock:
+            return [r.t for r in self._records]
+
+    @property
+    def timepoint_records(self) -> list[TimepointRecord]:
+        """Timing of the timepoints completed so far."""
+        with self._lock:
+            return list(self._records)
+
+    def start(self) -> threading.Thread:
+        """Run in a new thread; returns it (``finished`` tells when it ends)."""
+        if self.is_running or self.core.mda.is_running():
+            raise AcquisitionError("An acquisition is already running on this microscope.")
+        self._done.clear()
+        self._reset()
+        self._prepared = True
+        self._thread = threading.Thread(target=self.run, name="nvplive-acquisition", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def wait(self, timeout: float | None = None) -> AcquisitionSummary | None:
+        """Block until the run ends; the summary, or ``None`` on timeout."""
+        if not self._done.wait(timeout):
+            return None
+        return self.summary
+
+    def stop(self) -> None:
+        """Finish the timepoint in progress, then end (no frame of a later timepoint)."""
+        with self._lock:
+            self._stop_requested = True
+            limit = self._open_t + 1 if self._open_t is not None else self._next_t
+            self._engine.skip_from_timepoint = limit
+            cancel_now = self._open_t is None
+        if cancel_now:
+            self.core.mda.cancel()
+
+    def abort(self) -> None:
+        """End now: after the frame being exposed; the current timepoint stays incomplete."""
+        with self._lock:
+            self._abort_requested = True
+            self._engine.skip_from_timepoint = 0
+        self.core.mda.cancel()
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> AcquisitionSummary:
+        """Run in the calling thread until the sequence ends; returns the summary."""
+        if not self._prepared:
+            self._reset()
+        self._prepared = False
+        mda = self.core.mda
+        shape = (int(self.core.getImageHeight()), int(self.core.getImageWidth()))
+        if shape != tuple(self.info.geometry.camera_shape_yx):
+            summary = AcquisitionSummary(
+                "failed", self.timepoints, 0, 0,
+                f"The camera delivers {shape[0]}×{shape[1]} pixel frames but the volume expects "
+                f"{self.info.geometry.camera_shape_yx[0]}×{self.info.geometry.camera_shape_yx[1]} "
+                "(check binning and ROI).", 0.0,
+            )
+            self.summary = summary
+            _emit(self.error, summary.error)
+            _emit(self.finished, summary)
+            self._done.set()
+            return summary
+        mda.events.frameReady.connect(self._on_frame)
+        mda.events.eventStarted.connect(self._on_event_started)
+        mda.events.sequenceCanceled.connect(self._on_canceled)
+        mda.events.sequenceStarted.connect(self._on_sequence_started)
+        failure: str | None = None
+        try:
+            self._t0 = time.perf_counter()
+            mda.run(self.sequence)
+        except Exception as exc:
+            failure = str(exc) if isinstance(exc, AcquisitionError) else f"Acquisition failed: {exc}"
+        finally:
+            mda.events.frameReady.disconnect(self._on_frame)
+            mda.events.eventStarted.disconnect(self._on_event_started)
+            mda.events.sequenceCanceled.disconnect(self._on_canceled)
+            mda.events.sequenceStarted.disconnect(self._on_sequence_started)
+        summary = self._summarise(failure)
+        self.summary = summary
+        if summary.error:
+            _emit(self.error, summary.error)
+        _emit(self.finished, summary)
+        self._done.set()
+        return summary
+
+    def _summarise(self, failure: str | None) -> AcquisitionSummary:
+        with self._lock:
+            error = self._error or failure
+            complete = len(self._records)
+            if error:
+                status = "failed"
+            elif self._abort_requested or (self._external_cancel and not self._stop_requested):
+                status = "aborted"
+            elif self._stop_requested:
+                status = "stopped"
+            elif complete == self.timepoints:
+                status = "completed"
+            else:
+                status = "failed"
+                error = (
+                    f"The acquisition ended with {complete} of {self.timepoints} timepoints complete "
+                    f"({self.frames_written} frames written); frames were lost."
+                )
+            return AcquisitionSummary(
+                status=status,
+                timepoints_requested=self.timepoints,
+                timepoints_complete=complete,
+                frames_written=self.frames_written,
+                error=error,
+                seconds=time.perf_counter() - self._t0,
+                timepoints=list(self._records),
+            )
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = message
+            self._engine.skip_from_timepoint = 0
+        self.core.mda.cancel()
+
+    def _on_sequence_started(self, *_: object) -> None:
+        with self._lock:
+            early = self._stop_requested or self._abort_requested or self._error is not None
+            if early:  # stop/abort arrived before the engine set the sequence up
+                self._engine.skip_from_timepoint = 0
+        if early:
+            self.core.mda.cancel()
+
+    def _on_canceled(self, *_: object) -> None:
+        self._external_cancel = True
+
+    def _on_event_started(self, event: useq.MDAEvent) -> None:
+        t, _ = event_view_timepoint(event)
+        with self._lock:
+            if self._open_t is None:
+                self._open_t = t
+                self._open_started_s = time.perf_counter() - self._t0
+
+    def _on_frame(self, img: np.ndarray, event: useq.MDAEvent, meta: Mapping) -> None:
+        if self._error is not None:
+            return
+        t, view = event_view_timepoint(event)
+        frame = np.array(img, copy=True)
+        runner_ms = meta.get("runner_time_ms") if isinstance(meta, Mapping) else None
+        timestamp_s = float(runner_ms) / 1000.0 if runner_ms is not None else time.perf_counter() - self._t0
+        fdt = event.metadata.get("nvplive") or {}
+        metadata: dict[str, Any] = {"preset": fdt.get("preset", ""), "exposure_ms": float(self.core.getExposure())}
+        if self.info.frame_metadata is not None:
+            metadata.update(self.info.frame_metadata())
+        if not 0 <= view < self.n_views:
+            self._fail(f"Frame of timepoint {t} has view {view}, outside 0…{self.n_views - 1}.")
+            return
+        try:
+            self.writer.write_frame(t, view, frame, timestamp_s, metadata)
+        except Exception as exc:
+            self._fail(f"Could not write frame (timepoint {t}, view {view}) to disk: {exc}")
+            return
+        self.frames_written += 1
+        _emit(self.frame_written, t, view, frame)
+
+        completed: np.ndarray | None = None
+        cancel = False
+        with self._lock:
+            if self._buffer is None or self._buffer_t != t or self._buffer.shape[1:] != frame.shape:
+                self._buffer = np.empty((self.n_views, *frame.shape), dtype=frame.dtype)
+                self._buffer_t = t
+                self._received = set()
+                self._stamps = [float("nan")] * self.n_views
+                if self._open_t != t:
+                    self._open_t = t
+                    self._open_started_s = timestamp_s
+            self._buffer[view] = frame
+            self._received.add(view)
+            self._stamps[view] = timestamp_s
+            if len(self._received) == self.n_views:
+                completed = self._buffer
+                now = time.perf_counter() - self._t0
+                self._records.append(TimepointRecord(t, self._open_started_s, now, list(self._stamps)))
+                self._buffer = None
+                self._received = set()
+                self._open_t = None
+                self._next_t = t + 1
+                cancel = self._stop_requested
+        if completed is not None:
+            _emit(self.timepoint_complete, t, completed)
+        if cancel:
+            self.core.mda.cancel()
+
+
+# ---------------------------------------------------------------------------------------
+# Reconstruction
+# ---------------------------------------------------------------------------------------
+@dataclass
+class VolumeRecord:
+    """One reconstructed timepoint.
+
+    Attributes:
+        t: timepoint.
+        latency_s: from the timepoint's frames being complete to its volume being written (s).
+        seconds: time inside ``warm_update`` (s).
+        iterations, loss: from the reconstructor's result.
+    """
+
+    t: int
+    latency_s: float
+    seconds: float
+    iterations: int
+    loss: float
+
+
+def _config_of(reconstructor: Any) -> tuple[str, dict]:
+    config = getattr(reconstructor, "config", None)
+    method = str(getattr(config, "method", type(reconstructor).__name__))
+    if config is None:
+        return method, {}
+    if hasattr(config, "to_dict"):
+        return method, dict(config.to_dict())
+    if is_dataclass(config):
+        return method, asdict(config)
+    return method, {}
+
+
+class ReconstructionWorker:
+    """Reconstructs the newest complete timepoint in its own thread.
+
+    :meth:`submit` never blocks: it puts the timepoint in a single-slot mailbox; a
+    timepoint still waiting there is replaced and counted as *skipped*. The worker
+    calls ``reconstructor.warm_update(frames)`` (warm start from the previous
+    timepoint it reconstructed), writes ``result.dn`` with ``writer.write_volume``
+    (if a writer is given) and emits ``volume_ready(t, dn, result)``. A failing
+    update emits ``error(message)`` and the worker goes on with the next timepoint.
+
+    Signals: ``volume_ready(t, dn, result)``, ``skipped_changed(t_skipped, total)``,
+    ``error(message)``.
+    """
+
+    volume_ready = Signal(int, object, object)
+    skipped_changed = Signal(int, int)
+    error = Signal(str)
+
+    def __init__(
+        self,
+        reconstructor: WarmReconstructor,
+        writer: VolumeSink | None = None,
+        *,
+        method: str | None = None,
+        settings: Mapping | None = None,
+    ) -> None:
+        self.reconstructor = reconstructor
+        self.writer = writer
+        auto_method, auto_settings = _config_of(reconstructor)
+        self.method = method or auto_method
+        self.settings = dict(settings) if settings is not None else auto_settings
+        self._cond = threading.Condition()
+        self._pending: tuple[int, np.ndarray, float] | None = None
+        self._closing = False
+        self._drain = True
+        self._busy_t: int | None = None
+        self._thread: threading.Thread | None = None
+        self.skipped_timepoints: list[int] = []
+        self.records: list[VolumeRecord] = []
+        self.failed: list[int] = []
+        self.submitted = 0
+
+    # -- control ---------------------------------------------------------------------------
+    @property
+    def skipped(self) -> int:
+        """Timepoints replaced in the mailbox by a newer one before being reconstructed."""
+        return len(self.skipped_timepoints)
+
+    @property
+    def reconstructed(self) -> list[int]:
+        return [r.t for r in self.records]
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> "ReconstructionWorker":
+        if self.is_running:
+            return self
+        with self._cond:
+            self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="nvplive-reconstruction", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, t: int, frames: np.ndarray) -> None:
+        """Hand over a complete timepoint ``[V, Y, X]`` (never blocks)."""
+        dropped: int | None = None
+        with self._cond:
+            if self._closing:
+                return
+            if self._pending is not None:
+                dropped = self._pending[0]
+                self.skipped_timepoints.append(dropped)
+            self._pending = (int(t), frames, time.perf_counter())
+            self.submitted += 1
+            self._cond.notify()
+        if dropped is not None:
+            _emit(self.skipped_changed, dropped, self.skipped)
+
+    def finish(self, timeout: float | None = None) -> bool:
+        """Reconstruct what is pending, then end the thread; ``False`` on timeout."""
+        return self._close(drain=True, timeout=timeout)
+
+    def cancel(self, timeout: float | None = None) -> bool:
+        """Drop the pending timepoint, end after the update in progress; ``False`` on timeout."""
+        return self._close(drain=False, timeout=timeout)
+
+    def _close(self, *, drain: bool, timeout: float | None) -> bool:
+        dropped: int | None = None
+        with self._cond:
+            self._closing = True
+            self._drain = drain
+            if not drain and self._pending is not None:
+                dropped = self._pending[0]
+                self.skipped_timepoints.append(dropped)
+                self._pending = None
+            self._cond.notify_all()
+        if dropped is not None:
+            _emit(self.skipped_changed, dropped, self.skipped)
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- the thread ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closing:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                t, frames, submitted = self._pending
+                self._pending = None
+                self._busy_t = t
+            try:
+                self._reconstruct(t, frames, submitted)
+            finally:
+                self._busy_t = None
+
+    def _reconstruct(self, t: int, frames: np.ndarray, submitted: float) -> None:
+        start = time.perf_counter()
+        try:
+            result = self.reconstructor.warm_update(frames)
+            dn = np.ascontiguousarray(np.asarray(result.dn), dtype=np.float32)
+        except Exception as exc:
+            self.failed.append(t)
+            _emit(self.error, f"Reconstruction of timepoint {t} failed: {exc}")
+            return
+        if self.writer is not None:
+            try:
+                self.writer.write_volume(t, dn, self.method, self.settings)
+            except Exception as exc:
+                self.failed.append(t)
+                _emit(self.error, f"Could not write the volume of timepoint {t}: {exc}")
+                return
+        done = time.perf_counter()
+        self.records.append(
+            VolumeRecord(
+                t=t,
+                latency_s=done - submitted,
+                seconds=float(getattr(result, "seconds", done - start)),
+                iterations=int(getattr(result, "iterations", 0)),
+                loss=float(getattr(result, "loss", float("nan"))),
+            )
+        )
+        _emit(self.volume_ready, t, dn, result)
+
+
+def connect_reconstruction(acquisition: FDTAcquisition, worker: ReconstructionWorker) -> Callable[[], None]:
+    """Feed every complete timepoint of ``acquisition`` to ``worker``; returns a disconnector."""
+    acquisition.timepoint_complete.connect(worker.submit)
+    return lambda: acquisition.timepoint_complete.disconnect(worker.submit)

@@ -77,15 +77,6 @@ def analytic_focal_field(
     return out.reshape(s * ny, s * nx)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny FFTs: torch's thread pool only adds overhead (≈100× on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model64() -> physics.ForwardModel:
     return physics.ForwardModel.build(OPTICS, GEOMETRY, dtype=torch.float64)

@@ -143,27 +143,48 @@ def _nice_fft_size(n: int) -> int:
         m += 2
 
 
-def default_padding(
-    optics: Optics, geometry: VolumeGeometry, source_depth_um: float, margin_fraction: float = 0.15
-) -> tuple[int, int]:
-    """Lateral padding (pixels per side, y and x) that keeps the source cone from wrapping.
+def _cone_tan(optics: Optics) -> float:
+    """tan of the widest angle in the field: the source band or the pupil, whichever is wider."""
+    na = max(optics.source_na, optics.na)
+    return na / math.sqrt(optics.n_medium**2 - na**2)
 
-    The band-limited source field fills a cone of half-angle ``asin(NA_src/n)``. The
-    padded period must hold the cone at the highest plane reached (the top of the
-    volume or the focal plane) around a source anywhere in the field of view, plus a
-    margin in which the absorbing window acts.
+
+def live_half_width_um(optics: Optics, geometry: VolumeGeometry) -> tuple[float, float]:
+    """Half-widths (y, x, µm) of the region whose light can still reach the camera.
+
+    A ray that reaches the field of view (half-width W) at the focal plane travels at
+    most at the cone angle θ, so on any plane of the volume it lies within
+    ``W + H·tan θ`` of the centre, H being the largest distance from the focal plane to
+    a plane of the volume. Light outside that region is absorbed without changing the
+    image.
     """
     nz, ny, nx = geometry.shape_zyx
     dz, dy, dx = geometry.voxel_um_zyx
-    na = optics.source_na
-    tan_theta = na / math.sqrt(optics.n_medium**2 - na**2)
-    z_high = max(nz * dz, geometry.focal_z_um)
-    radius = (z_high + max(source_depth_um, 0.0)) * tan_theta
+    height = max(geometry.focal_z_um, nz * dz - geometry.focal_z_um, 0.0)
+    # Beyond the geometric cone, the band-limited field keeps diffraction side lobes
+    # over a few λ/NA.
+    reach = height * _cone_tan(optics) + 2.0 * optics.wavelength_um / optics.na
+    return 0.5 * ny * dy + reach, 0.5 * nx * dx + reach
+
+
+def default_padding(optics: Optics, geometry: VolumeGeometry, source_depth_um: float) -> tuple[int, int]:
+    """Lateral padding (pixels per side, y and x) so that nothing wraps into the image.
+
+    Two conditions on the padded period P: (i) the live region (see
+    :func:`live_half_width_um`) plus an absorbing margin fits in P; (ii) the periodic
+    copies of the sampled source spectrum, P away from a source anywhere in the field
+    of view, cannot reach the field of view at the focal plane:
+    ``P ≥ 2W + (z_f − z_s)·tan θ`` for the deepest source ``z_s = −source_depth_um``.
+    """
+    nz, ny, nx = geometry.shape_zyx
+    dz, dy, dx = geometry.voxel_um_zyx
+    tan_theta = _cone_tan(optics)
+    lives = live_half_width_um(optics, geometry)
     pads = []
-    for n, d in ((ny, dy), (nx, dx)):
-        half_fov = 0.5 * n * d
-        reach = half_fov + radius
-        period = 2.0 * reach * (1.0 + margin_fraction)
+    for n, d, live in ((ny, dy, lives[0]), (nx, dx, lives[1])):
+        margin = max(8 * d, 0.15 * live)
+        copies = n * d + (geometry.focal_z_um + max(source_depth_um, 0.0)) * tan_theta
+        period = max(copies, 2.0 * (live + margin))
         total = _nice_fft_size(max(n + 2, int(math.ceil(period / d))))
         if (total - n) % 2:
             total += 1
@@ -171,14 +192,14 @@ def default_padding(
     return pads[0], pads[1]
 
 
-def absorbing_window(n: int, pad: int, margin_fraction: float = 0.15, *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """1D window: 1 over the field and the cone, raised cosine to ~0 in the outer margin."""
-    total = n + 2 * pad
-    width = max(2, int(round(margin_fraction / (1 + margin_fraction) * 0.5 * total)))
+def absorbing_window(total: int, live_half_px: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """1D window over ``total`` samples: 1 within ``live_half_px`` of the centre, raised cosine to 0 at the edges."""
     idx = torch.arange(total, device=device, dtype=dtype)
-    dist_to_edge = torch.minimum(idx, (total - 1) - idx)
-    t = torch.clamp(dist_to_edge / width, 0.0, 1.0)
-    return 0.5 * (1.0 - torch.cos(math.pi * t))
+    from_centre = (idx - total / 2).abs()
+    edge = total / 2
+    live = min(float(live_half_px), edge - 2.0)
+    t = torch.clamp((from_centre - live) / max(edge - live, 1e-6), 0.0, 1.0)
+    return 0.5 * (1.0 + torch.cos(math.pi * t))
 
 
 @dataclass(frozen=True)
@@ -248,8 +269,9 @@ class ForwardModel:
         # centred on x_j = (j − N/2)·dx.
         shift = -(upsample - 1) / (2 * upsample)
         sample_shift = torch.polar(torch.ones_like(kz), (kx * dx + ky * dy) * shift)
-        wy = absorbing_window(ny, pad_y, device=device, dtype=dtype) if pad_y else torch.ones(yp, device=device, dtype=dtype)
-        wx = absorbing_window(nx, pad_x, device=device, dtype=dtype) if pad_x else torch.ones(xp, device=device, dtype=dtype)
+        live_y, live_x = live_half_width_um(optics, geometry)
+        wy = absorbing_window(yp, live_y / dy, device=device, dtype=dtype) if pad_y else torch.ones(yp, device=device, dtype=dtype)
+        wx = absorbing_window(xp, live_x / dx, device=device, dtype=dtype) if pad_x else torch.ones(xp, device=device, dtype=dtype)
         absorber = wy[:, None] * wx[None, :]
         return cls(
             optics, geometry, (pad_y, pad_x), upsample, ky, kx, kz, source_band, slab_kernel, exit_kernel, absorber, sample_shift

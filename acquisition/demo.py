@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from nvplive.errors import AcquisitionError
+from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import PartialCoherence
 
 from .devices import SimulatedScene, demo_scene
@@ -30,18 +31,21 @@ from .recording import SUFFIX, RecordingWriter
 ReconstructorFactory = Callable[[MicroscopeInfo], Any]
 
 
-def default_reconstructor_factory(device: str = "auto") -> ReconstructorFactory:
-    """A factory building the project's :class:`~nvplive.recon.reconstructor.Reconstructor`."""
+#: Live settings: a short cold start, then warm updates within a 1 s latency budget.
+LIVE_CONFIG = ReconConfig(iterations=150, warm_iterations=30, time_budget_s=1.0)
+
+
+def default_reconstructor_factory(device: str = "auto", config: ReconConfig = LIVE_CONFIG) -> ReconstructorFactory:
+    """A factory building the project's :class:`~nvplive.recon.reconstructor.Reconstructor` with live settings."""
 
     def build(info: MicroscopeInfo) -> Any:
-        from nvplive.recon.reconstructor import Reconstructor
-
         return Reconstructor(
             info.optics,
             info.geometry,
             info.sources_um_xyz,
             camera_offset=info.camera_model.offset,
             camera_gain=info.camera_model.gain,
+            config=config,
             device=device,
         )
 

@@ -193,8 +193,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from nvplive.acquisition.demo import run_headless_demo
 
         out = args.out or Path("nvplive-demo")
-        run_headless_demo(out, timepoints=args.timepoints or 20, device=args.device, progress=ProgressBar("demo"), verbose=True)
-        return 0
+        result = run_headless_demo(
+            out, timepoints=args.timepoints or 20, device=args.device, progress=lambda line: print(line, file=sys.stderr, flush=True)
+        )
+        return 0 if result.acquisition.status == "completed" else 1
     from nvplive.app.main import run_app
 
     return run_app(demo=True, timepoints=args.timepoints, out=args.out, device=args.device)

@@ -24,7 +24,7 @@ from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import PartialCoherence
 
 from .devices import SimulatedScene, demo_scene
-from .microscope import MicroscopeInfo, build_demo_core
+from .microscope import MicroscopeInfo, build_demo_core, release_core
 from .pipeline import AcquisitionSummary, FDTAcquisition, ReconstructionWorker, VolumeRecord, recording_meta
 from .recording import SUFFIX, RecordingWriter
 
@@ -64,6 +64,7 @@ class DemoTimepoint:
     recon_seconds: float | None = None
     iterations: int | None = None
     loss: float | None = None
+    flagged: bool = False
 
 
 @dataclass
@@ -94,6 +95,11 @@ class DemoResult:
     def reconstructed(self) -> list[int]:
         return [tp.t for tp in self.timepoints if tp.reconstructed]
 
+    @property
+    def flagged(self) -> list[int]:
+        """Timepoints whose reconstruction diverged and was rolled back."""
+        return [tp.t for tp in self.timepoints if tp.flagged]
+
     def report(self) -> str:
         """A small text table of the run."""
         lines = [
@@ -105,12 +111,13 @@ class DemoResult:
         ]
         for tp in self.timepoints:
             if tp.reconstructed:
-                recon = f"{tp.latency_s:16.3f}  {tp.recon_seconds:8.3f}  {tp.iterations:10d}"
+                recon = f"{tp.latency_s:16.3f}  {tp.recon_seconds:8.3f}  {tp.iterations:10d}" + ("  flagged" if tp.flagged else "")
             else:
                 recon = f"{'skipped':>16}  {'':8}  {'':10}"
             lines.append(f"{tp.t:4d}  {tp.sample_time_s:11.3f}  {tp.acquisition_s:10.3f}  {recon}")
         lines.append(
             f"Reconstructed {len(self.reconstructed)}, skipped {self.skipped}"
+            + (f", flagged {len(self.flagged)}" if self.flagged else "")
             + (f", failed {len(self.reconstruction_errors)}" if self.reconstruction_errors else "")
             + f"; total {self.seconds:.1f} s."
         )
@@ -122,7 +129,7 @@ def _recording_path(out: Path) -> Path:
     return out if out.suffix == SUFFIX else out / f"demo{SUFFIX}"
 
 
-def _auto_interval(scene: SimulatedScene, views: int, exposure_ms: float) -> float:
+def auto_interval(scene: SimulatedScene, views: int, exposure_ms: float) -> float:
     """An interval (s) the simulated acquisition keeps up with: V frames of max(exposure, render) + 30 %."""
     scene.expected_frame(0, 0.0, exposure_ms=exposure_ms)  # builds the simulator and renders Δn(0)
     timings = []
@@ -181,7 +188,7 @@ def run_headless_demo(
         options["coherence"] = coherence
     scene = demo_scene(shape, voxel_um, views, seed=seed, **options)
     if interval_s is None:
-        interval_s = _auto_interval(scene, views, exposure_ms)
+        interval_s = auto_interval(scene, views, exposure_ms)
     if not (math.isfinite(interval_s) and interval_s >= 0):
         raise AcquisitionError(f"The interval must be ≥ 0 s, got {interval_s!r}.")
     core, info = build_demo_core(scene, exposure_ms=exposure_ms)
@@ -227,7 +234,8 @@ def run_headless_demo(
 
     def on_volume(t: int, _dn: np.ndarray, result: Any) -> None:
         rec = worker.records[-1]
-        say(f"t={t} reconstructed: latency {rec.latency_s:.3f} s, {rec.iterations} iterations, loss {rec.loss:.4g}")
+        say(f"t={t} reconstructed: latency {rec.latency_s:.3f} s, {rec.iterations} iterations, loss {rec.loss:.4g}"
+            + (f" — flagged: {rec.message}" if rec.flagged else ""))
 
     def on_skipped(t: int, total: int) -> None:
         say(f"t={t} skipped by the reconstruction (newer timepoint waiting; {total} skipped)")
@@ -263,7 +271,7 @@ def run_headless_demo(
             acquisition.wait(30)
         worker.cancel(timeout=60)
         writer.close()
-        core.unloadAllDevices()
+        release_core(core)
 
     volumes: dict[int, VolumeRecord] = {r.t: r for r in worker.records}
     rows = []
@@ -279,6 +287,7 @@ def run_headless_demo(
                 recon_seconds=None if vol is None else vol.seconds,
                 iterations=None if vol is None else vol.iterations,
                 loss=None if vol is None else vol.loss,
+                flagged=vol is not None and vol.flagged,
             )
         )
     result = DemoResult(

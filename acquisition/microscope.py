@@ -228,6 +228,25 @@ class FDTEngine(MDAEngine):
 # ---------------------------------------------------------------------------------------
 # The simulated microscope
 # ---------------------------------------------------------------------------------------
+def release_core(core: UniMMCore) -> None:
+    """Unload the devices and detach the core's C++ callback thread from Python.
+
+    A core left in a reference cycle keeps its C++ callback registered until garbage
+    collection; if the interpreter shuts down first, that thread calls into a dying
+    interpreter ("FATAL: exception not rethrown", exit 134). Detaching it here (what the
+    core's ``__del__`` does) makes shutdown deterministic.
+    """
+    import gc
+
+    from pymmcore_plus._pymmcore import CMMCore
+
+    with suppress(Exception):
+        core.unloadAllDevices()
+    with suppress(Exception):
+        CMMCore.registerCallback(core, None)
+    gc.collect()
+
+
 def build_demo_core(
     scene: SimulatedScene | None = None,
     *,
@@ -569,6 +588,5 @@ def load_hardware_core(cfg_path: str | Path, settings_path: str | Path) -> tuple
     try:
         return core, apply_settings(core, settings, config_name=str(cfg))
     except BaseException:
-        with suppress(Exception):  # leave no half-configured hardware behind
-            core.unloadAllDevices()
+        release_core(core)  # leave no half-configured hardware behind
         raise

@@ -401,6 +401,8 @@ class VolumeRecord:
         latency_s: from the timepoint's frames being complete to its volume being written (s).
         seconds: time inside ``warm_update`` (s).
         iterations, loss: from the reconstructor's result.
+        flagged: the update diverged and was rolled back to the last good state (the
+            volume written is that state); message: the reconstructor's note.
     """
 
     t: int
@@ -408,6 +410,8 @@ class VolumeRecord:
     seconds: float
     iterations: int
     loss: float
+    flagged: bool = False
+    message: str = ""
 
 
 def _config_of(reconstructor: Any) -> tuple[str, dict]:
@@ -431,13 +435,17 @@ class ReconstructionWorker:
     timepoint it reconstructed), writes ``result.dn`` with ``writer.write_volume``
     (if a writer is given) and emits ``volume_ready(t, dn, result)``. A failing
     update emits ``error(message)`` and the worker goes on with the next timepoint.
+    An update the reconstructor *flagged* (``result.flagged``: it diverged and was
+    rolled back) is written with ``"flagged": true`` and its message in the volume's
+    settings, counted in :attr:`flagged_timepoints` and announced by ``flagged(t, message)``.
 
     Signals: ``volume_ready(t, dn, result)``, ``skipped_changed(t_skipped, total)``,
-    ``error(message)``.
+    ``flagged(t, message)``, ``error(message)``.
     """
 
     volume_ready = Signal(int, object, object)
     skipped_changed = Signal(int, int)
+    flagged = Signal(int, str)
     error = Signal(str)
 
     def __init__(
@@ -462,6 +470,7 @@ class ReconstructionWorker:
         self.skipped_timepoints: list[int] = []
         self.records: list[VolumeRecord] = []
         self.failed: list[int] = []
+        self.flagged_timepoints: list[int] = []
         self.submitted = 0
 
     # -- control ---------------------------------------------------------------------------
@@ -552,9 +561,12 @@ class ReconstructionWorker:
             self.failed.append(t)
             _emit(self.error, f"Reconstruction of timepoint {t} failed: {exc}")
             return
+        flagged = bool(getattr(result, "flagged", False))
+        message = str(getattr(result, "message", "") or "")
+        settings = {**self.settings, "flagged": True, "message": message} if flagged else self.settings
         if self.writer is not None:
             try:
-                self.writer.write_volume(t, dn, self.method, self.settings)
+                self.writer.write_volume(t, dn, self.method, settings)
             except Exception as exc:
                 self.failed.append(t)
                 _emit(self.error, f"Could not write the volume of timepoint {t}: {exc}")
@@ -567,8 +579,13 @@ class ReconstructionWorker:
                 seconds=float(getattr(result, "seconds", done - start)),
                 iterations=int(getattr(result, "iterations", 0)),
                 loss=float(getattr(result, "loss", float("nan"))),
+                flagged=flagged,
+                message=message,
             )
         )
+        if flagged:
+            self.flagged_timepoints.append(t)
+            _emit(self.flagged, t, message or f"The reconstruction of timepoint {t} was flagged.")
         _emit(self.volume_ready, t, dn, result)
 
 

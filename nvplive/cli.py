@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--warm-iterations", type=_positive_int, default=None, help="iterations per later timepoint")
     rec.add_argument("--tv", type=float, default=None, help="TV weight τ")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    rec.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
+                     help="reconstruct on Dask: 'local' starts a LocalCluster, an address (tcp://host:8786) uses a running scheduler")
+    rec.add_argument("--workers", type=_positive_int, default=None,
+                     help="with --scheduler local: worker processes (default one per GPU, else per core); with an address: workers to wait for")
+    rec.add_argument("--chunk-size", type=_positive_int, default=None,
+                     help="with --scheduler: timepoints per task, each chunk's first one cold-started (default: spread over the workers)")
 
     ev = sub.add_parser("evaluate", help="score a reconstruction against ground truth")
     ev.add_argument("recording", type=Path, metavar="IN.fdt")
@@ -163,9 +169,21 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     config = ReconConfig(method=args.method)
     changes = {k: v for k, v in (("iterations", args.iterations), ("warm_iterations", args.warm_iterations), ("tv_weight", args.tv)) if v is not None}
     config = replace(config, **changes)
-    summary = reconstruct_recording(args.recording, config, device=args.device, progress=ProgressBar("reconstruct"))
+    if args.scheduler is None:
+        if args.workers is not None or args.chunk_size is not None:
+            raise UsageError("--workers and --chunk-size need --scheduler (local or the address of a Dask scheduler).")
+        summary = reconstruct_recording(args.recording, config, device=args.device, progress=ProgressBar("reconstruct"))
+        where = summary.device
+    else:
+        from nvplive.acquisition.batch import reconstruct_distributed
+
+        summary = reconstruct_distributed(
+            args.recording, config, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
+            device=args.device, progress=ProgressBar("reconstruct"),
+        )
+        where = f"{summary.workers} Dask worker(s) ({summary.device}, {len(summary.chunks)} chunk(s), scheduler {summary.scheduler})"
     print(
-        f"reconstructed {summary.timepoints} timepoint(s) with {args.method} on {summary.device} in {summary.seconds:.1f} s"
+        f"reconstructed {summary.timepoints} timepoint(s) with {args.method} on {where} in {summary.seconds:.1f} s"
         f"; final loss {summary.losses[-1]:.4f}"
     )
     if summary.flagged:

@@ -11,6 +11,7 @@ iterations (progress, plateau and time checks).
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -38,7 +39,8 @@ class ReconConfig:
         method: ``nvp``, ``explicit`` or ``triplane``.
         iterations: cold-start iteration budget.
         warm_iterations: warm-update iteration budget per timepoint.
-        time_budget_s: optional wall-clock budget per timepoint (s).
+        time_budget_s: optional wall-clock budget of a warm update (s); the iteration count
+            follows from it (checked every iteration against the measured rate).
         lr: learning rate of the representation (feature grid / planes; scaled for explicit).
         tv_weight: τ, weight of the total variation of Δn.
         nonnegative: impose Δn ≥ 0.
@@ -52,6 +54,9 @@ class ReconConfig:
         check_every: iterations between host synchronisations.
         plateau_rel_tol: relative loss improvement per check below which the loss has plateaued.
         stop_on_plateau: end a warm update early on a plateau.
+        divergence_factor: a loss window above this factor × the update's first loss (or a
+            non-finite loss or Δn) is a divergence: the update rolls back to the last good
+            state and the result is flagged.
         seed: seeds the representation's initialisation.
     """
 
@@ -59,7 +64,7 @@ class ReconConfig:
     iterations: int = 300
     warm_iterations: int = 40
     time_budget_s: float | None = None
-    lr: float = 0.02
+    lr: float = 0.04
     tv_weight: float = 2e-3
     nonnegative: bool = True
     coherence_mask: bool = True
@@ -73,6 +78,7 @@ class ReconConfig:
     check_every: int = 10
     plateau_rel_tol: float = 1e-3
     stop_on_plateau: bool = True
+    divergence_factor: float = 10.0
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -110,6 +116,24 @@ class ReconState:
     base_sources: torch.Tensor
     base_brightness: torch.Tensor
     base_background: torch.Tensor
+
+
+_STATE_TENSORS = ("source_offset", "log_brightness", "background", "base_sources", "base_brightness", "base_background")
+
+
+def _state_on(state: ReconState, device: torch.device) -> ReconState:
+    """A copy of ``state`` with every tensor detached and on ``device``."""
+    return replace(
+        state,
+        representation={k: v.detach().to(device) for k, v in state.representation.items()},
+        **{name: getattr(state, name).detach().to(device) for name in _STATE_TENSORS},
+    )
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
+    """Apply the learning rates of ``groups`` to the optimizer's groups, in order."""
+    for group, wanted in zip(optimizer.param_groups, groups):
+        group["lr"] = wanted["lr"]
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
@@ -155,6 +179,8 @@ class Reconstructor:
         self.model = ForwardModel.build(optics, geometry, source_depth_um=depth, device=self.device)
         self.representation: Representation | None = None
         self.state: ReconState | None = None
+        self._optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None
+        self._seconds_per_iteration: float | None = None
         self._window = gaussian_window(device=self.device)
 
     @property
@@ -169,6 +195,7 @@ class Reconstructor:
         """Forget the warm-start state: the next update is a cold start."""
         self.representation = None
         self.state = None
+        self._optimizers = None
 
     # -- data -----------------------------------------------------------------
     def _measured(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +213,14 @@ class Reconstructor:
 
     # -- public API ---------------------------------------------------------------
     def cold_start(self, frames: np.ndarray, callback: ProgressCallback | None = None) -> ReconResult:
-        """Reconstruct one timepoint from scratch (self-calibration included)."""
+        """Reconstruct one timepoint from scratch (self-calibration included).
+
+        Out of memory, the reconstruction moves to the CPU and starts again there (the
+        result's ``message`` says so); out of memory on the CPU too is a ReconstructionError.
+        """
+        return self._with_memory_fallback(lambda: self._cold_start(frames, callback))
+
+    def _cold_start(self, frames: np.ndarray, callback: ProgressCallback | None) -> ReconResult:
         cfg = self.config
         measured, scale = self._measured(frames)
         if cfg.self_calibration:
@@ -201,6 +235,7 @@ class Reconstructor:
             with torch.no_grad():
                 unperturbed = camera_intensity(self.model, homogeneous_spectrum(self.model, base_sources))
             b0, c0 = fit_brightness_background(unperturbed, measured)
+        torch.manual_seed(cfg.seed)  # the MLP layers' default initialisation draws from torch's global generator
         self.representation = make_representation(
             cfg.method, self.geometry.shape_zyx, **self._rep_options()
         ).to(self.device)
@@ -215,16 +250,63 @@ class Reconstructor:
             base_brightness=b0.detach(),
             base_background=c0.detach(),
         )
+        self._optimizers = None
         return self._optimise(measured, scale, cfg.iterations, warm=False, callback=callback)
 
     def warm_update(self, frames: np.ndarray, state: ReconState | None = None, callback: ProgressCallback | None = None) -> ReconResult:
-        """Update from the previous timepoint's state (cold start when there is none)."""
+        """Update from the previous timepoint's state (cold start when there is none).
+
+        A divergent update (non-finite or exploding loss) is rolled back to the last good
+        state and ``flagged``; out of memory, it falls back to the CPU like :meth:`cold_start`.
+        """
         if state is not None:
             self.load_state(state)
+        return self._with_memory_fallback(lambda: self._warm_update(frames, callback))
+
+    def _warm_update(self, frames: np.ndarray, callback: ProgressCallback | None) -> ReconResult:
         if self.state is None or self.representation is None:
-            return self.cold_start(frames, callback)
+            return self._cold_start(frames, callback)
         measured, scale = self._measured(frames)
         return self._optimise(measured, scale, self.config.warm_iterations, warm=True, callback=callback)
+
+    def _with_memory_fallback(self, attempt: Callable[[], ReconResult]) -> ReconResult:
+        """Run ``attempt``; out of memory, free what the reconstruction holds, move to the
+        CPU (the warm state with it) and run it once more."""
+        try:
+            return attempt()
+        except torch.OutOfMemoryError as exc:
+            where = "the CPU" if self.device.type == "cpu" else str(self.device)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "allocation failed"
+            self._move_to_cpu()
+        try:
+            result = attempt()
+        except torch.OutOfMemoryError as again:
+            raise ReconstructionError(
+                f"Out of memory on {where} and again on the CPU: reconstruct a smaller volume or fewer views."
+            ) from again
+        note = f"Out of memory on {where} ({reason}); the reconstruction continued on the CPU."
+        result.message = f"{note} {result.message}".strip()
+        return result
+
+    def _move_to_cpu(self) -> None:
+        """Release the device's tensors and rebuild the model (and the warm state) on the CPU."""
+        state = None
+        if self.state is not None and self.representation is not None:
+            self._store_representation()
+            state = _state_on(self.state, torch.device("cpu"))
+        self.representation, self.state, self._optimizers = None, None, None
+        previous = self.device
+        self.model = None  # type: ignore[assignment]
+        gc.collect()
+        if previous.type == "cuda":
+            torch.cuda.empty_cache()
+        self.device = torch.device("cpu")
+        depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
+        self.model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth, device=self.device)
+        self._window = gaussian_window(device=self.device)
+        self._seconds_per_iteration = None
+        if state is not None:
+            self.load_state(state)
 
     def snapshot(self) -> ReconState:
         """A deep copy of the current warm-start state."""
@@ -240,11 +322,19 @@ class Reconstructor:
             rep.refine()
         rep.load_state_dict(state.representation)
         self.representation = rep.to(self.device)
+        self._optimizers = None
         self.state = copy.deepcopy(state)
-        for name in ("source_offset", "log_brightness", "background", "base_sources", "base_brightness", "base_background"):
+        for name in _STATE_TENSORS:
             setattr(self.state, name, getattr(self.state, name).to(self.device))
 
     # -- internals --------------------------------------------------------------
+    def _spent(self, start_time: float, iterations: int) -> float:
+        """Seconds spent on this update: the clock on the CPU; on an accelerator an
+        estimate from the previous update's rate, so that the loop never waits for it."""
+        if self.device.type == "cpu" or self._seconds_per_iteration is None:
+            return time.perf_counter() - start_time
+        return iterations * self._seconds_per_iteration
+
     def _rep_options(self) -> dict:
         cfg = self.config
         options: dict = {"nonnegative": cfg.nonnegative, "seed": cfg.seed}
@@ -289,13 +379,21 @@ class Reconstructor:
         calib = [st.source_offset, st.log_brightness, st.background]
         for p in calib:
             p.requires_grad_(cfg.self_calibration)
-        calib_opt = torch.optim.Adam(
-            [
-                {"params": [st.source_offset], "lr": cfg.lr_sources_um},
-                {"params": [st.log_brightness, st.background], "lr": cfg.lr_photometry},
-            ]
-        )
-        opt = torch.optim.Adam(rep.parameter_groups(cfg.lr))
+        if warm and self._optimizers is not None:
+            # Keep Adam's moment estimates across timepoints: a fresh Adam takes full-size
+            # first steps in every parameter and would throw the warm state away.
+            opt, calib_opt = self._optimizers
+        else:
+            calib_opt = torch.optim.Adam(
+                [
+                    {"params": [st.source_offset], "lr": cfg.lr_sources_um},
+                    {"params": [st.log_brightness, st.background], "lr": cfg.lr_photometry},
+                ]
+            )
+            opt = torch.optim.Adam(rep.parameter_groups(cfg.lr))
+        _set_lr(opt, rep.parameter_groups(cfg.lr))
+        _set_lr(calib_opt, [{"lr": cfg.lr_sources_um}, {"lr": cfg.lr_photometry}])
+        budget_s = cfg.time_budget_s if warm else None
         levels = len(getattr(rep, "levels", [0]))
         refine_at = [int(budget * f) for f in np.linspace(0, 0.6, levels)[1:]] if not warm else []
         losses_dev: list[torch.Tensor] = []
@@ -305,7 +403,25 @@ class Reconstructor:
         stopped_by = "iterations"
         flagged, message = False, ""
         last_window = math.inf
+        reference: float | None = None  # the update's first loss: divergence is measured against it
         it = 0
+
+        def diverged(window: list[float]) -> bool:
+            nonlocal reference
+            if reference is None and window and math.isfinite(window[0]):
+                reference = abs(window[0])
+            current = float(np.mean(window))
+            limit = cfg.divergence_factor * reference if reference is not None else math.inf
+            return not math.isfinite(current) or current > limit
+
+        def roll_back(why: str) -> None:
+            nonlocal stopped_by, flagged, message
+            rep.load_state_dict(good)
+            with torch.no_grad():
+                for p, g in zip(calib, good_calib):
+                    p.copy_(g)
+            stopped_by, flagged = "diverged", True
+            message = f"{why}; rolled back to the last good state."
         for it in range(1, budget + 1):
             opt.zero_grad(set_to_none=True)
             calib_opt.zero_grad(set_to_none=True)
@@ -319,22 +435,21 @@ class Reconstructor:
                 loss = loss + cfg.tv_weight * total_variation(dn) / 0.01
             loss.backward()
             opt.step()
+            rep.project()
             if cfg.self_calibration and (warm or it > cfg.calibration_warmup):
                 calib_opt.step()
             losses_dev.append(loss.detach())
+            if budget_s is not None and self._spent(start_time, it) + (self._seconds_per_iteration or 0.0) > budget_s:
+                stopped_by = "time"
+                break
             scheduled_refine = it in refine_at
             if it % cfg.check_every == 0 or it == budget or scheduled_refine:
                 window = torch.stack(losses_dev).cpu().tolist()
                 losses_dev.clear()
                 losses.extend(window)
                 current = float(np.mean(window))
-                if not math.isfinite(current):
-                    rep.load_state_dict(good)
-                    with torch.no_grad():
-                        for p, g in zip(calib, good_calib):
-                            p.copy_(g)
-                    stopped_by, flagged = "diverged", True
-                    message = f"Loss became non-finite at iteration {it}; rolled back to the last good state."
+                if diverged(window):
+                    roll_back(f"The loss diverged ({current:.3g}) by iteration {it}")
                     break
                 good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
                 good_calib = [p.detach().clone() for p in calib]
@@ -345,22 +460,30 @@ class Reconstructor:
                 if scheduled_refine or (plateau and not warm and levels > 1 and it < 0.6 * budget):
                     if rep.refine():
                         opt = torch.optim.Adam(rep.parameter_groups(cfg.lr))
+                        good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
                         refine_at = [r for r in refine_at if r > it]
                         last_window = math.inf
                         continue
-                if cfg.time_budget_s is not None and time.perf_counter() - start_time >= cfg.time_budget_s:
-                    stopped_by = "time"
-                    break
                 if warm and plateau and cfg.stop_on_plateau:
                     stopped_by = "plateau"
                     break
         if losses_dev:
-            losses.extend(torch.stack(losses_dev).cpu().tolist())
+            window = torch.stack(losses_dev).cpu().tolist()
+            losses.extend(window)
+            if not flagged and diverged(window):
+                roll_back(f"The loss diverged ({float(np.mean(window)):.3g}) by iteration {it}")
+        if it:
+            self._seconds_per_iteration = (time.perf_counter() - start_time) / it
         for p in calib:
             p.requires_grad_(False)
-        self._store_representation()
         with torch.no_grad():
             dn = rep().detach()
+            if not flagged and not bool(torch.isfinite(dn).all()):
+                roll_back(f"Δn became non-finite at iteration {it}")
+                dn = rep().detach()
+        # Adam's moments of a divergent update are poisoned: the next update starts afresh.
+        self._optimizers = None if flagged else (opt, calib_opt)
+        self._store_representation()
         return ReconResult(
             dn=dn.cpu().numpy().astype(np.float32),
             loss=float(losses[-1]) if losses else math.nan,

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 #: Typical Δn magnitude of cells and tissue; network outputs are scaled by it.
 DN_SCALE = 0.05
+
+#: Finest NVP feature grid as a fraction of the voxel grid (z, y, x). FDT's axial
+#: resolution (~λ·n/NA² ≈ 1.2 µm at NA 0.8) is ~3× coarser than its lateral one, and
+#: with few views a voxel-resolution grid fits the noise and the model mismatch; a
+#: coarser grid, decoded per voxel by the MLP, is the prior (benchmarks/quality.py).
+NVP_END_FRACTION = (0.3, 0.5, 0.5)
 
 
 def _activate(raw: torch.Tensor, nonnegative: bool) -> torch.Tensor:
@@ -46,6 +53,9 @@ class Representation(nn.Module):
         """Optimizer parameter groups (representation-specific learning rates)."""
         return [{"params": list(self.parameters()), "lr": lr}]
 
+    def project(self) -> None:
+        """Map the parameters back onto their feasible set after an optimiser step (default: nothing)."""
+
 
 class MLPDecoder(nn.Module):
     """The 3-layer MLP that decodes a feature vector into Δn (features on dim 0)."""
@@ -66,12 +76,28 @@ class MLPDecoder(nn.Module):
         return self.layers(flat).reshape(features.shape[1:])
 
 
-def _grid_levels(shape: tuple[int, int, int], start_fraction: float, levels: int) -> list[tuple[int, int, int]]:
-    """Coarse-to-fine feature-grid sizes ending at the voxel grid."""
+def _seeded_decoder(features: int, hidden: int, seed: int) -> MLPDecoder:
+    """An :class:`MLPDecoder` initialised from ``seed`` alone (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MLPDecoder(features, hidden)
+
+
+def _grid_levels(
+    shape: tuple[int, int, int],
+    start_fraction: float | tuple[float, float, float],
+    levels: int,
+    end_fraction: float | tuple[float, float, float] = 1.0,
+) -> list[tuple[int, int, int]]:
+    """Coarse-to-fine feature-grid sizes, geometric from ``start_fraction`` to ``end_fraction``
+    of the voxel grid (a scalar, or one fraction per axis z, y, x)."""
+    start = np.broadcast_to(np.asarray(start_fraction, dtype=float), (3,))
+    end = np.broadcast_to(np.asarray(end_fraction, dtype=float), (3,))
     out = []
     for i in range(levels):
-        f = start_fraction ** ((levels - 1 - i) / max(levels - 1, 1))
-        out.append(tuple(max(2, int(round(n * f))) for n in shape))
+        t = i / max(levels - 1, 1)
+        f = start ** (1 - t) * end**t
+        out.append(tuple(max(2, int(round(n * fi))) for n, fi in zip(shape, f)))
     return out
 
 
@@ -81,7 +107,8 @@ class NVP(Representation):
     Features are trilinearly interpolated to voxel centres and decoded per voxel.
     Coarse-to-fine: the grid starts at ``start_fraction`` of the voxel resolution
     and ``refine()`` upsamples it (trilinear, preserving the decoded volume) through
-    ``levels`` steps up to the voxel grid.
+    ``levels`` steps up to ``end_fraction`` of the voxel grid (per axis z, y, x;
+    1.0 = voxel resolution). Without coarse-to-fine the grid is the finest level.
     """
 
     def __init__(
@@ -91,16 +118,18 @@ class NVP(Representation):
         hidden: int = 32,
         nonnegative: bool = True,
         coarse_to_fine: bool = True,
-        start_fraction: float = 0.25,
-        levels: int = 3,
+        start_fraction: float | tuple[float, float, float] = 0.25,
+        levels: int = 2,
+        end_fraction: float | tuple[float, float, float] = NVP_END_FRACTION,
         seed: int = 0,
     ) -> None:
         super().__init__(shape_zyx, nonnegative)
-        self.levels = _grid_levels(self.shape_zyx, start_fraction, levels) if coarse_to_fine else [self.shape_zyx]
+        finest = _grid_levels(self.shape_zyx, end_fraction, 1)
+        self.levels = _grid_levels(self.shape_zyx, start_fraction, levels, end_fraction) if coarse_to_fine else finest
         self.level = 0
         gen = torch.Generator().manual_seed(seed)
         self.grid = nn.Parameter(0.01 * torch.randn(features, *self.levels[0], generator=gen))
-        self.decoder = MLPDecoder(features, hidden)
+        self.decoder = _seeded_decoder(features, hidden, seed)
 
     @property
     def resolution(self) -> tuple[int, ...]:
@@ -138,7 +167,13 @@ class Explicit(Representation):
         return self.values.clamp_min(0.0) if self.nonnegative else self.values
 
     def parameter_groups(self, lr: float) -> list[dict]:
-        return [{"params": [self.values], "lr": lr * DN_SCALE * 0.2}]
+        return [{"params": [self.values], "lr": lr * DN_SCALE * 2.0}]
+
+    def project(self) -> None:
+        """Projected gradient for Δn ≥ 0: a clamped voxel stays at 0, where its gradient is alive again."""
+        if self.nonnegative:
+            with torch.no_grad():
+                self.values.clamp_(min=0.0)
 
 
 class Triplane(Representation):
@@ -159,7 +194,7 @@ class Triplane(Representation):
         self.plane_xy = nn.Parameter(0.01 * torch.randn(features, y, x, generator=gen))
         self.plane_xz = nn.Parameter(0.01 * torch.randn(features, z, x, generator=gen))
         self.plane_yz = nn.Parameter(0.01 * torch.randn(features, z, y, generator=gen))
-        self.decoder = MLPDecoder(features, hidden)
+        self.decoder = _seeded_decoder(features, hidden, seed)
 
     def forward(self) -> torch.Tensor:
         feats = self.plane_xy[:, None, :, :] + self.plane_xz[:, :, None, :] + self.plane_yz[:, :, :, None]

@@ -1,0 +1,292 @@
+"""Exports: Δn stacks as OME-TIFF, movies of the 3D view (MP4, animated PNG or PNG frames).
+
+No Qt here: the main window renders, these functions write files (and may run in
+a worker thread).
+
+Movies: ``.mp4`` needs the optional ``imageio`` + ``imageio-ffmpeg`` packages;
+``.png`` writes an animated PNG (APNG, plays in web browsers and most viewers;
+viewers without APNG support show its first frame) with the standard library
+only; any other name is a folder of numbered PNG frames.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import queue
+import struct
+import threading
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Δn stacks
+# ---------------------------------------------------------------------------------------
+def export_dn_stack(
+    path: str | Path,
+    dn: np.ndarray,
+    voxel_um_zyx: Sequence[float],
+    *,
+    n_medium: float,
+    interval_s: float | None = None,
+    timepoints: Sequence[int] | None = None,
+    name: str = "delta_n",
+    description: str = "",
+) -> Path:
+    """Write Δn as an OME-TIFF with physical voxel sizes (µm).
+
+    Args:
+        path: output file (``.ome.tif`` is appended when missing).
+        dn: float Δn, ``[Z, Y, X]`` or ``[T, Z, Y, X]``.
+        voxel_um_zyx: voxel size (dz, dy, dx) in µm.
+        n_medium: refractive index of the medium (RI = n_medium + Δn), stored in the description.
+        interval_s: time between timepoints (s), stored as the OME time increment.
+        timepoints: the recording's timepoint of each stack (stored in the description).
+    """
+    path = Path(path)
+    if not path.name.lower().endswith((".ome.tif", ".ome.tiff")):
+        path = path.with_name(path.name.removesuffix(".tif").removesuffix(".tiff") + ".ome.tif")
+    data = np.ascontiguousarray(np.asarray(dn).real, dtype=np.float32)
+    if data.ndim not in (3, 4):
+        raise ValueError(f"Δn must be [Z, Y, X] or [T, Z, Y, X], got shape {data.shape}")
+    dz, dy, dx = (float(v) for v in voxel_um_zyx)
+    text = f"Refractive-index contrast Δn; RI = {float(n_medium):.6f} + Δn."
+    if timepoints is not None:
+        text += f" Timepoints: {', '.join(str(int(t)) for t in timepoints)}."
+    if description:
+        text += " " + description
+    metadata: dict = {
+        "axes": "TZYX" if data.ndim == 4 else "ZYX",
+        "Name": name,
+        "Description": text,
+        "PhysicalSizeX": dx,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": dy,
+        "PhysicalSizeYUnit": "µm",
+        "PhysicalSizeZ": dz,
+        "PhysicalSizeZUnit": "µm",
+        "Channel": {"Name": ["delta_n"]},
+    }
+    if data.ndim == 4 and interval_s is not None and interval_s > 0:
+        metadata.update(TimeIncrement=float(interval_s), TimeIncrementUnit="s")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata=metadata)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Movies
+# ---------------------------------------------------------------------------------------
+def mp4_available() -> bool:
+    """True when ``imageio`` with its ffmpeg plugin can write MP4 files."""
+    return importlib.util.find_spec("imageio") is not None and importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
+def _rgb(frame: np.ndarray) -> np.ndarray:
+    arr = np.asarray(frame)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"a movie frame must be [H, W, 3|4], got shape {arr.shape}")
+    return np.ascontiguousarray(arr[..., :3], dtype=np.uint8)
+
+
+def _fit(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Crop or pad (black) a frame to ``shape`` (the first frame's size)."""
+    h, w = shape
+    if frame.shape[:2] == (h, w):
+        return frame
+    out = np.zeros((h, w, frame.shape[2]), frame.dtype)
+    hh, ww = min(h, frame.shape[0]), min(w, frame.shape[1])
+    out[:hh, :ww] = frame[:hh, :ww]
+    return out
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png_scanlines(rgb: np.ndarray) -> bytes:
+    """Filtered scanlines (PNG filter 2, 'Up': each row minus the row above, mod 256)."""
+    up = np.empty_like(rgb)
+    up[0] = rgb[0]
+    np.subtract(rgb[1:], rgb[:-1], out=up[1:])
+    h = rgb.shape[0]
+    rows = np.concatenate([np.full((h, 1), 2, np.uint8), up.reshape(h, -1)], axis=1)
+    return zlib.compress(rows.tobytes(), 6)
+
+
+class MovieWriter:
+    """Base class: ``append(frame)`` RGB(A) uint8 frames, then ``close()``."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path = Path(path)
+        self.fps = float(fps)
+        self.frames = 0
+        self._shape: tuple[int, int] | None = None
+
+    def append(self, frame: np.ndarray) -> None:
+        rgb = _rgb(frame)
+        if self._shape is None:
+            self._shape = rgb.shape[:2]
+        self._write(_fit(rgb, self._shape))
+        self.frames += 1
+
+    def _write(self, rgb: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class APNGWriter(MovieWriter):
+    """Animated PNG (RGB, loops forever), written frame by frame."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        super().__init__(path, fps)
+        self._fh = open(self.path, "wb")
+        self._sequence = 0
+        self._actl_offset = 0
+
+    def _write(self, rgb: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        fh = self._fh
+        if self.frames == 0:
+            fh.write(PNG_SIGNATURE)
+            fh.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)))
+            self._actl_offset = fh.tell()
+            fh.write(_chunk(b"acTL", struct.pack(">II", 0, 0)))  # frame count patched on close
+        delay = max(1, min(65535, round(1000 / max(self.fps, 1e-3))))
+        fh.write(_chunk(b"fcTL", struct.pack(">IIIIIHHBB", self._sequence, w, h, 0, 0, delay, 1000, 0, 0)))
+        self._sequence += 1
+        data = _png_scanlines(rgb)
+        if self.frames == 0:
+            fh.write(_chunk(b"IDAT", data))
+        else:
+            fh.write(_chunk(b"fdAT", struct.pack(">I", self._sequence) + data))
+            self._sequence += 1
+
+    def close(self) -> None:
+        fh = self._fh
+        if fh.closed:
+            return
+        try:
+            if self.frames:
+                fh.write(_chunk(b"IEND", b""))
+                fh.seek(self._actl_offset)
+                fh.write(_chunk(b"acTL", struct.pack(">II", self.frames, 0)))
+        finally:
+            fh.close()
+
+
+class PNGFramesWriter(MovieWriter):
+    """A folder of numbered PNG frames (``frame_00000.png`` …)."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        super().__init__(path, fps)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, rgb: np.ndarray) -> None:
+        from vispy.io import write_png
+
+        write_png(str(self.path / f"frame_{self.frames:05d}.png"), rgb)
+
+
+class MP4Writer(MovieWriter):
+    """H.264 MP4 through imageio-ffmpeg (optional dependency)."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        super().__init__(path, fps)
+        import imageio.v2 as imageio
+
+        self._writer = imageio.get_writer(str(self.path), fps=self.fps, codec="libx264", quality=8, macro_block_size=2)
+
+    def _write(self, rgb: np.ndarray) -> None:
+        h, w = rgb.shape[:2]
+        self._writer.append_data(rgb[: h - h % 2, : w - w % 2])
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def open_movie(path: str | Path, fps: float) -> MovieWriter:
+    """A movie writer chosen by the name: ``.mp4``, ``.png`` (animated) or a folder of PNG frames."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".mp4":
+        if not mp4_available():
+            raise RuntimeError("MP4 export needs the imageio and imageio-ffmpeg packages; save as .png (animated) instead.")
+        return MP4Writer(path, fps)
+    if suffix in (".png", ".apng"):
+        return APNGWriter(path, fps)
+    return PNGFramesWriter(path, fps)
+
+
+class BackgroundMovieWriter:
+    """Encodes and writes movie frames in a thread so the GUI thread only renders."""
+
+    def __init__(self, writer: MovieWriter, max_pending: int = 4) -> None:
+        self.writer = writer
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._run, name="nvplive-movie", daemon=True)
+        self._thread.start()
+
+    def append(self, frame: np.ndarray, timeout: float = 30.0) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"writing {self.writer.path} failed: {self.error}") from self.error
+        self._queue.put(np.array(frame, copy=True), timeout=timeout)
+
+    def close(self, timeout: float = 60.0) -> Path:
+        self._queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise RuntimeError(f"writing {self.writer.path} failed: {self.error}") from self.error
+        return self.writer.path
+
+    def _run(self) -> None:
+        try:
+            while True:
+                frame = self._queue.get()
+                if frame is None:
+                    break
+                if self.error is None:
+                    self.writer.append(frame)
+        except BaseException as exc:
+            self.error = exc
+            while self._queue.get() is not None:  # keep accepting until the sentinel
+                pass
+        finally:
+            try:
+                self.writer.close()
+            except BaseException as exc:
+                self.error = self.error or exc
+
+
+def read_apng_info(path: str | Path) -> dict:
+    """Width, height and frame count of an animated PNG (checks every chunk's CRC)."""
+    data = Path(path).read_bytes()
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError(f"{path} is not a PNG file")
+    pos, info = len(PNG_SIGNATURE), {"frames": 0, "fcTL": 0, "width": 0, "height": 0, "first_idat": b""}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
+            raise ValueError(f"{path}: bad CRC in chunk {kind!r}")
+        if kind == b"IHDR":
+            info["width"], info["height"] = struct.unpack(">II", body[:8])
+        elif kind == b"acTL":
+            info["frames"] = struct.unpack(">I", body[:4])[0]
+        elif kind == b"fcTL":
+            info["fcTL"] += 1
+        elif kind == b"IDAT":
+            info["first_idat"] += body
+        pos += 12 + length
+    return info

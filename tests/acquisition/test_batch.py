@@ -1,0 +1,210 @@
+"""Distributed batch reconstruction on Dask (issue 8): a real LocalCluster of two worker
+processes reconstructs a simulated time-lapse; results are compared with the serial
+reconstruction, and a worker is killed (SIGKILL) while it reconstructs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import distributed
+import numpy as np
+import pytest
+
+from nvplive.acquisition.batch import plan_chunks, reconstruct_distributed
+from nvplive.acquisition.offline import reconstruct_recording, reconstructor_for, simulate_recording
+from nvplive.acquisition.recording import Recording
+from nvplive.cli import main as cli_main
+from nvplive.errors import NvpLiveError
+from nvplive.recon.metrics import absolute_scores
+from nvplive.recon.reconstructor import ReconConfig
+from nvplive.recon.simulate import PartialCoherence
+
+T = 6
+CONFIG = ReconConfig(iterations=60, warm_iterations=10)
+#: docs/batch.md: with several chunks, each timepoint's Δn differs from the serial chain's by
+#: at most this RMSE relative to the truth's range, and the mean Δn PSNR drops at most
+#: PSNR_DROP_DB (measured here: ≤ 0.03 of the range, no drop).
+RMSE_TOLERANCE = 0.10
+PSNR_DROP_DB = 1.0
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Path:
+    """A beating cardiomyocyte, 6 timepoints, 12×24×24 voxels, 5 views, never reconstructed."""
+    root = tmp_path_factory.mktemp("batch")
+    return simulate_recording(
+        root / "beating.fdt", phantom="cardiomyocyte", views=5, timepoints=T, shape_zyx=(12, 24, 24), seed=1,
+        coherence=PartialCoherence(1, 0.0, 1),
+    )
+
+
+@pytest.fixture(scope="module")
+def truth(recording) -> np.ndarray:
+    with Recording.open(recording) as rec:
+        return np.stack([rec.ground_truth(t) for t in range(T)])
+
+
+@pytest.fixture(scope="module")
+def serial(recording, tmp_path_factory) -> np.ndarray:
+    """The serial reconstruction (`nvplive reconstruct` without --scheduler) of a copy of the recording."""
+    copy = tmp_path_factory.mktemp("serial") / "beating.fdt"
+    shutil.copytree(recording, copy)
+    reconstruct_recording(copy, CONFIG, device="cpu")
+    with Recording.open(copy) as rec:
+        return np.stack([rec.volume(t) for t in range(T)])
+
+
+@pytest.fixture(scope="module")
+def chunked_reference(recording, serial):
+    """In-process volumes with the chunk semantics: a cold start at each chunk start, warm updates after.
+
+    A chunk starting at 0 is the serial chain (same code path: a fresh Reconstructor, warm_update in order).
+    """
+    with Recording.open(recording) as rec:
+        meta, frames = rec.meta, [rec.frames(t) for t in range(T)]
+    cache: dict[tuple[int, int], np.ndarray] = {(0, t): serial[t] for t in range(T)}
+
+    def volumes(chunk_size: int) -> np.ndarray:
+        for start, stop in plan_chunks(T, chunk_size):
+            if (start, stop - 1) not in cache:
+                reconstructor = reconstructor_for(meta, CONFIG, "cpu")
+                for t in range(start, stop):
+                    cache[(start, t)] = reconstructor.warm_update(frames[t]).dn
+        return np.stack([cache[(start, t)] for start, stop in plan_chunks(T, chunk_size) for t in range(start, stop)])
+
+    return volumes
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as local, distributed.Client(local) as client:
+        yield local, client
+
+
+def fresh_copy(recording: Path, tmp_path: Path) -> Path:
+    target = tmp_path / recording.name
+    shutil.copytree(recording, target)
+    return target
+
+
+def stored(path: Path) -> tuple[tuple[int, ...], np.ndarray, dict]:
+    with Recording.open(path) as rec:
+        assert not rec.interrupted
+        return rec.volume_timepoints, np.stack([rec.volume(t) for t in rec.volume_timepoints]), rec.volume_settings
+
+
+def test_plan_chunks_covers_every_timepoint_once():
+    assert plan_chunks(6, 4) == [(0, 4), (4, 6)]
+    assert plan_chunks(6, 6) == plan_chunks(6, 100) == [(0, 6)]
+    assert [t for s, e in plan_chunks(7, 2) for t in range(s, e)] == list(range(7))
+    with pytest.raises(NvpLiveError):
+        plan_chunks(6, 0)
+
+
+def test_one_chunk_on_a_scheduler_address_equals_the_serial_reconstruction(recording, serial, cluster, tmp_path):
+    local, _ = cluster
+    path = fresh_copy(recording, tmp_path)
+    seen: list[int] = []
+    summary = reconstruct_distributed(
+        path, CONFIG, scheduler=local.scheduler_address, chunk_size=T, device="cpu",
+        progress=lambda done, total, message: seen.append(done),
+    )
+    timepoints, volumes, settings = stored(path)
+    assert timepoints == tuple(range(T))
+    np.testing.assert_array_equal(volumes, serial)
+    assert summary.timepoints == T and summary.workers == 2 and len(summary.chunks) == 1
+    assert summary.iterations[0] == CONFIG.iterations and summary.device == "cpu"
+    assert seen == [T]
+    assert settings[T - 1]["settings"]["chunk"] == [0, T]
+    assert settings[T - 1]["settings"]["worker"] == summary.chunks[0]["worker"]
+
+
+def test_several_chunks_written_in_order_within_the_tolerance(recording, serial, truth, chunked_reference, cluster, tmp_path):
+    _, client = cluster
+    path = fresh_copy(recording, tmp_path)
+    seen: list[int] = []
+    summary = reconstruct_distributed(
+        path, CONFIG, scheduler=client, chunk_size=2, device="cpu", max_chunks_in_flight=3,
+        progress=lambda done, total, message: seen.append(done),
+    )
+    timepoints, volumes, settings = stored(path)
+    assert timepoints == tuple(range(T))  # stored in timepoint order, each once
+    assert seen == [2, 4, 6]
+    assert [(c["start"], c["stop"]) for c in summary.chunks] == [(0, 2), (2, 4), (4, 6)]
+    assert len({c["worker"] for c in summary.chunks}) == 2  # both workers took part
+    # every chunk is exactly its own serial run: cold start first, warm updates after
+    np.testing.assert_array_equal(volumes, chunked_reference(2))
+    assert summary.iterations[::2] == [CONFIG.iterations] * 3
+    assert [settings[t]["settings"]["chunk"] for t in range(T)] == [[0, 2], [0, 2], [2, 4], [2, 4], [4, 6], [4, 6]]
+    # against the serial chain: the first chunk is identical, the others within the documented tolerance
+    np.testing.assert_array_equal(volumes[:2], serial[:2])
+    span = float(truth.max() - truth.min())
+    rmse = np.sqrt(((volumes - serial) ** 2).mean(axis=(1, 2, 3))) / span
+    assert np.all(rmse <= RMSE_TOLERANCE), rmse
+    psnr_batch = np.mean([absolute_scores(v, g).psnr_db for v, g in zip(volumes, truth)])
+    psnr_serial = np.mean([absolute_scores(v, g).psnr_db for v, g in zip(serial, truth)])
+    psnr_zero = np.mean([absolute_scores(np.zeros_like(g), g).psnr_db for g in truth])
+    assert psnr_serial > psnr_zero  # the comparison is between real reconstructions
+    assert psnr_batch >= psnr_serial - PSNR_DROP_DB
+
+
+def kill_worker_of_first_chunk(client: distributed.Client, killed: dict, stop: threading.Event) -> None:
+    """SIGKILL the worker process that reconstructs the first chunk, 0.1 s after it got it."""
+    pids = client.run(os.getpid)
+    while not stop.is_set():
+        for address, keys in client.processing().items():
+            first = [str(k) for k in keys if str(k).startswith("nvplive-chunk-") and str(k).endswith("-0-3")]
+            if first and address in pids:
+                time.sleep(0.1)
+                killed.update(address=address, key=first[0])
+                os.kill(pids[address], signal.SIGKILL)
+                return
+        time.sleep(0.02)
+
+
+def test_a_worker_killed_mid_run_has_its_chunk_redone(recording, chunked_reference, cluster, tmp_path):
+    _, client = cluster
+    client.wait_for_workers(2, timeout=60)
+    path = fresh_copy(recording, tmp_path)
+    killed: dict = {}
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_worker_of_first_chunk, args=(client, killed, stop), daemon=True)
+    killer.start()
+    try:
+        summary = reconstruct_distributed(path, CONFIG, scheduler=client, chunk_size=3, device="cpu")
+    finally:
+        stop.set()
+        killer.join(10)
+    assert killed, "no worker was killed while it reconstructed"
+    assert [(c["start"], c["stop"]) for c in summary.chunks] == [(0, 3), (3, 6)]
+    # it died mid-chunk: another worker (or its restarted successor) delivered the chunk, after the second one
+    assert summary.chunks[0]["worker"] != killed["address"]
+    timepoints, volumes, _ = stored(path)
+    assert timepoints == tuple(range(T))  # nothing lost, nothing written twice, in order
+    np.testing.assert_array_equal(volumes, chunked_reference(3))
+
+
+def test_cli_reconstruct_on_a_local_cluster(recording, serial, tmp_path, capsys):
+    path = fresh_copy(recording, tmp_path)
+    status = cli_main([
+        "reconstruct", str(path), "--scheduler", "local", "--workers", "1", "--iterations", str(CONFIG.iterations),
+        "--warm-iterations", str(CONFIG.warm_iterations), "--device", "cpu",
+    ])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert f"reconstructed {T} timepoint(s) with nvp on 1 Dask worker(s) (cpu, 1 chunk(s)" in out.out
+    timepoints, volumes, _ = stored(path)
+    assert timepoints == tuple(range(T))
+    np.testing.assert_array_equal(volumes, serial)
+
+
+def test_cli_refuses_batch_options_without_a_scheduler(recording, capsys):
+    assert cli_main(["reconstruct", str(recording), "--workers", "2"]) == 2
+    assert "--workers and --chunk-size need --scheduler" in capsys.readouterr().err

@@ -1,0 +1,414 @@
+"""The main window in a real display: the demo end to end, live settings, errors, replay, exports.
+
+Everything runs for real: the simulated microscope (pymmcore-plus + simulated
+devices), the recording writer, the project's Reconstructor in its worker
+thread, the vispy 3D canvas. Sizes are tiny (16×32×32 voxels, 3 views, one
+wavelength, a few iterations) so the file runs in well under two minutes on two
+shared cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PySide6 import QtCore
+
+from nvplive.acquisition.microscope import demo_camera
+from nvplive.acquisition.offline import simulate_recording
+from nvplive.acquisition.recording import open_recording
+from nvplive.app.export import read_apng_info
+from nvplive.app.main_window import MainWindow
+from nvplive.app.session import DemoOptions
+from nvplive.recon.reconstructor import ReconConfig
+from nvplive.recon.simulate import PartialCoherence
+
+SHAPE = (16, 32, 32)
+VOXEL = (0.25, 0.25, 0.25)
+FAST = PartialCoherence(n_wavelengths=1, n_subsources=1)
+VIEWS = 3
+TINY_CONFIG = ReconConfig(iterations=8, warm_iterations=2, check_every=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The machine is shared: one torch thread per test process."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def settings_file(tmp_path) -> Path:
+    return tmp_path / "settings.ini"
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path, settings_file):
+    """Factory: a shown main window on the tiny simulated microscope (closed after the test)."""
+    windows: list[MainWindow] = []
+
+    def make(timepoints: int = 6, interval_s: float = 0.3, **kwargs) -> MainWindow:
+        qsettings = QtCore.QSettings(str(settings_file), QtCore.QSettings.Format.IniFormat)
+        options = dict(
+            demo=True,
+            device="cpu",
+            timepoints=timepoints,
+            interval_s=interval_s,
+            demo_options=DemoOptions(SHAPE, VOXEL, FAST, seed=1),
+            recon_config=TINY_CONFIG,
+            qsettings=qsettings,
+            scratch_dir=tmp_path / "scratch",
+            durable=False,
+        )
+        options.update(kwargs)
+        window = MainWindow(**options)
+        window.acquisition_panel.views.setValue(VIEWS)
+        window.acquisition_panel.save_dir.set_text(str(tmp_path / "recordings"))
+        qtbot.addWidget(window)
+        window.resize(1280, 800)
+        window.show()
+        qtbot.waitExposed(window)
+        windows.append(window)
+        return window
+
+    yield make
+    for window in windows:
+        window.close()
+
+
+def _wait_closed(qtbot, window: MainWindow, timeout_ms: int = 60_000) -> None:
+    qtbot.waitUntil(lambda: not window._loading and window.session is None, timeout=timeout_ms)
+
+
+def _picture(window: MainWindow) -> np.ndarray:
+    return window.volume_view.snapshot()[..., :3].astype(np.int32)
+
+
+def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, stats, tmp_path):
+    window = make_window(timepoints=0, interval_s=0.4)  # continuous: stopped below
+    blank = _picture(window)
+
+    ticks: list[float] = []
+    probe = QtCore.QTimer()
+    probe.setInterval(10)
+    probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    probe.start()
+
+    window.start_acquisition(record=True)
+    pictures: dict[int, np.ndarray] = {}
+    busy: list[tuple[float, float]] = []  # the test's own snapshot renders (GUI thread)
+    frames_seen: set[int] = set()
+    deadline = time.perf_counter() + 90
+    while (window.session is not None or window._loading) and time.perf_counter() < deadline:
+        qtbot.wait(20)
+        if window._frames_t is not None:
+            frames_seen.add(window._frames_t)
+        t = window._volume_t
+        if t is not None and t not in pictures:
+            start = time.perf_counter()
+            pictures[t] = _picture(window)
+            busy.append((start, time.perf_counter()))
+        if len(pictures) >= 3 and len(frames_seen) >= 4 and window.acquiring:
+            window.stop_acquisition()
+    probe.stop()
+    assert window.session is None, "the acquisition did not finish"
+    summary = window._last_session_end.summary
+    assert summary.status == "stopped"
+    intervals = list(zip(ticks[:-1], ticks[1:]))
+    app_gaps = [b - a for a, b in intervals if not any(s < b and e > a for s, e in busy)]
+    all_gaps = [b - a for a, b in intervals]
+    print(f"\nGUI responsiveness during the live demo: max gap between 10 ms timer ticks "
+          f"{max(app_gaps) * 1000:.0f} ms (median {np.median(app_gaps) * 1000:.0f} ms, {len(app_gaps)} intervals "
+          f"over {ticks[-1] - ticks[0]:.1f} s); {max(all_gaps) * 1000:.0f} ms including the test's own "
+          f"{len(busy)} snapshot renders")
+    assert max(app_gaps) < 1.0
+
+    # Frames: every timepoint's frames reached the view (the live view may coalesce some).
+    assert window.frames_view.n_views == VIEWS
+    assert len(frames_seen) >= 4 and max(frames_seen) == summary.timepoints_complete - 1
+    # Volumes: several timepoints reconstructed and drawn; pictures are real and change.
+    assert len(pictures) >= 2, pictures.keys()
+    ts = sorted(pictures)
+    empty = stats(blank)
+    assert empty["colours"] < 20  # nothing but the background before the first volume
+    for t in ts:
+        s = stats(pictures[t])
+        assert s["std"] > 5 and s["colours"] > 50 and s["colours"] > 5 * empty["colours"], (t, s)
+    # Pictures of the same canvas size (the layout settles when the first frames arrive) differ.
+    same = [t for t in ts if pictures[t].shape == pictures[ts[-1]].shape]
+    assert len(same) >= 2, {t: pictures[t].shape for t in ts}
+    assert np.abs(pictures[same[0]] - pictures[same[-1]]).mean() > 0.3
+
+    # Status bar and plots report what happened.
+    assert window.latency_label.text().startswith("Latency ") and "—" not in window.latency_label.text()
+    assert window.skipped_label.text() == f"Skipped {window._skipped}"
+    assert "CPU" in window.device_label.text() and "MiB" in window.device_label.text()
+    assert window.recon_panel.latency_plot.values.size >= 2
+    assert window.recon_panel.loss_plot.values.size >= TINY_CONFIG.iterations
+
+    # The recording is on disk, closed, with every timepoint, ground truth and the live volumes.
+    path = window.recording_path
+    assert path.parent == tmp_path / "recordings" and path.suffix == ".fdt"
+    with open_recording(path) as rec:
+        n = summary.timepoints_complete
+        assert rec.n_timepoints == n and rec.n_views == VIEWS and not rec.interrupted
+        assert rec.ground_truth_timepoints == tuple(range(n))
+        assert set(pictures) <= set(rec.volume_timepoints)
+        assert rec.volume_settings[ts[-1]]["settings"]["device"] == "cpu"
+    assert (path / "nvplive.log").read_text().count("Session started") == 1
+    assert not window.errors
+
+
+def test_controls_change_what_the_worker_uses(make_window, qtbot):
+    window = make_window(timepoints=0, interval_s=0.3)  # continuous until Stop
+    window.start_acquisition(record=False)
+    qtbot.waitUntil(lambda: window.session is not None and len(window.session.worker.records) >= 1, timeout=60_000)
+    session = window.session
+    worker = session.worker
+    recon = worker.reconstructor
+    assert recon is window.reconstructor
+    assert recon.config.method == "nvp" and recon.config.warm_iterations == 2
+    first_inner = recon.inner
+
+    panel = window.recon_panel
+    panel.method.setCurrentIndex(panel.method.findData("explicit"))
+    panel.tv_weight.setValue(0.01)
+    panel.warm_iterations.setValue(3)
+    panel.device.setCurrentIndex(panel.device.findData("auto"))
+    changed_at = len(worker.records)
+
+    # Applied by the reconstruction thread before its next update, never during one: the
+    # update in flight finishes with the old settings, the next restarts cold (method change,
+    # full cold budget), the ones after run the new warm budget.
+    qtbot.waitUntil(lambda: len(worker.records) >= changed_at + 3, timeout=60_000)
+    cfg = worker.reconstructor.config
+    assert (cfg.method, cfg.tv_weight, cfg.warm_iterations) == ("explicit", 0.01, 3)
+    assert recon.device_name == "auto" and recon.inner is not first_inner and str(recon.device) == "cpu"
+    assert worker.method == "explicit" and worker.settings["tv_weight"] == 0.01
+    after = [r.iterations for r in worker.records[changed_at:]]
+    cold = after.index(TINY_CONFIG.iterations)
+    assert cold <= 1, after
+    assert 3 in after[cold + 1:], after
+
+    # A latency budget bounds the warm updates by time.
+    panel.budget_mode.setCurrentIndex(panel.budget_mode.findData("latency"))
+    panel.latency.setValue(0.25)
+    n = len(worker.records)
+    qtbot.waitUntil(lambda: len(worker.records) >= n + 2, timeout=60_000)
+    assert worker.reconstructor.config.time_budget_s == 0.25
+    assert worker.reconstructor.config.check_every == 1
+    assert worker.records[-1].seconds < 0.25 + 1.0
+
+    # A device this machine does not have is refused with a message; the worker keeps its device.
+    if not torch.cuda.is_available():
+        panel.device.setCurrentIndex(panel.device.findData("cuda"))
+        assert window.error_box is not None and window.error_box.isVisible()
+        assert "CUDA" in window.error_box.text()
+        assert panel.device_name == "auto" and recon.device_name == "auto"
+        window.error_box.close()
+
+    last_t = worker.records[-1].t
+    window.stop_acquisition()
+    _wait_closed(qtbot, window)
+    with open_recording(session.path) as rec:
+        stored = rec.volume_settings[last_t]
+    assert stored["method"] == "explicit"
+    assert stored["settings"]["tv_weight"] == 0.01 and stored["settings"]["time_budget_s"] == 0.25
+
+
+def _tiny_recording(path: Path, timepoints: int = 3) -> Path:
+    return simulate_recording(
+        path, phantom="cell", views=VIEWS, timepoints=timepoints, shape_zyx=SHAPE, voxel_um_zyx=VOXEL,
+        coherence=FAST, seed=2,
+    )
+
+
+def test_broken_recording_shows_an_error_and_the_app_keeps_working(make_window, qtbot, tmp_path):
+    good = _tiny_recording(tmp_path / "good.fdt")
+    broken = _tiny_recording(tmp_path / "broken.fdt", timepoints=1)
+    (broken / "recording.json").write_text('{"format": "nvp-live-recording", "version": 1, "optics": ')
+    window = make_window()
+
+    assert window.open_recording(broken) is False
+    box = window.error_box
+    assert box is not None and box.isVisible() and not box.isModal()
+    assert "recording.json" in box.text()
+    assert window.recording_path is None
+    assert any("recording.json" in e for e in window.errors)
+    box.close()
+
+    # Still working: the good recording opens and replays frames and ground truth.
+    assert window.open_recording(good) is True
+    qtbot.waitUntil(lambda: window._frames_t == 0, timeout=10_000)
+    assert window.frames_view.n_views == VIEWS
+    window.timeline.kind.setCurrentIndex(window.timeline.kind.findData("truth"))
+    window.timeline.slider.setValue(2)
+    qtbot.waitUntil(lambda: window._frames_t == 2 and window._volume_t == 2, timeout=10_000)
+    with open_recording(good) as rec:
+        np.testing.assert_array_equal(window.frames_view._frames, rec.frames(2))
+
+
+def test_offline_reconstruction_exports_and_replay(make_window, qtbot, tmp_path, stats):
+    path = _tiny_recording(tmp_path / "offline.fdt", timepoints=3)
+    window = make_window()
+    assert window.open_recording(path)
+    progress: list[int] = []
+    window.timeline.progress.valueChanged.connect(progress.append)
+    assert window.reconstruct_recording() is True
+    assert window.timeline.progress.isVisible() and window.timeline.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: window.offline is not None and not window.offline.running
+                    and not window.timeline.cancel_button.isEnabled(), timeout=90_000)
+    assert progress and max(progress) == 1000 and len(set(progress)) >= 2
+    assert not window.errors
+    with open_recording(path) as rec:
+        assert rec.volume_timepoints == (0, 1, 2)
+        assert rec.volume_settings[2]["method"] == "nvp"
+    # Replay shows the new volumes.
+    window.timeline.slider.setValue(1)
+    qtbot.waitUntil(lambda: window._volume_t == 1, timeout=10_000)
+    picture = window.volume_view.snapshot()
+    assert stats(picture)["std"] > 5
+
+    # Δn stack: OME-TIFF, TZYX, physical sizes in µm.
+    stack = tmp_path / "dn.ome.tif"
+    window.export_dn_stack(stack)
+    qtbot.waitUntil(lambda: stack.exists() and any("Δn stack written" in line for line in
+                                                   window.acquisition_panel.activity_text().splitlines()),
+                    timeout=20_000)
+    with tifffile.TiffFile(stack) as tif:
+        series = tif.series[0]
+        assert series.axes == "TZYX" and series.shape == (3, *SHAPE)
+        ome = tif.ome_metadata
+        assert 'PhysicalSizeX="0.25"' in ome and 'PhysicalSizeZ="0.25"' in ome and "µm" in ome
+        with open_recording(path) as rec:
+            np.testing.assert_array_equal(series.asarray()[1], rec.volume(1))
+
+    # PNG snapshot of the 3D view.
+    png = window.save_snapshot(tmp_path / "view.png")
+    assert png is not None and png.read_bytes().startswith(b"\x89PNG")
+
+    # Movie: an animated PNG with one frame per stored volume.
+    movie_path = tmp_path / "movie.png"
+    movie = window.export_movie(movie_path, fps=4)
+    assert movie is not None
+    qtbot.waitUntil(lambda: window.movie is None, timeout=30_000)
+    info = read_apng_info(movie_path)
+    assert info["frames"] == 3 and info["fcTL"] == 3
+    assert (info["width"], info["height"]) == picture.shape[1::-1]
+    rows = np.frombuffer(zlib.decompress(info["first_idat"]), np.uint8).reshape(info["height"], -1)
+    assert rows.shape[1] == 1 + 3 * info["width"]  # filter byte + RGB
+    assert not window.errors
+
+
+def test_acquisition_error_stops_cleanly_with_the_data_saved(make_window, qtbot):
+    window = make_window(timepoints=20, interval_s=0.2)
+    window.prepare_microscope()
+    qtbot.waitUntil(lambda: window.microscope is not None and not window._loading, timeout=30_000)
+    demo_camera(window.microscope.core).fail_after(2 * VIEWS + 1, "Simulated camera failure (test).")
+    window.start_acquisition(record=True)
+    _wait_closed(qtbot, window)
+    box = window.error_box
+    assert box is not None and box.isVisible()
+    assert "Simulated camera failure (test)" in box.text() and "are saved in" in box.text()
+    with open_recording(window.recording_path) as rec:
+        assert rec.n_timepoints == 2 and not rec.interrupted
+    box.close()
+    # The window is still usable: the recorded timepoints replay.
+    window.timeline.slider.setValue(1)
+    qtbot.waitUntil(lambda: window._frames_t == 1, timeout=10_000)
+
+
+HARDWARE_CFG = """# pure-Python devices only: camera, LED source selector, source group
+Property,Core,Initialize,0
+#py pyDevice,Camera,nvplive.acquisition.devices,SimulatedFDTCamera
+#py pyDevice,LEDs,nvplive.acquisition.devices,SourceSelector
+Property,Core,Initialize,1
+#py Property,Core,Camera,Camera
+#py Property,Core,AutoShutter,0
+#py ConfigGroup,Beads,bead-a,LEDs,Label,Source-0
+#py ConfigGroup,Beads,bead-b,LEDs,Label,Source-1
+#py ConfigGroup,Beads,bead-c,LEDs,Label,Source-2
+"""
+
+
+@pytest.fixture
+def hardware_files(tmp_path):
+    """A Micro-Manager .cfg of simulated devices (they share a tiny default scene) and its FDT settings."""
+    from nvplive.acquisition import devices
+
+    scene = devices.demo_scene(SHAPE, VOXEL, VIEWS, seed=4, coherence=FAST)
+    devices.set_default_scene(scene)
+    cfg = tmp_path / "scope.cfg"
+    cfg.write_text(HARDWARE_CFG)
+    settings = tmp_path / "fdt.json"
+    settings.write_text(json.dumps({
+        "format": "nvp-live-hardware-settings",
+        "version": 1,
+        "source_selection": {"group": "Beads", "presets": ["bead-a", "bead-b", "bead-c"]},
+        "sources_um_xyz": scene.sources_um_xyz.tolist(),
+        "optics": {"wavelength_um": 0.6, "n_medium": 1.33, "na": 0.8},
+        "volume": {"shape_zyx": list(SHAPE), "voxel_um_zyx": list(VOXEL)},
+        "camera_model": {"offset": 100, "gain": 1.0, "read_noise": 1.6},
+        "exposure_ms": 3.0,
+    }))
+    yield cfg, settings
+    devices.set_default_scene(None)
+
+
+def test_hardware_configuration_loads_and_acquires(make_window, qtbot, hardware_files, tmp_path):
+    cfg, settings = hardware_files
+    bad = tmp_path / "bad.json"
+    bad.write_text(settings.read_text().replace('"bead-b"', '"bead-x"'))
+    window = make_window(demo=False, mm_config=cfg, settings_file=bad, timepoints=3, interval_s=0.2)
+    assert window.acquisition_panel.source == "hardware" and not window.acquisition_panel.views.isEnabled()
+
+    # A settings file that does not fit the configuration: one clear message, nothing loaded.
+    window.prepare_microscope()
+    qtbot.waitUntil(lambda: not window._loading, timeout=30_000)
+    assert window.microscope is None
+    assert window.error_box is not None and "no preset 'bead-x' for view 1" in window.error_box.text()
+    window.error_box.close()
+
+    window.acquisition_panel.settings_file.set_text(str(settings))
+    window.start_acquisition(record=False)
+    _wait_closed(qtbot, window)
+    assert window.microscope is not None and not window.microscope.demo
+    assert window.acquisition_panel.views.value() == VIEWS
+    assert window.acquisition_panel.sources_table.topLevelItemCount() == VIEWS
+    assert window.acquisition_panel.sources_table.topLevelItem(1).text(1) == "bead-b"
+    assert window.frames_view.n_views == VIEWS
+    with open_recording(window.recording_path) as rec:
+        assert rec.n_timepoints == 3 and not rec.has_ground_truth
+        assert rec.meta.extra["simulated"] is False and rec.volume_timepoints
+    assert window._last_session_end.summary.status == "completed"
+
+
+def test_settings_persist(make_window, settings_file, qtbot):
+    window = make_window()
+    panel = window.recon_panel
+    panel.method.setCurrentIndex(panel.method.findData("triplane"))
+    panel.tv_weight.setValue(0.0042)
+    panel.budget_mode.setCurrentIndex(panel.budget_mode.findData("latency"))
+    panel.latency.setValue(0.7)
+    window.acquisition_panel.exposure.setValue(12.5)
+    window.volume_view.set_mode("translucent")
+    window.close()
+    stored = QtCore.QSettings(str(settings_file), QtCore.QSettings.Format.IniFormat)
+    assert stored.value("reconstruction/method") == "triplane"
+
+    again = make_window(recon_config=None, timepoints=None, interval_s=None)
+    p = again.recon_panel
+    assert p.method.currentData() == "triplane"
+    assert p.tv_weight.value() == pytest.approx(0.0042)
+    assert p.budget_mode.currentData() == "latency" and p.latency.value() == pytest.approx(0.7)
+    assert again.acquisition_panel.exposure.value() == pytest.approx(12.5)
+    assert again.volume_view.mode == "translucent"
+    assert again._base_config.method == "triplane" and again._base_config.time_budget_s == pytest.approx(0.7)

@@ -1,0 +1,179 @@
+"""Reconstruction engine: recovery of a known phantom, self-calibration, warm start,
+coherence mask, and one code path for every representation (issue 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from nvplive.errors import ReconstructionError
+from nvplive.recon.metrics import absolute_scores
+from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+from nvplive.recon.representations import REPRESENTATIONS
+from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, default_sources
+
+OPTICS = Optics()
+GEOMETRY = VolumeGeometry((12, 32, 32), (0.25, 0.25, 0.25))
+COHERENT = PartialCoherence(1, 0.0, 1)
+NOISELESS = CameraModel(offset=0.0, gain=1.0, read_noise=0.0)
+
+
+def two_spheres(geometry: VolumeGeometry = GEOMETRY) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Spheres of Δn 0.02 and 0.04 (radius 1 µm), smooth edges; returns Δn and centres (voxels)."""
+    nz, ny, nx = geometry.shape_zyx
+    d = geometry.voxel_um_zyx[0]
+    z, y, x = np.meshgrid(*(np.arange(n) for n in (nz, ny, nx)), indexing="ij")
+    centres = [np.array([nz / 2 - 0.5, ny / 2 - 0.5, nx * 0.3]), np.array([nz / 2 - 0.5, ny / 2 - 0.5, nx * 0.7])]
+    dn = np.zeros(geometry.shape_zyx, np.float32)
+    for value, c in zip((0.02, 0.04), centres):
+        r = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) * d
+        dn += value * np.clip(0.5 + (1.0 - r) / d, 0, 1)
+    return dn, centres
+
+
+def noiseless_frames(dn: np.ndarray, sources: np.ndarray, coherence: PartialCoherence = COHERENT) -> np.ndarray:
+    sim = Simulator(OPTICS, GEOMETRY, sources, photons=5000.0, coherence=coherence, camera=NOISELESS, seed=0)
+    return sim.expected(dn)
+
+
+@pytest.fixture(scope="module")
+def spheres_case():
+    dn, centres = two_spheres()
+    sources = default_sources(GEOMETRY, 7, seed=1)
+    frames = noiseless_frames(dn, sources)
+    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=250), device="cpu")
+    result = rec.cold_start(frames)
+    return dn, centres, sources, frames, rec, result
+
+
+def test_two_spheres_are_recovered(spheres_case):
+    dn, centres, _, _, _, result = spheres_case
+    rec = result.dn
+    labels, n = ndimage.label(rec > 0.3 * rec.max())
+    sizes = ndimage.sum(np.ones_like(rec), labels, range(1, n + 1))
+    biggest = np.argsort(sizes)[::-1][:2] + 1
+    found = [np.array(ndimage.center_of_mass(rec, labels, i)) for i in biggest]
+    for c in centres:
+        # lateral position within one voxel; axial within the missing-cone elongation
+        best = min(found, key=lambda f: np.linalg.norm(f[1:] - c[1:]))
+        assert np.linalg.norm(best[1:] - c[1:]) <= 1.0
+        assert abs(best[0] - c[0]) <= 2.0
+    weak = rec[tuple(np.round(centres[0]).astype(int))]
+    strong = rec[tuple(np.round(centres[1]).astype(int))]
+    assert strong > weak > 0.005
+    assert absolute_scores(rec, dn).psnr_db > absolute_scores(np.zeros_like(dn), dn).psnr_db + 3.0
+
+
+def test_loss_decreases_and_result_is_reported(spheres_case):
+    *_, result = spheres_case
+    assert result.losses[-1] < 0.5 * result.losses[0]
+    assert result.iterations == 250 and not result.flagged and not result.warm
+    assert result.dn.dtype == np.float32 and result.dn.shape == GEOMETRY.shape_zyx
+
+
+def test_self_calibration_recovers_displaced_sources():
+    dn, _ = two_spheres()
+    true_sources = default_sources(GEOMETRY, 6, seed=2)
+    frames = noiseless_frames(dn, true_sources)
+    rng = np.random.default_rng(0)
+    displaced = true_sources.copy()
+    angles = rng.uniform(0, 2 * np.pi, len(displaced))
+    displaced[:, 0] += 1.3 * np.cos(angles)
+    displaced[:, 1] += 1.3 * np.sin(angles)
+    before = np.hypot(*(displaced[:, :2] - true_sources[:, :2]).T)
+    assert before.min() > 1.0
+    rec = Reconstructor(OPTICS, GEOMETRY, displaced, config=ReconConfig(iterations=60), device="cpu")
+    result = rec.cold_start(frames)
+    after = np.hypot(*(result.sources_um_xyz[:, :2] - true_sources[:, :2]).T)
+    assert after.max() < 0.2
+    # brightness and background are calibrated per view, not assumed equal
+    assert np.ptp(result.brightness) > 0
+
+
+def test_view_without_source_is_refused():
+    dn, _ = two_spheres()
+    sources = default_sources(GEOMETRY, 3, seed=0)
+    frames = noiseless_frames(dn, sources)
+    frames[1] = 5.0
+    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=5), device="cpu")
+    with pytest.raises(ReconstructionError, match="View 1"):
+        rec.cold_start(frames)
+
+
+def test_warm_start_reaches_cold_loss_in_far_fewer_iterations():
+    dn, _ = two_spheres()
+    sources = default_sources(GEOMETRY, 7, seed=1)
+    moved = np.roll(dn, 1, axis=2)  # the specimen moved by one voxel
+    frames0, frames1 = noiseless_frames(dn, sources), noiseless_frames(moved, sources)
+    config = ReconConfig(iterations=200, warm_iterations=200, stop_on_plateau=False, check_every=5)
+    cold = Reconstructor(OPTICS, GEOMETRY, sources, config=config, device="cpu")
+    cold_loss = cold.cold_start(frames1).loss
+    warm = Reconstructor(OPTICS, GEOMETRY, sources, config=config, device="cpu")
+    warm.cold_start(frames0)
+    result = warm.warm_update(frames1)
+    assert result.warm
+    losses = np.array(result.losses)
+    reached = np.nonzero(losses <= cold_loss)[0]
+    assert reached.size > 0, "warm start never reached the cold-start loss"
+    assert reached[0] + 1 <= 0.4 * config.iterations
+
+
+def test_coherence_mask_follows_each_source_and_its_coherent_radius():
+    """The mask is 1 over each source's coherent disk (radius from the coherence length and
+    the pupil cone), tapers to the floor outside, and moves with the source.
+
+    Issue 3 also asks that the mask lower the Δn error on partially coherent frames; that
+    does not hold on this tiny case (and is within noise in the benchmark's ablation), so it
+    is reported as open in BENCHMARKS.md rather than asserted here."""
+    from nvplive.recon.losses import coherence_radius_um
+
+    sources = default_sources(GEOMETRY, 3, seed=1)
+    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(), device="cpu")
+    mask = rec._mask(torch.as_tensor(sources, dtype=torch.float32)).numpy()
+    y, x = GEOMETRY.camera_coordinates_um()
+    for v, (sx, sy, sz) in enumerate(sources):
+        radius = coherence_radius_um(OPTICS.wavelength_um, OPTICS.emission_fwhm_um, OPTICS.n_medium, OPTICS.na, GEOMETRY.focal_z_um - sz)
+        rho = np.hypot(x[None, :] - sx, y[:, None] - sy)
+        assert np.all(mask[v][rho < 0.7 * radius] == pytest.approx(1.0))
+        assert np.all(mask[v][rho > 1.01 * radius] == pytest.approx(0.05))
+    # a narrower emission band (longer coherence length) never shrinks the coherent disk
+    assert coherence_radius_um(0.6, 0.01, 1.33, 0.8, 5.0) >= coherence_radius_um(0.6, 0.06, 1.33, 0.8, 5.0)
+
+
+@pytest.mark.parametrize("method", sorted(REPRESENTATIONS))
+def test_every_representation_runs_the_same_loop(method):
+    dn, _ = two_spheres()
+    sources = default_sources(GEOMETRY, 6, seed=1)
+    frames = noiseless_frames(dn, sources)
+    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(method=method, iterations=30, warm_iterations=10), device="cpu")
+    first = rec.cold_start(frames)
+    second = rec.warm_update(frames)
+    assert second.warm and second.iterations <= 10
+    assert second.losses[-1] <= first.losses[0]
+    assert first.dn.shape == GEOMETRY.shape_zyx and (first.dn >= 0).all()
+    state = rec.snapshot()
+    other = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(method=method), device="cpu")
+    other.load_state(state)
+    assert np.allclose(other.representation().detach().numpy(), rec.representation().detach().numpy())
+
+
+def test_reproducible_under_a_seed():
+    dn, _ = two_spheres()
+    sources = default_sources(GEOMETRY, 6, seed=1)
+    frames = noiseless_frames(dn, sources)
+    runs = [Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=20, seed=3), device="cpu").cold_start(frames).dn for _ in range(2)]
+    assert np.array_equal(runs[0], runs[1])
+
+
+def test_frames_of_wrong_shape_or_nan_are_refused():
+    sources = default_sources(GEOMETRY, 3, seed=0)
+    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=2), device="cpu")
+    with pytest.raises(ReconstructionError, match="shape"):
+        rec.cold_start(np.zeros((2, 32, 32)))
+    bad = np.ones((3, 32, 32))
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ReconstructionError, match="NaN"):
+        rec.cold_start(bad)

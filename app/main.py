@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -14,11 +13,6 @@ logger = logging.getLogger("nvplive.app")
 
 #: GIL switch interval of the app (s); Python's default is 0.005.
 GIL_SWITCH_INTERVAL_S = 0.001
-
-
-def _reconstruction_threads() -> int:
-    """Torch threads for the reconstruction: leave one core to the GUI and the acquisition."""
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def run_app(
@@ -43,6 +37,8 @@ def run_app(
     import torch
     import vispy
 
+    from nvplive.recon.reconstructor import live_cpu_threads
+
     vispy.use("pyside6")
     from PySide6 import QtCore, QtWidgets
 
@@ -58,7 +54,7 @@ def run_app(
     style.apply_dark_theme(app)
     log_file = setup_logging()
     logger.info("nvp-live starting (demo=%s, device=%s, log=%s)", demo, device, log_file)
-    torch.set_num_threads(_reconstruction_threads())
+    torch.set_num_threads(live_cpu_threads())
     # The GUI thread makes many short GIL-releasing calls (OpenGL through ctypes); with the
     # default 5 ms switch interval each one can wait 5 ms behind a Python-heavy worker thread.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

@@ -57,6 +57,10 @@ def _measure_inner(shape, device: str, full: bool) -> dict:
 
     from .reference_renderer import render_reference
 
+    if device == "cpu":
+        # One thread: at these FFT sizes torch's pool only adds overhead on 2 busy cores
+        # (measured 4-10× slower with 2 threads); the live app runs reconstruction this way too.
+        torch.set_num_threads(1)
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     voxels = shape[0] * shape[1] * shape[2]
@@ -189,7 +193,7 @@ def markdown_table(rows: list[dict], seconds: float) -> str:
         f"### Speed ({time.strftime('%Y-%m-%d')}, `nvplive bench speed`)",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; wall time {seconds / 60:.1f} min. "
-        "7 views, voxels of 0.25 µm, NVP; CPU rows use torch's default threads.",
+        "7 views, voxels of 0.25 µm, NVP; CPU rows use one torch thread.",
         "",
         "| shape Z×Y×X | device | padded grid | forward ms | reference ms (ratio) | iters/s | warm update s (iters) | cold start s | peak MB |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -208,8 +208,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.headless:
-        from nvplive.acquisition.demo import run_headless_demo
+        import torch
 
+        from nvplive.acquisition.demo import run_headless_demo
+        from nvplive.recon.reconstructor import live_cpu_threads
+
+        torch.set_num_threads(live_cpu_threads())
         out = args.out or Path("nvplive-demo")
         result = run_headless_demo(
             out, timepoints=args.timepoints or 20, device=args.device, progress=lambda line: print(line, file=sys.stderr, flush=True)

@@ -136,6 +136,14 @@ def _set_lr(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
         group["lr"] = wanted["lr"]
 
 
+def live_cpu_threads() -> int:
+    """Torch CPU threads for live reconstruction: all cores but one, which is left to the
+    acquisition and the display."""
+    import os
+
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 def select_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU."""
     if str(device) == "auto":
@@ -277,14 +285,16 @@ class Reconstructor:
         except torch.OutOfMemoryError as exc:
             where = "the CPU" if self.device.type == "cpu" else str(self.device)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "allocation failed"
-            self._move_to_cpu()
+        # Outside the except clause: its traceback holds the failed step's tensors.
+        self._move_to_cpu()
         try:
             result = attempt()
         except torch.OutOfMemoryError as again:
             raise ReconstructionError(
                 f"Out of memory on {where} and again on the CPU: reconstruct a smaller volume or fewer views."
             ) from again
-        note = f"Out of memory on {where} ({reason}); the reconstruction continued on the CPU."
+        then = "freed its memory and ran again" if where == "the CPU" else "continued on the CPU"
+        note = f"Out of memory on {where} ({reason}); the reconstruction {then}."
         result.message = f"{note} {result.message}".strip()
         return result
 

@@ -778,14 +778,23 @@ class RecordingWriter:
             if not overwrite:
                 raise RecordingError(f"{root}: already exists; pass overwrite=True to replace it.")
             _remove_recording(root)
-        try:
-            root.mkdir(parents=True)
-        except OSError as exc:
-            raise RecordingError(f"{root}: cannot create the recording folder ({exc.strerror or exc}).") from None
         self._setup(root, meta, durable, created=_utc_now(), frames_allowed=True)
         self._timepoints: list[dict] = []
         self._volumes: list[dict] = []
         self._ground_truth: list[dict] = []
+        # The folder gets its name only once recording.json is in it: killed at any moment,
+        # the writer leaves either no recording or one that opens (at worst a hidden staging folder).
+        staging = root.with_name(f".{root.name}.creating-{os.getpid()}")
+        try:
+            staging.mkdir(parents=True)
+            doc = _document(meta, created=self._created, closed=False, timepoints=[], volumes=[], ground_truth=[])
+            _atomic_write_json(staging / JSON_NAME, doc, durable)
+            os.rename(staging, root)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise RecordingError(f"{root}: cannot create the recording folder ({exc.strerror or exc}).") from None
+        if durable:
+            _fsync_dir(root.parent)
         self._start()
 
     @classmethod

@@ -1228,6 +1228,10 @@ class MainWindow(QtWidgets.QMainWindow):
             else:
                 self.errors.append(message)
                 self.statusBar().showMessage(f"Reconstruction: {message}", 10000)
+        elif kind == "recon_flagged":
+            self.statusBar().showMessage(
+                f"Reconstruction of timepoint {event[1]} diverged and was rolled back; acquisition goes on. {event[2]}", 15000
+            )
         elif kind == "acq_error":
             self.statusBar().showMessage(f"Acquisition error: {event[1]}", 15000)
         elif kind == "acquisition_finished":

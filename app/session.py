@@ -498,6 +498,7 @@ class LiveSession:
         worker.volume_ready.connect(self._on_volume)
         worker.skipped_changed.connect(self._on_skipped)
         worker.error.connect(self._on_recon_error)
+        worker.flagged.connect(self._on_flagged)
 
     # -- control (GUI thread) -------------------------------------------------------------------
     @property
@@ -606,6 +607,10 @@ class LiveSession:
         logger.error("%s", message)
         self.errors.append(message)
         self.mailbox.post("recon_error", message)
+
+    def _on_flagged(self, t: int, message: str) -> None:
+        logger.warning("Timepoint %d flagged: %s", t, message)
+        self.mailbox.post("recon_flagged", t, message)
 
     def _on_acq_error(self, message: str) -> None:
         logger.error("Acquisition error: %s", message)

@@ -69,10 +69,15 @@ def test_kill_9_at_random_moments_always_leaves_a_readable_recording(tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-            # every third kill lands in the set-up (scene, core, recording creation), the others
-            # anywhere in the first seconds of acquisition and reconstruction
-            delay = rng.uniform(0.0, 0.6) if i % 3 == 0 else rng.uniform(0.3, 2.5)
-            time.sleep(delay)
+            start = time.monotonic()
+            if i % 4 == 0:  # the moment the recording folder appears (its creation)
+                while not path.exists() and proc.poll() is None and time.monotonic() - start < 20:
+                    pass
+            elif i % 4 == 1:  # set-up: scene, simulated core, the writer, the first timepoint
+                time.sleep(rng.uniform(0.0, 0.4))
+            else:  # anywhere in the first seconds of acquisition and reconstruction
+                time.sleep(rng.uniform(0.3, 2.5))
+            delay = time.monotonic() - start
             assert proc.poll() is None, proc.stdout.read()
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
@@ -85,5 +90,6 @@ def test_kill_9_at_random_moments_always_leaves_a_readable_recording(tmp_path):
         i += 1
     opened = [n for _, n in outcomes if n is not None]
     assert len(outcomes) >= 5, outcomes
+    assert sum(1 for n in opened if n == 0) >= 2, outcomes  # kills landed right after the creation
     assert sum(1 for n in opened if n >= 1) >= 2, outcomes  # kills also landed mid-acquisition
     print("kills (delay s, complete timepoints):", [(round(d, 2), n) for d, n in outcomes])

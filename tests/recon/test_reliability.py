@@ -1,0 +1,126 @@
+"""Reliability of the reconstruction (issue 7): divergence and NaN roll back and flag the
+timepoint; running out of memory falls back to the CPU with a clear message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nvplive.errors import ReconstructionError
+from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.phantoms import Cardiomyocyte
+from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, default_sources
+
+OPTICS = Optics()
+SHAPE = (8, 24, 24)
+VOXEL = (0.25, 0.25, 0.25)
+GEOMETRY = VolumeGeometry(SHAPE, VOXEL)
+SOURCES = default_sources(GEOMETRY, 3, seed=1)
+CONFIG = ReconConfig(iterations=20, warm_iterations=10, check_every=5, stop_on_plateau=False)
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    """Noiseless frames of the beating cardiomyocyte at three times."""
+    sim = Simulator(OPTICS, GEOMETRY, SOURCES, photons=5000.0, coherence=PartialCoherence(1, 0.0, 1),
+                    camera=CameraModel(offset=0.0, gain=1.0, read_noise=0.0), seed=0)
+    phantom = Cardiomyocyte(SHAPE, VOXEL, seed=0)
+    return [sim.expected(phantom.at(t)) for t in (0.0, 0.05, 0.1)]
+
+
+def _reconstructor(**changes) -> Reconstructor:
+    config = CONFIG if not changes else ReconConfig(**{**CONFIG.to_dict(), **changes})
+    return Reconstructor(OPTICS, GEOMETRY, SOURCES, config=config, device="cpu")
+
+
+@pytest.mark.parametrize("lr", [1e9, 1e30], ids=["loss-explodes", "loss-nan"])
+def test_divergent_warm_update_rolls_back_flags_and_the_next_update_works(frames, lr):
+    rec = _reconstructor()
+    good = rec.cold_start(frames[0])
+    assert not good.flagged and np.isfinite(good.loss)
+    rec.with_config(lr=lr)
+    bad = rec.warm_update(frames[1])
+    assert bad.flagged and bad.stopped_by == "diverged"
+    assert "rolled back" in bad.message
+    assert np.isfinite(bad.dn).all()
+    np.testing.assert_array_equal(bad.dn, good.dn)  # the last good state: the previous timepoint's
+    np.testing.assert_allclose(bad.sources_um_xyz, good.sources_um_xyz)
+    rec.with_config(lr=CONFIG.lr)
+    after = rec.warm_update(frames[2])
+    assert not after.flagged and after.stopped_by == "iterations"
+    assert np.isfinite(after.dn).all() and np.abs(after.dn).max() < 1.0  # a plausible Δn, not a blow-up
+    assert all(np.isfinite(after.losses)) and after.loss < 2.0 * good.loss
+
+
+def test_divergent_cold_start_is_flagged_and_finite(frames):
+    rec = _reconstructor(lr=1e30)
+    result = rec.cold_start(frames[0])
+    assert result.flagged and result.stopped_by == "diverged"
+    assert np.isfinite(result.dn).all()
+    rec.reset()
+    rec.with_config(lr=CONFIG.lr)
+    again = rec.cold_start(frames[0])
+    assert not again.flagged and np.isfinite(again.loss)
+
+
+def test_divergence_under_a_time_budget_is_still_caught(frames):
+    """The time budget can end an update between two checks: the end is checked too."""
+    rec = _reconstructor()
+    good = rec.cold_start(frames[0])
+    rec.with_config(lr=1e30, check_every=1000, warm_iterations=200, time_budget_s=0.3)
+    bad = rec.warm_update(frames[1])
+    assert bad.flagged and bad.stopped_by == "diverged"
+    np.testing.assert_array_equal(bad.dn, good.dn)
+
+
+def _oom_once(monkeypatch, times: int = 1) -> list[int]:
+    """Make ``Reconstructor._optimise`` raise ``torch.OutOfMemoryError`` ``times`` times, then work."""
+    calls: list[int] = []
+    original = Reconstructor._optimise
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            # what the CUDA caching allocator raises when a tensor does not fit
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Reconstructor, "_optimise", flaky)
+    return calls
+
+
+def test_out_of_memory_in_a_cold_start_falls_back_and_gives_the_same_result(frames, monkeypatch):
+    reference = _reconstructor().cold_start(frames[0])
+    rec = _reconstructor()
+    calls = _oom_once(monkeypatch)
+    result = rec.cold_start(frames[0])
+    assert len(calls) == 2
+    assert "out of memory" in result.message.lower() and "ran again" in result.message
+    assert rec.device.type == "cpu" and rec.model.device.type == "cpu"
+    assert not result.flagged
+    np.testing.assert_allclose(result.dn, reference.dn, atol=1e-6)
+
+
+def test_out_of_memory_in_a_warm_update_keeps_the_warm_state(frames, monkeypatch):
+    rec = _reconstructor()
+    rec.cold_start(frames[0])
+    twin = _reconstructor()
+    twin.cold_start(frames[0])
+    expected = twin.warm_update(frames[1])
+    calls = _oom_once(monkeypatch)
+    result = rec.warm_update(frames[1])
+    assert len(calls) == 2 and result.warm
+    assert "out of memory" in result.message.lower()
+    assert result.losses[0] == pytest.approx(expected.losses[0], rel=1e-5)  # it started from the warm state
+    assert not result.flagged and result.loss < 1.5 * expected.loss
+    follow = rec.warm_update(frames[2])  # and it goes on normally
+    assert follow.message == "" and np.isfinite(follow.dn).all()
+
+
+def test_out_of_memory_again_after_the_fallback_is_a_clear_error(frames, monkeypatch):
+    rec = _reconstructor()
+    _oom_once(monkeypatch, times=2)
+    with pytest.raises(ReconstructionError, match="(?i)out of memory.*(smaller|fewer)"):
+        rec.cold_start(frames[0])

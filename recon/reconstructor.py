@@ -28,6 +28,9 @@ from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, render
 from .representations import Representation, make_representation
 
+#: Fraction of a view's pixels at the camera's maximum above which the frames are refused.
+SATURATION_LIMIT = 0.005
+
 ProgressCallback = Callable[[int, int, float], None]
 
 
@@ -212,6 +215,15 @@ class Reconstructor:
         expected = (self.n_views, *self.geometry.camera_shape_yx)
         if arr.shape != expected:
             raise ReconstructionError(f"Frames have shape {arr.shape}, expected {expected} (views, y, x).")
+        if np.issubdtype(arr.dtype, np.integer):
+            top = np.iinfo(arr.dtype).max
+            saturated = (arr == top).reshape(len(arr), -1).mean(axis=1)
+            worst = int(np.argmax(saturated))
+            if saturated[worst] > SATURATION_LIMIT:
+                raise ReconstructionError(
+                    f"View {worst} is saturated ({100 * saturated[worst]:.1f} % of its pixels at {top}); "
+                    "lower the exposure or the excitation power."
+                )
         data = torch.as_tensor(arr.astype(np.float32), device=self.device)
         data = (data - self.camera_offset) / self.camera_gain
         if not torch.isfinite(data).all():

@@ -177,3 +177,7 @@ def test_frames_of_wrong_shape_or_nan_are_refused():
     bad[0, 0, 0] = np.nan
     with pytest.raises(ReconstructionError, match="NaN"):
         rec.cold_start(bad)
+    saturated = np.full((3, 32, 32), 500, dtype=np.uint16)
+    saturated[2, :8] = 65535
+    with pytest.raises(ReconstructionError, match="View 2 is saturated"):
+        rec.cold_start(saturated)

@@ -28,8 +28,9 @@ from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, render
 from .representations import Representation, make_representation
 
-#: Fraction of a view's pixels at the camera's maximum above which the frames are refused.
-SATURATION_LIMIT = 0.005
+#: Fraction of a view's pixels at the camera's maximum above which the frames are refused
+#: (fewer saturated pixels are left out of the loss).
+SATURATION_LIMIT = 0.05
 
 ProgressCallback = Callable[[int, int, float], None]
 
@@ -191,6 +192,7 @@ class Reconstructor:
         self.representation: Representation | None = None
         self.state: ReconState | None = None
         self._optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None
+        self._unsaturated: torch.Tensor | None = None
         self._seconds_per_iteration: float | None = None
         self._window = gaussian_window(device=self.device)
 
@@ -215,15 +217,19 @@ class Reconstructor:
         expected = (self.n_views, *self.geometry.camera_shape_yx)
         if arr.shape != expected:
             raise ReconstructionError(f"Frames have shape {arr.shape}, expected {expected} (views, y, x).")
+        self._unsaturated = None
         if np.issubdtype(arr.dtype, np.integer):
             top = np.iinfo(arr.dtype).max
-            saturated = (arr == top).reshape(len(arr), -1).mean(axis=1)
+            at_top = arr == top
+            saturated = at_top.reshape(len(arr), -1).mean(axis=1)
             worst = int(np.argmax(saturated))
             if saturated[worst] > SATURATION_LIMIT:
                 raise ReconstructionError(
                     f"View {worst} is saturated ({100 * saturated[worst]:.1f} % of its pixels at {top}); "
                     "lower the exposure or the excitation power."
                 )
+            if at_top.any():  # a few saturated pixels carry no intensity: leave them out of the loss
+                self._unsaturated = torch.as_tensor(~at_top, dtype=torch.float32, device=self.device)
         data = torch.as_tensor(arr.astype(np.float32), device=self.device)
         data = (data - self.camera_offset) / self.camera_gain
         if not torch.isfinite(data).all():
@@ -398,6 +404,8 @@ class Reconstructor:
         target = measured / scale[:, None, None]
         data_range = target.amax()
         mask = self._mask(st.base_sources + st.source_offset)
+        if self._unsaturated is not None:
+            mask = self._unsaturated if mask is None else mask * self._unsaturated
         calib = [st.source_offset, st.log_brightness, st.background]
         for p in calib:
             p.requires_grad_(cfg.self_calibration)

@@ -181,3 +181,17 @@ def test_frames_of_wrong_shape_or_nan_are_refused():
     saturated[2, :8] = 65535
     with pytest.raises(ReconstructionError, match="View 2 is saturated"):
         rec.cold_start(saturated)
+
+
+def test_a_few_saturated_pixels_are_left_out_of_the_loss():
+    """A bright bead may clip a few pixels: they carry no intensity, so they get zero weight
+    in the loss instead of the timepoint being refused."""
+    dn, _ = two_spheres()
+    sources = default_sources(GEOMETRY, 4, seed=1)
+    clipped = np.rint(noiseless_frames(dn, sources)).astype(np.uint16)
+    clipped[1, 14:18, 14:18] = 65535
+    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=5), device="cpu")
+    result = rec.cold_start(clipped)
+    assert np.isfinite(result.dn).all()
+    weight = rec._unsaturated.numpy()
+    assert weight[1, 14:18, 14:18].sum() == 0 and (weight == 0).sum() == 16

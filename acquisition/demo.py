@@ -35,21 +35,22 @@ ReconstructorFactory = Callable[[MicroscopeInfo], Any]
 LIVE_CONFIG = ReconConfig(iterations=150, warm_iterations=30, time_budget_s=1.0)
 
 
+def make_reconstructor(info: MicroscopeInfo, config: ReconConfig, device: str = "auto") -> Reconstructor:
+    """The project's :class:`~nvplive.recon.reconstructor.Reconstructor` for a microscope."""
+    return Reconstructor(
+        info.optics,
+        info.geometry,
+        info.sources_um_xyz,
+        camera_offset=info.camera_model.offset,
+        camera_gain=info.camera_model.gain,
+        config=config,
+        device=device,
+    )
+
+
 def default_reconstructor_factory(device: str = "auto", config: ReconConfig = LIVE_CONFIG) -> ReconstructorFactory:
-    """A factory building the project's :class:`~nvplive.recon.reconstructor.Reconstructor` with live settings."""
-
-    def build(info: MicroscopeInfo) -> Any:
-        return Reconstructor(
-            info.optics,
-            info.geometry,
-            info.sources_um_xyz,
-            camera_offset=info.camera_model.offset,
-            camera_gain=info.camera_model.gain,
-            config=config,
-            device=device,
-        )
-
-    return build
+    """A factory building the project's reconstructor with live settings."""
+    return lambda info: make_reconstructor(info, config, device)
 
 
 @dataclass

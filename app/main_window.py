@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from nvplive.acquisition.demo import make_reconstructor
 from nvplive.acquisition.recording import Recording
 from nvplive.errors import NvpLiveError
 from nvplive.recon.reconstructor import ReconConfig, select_device
@@ -51,7 +52,6 @@ from .session import (
     device_status,
     load_demo_microscope,
     load_hardware_microscope,
-    make_reconstructor,
     remove_scratch_recording,
     suggested_demo_interval,
 )

@@ -186,19 +186,6 @@ class UpdateCancelled(NvpLiveError):
     """A reconstruction update was cancelled (the session is closing)."""
 
 
-def make_reconstructor(info: MicroscopeInfo, config: ReconConfig, device: str) -> Reconstructor:
-    """The project's :class:`Reconstructor` for a microscope."""
-    return Reconstructor(
-        info.optics,
-        info.geometry,
-        info.sources_um_xyz,
-        camera_offset=info.camera_model.offset,
-        camera_gain=info.camera_model.gain,
-        config=config,
-        device=device,
-    )
-
-
 ProgressHook = Callable[[int, int, float, bool], None]
 
 

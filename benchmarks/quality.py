@@ -10,13 +10,14 @@ processes (one torch thread each).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from . import publish
 
 import numpy as np
 
@@ -239,11 +240,5 @@ def main(json_path: Path | None = None, full: bool = False, markdown: Path | Non
     start = time.perf_counter()
     rows, warm = run_quality(full=full)
     seconds = time.perf_counter() - start
-    table = markdown_table(rows, warm, seconds, full)
-    print(table)
-    if json_path is not None:
-        Path(json_path).write_text(json.dumps(rows, indent=1))
-    if markdown is not None:
-        with open(markdown, "a", encoding="utf-8") as fh:
-            fh.write("\n" + table)
+    publish(markdown_table(rows, warm, seconds, full), rows, json_path, markdown)
     return 0

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import publish
+
 SHAPES = [(32, 64, 64), (64, 128, 128), (128, 256, 256)]
 VIEWS = 7
 VOXEL_UM = 0.25
@@ -214,11 +216,5 @@ def markdown_table(rows: list[dict], seconds: float) -> str:
 def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None) -> int:
     start = time.perf_counter()
     rows = run_speed(full=full, progress=lambda s: print(s, file=sys.stderr))
-    table = markdown_table(rows, time.perf_counter() - start)
-    print(table)
-    if json_path is not None:
-        Path(json_path).write_text(json.dumps(rows, indent=1))
-    if markdown is not None:
-        with open(markdown, "a", encoding="utf-8") as fh:
-            fh.write("\n" + table)
+    publish(markdown_table(rows, time.perf_counter() - start), rows, json_path, markdown)
     return 0

@@ -7,7 +7,10 @@ beads and the simulator):
   the phantom at the current sample time for the source that is currently excited,
   with the camera noise model, exposure (photons ∝ exposure), binning and software ROI;
 - :class:`SourceSelector` is the state device that chooses which bead is excited
-  (labels ``Source-0`` … ``Source-{V-1}``);
+  (labels ``Source-0`` … ``Source-{V-1}``). Its ``Label`` property is sequenceable:
+  a loaded and started sequence of labels is stepped through by the camera's
+  exposure trigger, one source per frame, as a DMD or LED array wired to the
+  camera's trigger output does (hardware-sequenced acquisition);
 - :class:`SimulatedFocusStage` moves the focal plane (µm, relative to the nominal one).
 
 Devices built without arguments (as Micro-Manager's ``#py pyDevice`` configuration
@@ -16,11 +19,12 @@ lines do) share the process-wide :func:`default_scene`.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +34,8 @@ from pymmcore_plus.experimental.unicore import SimpleCameraDevice, StageDevice, 
 from nvplive.errors import AcquisitionError
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
+
+logger = logging.getLogger("nvplive.acquisition")
 
 #: Exposure (ms) at which a frame holds ``photons`` photo-electrons per pixel on average.
 REFERENCE_EXPOSURE_MS = 10.0
@@ -150,6 +156,8 @@ class SimulatedScene:
         self._rng = np.random.default_rng(self.seed + 1)
         self._frames = 0
         self._held_s: float | None = None
+        self._triggered: list[int] | None = None
+        self._trigger_count = 0
         self.phantom_renders = 0
         self.last_frame: RenderedFrame | None = None
 
@@ -167,6 +175,27 @@ class SimulatedScene:
         if not 0 <= int(view) < self.n_views:
             raise AcquisitionError(f"Simulated scene: source {view} does not exist (the scene has {self.n_views}).")
         self._source = int(view)
+
+    def arm_source_sequence(self, views: Sequence[int]) -> None:
+        """Step through ``views`` (cyclically), one per camera exposure, from the next frame on."""
+        views = [int(v) for v in views]
+        if not views:
+            raise AcquisitionError("Simulated scene: a source sequence needs at least one source.")
+        for v in views:
+            if not 0 <= v < self.n_views:
+                raise AcquisitionError(f"Simulated scene: source {v} does not exist (the scene has {self.n_views}).")
+        with self._lock:
+            self._triggered = views
+            self._trigger_count = 0
+
+    def disarm_source_sequence(self) -> None:
+        """Stop stepping the source on exposures; the last source stays excited."""
+        with self._lock:
+            self._triggered = None
+
+    @property
+    def source_sequence_armed(self) -> bool:
+        return self._triggered is not None
 
     @property
     def focus_um(self) -> float:
@@ -291,6 +320,9 @@ class SimulatedScene:
     def render(self, *, exposure_ms: float, binning: int = 1) -> tuple[np.ndarray, RenderedFrame]:
         """A noisy uint16 frame of the excited source at the current sample time."""
         with self._lock:
+            if self._triggered is not None:
+                self._source = self._triggered[self._trigger_count % len(self._triggered)]
+                self._trigger_count += 1
             clock_s = self.now_s()
             t = self.sample_time(clock_s) if self._held_s is None else self._held_s
             view = self._source
@@ -303,9 +335,10 @@ class SimulatedScene:
         return frame, info
 
     def frame_metadata(self) -> dict:
-        """Metadata of the last rendered frame (for the recording's per-frame metadata)."""
+        """Metadata of the last rendered frame (for frames taken by single snaps)."""
         last = self.last_frame
         return {} if last is None else last.to_dict()
+
 
 
 def bin_sum(image: np.ndarray, binning: int) -> np.ndarray:
@@ -368,7 +401,8 @@ class SimulatedFDTCamera(SimpleCameraDevice):
     frame) sums charge over blocks; the software ROI of ``SimpleCameraDevice``
     applies. A snap takes at least the exposure time: after rendering it sleeps
     the rest. :meth:`fail_after` / :meth:`fail_now` make snaps raise
-    :class:`CameraFault` (reliability tests); :meth:`recover` clears that.
+    :class:`CameraFault` (reliability tests); :meth:`recover` clears that. A fault
+    inside a triggered sequence ends it early; ``last_fault`` keeps its message.
     """
 
     def __init__(self, scene: SimulatedScene | None = None, *, exposure_ms: float = REFERENCE_EXPOSURE_MS) -> None:
@@ -379,6 +413,7 @@ class SimulatedFDTCamera(SimpleCameraDevice):
         self._fail_countdown: int | None = None
         self._fail_message = "Simulated camera failure."
         self.frames_snapped = 0
+        self.last_fault: str | None = None
         self.set_property_limits("Exposure", (0.01, 60_000.0))
 
     @property
@@ -436,6 +471,21 @@ class SimulatedFDTCamera(SimpleCameraDevice):
             time.sleep(remaining)
         return {k: str(v) for k, v in info.to_dict().items()}
 
+    def start_sequence(self, n: int | None, get_buffer: Callable) -> Iterator[Mapping]:
+        """Frames of a sequence; a fault ends a sequence early and is logged.
+
+        ``UniMMCore`` snaps through a one-image sequence: there the fault is raised
+        to the caller (``snapImage``), as a failed snap is.
+        """
+        self.last_fault = None
+        try:
+            yield from super().start_sequence(n, get_buffer)
+        except CameraFault as exc:
+            if n == 1:
+                raise
+            self.last_fault = str(exc)
+            logger.error("Camera %s stopped its sequence: %s", self.get_label() or "FDTCamera", exc)
+
     # -- fault injection --------------------------------------------------------------
     def fail_after(self, frames: int, message: str = "Simulated camera failure.") -> None:
         """Deliver ``frames`` more frames, then raise on every snap until :meth:`recover`."""
@@ -463,11 +513,19 @@ class SourceSelector(StateDevice):
     Args:
         labels: state labels (or a count; default: one per source of the scene).
         scene: the scene whose excited source this device sets.
-        switch_ms: time a switch takes (the device sleeps that long).
+        switch_ms: time a software switch takes (the device sleeps that long);
+            triggered switches happen within the camera's exposure trigger.
+        max_sequence: longest label sequence the device stores (0: not
+            sequenceable, every view is a software switch).
     """
 
     def __init__(
-        self, labels: Sequence[str] | int | None = None, *, scene: SimulatedScene | None = None, switch_ms: float = 0.0
+        self,
+        labels: Sequence[str] | int | None = None,
+        *,
+        scene: SimulatedScene | None = None,
+        switch_ms: float = 0.0,
+        max_sequence: int = 1024,
     ) -> None:
         self._scene_ref = scene
         if labels is None:
@@ -477,9 +535,38 @@ class SourceSelector(StateDevice):
         labels = [str(lbl) for lbl in labels]
         if len(set(labels)) != len(labels) or not labels:
             raise AcquisitionError(f"Source selector: labels must be unique and non-empty, got {labels!r}.")
+        if max_sequence < 0:
+            raise AcquisitionError(f"Source selector: max_sequence must be ≥ 0, got {max_sequence!r}.")
+        self.max_sequence = int(max_sequence)
+        self._loaded: list[int] = []
         super().__init__(dict(enumerate(labels)))
-        self._state = 0
         self.switch_ms = float(switch_ms)
+
+    def register_standard_properties(self) -> None:
+        """``State`` and ``Label``, with ``Label`` sequenceable (trigger-stepped)."""
+        super().register_standard_properties()
+        label = self.get_property_info("Label")
+        cls = type(self)
+        self.register_property(
+            "Label",
+            default_value=label.default_value,
+            allowed_values=label.allowed_values,
+            getter=cls._get_current_label,
+            setter=cls._set_current_label,
+            sequence_max_length=self.max_sequence,
+            sequence_loader=cls._load_label_sequence,
+            sequence_starter=cls._start_label_sequence,
+            sequence_stopper=cls._stop_label_sequence,
+        )
+
+    def _load_label_sequence(self, labels: Sequence[str]) -> None:
+        self._loaded = [self.get_position_for_label(str(lbl)) for lbl in labels]
+
+    def _start_label_sequence(self) -> None:
+        self.scene.arm_source_sequence(self._loaded)
+
+    def _stop_label_sequence(self) -> None:
+        self.scene.disarm_source_sequence()
 
     @property
     def scene(self) -> SimulatedScene:
@@ -488,12 +575,10 @@ class SourceSelector(StateDevice):
         return self._scene_ref
 
     def get_state(self) -> int:
-        return self._state
+        return self.scene.source
 
     def set_state(self, position: int) -> None:
-        position = int(position)
-        self.scene.select_source(position)
-        self._state = position
+        self.scene.select_source(int(position))
         if self.switch_ms > 0:
             time.sleep(self.switch_ms / 1000.0)
 

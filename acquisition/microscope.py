@@ -11,7 +11,9 @@
 - :func:`fdt_sequence` is the ``useq.MDASequence`` of an FDT time-lapse: a time
   plan × one channel per view.
 - :class:`FDTEngine` is the pymmcore-plus ``MDAEngine`` that refuses to lose a
-  frame silently: a failing snap or a source that was not selected raises.
+  frame silently: a failing snap or a source that was not selected raises. Where
+  the source selection is sequenceable, each timepoint's views run as one
+  hardware-triggered sequence.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import groupby
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 import useq
 from pymmcore_plus.experimental.unicore import UniMMCore
+from pymmcore_plus.core import SequencedEvent, iter_sequenced_events
 from pymmcore_plus.mda import MDAEngine, SkipEvent
 
 from nvplive.errors import AcquisitionError, GeometryError
@@ -71,7 +75,8 @@ class MicroscopeInfo:
         camera_model: ``offset``/``gain``/``read_noise`` of the camera (ADU).
         exposure_ms: exposure per frame (ms).
         scene: the simulated scene (``None`` on real hardware).
-        frame_metadata: optional callable giving extra metadata of the last frame.
+        frame_metadata: optional callable giving the metadata of the last snapped
+            frame (Micro-Manager passes a camera's per-image tags only for sequences).
         source: where the settings came from (``demo`` or the files' paths).
     """
 
@@ -152,7 +157,12 @@ def fdt_sequence(
 
 
 def event_view_timepoint(event: useq.MDAEvent) -> tuple[int, int]:
-    """(timepoint, view) of an FDT event (from the engine's metadata, else its index)."""
+    """(timepoint, view) of an FDT event (from the engine's metadata, else its index).
+
+    A hardware-sequenced event (whose own index is empty) gives its first frame's.
+    """
+    if isinstance(event, SequencedEvent) and event.events:
+        event = event.events[0]
     fdt = event.metadata.get(FDT_METADATA_KEY) or {}
     t = fdt.get("timepoint", event.index.get("t", 0))
     v = fdt.get("view", event.index.get("c", 0))
@@ -169,14 +179,24 @@ class FDTEngine(MDAEngine):
 
     ``skip_from_timepoint``: events of this timepoint and later are skipped (set by
     a stop request so that no frame of a timepoint after the stop is taken).
+
+    Hardware sequencing (``use_hardware_sequencing``, on by default): when the
+    property that the source presets set is sequenceable (a DMD, LED array or
+    galvo controller that steps on the camera's trigger), the V views of each
+    timepoint run as one triggered camera sequence. A sequence never spans two
+    timepoints, so that each timepoint keeps its own start time and a stop still
+    ends at a timepoint boundary. A sequence that delivers fewer frames than it
+    was asked for raises :class:`AcquisitionError`.
     """
 
     _views: dict[str, int]
     skip_from_timepoint: int | None = None
+    #: Optional: the camera's own message of the fault that cut its last sequence short.
+    camera_fault: Callable[[], str | None] | None = None
 
     def setup_event(self, event: useq.MDAEvent) -> None:
         limit = self.skip_from_timepoint
-        if limit is not None and int(event.index.get("t", 0)) >= limit:
+        if limit is not None and event_view_timepoint(event)[0] >= limit:
             raise SkipEvent(reason=f"acquisition stopped before timepoint {limit}")
         super().setup_event(event)
 
@@ -186,21 +206,68 @@ class FDTEngine(MDAEngine):
         self.skip_from_timepoint = None
         return super().setup_sequence(sequence)
 
-    def setup_single_event(self, event: useq.MDAEvent) -> None:
-        super().setup_single_event(event)
+    def event_iterator(self, events: Iterable[useq.MDAEvent]) -> Iterator[useq.MDAEvent]:
+        """Events, merged into one hardware sequence per timepoint where the devices allow."""
+        if not self.use_hardware_sequencing:
+            yield from events
+            return
+        for _, timepoint in groupby(events, key=lambda e: e.index.get("t", 0)):
+            yield from iter_sequenced_events(self.mmcore, timepoint)
+
+    def _tag(self, event: useq.MDAEvent) -> tuple[int, int, str]:
+        """Write ``metadata["nvplive"]`` of one frame's event; returns (t, view, preset)."""
         t = int(event.index.get("t", 0))
         view = int(event.index.get("c", 0))
         preset = ""
         if (ch := event.channel) is not None:
             preset = ch.config
             view = getattr(self, "_views", {}).get(ch.config, view)
+        event.metadata[FDT_METADATA_KEY] = {"view": view, "timepoint": t, "preset": preset}
+        return t, view, preset
+
+    def _check_selected(self, event: useq.MDAEvent) -> None:
+        t, view, preset = self._tag(event)
+        if (ch := event.channel) is not None:
             current = self.mmcore.getCurrentConfigFromCache(ch.group)
             if current != ch.config:
                 raise AcquisitionError(
                     f"Could not select source {view} (preset {ch.config!r} of group {ch.group!r}) at timepoint {t}: "
                     f"the group reports {current!r}."
                 )
-        event.metadata[FDT_METADATA_KEY] = {"view": view, "timepoint": t, "preset": preset}
+
+    def setup_single_event(self, event: useq.MDAEvent) -> None:
+        super().setup_single_event(event)
+        self._check_selected(event)
+
+    def setup_sequenced_event(self, event: SequencedEvent) -> None:
+        super().setup_sequenced_event(event)
+        self._check_selected(event.events[0])
+        for sub in event.events[1:]:
+            self._tag(sub)
+
+    def exec_sequenced_event(self, event: SequencedEvent) -> Iterator[Any]:  # type: ignore[override]
+        n = len(event.events)
+        delivered = 0
+        frames = super().exec_sequenced_event(event)
+        signal = None  # "cancel" / "pause" from the runner, passed on to the stock generator
+        try:
+            while True:
+                try:
+                    payload = frames.send(signal)
+                except StopIteration:
+                    return
+                if payload is None:
+                    t, view = event_view_timepoint(event.events[delivered])
+                    fault = self.camera_fault() if self.camera_fault is not None else None
+                    reason = fault or "the camera's own error is in the Micro-Manager log"
+                    raise AcquisitionError(
+                        f"The camera failed at timepoint {t}, view {view}: its triggered sequence delivered "
+                        f"{delivered} of {n} frames ({reason})."
+                    )
+                delivered += 1
+                signal = yield payload
+        finally:
+            frames.close()
 
     def exec_single_event(self, event: useq.MDAEvent) -> Iterator[tuple]:  # type: ignore[override]
         core = self.mmcore
@@ -262,6 +329,7 @@ def build_demo_core(
     switch_ms: float = 0.0,
     group: str = SOURCE_GROUP,
     hold_per_timepoint: bool = True,
+    triggered: bool = True,
 ) -> tuple[UniMMCore, MicroscopeInfo]:
     """A ``UniMMCore`` with the simulated camera, source selector and focus stage.
 
@@ -272,6 +340,9 @@ def build_demo_core(
     sets ``SourceSelector``'s ``Label``; auto-shutter is off (no shutter).
     With ``hold_per_timepoint`` the specimen is held still while the views of one
     timepoint are taken (see :meth:`SimulatedScene.begin_timepoint`).
+    With ``triggered`` the selector's ``Label`` is sequenceable, so each timepoint
+    runs as one hardware-triggered camera sequence; without it every view is a
+    software switch and a snap.
     """
     if scene is None:
         options: dict[str, Any] = {"time_quantum_s": time_quantum_s, "clock": clock}
@@ -282,7 +353,8 @@ def build_demo_core(
     core = python_only_core()
     camera = SimulatedFDTCamera(scene, exposure_ms=exposure_ms)
     core.loadPyDevice(DEMO_CAMERA, camera)
-    core.loadPyDevice(DEMO_SELECTOR, SourceSelector(labels, scene=scene, switch_ms=switch_ms))
+    selector = SourceSelector(labels, scene=scene, switch_ms=switch_ms, max_sequence=1024 if triggered else 0)
+    core.loadPyDevice(DEMO_SELECTOR, selector)
     core.loadPyDevice(DEMO_FOCUS, SimulatedFocusStage(scene))
     core.initializeAllDevices()
     core.setCameraDevice(DEMO_CAMERA)
@@ -294,12 +366,14 @@ def build_demo_core(
     core.setAutoShutter(False)
     core.setExposure(exposure_ms)
     core.updateSystemStateCache()
-    core.mda.set_engine(FDTEngine(core))
+    engine = FDTEngine(core)
+    engine.camera_fault = lambda: camera.last_fault
+    core.mda.set_engine(engine)
     core.mda.events.sequenceStarted.connect(scene.start_clock)
     if hold_per_timepoint:
 
         def hold(event: useq.MDAEvent) -> None:
-            if int(event.index.get("c", 0)) == 0:
+            if event_view_timepoint(event)[1] == 0:
                 scene.begin_timepoint()
 
         core.mda.events.eventStarted.connect(hold)
@@ -317,7 +391,8 @@ def build_demo_core(
         focus=DEMO_FOCUS,
         frame_metadata=scene.frame_metadata,
         source="demo",
-        extra={"simulated": True, "time_quantum_s": scene.time_quantum_s, "photons": scene.photons,
+        extra={"simulated": True, "hardware_triggered": triggered, "time_quantum_s": scene.time_quantum_s,
+               "photons": scene.photons,
                "reference_exposure_ms": REFERENCE_EXPOSURE_MS, "specimen_held_per_timepoint": hold_per_timepoint},
     )
     return core, info
@@ -336,6 +411,21 @@ def python_only_core() -> UniMMCore:
         return UniMMCore()
     finally:
         logger.setLevel(level)
+
+
+def source_selection_sequenceable(core: Any, group: str, presets: Sequence[str]) -> bool:
+    """Whether every property that differs between the source presets is sequenceable.
+
+    Then (with hardware sequencing on) each timepoint runs as one triggered sequence:
+    the selector must step on the camera's trigger output, which is how the
+    instrument has to be wired for a property that reports itself sequenceable.
+    """
+    settings = [
+        {(dev, prop): str(val) for dev, prop, val in core.getConfigData(group, p)} for p in presets
+    ]
+    keys = set().union(*settings) if settings else set()
+    varying = {k for k in keys if len({s.get(k) for s in settings}) > 1}
+    return all(core.isPropertySequenceable(dev, prop) for dev, prop in varying)
 
 
 def demo_camera(core: UniMMCore) -> SimulatedFDTCamera:
@@ -363,6 +453,7 @@ class HardwareSettings:
     camera: str | None = None
     exposure_ms: float | None = None
     roi: tuple[int, int, int, int] | None = None
+    hardware_sequencing: bool = True
 
     @property
     def n_views(self) -> int:
@@ -467,10 +558,14 @@ def load_settings(path: str | Path) -> HardwareSettings:
     camera = data.get("camera")
     if camera is not None and not isinstance(camera, str):
         raise _settings_error(path, f"field 'camera' must be a device label, got {camera!r}.")
+    sequencing = data.get("hardware_sequencing", True)
+    if not isinstance(sequencing, bool):
+        raise _settings_error(path, f"field 'hardware_sequencing' must be true or false, got {sequencing!r}.")
     return HardwareSettings(
         path=path, group=group, presets=presets, device=device, property=prop, values=values,
         sources_um_xyz=sources, optics=optics, geometry=geometry, camera_model=camera_model,
         camera=camera, exposure_ms=None if exposure is None else float(exposure), roi=roi,  # type: ignore[arg-type]
+        hardware_sequencing=sequencing,
     )
 
 
@@ -552,7 +647,10 @@ def apply_settings(core: UniMMCore, settings: HardwareSettings, *, config_name: 
             f"expects {settings.geometry.camera_shape_yx[0]}×{settings.geometry.camera_shape_yx[1]} "
             "(set 'roi' or 'volume.camera_binning')."
         )
-    core.mda.set_engine(FDTEngine(core))
+    engine = FDTEngine(core)
+    engine.use_hardware_sequencing = settings.hardware_sequencing
+    core.mda.set_engine(engine)
+    triggered = settings.hardware_sequencing and source_selection_sequenceable(core, group, presets)
     return MicroscopeInfo(
         group=group,
         presets=presets,
@@ -564,7 +662,8 @@ def apply_settings(core: UniMMCore, settings: HardwareSettings, *, config_name: 
         exposure_ms=float(core.getExposure()),
         focus=core.getFocusDevice(),
         source=str(settings.path),
-        extra={"simulated": False, "settings_file": str(settings.path), "config_file": config_name},
+        extra={"simulated": False, "settings_file": str(settings.path), "config_file": config_name,
+               "hardware_triggered": triggered},
     )
 
 

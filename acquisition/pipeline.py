@@ -51,6 +51,33 @@ def recording_meta(info: MicroscopeInfo, extra: Mapping | None = None) -> Record
     return offline.recording_meta(info.optics, info.geometry, info.camera_model, info.sources_um_xyz, more)
 
 
+#: Keys of Micro-Manager's per-image metadata that the recording leaves out (kept elsewhere).
+_CAMERA_KEYS_LEFT_OUT = frozenset({"Height", "Width", "PixelType", "TimeReceivedByCore"})
+
+
+def _scalar(text: str) -> Any:
+    """A metadata string as the int or float it spells exactly, else the string."""
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        if kind is int and str(value) != text.strip():
+            continue
+        return value
+    return text
+
+
+def camera_metadata(tags: Mapping[str, Any]) -> dict[str, Any]:
+    """The camera's own metadata of one frame (Micro-Manager tags, numbers parsed).
+
+    Real cameras report binning, ROI, elapsed time and image number here; the
+    simulated camera adds ``sim_view``, ``sim_sample_time_s`` … of the frame it
+    rendered, which, unlike the device state, is right for triggered sequences too.
+    """
+    return {str(k): _scalar(v) if isinstance(v, str) else v for k, v in tags.items() if k not in _CAMERA_KEYS_LEFT_OUT}
+
+
 class FrameSink(Protocol):
     """Where frames go first (a :class:`~nvplive.acquisition.recording.RecordingWriter`)."""
 
@@ -347,7 +374,11 @@ class FDTAcquisition:
         timestamp_s = float(runner_ms) / 1000.0 if runner_ms is not None else time.perf_counter() - self._t0
         fdt = event.metadata.get("nvplive") or {}
         metadata: dict[str, Any] = {"preset": fdt.get("preset", ""), "exposure_ms": float(self.core.getExposure())}
-        if self.info.frame_metadata is not None:
+        tags = meta.get("camera_metadata") if isinstance(meta, Mapping) else None
+        metadata["hardware_triggered"] = bool(tags) and bool(meta.get("hardware_triggered", False))
+        if tags:  # frames of a sequence carry the camera's own tags
+            metadata.update(camera_metadata(tags))
+        elif self.info.frame_metadata is not None:  # a snap: ask the device what it took
             metadata.update(self.info.frame_metadata())
         if not 0 <= view < self.n_views:
             self._fail(f"Frame of timepoint {t} has view {view}, outside 0…{self.n_views - 1}.")

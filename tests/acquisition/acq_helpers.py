@@ -29,9 +29,9 @@ def tiny_scene(views: int = 3, *, seed: int = 0, **options) -> SimulatedScene:
     )
 
 
-def tiny_core(views: int = 3, *, exposure_ms: float = 2.0, **scene_options):
+def tiny_core(views: int = 3, *, exposure_ms: float = 2.0, triggered: bool = True, **scene_options):
     scene = tiny_scene(views, **scene_options)
-    core, info = build_demo_core(scene, exposure_ms=exposure_ms)
+    core, info = build_demo_core(scene, exposure_ms=exposure_ms, triggered=triggered)
     return core, info, scene
 
 

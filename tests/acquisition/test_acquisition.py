@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from acq_helpers import chi2_per_pixel, tiny_core, tiny_scene
 from nvplive.acquisition.devices import REFERENCE_EXPOSURE_MS, CameraFault, bin_sum
 from nvplive.acquisition.microscope import DEMO_CAMERA, DEMO_SELECTOR, demo_camera, fdt_sequence
+from nvplive.acquisition.pipeline import camera_metadata
 from nvplive.errors import AcquisitionError
 
 N_PIXELS = 32 * 32
@@ -20,20 +23,31 @@ CHI2_BOUND = 5.0 * np.sqrt(2.0 / N_PIXELS)
 
 
 def _collect(core, scene):
-    """Connect a frameReady listener; it records frame, event, and what the scene rendered."""
+    """Connect a frameReady listener; it records frame, event, metadata and what the camera rendered.
+
+    In a triggered sequence the rendered frame's description comes from the camera's own
+    per-image tags (``sim_*``), which stay right when the camera runs ahead of the listener.
+    """
     got = []
 
     def on_frame(img, event, meta):
-        got.append((np.array(img, copy=True), event, dict(meta), scene.last_frame))
+        if "camera_metadata" in meta:  # a triggered sequence: the camera's own tags of this image
+            tags = camera_metadata(meta["camera_metadata"])
+            rendered = SimpleNamespace(**{k.removeprefix("sim_"): v for k, v in tags.items() if k.startswith("sim_")})
+        else:  # a snap: synchronous, so the scene's last frame is this one
+            rendered = scene.last_frame
+        got.append((np.array(img, copy=True), event, dict(meta), rendered))
 
     core.mda.events.frameReady.connect(on_frame)
     return got
 
 
-def test_mda_delivers_every_view_in_order_and_matches_the_simulator():
-    core, info, scene = tiny_core(views=3, exposure_ms=4.0, time_quantum_s=0.05)
+@pytest.mark.parametrize("triggered", [True, False], ids=["hardware-triggered", "software-switched"])
+def test_mda_delivers_every_view_in_order_and_matches_the_simulator(triggered):
+    core, info, scene = tiny_core(views=3, exposure_ms=4.0, time_quantum_s=0.05, triggered=triggered)
     got = _collect(core, scene)
     core.mda.run(fdt_sequence(3, 3, 0.0, exposure_ms=4.0))
+    assert {m.get("hardware_triggered", False) for *_, m, _ in got} == {triggered}
 
     assert [(e.index["t"], e.index["c"]) for _, e, _, _ in got] == [(t, v) for t in range(3) for v in range(3)]
     offset, read_noise = scene.camera.offset, scene.camera.read_noise
@@ -65,7 +79,7 @@ def test_mda_delivers_every_view_in_order_and_matches_the_simulator():
 
 def test_without_hold_the_specimen_moves_between_views():
     clock = {"t": 0.0}
-    core, info, scene = tiny_core(views=3, time_quantum_s=0.0, clock=lambda: clock["t"])
+    core, info, scene = tiny_core(views=3, time_quantum_s=0.0, clock=lambda: clock["t"], triggered=False)
     core.mda.events.frameReady.connect(lambda *a: clock.update(t=clock["t"] + 0.1))
     core.mda.events.eventStarted.disconnect()  # no hold per timepoint
     got = _collect(core, scene)
@@ -159,20 +173,65 @@ def test_source_selector_state_device():
     assert scene.source == 1 and core.getState(DEMO_SELECTOR) == 1
 
 
-def test_camera_fault_stops_the_mda_with_an_acquisition_error():
-    core, info, scene = tiny_core(views=3)
+@pytest.mark.parametrize(
+    ("triggered", "message"),
+    [
+        (False, "timepoint 1, view 1: sensor overheated"),
+        (True, r"timepoint 1, view 1: its triggered sequence delivered 1 of 3 frames \(sensor overheated\)"),
+    ],
+    ids=["software-switched", "hardware-triggered"],
+)
+def test_camera_fault_stops_the_mda_with_an_acquisition_error(triggered, message, caplog):
+    core, info, scene = tiny_core(views=3, triggered=triggered)
     got = _collect(core, scene)
     camera = demo_camera(core)
     camera.fail_after(4, "sensor overheated")
-    with pytest.raises(AcquisitionError, match="timepoint 1, view 1: sensor overheated"):
-        core.mda.run(fdt_sequence(3, 3))
+    with caplog.at_level(logging.ERROR, logger="nvplive.acquisition"):
+        with pytest.raises(AcquisitionError, match=message):
+            core.mda.run(fdt_sequence(3, 3))
     assert len(got) == 4
+    if triggered:  # the camera's own error reaches the log
+        assert "sensor overheated" in caplog.text
     with pytest.raises(CameraFault):
         camera.snap(np.empty((32, 32), np.uint16))
     camera.recover()
     got.clear()
     core.mda.run(fdt_sequence(3, 1))
     assert len(got) == 3
+
+
+def test_each_timepoint_is_one_hardware_sequence_when_the_selector_is_sequenceable():
+    started = {}
+    for triggered in (True, False):
+        core, info, scene = tiny_core(views=3, triggered=triggered)
+        assert core.isPropertySequenceable(DEMO_SELECTOR, "Label") is triggered
+        events = started[triggered] = []
+        core.mda.events.eventStarted.connect(events.append)
+        got = _collect(core, scene)
+        core.mda.run(fdt_sequence(3, 2, 0.0))
+        # every frame shows the source its event asked for, in either mode
+        assert [r.view for *_, r in got] == [0, 1, 2, 0, 1, 2]
+        assert [e.metadata["nvplive"]["view"] for _, e, _, _ in got] == [0, 1, 2, 0, 1, 2]
+        assert not scene.source_sequence_armed  # the engine stopped the sequence
+    # triggered: one camera sequence per timepoint (never spanning two); software: one snap per view
+    assert [type(e).__name__ for e in started[True]] == ["SequencedEvent"] * 2
+    assert [[sub.index["t"] for sub in e.events] for e in started[True]] == [[0, 0, 0], [1, 1, 1]]
+    assert len(started[False]) == 6
+
+
+def test_selector_sequence_steps_on_camera_exposures():
+    core, info, scene = tiny_core(views=4, clock=lambda: 0.0)
+    core.loadPropertySequence(DEMO_SELECTOR, "Label", ["Source-3", "Source-1"])
+    core.startPropertySequence(DEMO_SELECTOR, "Label")
+    views = []
+    for _ in range(3):
+        core.snapImage()
+        views.append(scene.last_frame.view)
+    core.stopPropertySequence(DEMO_SELECTOR, "Label")
+    core.snapImage()
+    assert views + [scene.last_frame.view] == [3, 1, 3, 3]  # cyclic; stopped: stays
+    with pytest.raises(Exception, match="Source-9"):
+        core.loadPropertySequence(DEMO_SELECTOR, "Label", ["Source-9"])
 
 
 def test_bin_sum_adds_blocks():

@@ -121,6 +121,7 @@ def test_property_value_not_allowed_is_named(tmp_path, scene):
         ({"optics": {"wavelength_um": 0.6, "n_medium": 1.33, "na": 1.5}}, "NA 1.5"),
         ({"volume": {"shape_zyx": [16, 32, 32]}}, "'volume.voxel_um_zyx' is missing"),
         ({"roi": [0, 0, 32]}, "field 'roi'"),
+        ({"hardware_sequencing": "yes"}, "field 'hardware_sequencing' must be true or false"),
     ],
 )
 def test_invalid_settings_files_are_refused_with_the_field(tmp_path, change, needle):
@@ -143,8 +144,11 @@ def test_missing_files_are_acquisition_errors(tmp_path):
         load_hardware_core(broken, settings)
 
 
-@pytest.mark.parametrize("form", ["group", "device"])
-def test_complete_configuration_acquires(tmp_path, scene, form):
+@pytest.mark.parametrize(
+    ("form", "sequencing"), [("group", True), ("device", True), ("group", False)],
+    ids=["group-triggered", "device-triggered", "group-software"],
+)
+def test_complete_configuration_acquires(tmp_path, scene, form, sequencing):
     if form == "group":
         cfg = _cfg(tmp_path, WITH_SELECTOR)
         selection = {"group": "Beads", "presets": ["bead-a", "bead-b", "bead-c"]}
@@ -153,22 +157,30 @@ def test_complete_configuration_acquires(tmp_path, scene, form):
         cfg = _cfg(tmp_path, WITH_SELECTOR.split("#py ConfigGroup")[0])
         selection = {"device": "LEDs", "property": "Label", "values": ["Source-2", "Source-1", "Source-0"]}
         presets = ["View-0", "View-1", "View-2"]
-    settings = _settings(tmp_path, selection)
+    settings = _settings(tmp_path, selection, **({} if sequencing else {"hardware_sequencing": False}))
     core, info = load_hardware_core(cfg, settings)
+    # the LED selector of the .cfg steps on camera triggers, so the settings decide
+    assert info.extra["hardware_triggered"] is sequencing
     assert info.group == ("Beads" if form == "group" else "FDT-Source")
     assert info.presets == presets and info.camera == "Camera" and info.exposure_ms == 3.0
     assert core.getChannelGroup() == info.group
     np.testing.assert_allclose(info.sources_um_xyz, json.loads(settings.read_text())["sources_um_xyz"])
 
     writer = RecordingWriter(tmp_path / "hw.fdt", recording_meta(info), durable=False)
-    views = []
     acq = FDTAcquisition(core, info, writer, timepoints=2)
-    acq.frame_written.connect(lambda t, v, f: views.append((t, v, scene.last_frame.view)))
+    snapped = []  # a snap is synchronous: the scene's last frame is the one just written
+    acq.frame_written.connect(lambda t, v, f: snapped.append(scene.last_frame.view))
     summary = acq.run()
     writer.close()
     assert summary.status == "completed"
     excited = [0, 1, 2] if form == "group" else [2, 1, 0]  # the settings' mapping view → source
-    assert views == [(t, v, excited[v]) for t in range(2) for v in range(3)]
     with open_recording(writer.path) as rec:
         assert rec.n_timepoints == 2 and rec.meta.extra["settings_file"] == str(settings)
+        for t in range(2):
+            meta = rec.frame_metadata(t)
+            assert [m["hardware_triggered"] for m in meta] == [sequencing] * 3
+            if sequencing:  # what the camera imaged, from each frame's own tags
+                assert [m["sim_view"] for m in meta] == excited
+        if not sequencing:
+            assert snapped == excited * 2
         assert [m["preset"] for m in rec.frame_metadata(1)] == presets

@@ -25,6 +25,7 @@ from nvplive.recon.simulate import PartialCoherence
 
 from .devices import SimulatedScene, demo_scene
 from .microscope import MicroscopeInfo, build_demo_core, release_core
+from .offline import reconstructor_for
 from .pipeline import AcquisitionSummary, FDTAcquisition, ReconstructionWorker, VolumeRecord, recording_meta
 from .recording import SUFFIX, RecordingWriter
 
@@ -36,16 +37,9 @@ LIVE_CONFIG = ReconConfig(iterations=150, warm_iterations=30, time_budget_s=1.0)
 
 
 def make_reconstructor(info: MicroscopeInfo, config: ReconConfig, device: str = "auto") -> Reconstructor:
-    """The project's :class:`~nvplive.recon.reconstructor.Reconstructor` for a microscope."""
-    return Reconstructor(
-        info.optics,
-        info.geometry,
-        info.sources_um_xyz,
-        camera_offset=info.camera_model.offset,
-        camera_gain=info.camera_model.gain,
-        config=config,
-        device=device,
-    )
+    """The project's :class:`~nvplive.recon.reconstructor.Reconstructor` for a microscope
+    (the one a recording of it would be reconstructed with)."""
+    return reconstructor_for(recording_meta(info), config, device)
 
 
 def default_reconstructor_factory(device: str = "auto", config: ReconConfig = LIVE_CONFIG) -> ReconstructorFactory:

@@ -53,6 +53,7 @@ ABLATIONS = {
     "no self-calibration": {"self_calibration": False},
     "no coherence mask": {"coherence_mask": False},
     "no coarse-to-fine": {"coarse_to_fine": False},
+    "no feature planes": {"feature_planes": False},
     "no TV": {"tv_weight": 0.0},
 }
 

@@ -54,6 +54,7 @@ class ReconConfig:
         lr_sources_um: learning rate of the source positions (µm per step).
         lr_photometry: learning rate of log-brightness and background.
         coarse_to_fine: grow the NVP grid from coarse to voxel resolution.
+        feature_planes: add NVP's three axis-aligned feature planes to its grid.
         features, hidden: feature channels and MLP width (NVP, triplane).
         check_every: iterations between host synchronisations.
         plateau_rel_tol: relative loss improvement per check below which the loss has plateaued.
@@ -69,7 +70,7 @@ class ReconConfig:
     warm_iterations: int = 40
     time_budget_s: float | None = None
     lr: float = 0.04
-    tv_weight: float = 2e-3
+    tv_weight: float = 4e-3
     nonnegative: bool = True
     coherence_mask: bool = True
     self_calibration: bool = True
@@ -77,6 +78,7 @@ class ReconConfig:
     lr_sources_um: float = 0.01
     lr_photometry: float = 0.005
     coarse_to_fine: bool = True
+    feature_planes: bool = True
     features: int = 8
     hidden: int = 32
     check_every: int = 10
@@ -367,7 +369,10 @@ class Reconstructor:
         cfg = self.config
         options: dict = {"nonnegative": cfg.nonnegative, "seed": cfg.seed}
         if cfg.method == "nvp":
-            options.update(features=cfg.features, hidden=cfg.hidden, coarse_to_fine=cfg.coarse_to_fine)
+            options.update(
+                features=cfg.features, hidden=cfg.hidden, coarse_to_fine=cfg.coarse_to_fine,
+                feature_planes=cfg.feature_planes,
+            )
         elif cfg.method == "triplane":
             options.update(features=cfg.features, hidden=cfg.hidden)
         return options

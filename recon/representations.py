@@ -25,6 +25,12 @@ DN_SCALE = 0.05
 #: coarser grid, decoded per voxel by the MLP, is the prior (benchmarks/quality.py).
 NVP_END_FRACTION = (0.3, 0.5, 0.5)
 
+#: Resolution of NVP's three axis-aligned feature planes as a fraction of the voxel
+#: grid. They carry the sharp in-plane outlines (membranes, nuclei) that a coarse 3D
+#: grid blurs, with ~100× fewer values than a voxel-resolution grid, so they do not
+#: fit the noise of 6 views the way a fine 3D grid does (docs/reconstruction.md).
+NVP_PLANE_FRACTION = 0.75
+
 
 def _activate(raw: torch.Tensor, nonnegative: bool) -> torch.Tensor:
     """Map raw outputs to Δn: softplus when Δn ≥ 0 is imposed, identity otherwise."""
@@ -101,6 +107,25 @@ def _grid_levels(
     return out
 
 
+def _resample(plane: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ``[F, A, B]`` feature plane bilinearly resampled to ``size`` (unchanged if it fits)."""
+    if tuple(plane.shape[1:]) == tuple(size):
+        return plane
+    return F.interpolate(plane[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def plane_features(
+    xy: torch.Tensor, xz: torch.Tensor, yz: torch.Tensor, shape_zyx: tuple[int, int, int]
+) -> torch.Tensor:
+    """Sum of three feature planes at every voxel: ``[F, Z, Y, X]``.
+
+    ``xy`` is ``[F, *, *]`` over (y, x), ``xz`` over (z, x), ``yz`` over (z, y); each is
+    resampled to the voxel grid first.
+    """
+    z, y, x = shape_zyx
+    return _resample(xy, (y, x))[:, None] + _resample(xz, (z, x))[:, :, None] + _resample(yz, (z, y))[:, :, :, None]
+
+
 class NVP(Representation):
     """Neural volumetric prior: feature grid ``W ∈ R^{F×Gz×Gy×Gx}`` + 3-layer MLP.
 
@@ -109,6 +134,11 @@ class NVP(Representation):
     and ``refine()`` upsamples it (trilinear, preserving the decoded volume) through
     ``levels`` steps up to ``end_fraction`` of the voxel grid (per axis z, y, x;
     1.0 = voxel resolution). Without coarse-to-fine the grid is the finest level.
+
+    With ``feature_planes``, three axis-aligned feature planes at ``plane_fraction``
+    of the voxel resolution are added to the grid's features before decoding. They
+    start at zero (the initial volume is the grid's alone) and add the fine
+    in-plane detail that the coarse grid, kept coarse as the prior, cannot hold.
     """
 
     def __init__(
@@ -121,6 +151,8 @@ class NVP(Representation):
         start_fraction: float | tuple[float, float, float] = 0.25,
         levels: int = 2,
         end_fraction: float | tuple[float, float, float] = NVP_END_FRACTION,
+        feature_planes: bool = True,
+        plane_fraction: float | tuple[float, float, float] = NVP_PLANE_FRACTION,
         seed: int = 0,
     ) -> None:
         super().__init__(shape_zyx, nonnegative)
@@ -130,15 +162,22 @@ class NVP(Representation):
         gen = torch.Generator().manual_seed(seed)
         self.grid = nn.Parameter(0.01 * torch.randn(features, *self.levels[0], generator=gen))
         self.decoder = _seeded_decoder(features, hidden, seed)
+        self.planes = nn.ParameterList()
+        if feature_planes:
+            pz, py, px = _grid_levels(self.shape_zyx, plane_fraction, 1)[0]
+            self.planes.extend(nn.Parameter(torch.zeros(features, a, b)) for a, b in ((py, px), (pz, px), (pz, py)))
 
     @property
     def resolution(self) -> tuple[int, ...]:
         return tuple(self.grid.shape[1:])
 
     def features(self) -> torch.Tensor:
-        if tuple(self.grid.shape[1:]) == self.shape_zyx:
-            return self.grid
-        return F.interpolate(self.grid[None], size=self.shape_zyx, mode="trilinear", align_corners=False)[0]
+        grid = self.grid
+        if tuple(grid.shape[1:]) != self.shape_zyx:
+            grid = F.interpolate(grid[None], size=self.shape_zyx, mode="trilinear", align_corners=False)[0]
+        if len(self.planes):
+            grid = grid + plane_features(*self.planes, self.shape_zyx)
+        return grid
 
     def forward(self) -> torch.Tensor:
         return _activate(self.decoder(self.features()), self.nonnegative)
@@ -153,7 +192,10 @@ class NVP(Representation):
         return True
 
     def parameter_groups(self, lr: float) -> list[dict]:
-        return [{"params": [self.grid], "lr": lr}, {"params": list(self.decoder.parameters()), "lr": 0.2 * lr}]
+        return [
+            {"params": [self.grid, *self.planes], "lr": lr},
+            {"params": list(self.decoder.parameters()), "lr": 0.2 * lr},
+        ]
 
 
 class Explicit(Representation):
@@ -197,7 +239,7 @@ class Triplane(Representation):
         self.decoder = _seeded_decoder(features, hidden, seed)
 
     def forward(self) -> torch.Tensor:
-        feats = self.plane_xy[:, None, :, :] + self.plane_xz[:, :, None, :] + self.plane_yz[:, :, :, None]
+        feats = plane_features(self.plane_xy, self.plane_xz, self.plane_yz, self.shape_zyx)
         return _activate(self.decoder(feats), self.nonnegative)
 
     def parameter_groups(self, lr: float) -> list[dict]:

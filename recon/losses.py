@@ -1,4 +1,4 @@
-"""Image losses, total variation and the coherence mask (DESIGN.md §3–4)."""
+"""Image losses and total variation (DESIGN.md §3–4); the coherence mask weights the image loss."""
 
 from __future__ import annotations
 
@@ -70,56 +70,3 @@ def total_variation(volume: torch.Tensor) -> torch.Tensor:
     dy = (volume[:, 1:] - volume[:, :-1]).abs().mean()
     dx = (volume[:, :, 1:] - volume[:, :, :-1]).abs().mean()
     return dz + dy + dx
-
-
-def coherence_radius_um(
-    wavelength_um: float, emission_fwhm_um: float, n_medium: float, na: float, path_um: float
-) -> float:
-    """Radius (µm, at the focal plane) within which a source's image stays coherent.
-
-    Rays leaving the source at angle θ and travelling ``path_um`` axially gain the
-    optical path difference ``n·L·(1/cos θ − 1)`` against the axial ray. Interference
-    between them survives while that difference is below half the coherence length
-    ``λ²/Δλ``; beyond, partial coherence washes out what the coherent model predicts.
-    Returns ``math.inf`` when that angle lies outside the pupil's cone (``asin(NA/n)``):
-    then every ray the objective collects is coherent with the axial one and the
-    coherent model holds over the whole image.
-    """
-    if emission_fwhm_um <= 0:
-        return math.inf
-    sin_na = na / n_medium
-    tan_na = sin_na / math.sqrt(1 - sin_na**2)
-    coherence_length = wavelength_um**2 / emission_fwhm_um
-    cos_c = 1.0 / (1.0 + 0.5 * coherence_length / (n_medium * max(path_um, 1e-6)))
-    tan_c = math.sqrt(max(1 - cos_c**2, 0.0)) / cos_c
-    return math.inf if tan_c >= tan_na else path_um * tan_c
-
-
-def coherence_mask(
-    sources_xy_um: torch.Tensor,
-    radii_um: torch.Tensor,
-    y_um: torch.Tensor,
-    x_um: torch.Tensor,
-    *,
-    edge_fraction: float = 0.25,
-    floor: float = 0.05,
-) -> torch.Tensor:
-    """Per-view weights ``[V, Y, X]``: 1 over each source's coherent disk, tapering outside it.
-
-    Args:
-        sources_xy_um: ``[V, 2]`` lateral source positions (µm, FOV-centre origin).
-        radii_um: ``[V]`` coherent radius at the focal plane (µm), see
-            :func:`coherence_radius_um`; ``inf`` gives weight 1 everywhere.
-        y_um, x_um: camera pixel centres (µm).
-        edge_fraction: width of the raised-cosine taper beyond the radius, relative to it.
-        floor: weight kept far outside (the scattered light there still carries signal).
-    """
-    rho = torch.sqrt(
-        (x_um[None, None, :] - sources_xy_um[:, 0, None, None]) ** 2
-        + (y_um[None, :, None] - sources_xy_um[:, 1, None, None]) ** 2
-    )
-    finite = torch.isfinite(radii_um)
-    radius = torch.where(finite, radii_um, torch.ones_like(radii_um))[:, None, None]
-    t = torch.clamp((rho - radius) / (radius * edge_fraction), 0.0, 1.0)
-    weights = floor + (1 - floor) * 0.5 * (1 + torch.cos(math.pi * t))
-    return torch.where(finite[:, None, None], weights, torch.ones_like(weights))

@@ -23,14 +23,19 @@ import torch
 from nvplive.errors import ReconstructionError
 
 from .calibration import fit_brightness_background, initial_sources, refine_sources
-from .losses import coherence_mask, coherence_radius_um, gaussian_window, image_loss, total_variation
+from .losses import gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, render
 from .representations import Representation, make_representation
+from .simulate import emission_wavelengths
 
 #: Fraction of a view's pixels at the camera's maximum above which the frames are refused
 #: (fewer saturated pixels are left out of the loss).
 SATURATION_LIMIT = 0.05
+#: Wavelengths sampling the emission band for the coherence weights.
+COHERENCE_SAMPLES = 3
+#: The coherence weights are recomputed every this many progress checks.
+COHERENCE_REFRESH = 5
 
 ProgressCallback = Callable[[int, int, float], None]
 
@@ -197,6 +202,10 @@ class Reconstructor:
         self._unsaturated: torch.Tensor | None = None
         self._seconds_per_iteration: float | None = None
         self._window = gaussian_window(device=self.device)
+        self._spectral_models: list[tuple[ForwardModel, float]] | None = None
+        # coherence weights of the current estimate, reused across warm updates until stale
+        self._coherence: torch.Tensor | None = None
+        self._coherence_age: int | None = None
 
     @property
     def n_views(self) -> int:
@@ -279,6 +288,7 @@ class Reconstructor:
             base_background=c0.detach(),
         )
         self._optimizers = None
+        self._coherence_age = None  # a new estimate: recompute the coherence weights
         return self._optimise(measured, scale, cfg.iterations, warm=False, callback=callback)
 
     def warm_update(self, frames: np.ndarray, state: ReconState | None = None, callback: ProgressCallback | None = None) -> ReconResult:
@@ -324,7 +334,9 @@ class Reconstructor:
         if self.state is not None and self.representation is not None:
             self._store_representation()
             state = _state_on(self.state, torch.device("cpu"))
-        self.representation, self.state, self._optimizers = None, None, None
+        coherence = None if self._coherence is None else self._coherence.cpu()
+        coherence_age = self._coherence_age
+        self.representation, self.state, self._optimizers, self._coherence = None, None, None, None
         previous = self.device
         self.model = None  # type: ignore[assignment]
         gc.collect()
@@ -334,9 +346,11 @@ class Reconstructor:
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
         self.model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth, device=self.device)
         self._window = gaussian_window(device=self.device)
+        self._spectral_models = None
         self._seconds_per_iteration = None
         if state is not None:
             self.load_state(state)
+        self._coherence, self._coherence_age = coherence, coherence_age  # the same estimate: same weights
 
     def snapshot(self) -> ReconState:
         """A deep copy of the current warm-start state."""
@@ -353,6 +367,7 @@ class Reconstructor:
         rep.load_state_dict(state.representation)
         self.representation = rep.to(self.device)
         self._optimizers = None
+        self._coherence_age = None
         self.state = copy.deepcopy(state)
         for name in _STATE_TENSORS:
             setattr(self.state, name, getattr(self.state, name).to(self.device))
@@ -384,19 +399,41 @@ class Reconstructor:
         self.state.level = getattr(rep, "level", 0)
         self.state.resolution = rep.resolution
 
-    def _mask(self, sources: torch.Tensor) -> torch.Tensor | None:
-        if not self.config.coherence_mask:
+    def _spectral(self) -> list[tuple[ForwardModel, float]]:
+        """Renderers at wavelengths sampling the emission band, with their weights (built once)."""
+        if self._spectral_models is None:
+            wavelengths, weights = emission_wavelengths(self.optics, COHERENCE_SAMPLES)
+            self._spectral_models = [
+                (
+                    ForwardModel.build(
+                        self.optics.with_wavelength(float(w)), self.geometry, pad_yx=self.model.pad_yx, device=self.device
+                    ),
+                    float(a),
+                )
+                for w, a in zip(wavelengths, weights)
+            ]
+        return self._spectral_models
+
+    def _coherence_weights(
+        self, dn: torch.Tensor, sources: torch.Tensor, brightness: torch.Tensor, background: torch.Tensor,
+        measured: torch.Tensor, scale: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """Per-pixel weights ``σ²/(σ² + d²)`` that discount the coherent model's predicted error.
+
+        ``d`` is the difference between the coherent image of the current estimate and its
+        image summed over the emission band (both normalised like the target); ``σ²`` the
+        shot-noise variance of the normalised measurement. Where partial coherence washes
+        out fringes the coherent model predicts, ``d ≫ σ`` and the pixel counts little;
+        elsewhere the weight is ≈ 1. ``None`` without a mask or for a line source.
+        """
+        if not self.config.coherence_mask or self.optics.emission_fwhm_um <= 0:
             return None
-        path = self.geometry.focal_z_um - sources[:, 2]
-        radii = torch.tensor(
-            [
-                coherence_radius_um(self.optics.wavelength_um, self.optics.emission_fwhm_um, self.optics.n_medium, self.optics.na, float(p))
-                for p in path
-            ],
-            device=self.device,
-        )
-        y, x = (torch.as_tensor(c, dtype=torch.float32, device=self.device) for c in self.geometry.camera_coordinates_um())
-        return coherence_mask(sources[:, :2], radii, y, x)
+        with torch.no_grad():
+            coherent = render(self.model, dn, sources, brightness, background)
+            band = sum(a * render(m, dn, sources, brightness, background) for m, a in self._spectral())
+            d2 = ((coherent - band) / scale[:, None, None]) ** 2
+            variance = measured.clamp_min(1.0) / scale[:, None, None] ** 2
+            return variance / (variance + d2)
 
     def _optimise(
         self, measured: torch.Tensor, scale: torch.Tensor, budget: int, *, warm: bool, callback: ProgressCallback | None
@@ -408,9 +445,23 @@ class Reconstructor:
         start_time = time.perf_counter()
         target = measured / scale[:, None, None]
         data_range = target.amax()
-        mask = self._mask(st.base_sources + st.source_offset)
-        if self._unsaturated is not None:
-            mask = self._unsaturated if mask is None else mask * self._unsaturated
+        refresh_every = COHERENCE_REFRESH * cfg.check_every
+
+        def current_mask() -> torch.Tensor | None:
+            """The coherence weights (recomputed when ``refresh_every`` iterations old) × unsaturated pixels."""
+            if self._coherence_age is None or self._coherence_age >= refresh_every:
+                with torch.no_grad():
+                    self._coherence = self._coherence_weights(
+                        rep(), st.base_sources + st.source_offset, st.base_brightness * torch.exp(st.log_brightness),
+                        st.base_background + st.background * scale, measured, scale,
+                    )
+                self._coherence_age = 0
+            weights = self._coherence
+            if self._unsaturated is not None:
+                return self._unsaturated if weights is None else weights * self._unsaturated
+            return weights
+
+        mask = current_mask()
         calib = [st.source_offset, st.log_brightness, st.background]
         for p in calib:
             p.requires_grad_(cfg.self_calibration)
@@ -474,6 +525,7 @@ class Reconstructor:
             if cfg.self_calibration and (warm or it > cfg.calibration_warmup):
                 calib_opt.step()
             losses_dev.append(loss.detach())
+            self._coherence_age += 1
             if budget_s is not None and self._spent(start_time, it) + (self._seconds_per_iteration or 0.0) > budget_s:
                 stopped_by = "time"
                 break
@@ -488,6 +540,7 @@ class Reconstructor:
                     break
                 good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
                 good_calib = [p.detach().clone() for p in calib]
+                mask = current_mask()
                 if callback is not None:
                     callback(it, budget, window[-1])
                 plateau = last_window - current < cfg.plateau_rel_tol * abs(last_window)

@@ -73,5 +73,9 @@ def test_default_reconstructor_matches_the_microscope():
     core, info = build_demo_core(shape_zyx=SHAPE, voxel_um_zyx=VOXEL, views=3, coherence=FAST)
     recon = default_reconstructor_factory("cpu")(info)
     assert isinstance(recon, Reconstructor) and recon.n_views == 3
-    assert recon.camera_offset == info.camera_model.offset and recon.geometry == info.geometry
+    assert recon.camera_offset == info.camera_model.offset and recon.optics == info.optics
+    # the same volume (built through the recording's metadata, which states the focal plane)
+    g, h = recon.geometry, info.geometry
+    assert (g.shape_zyx, g.voxel_um_zyx, g.focal_z_um, g.camera_binning) == (h.shape_zyx, h.voxel_um_zyx, h.focal_z_um, h.camera_binning)
+    np.testing.assert_allclose(recon.nominal_sources, info.sources_um_xyz)
     core.unloadAllDevices()

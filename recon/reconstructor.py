@@ -526,9 +526,12 @@ class Reconstructor:
                 calib_opt.step()
             losses_dev.append(loss.detach())
             self._coherence_age += 1
-            if budget_s is not None and self._spent(start_time, it) + (self._seconds_per_iteration or 0.0) > budget_s:
-                stopped_by = "time"
-                break
+            if budget_s is not None:
+                spent = self._spent(start_time, it)
+                # the next iteration takes as long as the previous update's, or this one's if slower (a loaded machine)
+                if spent + max(self._seconds_per_iteration or 0.0, spent / it) > budget_s:
+                    stopped_by = "time"
+                    break
             scheduled_refine = it in refine_at
             if it % cfg.check_every == 0 or it == budget or scheduled_refine:
                 window = torch.stack(losses_dev).cpu().tolist()

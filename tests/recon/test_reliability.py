@@ -3,6 +3,8 @@ timepoint; running out of memory falls back to the CPU with a clear message."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,26 @@ def test_out_of_memory_again_after_the_fallback_is_a_clear_error(frames, monkeyp
     _oom_once(monkeypatch, times=2)
     with pytest.raises(ReconstructionError, match="(?i)out of memory.*(smaller|fewer)"):
         rec.cold_start(frames[0])
+
+
+def test_time_budget_holds_when_the_machine_slows_down(frames, monkeypatch):
+    """A warm update under a time budget plans each iteration from the slower of the last
+    update's rate and its own, so a machine that slows down (other work on the cores) does
+    not push the update one slow iteration past its budget."""
+    import nvplive.recon.reconstructor as reconstructor_module
+
+    rec = _reconstructor()
+    rec.cold_start(frames[0])
+    rec.with_config(warm_iterations=200, stop_on_plateau=False, time_budget_s=1.0)
+    rec.warm_update(frames[1])  # learns this machine's (fast) rate
+    original = reconstructor_module.render
+
+    def slow_render(*args, **kwargs):
+        time.sleep(0.35)  # every iteration now takes ~0.35 s longer
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(reconstructor_module, "render", slow_render)
+    result = rec.warm_update(frames[2])
+    # two ~0.4 s iterations fit; planning from the old rate would start a third (ending ≥ 1.1 s)
+    assert result.stopped_by == "time" and result.iterations in (1, 2)
+    assert result.seconds < 1.0, result.seconds

@@ -476,8 +476,8 @@ class Reconstructor:
                     {"params": [st.log_brightness, st.background], "lr": cfg.lr_photometry},
                 ]
             )
-            opt = torch.optim.Adam(rep.parameter_groups(cfg.lr))
-        _set_lr(opt, rep.parameter_groups(cfg.lr))
+            opt = torch.optim.Adam(rep.parameter_groups(cfg.lr, warm))
+        _set_lr(opt, rep.parameter_groups(cfg.lr, warm))
         _set_lr(calib_opt, [{"lr": cfg.lr_sources_um}, {"lr": cfg.lr_photometry}])
         budget_s = cfg.time_budget_s if warm else None
         levels = len(getattr(rep, "levels", [0]))
@@ -550,7 +550,7 @@ class Reconstructor:
                 last_window = current
                 if scheduled_refine or (plateau and not warm and levels > 1 and it < 0.6 * budget):
                     if rep.refine():
-                        opt = torch.optim.Adam(rep.parameter_groups(cfg.lr))
+                        opt = torch.optim.Adam(rep.parameter_groups(cfg.lr, warm))
                         good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
                         refine_at = [r for r in refine_at if r > it]
                         last_window = math.inf

@@ -37,19 +37,23 @@ def _reconstructor(**changes) -> Reconstructor:
     return Reconstructor(OPTICS, GEOMETRY, SOURCES, config=config, device="cpu")
 
 
-@pytest.mark.parametrize("lr", [1e9, 1e30], ids=["loss-explodes", "loss-nan"])
-def test_divergent_warm_update_rolls_back_flags_and_the_next_update_works(frames, lr):
+@pytest.mark.parametrize(
+    ("lr", "factor"), [(1e9, 1.5), (1e30, 10.0)], ids=["loss-rises-past-the-factor", "loss-nan"]
+)
+def test_divergent_warm_update_rolls_back_flags_and_the_next_update_works(frames, lr, factor):
+    """lr 1e9 collapses the volume (the loss doubles: past a divergence factor of 1.5);
+    lr 1e30 makes the loss non-finite."""
     rec = _reconstructor()
     good = rec.cold_start(frames[0])
     assert not good.flagged and np.isfinite(good.loss)
-    rec.with_config(lr=lr)
+    rec.with_config(lr=lr, divergence_factor=factor)
     bad = rec.warm_update(frames[1])
     assert bad.flagged and bad.stopped_by == "diverged"
     assert "rolled back" in bad.message
     assert np.isfinite(bad.dn).all()
     np.testing.assert_array_equal(bad.dn, good.dn)  # the last good state: the previous timepoint's
     np.testing.assert_allclose(bad.sources_um_xyz, good.sources_um_xyz)
-    rec.with_config(lr=CONFIG.lr)
+    rec.with_config(lr=CONFIG.lr, divergence_factor=CONFIG.divergence_factor)
     after = rec.warm_update(frames[2])
     assert not after.flagged and after.stopped_by == "iterations"
     assert np.isfinite(after.dn).all() and np.abs(after.dn).max() < 1.0  # a plausible Δn, not a blow-up

@@ -67,10 +67,17 @@ class Representation(nn.Module):
     def resolution(self) -> tuple[int, ...]:
         return self.shape_zyx
 
+    #: Cold-start learning rate of an MLP decoder relative to ``lr`` (representations with one).
+    decoder_lr_factor = 0.2
+
     def parameter_groups(self, lr: float, warm: bool = False) -> list[dict]:
         """Optimizer parameter groups (representation-specific learning rates; ``warm``: for
         a warm update, whose groups are the same with other rates)."""
         return [{"params": list(self.parameters()), "lr": lr}]
+
+    def decoder_lr(self, lr: float, warm: bool) -> float:
+        """Learning rate of the decoder: its own factor cold, :data:`WARM_DECODER_LR_FACTOR` warm."""
+        return (WARM_DECODER_LR_FACTOR if warm else self.decoder_lr_factor) * lr
 
     def project(self) -> None:
         """Map the parameters back onto their feasible set after an optimiser step (default: nothing)."""
@@ -208,11 +215,10 @@ class NVP(Representation):
     decoder_lr_factor = 0.5
 
     def parameter_groups(self, lr: float, warm: bool = False) -> list[dict]:
-        decoder = WARM_DECODER_LR_FACTOR if warm else self.decoder_lr_factor
         return [
             {"params": [self.grid], "lr": NVP_GRID_LR_FACTOR * lr},
             {"params": list(self.planes), "lr": lr},
-            {"params": list(self.decoder.parameters()), "lr": decoder * lr},
+            {"params": list(self.decoder.parameters()), "lr": self.decoder_lr(lr, warm)},
         ]
 
 
@@ -266,8 +272,7 @@ class Triplane(Representation):
 
     def parameter_groups(self, lr: float, warm: bool = False) -> list[dict]:
         planes = [self.plane_xy, self.plane_xz, self.plane_yz]
-        decoder = WARM_DECODER_LR_FACTOR if warm else self.decoder_lr_factor
-        return [{"params": planes, "lr": lr}, {"params": list(self.decoder.parameters()), "lr": decoder * lr}]
+        return [{"params": planes, "lr": lr}, {"params": list(self.decoder.parameters()), "lr": self.decoder_lr(lr, warm)}]
 
 
 REPRESENTATIONS: dict[str, type[Representation]] = {"nvp": NVP, "explicit": Explicit, "triplane": Triplane}

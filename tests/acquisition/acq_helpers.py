@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 
 from nvplive.acquisition.devices import SimulatedScene
@@ -43,3 +51,27 @@ def chi2_per_pixel(frame: np.ndarray, expected_e: np.ndarray, offset: float, rea
     """
     r = (frame.astype(np.float64) - offset - expected_e) / np.sqrt(expected_e + read_noise**2 + 1.0 / 12.0)
     return float(r.mean()), float((r**2).mean())
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def script_process(script: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """Run ``python script args…`` from the repository (stdout+stderr piped, text); killed on exit."""
+    proc = subprocess.Popen([sys.executable, str(script), *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def kill_9(proc: subprocess.Popen) -> None:
+    """``kill -9`` a process that must still be running (else its output is the failure message)."""
+    assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL

@@ -3,20 +3,16 @@ left behind opens, and every complete timepoint reads back."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 
+from acq_helpers import kill_9, script_process
 from nvplive.acquisition.recording import Recording
 
-REPO = Path(__file__).resolve().parents[2]
 SHAPE = (8, 24, 24)
 VIEWS = 3
 BUDGET_S = 55.0
@@ -65,9 +61,7 @@ def test_kill_9_at_random_moments_always_leaves_a_readable_recording(tmp_path):
     i = 0
     while time.monotonic() < deadline - 8.0 or i < 3:
         path = tmp_path / f"run{i}.fdt"
-        proc = subprocess.Popen([sys.executable, str(script), str(path)], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
+        with script_process(script, str(path)) as proc:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
             start = time.monotonic()
             if i % 4 == 0:  # the moment the recording folder appears (its creation)
@@ -78,14 +72,7 @@ def test_kill_9_at_random_moments_always_leaves_a_readable_recording(tmp_path):
             else:  # anywhere in the first seconds of acquisition and reconstruction
                 time.sleep(rng.uniform(0.3, 2.5))
             delay = time.monotonic() - start
-            assert proc.poll() is None, proc.stdout.read()
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        assert proc.returncode == -signal.SIGKILL
+            kill_9(proc)
         outcomes.append((delay, _check(path) if path.exists() else None))
         i += 1
     opened = [n for _, n in outcomes if n is not None]

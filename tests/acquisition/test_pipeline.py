@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from acq_helpers import tiny_core
+from acq_helpers import kill_9, script_process, tiny_core
 from nvplive.acquisition.microscope import demo_camera
 from nvplive.acquisition.pipeline import FDTAcquisition, ReconstructionWorker, recording_meta
 from nvplive.acquisition.recording import RecordingWriter, open_recording
 from nvplive.errors import RecordingError
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -307,11 +301,7 @@ def test_kill_9_of_a_headless_demo_keeps_every_complete_timepoint(tmp_path):
     script = tmp_path / "demo_script.py"
     script.write_text(KILLED_SCRIPT)
     path = tmp_path / "killed.fdt"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+    with script_process(script, str(path)) as proc:
         deadline = time.time() + 60
         seen = 0
         while time.time() < deadline and proc.poll() is None:
@@ -323,15 +313,8 @@ def test_kill_9_of_a_headless_demo_keeps_every_complete_timepoint(tmp_path):
             if seen >= 4:
                 break
             time.sleep(0.1)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        kill_9(proc)
         assert seen >= 4
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == -signal.SIGKILL
     with open_recording(path) as rec:
         assert rec.interrupted and rec.n_timepoints >= seen
         n = rec.n_timepoints

@@ -337,8 +337,10 @@ def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor)
     inside = (slab_bottoms[None, :] >= sources_xyz[:, 2:3].detach())[:, :, None, None]
     all_above = bool(torch.all(sources_xyz[:, 2] <= 0)) if sources_xyz.device.type == "cpu" else False
     field = source_field(model, sources_xyz)
-    for k in range(nz):
-        t = slabs[k] if all_above else torch.where(inside[:, k], slabs[k], absorber)
+    # unbind, not slabs[k]: indexing would make the backward pass build a full-volume
+    # gradient per slab (quadratic in Nz); unbind's backward stacks them once.
+    for k, slab in enumerate(slabs.unbind(0)):
+        t = slab if all_above else torch.where(inside[:, k], slab, absorber)
         field = field * t
         if k < nz - 1:
             field = propagate(field, model.slab_kernel)

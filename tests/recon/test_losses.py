@@ -1,0 +1,40 @@
+"""Image losses against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from nvplive.recon.losses import gaussian_window, image_loss, ssim_map
+
+
+def _reference_ssim_map(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
+    """Wang et al. (2004) SSIM with scipy's Gaussian filter (σ 1.5, radius 5), valid region."""
+    blur = lambda img: ndimage.gaussian_filter(img, 1.5, truncate=5 / 1.5)  # noqa: E731
+    mu_a, mu_b = blur(a), blur(b)
+    saa, sbb, sab = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    full = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+    return full[5:-5, 5:-5]
+
+
+def test_ssim_map_matches_a_gaussian_filter_reference():
+    rng = np.random.default_rng(3)
+    a = ndimage.gaussian_filter(rng.random((40, 48)), 2.0)
+    b = a + 0.05 * rng.standard_normal(a.shape)
+    ours = ssim_map(torch.as_tensor(a)[None], torch.as_tensor(b)[None], 1.0, gaussian_window(dtype=torch.float64))[0]
+    assert ours.shape == (30, 38)
+    np.testing.assert_allclose(ours.numpy(), _reference_ssim_map(a, b, 1.0), rtol=1e-10, atol=1e-12)
+    assert float(ours.mean()) < 0.99  # the noise is seen
+
+
+def test_image_loss_is_zero_for_identical_images_and_its_gradient_points_to_the_target():
+    rng = np.random.default_rng(4)
+    target = torch.as_tensor(1.0 + rng.random((3, 32, 32)), dtype=torch.float64)
+    assert float(image_loss(target, target)) < 1e-12
+    predicted = (target + 0.1 * torch.randn(3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))).requires_grad_(True)
+    loss = image_loss(predicted, target, torch.ones_like(target))
+    loss.backward()
+    stepped = image_loss(predicted.detach() - 0.05 * predicted.grad / predicted.grad.abs().max(), target, torch.ones_like(target))
+    assert float(stepped) < float(loss.detach())

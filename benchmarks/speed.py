@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from . import publish
@@ -28,6 +29,8 @@ from . import publish
 SHAPES = [(32, 64, 64), (64, 128, 128), (128, 256, 256)]
 VIEWS = 7
 VOXEL_UM = 0.25
+#: Iterations of the warm updates that compare eager and compiled iterations.
+COMPILED_WARM_ITERATIONS = 20
 
 
 def _timeit(fn, repeats: int, sync) -> float:
@@ -126,12 +129,44 @@ def _measure_inner(shape, device: str, full: bool) -> dict:
         rec.with_config(warm_iterations=2, stop_on_plateau=False)
         result = rec.warm_update(frames1)
         row["iters_per_s"] = round(result.iterations / result.seconds, 3)
+    if heavy_ok:
+        row.update(_compiled_rates(rec, frames1, small, dev.type))
     if dev.type == "cuda":
         row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     else:
         row["peak_mem_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     row["diffractio_ratio"] = _diffractio_ratio(geometry, optics, truth0, sources, forward_s)
     return row
+
+
+def _compiled_rates(rec, frames, small: bool, device_type: str) -> dict:
+    """Iterations per second of warm updates eager and through torch.compile, from the same
+    warm state (``COMPILED_WARM_ITERATIONS`` iterations, timed on the second update so that
+    compiling is left out; the first update's extra time is ``compile_s``). CUDA: modes
+    ``default`` and ``reduce-overhead`` (CUDA graphs); CPU: ``default`` at the small size."""
+    from nvplive.recon.reconstructor import Reconstructor
+
+    modes = ["default", "reduce-overhead"] if device_type == "cuda" else (["default"] if small else [])
+    if not modes:
+        return {}
+    state = rec.snapshot()
+    rates: dict[str, float | str] = {}
+    compile_s: dict[str, float] = {}
+    for mode in [None, *modes]:
+        config = replace(rec.config, compile_mode=mode, warm_iterations=COMPILED_WARM_ITERATIONS, stop_on_plateau=False)
+        other = Reconstructor(rec.optics, rec.geometry, rec.nominal_sources, camera_offset=rec.camera_offset,
+                              camera_gain=rec.camera_gain, config=config, device=rec.device)
+        other.load_state(state)
+        first = other.warm_update(frames)
+        other.load_state(state)
+        second = other.warm_update(frames)
+        key = mode or "eager"
+        rates[key] = round(second.iterations / second.seconds, 2)
+        if mode is not None:
+            compile_s[key] = round(first.seconds - second.seconds, 1)
+            if other.compile_failure:
+                rates[key] = f"failed: {other.compile_failure}"
+    return {"compiled_iters_per_s": rates, "compile_s": compile_s}
 
 
 def _diffractio_ratio(geometry, optics, dn, sources, forward_s: float) -> float | None:
@@ -197,20 +232,30 @@ def markdown_table(rows: list[dict], seconds: float) -> str:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; wall time {seconds / 60:.1f} min. "
         "7 views, voxels of 0.25 µm, NVP; CPU rows use one torch thread.",
         "",
-        "| shape Z×Y×X | device | padded grid | forward ms | reference ms (ratio) | iters/s | warm update s (iters) | cold start s | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| shape Z×Y×X | device | padded grid | forward ms | reference ms (ratio) | iters/s | warm update s (iters) | cold start s | peak MB | warm iters/s eager / compiled (compile s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v: "—" if v is None else str(v)  # noqa: E731
     for r in rows:
         if "error" in r:
-            lines.append(f"| {'×'.join(map(str, r['shape_zyx']))} | {r['device']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {'×'.join(map(str, r['shape_zyx']))} | {r['device']} | failed: {r['error']} | | | | | | | |")
             continue
         lines.append(
             f"| {'×'.join(map(str, r['shape_zyx']))} | {r['device']} | {'×'.join(map(str, r['padded_yx']))} | {r['forward_ms']} | "
             f"{r['reference_ms']} ({r['reference_ratio']}×) | {fmt(r['iters_per_s'])} | {fmt(r['warm_update_s'])} ({fmt(r.get('warm_iterations'))}) | "
-            f"{fmt(r['cold_start_s'])} | {fmt(r['peak_mem_mb'])} |"
+            f"{fmt(r['cold_start_s'])} | {fmt(r['peak_mem_mb'])} | {_compiled_cell(r)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _compiled_cell(row: dict) -> str:
+    rates = row.get("compiled_iters_per_s")
+    if not rates:
+        return "—"
+    compile_s = row.get("compile_s", {})
+    return " / ".join(
+        f"{mode} {rate}" + (f" ({compile_s[mode]} s)" if mode in compile_s else "") for mode, rate in rates.items()
+    )
 
 
 def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None) -> int:

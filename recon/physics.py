@@ -335,7 +335,11 @@ def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor)
     # A source inside the volume only sees the slabs above it (DESIGN.md §2.1).
     slab_bottoms = torch.arange(nz, device=dn.device, dtype=sources_xyz.dtype) * dz
     inside = (slab_bottoms[None, :] >= sources_xyz[:, 2:3].detach())[:, :, None, None]
-    all_above = bool(torch.all(sources_xyz[:, 2] <= 0)) if sources_xyz.device.type == "cpu" else False
+    # Sources all below the volume see every slab: skip the per-slab select where that is
+    # cheap to know (on the CPU; elsewhere, or traced by torch.compile, it would synchronise).
+    all_above = (
+        sources_xyz.device.type == "cpu" and not torch.compiler.is_compiling() and bool(torch.all(sources_xyz[:, 2] <= 0))
+    )
     field = source_field(model, sources_xyz)
     # unbind, not slabs[k]: indexing would make the backward pass build a full-volume
     # gradient per slab (quadratic in Nz); unbind's backward stacks them once.

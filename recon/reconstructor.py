@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -38,6 +39,31 @@ COHERENCE_SAMPLES = 3
 COHERENCE_REFRESH = 5
 
 ProgressCallback = Callable[[int, int, float], None]
+
+log = logging.getLogger(__name__)
+
+
+def fit_loss(
+    model: ForwardModel,
+    representation: Representation,
+    sources: torch.Tensor,
+    brightness: torch.Tensor,
+    background: torch.Tensor,
+    scale: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    data_range: torch.Tensor,
+    window: torch.Tensor,
+    tv_weight: float,
+) -> torch.Tensor:
+    """The objective of one iteration: image loss of the rendered views against the
+    normalised measurement (``target = measured / scale``) plus τ·TV(Δn)/0.01."""
+    dn = representation()
+    predicted = render(model, dn, sources, brightness, background) / scale[:, None, None]
+    loss = image_loss(predicted, target, mask, data_range=data_range, window=window)
+    if tv_weight:
+        loss = loss + tv_weight * total_variation(dn) / 0.01
+    return loss
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,11 @@ class ReconConfig:
             non-finite loss or Δn) is a divergence: the update rolls back to the last good
             state and the result is flagged.
         seed: seeds the representation's initialisation.
+        compile_mode: ``None`` runs eagerly; otherwise the iteration's forward and backward
+            pass run through ``torch.compile`` in this mode (``default``; ``reduce-overhead``
+            adds CUDA graphs on CUDA) once the representation is at its final resolution.
+            Compiling takes tens of seconds (during the cold start); when it fails, the
+            reconstruction runs eagerly and says so in the result's message.
     """
 
     method: str = "nvp"
@@ -91,6 +122,7 @@ class ReconConfig:
     stop_on_plateau: bool = True
     divergence_factor: float = 10.0
     seed: int = 0
+    compile_mode: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -206,6 +238,8 @@ class Reconstructor:
         # coherence weights of the current estimate, reused across warm updates until stale
         self._coherence: torch.Tensor | None = None
         self._coherence_age: int | None = None
+        self._compiled: tuple[str, Callable[..., torch.Tensor]] | None = None
+        self.compile_failure: str | None = None
 
     @property
     def n_views(self) -> int:
@@ -511,20 +545,16 @@ class Reconstructor:
         for it in range(1, budget + 1):
             opt.zero_grad(set_to_none=True)
             calib_opt.zero_grad(set_to_none=True)
-            dn = rep()
-            sources = st.base_sources + st.source_offset
-            brightness = st.base_brightness * torch.exp(st.log_brightness)
-            background = st.base_background + st.background * scale
-            predicted = render(self.model, dn, sources, brightness, background) / scale[:, None, None]
-            loss = image_loss(predicted, target, mask, data_range=data_range, window=self._window)
-            if cfg.tv_weight:
-                loss = loss + cfg.tv_weight * total_variation(dn) / 0.01
-            loss.backward()
+            inputs = (
+                self.model, rep, st.base_sources + st.source_offset, st.base_brightness * torch.exp(st.log_brightness),
+                st.base_background + st.background * scale, scale, target, mask, data_range, self._window, cfg.tv_weight,
+            )
+            loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)
             opt.step()
             rep.project()
             if cfg.self_calibration and (warm or it > cfg.calibration_warmup):
                 calib_opt.step()
-            losses_dev.append(loss.detach())
+            losses_dev.append(loss.detach().clone())  # a CUDA graph's output is overwritten by its next replay
             self._coherence_age += 1
             if budget_s is not None:
                 spent = self._spent(start_time, it)
@@ -587,5 +617,37 @@ class Reconstructor:
             stopped_by=stopped_by,
             warm=warm,
             flagged=flagged,
-            message=message,
+            message=" ".join(m for m in (message, self._compile_note()) if m),
         )
+
+    def _loss_and_gradients(self, inputs: tuple, calibration: list[torch.Tensor], *, final_resolution: bool) -> torch.Tensor:
+        """Evaluate :func:`fit_loss` and back-propagate it: through ``torch.compile`` when
+        ``compile_mode`` is set and the representation is at its final resolution (the
+        shapes no longer change), eagerly otherwise or after compiling failed."""
+        mode = self.config.compile_mode
+        if mode is None or not final_resolution or self.compile_failure is not None:
+            loss = fit_loss(*inputs)
+            loss.backward()
+            return loss
+        try:
+            if self._compiled is None or self._compiled[0] != mode:
+                self._compiled = (mode, torch.compile(fit_loss, mode=mode, dynamic=False))
+            loss = self._compiled[1](*inputs)
+            loss.backward()
+            return loss
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a missing compiler, an unsupported operation …: run eagerly
+            self.compile_failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            log.warning("torch.compile (mode %r) failed, reconstructing eagerly: %s", mode, self.compile_failure)
+            for p in [*inputs[1].parameters(), *calibration]:
+                p.grad = None
+            loss = fit_loss(*inputs)
+            loss.backward()
+            return loss
+
+    def _compile_note(self) -> str:
+        if self.config.compile_mode is None or self.compile_failure is None:
+            return ""
+        return f"torch.compile failed ({self.compile_failure}); the reconstruction runs eagerly."
+

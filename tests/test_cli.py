@@ -75,6 +75,7 @@ def test_reconstruct_then_evaluate(simulated: Path):
         (("simulate", "--phantom", "cell", "--voxel-um", "0.5", "x.fdt"), "too coarse"),
         (("simulate", "--phantom", "cell", "not-a-recording"), ".fdt"),
         (("reconstruct", "missing.fdt"), "missing.fdt"),
+        (("reconstruct", "x.fdt", "--compile", "fast"), "invalid choice"),
         (("evaluate", "missing.fdt"), "missing.fdt"),
     ],
 )

@@ -3,6 +3,8 @@ coherence mask, and one code path for every representation (issue 3)."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -195,6 +197,43 @@ def test_reproducible_under_a_seed():
     frames = noiseless_frames(dn, sources)
     runs = [Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=20, seed=3), device="cpu").cold_start(frames).dn for _ in range(2)]
     assert np.array_equal(runs[0], runs[1])
+
+
+SMALL = VolumeGeometry((8, 24, 24), (0.25, 0.25, 0.25))
+
+
+def _small_runs(compile_mode: str | None) -> tuple[Reconstructor, list]:
+    """Cold start + one warm update on a small volume holding a box of Δn 0.03 (3 views)."""
+    dn = np.zeros(SMALL.shape_zyx, np.float32)
+    dn[2:6, 8:14, 6:12] = 0.03
+    sources = default_sources(SMALL, 3, seed=1)
+    frames = Simulator(OPTICS, SMALL, sources, photons=5000.0, coherence=COHERENT, camera=NOISELESS, seed=0).expected(dn)
+    config = ReconConfig(iterations=30, warm_iterations=10, stop_on_plateau=False, compile_mode=compile_mode)
+    rec = Reconstructor(OPTICS, SMALL, sources, config=config, device="cpu")
+    return rec, [rec.cold_start(frames), rec.warm_update(frames)]
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_iterations_give_the_eager_result():
+    import torch._dynamo.utils
+
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    rec, compiled = _small_runs("default")
+    assert rec.compile_failure is None and all(r.message == "" for r in compiled)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before  # it really compiled
+    _, eager = _small_runs(None)
+    for c, e in zip(compiled, eager):
+        assert c.iterations == e.iterations
+        np.testing.assert_allclose(c.losses, e.losses, rtol=1e-3)
+        np.testing.assert_allclose(c.dn, e.dn, atol=1e-3 * float(np.abs(e.dn).max()))
+
+
+def test_a_failed_compilation_falls_back_to_eager_and_says_so():
+    rec, results = _small_runs("no-such-mode")
+    _, eager = _small_runs(None)
+    assert "no-such-mode" in rec.compile_failure
+    assert all("torch.compile failed" in r.message and "runs eagerly" in r.message for r in results)
+    np.testing.assert_array_equal(results[1].dn, eager[1].dn)
 
 
 def test_frames_of_wrong_shape_or_nan_are_refused():

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     rec.add_argument("--compile", default=None, choices=COMPILE_MODES, metavar="MODE",
                      help=f"run iterations through torch.compile in this mode ({', '.join(COMPILE_MODES)}); "
-                          "compiling takes tens of seconds, then each iteration is faster")
+                          "compiling takes tens of seconds; BENCHMARKS.md says where it pays")
     rec.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
                      help="reconstruct on Dask: 'local' starts a LocalCluster, an address (tcp://host:8786) uses a running scheduler")
     rec.add_argument("--workers", type=_positive_int, default=None,

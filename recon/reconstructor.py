@@ -233,6 +233,7 @@ class Reconstructor:
         self._optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None
         self._unsaturated: torch.Tensor | None = None
         self._seconds_per_iteration: float | None = None
+        self._finish_seconds = 0.0  # from the loop's end to the result (decode, copies to the host)
         self._window = gaussian_window(device=self.device)
         self._spectral_models: list[tuple[ForwardModel, float]] | None = None
         # coherence weights of the current estimate, reused across warm updates until stale
@@ -382,6 +383,7 @@ class Reconstructor:
         self._window = gaussian_window(device=self.device)
         self._spectral_models = None
         self._seconds_per_iteration = None
+        self._finish_seconds = 0.0
         if state is not None:
             self.load_state(state)
         self._coherence, self._coherence_age = coherence, coherence_age  # the same estimate: same weights
@@ -558,8 +560,9 @@ class Reconstructor:
             self._coherence_age += 1
             if budget_s is not None:
                 spent = self._spent(start_time, it)
-                # the next iteration takes as long as the previous update's, or this one's if slower (a loaded machine)
-                if spent + max(self._seconds_per_iteration or 0.0, spent / it) > budget_s:
+                # the next iteration takes as long as the previous update's, or this one's if slower
+                # (a loaded machine); then the result is decoded and copied, as long as last time
+                if spent + max(self._seconds_per_iteration or 0.0, spent / it) + self._finish_seconds > budget_s:
                     stopped_by = "time"
                     break
             scheduled_refine = it in refine_at
@@ -593,8 +596,9 @@ class Reconstructor:
             losses.extend(window)
             if not flagged and diverged(window):
                 roll_back(f"The loss diverged ({float(np.mean(window)):.3g}) by iteration {it}")
+        loop_seconds = time.perf_counter() - start_time
         if it:
-            self._seconds_per_iteration = (time.perf_counter() - start_time) / it
+            self._seconds_per_iteration = loop_seconds / it
         for p in calib:
             p.requires_grad_(False)
         with torch.no_grad():
@@ -605,15 +609,21 @@ class Reconstructor:
         # Adam's moments of a divergent update are poisoned: the next update starts afresh.
         self._optimizers = None if flagged else (opt, calib_opt)
         self._store_representation()
+        dn_host = dn.cpu().numpy().astype(np.float32)
+        sources_host = (st.base_sources + st.source_offset).detach().cpu().numpy().astype(np.float64)
+        brightness_host = (st.base_brightness * torch.exp(st.log_brightness)).detach().cpu().numpy()
+        background_host = (st.base_background + st.background * scale).detach().cpu().numpy()
+        seconds = time.perf_counter() - start_time
+        self._finish_seconds = seconds - loop_seconds
         return ReconResult(
-            dn=dn.cpu().numpy().astype(np.float32),
+            dn=dn_host,
             loss=float(losses[-1]) if losses else math.nan,
             losses=losses,
             iterations=it,
-            seconds=time.perf_counter() - start_time,
-            sources_um_xyz=(st.base_sources + st.source_offset).detach().cpu().numpy().astype(np.float64),
-            brightness=(st.base_brightness * torch.exp(st.log_brightness)).detach().cpu().numpy(),
-            background=(st.base_background + st.background * scale).detach().cpu().numpy(),
+            seconds=seconds,
+            sources_um_xyz=sources_host,
+            brightness=brightness_host,
+            background=background_host,
             stopped_by=stopped_by,
             warm=warm,
             flagged=flagged,

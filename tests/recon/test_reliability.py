@@ -153,3 +153,23 @@ def test_time_budget_holds_when_the_machine_slows_down(frames, monkeypatch):
     # two ~0.4 s iterations fit; planning from the old rate would start a third (ending ≥ 1.1 s)
     assert result.stopped_by == "time" and result.iterations in (1, 2)
     assert result.seconds < 1.0, result.seconds
+
+
+def test_time_budget_leaves_room_for_the_result(frames):
+    """The budget reserves the time the last update took from its loop's end to its result
+    (decoding Δn, copies to the host), so a slow finish does not push the update past it."""
+    rec = _reconstructor()
+    rec.cold_start(frames[0])
+    rec.with_config(warm_iterations=200, stop_on_plateau=False, time_budget_s=1.0)
+    store = rec._store_representation
+
+    def slow_store() -> None:
+        time.sleep(0.4)  # the finish now takes ~0.4 s
+        store()
+
+    rec._store_representation = slow_store
+    first = rec.warm_update(frames[1])  # planned without knowing: overshoots by about the finish
+    second = rec.warm_update(frames[2])
+    assert first.seconds > 1.0, first.seconds
+    assert second.stopped_by == "time" and second.seconds < 1.0, second.seconds
+    assert second.iterations < first.iterations

@@ -236,6 +236,35 @@ def test_a_failed_compilation_falls_back_to_eager_and_says_so():
     np.testing.assert_array_equal(results[1].dn, eager[1].dn)
 
 
+@pytest.mark.parametrize("method", sorted(REPRESENTATIONS))
+def test_an_iteration_stays_on_the_device_and_never_synchronises(method):
+    """One iteration (loss, backward, optimiser step, projection) on PyTorch's ``meta``
+    device, which has no data: a tensor created on the CPU by mistake raises a device
+    mismatch, and a host synchronisation (``.item()``, ``bool()``, data-dependent Python
+    branching) raises too. This is the CUDA path's iteration, checked without a GPU."""
+    from nvplive.recon.losses import gaussian_window
+    from nvplive.recon.physics import ForwardModel
+    from nvplive.recon.reconstructor import fit_loss
+    from nvplive.recon.representations import make_representation
+
+    meta = torch.device("meta")
+    model = ForwardModel.build(OPTICS, SMALL, source_depth_um=2.0, device=meta)
+    rep = make_representation(method, SMALL.shape_zyx).to(meta)
+    sources = torch.zeros(3, 3, device=meta, requires_grad=True)  # no values: inside or below is undecidable
+    brightness = torch.ones(3, device=meta, requires_grad=True)
+    background = torch.zeros(3, device=meta, requires_grad=True)
+    target = torch.ones(3, *SMALL.camera_shape_yx, device=meta)
+    optimizer = torch.optim.Adam(rep.parameter_groups(0.04))
+    for mask in (None, torch.ones_like(target)):
+        loss = fit_loss(model, rep, sources, brightness, background, target.mean(dim=(1, 2)), target, mask,
+                        target.amax(), gaussian_window(device=meta), 4e-3)
+        loss.backward()
+        optimizer.step()
+        rep.project()
+        assert loss.device == meta and sources.grad.device == meta
+        assert all(p.grad is not None and p.grad.device == meta for p in rep.parameters())
+
+
 def test_frames_of_wrong_shape_or_nan_are_refused():
     sources = default_sources(GEOMETRY, 3, seed=0)
     rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=2), device="cpu")

@@ -558,13 +558,6 @@ class Reconstructor:
                 calib_opt.step()
             losses_dev.append(loss.detach().clone())  # a CUDA graph's output is overwritten by its next replay
             self._coherence_age += 1
-            if budget_s is not None:
-                spent = self._spent(start_time, it)
-                # the next iteration takes as long as the previous update's, or this one's if slower
-                # (a loaded machine); then the result is decoded and copied, as long as last time
-                if spent + max(self._seconds_per_iteration or 0.0, spent / it) + self._finish_seconds > budget_s:
-                    stopped_by = "time"
-                    break
             scheduled_refine = it in refine_at
             if it % cfg.check_every == 0 or it == budget or scheduled_refine:
                 window = torch.stack(losses_dev).cpu().tolist()
@@ -590,6 +583,14 @@ class Reconstructor:
                         continue
                 if warm and plateau and cfg.stop_on_plateau:
                     stopped_by = "plateau"
+                    break
+            if budget_s is not None:
+                # Checked last, so that a coherence refresh at this check point is counted. The
+                # next iteration takes as long as the previous update's, or this one's if slower
+                # (a loaded machine); then the result is decoded and copied, as long as last time.
+                spent = self._spent(start_time, it)
+                if spent + max(self._seconds_per_iteration or 0.0, spent / it) + self._finish_seconds > budget_s:
+                    stopped_by = "time"
                     break
         if losses_dev:
             window = torch.stack(losses_dev).cpu().tolist()

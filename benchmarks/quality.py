@@ -123,10 +123,9 @@ def _warm_start(size_dict: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from nvplive.recon.metrics import absolute_scores
     from nvplive.recon.optics import Optics, VolumeGeometry
     from nvplive.recon.phantoms import Cardiomyocyte
-    from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+    from nvplive.recon.reconstructor import ReconConfig
     from nvplive.recon.simulate import PartialCoherence, Simulator
 
     size = QualitySize(**size_dict)
@@ -139,29 +138,46 @@ def _warm_start(size_dict: dict) -> dict:
     t0, t1 = 0.0, 0.1
     frames0, frames1 = sim.frames(phantom.at(t0), rng), sim.frames(phantom.at(t1), rng)
     truth1 = phantom.at(t1)
-    cfg = ReconConfig(iterations=size.iterations, warm_iterations=size.iterations, stop_on_plateau=False)
-    cold = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=cfg, device="cpu")
-    cold_result = cold.cold_start(frames1)
-    target = absolute_scores(cold_result.dn, truth1).psnr_db
-    warm = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=cfg, device="cpu")
-    warm.cold_start(frames0)
-    state = warm.snapshot()
-    step = max(1, size.iterations // 50)
+    cfg = ReconConfig(iterations=size.iterations)
+    return warm_iterations_to_cold_quality(optics, geometry, sources, frames0, frames1, truth1, cfg, camera_offset=100.0)
+
+
+def warm_iterations_to_cold_quality(
+    optics, geometry, sources, frames0, frames1, truth1, config, *, camera_offset: float, device: str = "cpu", state=None
+) -> dict:
+    """Iterations a warm update from timepoint 0 needs to reach the Δn PSNR (absolute) that a
+    cold start of ``config.iterations`` reaches on timepoint 1 (checked every 1/50 of them).
+
+    ``state``: the warm-start state after a cold start on ``frames0`` when the caller has it.
+    """
+    from dataclasses import replace
+
+    from nvplive.recon.metrics import absolute_scores
+    from nvplive.recon.reconstructor import Reconstructor
+
+    cfg = replace(config, warm_iterations=config.iterations, stop_on_plateau=False, time_budget_s=None)
+    cold = Reconstructor(optics, geometry, sources, camera_offset=camera_offset, config=cfg, device=device)
+    target = absolute_scores(cold.cold_start(frames1).dn, truth1).psnr_db
+    warm = Reconstructor(optics, geometry, sources, camera_offset=camera_offset, config=cfg, device=device)
+    if state is None:
+        warm.cold_start(frames0)
+        state = warm.snapshot()
+    step = max(1, cfg.iterations // 50)
     needed = None
     done = 0
     warm.load_state(state)
     warm.with_config(warm_iterations=step)
-    while done < size.iterations:
+    while done < cfg.iterations:
         result = warm.warm_update(frames1)
         done += result.iterations
         if absolute_scores(result.dn, truth1).psnr_db >= target:
             needed = done
             break
     return {
-        "cold_iterations": size.iterations,
+        "cold_iterations": cfg.iterations,
         "cold_psnr_db": round(float(target), 3),
         "warm_iterations_to_cold_quality": needed,
-        "fraction": None if needed is None else round(needed / size.iterations, 3),
+        "fraction": None if needed is None else round(needed / cfg.iterations, 3),
     }
 
 

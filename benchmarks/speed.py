@@ -2,7 +2,9 @@
 
 For each volume size (7 views) and device: forward-render time, iterations per
 second (forward + backward + optimiser step, NVP), warm-update latency per
-timepoint, cold-start time, peak memory (host RSS of a fresh worker process;
+timepoint (a fixed 40-iteration update, and the iterations and time a warm update
+needs to reach the Δn quality of a 300-iteration cold start of the same timepoint,
+hence warm-started volumes per second), cold-start time, peak memory (host RSS of a fresh worker process;
 device allocator peak on CUDA), and the forward renderer against the
 straightforward reference in :mod:`.reference_renderer` (one view at a time,
 kernels rebuilt every call) and, when an interpreter with diffractio is named by
@@ -60,6 +62,7 @@ def _measure_inner(shape, device: str, full: bool) -> dict:
     from nvplive.recon.reconstructor import ReconConfig, Reconstructor
     from nvplive.recon.simulate import PartialCoherence, Simulator, default_sources
 
+    from .quality import warm_iterations_to_cold_quality
     from .reference_renderer import render_reference
 
     if device == "cpu":
@@ -130,7 +133,17 @@ def _measure_inner(shape, device: str, full: bool) -> dict:
         result = rec.warm_update(frames1)
         row["iters_per_s"] = round(result.iterations / result.seconds, 3)
     if heavy_ok:
+        state0 = rec.snapshot()
         row.update(_compiled_rates(rec, frames1, small, dev.type))
+        to_target = warm_iterations_to_cold_quality(
+            optics, geometry, sources, frames0, frames1, phantom.at(0.1), config,
+            camera_offset=sim.camera.offset, device=dev, state=state0,
+        )
+        needed = to_target["warm_iterations_to_cold_quality"]
+        row["warm_to_target_iterations"] = needed
+        if needed is not None and row["iters_per_s"]:
+            row["warm_to_target_s"] = round(needed / row["iters_per_s"], 3)
+            row["volumes_per_s"] = round(row["iters_per_s"] / needed, 2)
     if dev.type == "cuda":
         row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     else:
@@ -207,10 +220,15 @@ class _TempArray:
         os.unlink(self.path)
 
 
-def run_speed(full: bool = False, progress=print) -> list[dict]:
+def run_speed(full: bool = False, progress=print, device: str | None = None) -> list[dict]:
+    """Rows for every size on ``device`` (default: the CPU, and CUDA when present)."""
     import torch
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if device == "cuda" and not torch.cuda.is_available():
+        from nvplive.errors import ReconstructionError
+
+        raise ReconstructionError("CUDA was requested but no CUDA device is available.")
+    devices = [device] if device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     ctx = mp.get_context("spawn")
     rows = []
     for device in devices:
@@ -232,20 +250,29 @@ def markdown_table(rows: list[dict], seconds: float) -> str:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; wall time {seconds / 60:.1f} min. "
         "7 views, voxels of 0.25 µm, NVP; CPU rows use one torch thread.",
         "",
-        "| shape Z×Y×X | device | padded grid | forward ms | reference ms (ratio) | iters/s | warm update s (iters) | cold start s | peak MB | warm iters/s eager / compiled (compile s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| shape Z×Y×X | device | padded grid | forward ms | reference ms (ratio) | iters/s | warm update s (iters) | warm to cold quality: iters, s (volumes/s) | cold start s | peak MB | warm iters/s eager / compiled (compile s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v: "—" if v is None else str(v)  # noqa: E731
     for r in rows:
         if "error" in r:
-            lines.append(f"| {'×'.join(map(str, r['shape_zyx']))} | {r['device']} | failed: {r['error']} | | | | | | | |")
+            lines.append(f"| {'×'.join(map(str, r['shape_zyx']))} | {r['device']} | failed: {r['error']} | | | | | | | | |")
             continue
         lines.append(
             f"| {'×'.join(map(str, r['shape_zyx']))} | {r['device']} | {'×'.join(map(str, r['padded_yx']))} | {r['forward_ms']} | "
             f"{r['reference_ms']} ({r['reference_ratio']}×) | {fmt(r['iters_per_s'])} | {fmt(r['warm_update_s'])} ({fmt(r.get('warm_iterations'))}) | "
+            f"{_to_target_cell(r)} | "
             f"{fmt(r['cold_start_s'])} | {fmt(r['peak_mem_mb'])} | {_compiled_cell(r)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _to_target_cell(row: dict) -> str:
+    if "warm_to_target_iterations" not in row:
+        return "—"
+    if row["warm_to_target_iterations"] is None:
+        return "not reached"
+    return f"{row['warm_to_target_iterations']}, {row['warm_to_target_s']} ({row['volumes_per_s']})"
 
 
 def _compiled_cell(row: dict) -> str:
@@ -258,8 +285,8 @@ def _compiled_cell(row: dict) -> str:
     )
 
 
-def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None) -> int:
+def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None, device: str | None = None) -> int:
     start = time.perf_counter()
-    rows = run_speed(full=full, progress=lambda s: print(s, file=sys.stderr))
+    rows = run_speed(full=full, progress=lambda s: print(s, file=sys.stderr), device=device)
     publish(markdown_table(rows, time.perf_counter() - start), rows, json_path, markdown)
     return 0

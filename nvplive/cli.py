@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the result rows as JSON")
     bench.add_argument("--full", action="store_true", help="the full (GPU) size")
     bench.add_argument("--markdown", type=Path, default=None, help="append the table to this Markdown file")
+    bench.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                       help="speed: measure on this device only (default: the CPU, and CUDA when present)")
     return parser
 
 
@@ -239,10 +241,14 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.kind == "quality":
-        from nvplive.benchmarks.quality import main as bench_main
-    else:
-        from nvplive.benchmarks.speed import main as bench_main
-    return bench_main(json_path=args.json, full=args.full, markdown=args.markdown)
+        if args.device is not None:
+            raise UsageError("--device applies to the speed benchmark; the quality benchmark runs on the CPU.")
+        from nvplive.benchmarks.quality import main as quality_main
+
+        return quality_main(json_path=args.json, full=args.full, markdown=args.markdown)
+    from nvplive.benchmarks.speed import main as speed_main
+
+    return speed_main(json_path=args.json, full=args.full, markdown=args.markdown, device=args.device)
 
 
 COMMANDS = {

@@ -76,6 +76,7 @@ def test_reconstruct_then_evaluate(simulated: Path):
         (("simulate", "--phantom", "cell", "not-a-recording"), ".fdt"),
         (("reconstruct", "missing.fdt"), "missing.fdt"),
         (("reconstruct", "x.fdt", "--compile", "fast"), "invalid choice"),
+        (("bench", "quality", "--device", "cpu"), "--device applies to the speed benchmark"),
         (("evaluate", "missing.fdt"), "missing.fdt"),
     ],
 )

@@ -527,6 +527,9 @@ class Reconstructor:
         last_window = math.inf
         reference: float | None = None  # the update's first loss: divergence is measured against it
         it = 0
+        # The rate the next update plans with is measured at the final resolution: coarse
+        # levels iterate faster. A refinement (at a synchronised check point) restarts it.
+        rate_since, rate_it = start_time, 0
 
         def diverged(window: list[float]) -> bool:
             nonlocal reference
@@ -576,6 +579,7 @@ class Reconstructor:
                 last_window = current
                 if scheduled_refine or (plateau and not warm and levels > 1 and it < 0.6 * budget):
                     if rep.refine():
+                        rate_since, rate_it = time.perf_counter(), it
                         opt = torch.optim.Adam(rep.parameter_groups(cfg.lr, warm))
                         good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
                         refine_at = [r for r in refine_at if r > it]
@@ -597,9 +601,10 @@ class Reconstructor:
             losses.extend(window)
             if not flagged and diverged(window):
                 roll_back(f"The loss diverged ({float(np.mean(window)):.3g}) by iteration {it}")
-        loop_seconds = time.perf_counter() - start_time
-        if it:
-            self._seconds_per_iteration = loop_seconds / it
+        loop_end = time.perf_counter()
+        loop_seconds = loop_end - start_time
+        if it > rate_it:
+            self._seconds_per_iteration = (loop_end - rate_since) / (it - rate_it)
         for p in calib:
             p.requires_grad_(False)
         with torch.no_grad():

@@ -637,30 +637,33 @@ class Reconstructor:
         )
 
     def _loss_and_gradients(self, inputs: tuple, calibration: list[torch.Tensor], *, final_resolution: bool) -> torch.Tensor:
-        """Evaluate :func:`fit_loss` and back-propagate it: through ``torch.compile`` when
-        ``compile_mode`` is set and the representation is at its final resolution (the
-        shapes no longer change), eagerly otherwise or after compiling failed."""
+        """Evaluate :func:`fit_loss` on ``inputs`` and back-propagate it: through
+        ``torch.compile`` when ``compile_mode`` is set and the representation is at its
+        final resolution (the shapes no longer change), eagerly otherwise or after
+        compiling failed in that mode."""
         mode = self.config.compile_mode
-        if mode is None or not final_resolution or self.compile_failure is not None:
-            loss = fit_loss(*inputs)
-            loss.backward()
-            return loss
-        try:
-            if self._compiled is None or self._compiled[0] != mode:
-                self._compiled = (mode, torch.compile(fit_loss, mode=mode, dynamic=False))
-            loss = self._compiled[1](*inputs)
-            loss.backward()
-            return loss
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as exc:  # a missing compiler, an unsupported operation …: run eagerly
-            self.compile_failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            log.warning("torch.compile (mode %r) failed, reconstructing eagerly: %s", mode, self.compile_failure)
-            for p in [*inputs[1].parameters(), *calibration]:
-                p.grad = None
-            loss = fit_loss(*inputs)
-            loss.backward()
-            return loss
+        if self._compiled is not None and self._compiled[0] != mode:  # the mode was changed
+            self._compiled, self.compile_failure = None, None
+        if mode is not None and final_resolution and self.compile_failure is None:
+            try:
+                if self._compiled is None:
+                    self._compiled = (mode, torch.compile(fit_loss, mode=mode, dynamic=False))
+                loss = self._compiled[1](*inputs)
+                loss.backward()
+                return loss
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # a missing compiler, an unsupported operation …: run eagerly
+                text = str(exc).strip()
+                self._compiled = (mode, fit_loss)  # remembers the mode that failed
+                self.compile_failure = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+                log.warning("torch.compile (mode %r) failed, reconstructing eagerly: %s", mode, self.compile_failure)
+                representation = inputs[1]
+                for p in [*representation.parameters(), *calibration]:
+                    p.grad = None  # whatever a failed backward pass left
+        loss = fit_loss(*inputs)
+        loss.backward()
+        return loss
 
     def _compile_note(self) -> str:
         if self.config.compile_mode is None or self.compile_failure is None:

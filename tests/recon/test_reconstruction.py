@@ -234,6 +234,10 @@ def test_a_failed_compilation_falls_back_to_eager_and_says_so():
     assert "no-such-mode" in rec.compile_failure
     assert all("torch.compile failed" in r.message and "runs eagerly" in r.message for r in results)
     np.testing.assert_array_equal(results[1].dn, eager[1].dn)
+    rec.with_config(compile_mode=None)  # a new mode starts afresh: no stale failure
+    frames = Simulator(OPTICS, SMALL, rec.nominal_sources, photons=5000.0, coherence=COHERENT, camera=NOISELESS,
+                       seed=0).expected(np.zeros(SMALL.shape_zyx, np.float32))
+    assert rec.warm_update(frames).message == "" and rec.compile_failure is None
 
 
 @pytest.mark.parametrize("method", sorted(REPRESENTATIONS))

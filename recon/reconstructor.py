@@ -35,8 +35,9 @@ from .simulate import emission_wavelengths
 SATURATION_LIMIT = 0.05
 #: Wavelengths sampling the emission band for the coherence weights.
 COHERENCE_SAMPLES = 3
-#: The coherence weights are recomputed every this many progress checks.
-COHERENCE_REFRESH = 5
+#: Iterations after which the coherence weights are recomputed (at the next progress check;
+#: under a time budget, at the start of the next update).
+COHERENCE_REFRESH_ITERATIONS = 50
 
 ProgressCallback = Callable[[int, int, float], None]
 
@@ -481,7 +482,7 @@ class Reconstructor:
         start_time = time.perf_counter()
         target = measured / scale[:, None, None]
         data_range = target.amax()
-        refresh_every = COHERENCE_REFRESH * cfg.check_every
+        refresh_every = COHERENCE_REFRESH_ITERATIONS
 
         def current_mask() -> torch.Tensor | None:
             """The coherence weights (recomputed when ``refresh_every`` iterations old) × unsaturated pixels."""
@@ -572,7 +573,10 @@ class Reconstructor:
                     break
                 good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
                 good_calib = [p.detach().clone() for p in calib]
-                mask = current_mask()
+                if budget_s is None:
+                    # Under a time budget the weights are refreshed only at an update's start,
+                    # where their cost is counted before the iterations are planned.
+                    mask = current_mask()
                 if callback is not None:
                     callback(it, budget, window[-1])
                 plateau = last_window - current < cfg.plateau_rel_tol * abs(last_window)
@@ -589,9 +593,9 @@ class Reconstructor:
                     stopped_by = "plateau"
                     break
             if budget_s is not None:
-                # Checked last, so that a coherence refresh at this check point is counted. The
-                # next iteration takes as long as the previous update's, or this one's if slower
-                # (a loaded machine); then the result is decoded and copied, as long as last time.
+                # The next iteration takes as long as the previous update's, or this one's if
+                # slower (a loaded machine); then the result is decoded and copied, as long as
+                # last time.
                 spent = self._spent(start_time, it)
                 if spent + max(self._seconds_per_iteration or 0.0, spent / it) + self._finish_seconds > budget_s:
                     stopped_by = "time"

@@ -174,3 +174,27 @@ def test_time_budget_leaves_room_for_the_result(frames):
     assert first.seconds > 1.0, first.seconds
     assert second.stopped_by == "time" and second.seconds < 1.0, second.seconds
     assert second.iterations < first.iterations
+
+
+@pytest.mark.parametrize("time_budget_s, refreshes", [(None, 1), (30.0, 0)], ids=["no-budget", "time-budget"])
+def test_coherence_weights_refresh_every_50_iterations_and_not_inside_a_timed_update(frames, time_budget_s, refreshes):
+    """The weights age in iterations, whatever ``check_every`` is (the app's latency mode checks
+    every iteration); under a time budget they are refreshed only at an update's start, where
+    their cost is counted before any iteration is planned."""
+    rec = _reconstructor()
+    rec.cold_start(frames[0])
+    calls = []
+    weights = rec._coherence_weights
+
+    def counted(*args, **kwargs):
+        calls.append(rec._coherence_age)
+        return weights(*args, **kwargs)
+
+    rec._coherence_weights = counted
+    rec._coherence_age = 45  # stale after 5 more iterations
+    rec.with_config(check_every=1, warm_iterations=20, time_budget_s=time_budget_s)
+    result = rec.warm_update(frames[1])
+    assert result.iterations == 20
+    assert calls == [50] * refreshes  # once at age 50 without a budget (not every 5 checks)
+    again = rec.warm_update(frames[2])  # with the budget, the weights left stale are refreshed at this start
+    assert again.iterations == 20 and len(calls) == refreshes + (1 if time_budget_s else 0)

@@ -134,7 +134,7 @@ def _measure_inner(shape, device: str, full: bool) -> dict:
         result = rec.warm_update(frames1)
         row["iters_per_s"] = round(result.iterations / result.seconds, 3)
     if heavy_ok:
-        row.update(_compiled_rates(rec, frames1, small, dev.type))
+        row.update(_compiled_rates(rec, state0, frames1, small, dev.type))
         # The issue's warm-update latency: to the warm-start quality target, i.e. the Δn PSNR
         # a 300-iteration cold start reaches on the same timepoint (iterations × the rate).
         to_target = warm_iterations_to_cold_quality(
@@ -154,9 +154,9 @@ def _measure_inner(shape, device: str, full: bool) -> dict:
     return row
 
 
-def _compiled_rates(rec, frames, small: bool, device_type: str) -> dict:
-    """Iterations per second of warm updates eager and through torch.compile, from the same
-    warm state (``COMPILED_WARM_ITERATIONS`` iterations, timed on the second update so that
+def _compiled_rates(rec, state, frames, small: bool, device_type: str) -> dict:
+    """Iterations per second of warm updates eager and through torch.compile, from the warm
+    state ``state`` of ``rec`` (``COMPILED_WARM_ITERATIONS`` iterations, timed on the second update so that
     compiling is left out; the first update's extra time is ``compile_s``). CUDA: modes
     ``default`` and ``reduce-overhead`` (CUDA graphs); CPU: ``default`` at the small size."""
     from nvplive.recon.reconstructor import Reconstructor
@@ -164,7 +164,6 @@ def _compiled_rates(rec, frames, small: bool, device_type: str) -> dict:
     modes = ["default", "reduce-overhead"] if device_type == "cuda" else (["default"] if small else [])
     if not modes:
         return {}
-    state = rec.snapshot()
     rates: dict[str, float | str] = {}
     compile_s: dict[str, float] = {}
     for mode in [None, *modes]:
@@ -226,10 +225,10 @@ def run_speed(full: bool = False, progress=print, device: str | None = None) -> 
     """Rows for every size on ``device`` (default: the CPU, and CUDA when present)."""
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
-        from nvplive.errors import ReconstructionError
+    if device is not None:
+        from nvplive.recon.reconstructor import select_device
 
-        raise ReconstructionError("CUDA was requested but no CUDA device is available.")
+        select_device(device)  # refuses CUDA where there is none
     devices = [device] if device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     ctx = mp.get_context("spawn")
     rows = []

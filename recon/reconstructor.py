@@ -482,16 +482,20 @@ class Reconstructor:
         start_time = time.perf_counter()
         target = measured / scale[:, None, None]
         data_range = target.amax()
-        refresh_every = COHERENCE_REFRESH_ITERATIONS
+
+        def source_parameters() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """Source positions ``[V, 3]`` (µm), brightness and background ``[V]`` of the current calibration."""
+            return (
+                st.base_sources + st.source_offset,
+                st.base_brightness * torch.exp(st.log_brightness),
+                st.base_background + st.background * scale,
+            )
 
         def current_mask() -> torch.Tensor | None:
-            """The coherence weights (recomputed when ``refresh_every`` iterations old) × unsaturated pixels."""
-            if self._coherence_age is None or self._coherence_age >= refresh_every:
+            """The coherence weights (recomputed when ``COHERENCE_REFRESH_ITERATIONS`` old) × unsaturated pixels."""
+            if self._coherence_age is None or self._coherence_age >= COHERENCE_REFRESH_ITERATIONS:
                 with torch.no_grad():
-                    self._coherence = self._coherence_weights(
-                        rep(), st.base_sources + st.source_offset, st.base_brightness * torch.exp(st.log_brightness),
-                        st.base_background + st.background * scale, measured, scale,
-                    )
+                    self._coherence = self._coherence_weights(rep(), *source_parameters(), measured, scale)
                 self._coherence_age = 0
             weights = self._coherence
             if self._unsaturated is not None:
@@ -551,10 +555,7 @@ class Reconstructor:
         for it in range(1, budget + 1):
             opt.zero_grad(set_to_none=True)
             calib_opt.zero_grad(set_to_none=True)
-            inputs = (
-                self.model, rep, st.base_sources + st.source_offset, st.base_brightness * torch.exp(st.log_brightness),
-                st.base_background + st.background * scale, scale, target, mask, data_range, self._window, cfg.tv_weight,
-            )
+            inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight)
             loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)
             opt.step()
             rep.project()
@@ -620,9 +621,8 @@ class Reconstructor:
         self._optimizers = None if flagged else (opt, calib_opt)
         self._store_representation()
         dn_host = dn.cpu().numpy().astype(np.float32)
-        sources_host = (st.base_sources + st.source_offset).detach().cpu().numpy().astype(np.float64)
-        brightness_host = (st.base_brightness * torch.exp(st.log_brightness)).detach().cpu().numpy()
-        background_host = (st.base_background + st.background * scale).detach().cpu().numpy()
+        sources, brightness, background = (t.detach().cpu().numpy() for t in source_parameters())
+        sources_host = sources.astype(np.float64)
         seconds = time.perf_counter() - start_time
         self._finish_seconds = seconds - loop_seconds
         return ReconResult(
@@ -632,8 +632,8 @@ class Reconstructor:
             iterations=it,
             seconds=seconds,
             sources_um_xyz=sources_host,
-            brightness=brightness_host,
-            background=background_host,
+            brightness=brightness,
+            background=background,
             stopped_by=stopped_by,
             warm=warm,
             flagged=flagged,

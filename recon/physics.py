@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from nvplive.errors import GeometryError
 
 from .optics import Optics, VolumeGeometry
+from .pupil import PupilParameters, aperture, pupil_function
 
 #: Relative width of the raised-cosine edge of the source band limit.
 SOURCE_EDGE_WIDTH = 0.12
@@ -67,15 +68,6 @@ def band_edge(k_perp: torch.Tensor, k_cut: float, width: float = SOURCE_EDGE_WID
     k_in = (1.0 - width) * k_cut
     t = torch.clamp((k_perp - k_in) / (k_cut - k_in), 0.0, 1.0)
     return 0.5 * (1.0 + torch.cos(math.pi * t))
-
-
-def pupil(ky: torch.Tensor, kx: torch.Tensor, k0: float, na: float) -> torch.Tensor:
-    """Objective pupil ``circ(|k⊥| ≤ k0·NA)`` on the frequency grid.
-
-    Grid points on the edge (common: ``N·dx·NA/λ`` is often an integer) are kept
-    whatever the rounding, given float64 grids.
-    """
-    return ((kx**2 + ky**2) <= (k0 * na) ** 2 * (1.0 + 1e-9)).to(kx.dtype)
 
 
 def point_source_spectrum(
@@ -222,6 +214,7 @@ class ForwardModel:
     exit_kernel: torch.Tensor
     absorber: torch.Tensor
     sample_shift: torch.Tensor
+    aperture: torch.Tensor
 
     @classmethod
     def build(
@@ -262,8 +255,8 @@ class ForwardModel:
         exit_distance = geometry.focal_z_um - (nz - 0.5) * dz
         # The pupil's edge is decided in float64 so that float32 and float64 models agree.
         ky64, kx64 = frequency_grid(yp, xp, dy, dx, dtype=torch.float64)
-        aperture = pupil(ky64, kx64, optics.k0, optics.na).to(device=device, dtype=dtype)
-        exit_kernel = propagation_kernel(kz, propagating, exit_distance) * aperture
+        hard_aperture = aperture(ky64, kx64, optics.k0, optics.na).to(device=device, dtype=dtype)
+        exit_kernel = propagation_kernel(kz, propagating, exit_distance) * hard_aperture
         # Upsampled samples sit at the centres of the s × s sub-pixels of each voxel
         # (offsets (i + ½)/s − ½ voxels), so that binning them integrates the pixel
         # centred on x_j = (j − N/2)·dx.
@@ -274,7 +267,19 @@ class ForwardModel:
         wx = absorbing_window(xp, live_x / dx, device=device, dtype=dtype) if pad_x else torch.ones(xp, device=device, dtype=dtype)
         absorber = wy[:, None] * wx[None, :]
         return cls(
-            optics, geometry, (pad_y, pad_x), upsample, ky, kx, kz, source_band, slab_kernel, exit_kernel, absorber, sample_shift
+            optics,
+            geometry,
+            (pad_y, pad_x),
+            upsample,
+            ky,
+            kx,
+            kz,
+            source_band,
+            slab_kernel,
+            exit_kernel,
+            absorber,
+            sample_shift,
+            hard_aperture,
         )
 
     def to(self, device: torch.device | str) -> "ForwardModel":
@@ -298,7 +303,9 @@ class ForwardModel:
 def source_field(model: ForwardModel, sources_xyz: torch.Tensor) -> torch.Tensor:
     """Field ``[V, Yp, Xp]`` of each view's source on the centre plane ``z = dz/2`` of slab 0."""
     dz, dy, dx = model.geometry.voxel_um_zyx
-    spectrum = point_source_spectrum(model.ky, model.kx, model.kz, model.source_band, sources_xyz, 0.5 * dz, dy, dx)
+    spectrum = point_source_spectrum(
+        model.ky, model.kx, model.kz, model.source_band, _as_real(model, sources_xyz), 0.5 * dz, dy, dx
+    )
     return torch.fft.ifft2(spectrum)
 
 
@@ -311,7 +318,7 @@ def homogeneous_spectrum(model: ForwardModel, sources_xyz: torch.Tensor) -> torc
     nz = model.geometry.shape_zyx[0]
     dz, dy, dx = model.geometry.voxel_um_zyx
     top = (nz - 0.5) * dz
-    spectrum = point_source_spectrum(model.ky, model.kx, model.kz, model.source_band, sources_xyz, top, dy, dx)
+    spectrum = point_source_spectrum(model.ky, model.kx, model.kz, model.source_band, _as_real(model, sources_xyz), top, dy, dx)
     return spectrum * model.exit_kernel
 
 
@@ -329,6 +336,11 @@ def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor)
         raise GeometryError(f"Δn has shape {tuple(dn.shape)}, expected {(nz, ny, nx)}.")
     dz = model.geometry.voxel_um_zyx[0]
     pad_y, pad_x = model.pad_yx
+    sources_xyz = _as_real(model, sources_xyz)
+    if dn.is_complex():
+        dn = dn.to(complex_dtype(model.real_dtype))
+    else:
+        dn = _as_real(model, dn)
     dn_pad = F.pad(dn, (pad_x, pad_x, pad_y, pad_y)) if (pad_x or pad_y) else dn
     slabs = transmission(dn_pad, model.optics.k0, dz) * model.absorber
     absorber = model.absorber.to(slabs.dtype)
@@ -367,12 +379,50 @@ def image_field(model: ForwardModel, spectrum: torch.Tensor) -> torch.Tensor:
     return field[..., s * pad_y : s * (pad_y + ny), s * pad_x : s * (pad_x + nx)]
 
 
+def pupil_on_grid(
+    model: ForwardModel,
+    params_or_tensors: PupilParameters | tuple[torch.Tensor | None, torch.Tensor | None],
+    *,
+    sine_condition: bool | None = None,
+) -> torch.Tensor:
+    """The complex pupil ``[Yp, Xp]`` on the model's padded frequency grid (see :mod:`.pupil`).
+
+    Args:
+        params_or_tensors: :class:`PupilParameters`, or ``(zernike_rad, apodisation)``
+            tensors (either may be None) to stay differentiable in them.
+        sine_condition: overrides ``PupilParameters.sine_condition`` (default False for tensors).
+    Returns:
+        Complex tensor in the model's complex dtype, on its device (or wider when the
+        coefficient tensors are float64); pass it as ``pupil=`` to :func:`render` or
+        :func:`camera_intensity`.
+    """
+    if isinstance(params_or_tensors, PupilParameters):
+        zernike_rad, apodisation = params_or_tensors.tensors(device=model.device, dtype=model.real_dtype)
+        sine = params_or_tensors.sine_condition if sine_condition is None else sine_condition
+    else:
+        zernike_rad, apodisation = params_or_tensors
+        sine = bool(sine_condition)
+    optics = model.optics
+    return pupil_function(
+        model.ky,
+        model.kx,
+        optics.k0,
+        optics.na,
+        optics.n_medium,
+        zernike_rad,
+        apodisation,
+        sine,
+        hard_aperture=model.aperture,
+    )
+
+
 def render(
     model: ForwardModel,
     dn: torch.Tensor,
     sources_xyz: torch.Tensor,
     brightness: torch.Tensor | None = None,
     background: torch.Tensor | None = None,
+    pupil: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Camera images ``I_i = b_i·|E_img|² + c_i`` of every view, ``[V, Yc, Xc]``.
 
@@ -380,9 +430,12 @@ def render(
         dn: ``[Nz, Ny, Nx]`` Δn.
         sources_xyz: ``[V, 3]`` source positions (µm).
         brightness, background: ``[V]`` per-view ``b_i`` and ``c_i`` (default 1 and 0).
+        pupil: complex ``[Yp, Xp]`` pupil (:func:`pupil_on_grid`) multiplied onto the
+            focal-plane spectrum; None = the hard aperture alone.
+    Inputs of another floating dtype than the model's are cast to it.
     """
     spectrum = multislice(model, dn, sources_xyz)
-    return camera_intensity(model, spectrum, brightness, background)
+    return camera_intensity(model, spectrum, brightness, background, pupil)
 
 
 def camera_intensity(
@@ -390,13 +443,25 @@ def camera_intensity(
     spectrum: torch.Tensor,
     brightness: torch.Tensor | None = None,
     background: torch.Tensor | None = None,
+    pupil: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pixel-integrated intensity on the camera from the focal-plane spectrum."""
+    """Pixel-integrated intensity ``[V, Yc, Xc]`` on the camera from the focal-plane spectrum ``[V, Yp, Xp]``.
+
+    ``pupil`` (complex ``[Yp, Xp]``, see :func:`pupil_on_grid`) multiplies the spectrum
+    first; None leaves the hard aperture already in it.
+    """
+    if pupil is not None:
+        spectrum = spectrum * pupil
     field = image_field(model, spectrum)
     intensity = field.real**2 + field.imag**2
     intensity = bin_intensity(intensity, model.upsample * model.geometry.camera_binning)
     if brightness is not None:
-        intensity = intensity * brightness[:, None, None]
+        intensity = intensity * _as_real(model, brightness)[:, None, None]
     if background is not None:
-        intensity = intensity + background[:, None, None]
+        intensity = intensity + _as_real(model, background)[:, None, None]
     return intensity
+
+
+def _as_real(model: ForwardModel, values: torch.Tensor) -> torch.Tensor:
+    """``values`` in the model's real dtype (float64 inputs to a float32 model are cast)."""
+    return values if values.dtype == model.real_dtype else values.to(model.real_dtype)

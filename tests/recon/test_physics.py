@@ -501,3 +501,17 @@ def test_float32_agrees_with_float64(model64):
     image32 = physics.render(model32, dn.float(), src.float())
     assert image32.dtype == torch.float32
     assert rel_l2(image32.double(), image64) < 1e-4
+
+
+def test_float64_inputs_are_cast_to_a_float32_model():
+    """A float32 model accepts float64 sources, Δn, brightness and background (cast to its dtype)."""
+    model32 = physics.ForwardModel.build(OPTICS, GEOMETRY, dtype=torch.float32)
+    dn = torch.from_numpy(0.02 * _gaussian_blob(GEOMETRY, (-0.4, 0.6, 3.0), 1.0))
+    src = sources((0.3, -0.7, -2.0), (-2.1, 1.4, -1.0))
+    brightness = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    background = torch.tensor([0.5, 0.1], dtype=torch.float64)
+    mixed = physics.render(model32, dn, src, brightness, background)
+    cast = physics.render(model32, dn.float(), src.float(), brightness.float(), background.float())
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed, cast)
+    assert physics.homogeneous_spectrum(model32, src).dtype == torch.complex64

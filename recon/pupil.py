@@ -1,0 +1,194 @@
+"""Detection pupil of a real objective: hard aperture, apodisation and aberration phase.
+
+The renderer's focal-plane spectrum (the Weyl expansion of the emitted spherical
+wave, propagated to the focal plane; see :mod:`.physics`) is multiplied by the
+pupil ``P(k⊥) = circ(|k⊥| ≤ k0·NA) · A(ρ) · S(ρ) · exp(i·φ(ρ, θ))`` with
+``ρ = |k⊥|/(k0·NA)`` the normalised pupil radius and ``θ = atan2(ky, kx)``:
+
+- ``A(ρ) = 1 + Σ_k a_k·ρ^(2k)`` (k = 1, 2, …), a radial polynomial apodisation
+  (transmission falling toward the edge of a real objective's pupil);
+- ``S(ρ) = (1 − (NA·ρ/n_medium)²)^(1/4) = sqrt(cos ϑ)`` optionally: the
+  sine-condition (aplanatic) profile. An isotropic emitter's far field has the same
+  amplitude in every direction ϑ; an aplanatic objective maps it to the pupil radius
+  ``n·sin ϑ``, so the amplitude per unit pupil area is ``∝ 1/sqrt(cos ϑ)``
+  (energy per solid angle conserved, Richards & Wolf 1959). The Weyl spectrum already
+  carries ``1/k_z ∝ 1/cos ϑ``, so the factor to apply on top of it is ``sqrt(cos ϑ)``;
+- ``φ = Σ_j c_j·Z_j(ρ, θ)`` (j = 2, 3, …; radians), Zernike polynomials in Noll's
+  order and normalisation (Noll 1976, J. Opt. Soc. Am. 66, 207): RMS 1 over the
+  unit disc, ``Z_j = sqrt(n+1)·R_n^0`` for m = 0 and ``sqrt(2(n+1))·R_n^|m|·cos(mθ)``
+  (even j) or ``·sin(|m|θ)`` (odd j) otherwise.
+
+All functions are pure torch and differentiable in the coefficient tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: Lowest Noll index with an aberration coefficient (1, piston, is a global phase).
+FIRST_NOLL = 2
+
+
+def noll_to_nm(j: int) -> tuple[int, int]:
+    """Radial order ``n`` and azimuthal frequency ``m`` of Noll index ``j`` (≥ 1).
+
+    ``m > 0`` is the cosine term, ``m < 0`` the sine term (Noll 1976, table 1):
+    1 → (0, 0) piston, 2 → (1, 1) tilt x, 3 → (1, −1) tilt y, 4 → (2, 0) defocus,
+    11 → (4, 0) primary spherical, 22 → (6, 0) secondary spherical.
+
+    Raises:
+        ValueError: for ``j < 1``.
+    """
+    if not isinstance(j, int) or j < 1:
+        raise ValueError(f"Noll index must be an integer ≥ 1, got {j!r}.")
+    n = 0
+    while j > (n + 1) * (n + 2) // 2:
+        n += 1
+    k = j - n * (n + 1) // 2 - 1
+    m_abs = (n % 2) + 2 * ((k + ((n + 1) % 2)) // 2)
+    return n, (m_abs if j % 2 == 0 or m_abs == 0 else -m_abs)
+
+
+def radial_polynomial(n: int, m: int, rho: torch.Tensor) -> torch.Tensor:
+    """Zernike radial polynomial ``R_n^|m|(ρ)`` (Born & Wolf §9.2)."""
+    m = abs(m)
+    out = torch.zeros_like(rho)
+    for s in range((n - m) // 2 + 1):
+        c = (-1) ** s * math.factorial(n - s) / (
+            math.factorial(s) * math.factorial((n + m) // 2 - s) * math.factorial((n - m) // 2 - s)
+        )
+        out = out + c * rho ** (n - 2 * s)
+    return out
+
+
+def zernike(j: int, rho: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Noll-normalised Zernike polynomial ``Z_j(ρ, θ)`` (RMS 1 on the unit disc).
+
+    Args:
+        j: Noll index (≥ 1).
+        rho, theta: broadcastable tensors of normalised radius and azimuth (rad).
+    Returns:
+        The polynomial, not masked outside ``ρ ≤ 1``.
+    """
+    n, m = noll_to_nm(j)
+    radial = radial_polynomial(n, m, rho)
+    if m == 0:
+        return math.sqrt(n + 1) * radial
+    angular = torch.cos(m * theta) if m > 0 else torch.sin(-m * theta)
+    return math.sqrt(2 * (n + 1)) * radial * angular
+
+
+@dataclass(frozen=True)
+class PupilParameters:
+    """A pupil in a few numbers (what a calibration estimates and a pupil file stores).
+
+    Attributes:
+        zernike_rad: aberration phase coefficients (radians) of Noll 2, 3, 4, …
+        apodisation: ``a_1, a_2, …`` of ``A(ρ) = 1 + Σ_k a_k·ρ^(2k)``.
+        sine_condition: also apply the aplanatic ``sqrt(cos ϑ)`` profile.
+    """
+
+    zernike_rad: tuple[float, ...] = ()
+    apodisation: tuple[float, ...] = ()
+    sine_condition: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "zernike_rad", tuple(float(c) for c in self.zernike_rad))
+        object.__setattr__(self, "apodisation", tuple(float(a) for a in self.apodisation))
+        object.__setattr__(self, "sine_condition", bool(self.sine_condition))
+        for name in ("zernike_rad", "apodisation"):
+            if not all(math.isfinite(v) for v in getattr(self, name)):
+                raise ValueError(f"Pupil: {name} must be finite numbers, got {getattr(self, name)!r}.")
+
+    @property
+    def aberration_rms_rad(self) -> float:
+        """RMS wavefront error over the pupil (rad): the norm of the Zernike coefficients."""
+        return math.sqrt(sum(c * c for c in self.zernike_rad))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "zernike_rad": list(self.zernike_rad),
+            "first_noll_index": FIRST_NOLL,
+            "apodisation": list(self.apodisation),
+            "sine_condition": self.sine_condition,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PupilParameters":
+        """Inverse of :meth:`to_dict` (``first_noll_index`` must be 2 when present)."""
+        first = int(data.get("first_noll_index", FIRST_NOLL))
+        if first != FIRST_NOLL:
+            raise ValueError(f"Pupil: Zernike coefficients must start at Noll index {FIRST_NOLL}, got {first}.")
+        return cls(
+            zernike_rad=tuple(data.get("zernike_rad", ())),
+            apodisation=tuple(data.get("apodisation", ())),
+            sine_condition=bool(data.get("sine_condition", False)),
+        )
+
+    def tensors(self, *, device=None, dtype=torch.float64) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(zernike_rad, apodisation)`` as 1D tensors, ``None`` where empty."""
+        z = torch.tensor(self.zernike_rad, device=device, dtype=dtype) if self.zernike_rad else None
+        a = torch.tensor(self.apodisation, device=device, dtype=dtype) if self.apodisation else None
+        return z, a
+
+
+def aperture(ky: torch.Tensor, kx: torch.Tensor, k0: float, na: float) -> torch.Tensor:
+    """Hard aperture ``circ(|k⊥| ≤ k0·NA)`` (1/0, real dtype of the grid).
+
+    Grid points on the edge (common: ``N·dx·NA/λ`` is often an integer) are kept
+    whatever the rounding, given float64 grids.
+    """
+    return ((kx**2 + ky**2) <= (k0 * na) ** 2 * (1.0 + 1e-9)).to(kx.dtype)
+
+
+def pupil_function(
+    ky: torch.Tensor,
+    kx: torch.Tensor,
+    k0: float,
+    na: float,
+    n_medium: float,
+    zernike_rad: torch.Tensor | None = None,
+    apodisation: torch.Tensor | None = None,
+    sine_condition: bool = False,
+    *,
+    hard_aperture: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Complex pupil ``[Y, X]`` on the frequency grid ``ky [Y, 1]``, ``kx [1, X]`` (rad/µm).
+
+    Args:
+        k0: vacuum wavenumber 2π/λ (rad/µm); na: detection NA; n_medium: medium index.
+        zernike_rad: ``[J]`` coefficients (rad) of Noll 2 … J+1, or None.
+        apodisation: ``[K]`` coefficients ``a_1 … a_K`` of ``A(ρ) = 1 + Σ a_k ρ^(2k)``, or None.
+        sine_condition: multiply by the aplanatic profile ``(1 − (NA·ρ/n)²)^(1/4)``.
+        hard_aperture: precomputed ``circ`` mask (default: :func:`aperture` on this grid).
+    Returns:
+        ``circ · A · S · exp(i·Σ c_j Z_j)`` in the complex dtype of the grid (or of the
+        coefficients, when they are wider); differentiable in the coefficients.
+    """
+    mask = aperture(ky, kx, k0, na) if hard_aperture is None else hard_aperture
+    real_dtype = kx.dtype
+    for coefficients in (zernike_rad, apodisation):
+        if coefficients is not None:
+            real_dtype = torch.promote_types(real_dtype, coefficients.dtype)
+    k_cut = k0 * na
+    rho = (torch.sqrt(kx**2 + ky**2) / k_cut).to(real_dtype)
+    inside = mask.to(real_dtype)
+    rho_in = torch.clamp(rho, max=1.0)  # polynomials are bounded on the disc; outside is masked
+    amplitude = inside
+    if apodisation is not None and apodisation.numel():
+        a = apodisation.to(device=rho.device, dtype=real_dtype)
+        powers = torch.stack([rho_in ** (2 * (k + 1)) for k in range(a.numel())], dim=-1)
+        amplitude = amplitude * (1.0 + powers @ a)
+    if sine_condition:
+        amplitude = amplitude * (1.0 - (na * rho_in / n_medium) ** 2) ** 0.25
+    if zernike_rad is None or not zernike_rad.numel():
+        return torch.complex(amplitude, torch.zeros_like(amplitude))
+    c = zernike_rad.to(device=rho.device, dtype=real_dtype)
+    theta = torch.atan2(ky, kx).to(real_dtype).expand_as(rho)
+    basis = torch.stack([zernike(j, rho_in, theta) for j in range(FIRST_NOLL, FIRST_NOLL + c.numel())], dim=-1)
+    phase = basis @ c
+    return torch.polar(amplitude, phase)

@@ -54,6 +54,11 @@ from .devices import (
 SOURCE_GROUP = "FDT-Source"
 #: Key of the FDT description in the sequence's and the events' metadata.
 FDT_METADATA_KEY = "nvplive"
+#: Micro-Manager's per-image tag with the time since the sequence started (ms).
+ELAPSED_TIME_TAG = "ElapsedTime-ms"
+#: Key of a frame's metadata naming the clock of its time: ``camera`` (the camera's
+#: ``ElapsedTime-ms`` tag) or ``host`` (the host's monotonic clock at frame arrival).
+TIMESTAMP_SOURCE_KEY = "timestamp_source"
 SETTINGS_FORMAT = "nvp-live-hardware-settings"
 SETTINGS_VERSION = 1
 
@@ -265,9 +270,29 @@ class FDTEngine(MDAEngine):
                         f"{delivered} of {n} frames ({reason})."
                     )
                 delivered += 1
-                signal = yield payload
+                signal = yield self._stamp(payload, event)
         finally:
             frames.close()
+
+    @staticmethod
+    def _stamp(payload: Any, event: useq.MDAEvent) -> Any:
+        """Time and trigger flag of one frame of a triggered sequence, from what the engine knows.
+
+        The camera's ``ElapsedTime-ms`` tag gives the time when present (the stock
+        engine's ``runner_time_ms``); without it (some adapters send no tags in
+        sequences) the host's monotonic clock is read now, as the frame arrives,
+        instead of repeating the sequence's start time for every view.
+        """
+        img, sub_event, meta = payload
+        tags = meta.get("camera_metadata") or {}
+        if ELAPSED_TIME_TAG in tags:
+            meta[TIMESTAMP_SOURCE_KEY] = "camera"
+        else:
+            t0 = event.metadata.get("runner_t0") or sub_event.metadata.get("runner_t0")
+            meta["runner_time_ms"] = (time.perf_counter() - t0) * 1000 if t0 else time.perf_counter() * 1000
+            meta[TIMESTAMP_SOURCE_KEY] = "host"
+        meta["hardware_triggered"] = True
+        return img, sub_event, meta
 
     def exec_single_event(self, event: useq.MDAEvent) -> Iterator[tuple]:  # type: ignore[override]
         core = self.mmcore
@@ -288,6 +313,8 @@ class FDTEngine(MDAEngine):
                 camera_device=core.getPhysicalCameraDevice(cam),
                 include_position=self._include_frame_position_metadata is not False,
             )
+            meta["hardware_triggered"] = False
+            meta[TIMESTAMP_SOURCE_KEY] = "host"
             sub_event = event if n_channels == 1 else event.model_copy(update={"index": {**event.index, "cam": cam}})
             yield core.getImage(cam), sub_event, meta
 

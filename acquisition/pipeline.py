@@ -37,7 +37,7 @@ from psygnal import Signal
 
 from nvplive.errors import AcquisitionError
 
-from .microscope import FDTEngine, MicroscopeInfo, event_view_timepoint
+from .microscope import TIMESTAMP_SOURCE_KEY, FDTEngine, MicroscopeInfo, event_view_timepoint
 from . import offline
 from .recording import RecordingMeta
 
@@ -276,6 +276,9 @@ class FDTAcquisition:
             self._reset()
         self._prepared = False
         mda = self.core.mda
+        if self.core.isSequenceRunning():  # live mode: its frames must not mix with the FDT views
+            logger.info("Live mode was running; it is stopped before the FDT acquisition starts.")
+            self.core.stopSequenceAcquisition()
         shape = (int(self.core.getImageHeight()), int(self.core.getImageWidth()))
         if shape != tuple(self.info.geometry.camera_shape_yx):
             summary = AcquisitionSummary(
@@ -375,7 +378,8 @@ class FDTAcquisition:
         fdt = event.metadata.get("nvplive") or {}
         metadata: dict[str, Any] = {"preset": fdt.get("preset", ""), "exposure_ms": float(self.core.getExposure())}
         tags = meta.get("camera_metadata") if isinstance(meta, Mapping) else None
-        metadata["hardware_triggered"] = bool(tags) and bool(meta.get("hardware_triggered", False))
+        metadata["hardware_triggered"] = bool(meta.get("hardware_triggered", False))
+        metadata[TIMESTAMP_SOURCE_KEY] = str(meta.get(TIMESTAMP_SOURCE_KEY, "host"))
         if tags:  # frames of a sequence carry the camera's own tags
             metadata.update(camera_metadata(tags))
         elif self.info.frame_metadata is not None:  # a snap: ask the device what it took

@@ -266,14 +266,19 @@ def reconstruct_distributed(
         progress: ``progress(done, total, message)``, per timepoint written.
     """
     path = Path(path).resolve()
-    with Recording.open(path) as rec:
-        n = rec.n_timepoints
-    if n == 0:
-        raise RecordingError(f"{path}: has no complete timepoint to reconstruct.")
     if chunk_size is not None and chunk_size < 1:
         raise NvpLiveError(f"The chunk size must be at least 1 timepoint, got {chunk_size}.")
-    distributed = _import_distributed()
-    client, owned = connect(scheduler, workers)
+    # The recording's lock first: a recording another process writes is refused before a cluster starts.
+    writer = RecordingWriter.replace_volumes(path)
+    try:
+        n = writer.n_timepoints
+        if n == 0:
+            raise RecordingError(f"{path}: has no complete timepoint to reconstruct.")
+        distributed = _import_distributed()
+        client, owned = connect(scheduler, workers)
+    except BaseException:
+        writer.abandon()
+        raise
     futures: dict[Any, int] = {}
     try:
         try:
@@ -315,7 +320,7 @@ def reconstruct_distributed(
                 pending.add(future)
                 submitted += 1
 
-        with RecordingWriter.replace_volumes(path) as writer:
+        with writer:
             submit_more()
             for future in pending:
                 index = futures.pop(future)
@@ -366,6 +371,7 @@ def reconstruct_distributed(
             ],
         )
     finally:
+        writer.abandon()  # no-op after a successful run; otherwise the previous volumes stay
         for future in list(futures):
             future.cancel()
         for thing in owned:

@@ -144,11 +144,14 @@ def reconstruct_recording(
 ) -> ReconstructionSummary:
     """Reconstruct every timepoint of a recording in order, warm-starting each from the previous.
 
-    The first timepoint is a cold start; later ones are warm updates. The volumes
-    replace ``volumes.ome.tif``; the method and its settings go into its metadata.
+    The first timepoint is a cold start; later ones are warm updates. The recording's
+    lock is taken first (a recording another process writes is refused, naming it);
+    the new volumes, their method and settings replace the old ones only when every
+    timepoint is done (:meth:`RecordingWriter.replace_volumes`): an interrupted or
+    failed run leaves the previous volumes as they were.
     """
     path = Path(path)
-    with Recording.open(path) as rec:
+    with RecordingWriter.replace_volumes(path) as writer, Recording.open(path) as rec:
         meta = rec.meta
         n = rec.n_timepoints
         if n == 0:
@@ -157,21 +160,20 @@ def reconstruct_recording(
         settings = {**config.to_dict(), "device": str(reconstructor.device)}
         start = time.perf_counter()
         iterations, losses, flagged = [], [], []
-        with RecordingWriter.replace_volumes(path) as writer:
-            for t in range(n):
-                frames = rec.frames(t)
+        for t in range(n):
+            frames = rec.frames(t)
 
-                def report(it: int, total: int, loss: float, t: int = t) -> None:
-                    progress(t * 1000 + int(1000 * it / max(total, 1)), n * 1000, f"timepoint {t + 1}/{n}, loss {loss:.4f}")
+            def report(it: int, total: int, loss: float, t: int = t) -> None:
+                progress(t * 1000 + int(1000 * it / max(total, 1)), n * 1000, f"timepoint {t + 1}/{n}, loss {loss:.4f}")
 
-                result = reconstructor.warm_update(frames, callback=report)
-                writer.write_volume(t, result.dn, config.method, {**settings, "iterations_run": result.iterations})
-                iterations.append(result.iterations)
-                losses.append(result.loss)
-                if result.flagged:
-                    flagged.append(t)
-                progress((t + 1) * 1000, n * 1000, f"timepoint {t + 1}/{n} done")
-            writer.update_sources(result.sources_um_xyz.tolist())
+            result = reconstructor.warm_update(frames, callback=report)
+            writer.write_volume(t, result.dn, config.method, {**settings, "iterations_run": result.iterations})
+            iterations.append(result.iterations)
+            losses.append(result.loss)
+            if result.flagged:
+                flagged.append(t)
+            progress((t + 1) * 1000, n * 1000, f"timepoint {t + 1}/{n} done")
+        writer.update_sources(result.sources_um_xyz.tolist())
     return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device))
 
 

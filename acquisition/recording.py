@@ -21,6 +21,12 @@ sees, at any moment, ``recording.json`` + the journal's complete lines, and ever
 page they mention is on disk. Pages beyond that (an interrupted timepoint) and an
 incomplete last journal line are ignored. :func:`recover_recording` turns an
 interrupted recording into a cleanly closed one.
+
+One writer. Every writer holds the recording's lock (``.lock``, see
+:mod:`.recording_lock`) while it writes; readers never lock and never change a
+recording. An offline reconstruction writes its volumes to ``volumes.ome.tif.new``
+and replaces the old volumes and their labels in one commit when the run completes
+(:meth:`RecordingWriter.replace_volumes`; docs/format.md, "Replacing the volumes").
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from nvplive import __version__
 from nvplive.errors import GeometryError, RecordingError
 from nvplive.recon.optics import Optics, VolumeGeometry
 
+from .recording_lock import LOCK_NAME, RecordingLock, lock_holder
+
 FORMAT_NAME = "nvp-live-recording"
 FORMAT_VERSION = 1
 SUFFIX = ".fdt"
@@ -53,6 +61,8 @@ JOURNAL_NAME = "journal.jsonl"
 FRAMES_NAME = "frames.ome.tif"
 VOLUMES_NAME = "volumes.ome.tif"
 GROUND_TRUTH_NAME = "ground_truth.ome.tif"
+#: New volumes of an offline reconstruction until the run completes (docs/format.md, "Replacing the volumes").
+VOLUMES_PENDING_NAME = "volumes.ome.tif.new"
 
 #: ImageDescription of a TIFF's first page until the OME-XML replaces it on close.
 _PLACEHOLDER = b"nvp-live recording in progress or interrupted: recording.json lists the complete pages"
@@ -655,6 +665,8 @@ class _State:
     timepoints: list[dict]
     volumes: list[dict]
     ground_truth: list[dict]
+    #: the file holding ``volumes``: VOLUMES_NAME, or VOLUMES_PENDING_NAME after a replacement's commit point
+    volumes_file: str = VOLUMES_NAME
 
 
 def _load_state(root: Path) -> _State:
@@ -687,6 +699,7 @@ def _load_state(root: Path) -> _State:
 
     journal_path = root / JOURNAL_NAME
     journal_present = journal_path.exists()
+    volumes_file = VOLUMES_NAME
     if journal_present:
         try:
             raw = journal_path.read_bytes()
@@ -724,8 +737,17 @@ def _load_state(root: Path) -> _State:
                     n_views,
                     f"{where}: field \"refined_source_um_xyz\"",
                 )
+            elif op == "replace_volumes":  # a committed replacement (RecordingWriter.replace_volumes)
+                entries = jcheck.list_(record, "volumes")
+                volumes = [_parse_volume(e, jcheck, f"volumes[{i}]", True) for i, e in enumerate(entries)]
+                origins["volumes"] = [where] * len(volumes)
+                new_refined = jcheck.section(record, "refined_source_um_xyz")
+                if new_refined is not None:
+                    refined = _sources_tuple(new_refined, n_views, f"{where}: field \"refined_source_um_xyz\"")
+                if (root / VOLUMES_PENDING_NAME).exists():
+                    volumes_file = VOLUMES_PENDING_NAME
             else:
-                raise jcheck.fail("op", "one of timepoint, volume, ground_truth, sources", op)
+                raise jcheck.fail("op", "one of timepoint, volume, ground_truth, sources, replace_volumes", op)
 
     for key, entries in (("volumes", volumes), ("ground_truth", ground_truth)):
         seen: set[int] = set()
@@ -747,7 +769,7 @@ def _load_state(root: Path) -> _State:
             extra=meta.extra,
             refined_sources_um_xyz=refined,
         )
-    return _State(meta, created, closed, journal_present, timepoints, volumes, ground_truth)
+    return _State(meta, created, closed, journal_present, timepoints, volumes, ground_truth, volumes_file)
 
 
 # --------------------------------------------------------------------------- writer
@@ -776,7 +798,7 @@ class RecordingWriter:
             raise RecordingError(f"{root}: meta must be a RecordingMeta, got {type(meta).__name__}.")
         if root.exists() or root.is_symlink():
             if not overwrite:
-                raise RecordingError(f"{root}: already exists; pass overwrite=True to replace it.")
+                raise RecordingError(f"{root}: already exists; choose another name or remove the old recording first.")
             _remove_recording(root)
         self._setup(root, meta, durable, created=_utc_now(), frames_allowed=True)
         self._timepoints: list[dict] = []
@@ -784,13 +806,17 @@ class RecordingWriter:
         self._ground_truth: list[dict] = []
         # The folder gets its name only once recording.json is in it: killed at any moment,
         # the writer leaves either no recording or one that opens (at worst a hidden staging folder).
+        # The lock is taken in the staging folder, so the recording is never visible unlocked.
         staging = root.with_name(f".{root.name}.creating-{os.getpid()}")
         try:
             staging.mkdir(parents=True)
+            self._lock = RecordingLock(staging).acquire()
             doc = _document(meta, created=self._created, closed=False, timepoints=[], volumes=[], ground_truth=[])
             _atomic_write_json(staging / JSON_NAME, doc, durable)
             os.rename(staging, root)
+            self._lock.moved(root)
         except OSError as exc:
+            self._lock.release()
             shutil.rmtree(staging, ignore_errors=True)
             raise RecordingError(f"{root}: cannot create the recording folder ({exc.strerror or exc}).") from None
         if durable:
@@ -799,29 +825,46 @@ class RecordingWriter:
 
     @classmethod
     def replace_volumes(cls, path: str | os.PathLike, *, durable: bool = True) -> RecordingWriter:
-        """Reopen a finished recording to write a new ``volumes.ome.tif`` (offline reconstruction).
+        """Reopen a finished recording to write a new set of volumes (offline reconstruction).
 
-        The existing volumes are discarded; frames and ground truth are kept and
-        cannot be written through this writer. An interrupted recording is
-        recovered first (:func:`recover_recording`).
+        Takes the recording's lock (:class:`RecordingLockedError` naming the holder if
+        another process writes it) and recovers a recording whose writer died
+        (:func:`recover_recording`). Every frame page is checked before anything is
+        written (:meth:`Recording.verify`). The new volumes go to
+        ``volumes.ome.tif.new``; :meth:`close` replaces the old volumes, their labels in
+        recording.json and the refined source positions by the new ones in one commit
+        (docs/format.md, "Replacing the volumes"). Leaving the ``with`` block on an
+        exception, or :meth:`abandon`, keeps the old volumes. Frames and ground truth
+        cannot be written through this writer.
         """
         root = Path(path)
-        with Recording.open(root) as rec:
-            interrupted = rec.interrupted
-        if interrupted:
-            recover_recording(root)
-        state = _load_state(root)
+        if not root.is_dir():
+            raise RecordingError(f"{root}: no such recording folder.")
+        lock = RecordingLock(root).acquire()
+        try:
+            with Recording.open(root) as rec:
+                interrupted = rec.interrupted
+            if interrupted:
+                _recover_locked(root, durable)
+            with Recording.open(root) as rec:
+                rec.verify()
+            state = _load_state(root)
+            (root / VOLUMES_PENDING_NAME).unlink(missing_ok=True)
+        except OSError as exc:
+            lock.release()
+            raise RecordingError(f"{root / VOLUMES_PENDING_NAME}: cannot be removed ({exc.strerror or exc}).") from None
+        except BaseException:
+            lock.release()
+            raise
         self = cls.__new__(cls)
+        self._lock = lock
         self._setup(root, state.meta, durable, created=state.created, frames_allowed=False)
         self._timepoints = state.timepoints
         self._volumes = []
         self._ground_truth = state.ground_truth
-        self._write_document(closed=False)
-        try:
-            (root / VOLUMES_NAME).unlink(missing_ok=True)
-        except OSError as exc:
-            raise RecordingError(f"{root / VOLUMES_NAME}: cannot be removed ({exc.strerror or exc}).") from None
-        self._start()
+        self._volume_stack = _PageStack(root / VOLUMES_PENDING_NAME, durable)
+        self._volume_timepoints = set()
+        self._truth_timepoints = {e["timepoint"] for e in self._ground_truth}
         return self
 
     def _setup(self, root: Path, meta: RecordingMeta, durable: bool, *, created: str, frames_allowed: bool) -> None:
@@ -837,6 +880,7 @@ class RecordingWriter:
         self._closed = False
         self._broken: str | None = None
         self._pending: list[tuple[float, dict]] = []
+        self._replacing = not frames_allowed
         self._frames = _PageStack(root / FRAMES_NAME, durable)
         self._volume_stack = _PageStack(root / VOLUMES_NAME, durable)
         self._truth_stack = _PageStack(root / GROUND_TRUTH_NAME, durable)
@@ -879,6 +923,11 @@ class RecordingWriter:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def stale_lock(self) -> dict | None:
+        """The description of a dead writer whose lock this writer took over, or None."""
+        return self._lock.stale
 
     # -- writing
 
@@ -985,7 +1034,8 @@ class RecordingWriter:
             self._guard(self._volume_stack, lambda: self._volume_stack.append(volume))
             entry = {"timepoint": int(t), "method": method, "settings": settings}
             with self._state_lock:
-                self._append_journal({"op": "volume", "index": len(self._volumes), "entry": entry})
+                if not self._replacing:  # a replacement commits all its volumes at once, in close()
+                    self._append_journal({"op": "volume", "index": len(self._volumes), "entry": entry})
                 self._volumes.append(entry)
                 self._volume_timepoints.add(int(t))
 
@@ -1013,7 +1063,8 @@ class RecordingWriter:
         )
         with self._state_lock:
             self._check_writable("sources")
-            self._append_journal({"op": "sources", "refined_source_um_xyz": [list(s) for s in refined]})
+            if not self._replacing:
+                self._append_journal({"op": "sources", "refined_source_um_xyz": [list(s) for s in refined]})
             self._meta = RecordingMeta(
                 optics=self._meta.optics,
                 geometry=self._meta.geometry,
@@ -1024,17 +1075,19 @@ class RecordingWriter:
             )
 
     def close(self) -> None:
-        """Finish the TIFFs (OME-XML), merge the journal into recording.json. Idempotent.
+        """Finish the TIFFs (OME-XML), merge the journal into recording.json, release the lock. Idempotent.
 
         Frames of an incomplete last timepoint stay in the file but are not part of
-        the recording.
+        the recording. A :meth:`replace_volumes` writer commits its volumes here.
         """
         with self._frames_lock, self._volumes_lock, self._truth_lock, self._state_lock:
             if self._closed:
                 return
             self._closed = True
             try:
-                if self._broken is None:
+                if self._broken is None and self._replacing:
+                    self._commit_replacement()
+                elif self._broken is None:
                     self._finish_stacks()
                     self._write_document(closed=True)
                     self._journal.close()
@@ -1048,12 +1101,69 @@ class RecordingWriter:
                     stack.abandon()
                 if self._journal is not None and not self._journal.closed:
                     self._journal.close()
+                if self._replacing:
+                    (self._root / VOLUMES_PENDING_NAME).unlink(missing_ok=True)
+                self._lock.release()
+
+    def abandon(self) -> None:
+        """Stop without committing: a :meth:`replace_volumes` writer keeps the old volumes; a live
+        writer leaves an interrupted recording (as if killed). Releases the lock. Idempotent."""
+        with self._frames_lock, self._volumes_lock, self._truth_lock, self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for stack in (self._frames, self._volume_stack, self._truth_stack):
+                stack.abandon()
+            if self._journal is not None and not self._journal.closed:
+                self._journal.close()
+            if self._replacing:
+                (self._root / VOLUMES_PENDING_NAME).unlink(missing_ok=True)
+            self._lock.release()
 
     def __enter__(self) -> RecordingWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is not None and self._replacing:
+            self.abandon()  # a failed or interrupted run must not replace the previous volumes
+        else:
+            self.close()
+
+    def _commit_replacement(self) -> None:
+        """Replace volumes, labels and refined sources together (caller holds every lock).
+
+        1. the new volumes file is finished (OME-XML) and synced; 2. one journal line
+        lists the new labels: the commit point (a reader after it sees the new volumes,
+        from ``volumes.ome.tif.new`` until it is renamed); 3. rename over
+        ``volumes.ome.tif``; 4. recording.json rewritten; 5. journal removed.
+        """
+        root = self._root
+        pending, target = root / VOLUMES_PENDING_NAME, root / VOLUMES_NAME
+        self._volume_stack.finish(_volumes_ome(root.stem, self._meta, self._volumes) if self._volumes else None)
+        refined = self._meta.refined_sources_um_xyz
+        record = {
+            "op": "replace_volumes",
+            "volumes": self._volumes,
+            "refined_source_um_xyz": [list(s) for s in refined] if refined is not None else None,
+        }
+        line = json.dumps(record, allow_nan=False, ensure_ascii=False, separators=(",", ":")) + "\n"
+        with open(root / JOURNAL_NAME, "wb") as journal:
+            journal.write(line.encode("utf-8"))
+            journal.flush()
+            if self._durable:
+                os.fsync(journal.fileno())
+        if self._durable:
+            _fsync_dir(root)
+        if self._volumes:
+            os.replace(pending, target)
+        else:
+            target.unlink(missing_ok=True)
+        if self._durable:
+            _fsync_dir(root)
+        self._write_document(closed=True)
+        (root / JOURNAL_NAME).unlink()
+        if self._durable:
+            _fsync_dir(root)
 
     # -- internals
 
@@ -1138,10 +1248,11 @@ def _remove_recording(root: Path) -> None:
         raise RecordingError(
             f"{root}: exists and holds no {JSON_NAME}; refusing to delete a folder that is not a recording."
         )
-    try:
-        shutil.rmtree(root)
-    except OSError as exc:
-        raise RecordingError(f"{root}: cannot remove the old recording ({exc.strerror or exc}).") from None
+    with RecordingLock(root):  # never delete a recording that a live process is writing
+        try:
+            shutil.rmtree(root)
+        except OSError as exc:
+            raise RecordingError(f"{root}: cannot remove the old recording ({exc.strerror or exc}).") from None
 
 
 def _frames_ome(name: str, meta: RecordingMeta, timepoints: list[dict]) -> bytes:
@@ -1289,6 +1400,21 @@ class _PageReader:
                 f"(pages in order {''.join(wanted[::-1]) or '-'}, {want})."
             )
 
+    def verify(self) -> None:
+        """Check every page's IFD, shape, dtype and pixel extent (no pixels read)."""
+        with self._lock:
+            for index in range(self.n_pages):
+                if self._tif is None:
+                    raise RecordingError(f"{self.path}: the recording is closed.")
+                try:
+                    self._check_page(self._page(index), index)
+                except RecordingError:
+                    raise
+                except Exception as exc:
+                    raise RecordingError(
+                        f"{self.path}: page {index} cannot be read ({type(exc).__name__}: {exc})."
+                    ) from None
+
     def read(self, start: int, count: int) -> np.ndarray:
         out = np.empty((count, *self.page_shape), self.dtype)
         with self._lock:
@@ -1354,7 +1480,7 @@ class Recording:
             )
             yx = meta.geometry.shape_zyx[1:]
             self._volumes = self._reader(
-                VOLUMES_NAME, len(state.volumes) * z, yx, np.float32, {"Z": z, "T": len(state.volumes)}
+                state.volumes_file, len(state.volumes) * z, yx, np.float32, {"Z": z, "T": len(state.volumes)}
             )
             self._truth = self._reader(
                 GROUND_TRUTH_NAME, len(state.ground_truth) * z, yx, np.float32, {"Z": z, "T": len(state.ground_truth)}
@@ -1389,8 +1515,20 @@ class Recording:
 
     @property
     def interrupted(self) -> bool:
-        """True if the writer did not close cleanly (see :func:`recover_recording`)."""
+        """True if the writer did not close cleanly, or is still writing (see :attr:`writer`).
+
+        An interrupted recording whose writer died is finished by :func:`recover_recording`;
+        one that is still being written must be left alone.
+        """
         return self._state.journal_present or not self._state.closed
+
+    @property
+    def writer(self) -> dict | None:
+        """The live process writing this recording now (``pid``, ``command``, ``since``), or None.
+
+        Asked of the recording's lock at each call (docs/format.md, "One writer").
+        """
+        return lock_holder(self._root)
 
     @property
     def n_timepoints(self) -> int:
@@ -1484,6 +1622,15 @@ class Recording:
         for t in range(self.n_timepoints):
             yield TimepointData(t, self.frames(t), self.timestamps(t), self.frame_metadata(t))
 
+    def verify(self) -> None:
+        """Check every page the recording lists in each TIFF (structure and extent, not pixel values).
+
+        Raises RecordingError naming the first damaged page; opening checks only the
+        first and last page of each file.
+        """
+        for reader in self._readers:
+            reader.verify()
+
     def iter_volumes(self) -> Iterator[tuple[int, np.ndarray]]:
         """(timepoint, Δn) for every stored volume, one at a time."""
         for t in self.volume_timepoints:
@@ -1517,9 +1664,19 @@ def recover_recording(path: str | os.PathLike, *, durable: bool = True) -> bool:
 
     Each TIFF is rewritten with exactly its complete pages plus OME-XML (and
     atomically swapped in), the journal is merged into recording.json and removed.
-    Safe to interrupt and repeat.
+    Safe to interrupt and repeat. Takes the recording's lock: a recording that a live
+    process is writing is refused (:class:`RecordingLockedError` naming it), one whose
+    writer died is taken over.
     """
     root = Path(path)
+    if not root.is_dir():
+        raise RecordingError(f"{root}: no such recording folder.")
+    with RecordingLock(root):
+        return _recover_locked(root, durable)
+
+
+def _recover_locked(root: Path, durable: bool) -> bool:
+    """:func:`recover_recording` for a caller that holds the lock."""
     with Recording.open(root) as rec:
         if not rec.interrupted:
             return False
@@ -1553,6 +1710,7 @@ def recover_recording(path: str | os.PathLike, *, durable: bool = True) -> bool:
                                (GROUND_TRUTH_NAME, state.ground_truth)):
         if not entries:
             (root / file_name).unlink(missing_ok=True)
+    (root / VOLUMES_PENDING_NAME).unlink(missing_ok=True)
     doc = _document(
         meta,
         created=state.created,

@@ -19,3 +19,7 @@ class AcquisitionError(NvpLiveError):
 
 class ReconstructionError(NvpLiveError):
     """Reconstruction could not proceed (diverged, out of memory, bad input)."""
+
+
+class RecordingLockedError(RecordingError):
+    """Another live process is writing the recording (it holds the recording's lock)."""

@@ -194,7 +194,11 @@ def run_quality(full: bool = False, workers: int | None = None, progress=print) 
         for variant, options in BROADBAND.items():
             tasks.append({"phantom": phantom, "views": 6, "method": "nvp", "variant": variant, "options": options,
                           "size": size_dict, "broadband": True})
-    workers = workers or max(1, min(len(tasks), os.cpu_count() or 1))
+    if workers is None:  # one single-threaded process per thread of the CPU thread policy
+        from nvplive.recon.reconstructor import cpu_threads
+
+        workers = cpu_threads()[0]
+    workers = max(1, min(len(tasks), workers))
     rows: list[dict] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         warm_future = pool.submit(_warm_start, size_dict)
@@ -270,9 +274,10 @@ def markdown_table(rows: list[dict], warm: dict, seconds: float, full: bool) -> 
     return "\n".join(lines)
 
 
-def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None) -> int:
+def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None, threads: int | None = None) -> int:
+    """``threads``: worker processes of one torch thread each (default: the CPU thread policy, cpu_threads)."""
     start = time.perf_counter()
-    rows, warm = run_quality(full=full)
+    rows, warm = run_quality(full=full, workers=threads)
     seconds = time.perf_counter() - start
     publish(markdown_table(rows, warm, seconds, full), rows, json_path, markdown)
     return 0

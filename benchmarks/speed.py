@@ -45,14 +45,14 @@ def _timeit(fn, repeats: int, sync) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def _measure(shape: tuple[int, int, int], device: str, full: bool, queue) -> None:
+def _measure(shape: tuple[int, int, int], device: str, full: bool, queue, threads: int = 1) -> None:
     try:
-        queue.put(_measure_inner(shape, device, full))
+        queue.put(_measure_inner(shape, device, full, threads))
     except Exception as exc:  # reported as a row, the benchmark goes on
         queue.put({"shape_zyx": list(shape), "views": VIEWS, "device": device, "error": f"{type(exc).__name__}: {exc}"})
 
 
-def _measure_inner(shape, device: str, full: bool) -> dict:
+def _measure_inner(shape, device: str, full: bool, threads: int = 1) -> dict:
     import numpy as np
     import torch
 
@@ -66,9 +66,9 @@ def _measure_inner(shape, device: str, full: bool) -> dict:
     from .reference_renderer import render_reference
 
     if device == "cpu":
-        # Every core: the target is per machine ("2 CPU cores"). The live app leaves one core
-        # to acquisition and display (live_cpu_threads); BENCHMARKS.md gives both figures.
-        torch.set_num_threads(os.cpu_count() or 1)
+        # The CPU thread policy (cpu_threads: all cores but one unless --threads says otherwise),
+        # as the live app and reconstruct use it; BENCHMARKS.md gives figures for one thread and for every core.
+        torch.set_num_threads(threads)
     dev = torch.device(device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     voxels = shape[0] * shape[1] * shape[2]
@@ -221,9 +221,16 @@ class _TempArray:
         os.unlink(self.path)
 
 
-def run_speed(full: bool = False, progress=print, device: str | None = None) -> list[dict]:
-    """Rows for every size on ``device`` (default: the CPU, and CUDA when present)."""
+def run_speed(full: bool = False, progress=print, device: str | None = None, threads: int | None = None) -> list[dict]:
+    """Rows for every size on ``device`` (default: the CPU, and CUDA when present).
+
+    ``threads``: torch CPU threads of the CPU rows (default: the CPU thread policy, cpu_threads).
+    """
     import torch
+
+    from nvplive.recon.reconstructor import cpu_threads
+
+    threads = cpu_threads(threads)[0]
 
     if device is not None:
         from nvplive.recon.reconstructor import select_device
@@ -235,7 +242,7 @@ def run_speed(full: bool = False, progress=print, device: str | None = None) -> 
     for device in devices:
         for shape in SHAPES:
             queue = ctx.Queue()
-            proc = ctx.Process(target=_measure, args=(shape, device, full, queue))
+            proc = ctx.Process(target=_measure, args=(shape, device, full, queue, threads))
             proc.start()
             row = queue.get()
             proc.join()
@@ -249,7 +256,8 @@ def markdown_table(rows: list[dict], seconds: float) -> str:
         f"### Speed ({time.strftime('%Y-%m-%d')}, `nvplive bench speed`)",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; wall time {seconds / 60:.1f} min. "
-        "7 views, voxels of 0.25 µm, NVP; CPU rows use one torch thread per core.",
+        "7 views, voxels of 0.25 µm, NVP; CPU rows use the torch threads of column `torch_threads` in the JSON "
+        "(the CPU thread policy: all cores but one unless `--threads`).",
         "",
         "| shape Z×Y×X | device | padded grid | forward ms | reference ms (ratio) | iters/s | warm update to cold quality s (iters; volumes/s) | 40-iteration warm update s | cold start s | peak MB | warm iters/s eager / compiled (compile s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -286,8 +294,9 @@ def _compiled_cell(row: dict) -> str:
     )
 
 
-def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None, device: str | None = None) -> int:
+def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None, device: str | None = None,
+         threads: int | None = None) -> int:
     start = time.perf_counter()
-    rows = run_speed(full=full, progress=lambda s: print(s, file=sys.stderr), device=device)
+    rows = run_speed(full=full, progress=lambda s: print(s, file=sys.stderr), device=device, threads=threads)
     publish(markdown_table(rows, time.perf_counter() - start), rows, json_path, markdown)
     return 0

@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timepoints", type=_positive_int, default=None, help="number of timepoints (default: 20 headless, endless in the app)")
     demo.add_argument("--out", type=Path, default=None, help="folder for the recording (default: ./nvplive-demo)")
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _threads_option(demo)
 
     app = sub.add_parser("app", help="the app on real hardware")
     app.add_argument("--mm-config", type=Path, default=None, help="Micro-Manager configuration file (.cfg)")
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--warm-iterations", type=_positive_int, default=None, help="iterations per later timepoint")
     rec.add_argument("--tv", type=float, default=None, help="TV weight τ")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _threads_option(rec)
     rec.add_argument("--compile", default=None, choices=COMPILE_MODES, metavar="MODE",
                      help=f"run iterations through torch.compile in this mode ({', '.join(COMPILE_MODES)}); "
                           "compiling takes tens of seconds; BENCHMARKS.md says where it pays")
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score a reconstruction against ground truth")
     ev.add_argument("recording", type=Path, metavar="IN.fdt")
     ev.add_argument("--json", action="store_true", help="print the scores as JSON")
+    _threads_option(ev)
 
     bench = sub.add_parser("bench", help="quality and speed benchmarks (DESIGN.md §8)")
     bench.add_argument("kind", choices=("quality", "speed"))
@@ -144,7 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", type=Path, default=None, help="append the table to this Markdown file")
     bench.add_argument("--device", default=None, choices=("cpu", "cuda"),
                        help="speed: measure on this device only (default: the CPU, and CUDA when present)")
+    _threads_option(bench)
     return parser
+
+
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="torch CPU threads (default: $NVPLIVE_THREADS, else all cores but one, as the live app)")
+
+
+def _use_threads(args: argparse.Namespace) -> None:
+    """Apply the CPU thread policy (recon.reconstructor.cpu_threads) and say what it chose."""
+    from nvplive.recon.reconstructor import use_cpu_threads
+
+    print(f"nvplive: {use_cpu_threads(args.threads)}", file=sys.stderr, flush=True)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -176,6 +192,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     config = ReconConfig(method=args.method)
     changes = {k: v for k, v in (("iterations", args.iterations), ("warm_iterations", args.warm_iterations), ("tv_weight", args.tv), ("compile_mode", args.compile)) if v is not None}
     config = replace(config, **changes)
+    _use_threads(args)
     if args.scheduler is None:
         if args.workers is not None or args.chunk_size is not None:
             raise UsageError("--workers and --chunk-size need --scheduler (local or the address of a Dask scheduler).")
@@ -201,6 +218,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.offline import evaluate_recording
 
+    _use_threads(args)
     scores = evaluate_recording(args.recording)
     if args.json:
         print(json.dumps(scores, indent=2))
@@ -215,12 +233,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.headless:
-        import torch
-
         from nvplive.acquisition.demo import run_headless_demo
-        from nvplive.recon.reconstructor import live_cpu_threads
 
-        torch.set_num_threads(live_cpu_threads())
+        _use_threads(args)
         out = args.out or Path("nvplive-demo")
         result = run_headless_demo(
             out, timepoints=args.timepoints or 20, device=args.device, progress=lambda line: print(line, file=sys.stderr, flush=True)
@@ -228,6 +243,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 0 if result.acquisition.status == "completed" else 1
     from nvplive.app.main import run_app
 
+    if args.threads is not None:
+        from nvplive.recon.reconstructor import THREADS_ENV
+
+        os.environ[THREADS_ENV] = str(args.threads)  # the app applies the policy itself (live_cpu_threads)
     return run_app(demo=True, timepoints=args.timepoints, out=args.out, device=args.device)
 
 
@@ -240,15 +259,22 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from nvplive.recon.reconstructor import cpu_threads
+
     if args.kind == "quality":
         if args.device is not None:
             raise UsageError("--device applies to the speed benchmark; the quality benchmark runs on the CPU.")
         from nvplive.benchmarks.quality import main as quality_main
 
-        return quality_main(json_path=args.json, full=args.full, markdown=args.markdown)
+        print(f"nvplive: {cpu_threads(args.threads)[0]} single-threaded worker processes (the CPU thread policy; "
+              "--threads to change)", file=sys.stderr, flush=True)
+        return quality_main(json_path=args.json, full=args.full, markdown=args.markdown, threads=args.threads)
     from nvplive.benchmarks.speed import main as speed_main
 
-    return speed_main(json_path=args.json, full=args.full, markdown=args.markdown, device=args.device)
+    if args.device != "cuda":
+        print(f"nvplive: CPU rows with {cpu_threads(args.threads)[0]} torch threads (the CPU thread policy; "
+              "--threads to change)", file=sys.stderr, flush=True)
+    return speed_main(json_path=args.json, full=args.full, markdown=args.markdown, device=args.device, threads=args.threads)
 
 
 COMMANDS = {

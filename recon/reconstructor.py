@@ -180,12 +180,51 @@ def _set_lr(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
         group["lr"] = wanted["lr"]
 
 
-def live_cpu_threads() -> int:
-    """Torch CPU threads for live reconstruction: all cores but one, which is left to the
-    acquisition and the display."""
+#: Environment variable that sets the CPU thread policy's thread count (``--threads`` wins over it).
+THREADS_ENV = "NVPLIVE_THREADS"
+
+
+def cpu_threads(requested: int | None = None) -> tuple[int, str]:
+    """The one CPU thread policy of nvp-live (live app, demo, reconstruct, evaluate, benchmarks).
+
+    Returns (threads, why): ``requested`` if given (``--threads``), else
+    ``$NVPLIVE_THREADS``, else all cores but one, the core left to acquisition and
+    display (and, offline, to whatever else runs: a reconstruction that takes every
+    core of a loaded machine oversubscribes it and slows down many times, BENCHMARKS.md).
+
+    Raises:
+        ReconstructionError: ``requested`` or ``$NVPLIVE_THREADS`` is not a positive integer.
+    """
     import os
 
-    return max(1, (os.cpu_count() or 2) - 1)
+    cores = os.cpu_count() or 2
+    if requested is not None:
+        value, why = requested, "set by --threads"
+    elif os.environ.get(THREADS_ENV, "").strip():
+        text = os.environ[THREADS_ENV].strip()
+        try:
+            value = int(text)
+        except ValueError:
+            raise ReconstructionError(f"{THREADS_ENV} must be a positive number of threads, got {text!r}.") from None
+        why = f"set by {THREADS_ENV}"
+    else:
+        return max(1, cores - 1), f"all {cores} cores but one, as the live app; --threads N or {THREADS_ENV} to change"
+    if value < 1:
+        raise ReconstructionError(f"The number of CPU threads must be positive, got {value}.")
+    return value, why
+
+
+def live_cpu_threads() -> int:
+    """Torch CPU threads for live reconstruction (:func:`cpu_threads` without a request)."""
+    return cpu_threads()[0]
+
+
+def use_cpu_threads(requested: int | None = None) -> str:
+    """Apply :func:`cpu_threads` to torch; returns one line saying what was chosen and how to change it."""
+    threads, why = cpu_threads(requested)
+    torch.set_num_threads(threads)
+    plural = "s" if threads != 1 else ""
+    return f"{threads} CPU thread{plural} ({why})"
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ import tifffile
 from nvplive.acquisition.recording import Recording
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+#: The CPU thread policy's line that reconstruct, evaluate, demo and bench print first (issue 16 finding 6).
+THREADS_LINE = re.compile(r"^nvplive: \d+ CPU threads? \((all \d+ cores but one, as the live app; --threads N or NVPLIVE_THREADS to change|set by --threads|set by NVPLIVE_THREADS)\)$")
 
 
 def nvplive(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -54,6 +57,7 @@ def test_reconstruct_then_evaluate(simulated: Path):
     out = nvplive("reconstruct", str(simulated), "--iterations", "20", "--warm-iterations", "5", "--device", "cpu", cwd=simulated.parent)
     assert out.returncode == 0, out.stderr
     assert "reconstructed 2 timepoint(s)" in out.stdout
+    assert THREADS_LINE.match(out.stderr.splitlines()[0]), out.stderr  # the thread policy, printed
     with Recording.open(simulated) as rec:
         assert rec.volume_timepoints == (0, 1)
         assert rec.volume(0).shape == (8, 24, 24)
@@ -84,7 +88,7 @@ def test_user_mistakes_are_one_sentence_without_traceback(tmp_path: Path, args, 
     out = nvplive(*args, cwd=tmp_path)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    lines = [line for line in out.stderr.splitlines() if line.strip() and not THREADS_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("nvplive: error:")
     assert fragment in lines[0]
 
@@ -94,3 +98,30 @@ def test_evaluate_without_ground_truth_or_volumes_says_why(simulated: Path, tmp_
     assert out.returncode == 0, out.stderr
     ev = nvplive("evaluate", "fresh.fdt", cwd=tmp_path)
     assert ev.returncode == 2 and "reconstruct" in ev.stderr
+
+
+def test_commands_use_the_live_cpu_thread_policy(simulated: Path, tmp_path: Path, capsys, monkeypatch):
+    """Finding 6: reconstruct left torch at its default thread count (18x slower on a loaded 2-core machine)."""
+    import torch
+
+    from nvplive.cli import main
+    from nvplive.recon.reconstructor import cpu_threads, live_cpu_threads
+
+    cores = os.cpu_count() or 2
+    monkeypatch.delenv("NVPLIVE_THREADS", raising=False)
+    assert cpu_threads()[0] == live_cpu_threads() == max(1, cores - 1)
+    before = torch.get_num_threads()
+    try:
+        assert main(["evaluate", str(tmp_path / "missing.fdt")]) == 2
+        assert torch.get_num_threads() == max(1, cores - 1)
+        assert f"nvplive: {max(1, cores - 1)} CPU thread" in capsys.readouterr().err
+        monkeypatch.setenv("NVPLIVE_THREADS", "3")
+        assert main(["reconstruct", str(tmp_path / "missing.fdt")]) == 2
+        assert torch.get_num_threads() == 3 and "3 CPU threads (set by NVPLIVE_THREADS)" in capsys.readouterr().err
+        assert main(["reconstruct", "--threads", "2", str(tmp_path / "missing.fdt")]) == 2
+        assert torch.get_num_threads() == 2 and "2 CPU threads (set by --threads)" in capsys.readouterr().err
+        monkeypatch.setenv("NVPLIVE_THREADS", "many")
+        assert main(["evaluate", str(simulated)]) == 2
+        assert capsys.readouterr().err.strip() == "nvplive: error: NVPLIVE_THREADS must be a positive number of threads, got 'many'."
+    finally:
+        torch.set_num_threads(before)

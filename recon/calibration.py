@@ -1,22 +1,113 @@
-"""Starting values for self-calibration: source positions, brightness, background.
+"""Source finding, defective pixels and self-calibration of the sources.
 
-Lateral source positions come from a 2D Gaussian fit of each view (the defocused
-image of a bead is centred on it); the axial position comes from the geometry
-(the nominal depth). Brightness ``b_i`` and background ``c_i`` come from a linear
-least-squares fit of the unperturbed model image to the measurement.
+Source finding (:func:`initial_sources`): the lateral position of each view's source
+comes from a 2D Gaussian fit (the defocused image of a bead is centred on it); the
+axial position from the nominal geometry. A view whose image the nominal model itself
+predicts to be no compact spot (a defocused disc larger than the field of view) keeps
+its nominal lateral position and is registered against the model image
+(:func:`refine_sources`). Only a frame that shows no light (dark or empty) is refused.
+
+Defective pixels (hot, dead, saturated) are found with robust statistics
+(:func:`defective_pixels`, median and MAD) and get zero weight in every fit and in the
+reconstruction's image loss. Brightness ``b_i`` and background ``c_i`` come from a
+linear least-squares fit of the unperturbed model image to the measurement.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage, special
 from scipy.optimize import least_squares
 
 from nvplive.errors import ReconstructionError
 
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum
+
+#: Robust signal-to-noise ratio beyond which a pixel's step from its neighbourhood is an outlier.
+OUTLIER_SIGMAS = 10.0
+#: A view is dark when its light level is below this fraction of the brightest view's.
+DARK_FRACTION = 0.05
+#: MAD → standard deviation of a normal distribution.
+_MAD_TO_SIGMA = 1.4826
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation (normal noise)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return float(_MAD_TO_SIGMA * np.median(np.abs(v - np.median(v))))
+
+
+def sharpest_peak_ratio(wavelength_um: float, na: float, pixel_um: float, *, oversample: int = 8) -> float:
+    """Peak over brightest-neighbour ratio of the sharpest image the optics can form.
+
+    The in-focus Airy pattern ``(2·J1(v)/v)²``, ``v = 2π·NA·r/λ``, integrated over square
+    camera pixels of ``pixel_um`` and centred on one: no image of a real object has a pixel
+    standing higher above all eight of its neighbours (Born & Wolf §8.5.2).
+    """
+    step = pixel_um / oversample
+    offsets = (np.arange(3 * oversample) - 1.5 * oversample + 0.5) * step
+    yy, xx = np.meshgrid(offsets, offsets, indexing="ij")
+    v = 2.0 * math.pi * na * np.hypot(yy, xx) / wavelength_um
+    airy = np.where(v > 1e-9, (2.0 * special.j1(np.maximum(v, 1e-9)) / np.maximum(v, 1e-9)) ** 2, 1.0)
+    pixels = airy.reshape(3, oversample, 3, oversample).sum(axis=(1, 3))
+    return float(pixels[1, 1] / np.max(np.delete(pixels.ravel(), 4)))
+
+
+def defective_pixels(
+    frames: np.ndarray,
+    *,
+    peak_ratio: float,
+    saturation: float | None = None,
+    sigmas: float = OUTLIER_SIGMAS,
+    known: np.ndarray | None = None,
+) -> np.ndarray:
+    """Boolean map ``[N, Y, X]`` of pixels that carry no image: hot, dead or saturated.
+
+    A pixel is *hot* when it stands more than ``sigmas`` robust standard deviations
+    above the median of its 3×3 neighbourhood **and** more than twice
+    ``peak_ratio`` (:func:`sharpest_peak_ratio`) times higher above the neighbourhood's
+    floor than its brightest neighbour — brighter than any optical image can make a
+    single pixel. It is *dead* when it lies that far below its darkest neighbour and
+    below the frame's dark level. *Saturated* pixels are at or above ``saturation``.
+    With three frames or more (views, timepoints) a pixel is flagged in all of them (a
+    hot-pixel map) when it is flagged in at least half, or when it stands above its
+    brightest neighbour by more than ``sigmas / 2`` robust standard deviations in the
+    median frame (a mildly hot pixel, a local maximum in every view whatever the
+    image); ``known``
+    ``[Y, X]`` adds a map estimated earlier.
+    The noise is the median absolute deviation of each frame from its 3×3 median.
+
+    Args:
+        frames: ``[N, Y, X]`` or ``[Y, X]`` raw or offset-corrected frames.
+    """
+    arr = np.asarray(frames, dtype=np.float64)
+    single = arr.ndim == 2
+    stack = arr[None] if single else arr
+    footprint = np.ones((1, 3, 3), bool)
+    ring = footprint.copy()
+    ring[0, 1, 1] = False
+    median = ndimage.median_filter(stack, footprint=footprint, mode="nearest")
+    high = ndimage.maximum_filter(stack, footprint=ring, mode="nearest")
+    low = ndimage.minimum_filter(stack, footprint=ring, mode="nearest")
+    step = stack - median
+    sigma = np.array([max(robust_sigma(s), 1e-12) for s in step])[:, None, None]
+    ratio = 2.0 * peak_ratio
+    hot = (step > sigmas * sigma) & (stack - low > ratio * np.maximum(high - low, 0.0) + sigmas * sigma)
+    dark_level = median.reshape(len(stack), -1).min(axis=1)[:, None, None]
+    dead = (low - stack > sigmas * sigma) & (stack - dark_level < (low - dark_level) / ratio)
+    bad = hot | dead
+    if saturation is not None:
+        bad |= stack >= saturation
+    if len(stack) >= 3:
+        persistent = (bad.mean(axis=0) >= 0.5) | (np.median((stack - high) / sigma, axis=0) > 0.5 * sigmas)
+        bad |= persistent[None]
+    if known is not None:
+        bad |= np.asarray(known, bool)[None]
+    return bad[0] if single else bad
 
 
 @dataclass(frozen=True)
@@ -31,13 +122,20 @@ class GaussianFit:
     snr: float
 
 
-def fit_gaussian(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> GaussianFit:
-    """Fit an isotropic 2D Gaussian to ``image [Y, X]`` sampled at pixel centres ``y``, ``x`` (µm)."""
+def fit_gaussian(image: np.ndarray, y: np.ndarray, x: np.ndarray, valid: np.ndarray | None = None) -> GaussianFit:
+    """Fit an isotropic 2D Gaussian to ``image [Y, X]`` sampled at pixel centres ``y``, ``x`` (µm).
+
+    Pixels where ``valid`` (``[Y, X]`` bool) is False are left out. The signal-to-noise
+    ratio is the amplitude over the standard deviation of the residual.
+    """
     img = np.asarray(image, dtype=np.float64)
     ny, nx = img.shape
+    ok = np.ones_like(img, bool) if valid is None else np.asarray(valid, bool)
+    if not ok.any():
+        return GaussianFit(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     pixel_um = float(abs(x[1] - x[0])) if nx > 1 else 1.0
-    base = np.percentile(img, 5)
-    w = np.clip(img - base, 0, None)
+    base = np.percentile(img[ok], 5)
+    w = np.where(ok, np.clip(img - base, 0, None), 0.0)
     total = w.sum()
     if not np.isfinite(total) or total <= 0:
         return GaussianFit(0.0, 0.0, 0.0, 0.0, float(base), 0.0)
@@ -45,12 +143,13 @@ def fit_gaussian(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> GaussianFit
     y0 = float((w.sum(1) * y).sum() / total)
     r2 = (x[None, :] - x0) ** 2 + (y[:, None] - y0) ** 2
     s0 = float(np.sqrt(max((w * r2).sum() / total / 2, pixel_um**2)))
-    a0 = float(img.max() - base)
+    a0 = float(img[ok].max() - base)
     yy, xx = np.meshgrid(y, x, indexing="ij")
+    xs, ys, values = xx[ok], yy[ok], img[ok]
 
     def residual(p: np.ndarray) -> np.ndarray:
         a, cx, cy, s, c = p
-        return (a * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s)) + c - img).ravel()
+        return a * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * s * s)) + c - values
 
     extent = 0.5 * max(nx, ny) * pixel_um
     fit = least_squares(
@@ -64,6 +163,24 @@ def fit_gaussian(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> GaussianFit
     return GaussianFit(float(cx), float(cy), float(s), float(a), float(c), float(a / noise))
 
 
+def _localised(fit: GaussianFit, min_snr: float, half_extent_um: float) -> bool:
+    """A compact spot inside the field: the Gaussian fit can be trusted for the position."""
+    inside = max(abs(fit.x_um), abs(fit.y_um)) <= half_extent_um
+    return fit.snr >= min_snr and fit.amplitude > 0 and inside and fit.sigma_um < half_extent_um
+
+
+def light_levels(images: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-view light level (median over valid pixels) and pixel noise (MAD of the
+    pixel-to-pixel steps / √2) of ``images [V, Y, X]`` in photo-electrons above the offset."""
+    levels, noise = [], []
+    for v, img in enumerate(np.asarray(images, dtype=np.float64)):
+        ok = np.ones_like(img, bool) if valid is None else np.asarray(valid[v], bool)
+        levels.append(float(np.median(img[ok])) if ok.any() else 0.0)
+        steps = np.diff(img, axis=1)[ok[:, 1:] & ok[:, :-1]]
+        noise.append(robust_sigma(steps) / math.sqrt(2.0) if steps.size else 0.0)
+    return np.array(levels), np.array(noise)
+
+
 def initial_sources(
     images: np.ndarray,
     nominal_um_xyz: np.ndarray,
@@ -71,31 +188,62 @@ def initial_sources(
     x: np.ndarray,
     *,
     min_snr: float = 3.0,
+    valid: np.ndarray | None = None,
+    model_images: np.ndarray | None = None,
 ) -> np.ndarray:
     """Source positions ``[V, 3]`` (µm): lateral from Gaussian fits, axial from the nominal geometry.
 
+    A view whose Gaussian fit fails keeps its nominal lateral position when the model
+    image of its nominal source (``model_images [V, Y, X]``) cannot be localised by a
+    Gaussian fit either (a defocused disc larger than the field of view) and the frame
+    shows light: its light level is at least ``DARK_FRACTION`` of the brightest view's
+    and ``min_snr`` times its pixel noise, and the frame is not constant.
+
+    Args:
+        images: ``[V, Y, X]`` frames in photo-electrons above the camera offset.
+        valid: ``[V, Y, X]`` bool, False at defective pixels.
     Raises:
-        ReconstructionError: when a view shows no source (fit SNR below ``min_snr``).
+        ReconstructionError: when a view shows no source (a failed fit and a dark or empty frame).
     """
     out = np.array(nominal_um_xyz, dtype=np.float64).reshape(-1, 3).copy()
+    images = np.asarray(images, dtype=np.float64)
+    half = 0.5 * max(len(y) * abs(y[1] - y[0]) if len(y) > 1 else 0.0, len(x) * abs(x[1] - x[0]) if len(x) > 1 else 0.0)
+    levels, noise = light_levels(images, valid)
+    brightest = float(levels.max()) if len(levels) else 0.0
     for v, image in enumerate(images):
-        fit = fit_gaussian(image, y, x)
-        if fit.snr < min_snr or fit.amplitude <= 0:
+        ok = None if valid is None else valid[v]
+        fit = fit_gaussian(image, y, x, ok)
+        if _localised(fit, min_snr, half):
+            out[v, 0], out[v, 1] = fit.x_um, fit.y_um
+            continue
+        expected_spot = model_images is not None and _localised(fit_gaussian(model_images[v], y, x), min_snr, half)
+        shows_light = (
+            levels[v] >= DARK_FRACTION * brightest
+            and levels[v] > min_snr * noise[v]
+            and np.ptp(image if ok is None else image[ok]) > 1e-9 * max(abs(levels[v]), 1.0)
+        )
+        if model_images is None or expected_spot or not shows_light:
             raise ReconstructionError(
                 f"View {v}: no fluorescent source is visible (fit signal-to-noise {fit.snr:.1f} < {min_snr}); "
                 "check the source selection and exposure."
             )
-        out[v, 0], out[v, 1] = fit.x_um, fit.y_um
     return out
 
 
-def fit_brightness_background(model_images: torch.Tensor, measured: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-view least squares ``measured ≈ b·model + c``; returns ``(b [V], c [V])`` with b > 0."""
+def fit_brightness_background(
+    model_images: torch.Tensor, measured: torch.Tensor, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-view (weighted) least squares ``measured ≈ b·model + c``; returns ``(b [V], c [V])`` with b > 0.
+
+    ``weight`` (``[V, Y, X]``, ≥ 0) weights each pixel (zero at defective pixels).
+    """
     m = model_images.reshape(model_images.shape[0], -1)
     y = measured.reshape(measured.shape[0], -1)
-    m_mean, y_mean = m.mean(1, keepdim=True), y.mean(1, keepdim=True)
-    cov = ((m - m_mean) * (y - y_mean)).mean(1)
-    var = ((m - m_mean) ** 2).mean(1).clamp_min(1e-20)
+    w = torch.ones_like(y) if weight is None else weight.reshape(y.shape).to(y.dtype)
+    total = w.sum(1, keepdim=True).clamp_min(1e-20)
+    m_mean, y_mean = (w * m).sum(1, keepdim=True) / total, (w * y).sum(1, keepdim=True) / total
+    cov = (w * (m - m_mean) * (y - y_mean)).sum(1) / total[:, 0]
+    var = ((w * (m - m_mean) ** 2).sum(1) / total[:, 0]).clamp_min(1e-20)
     b = (cov / var).clamp_min(1e-6 * (y_mean[:, 0].abs() / m_mean[:, 0].abs().clamp_min(1e-20)))
     c = y_mean[:, 0] - b * m_mean[:, 0]
     return b, c
@@ -106,24 +254,30 @@ def refine_sources(
     measured: torch.Tensor,
     sources_um_xyz: torch.Tensor,
     *,
+    valid: torch.Tensor | None = None,
     iterations: int = 100,
     lr_um: float = 0.02,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sub-pixel registration of each view's source against the unperturbed model image.
 
     Lateral positions, brightness and background are fitted (least squares on the
-    normalised images) with the homogeneous renderer; the axial position is kept.
-    The specimen's weak modulation barely moves this optimum, while the disk edge of
-    a defocused bead pins the position to a small fraction of a pixel.
+    normalised images, defective pixels — ``valid [V, Y, X]`` zero — left out) with the
+    homogeneous renderer; the axial position is kept. The specimen's weak modulation
+    barely moves this optimum, while the disk edge of a defocused bead pins the position
+    to a small fraction of a pixel.
 
     Returns:
         ``(sources [V, 3], brightness [V], background [V])``.
     """
-    scale = measured.mean(dim=(-2, -1)).clamp_min(1e-12)
+    weight = torch.ones_like(measured) if valid is None else valid.to(measured.dtype)
+    count = weight.sum(dim=(-2, -1)).clamp_min(1.0)
+    scale = ((measured * weight).sum(dim=(-2, -1)) / count).clamp_min(1e-12)
     target = measured / scale[:, None, None]
     shift = torch.zeros_like(sources_um_xyz[:, :2], requires_grad=True)
     with torch.no_grad():
-        b0, c0 = fit_brightness_background(camera_intensity(model, homogeneous_spectrum(model, sources_um_xyz)), measured)
+        b0, c0 = fit_brightness_background(
+            camera_intensity(model, homogeneous_spectrum(model, sources_um_xyz)), measured, weight
+        )
     log_b = torch.zeros_like(b0, requires_grad=True)
     c = (c0 / scale).clone().requires_grad_(True)
     opt = torch.optim.Adam([{"params": [shift], "lr": lr_um}, {"params": [log_b, c], "lr": 0.01}])
@@ -132,7 +286,7 @@ def refine_sources(
         src = torch.cat([sources_um_xyz[:, :2] + shift, sources_um_xyz[:, 2:]], dim=1)
         image = camera_intensity(model, homogeneous_spectrum(model, src))
         predicted = image * (b0 * torch.exp(log_b) / scale)[:, None, None] + c[:, None, None]
-        loss = ((predicted - target) ** 2).mean()
+        loss = (weight * (predicted - target) ** 2).sum() / count.sum()
         loss.backward()
         opt.step()
     with torch.no_grad():

@@ -23,7 +23,7 @@ import torch
 
 from nvplive.errors import ReconstructionError
 
-from .calibration import fit_brightness_background, initial_sources, refine_sources
+from .calibration import defective_pixels, fit_brightness_background, initial_sources, refine_sources, sharpest_peak_ratio
 from .losses import gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, render
@@ -271,7 +271,10 @@ class Reconstructor:
         self.representation: Representation | None = None
         self.state: ReconState | None = None
         self._optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None
-        self._unsaturated: torch.Tensor | None = None
+        # 1 where a pixel carries image, 0 at hot, dead and saturated pixels (this timepoint)
+        self._valid: torch.Tensor | None = None
+        # pixels defective in most views of an earlier timepoint (a hot-pixel map), kept
+        self._pixel_map: np.ndarray | None = None
         self._seconds_per_iteration: float | None = None
         self._finish_seconds = 0.0  # from the loop's end to the result (decode, copies to the host)
         self._window = gaussian_window(device=self.device)
@@ -303,24 +306,29 @@ class Reconstructor:
         expected = (self.n_views, *self.geometry.camera_shape_yx)
         if arr.shape != expected:
             raise ReconstructionError(f"Frames have shape {arr.shape}, expected {expected} (views, y, x).")
-        self._unsaturated = None
+        top = None
         if np.issubdtype(arr.dtype, np.integer):
             top = np.iinfo(arr.dtype).max
-            at_top = arr == top
-            saturated = at_top.reshape(len(arr), -1).mean(axis=1)
+            saturated = (arr == top).reshape(len(arr), -1).mean(axis=1)
             worst = int(np.argmax(saturated))
             if saturated[worst] > SATURATION_LIMIT:
                 raise ReconstructionError(
                     f"View {worst} is saturated ({100 * saturated[worst]:.1f} % of its pixels at {top}); "
                     "lower the exposure or the excitation power."
                 )
-            if at_top.any():  # a few saturated pixels carry no intensity: leave them out of the loss
-                self._unsaturated = torch.as_tensor(~at_top, dtype=torch.float32, device=self.device)
+        if not np.isfinite(arr).all():
+            raise ReconstructionError("Frames contain NaN or infinite values.")
+        # Hot, dead and saturated pixels carry no image: they get zero weight in every fit.
+        ratio = sharpest_peak_ratio(self.optics.wavelength_um, self.optics.na, self.geometry.camera_pixel_um)
+        bad = defective_pixels(arr, peak_ratio=ratio, saturation=top, known=self._pixel_map)
+        self._pixel_map = bad.all(axis=0)
+        self._valid = torch.as_tensor(~bad, dtype=torch.float32, device=self.device) if bad.any() else None
         data = torch.as_tensor(arr.astype(np.float32), device=self.device)
         data = (data - self.camera_offset) / self.camera_gain
-        if not torch.isfinite(data).all():
-            raise ReconstructionError("Frames contain NaN or infinite values.")
-        scale = data.mean(dim=(1, 2)).clamp_min(1e-6)
+        if self._valid is None:
+            scale = data.mean(dim=(1, 2)).clamp_min(1e-6)
+        else:
+            scale = ((data * self._valid).sum(dim=(1, 2)) / self._valid.sum(dim=(1, 2)).clamp_min(1.0)).clamp_min(1e-6)
         return data, scale
 
     # -- public API ---------------------------------------------------------------
@@ -335,18 +343,20 @@ class Reconstructor:
     def _cold_start(self, frames: np.ndarray, callback: ProgressCallback | None) -> ReconResult:
         cfg = self.config
         measured, scale = self._measured(frames)
+        nominal = torch.as_tensor(self.nominal_sources, dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            unperturbed = camera_intensity(self.model, homogeneous_spectrum(self.model, nominal))
         if cfg.self_calibration:
             y, x = self.geometry.camera_coordinates_um()
+            valid = None if self._valid is None else self._valid.cpu().numpy() > 0
             start = initial_sources(
-                (measured - measured.amin(dim=(1, 2), keepdim=True)).cpu().numpy(), self.nominal_sources, y, x
+                measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid, model_images=unperturbed.cpu().numpy()
             )
             base_sources = torch.as_tensor(start, dtype=torch.float32, device=self.device)
-            base_sources, b0, c0 = refine_sources(self.model, measured, base_sources)
+            base_sources, b0, c0 = refine_sources(self.model, measured, base_sources, valid=self._valid)
         else:
-            base_sources = torch.as_tensor(self.nominal_sources, dtype=torch.float32, device=self.device)
-            with torch.no_grad():
-                unperturbed = camera_intensity(self.model, homogeneous_spectrum(self.model, base_sources))
-            b0, c0 = fit_brightness_background(unperturbed, measured)
+            base_sources = nominal
+            b0, c0 = fit_brightness_background(unperturbed, measured, self._valid)
         torch.manual_seed(cfg.seed)  # the MLP layers' default initialisation draws from torch's global generator
         self.representation = make_representation(
             cfg.method, self.geometry.shape_zyx, **self._rep_options()
@@ -531,14 +541,14 @@ class Reconstructor:
             )
 
         def current_mask() -> torch.Tensor | None:
-            """The coherence weights (recomputed when ``COHERENCE_REFRESH_ITERATIONS`` old) × unsaturated pixels."""
+            """The coherence weights (recomputed when ``COHERENCE_REFRESH_ITERATIONS`` old) × valid (not defective) pixels."""
             if self._coherence_age is None or self._coherence_age >= COHERENCE_REFRESH_ITERATIONS:
                 with torch.no_grad():
                     self._coherence = self._coherence_weights(rep(), *source_parameters(), measured, scale)
                 self._coherence_age = 0
             weights = self._coherence
-            if self._unsaturated is not None:
-                return self._unsaturated if weights is None else weights * self._unsaturated
+            if self._valid is not None:
+                return self._valid if weights is None else weights * self._valid
             return weights
 
         mask = current_mask()

@@ -1,0 +1,120 @@
+"""Source finding that never refuses a real bead, defective pixels, and pupil self-calibration (issue 13)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nvplive.errors import ReconstructionError
+from nvplive.recon.calibration import (
+    defective_pixels,
+    initial_sources,
+    refine_sources,
+    sharpest_peak_ratio,
+)
+from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.physics import ForwardModel, camera_intensity, homogeneous_spectrum
+from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
+
+# The issue's geometry: the centre bead's defocused disc (11 µm below focus) is larger than the field.
+ISSUE_OPTICS = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8)
+ISSUE_GEOMETRY = VolumeGeometry((32, 64, 64), (0.5, 0.16, 0.16))
+COHERENT = PartialCoherence(1, 0.0, 1)
+
+
+def issue_frames(sources: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Noisy uint16 frames (offset 100 ADU) of an empty specimen in the issue's geometry."""
+    sim = Simulator(ISSUE_OPTICS, ISSUE_GEOMETRY, sources, photons=3000.0, coherence=COHERENT, seed=seed)
+    return sim.frames(np.zeros(ISSUE_GEOMETRY.shape_zyx, np.float32), np.random.default_rng(seed))
+
+
+def model_images(model: ForwardModel, sources: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        src = torch.as_tensor(sources, dtype=torch.float32)
+        return camera_intensity(model, homogeneous_spectrum(model, src)).numpy()
+
+
+def test_a_disc_larger_than_the_field_is_accepted_and_registered():
+    """The bead 3 µm below the volume, 11 µm below focus: its disc (radius ≈ 8 µm) overfills
+    the 10 µm field, so no blob fit can find it; the nominal position is kept and the model
+    registration moves a 0.3 µm error back onto the bead."""
+    true = np.array([[0.05, -0.04, -3.0]])
+    frames = issue_frames(true).astype(np.float64) - 100.0
+    nominal = true + np.array([[0.3, -0.2, 0.0]])
+    model = ForwardModel.build(ISSUE_OPTICS, ISSUE_GEOMETRY, source_depth_um=4.0)
+    y, x = ISSUE_GEOMETRY.camera_coordinates_um()
+    start = initial_sources(frames, nominal, y, x, model_images=model_images(model, nominal))
+    np.testing.assert_allclose(start, nominal)  # fallback: the nominal position
+    found, brightness, _ = refine_sources(
+        model, torch.as_tensor(frames, dtype=torch.float32), torch.as_tensor(start, dtype=torch.float32), iterations=60
+    )
+    assert np.hypot(*(found[0, :2].numpy() - true[0, :2])) < 0.05
+    assert float(brightness[0]) > 0
+
+
+def test_a_dark_or_empty_view_is_still_refused_with_todays_message():
+    true = np.array([[0.0, 0.0, -3.0], [3.0, 0.5, -2.0]])
+    frames = issue_frames(true).astype(np.float64) - 100.0
+    model = ForwardModel.build(ISSUE_OPTICS, ISSUE_GEOMETRY, source_depth_um=4.0)
+    y, x = ISSUE_GEOMETRY.camera_coordinates_um()
+    images = model_images(model, true)
+    dark = frames.copy()
+    dark[1] = np.random.default_rng(3).normal(0.0, 1.6, dark[1].shape) + 4.0  # read noise and a little background
+    with pytest.raises(ReconstructionError, match=r"View 1: no fluorescent source is visible \(fit signal-to-noise"):
+        initial_sources(dark, true, y, x, model_images=images)
+    empty = frames.copy()
+    empty[0] = 5.0
+    with pytest.raises(ReconstructionError, match="View 0: no fluorescent source is visible"):
+        initial_sources(empty, true, y, x, model_images=images)
+
+
+def test_hot_dead_and_saturated_pixels_are_found_and_a_focused_bead_is_not():
+    ratio = sharpest_peak_ratio(0.52, 0.8, 0.16)
+    assert 1.2 < ratio < 3.0
+    optics = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8)
+    geometry = VolumeGeometry((8, 32, 32), (0.5, 0.16, 0.16))
+    # a bead in focus (the sharpest image there is) on 500 photo-electrons of background
+    sim = Simulator(
+        optics, geometry, np.array([[0.0, 0.0, 2.0]]), photons=800.0, background=np.array([500.0]), coherence=COHERENT, seed=1
+    )
+    frame = sim.frames(np.zeros(geometry.shape_zyx, np.float32), np.random.default_rng(1))[0].astype(np.float64)
+    assert not defective_pixels(frame, peak_ratio=ratio).any()
+    top = frame.max() + 1000.0
+    frame[5, 7] = 0.6 * top  # hot, below saturation
+    frame[20, 3] = 100.0  # dead: reads the camera offset
+    frame[9, 9] = top  # saturated
+    bad = defective_pixels(frame, peak_ratio=ratio, saturation=top)
+    assert set(zip(*np.nonzero(bad))) == {(5, 7), (20, 3), (9, 9)}
+
+
+def test_a_hot_pixel_map_comes_from_many_frames():
+    """A mildly hot pixel, invisible in one frame's outlier test, stands out in most views."""
+    rng = np.random.default_rng(0)
+    frames = 100.0 + rng.normal(0.0, 3.0, (6, 24, 24))
+    frames[:, 10, 12] += 40.0  # 13 σ above its neighbours in every frame
+    frames[2, 3, 3] += 40.0  # once only: noise, not a defect
+    bad = defective_pixels(frames, peak_ratio=2.0, sigmas=10.0)
+    assert bad[:, 10, 12].all()
+    assert bad.sum() == 6
+
+
+def test_a_view_with_a_hot_pixel_is_accepted_and_the_pixel_left_out():
+    """One hot pixel (65535 in a frame peaking near 5000) used to sink the blob fit's noise
+    estimate and get the view refused; now it is masked in the fits and in the loss."""
+    optics = Optics()
+    geometry = VolumeGeometry((12, 32, 32), (0.25, 0.25, 0.25))
+    sources = default_sources(geometry, 3, seed=0)
+    sim = Simulator(optics, geometry, sources, coherence=COHERENT, seed=0)
+    expected = sim.expected(np.zeros(geometry.shape_zyx, np.float32))
+    frames = camera_noise(expected * 5000.0 / expected.max(), CameraModel(), np.random.default_rng(0))
+    assert 4500 < frames.max() < 5500
+    for dtype in (np.uint16, np.float32):  # saturated in uint16, merely hot as float
+        hot = frames.astype(dtype)
+        hot[1, 7, 25] = 65535
+        rec = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=ReconConfig(iterations=2), device="cpu")
+        result = rec.cold_start(hot)
+        assert np.hypot(*(result.sources_um_xyz[:, :2] - sources[:, :2]).T).max() < 0.1
+        valid = rec._valid.numpy()
+        assert valid[1, 7, 25] == 0 and (valid == 0).sum() == 1

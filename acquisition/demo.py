@@ -1,11 +1,13 @@
-"""Headless demo: the simulated microscope, live warm-started reconstruction, a recording.
+"""Headless demo: the app's live path without the window.
 
-``nvplive demo --headless`` calls :func:`run_headless_demo`: it builds the simulated
-core (beating cardiomyocyte, ``views`` beads), acquires ``timepoints`` FDT
-timepoints, writes every frame to ``NAME.fdt`` as it arrives together with the
-phantom's true Δn of each timepoint (ground truth), reconstructs the newest
-complete timepoint in a worker thread (skipping older ones when it falls behind)
-and writes the volumes to the same recording.
+``nvplive demo --headless`` calls :func:`run_headless_demo`: it loads the simulated
+microscope (beating cardiomyocyte, ``views`` beads) and runs the same
+:class:`~nvplive.acquisition.live.LiveSession` the app runs for Live/Record, with the
+same live configuration (:data:`~nvplive.acquisition.live.LIVE_CONFIG`) and the same
+failure policy: every frame goes to ``NAME.fdt`` as it arrives together with the
+phantom's true Δn of each timepoint (ground truth, at the sample time the frames
+report), the newest complete timepoint is reconstructed in a worker thread (older ones
+are skipped when it falls behind) and the volumes go to the same recording.
 """
 
 from __future__ import annotations
@@ -17,34 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from nvplive.errors import AcquisitionError
-from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import PartialCoherence
 
-from .devices import SimulatedScene, demo_scene
-from .microscope import MicroscopeInfo, build_demo_core, release_core
-from .offline import reconstructor_for
-from .pipeline import AcquisitionSummary, FDTAcquisition, ReconstructionWorker, VolumeRecord, recording_meta
-from .recording import SUFFIX, RecordingWriter
+from .devices import SimulatedScene
+from .live import LIVE_CONFIG, DemoOptions, LiveSession, live_reconstructor, load_demo_microscope
+from .microscope import MicroscopeInfo
+from .pipeline import AcquisitionSummary, VolumeRecord
+from .recording import SUFFIX
 
 ReconstructorFactory = Callable[[MicroscopeInfo], Any]
 
 
-#: Live settings: a short cold start, then warm updates within a 1 s latency budget.
-LIVE_CONFIG = ReconConfig(iterations=150, warm_iterations=30, time_budget_s=1.0)
-
-
-def make_reconstructor(info: MicroscopeInfo, config: ReconConfig, device: str = "auto") -> Reconstructor:
-    """The project's :class:`~nvplive.recon.reconstructor.Reconstructor` for a microscope
-    (the one a recording of it would be reconstructed with)."""
-    return reconstructor_for(recording_meta(info), config, device)
-
-
 def default_reconstructor_factory(device: str = "auto", config: ReconConfig = LIVE_CONFIG) -> ReconstructorFactory:
-    """A factory building the project's reconstructor with live settings."""
-    return lambda info: make_reconstructor(info, config, device)
+    """A factory of the app's live reconstructor (:func:`~nvplive.acquisition.live.live_reconstructor`)
+    with ``config`` (default: the live configuration) on ``device``."""
+    return lambda info: live_reconstructor(info, config, device)
 
 
 @dataclass
@@ -170,104 +161,36 @@ def run_headless_demo(
             which is stored as the timepoint's ground truth.
         coherence: simulator partial coherence (default: 5 wavelengths × 4 sub-sources).
         reconstructor_factory: ``info -> reconstructor`` with ``warm_update(frames)``;
-            default: :class:`~nvplive.recon.reconstructor.Reconstructor` on ``device``.
+            default: the app's live reconstructor with :data:`LIVE_CONFIG` on ``device``.
         progress: called with one line of text per event (timepoint acquired,
             volume reconstructed, timepoint skipped, errors).
         overwrite: replace an existing recording; durable: fsync as it writes.
+
+    Raises:
+        AcquisitionError: a negative or non-finite interval.
+        RecordingError: the recording exists (without ``overwrite``) or cannot be created.
     """
     begin = time.perf_counter()
     say = progress or (lambda _line: None)
     path = _recording_path(out)
-    options: dict[str, Any] = {"time_quantum_s": time_quantum_s}
-    if coherence is not None:
-        options["coherence"] = coherence
-    scene = demo_scene(shape, voxel_um, views, seed=seed, **options)
-    if interval_s is None:
-        interval_s = auto_interval(scene, views, exposure_ms)
-    if not (math.isfinite(interval_s) and interval_s >= 0):
-        raise AcquisitionError(f"The interval must be ≥ 0 s, got {interval_s!r}.")
-    core, info = build_demo_core(scene, exposure_ms=exposure_ms)
-    factory = reconstructor_factory or default_reconstructor_factory(device)
-    reconstructor = factory(info)
-
-    meta = recording_meta(
-        info,
-        {
-            "phantom": type(scene.phantom).__name__,
-            "seed": seed,
-            "interval_s": float(interval_s),
-            "true_sources_um_xyz": scene.sources_um_xyz.tolist(),
-            "photons_at_reference_exposure": scene.photons,
-            "coherence": {"n_wavelengths": scene.coherence.n_wavelengths,
-                          "bead_diameter_um": scene.coherence.bead_diameter_um,
-                          "n_subsources": scene.coherence.n_subsources},
-        },
-    )
-    writer = RecordingWriter(path, meta, overwrite=overwrite, durable=durable)
-    acquisition = FDTAcquisition(core, info, writer, timepoints=timepoints, interval_s=interval_s)
-    worker = ReconstructionWorker(reconstructor, writer)
-    sample_times: dict[int, list[float]] = {}
-    truth_errors: list[str] = []
-    recon_errors: list[str] = []
-
-    def on_frame(t: int, view: int, _frame: np.ndarray) -> None:
-        last = scene.last_frame
-        if last is not None:
-            sample_times.setdefault(t, []).append(last.sample_time_s)
-
-    def on_timepoint(t: int, _frames: np.ndarray) -> None:
-        times = sample_times.get(t, [float("nan")])
-        try:
-            writer.write_ground_truth(t, scene.dn_at(times[0]))
-        except Exception as exc:  # the frames are safe; report and go on
-            truth_errors.append(f"Ground truth of timepoint {t} not written: {exc}")
-            acquisition.abort()
-        records = acquisition.timepoint_records
-        record = records[-1] if records else None
-        held = "" if len(set(times)) == 1 else f" (specimen moved during the timepoint: {sorted(set(times))})"
-        say(f"t={t} acquired in {record.seconds if record else float('nan'):.3f} s{held}")
-
-    def on_volume(t: int, _dn: np.ndarray, result: Any) -> None:
-        rec = worker.records[-1]
-        say(f"t={t} reconstructed: latency {rec.latency_s:.3f} s, {rec.iterations} iterations, loss {rec.loss:.4g}"
-            + (f" — flagged: {rec.message}" if rec.flagged else ""))
-
-    def on_skipped(t: int, total: int) -> None:
-        say(f"t={t} skipped by the reconstruction (newer timepoint waiting; {total} skipped)")
-
-    def on_recon_error(message: str) -> None:
-        recon_errors.append(message)
-        say(message)
-
-    acquisition.frame_written.connect(on_frame)
-    acquisition.timepoint_complete.connect(on_timepoint)
-    acquisition.timepoint_complete.connect(worker.submit)
-    worker.volume_ready.connect(on_volume)
-    worker.skipped_changed.connect(on_skipped)
-    worker.error.connect(on_recon_error)
-
-    say(f"Demo: {views} views × {timepoints} timepoints, volume {tuple(shape)}, interval {interval_s:.3f} s → {path}")
-    worker.start()
+    options = DemoOptions(tuple(shape), tuple(voxel_um), coherence, seed=seed, time_quantum_s=time_quantum_s)
+    microscope = load_demo_microscope(views, exposure_ms, options)
     try:
-        acquisition.start()
-        try:
-            summary = acquisition.wait()
-        except KeyboardInterrupt:
-            say("Interrupted: finishing the current timepoint.")
-            acquisition.stop()
-            summary = acquisition.wait()
-        assert summary is not None
-        if summary.error:
-            say(f"Acquisition error: {summary.error}")
-        worker.finish()
+        scene = microscope.scene
+        if interval_s is None:
+            interval_s = auto_interval(scene, views, exposure_ms)
+        if not (math.isfinite(interval_s) and interval_s >= 0):
+            raise AcquisitionError(f"The interval must be ≥ 0 s, got {interval_s!r}.")
+        factory = reconstructor_factory or default_reconstructor_factory(device)
+        session = LiveSession(
+            microscope, factory(microscope.info), path, timepoints=timepoints, interval_s=interval_s,
+            extra={"mode": "headless"}, durable=durable, overwrite=overwrite,
+        )
+        summary, errors = _run(session, say, views, timepoints, shape, interval_s)
     finally:
-        if acquisition.is_running:
-            acquisition.abort()
-            acquisition.wait(30)
-        worker.cancel(timeout=60)
-        writer.close()
-        release_core(core)
+        microscope.close()
 
+    worker = session.worker
     volumes: dict[int, VolumeRecord] = {r.t: r for r in worker.records}
     rows = []
     for record in summary.timepoints:
@@ -275,7 +198,7 @@ def run_headless_demo(
         rows.append(
             DemoTimepoint(
                 t=record.t,
-                sample_time_s=sample_times.get(record.t, [float("nan")])[0],
+                sample_time_s=session.sample_times.get(record.t, [float("nan")])[0],
                 acquisition_s=record.seconds,
                 reconstructed=vol is not None,
                 latency_s=None if vol is None else vol.latency_s,
@@ -291,7 +214,7 @@ def run_headless_demo(
         timepoints=rows,
         skipped=worker.skipped,
         skipped_timepoints=list(worker.skipped_timepoints),
-        reconstruction_errors=recon_errors + truth_errors,
+        reconstruction_errors=errors,
         interval_s=float(interval_s),
         seconds=time.perf_counter() - begin,
         extra={"phantom_renders": scene.phantom_renders},
@@ -299,3 +222,56 @@ def run_headless_demo(
     for line in result.report().splitlines():
         say(line)
     return result
+
+
+def _run(session: LiveSession, say: Callable[[str], None], views: int, timepoints: int, shape, interval_s: float):
+    """Run ``session`` to its end, reporting each event as a line of text.
+
+    Returns the acquisition summary and the messages of failed reconstructions and
+    ground-truth writes (the session's secondary products).
+    """
+    events = session.events
+    errors: list[str] = []
+
+    def on_error(message: str) -> None:
+        errors.append(message)
+        say(message)
+
+    def on_timepoint(t: int, _completed_s: float, _frames: int) -> None:
+        records = session.acquisition.timepoint_records
+        record = records[-1] if records else None
+        times = sorted(set(session.sample_times.get(t, [])))
+        held = "" if len(times) <= 1 else f" (specimen moved during the timepoint: {times})"
+        say(f"t={t} acquired in {record.seconds if record else float('nan'):.3f} s{held}")
+
+    def on_reconstructed(t: int, *_: object) -> None:
+        rec = session.worker.records[-1]
+        say(f"t={t} reconstructed: latency {rec.latency_s:.3f} s, {rec.iterations} iterations, loss {rec.loss:.4g}"
+            + (f" — flagged: {rec.message}" if rec.flagged else ""))
+
+    events.timepoint.connect(on_timepoint)
+    events.reconstructed.connect(on_reconstructed)
+    events.skipped.connect(
+        lambda t, total: say(f"t={t} skipped by the reconstruction (newer timepoint waiting; {total} skipped)")
+    )
+    events.reconstruction_error.connect(on_error)
+    events.truth_error.connect(lambda _t, message: on_error(message))
+    events.acquisition_error.connect(lambda message: say(f"Acquisition error: {message}"))
+
+    path = session.path
+    say(f"Demo: {views} views × {timepoints} timepoints, volume {tuple(shape)}, interval {interval_s:.3f} s → {path}")
+    session.start()
+    try:
+        try:
+            while not session.wait_closed(0.2):
+                pass
+        except KeyboardInterrupt:
+            say("Interrupted: finishing the current timepoint.")
+            session.stop()
+            session.wait_closed()
+    finally:
+        if not session.closed:
+            session.shutdown(timeout=60)
+    summary = session.acquisition.summary
+    assert summary is not None
+    return summary, errors

@@ -158,7 +158,7 @@ class FDTAcquisition:
         timepoints: number of timepoints; interval_s: between timepoint starts (s).
         sequence: a ready sequence instead of ``info.sequence(timepoints, interval_s)``.
 
-    Signals: ``frame_written(t, view, frame)``, ``timepoint_complete(t, frames[V,Y,X])``,
+    Signals: ``frame_written(t, view, frame, metadata)`` (the metadata written with the frame), ``timepoint_complete(t, frames[V,Y,X])``,
     ``finished(AcquisitionSummary)``, ``error(message)`` (before ``finished``).
 
     Stop vs abort: :meth:`stop` lets the timepoint in progress finish (all its views
@@ -167,7 +167,7 @@ class FDTAcquisition:
     (its frames stay on disk; readers only show complete timepoints).
     """
 
-    frame_written = Signal(int, int, object)
+    frame_written = Signal(int, int, object, object)
     timepoint_complete = Signal(int, object)
     finished = Signal(object)
     error = Signal(str)
@@ -393,7 +393,7 @@ class FDTAcquisition:
             self._fail(f"Could not write frame (timepoint {t}, view {view}) to disk: {exc}")
             return
         self.frames_written += 1
-        _emit(self.frame_written, t, view, frame)
+        _emit(self.frame_written, t, view, frame, metadata)
 
         completed: np.ndarray | None = None
         cancel = False

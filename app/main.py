@@ -43,14 +43,15 @@ def run_app(
     from PySide6 import QtCore, QtWidgets
 
     from . import style
-    from .main_window import APPLICATION, ORGANISATION, MainWindow, app_icon, setup_logging
+    from .main_window import APPLICATION, ORGANISATION, MainWindow
+    from .paths import setup_logging
 
     QtCore.QCoreApplication.setOrganizationName(ORGANISATION)
     QtCore.QCoreApplication.setApplicationName(APPLICATION)
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     app.setApplicationDisplayName("nvp-live")
     app.setDesktopFileName("nvplive")
-    app.setWindowIcon(app_icon())
+    app.setWindowIcon(style.app_icon())
     style.apply_dark_theme(app)
     log_file = setup_logging()
     logger.info("nvp-live starting (demo=%s, device=%s, log=%s)", demo, device, log_file)

@@ -1,8 +1,10 @@
 """Control panels of the main window: acquisition, reconstruction and timeline.
 
-The panels only hold widgets and report what the user chose; the main window
-acts on it. Layouts are installed on their parent before widgets are added to
-them (PySide6 ownership rule, see ``qt_compat``).
+The panels are views of the model (:mod:`nvplive.app.model`): ``bind(section)`` ties
+each control to a field both ways (the user's choice sets the field; a changed field
+shows in the control), so the window acts on the model, never on widgets. Buttons
+that ask for an action are signals. Layouts are installed on their parent before
+widgets are added to them (PySide6 ownership rule, see ``qt_compat``).
 """
 
 from __future__ import annotations
@@ -14,21 +16,62 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from nvplive.recon.reconstructor import ReconConfig
+from collections.abc import Callable
+from typing import Any
+
+from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS, METHODS
 
 from . import style
-from .plots import LatencyPlot, LossPlot
-from .session import (
-    CONTINUOUS_TIMEPOINTS,
-    LATENCY_MODE_CHECK_EVERY,
-    LATENCY_MODE_ITERATION_CAP,
+from .model import (
+    DEMO_SOURCE,
+    HARDWARE_SOURCE,
     METHOD_LABELS,
-    METHODS,
+    AcquisitionSettings,
+    ReconstructionSettings,
+    ViewState,
 )
+from .plots import LatencyPlot, LossPlot
 
 ACTIVITY_LINES = 500
-DEMO_SOURCE = "demo"
-HARDWARE_SOURCE = "hardware"
+
+
+def bind(obj: Any, name: str, show: Callable[[Any], None], changed: QtCore.SignalInstance,
+         read: Callable[..., Any] | None = None) -> None:
+    """Tie field ``name`` of the evented ``obj`` to a control, both ways.
+
+    ``show(value)`` puts the field's value in the control (now and on every change);
+    the control's ``changed`` signal sets the field to ``read()`` (default: the
+    signal's first argument). Equal values end the round trip.
+    """
+    kind = type(getattr(obj, name))
+
+    def store(*args: Any) -> None:
+        setattr(obj, name, kind(read() if read is not None else args[0]))
+
+    show(getattr(obj, name))
+    changed.connect(store)
+    getattr(obj.events, name).connect(lambda value: show(value))
+
+
+def bind_spin(spin: QtWidgets.QAbstractSpinBox, obj: Any, name: str) -> None:
+    """A (double) spin box shows and sets ``obj.name``."""
+    bind(obj, name, spin.setValue, spin.valueChanged)
+
+
+def bind_combo(combo: QtWidgets.QComboBox, obj: Any, name: str) -> None:
+    """A combo box whose items carry the values (``itemData``) shows and sets ``obj.name``."""
+
+    def show(value: Any) -> None:
+        index = combo.findData(value)
+        if index >= 0 and index != combo.currentIndex():
+            combo.setCurrentIndex(index)
+
+    bind(obj, name, show, combo.currentIndexChanged, read=combo.currentData)
+
+
+def bind_check(button: QtWidgets.QAbstractButton, obj: Any, name: str) -> None:
+    """A checkable button shows and sets the boolean ``obj.name``."""
+    bind(obj, name, button.setChecked, button.toggled)
 
 
 def _section(title: str) -> QtWidgets.QLabel:
@@ -105,7 +148,10 @@ class PathEdit(QtWidgets.QWidget):
         return self.edit.text().strip()
 
     def set_text(self, text: str) -> None:
-        self.edit.setText(text)
+        """Show ``text``; ``changed`` is emitted when it differs from what was shown."""
+        if text != self.text():
+            self.edit.setText(text)
+            self.changed.emit(self.text())
 
     def _browse(self) -> None:
         start = self.text() or str(Path.home())
@@ -122,11 +168,9 @@ class AcquisitionPanel(QtWidgets.QWidget):
     """Microscope configuration and the time-lapse: source, exposure, views, interval, timepoints.
 
     Signals:
-        sourceChanged(): the microscope configuration (demo/hardware, files, demo views) changed.
         loadRequested(): the user asked to load the hardware configuration now.
     """
 
-    sourceChanged = QtCore.Signal()
     loadRequested = QtCore.Signal()
 
     def __init__(self, parent=None) -> None:
@@ -224,27 +268,24 @@ class AcquisitionPanel(QtWidgets.QWidget):
         self.activity.setMaximumBlockCount(ACTIVITY_LINES)
         self.activity.setLineWrapMode(QtWidgets.QPlainTextEdit.LineWrapMode.WidgetWidth)
 
-        self.source_combo.currentIndexChanged.connect(self._on_source_changed)
-        self.mm_config.changed.connect(lambda _t: self.sourceChanged.emit())
-        self.settings_file.changed.connect(lambda _t: self.sourceChanged.emit())
-        self.views.valueChanged.connect(lambda _v: self.sourceChanged.emit())
+        self.source_combo.currentIndexChanged.connect(lambda _i: self._update_enabled())
         self._update_enabled()
+
+    def bind(self, settings: AcquisitionSettings) -> None:
+        """Show and set ``settings`` (the model's acquisition section)."""
+        bind_combo(self.source_combo, settings, "source")
+        bind(settings, "mm_config", self.mm_config.set_text, self.mm_config.changed)
+        bind(settings, "settings_file", self.settings_file.set_text, self.settings_file.changed)
+        bind_spin(self.exposure, settings, "exposure_ms")
+        bind_spin(self.views, settings, "views")
+        bind_spin(self.interval, settings, "interval_s")
+        bind_spin(self.timepoints, settings, "timepoints")
+        bind(settings, "save_dir", self.save_dir.set_text, self.save_dir.changed)
 
     # -- values -------------------------------------------------------------------------------
     @property
     def source(self) -> str:
         return self.source_combo.currentData()
-
-    def set_source(self, source: str) -> None:
-        index = self.source_combo.findData(source)
-        if index >= 0:
-            self.source_combo.setCurrentIndex(index)
-
-    @property
-    def timepoint_count(self) -> int:
-        """Timepoints to acquire (``CONTINUOUS_TIMEPOINTS`` for continuous)."""
-        n = self.timepoints.value()
-        return n if n > 0 else CONTINUOUS_TIMEPOINTS
 
     def set_sources(self, presets: list[str], sources_um_xyz: np.ndarray) -> None:
         """Fill the views table with each view's preset and nominal source position (µm)."""
@@ -278,10 +319,6 @@ class AcquisitionPanel(QtWidgets.QWidget):
         if not running:
             self._update_enabled()
 
-    def _on_source_changed(self) -> None:
-        self._update_enabled()
-        self.sourceChanged.emit()
-
     def _update_enabled(self) -> None:
         hardware = self.source == HARDWARE_SOURCE
         for w in (self.mm_config, self.settings_file, self.load_button):
@@ -293,11 +330,9 @@ class ReconstructionPanel(QtWidgets.QWidget):
     """Reconstruction settings (applied between timepoints) and the live loss/latency traces.
 
     Signals:
-        settingsChanged(): a setting changed (read them with :meth:`config_changes` etc.).
         resetRequested(): start the next timepoint from scratch.
     """
 
-    settingsChanged = QtCore.Signal()
     resetRequested = QtCore.Signal()
 
     def __init__(self, parent=None) -> None:
@@ -393,17 +428,21 @@ class ReconstructionPanel(QtWidgets.QWidget):
         self.splitter.setStretchFactor(1, 3)
         self.splitter.setStretchFactor(2, 2)
 
-        defaults = ReconConfig()
-        self._iteration_mode_checks = (defaults.check_every, defaults.stop_on_plateau)
-        self.set_config(defaults)
-        self.budget_mode.currentIndexChanged.connect(self._on_budget_mode)
-        for w in (self.method, self.budget_mode, self.device):
-            w.currentIndexChanged.connect(self._changed)
         for w in (self.warm_iterations, self.latency, self.cold_iterations, self.tv_weight):
-            w.valueChanged.connect(self._changed)
             w.setKeyboardTracking(False)
-        self.warm_start.toggled.connect(self._changed)
-        self._quiet = False
+
+    def bind(self, settings: ReconstructionSettings) -> None:
+        """Show and set ``settings`` (the model's reconstruction section)."""
+        bind_combo(self.method, settings, "method")
+        bind_combo(self.budget_mode, settings, "budget_mode")
+        self._show_budget(settings.budget_mode)
+        settings.events.budget_mode.connect(self._show_budget)
+        bind_spin(self.warm_iterations, settings, "warm_iterations")
+        bind_spin(self.latency, settings, "latency_s")
+        bind_spin(self.cold_iterations, settings, "cold_iterations")
+        bind_spin(self.tv_weight, settings, "tv_weight")
+        bind(settings, "device", self.set_device, self.device.currentIndexChanged, read=self.device.currentData)
+        bind_check(self.warm_start, settings, "warm_start")
 
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:
         """Settings and plots side by side in a wide dock, stacked in a tall one."""
@@ -430,28 +469,8 @@ class ReconstructionPanel(QtWidgets.QWidget):
                 item.setEnabled(False)
 
     # -- values --------------------------------------------------------------------------------
-    def set_config(self, config: ReconConfig, *, device: str | None = None, warm_start: bool | None = None) -> None:
-        """Show a config without emitting ``settingsChanged``."""
-        self._quiet = True
-        try:
-            self.method.setCurrentIndex(max(0, self.method.findData(config.method)))
-            latency = config.time_budget_s is not None
-            if not latency:
-                self._iteration_mode_checks = (config.check_every, config.stop_on_plateau)
-            self.budget_mode.setCurrentIndex(1 if latency else 0)
-            self.budget_stack.setCurrentIndex(1 if latency else 0)
-            if latency:
-                self.latency.setValue(float(config.time_budget_s))
-            else:
-                self.warm_iterations.setValue(int(config.warm_iterations))
-            self.cold_iterations.setValue(int(config.iterations))
-            self.tv_weight.setValue(float(config.tv_weight))
-            if device is not None:
-                self.set_device(device)
-            if warm_start is not None:
-                self.warm_start.setChecked(bool(warm_start))
-        finally:
-            self._quiet = False
+    def _show_budget(self, mode: str) -> None:
+        self.budget_stack.setCurrentIndex(int(mode == "latency"))
 
     def set_device(self, device: str) -> None:
         index = self.device.findData(device)
@@ -463,51 +482,19 @@ class ReconstructionPanel(QtWidgets.QWidget):
     def device_name(self) -> str:
         return self.device.currentData()
 
-    def config_changes(self) -> dict:
-        """The ReconConfig fields the panel controls."""
-        changes: dict = {
-            "method": self.method.currentData(),
-            "iterations": self.cold_iterations.value(),
-            "tv_weight": self.tv_weight.value(),
-        }
-        if self.budget_mode.currentData() == "latency":
-            # Run until the time budget; check the clock every iteration so the budget holds.
-            changes.update(
-                time_budget_s=self.latency.value(), warm_iterations=LATENCY_MODE_ITERATION_CAP,
-                check_every=LATENCY_MODE_CHECK_EVERY, stop_on_plateau=False,
-            )
-        else:
-            check_every, plateau = self._iteration_mode_checks
-            changes.update(
-                time_budget_s=None, warm_iterations=self.warm_iterations.value(),
-                check_every=check_every, stop_on_plateau=plateau,
-            )
-        return changes
-
-    def _on_budget_mode(self, index: int) -> None:
-        self.budget_stack.setCurrentIndex(index)
-
-    def _changed(self, *_args) -> None:
-        if not self._quiet:
-            self.settingsChanged.emit()
-
 
 class TimelinePanel(QtWidgets.QWidget):
     """Scrub and replay the timepoints of the current or an opened recording; offline reconstruction.
 
     Signals:
         timepointChanged(int): the user picked a timepoint (slider, spin box, playback).
-        followToggled(bool): follow the live acquisition.
         openRequested(), reconstructRequested(), cancelRequested(): buttons.
-        kindChanged(str): ``volume`` (reconstruction) or ``truth`` (ground truth).
     """
 
     timepointChanged = QtCore.Signal(int)
-    followToggled = QtCore.Signal(bool)
     openRequested = QtCore.Signal()
     reconstructRequested = QtCore.Signal()
     cancelRequested = QtCore.Signal()
-    kindChanged = QtCore.Signal(str)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -586,10 +573,8 @@ class TimelinePanel(QtWidgets.QWidget):
         self._timer.timeout.connect(self._advance)
         self.slider.valueChanged.connect(self._on_slider)
         self.spin.valueChanged.connect(self._on_spin)
-        self.follow.toggled.connect(self.followToggled)
         self.reconstruct_button.clicked.connect(self.reconstructRequested)
         self.cancel_button.clicked.connect(self.cancelRequested)
-        self.kind.currentIndexChanged.connect(lambda _i: self.kindChanged.emit(self.kind.currentData()))
         self.fps.valueChanged.connect(lambda v: self._timer.setInterval(int(1000 / v)))
         self._quiet = False
         self._count = 0
@@ -624,10 +609,11 @@ class TimelinePanel(QtWidgets.QWidget):
         finally:
             self._quiet = False
 
-    def set_following(self, follow: bool) -> None:
-        self.follow.blockSignals(True)
-        self.follow.setChecked(follow)
-        self.follow.blockSignals(False)
+    def bind(self, view: ViewState) -> None:
+        """Show and set ``view`` (the model's view state: replay speed and kind, following)."""
+        bind_spin(self.fps, view, "fps")
+        bind_combo(self.kind, view, "replay_kind")
+        bind_check(self.follow, view, "following")
 
     def stop_playing(self) -> None:
         self.play_button.setChecked(False)

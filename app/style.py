@@ -7,9 +7,13 @@ the colorbar, so both show the same colours for the same refractive index.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyqtgraph as pg
-from PySide6 import QtGui, QtWidgets
+from PySide6 import QtCore, QtGui, QtWidgets
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 
 BACKGROUND = "#111418"
 PANEL = "#1a1f26"
@@ -130,3 +134,53 @@ def panel_title(text: str) -> QtWidgets.QLabel:
     label = QtWidgets.QLabel(text)
     label.setObjectName("panelTitle")
     return label
+
+
+#: The main window's stylesheet (docks, panels, the Live/Record/Stop buttons, the status bar).
+WINDOW_STYLESHEET = f"""
+QMainWindow::separator {{ background: #0d1014; width: 3px; height: 3px; }}
+QDockWidget {{ color: {FOREGROUND}; font-weight: 600; }}
+QDockWidget::title {{ background: #20262e; padding: 4px 8px; border-bottom: 1px solid #2c343f; }}
+QLabel#sectionTitle {{ color: {ACCENT}; font-size: 8pt; font-weight: 700; letter-spacing: 1px;
+    padding: 4px 0 0 0; border-bottom: 1px solid #2c343f; }}
+QLabel#stateLabel {{ color: {FOREGROUND}; background: #141920; border: 1px solid #2a313b;
+    border-radius: 3px; padding: 4px 6px; }}
+QToolButton#liveButton, QToolButton#recordButton, QToolButton#stopButton {{
+    font-weight: 600; padding: 4px 8px; border-radius: 4px; border: 1px solid #323b47; background: #232a33; }}
+QToolButton#liveButton:checked {{ background: #1f5f3a; border-color: #3cff8f; }}
+QToolButton#recordButton:checked {{ background: #6a1f25; border-color: #ff4d5e; }}
+QToolButton:disabled {{ color: {MUTED}; }}
+QPlainTextEdit#activity {{ background: {BACKGROUND}; border: 1px solid #2a313b; font-size: 8pt; }}
+QLineEdit, QTreeWidget {{ background: {BACKGROUND}; border: 1px solid #323b47; border-radius: 3px; }}
+QTreeWidget {{ alternate-background-color: #161b22; }}
+QHeaderView::section {{ background: #20262e; color: {MUTED}; border: none; padding: 2px 4px; }}
+QPushButton {{ background: #232a33; border: 1px solid #323b47; border-radius: 3px; padding: 3px 10px; }}
+QPushButton:hover, QToolButton:hover {{ border-color: {ACCENT}; }}
+QProgressBar {{ background: {BACKGROUND}; border: 1px solid #323b47; border-radius: 3px; text-align: center;
+    color: {FOREGROUND}; }}
+QProgressBar::chunk {{ background: #245a86; }}
+QStatusBar {{ background: #161b21; border-top: 1px solid #2c343f; }}
+QStatusBar QLabel {{ color: {FOREGROUND}; padding: 0 8px; border-left: 1px solid #2c343f; }}
+QToolBar {{ background: #1d232b; border-bottom: 1px solid #2c343f; spacing: 4px; padding: 2px; }}
+QSlider::groove:horizontal {{ height: 4px; background: #2c343f; border-radius: 2px; }}
+QSlider::handle:horizontal {{ background: {ACCENT}; width: 12px; margin: -5px 0; border-radius: 6px; }}
+QSlider::sub-page:horizontal {{ background: #245a86; border-radius: 2px; }}
+"""
+
+
+def app_icon() -> QtGui.QIcon:
+    """The application icon (resources/nvplive.svg)."""
+    return QtGui.QIcon(str(RESOURCES / "nvplive.svg"))
+
+
+def dot_icon(color: str, size: int = 16) -> QtGui.QIcon:
+    """A filled circle of ``color`` (the Record action's icon)."""
+    pix = QtGui.QPixmap(size, size)
+    pix.fill(QtCore.Qt.GlobalColor.transparent)
+    painter = QtGui.QPainter(pix)
+    painter.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing)
+    painter.setBrush(QtGui.QColor(color))
+    painter.setPen(QtCore.Qt.PenStyle.NoPen)
+    painter.drawEllipse(QtCore.QRectF(2.5, 2.5, size - 5, size - 5))
+    painter.end()
+    return QtGui.QIcon(pix)

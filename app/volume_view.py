@@ -21,6 +21,7 @@ import vispy
 from PySide6 import QtCore, QtWidgets
 
 from . import style
+from .model import RENDER_MODES as MODES
 
 vispy.use("pyside6")
 
@@ -28,7 +29,6 @@ from vispy import scene  # noqa: E402  (needs the backend chosen first)
 from vispy.io import write_png  # noqa: E402
 from vispy.visuals.transforms import STTransform  # noqa: E402
 
-MODES = ("mip", "translucent", "iso")
 _MODE_LABELS = {"mip": "MIP", "translucent": "Translucent", "iso": "Isosurface"}
 _MODE_ALIASES = {"isosurface": "iso", "maximum": "mip", "max": "mip"}
 
@@ -77,9 +77,11 @@ class VolumeView(QtWidgets.QWidget):
 
     Signals:
         slicesChanged(int, int, int): slice indices (z, y, x) after any change.
+        modeChanged(str): the render mode changed (its combo box or :meth:`set_mode`).
     """
 
     slicesChanged = QtCore.Signal(int, int, int)
+    modeChanged = QtCore.Signal(str)
 
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
@@ -290,6 +292,7 @@ class VolumeView(QtWidgets.QWidget):
         key = _MODE_ALIASES.get(str(mode).lower(), str(mode).lower())
         if key not in MODES:
             raise ValueError(f"unknown render mode {mode!r}; use one of {', '.join(MODES)}")
+        changed = key != self._mode
         self._mode = key
         self.volume.method = key
         self.volume.cmap = self._cmap_translucent if key == "translucent" else self._cmap_opaque
@@ -300,6 +303,8 @@ class VolumeView(QtWidgets.QWidget):
             self.mode_combo.setCurrentIndex(idx)
             self.mode_combo.blockSignals(False)
         self.canvas.update()
+        if changed:
+            self.modeChanged.emit(key)
 
     @property
     def mode(self) -> str:

@@ -71,7 +71,7 @@ def test_demo_refuses_to_overwrite_an_existing_result(tmp_path):
 
 def test_default_reconstructor_matches_the_microscope():
     core, info = build_demo_core(shape_zyx=SHAPE, voxel_um_zyx=VOXEL, views=3, coherence=FAST)
-    recon = default_reconstructor_factory("cpu")(info)
+    recon = default_reconstructor_factory("cpu")(info).inner  # the live reconstructor's Reconstructor
     assert isinstance(recon, Reconstructor) and recon.n_views == 3
     assert recon.camera_offset == info.camera_model.offset and recon.optics == info.optics
     # the same volume (built through the recording's metadata, which states the focal plane)

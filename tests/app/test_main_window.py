@@ -25,7 +25,7 @@ from nvplive.acquisition.offline import simulate_recording
 from nvplive.acquisition.recording import open_recording
 from nvplive.app.export import read_apng_info
 from nvplive.app.main_window import MainWindow
-from nvplive.app.session import DemoOptions
+from nvplive.acquisition.live import DemoOptions
 from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import PartialCoherence
 
@@ -148,9 +148,10 @@ def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, 
     assert np.abs(pictures[same[0]] - pictures[same[-1]]).mean() > 0.3
 
     # Status bar and plots report what happened.
-    assert window.latency_label.text().startswith("Latency ") and "—" not in window.latency_label.text()
-    assert window.skipped_label.text() == f"Skipped {window._skipped}"
-    assert "CPU" in window.device_label.text() and "MiB" in window.device_label.text()
+    labels = window.status_labels
+    assert labels.latency_label.text().startswith("Latency ") and "—" not in labels.latency_label.text()
+    assert labels.skipped_label.text() == f"Skipped {window.stats.skipped}"
+    assert "CPU" in labels.device_label.text() and "MiB" in labels.device_label.text()
     assert window.recon_panel.latency_plot.values.size >= 2
     assert window.recon_panel.loss_plot.values.size >= TINY_CONFIG.iterations
 
@@ -411,4 +412,5 @@ def test_settings_persist(make_window, settings_file, qtbot):
     assert p.budget_mode.currentData() == "latency" and p.latency.value() == pytest.approx(0.7)
     assert again.acquisition_panel.exposure.value() == pytest.approx(12.5)
     assert again.volume_view.mode == "translucent"
-    assert again._base_config.method == "triplane" and again._base_config.time_budget_s == pytest.approx(0.7)
+    config = again.model.reconstruction.config()
+    assert config.method == "triplane" and config.time_budget_s == pytest.approx(0.7)

@@ -31,8 +31,10 @@ and replaces the old volumes and their labels in one commit when the run complet
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import shutil
@@ -843,8 +845,8 @@ class RecordingWriter:
         lock = RecordingLock(root).acquire()
         try:
             with Recording.open(root) as rec:
-                interrupted = rec.interrupted
-            if interrupted:
+                repair = rec.interrupted or rec.damaged_tails
+            if repair:
                 _recover_locked(root, durable)
             with Recording.open(root) as rec:
                 rec.verify()
@@ -1304,6 +1306,24 @@ def _truth_ome(name: str, meta: RecordingMeta, truth: list[dict]) -> bytes:
 # --------------------------------------------------------------------------- reader
 
 
+class _DropWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's warnings while it parses our pages: damage is reported as a RecordingError
+    (or, for a damaged OME-XML tail, recovered), not as log lines around the one-sentence message."""
+    log = logging.getLogger("tifffile")
+    drop = _DropWarnings()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
+
+
 class _PageReader:
     """Random access to the first ``n_pages`` pages of one of the recording's TIFFs."""
 
@@ -1315,30 +1335,32 @@ class _PageReader:
         self.dtype = np.dtype(dtype)
         self._lock = threading.Lock()
         self._tif: tifffile.TiffFile | None = None
+        #: The OME-XML at the file's end (pointed to by the first page) is unreadable: damaged tail.
+        self.tail_damaged = False
         if n_pages == 0:
             return
         if not path.is_file():
             raise RecordingError(f"{path}: file is missing, but {JSON_NAME} lists {n_pages} pages in it.")
         try:
-            self._tif = tifffile.TiffFile(path, is_ome=False)
-            self._tif.pages.cache = False
-            self._size = path.stat().st_size
-            first = self._page(0)
-            self._check_page(first, 0)
-            self._check_page(self._page(n_pages - 1), n_pages - 1)
-            if first.tags.get(270) is None:
-                raise RecordingError(
-                    f"{path}: the first page has no readable ImageDescription (damaged file, or not written by "
-                    "nvp-live)."
-                )
-            description = first.description
+            with _quiet_tifffile():
+                self._tif = tifffile.TiffFile(path, is_ome=False)
+                self._tif.pages.cache = False
+                self._size = path.stat().st_size
+                first = self._page(0)
+                self._check_page(first, 0)
+                self._check_page(self._page(n_pages - 1), n_pages - 1)
+                # recording.json, not the OME-XML, says what the pages are: a description that cannot be
+                # read (its bytes cut from the end of the file) loses only metadata; recover_recording rewrites it.
+                description = first.description if first.tags.get(270) is not None else None
         except RecordingError:
             self.close()
             raise
         except Exception as exc:  # tifffile raises many types on corrupted files
             self.close()
             raise RecordingError(f"{path}: is not a readable TIFF ({type(exc).__name__}: {exc}).") from None
-        if ome_sizes is not None and description.lstrip().startswith("<"):
+        if description is None:
+            self.tail_damaged = True
+        elif ome_sizes is not None and description.lstrip().startswith("<"):
             try:
                 self._check_ome(description, ome_sizes)
             except RecordingError:
@@ -1382,8 +1404,9 @@ class _PageReader:
             order = pixels.get("DimensionOrder", "")
             found = {ax: int(pixels.get(f"Size{ax}", "1")) for ax in "XYZCT"}
             pixel_type = pixels.get("Type")
-        except (ElementTree.ParseError, ValueError) as exc:
-            raise RecordingError(f"{self.path}: its OME-XML metadata is unreadable ({exc}).") from None
+        except (ElementTree.ParseError, ValueError):
+            self.tail_damaged = True
+            return
         expected = {"X": self.page_shape[1], "Y": self.page_shape[0], "Z": 1, "C": 1, "T": 1, **sizes}
         stacked = [ax for ax in order if ax in "ZCT" and expected[ax] > 1]
         wanted = [ax for ax in "ZCT" if expected[ax] > 1]
@@ -1402,7 +1425,7 @@ class _PageReader:
 
     def verify(self) -> None:
         """Check every page's IFD, shape, dtype and pixel extent (no pixels read)."""
-        with self._lock:
+        with self._lock, _quiet_tifffile():
             for index in range(self.n_pages):
                 if self._tif is None:
                     raise RecordingError(f"{self.path}: the recording is closed.")
@@ -1417,7 +1440,7 @@ class _PageReader:
 
     def read(self, start: int, count: int) -> np.ndarray:
         out = np.empty((count, *self.page_shape), self.dtype)
-        with self._lock:
+        with self._lock, _quiet_tifffile():
             if self._tif is None:
                 raise RecordingError(f"{self.path}: the recording is closed.")
             for j in range(count):
@@ -1521,6 +1544,12 @@ class Recording:
         one that is still being written must be left alone.
         """
         return self._state.journal_present or not self._state.closed
+
+    @property
+    def damaged_tails(self) -> tuple[str, ...]:
+        """TIFFs whose OME-XML (at the end of the file) is unreadable; their pages are intact and
+        read through recording.json. :func:`recover_recording` rewrites them."""
+        return tuple(r.path.name for r in self._readers if r.tail_damaged)
 
     @property
     def writer(self) -> dict | None:
@@ -1660,7 +1689,8 @@ def open_recording(path: str | os.PathLike) -> Recording:
 
 
 def recover_recording(path: str | os.PathLike, *, durable: bool = True) -> bool:
-    """Finish an interrupted recording in place; returns False if it was already closed cleanly.
+    """Finish an interrupted recording in place, or repair TIFFs whose OME-XML tail is damaged
+    (:attr:`Recording.damaged_tails`); returns False if there was nothing to do.
 
     Each TIFF is rewritten with exactly its complete pages plus OME-XML (and
     atomically swapped in), the journal is merged into recording.json and removed.
@@ -1678,7 +1708,7 @@ def recover_recording(path: str | os.PathLike, *, durable: bool = True) -> bool:
 def _recover_locked(root: Path, durable: bool) -> bool:
     """:func:`recover_recording` for a caller that holds the lock."""
     with Recording.open(root) as rec:
-        if not rec.interrupted:
+        if not (rec.interrupted or rec.damaged_tails):
             return False
         state = rec._state
         meta = state.meta

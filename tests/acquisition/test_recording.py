@@ -309,7 +309,8 @@ CORRUPTIONS = {
                        FRAMES_NAME, r"expects uint16 \(8, 16\)"),
     "more views than pages": (lambda p: _edit_json(p, _add_view), FRAMES_NAME, "holds only 12 readable pages"),
     "truncated frames": (lambda p: _truncate(p / FRAMES_NAME, 0.6), FRAMES_NAME, "truncated|readable"),
-    "truncated volumes": (lambda p: _truncate(p / VOLUMES_NAME, 0.9), VOLUMES_NAME, "truncated|readable"),
+    # cut into the pixels (a cut into the OME-XML tail alone is recovered: test_one_writer.py)
+    "truncated volumes": (lambda p: _truncate(p / VOLUMES_NAME, 0.4), VOLUMES_NAME, "truncated|readable"),
     "missing truth": (lambda p: (p / GROUND_TRUTH_NAME).unlink(), GROUND_TRUTH_NAME, "missing"),
     "not a tiff": (lambda p: (p / FRAMES_NAME).write_bytes(b"hello world" * 10), FRAMES_NAME, "not a readable TIFF"),
     "wrong ome axes": (lambda p: _set_ome(p / FRAMES_NAME, 'DimensionOrder="XYZCT"', 'DimensionOrder="XYZTC"'),

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nvplive.errors import AcquisitionError
 from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import PartialCoherence
+
+from nvplive.errors import AcquisitionError
 
 from .devices import SimulatedScene
 from .live import LIVE_CONFIG, DemoOptions, LiveSession, live_reconstructor, load_demo_microscope
@@ -79,6 +80,7 @@ class DemoResult:
 
     @property
     def reconstructed(self) -> list[int]:
+        """Timepoints whose volume was reconstructed, in order."""
         return [tp.t for tp in self.timepoints if tp.reconstructed]
 
     @property

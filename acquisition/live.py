@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nvplive.recon.reconstructor import ReconConfig, ReconResult, Reconstructor, select_device
+from nvplive.recon.simulate import PartialCoherence
 from psygnal import Signal, SignalGroup
 
 from nvplive.errors import NvpLiveError, ReconstructionError
-from nvplive.recon.reconstructor import ReconConfig, Reconstructor, ReconResult, select_device
-from nvplive.recon.simulate import PartialCoherence
 
 from .microscope import MicroscopeInfo, build_demo_core, load_hardware_core, release_core
 from .pipeline import (
@@ -672,7 +672,7 @@ class LiveSession:
         latency = record.latency_s if record is not None else math.nan
         losses = [float(v) for v in getattr(result, "losses", [])]
         warm = bool(getattr(result, "warm", True))
-        _emit(self.events.volume, 
+        _emit(self.events.volume,
             VolumeUpdate(
                 t=t,
                 dn=dn,

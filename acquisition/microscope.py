@@ -23,21 +23,21 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import groupby
 from contextlib import suppress
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import useq
-from pymmcore_plus.experimental.unicore import UniMMCore
+from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.simulate import CameraModel, PartialCoherence
 from pymmcore_plus.core import SequencedEvent, iter_sequenced_events
+from pymmcore_plus.experimental.unicore import UniMMCore
 from pymmcore_plus.mda import MDAEngine, SkipEvent
 
 from nvplive.errors import AcquisitionError, GeometryError
-from nvplive.recon.optics import Optics, VolumeGeometry
-from nvplive.recon.simulate import CameraModel, PartialCoherence
 
 from .devices import (
     REFERENCE_EXPOSURE_MS,
@@ -231,7 +231,7 @@ class FDTEngine(MDAEngine):
         return t, view, preset
 
     def _check_selected(self, event: useq.MDAEvent) -> None:
-        t, view, preset = self._tag(event)
+        t, view, _preset = self._tag(event)
         if (ch := event.channel) is not None:
             current = self.mmcore.getCurrentConfigFromCache(ch.group)
             if current != ch.config:

@@ -8,20 +8,20 @@ through a ``progress(done, total, message)`` callback.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-
-from nvplive.errors import NvpLiveError, RecordingError
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
 from nvplive.recon.physics import ForwardModel, render
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, default_sources
+
+from nvplive.errors import NvpLiveError, RecordingError
 
 from .recording import CameraSettings, Recording, RecordingMeta, RecordingWriter
 
@@ -127,6 +127,9 @@ def reconstructor_for(meta: RecordingMeta, config: ReconConfig, device: str = "a
 
 @dataclass
 class ReconstructionSummary:
+    """What :func:`reconstruct_recording` did: timepoints, wall time (s), iterations and
+    final loss per timepoint, the rolled-back (flagged) timepoints, and the device."""
+
     timepoints: int
     seconds: float
     iterations: list[int]

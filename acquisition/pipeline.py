@@ -1,6 +1,6 @@
 """Live FDT acquisition: MDA → disk first → (newest timepoint) → warm-started reconstruction.
 
-Data flow (DESIGN.md §7)::
+Data flow (docs/acquisition.md, "Threads and data flow")::
 
     MDA thread (pymmcore-plus runner)          reconstruction thread
     ───────────────────────────────────        ─────────────────────────────
@@ -37,8 +37,8 @@ from psygnal import Signal
 
 from nvplive.errors import AcquisitionError
 
-from .microscope import TIMESTAMP_SOURCE_KEY, FDTEngine, MicroscopeInfo, event_view_timepoint
 from . import offline
+from .microscope import TIMESTAMP_SOURCE_KEY, FDTEngine, MicroscopeInfo, event_view_timepoint
 from .recording import RecordingMeta
 
 logger = logging.getLogger("nvplive.acquisition")
@@ -81,19 +81,22 @@ def camera_metadata(tags: Mapping[str, Any]) -> dict[str, Any]:
 class FrameSink(Protocol):
     """Where frames go first (a :class:`~nvplive.acquisition.recording.RecordingWriter`)."""
 
-    def write_frame(self, t: int, view: int, frame: np.ndarray, timestamp_s: float, metadata: Mapping) -> None: ...
+    def write_frame(self, t: int, view: int, frame: np.ndarray, timestamp_s: float, metadata: Mapping) -> None:
+        """Store frame ``view`` of timepoint ``t`` (``[Y, X]`` ADU) with its time (s) and metadata."""
 
 
 class VolumeSink(Protocol):
     """Where reconstructed volumes go."""
 
-    def write_volume(self, t: int, dn: np.ndarray, method: str, settings: Mapping) -> None: ...
+    def write_volume(self, t: int, dn: np.ndarray, method: str, settings: Mapping) -> None:
+        """Store the Δn volume ``[Z, Y, X]`` of timepoint ``t`` with the method and its settings."""
 
 
 class WarmReconstructor(Protocol):
     """What the worker needs of a reconstructor (``nvplive.recon.reconstructor.Reconstructor``)."""
 
-    def warm_update(self, frames: np.ndarray) -> Any: ...
+    def warm_update(self, frames: np.ndarray) -> Any:
+        """Fit the frames ``[V, Y, X]`` of the next timepoint, warm-started from the previous one."""
 
 
 def _emit(signal: Any, *args: Any) -> None:
@@ -143,6 +146,7 @@ class AcquisitionSummary:
 
     @property
     def ok(self) -> bool:
+        """Whether the acquisition ended without an error (completed or stopped by the user)."""
         return self.status in ("completed", "stopped")
 
 
@@ -218,14 +222,17 @@ class FDTAcquisition:
     # -- control ------------------------------------------------------------------------
     @property
     def n_views(self) -> int:
+        """Views (sources) per timepoint."""
         return self.info.n_views
 
     @property
     def is_running(self) -> bool:
+        """Whether the acquisition thread is running."""
         return self._thread is not None and self._thread.is_alive()
 
     @property
     def completed_timepoints(self) -> list[int]:
+        """Timepoints whose views have all been written, in order."""
         with self._lock:
             return [r.t for r in self._records]
 
@@ -516,13 +523,16 @@ class ReconstructionWorker:
 
     @property
     def reconstructed(self) -> list[int]:
+        """Timepoints reconstructed so far, in order."""
         return [r.t for r in self.records]
 
     @property
     def is_running(self) -> bool:
+        """Whether the reconstruction thread is running."""
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> "ReconstructionWorker":
+    def start(self) -> ReconstructionWorker:
+        """Start the reconstruction thread (no-op when it runs); returns ``self``."""
         if self.is_running:
             return self
         with self._cond:

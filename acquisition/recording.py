@@ -1,4 +1,4 @@
-"""Recording format, version 1 (DESIGN.md §5): writer, reader and crash recovery.
+"""Recording format, version 1 (docs/format.md): writer, reader and crash recovery.
 
 A recording is a folder ``NAME.fdt/``::
 
@@ -48,12 +48,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import tifffile
+from nvplive.recon.optics import Optics, VolumeGeometry
 
 from nvplive import __version__
 from nvplive.errors import GeometryError, RecordingError
-from nvplive.recon.optics import Optics, VolumeGeometry
 
-from .recording_lock import LOCK_NAME, RecordingLock, lock_holder
+from .recording_lock import RecordingLock, lock_holder
 
 FORMAT_NAME = "nvp-live-recording"
 FORMAT_VERSION = 1
@@ -169,7 +169,7 @@ def _format_document(doc: dict) -> str:
 
 
 def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _sources_tuple(value: Any, n_views: int | None, what: str) -> tuple[tuple[float, float, float], ...]:

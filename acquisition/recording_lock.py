@@ -59,7 +59,7 @@ def describe_holder(holder: dict) -> str:
     command = holder.get("command") or "unknown command"
     since = holder.get("since")
     try:
-        when = _dt.datetime.fromisoformat(since).astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        when = _dt.datetime.fromisoformat(since).astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (TypeError, ValueError):
         when = "an unknown time"
     host = holder.get("host")
@@ -134,9 +134,12 @@ class RecordingLock:
 
     @property
     def held(self) -> bool:
+        """Whether this process holds the lock."""
         return self._fd is not None
 
     def acquire(self) -> RecordingLock:
+        """Take the lock and return ``self``; :class:`RecordingLockedError` names the holder when another
+        process keeps it (a stale lock left by a dead process is taken over; ``stale`` describes it)."""
         path = self.root / LOCK_NAME
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -157,7 +160,7 @@ class RecordingLock:
         mine = {
             "pid": os.getpid(),
             "command": _command_line(),
-            "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "host": socket.gethostname(),
         }
         try:

@@ -1,6 +1,6 @@
 """Camera frames of the current timepoint: one view large, all views as thumbnails.
 
-Image coordinates follow DESIGN §1: pixel ``j`` of ``N`` sits at
+Image coordinates follow docs/physics.md (Conventions): pixel ``j`` of ``N`` sits at
 ``x_j = (j − N/2)·dx`` µm (same for y) with ``dx`` the pixel size in the sample
 plane, so the calibrated source positions (µm, same origin) can be drawn on top.
 Rows are shown top-down, as on the camera.

@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6 import QtCore, QtGui, QtWidgets
-
 from nvplive.acquisition.live import (
     CONTINUOUS_TIMEPOINTS,
     LATENCY_MODE_ITERATION_CAP,
@@ -42,8 +40,10 @@ from nvplive.acquisition.live import (
 )
 from nvplive.acquisition.pipeline import AcquisitionSummary
 from nvplive.acquisition.recording import Recording
-from nvplive.errors import NvpLiveError
 from nvplive.recon.reconstructor import ReconConfig, select_device
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from nvplive.errors import NvpLiveError
 
 from . import style
 from .actions import install_actions

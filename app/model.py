@@ -20,8 +20,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from psygnal import evented
-
 from nvplive.acquisition.live import (
     CONTINUOUS_TIMEPOINTS,
     LATENCY_MODE_CHECK_EVERY,
@@ -30,6 +28,7 @@ from nvplive.acquisition.live import (
     METHODS,
 )
 from nvplive.recon.reconstructor import ReconConfig
+from psygnal import evented
 
 #: Version of the stored settings layout (1: this one; 0: keys of the app before the model).
 SETTINGS_VERSION = 1
@@ -45,9 +44,9 @@ METHOD_LABELS = {"nvp": "NVP (neural volumetric prior)", "explicit": "Explicit v
 class SettingsStore(Protocol):
     """What persistence needs of a store (``QSettings`` has it)."""
 
-    def value(self, key: str, defaultValue: Any = None, type: Any = None) -> Any: ...  # noqa: A002,N803
+    def value(self, key: str, defaultValue: Any = None, type: Any = None) -> Any: ...
 
-    def setValue(self, key: str, value: Any) -> None: ...  # noqa: N802
+    def setValue(self, key: str, value: Any) -> None: ...
 
     def contains(self, key: str) -> bool: ...
 

@@ -10,16 +10,14 @@ widgets are added to them (PySide6 ownership rule, see ``qt_compat``).
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6 import QtCore, QtGui, QtWidgets
-
-from collections.abc import Callable
-from typing import Any
-
 from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS, METHODS
+from PySide6 import QtCore, QtGui, QtWidgets
 
 from . import style
 from .model import (

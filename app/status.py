@@ -10,9 +10,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from PySide6 import QtWidgets
-
 from nvplive.recon.reconstructor import select_device
+from PySide6 import QtWidgets
 
 from .session import device_status
 

@@ -2,7 +2,7 @@
 
 ``VolumeView`` holds a vispy canvas (volume rendering, box axes in µm, slice-plane
 outlines), a pyqtgraph colorbar in refractive-index units (n_medium + Δn) and a
-panel of three orthogonal slices. Coordinates follow DESIGN §1: lateral origin at
+panel of three orthogonal slices. Coordinates follow docs/physics.md (Conventions): lateral origin at
 the field-of-view centre (voxel ``j`` at ``x = (j − Nx/2)·dx``), axial origin at
 the bottom face of the volume (slab ``k`` spans ``[k·dz, (k+1)·dz]``), all in µm.
 
@@ -445,7 +445,7 @@ class VolumeView(QtWidgets.QWidget):
 
     def _update_geometry(self) -> None:
         g = self._geom
-        nz, ny, nx = g.shape
+        _nz, ny, nx = g.shape
         dz, dy, dx = g.voxel_um
         self.volume.transform.scale = (dx, dy, dz)
         self.volume.transform.translate = (-nx / 2 * dx, -ny / 2 * dy, 0.5 * dz)

@@ -26,10 +26,9 @@ def measure(seconds: float, device: str = "cpu") -> list[dict]:
     import vispy
 
     vispy.use("pyside6")
-    from PySide6 import QtCore, QtWidgets
-
     from nvplive.app.main_window import MainWindow
     from nvplive.recon.reconstructor import live_cpu_threads
+    from PySide6 import QtCore, QtWidgets
 
     torch.set_num_threads(live_cpu_threads())
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
@@ -68,6 +67,7 @@ def _spin(app, seconds: float) -> None:
 
 
 def summary(rows: list[dict], seconds: float) -> str:
+    """The Markdown summary of the warm updates' latencies (BENCHMARKS.md)."""
     warm = [r for r in rows if r["warm"]]
     lines = [f"### App warm-update latency ({time.strftime('%Y-%m-%d')}, `python -m nvplive.benchmarks.app_latency`)", ""]
     if not warm:
@@ -92,6 +92,7 @@ def summary(rows: list[dict], seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the live demo in the app for ``--seconds`` and report its warm-update latency; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m nvplive.benchmarks.app_latency", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=100.0, help="how long the live demo runs (s)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

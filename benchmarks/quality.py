@@ -1,4 +1,4 @@
-"""``nvplive bench quality``: Δn quality of NVP against the baselines (DESIGN.md §8).
+"""``nvplive bench quality``: Δn quality of NVP against the baselines (results: BENCHMARKS.md).
 
 Synthetic data: phantoms ``cell`` and ``tissue`` simulated with partial coherence
 and camera noise, 6, 7 and 20 views; methods NVP, Explicit, Triplane; ablations of
@@ -18,15 +18,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import publish
-
 import numpy as np
+
+from . import publish
 
 PAPER_6_VIEWS = {"explicit": 28.62, "triplane": 28.73, "nvp": 30.73}
 
 
 @dataclass(frozen=True)
 class QualitySize:
+    """Problem size of the quality benchmark: grid, voxel (µm), iteration budgets."""
     shape_zyx: tuple[int, int, int]
     voxel_um: float
     iterations: int
@@ -182,6 +183,7 @@ def warm_iterations_to_cold_quality(
 
 
 def run_quality(full: bool = False, workers: int | None = None, progress=print) -> tuple[list[dict], dict]:
+    """Reconstruct the cell and tissue phantoms with every method; returns the rows and the warm-start row."""
     size = FULL_SIZE if full else DEFAULT_SIZE
     size_dict = asdict(size)
     tasks = []
@@ -220,6 +222,7 @@ def _lookup(rows, phantom, views, method, variant, protocol):
 
 
 def markdown_table(rows: list[dict], warm: dict, seconds: float, full: bool) -> str:
+    """The Markdown table of :func:`run_quality`'s rows (BENCHMARKS.md)."""
     size = FULL_SIZE if full else DEFAULT_SIZE
     lines = [
         f"### Quality ({time.strftime('%Y-%m-%d')}, `nvplive bench quality{' --full' if full else ''}`)",
@@ -263,7 +266,7 @@ def markdown_table(rows: list[dict], warm: dict, seconds: float, full: bool) -> 
         "",
         f"Paper (6 views, published protocol, their data): Explicit {PAPER_6_VIEWS['explicit']}, Triplane {PAPER_6_VIEWS['triplane']}, NVP {PAPER_6_VIEWS['nvp']} dB.",
         "",
-        "Targets (DESIGN.md §8, published protocol):",
+        "Targets (published protocol):",
         *targets,
         f"- Warm start (cardiomyocyte, 7 views, next timepoint 0.1 s later): cold start reaches {warm['cold_psnr_db']} dB (absolute) "
         f"in {warm['cold_iterations']} iterations; warm start reaches it in "
@@ -275,7 +278,8 @@ def markdown_table(rows: list[dict], warm: dict, seconds: float, full: bool) -> 
 
 
 def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None, threads: int | None = None) -> int:
-    """``threads``: worker processes of one torch thread each (default: the CPU thread policy, cpu_threads)."""
+    """``nvplive bench quality``; returns the exit status. ``threads``: worker processes of one torch thread each
+    (default: the CPU thread policy, cpu_threads)."""
     start = time.perf_counter()
     rows, warm = run_quality(full=full, workers=threads)
     seconds = time.perf_counter() - start

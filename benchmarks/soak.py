@@ -72,10 +72,12 @@ class SoakReport:
 
     @property
     def max_mb(self) -> float:
+        """Largest resident memory after the warm-up (MB)."""
         return max(s[2] for s in self._after_warmup())
 
     @property
     def end_mb(self) -> float:
+        """Resident memory at the end (MB)."""
         return self.samples[-1][2]
 
     @property
@@ -95,9 +97,11 @@ class SoakReport:
 
     @property
     def flat(self) -> bool:
+        """Whether the memory grew less than the bound after the warm-up."""
         return self.growth_mb < self.bound_mb
 
     def summary(self) -> str:
+        """The soak run as Markdown lines (BENCHMARKS.md)."""
         verdict = "flat" if self.flat else "NOT flat"
         return "\n".join(
             [
@@ -185,6 +189,7 @@ def run_soak(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the headless demo for ``--timepoints`` and check that its memory stays flat; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m nvplive.benchmarks.soak", description=__doc__.splitlines()[0])
     parser.add_argument("--timepoints", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=20, help="timepoints before the reference sample")

@@ -1,4 +1,4 @@
-"""``nvplive bench speed``: renderer and reconstruction speed (DESIGN.md §8, issue 6).
+"""``nvplive bench speed``: renderer and reconstruction speed (results: BENCHMARKS.md).
 
 For each volume size (7 views) and device: forward-render time, iterations per
 second (forward + backward + optimiser step, NVP), warm-update latency per
@@ -55,7 +55,6 @@ def _measure(shape: tuple[int, int, int], device: str, full: bool, queue, thread
 def _measure_inner(shape, device: str, full: bool, threads: int = 1) -> dict:
     import numpy as np
     import torch
-
     from nvplive.recon.optics import Optics, VolumeGeometry
     from nvplive.recon.phantoms import Cardiomyocyte
     from nvplive.recon.physics import ForwardModel, render
@@ -227,7 +226,6 @@ def run_speed(full: bool = False, progress=print, device: str | None = None, thr
     ``threads``: torch CPU threads of the CPU rows (default: the CPU thread policy, cpu_threads).
     """
     import torch
-
     from nvplive.recon.reconstructor import cpu_threads
 
     threads = cpu_threads(threads)[0]
@@ -252,6 +250,7 @@ def run_speed(full: bool = False, progress=print, device: str | None = None, thr
 
 
 def markdown_table(rows: list[dict], seconds: float) -> str:
+    """The Markdown table of :func:`run_speed`'s rows (BENCHMARKS.md)."""
     lines = [
         f"### Speed ({time.strftime('%Y-%m-%d')}, `nvplive bench speed`)",
         "",
@@ -296,6 +295,7 @@ def _compiled_cell(row: dict) -> str:
 
 def main(json_path: Path | None = None, full: bool = False, markdown: Path | None = None, device: str | None = None,
          threads: int | None = None) -> int:
+    """``nvplive bench speed``; returns the exit status."""
     start = time.perf_counter()
     rows = run_speed(full=full, progress=lambda s: print(s, file=sys.stderr), device=device, threads=threads)
     publish(markdown_table(rows, time.perf_counter() - start), rows, json_path, markdown)

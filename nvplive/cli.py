@@ -1,4 +1,4 @@
-"""The ``nvplive`` command line (DESIGN.md §6).
+"""The ``nvplive`` command line (README.md, "Command line").
 
 User mistakes (bad arguments, missing or broken files, impossible optics) end
 with one sentence on stderr and exit status 2; nothing prints a traceback unless
@@ -12,8 +12,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from nvplive import __version__
 from nvplive.errors import NvpLiveError
@@ -39,6 +39,7 @@ class ProgressBar:
         self._last_pct = -1
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
+        """Show ``done`` of ``total`` steps with an optional message."""
         pct = int(100 * done / max(total, 1))
         elapsed = time.perf_counter() - self.start
         eta = elapsed / done * (total - done) if done else 0.0
@@ -92,13 +93,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nvplive`` argument parser with its sub-commands."""
     parser = _Parser(prog="nvplive", description="Live 3D refractive index by fluorescence diffraction tomography.")
     parser.add_argument("--version", action="version", version=f"nvp-live {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="the app on a simulated microscope (beating cardiomyocyte)")
     demo.add_argument("--headless", action="store_true", help="no window: acquire + reconstruct live and write the recording")
-    demo.add_argument("--timepoints", type=_positive_int, default=None, help="number of timepoints (default: 20 headless, endless in the app)")
+    demo.add_argument(
+        "--timepoints", type=_positive_int, default=None, help="number of timepoints (default: 20 headless, endless in the app)"
+    )
     demo.add_argument("--out", type=Path, default=None, help="folder for the recording (default: ./nvplive-demo)")
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     _threads_option(demo)
@@ -131,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
                      help="reconstruct on Dask: 'local' starts a LocalCluster, an address (tcp://host:8786) uses a running scheduler")
     rec.add_argument("--workers", type=_positive_int, default=None,
-                     help="with --scheduler local: worker processes (default one per GPU, else per core); with an address: workers to wait for")
+                     help="with --scheduler local: worker processes (default one per GPU, else per core); "
+                          "with an address: workers to wait for")
     rec.add_argument("--chunk-size", type=_positive_int, default=None,
                      help="with --scheduler: timepoints per task, each chunk's first one cold-started (default: spread over the workers)")
 
@@ -140,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the scores as JSON")
     _threads_option(ev)
 
-    bench = sub.add_parser("bench", help="quality and speed benchmarks (DESIGN.md §8)")
+    bench = sub.add_parser("bench", help="quality and speed benchmarks (results and targets: BENCHMARKS.md)")
     bench.add_argument("kind", choices=("quality", "speed"))
     bench.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the result rows as JSON")
     bench.add_argument("--full", action="store_true", help="the full (GPU) size")
@@ -190,7 +195,10 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from nvplive.recon.reconstructor import ReconConfig
 
     config = ReconConfig(method=args.method)
-    changes = {k: v for k, v in (("iterations", args.iterations), ("warm_iterations", args.warm_iterations), ("tv_weight", args.tv), ("compile_mode", args.compile)) if v is not None}
+    options = (
+        ("iterations", args.iterations), ("warm_iterations", args.warm_iterations), ("tv_weight", args.tv), ("compile_mode", args.compile)
+    )
+    changes = {k: v for k, v in options if v is not None}
     config = replace(config, **changes)
     _use_threads(args)
     if args.scheduler is None:

@@ -3,6 +3,8 @@
 #
 #   bash packaging/dev.sh demo [ARGS...]   set up, then start `nvplive demo ARGS...`
 #   bash packaging/dev.sh test [ARGS...]   set up, then run the test suite under a virtual display
+#                                          (it includes tests/test_guardrails.py: ruff, mypy, import contracts)
+#   bash packaging/dev.sh lint             set up, then run only the guard-rails (before landing)
 #   bash packaging/dev.sh setup            set up only
 #
 # Set-up is idempotent: Debian packages for Qt/OpenGL under Xvfb (when missing and
@@ -72,8 +74,11 @@ case "$MODE" in
         fi
         exit $rc
         ;;
+    lint)
+        "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_guardrails.py
+        ;;
     *)
-        echo "usage: bash packaging/dev.sh {setup|demo|test} [ARGS...]" >&2
+        echo "usage: bash packaging/dev.sh {setup|demo|test|lint} [ARGS...]" >&2
         exit 2
         ;;
 esac

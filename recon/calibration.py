@@ -202,6 +202,7 @@ def initial_sources(
     Args:
         images: ``[V, Y, X]`` frames in photo-electrons above the camera offset.
         valid: ``[V, Y, X]`` bool, False at defective pixels.
+
     Raises:
         ReconstructionError: when a view shows no source (a failed fit and a dark or empty frame).
     """

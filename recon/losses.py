@@ -1,4 +1,4 @@
-"""Image losses and total variation (DESIGN.md §3–4); the coherence mask weights the image loss."""
+"""Image losses and total variation (docs/reconstruction.md, Loss); the coherence mask weights the image loss."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Quality metrics of a reconstruction against ground truth (DESIGN.md §6).
+"""Quality metrics of a reconstruction against ground truth (docs/reconstruction.md, Metrics).
 
 Two protocols:
 
@@ -23,6 +23,7 @@ from .losses import gaussian_window, ssim_map
 
 @dataclass(frozen=True)
 class VolumeScores:
+    """PSNR (dB) and SSIM of a Δn volume against ground truth."""
     psnr_db: float
     ssim: float
 

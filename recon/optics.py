@@ -3,13 +3,15 @@
 These small frozen dataclasses are the single description of the geometry that
 the renderer, the simulator, the recording format and the reconstruction share.
 They validate themselves and refuse, with one sentence, geometry the forward
-model cannot represent (DESIGN.md §2.6).
+model cannot represent (docs/physics.md, sampling).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from nvplive.errors import GeometryError
 
@@ -70,13 +72,14 @@ class Optics:
         """Effective band limit of the source spectrum."""
         return self.na if self.na_source is None else self.na_source
 
-    def with_wavelength(self, wavelength_um: float) -> "Optics":
+    def with_wavelength(self, wavelength_um: float) -> Optics:
         """The same optics at another wavelength (for polychromatic sums)."""
         values = asdict(self)
         values["wavelength_um"] = wavelength_um
         return Optics(**values)
 
     def to_dict(self) -> dict:
+        """The optics as a JSON-ready dict (the recording's ``optics`` section)."""
         return asdict(self)
 
 
@@ -139,14 +142,12 @@ class VolumeGeometry:
         """Camera pixel size in sample space (µm); uses dx (square pixels)."""
         return self.camera_binning * self.voxel_um_zyx[2]
 
-    def camera_coordinates_um(self) -> tuple["np.ndarray", "np.ndarray"]:
+    def camera_coordinates_um(self) -> tuple[np.ndarray, np.ndarray]:
         """Centres (µm) of the camera pixels along y and x, FOV-centre origin.
 
         A camera pixel integrates ``camera_binning`` voxels per axis; its centre is
         the mean of their centres ``x_j = (j − N/2)·dx``.
         """
-        import numpy as np
-
         b = self.camera_binning
         _, ny, nx = self.shape_zyx
         _, dy, dx = self.voxel_um_zyx
@@ -155,7 +156,7 @@ class VolumeGeometry:
         return ys, xs
 
     def check_sampling(self, optics: Optics) -> int:
-        """Check DESIGN.md §2.6 and return the field upsampling factor for |E|².
+        """Check the sampling rule (docs/physics.md) and return the field upsampling factor for |E|².
 
         The field inside the pupil has bandwidth NA/λ: it must be representable on
         the voxel grid (``dx < λ/(2·NA)``). Its intensity has twice that bandwidth;
@@ -174,6 +175,7 @@ class VolumeGeometry:
         return 1 if d <= optics.wavelength_um / (4.0 * na) else 2
 
     def to_dict(self) -> dict:
+        """The geometry as a JSON-ready dict (the recording's ``geometry`` section)."""
         return {
             "shape_zyx": list(self.shape_zyx),
             "voxel_um_zyx": list(self.voxel_um_zyx),

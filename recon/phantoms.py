@@ -189,6 +189,7 @@ def _tube_field(shape, voxel: np.ndarray, pts: np.ndarray, radii: np.ndarray):
 
     Args:
         pts: [n, 3] polyline vertices (z, y, x) µm; radii: [n] tube radius (µm) at them.
+
     Returns:
         ``(idx, sd, h)``: flat voxel indices, signed distance to the tube surface (µm)
         and the voxel's width along the surface normal (µm), for every voxel whose
@@ -204,7 +205,7 @@ def _tube_field(shape, voxel: np.ndarray, pts: np.ndarray, radii: np.ndarray):
     cum = np.concatenate([[0.0], np.cumsum(seg_len)])
     bounds = np.searchsorted(cum, np.arange(0.0, cum[-1] + chunk_len, chunk_len), side="right") - 1
     bounds = np.unique(np.clip(np.append(bounds, len(pts) - 1), 0, len(pts) - 1))
-    nz, ny, nx = shape
+    _nz, ny, nx = shape
     out_idx, out_sd, out_h = [], [], []
     for s0, s1 in zip(bounds[:-1], bounds[1:]):
         pad = radii[s0 : s1 + 1].max() + 1.5 * vmax
@@ -214,7 +215,8 @@ def _tube_field(shape, voxel: np.ndarray, pts: np.ndarray, radii: np.ndarray):
             continue
         slices, (z, y, x) = box
         z, y, x = z[:, None, None], y[None, :, None], x[None, None, :]
-        sd = h = None
+        sd: np.ndarray | None = None
+        h: np.ndarray | None = None
         for j in range(s0, s1):  # running minimum over the chunk's segments
             a = pts[j].astype(np.float32)
             ab = (pts[j + 1] - pts[j]).astype(np.float32)
@@ -233,9 +235,12 @@ def _tube_field(shape, voxel: np.ndarray, pts: np.ndarray, radii: np.ndarray):
                 closer = sd_j < sd
                 sd = np.where(closer, sd_j, sd)
                 if not isotropic:
+                    assert h is not None
                     h = np.where(closer, h_j, h)
+        assert sd is not None  # s0 < s1: every chunk has a segment
         if isotropic:
             h = np.full(sd.shape, v32[0], np.float32)
+        assert h is not None
         keep = sd < 0.5 * h
         kz, ky, kx = np.nonzero(keep)
         out_idx.append(((kz + slices[0].start) * ny + (ky + slices[1].start)) * nx + (kx + slices[2].start))

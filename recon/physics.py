@@ -1,6 +1,6 @@
 """Multi-slice (split-step) forward model of fluorescence diffraction tomography.
 
-Conventions (DESIGN.md §1–2): lengths in µm, arrays ``[z, y, x]``, lateral origin
+Conventions (docs/physics.md): lengths in µm, arrays ``[z, y, x]``, lateral origin
 at the centre of the field of view (``x_j = (j − N/2)·dx``), axial origin at the
 bottom face of the volume, light travelling toward +z. A field's spectrum uses
 ``Ê(k) = Σ_j E(x_j)·exp(−i k·x_j)`` relative to that origin.
@@ -93,6 +93,7 @@ def point_source_spectrum(
         sources_xyz: ``[V, 3]`` source positions (µm).
         z_um: height of the plane (µm); may lie below a source (back-propagation).
         dy, dx: grid spacing (µm).
+
     Returns:
         ``[V, Y, X]`` complex spectrum.
     """
@@ -136,7 +137,7 @@ def _nice_fft_size(n: int) -> int:
 
 
 def _cone_tan(optics: Optics) -> float:
-    """tan of the widest angle in the field: the source band or the pupil, whichever is wider."""
+    """Tan of the widest angle in the field: the source band or the pupil, whichever is wider."""
     na = max(optics.source_na, optics.na)
     return na / math.sqrt(optics.n_medium**2 - na**2)
 
@@ -168,8 +169,8 @@ def default_padding(optics: Optics, geometry: VolumeGeometry, source_depth_um: f
     of view, cannot reach the field of view at the focal plane:
     ``P ≥ 2W + (z_f − z_s)·tan θ`` for the deepest source ``z_s = −source_depth_um``.
     """
-    nz, ny, nx = geometry.shape_zyx
-    dz, dy, dx = geometry.voxel_um_zyx
+    _nz, ny, nx = geometry.shape_zyx
+    _dz, dy, dx = geometry.voxel_um_zyx
     tan_theta = _cone_tan(optics)
     lives = live_half_width_um(optics, geometry)
     pads = []
@@ -226,7 +227,7 @@ class ForwardModel:
         pad_yx: tuple[int, int] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
-    ) -> "ForwardModel":
+    ) -> ForwardModel:
         """Precompute kernels for ``optics`` and ``geometry``.
 
         Args:
@@ -282,21 +283,24 @@ class ForwardModel:
             hard_aperture,
         )
 
-    def to(self, device: torch.device | str) -> "ForwardModel":
+    def to(self, device: torch.device | str) -> ForwardModel:
         """A copy with every tensor on ``device``."""
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **moved)
 
     @property
     def device(self) -> torch.device:
+        """Device of the precomputed kernels."""
         return self.kz.device
 
     @property
     def real_dtype(self) -> torch.dtype:
+        """Real dtype of the precomputed kernels (float32 or float64)."""
         return self.kz.dtype
 
     @property
     def padded_shape_yx(self) -> tuple[int, int]:
+        """Padded lateral grid ``(Yp, Xp)`` of the propagation (pixels)."""
         return tuple(self.kz.shape)  # type: ignore[return-value]
 
 
@@ -328,6 +332,7 @@ def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor)
     Args:
         dn: ``[Nz, Ny, Nx]`` refractive-index contrast (real, or complex for absorption).
         sources_xyz: ``[V, 3]`` source positions (µm).
+
     Returns:
         ``[V, Yp, Xp]`` complex spectrum of the image-side field at the focal plane.
     """
@@ -344,7 +349,7 @@ def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor)
     dn_pad = F.pad(dn, (pad_x, pad_x, pad_y, pad_y)) if (pad_x or pad_y) else dn
     slabs = transmission(dn_pad, model.optics.k0, dz) * model.absorber
     absorber = model.absorber.to(slabs.dtype)
-    # A source inside the volume only sees the slabs above it (DESIGN.md §2.1).
+    # A source inside the volume only sees the slabs above it (docs/physics.md, Steps).
     slab_bottoms = torch.arange(nz, device=dn.device, dtype=sources_xyz.dtype) * dz
     inside = (slab_bottoms[None, :] >= sources_xyz[:, 2:3].detach())[:, :, None, None]
     # Sources all below the volume see every slab: skip the per-slab select where that is
@@ -391,6 +396,7 @@ def pupil_on_grid(
         params_or_tensors: :class:`PupilParameters`, or ``(zernike_rad, apodisation)``
             tensors (either may be None) to stay differentiable in them.
         sine_condition: overrides ``PupilParameters.sine_condition`` (default False for tensors).
+
     Returns:
         Complex tensor in the model's complex dtype, on its device (or wider when the
         coefficient tensors are float64); pass it as ``pupil=`` to :func:`render` or

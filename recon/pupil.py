@@ -71,6 +71,7 @@ def zernike(j: int, rho: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     Args:
         j: Noll index (≥ 1).
         rho, theta: broadcastable tensors of normalised radius and azimuth (rad).
+
     Returns:
         The polynomial, not masked outside ``ρ ≤ 1``.
     """
@@ -110,6 +111,7 @@ class PupilParameters:
         return math.sqrt(sum(c * c for c in self.zernike_rad))
 
     def to_dict(self) -> dict[str, Any]:
+        """The parameters as a JSON-ready dict (``pupil.json``); :meth:`from_dict` reads it back."""
         return {
             "zernike_rad": list(self.zernike_rad),
             "first_noll_index": FIRST_NOLL,
@@ -118,7 +120,7 @@ class PupilParameters:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PupilParameters":
+    def from_dict(cls, data: dict[str, Any]) -> PupilParameters:
         """Inverse of :meth:`to_dict` (``first_noll_index`` must be 2 when present)."""
         first = int(data.get("first_noll_index", FIRST_NOLL))
         if first != FIRST_NOLL:
@@ -165,6 +167,7 @@ def pupil_function(
         apodisation: ``[K]`` coefficients ``a_1 … a_K`` of ``A(ρ) = 1 + Σ a_k ρ^(2k)``, or None.
         sine_condition: multiply by the aplanatic profile ``(1 − (NA·ρ/n)²)^(1/4)``.
         hard_aperture: precomputed ``circ`` mask (default: :func:`aperture` on this grid).
+
     Returns:
         ``circ · A · S · exp(i·Σ c_j Z_j)`` in the complex dtype of the grid (or of the
         coefficients, when they are wider); differentiable in the coefficients.

@@ -1,4 +1,4 @@
-"""The optimisation loop: cold start, warm start and self-calibration (DESIGN.md §4).
+"""The optimisation loop: cold start, warm start and self-calibration (docs/reconstruction.md).
 
 One :class:`Reconstructor` owns the representation, the source parameters and
 their optimisers. ``cold_start(frames)`` fits a timepoint from scratch;
@@ -15,8 +15,9 @@ import gc
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,6 +127,7 @@ class ReconConfig:
     compile_mode: str | None = None
 
     def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (saved with the volumes)."""
         return asdict(self)
 
 
@@ -287,9 +289,10 @@ class Reconstructor:
 
     @property
     def n_views(self) -> int:
+        """Views (sources) per timepoint."""
         return len(self.nominal_sources)
 
-    def with_config(self, **changes: object) -> None:
+    def with_config(self, **changes: Any) -> None:
         """Change settings between timepoints (e.g. from the GUI); the warm state is kept."""
         self.config = replace(self.config, **changes)
 
@@ -321,7 +324,7 @@ class Reconstructor:
         # Hot, dead and saturated pixels carry no image: they get zero weight in every fit.
         ratio = sharpest_peak_ratio(self.optics.wavelength_um, self.optics.na, self.geometry.camera_pixel_um)
         bad = defective_pixels(arr, peak_ratio=ratio, saturation=top, known=self._pixel_map)
-        self._pixel_map = bad.all(axis=0)
+        self._pixel_map = np.asarray(bad.all(axis=0))
         self._valid = torch.as_tensor(~bad, dtype=torch.float32, device=self.device) if bad.any() else None
         data = torch.as_tensor(arr.astype(np.float32), device=self.device)
         data = (data - self.camera_offset) / self.camera_gain
@@ -611,7 +614,7 @@ class Reconstructor:
             if cfg.self_calibration and (warm or it > cfg.calibration_warmup):
                 calib_opt.step()
             losses_dev.append(loss.detach().clone())  # a CUDA graph's output is overwritten by its next replay
-            self._coherence_age += 1
+            self._coherence_age = (self._coherence_age or 0) + 1  # set by current_mask()
             scheduled_refine = it in refine_at
             if it % cfg.check_every == 0 or it == budget or scheduled_refine:
                 window = torch.stack(losses_dev).cpu().tolist()

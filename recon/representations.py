@@ -1,4 +1,4 @@
-"""Volume representations behind one interface (DESIGN.md §4).
+"""Volume representations behind one interface (docs/reconstruction.md).
 
 Every representation is an ``nn.Module`` whose ``forward()`` returns the Δn volume
 ``[Z, Y, X]`` on the voxel grid, and whose ``refine()`` grows its resolution one
@@ -10,6 +10,7 @@ typical biological Δn.
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ class Representation(nn.Module):
 
     @property
     def resolution(self) -> tuple[int, ...]:
+        """Current resolution ``(Z, Y, X)`` of the parameters (voxels; the output is always the voxel grid)."""
         return self.shape_zyx
 
     #: Cold-start learning rate of an MLP decoder relative to ``lr`` (representations with one).
@@ -91,9 +93,10 @@ class MLPDecoder(nn.Module):
         self.layers = nn.Sequential(
             nn.Linear(features, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
         )
-        nn.init.zeros_(self.layers[-1].bias)
+        last = cast(nn.Linear, self.layers[-1])
+        nn.init.zeros_(last.bias)
         with torch.no_grad():
-            self.layers[-1].weight.mul_(0.1)
+            last.weight.mul_(0.1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[F, Z, Y, X]`` features → ``[Z, Y, X]`` raw output.
@@ -115,11 +118,11 @@ def _seeded_decoder(features: int, hidden: int, seed: int) -> MLPDecoder:
 
 
 def _grid_levels(
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     start_fraction: float | tuple[float, float, float],
     levels: int,
     end_fraction: float | tuple[float, float, float] = 1.0,
-) -> list[tuple[int, int, int]]:
+) -> list[tuple[int, ...]]:
     """Coarse-to-fine feature-grid sizes, geometric from ``start_fraction`` to ``end_fraction``
     of the voxel grid (a scalar, or one fraction per axis z, y, x)."""
     start = np.broadcast_to(np.asarray(start_fraction, dtype=float), (3,))
@@ -165,7 +168,7 @@ def resample_linear(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 
 
 def plane_features(
-    xy: torch.Tensor, xz: torch.Tensor, yz: torch.Tensor, shape_zyx: tuple[int, int, int]
+    xy: torch.Tensor, xz: torch.Tensor, yz: torch.Tensor, shape_zyx: tuple[int, ...]
 ) -> torch.Tensor:
     """Sum of three feature planes at every voxel: ``[F, Z, Y, X]``.
 
@@ -219,18 +222,23 @@ class NVP(Representation):
 
     @property
     def resolution(self) -> tuple[int, ...]:
+        """Current resolution ``(Z, Y, X)`` of the 3D feature grid."""
         return tuple(self.grid.shape[1:])
 
     def features(self) -> torch.Tensor:
+        """Feature volume ``[F, Z, Y, X]``: the grid resampled to the voxel grid plus the feature planes."""
         grid = resample_linear(self.grid, self.shape_zyx)
         if len(self.planes):
-            grid = grid + plane_features(*self.planes, self.shape_zyx)
+            xy, xz, yz = self.planes
+            grid = grid + plane_features(xy, xz, yz, self.shape_zyx)
         return grid
 
     def forward(self) -> torch.Tensor:
+        """Δn ``[Z, Y, X]`` decoded from the features."""
         return _activate(self.decoder(self.features()), self.nonnegative)
 
     def refine(self) -> bool:
+        """Move the feature grid one level finer (linear resampling); ``False`` at the finest level."""
         if self.level + 1 >= len(self.levels):
             return False
         self.level += 1
@@ -243,6 +251,7 @@ class NVP(Representation):
     decoder_lr_factor = 0.5
 
     def parameter_groups(self, lr: float, warm: bool = False) -> list[dict]:
+        """Grid at ``NVP_GRID_LR_FACTOR``·lr, planes at lr, decoder at its own factor."""
         return [
             {"params": [self.grid], "lr": NVP_GRID_LR_FACTOR * lr},
             {"params": list(self.planes), "lr": lr},
@@ -258,9 +267,11 @@ class Explicit(Representation):
         self.values = nn.Parameter(torch.zeros(self.shape_zyx))
 
     def forward(self) -> torch.Tensor:
+        """Δn ``[Z, Y, X]``: the voxel values (clamped at 0 when Δn ≥ 0 is imposed)."""
         return self.values.clamp_min(0.0) if self.nonnegative else self.values
 
     def parameter_groups(self, lr: float, warm: bool = False) -> list[dict]:
+        """One group: the voxel values at lr·``DN_SCALE``·2 (Δn units, not unit-sized features)."""
         return [{"params": [self.values], "lr": lr * DN_SCALE * 2.0}]
 
     def project(self) -> None:
@@ -291,6 +302,7 @@ class Triplane(Representation):
         self.decoder = _seeded_decoder(features, hidden, seed)
 
     def forward(self) -> torch.Tensor:
+        """Δn ``[Z, Y, X]`` decoded from the summed plane features."""
         feats = plane_features(self.plane_xy, self.plane_xz, self.plane_yz, self.shape_zyx)
         return _activate(self.decoder(feats), self.nonnegative)
 
@@ -299,6 +311,7 @@ class Triplane(Representation):
     decoder_lr_factor = 0.2
 
     def parameter_groups(self, lr: float, warm: bool = False) -> list[dict]:
+        """Planes at lr, decoder at its own factor."""
         planes = [self.plane_xy, self.plane_xz, self.plane_yz]
         return [{"params": planes, "lr": lr}, {"params": list(self.decoder.parameters()), "lr": self.decoder_lr(lr, warm)}]
 
@@ -306,7 +319,7 @@ class Triplane(Representation):
 REPRESENTATIONS: dict[str, type[Representation]] = {"nvp": NVP, "explicit": Explicit, "triplane": Triplane}
 
 
-def make_representation(method: str, shape_zyx: tuple[int, int, int], **options: object) -> Representation:
+def make_representation(method: str, shape_zyx: tuple[int, int, int], **options: Any) -> Representation:
     """Build a representation by name (``nvp``, ``explicit``, ``triplane``)."""
     try:
         cls = REPRESENTATIONS[method]
@@ -316,4 +329,5 @@ def make_representation(method: str, shape_zyx: tuple[int, int, int], **options:
 
 
 def count_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters of ``module``."""
     return sum(math.prod(p.shape) for p in module.parameters())

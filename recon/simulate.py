@@ -1,9 +1,9 @@
 """Synthetic FDT data: partially coherent images of point sources through a phantom.
 
-The simulator deliberately uses richer physics than the reconstruction (DESIGN.md
-§3): an incoherent sum of the coherent renderer over wavelengths of the emission
+The simulator deliberately uses richer physics than the reconstruction
+(docs/physics.md, Partial coherence): an incoherent sum of the coherent renderer over wavelengths of the emission
 spectrum and over sub-sources filling each bead, followed by the camera's noise
-model (DESIGN.md §2.7). Intensities are in photo-electrons.
+model. Intensities are in photo-electrons.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from nvplive.errors import GeometryError
 
 from .optics import Optics, VolumeGeometry
-from .physics import ForwardModel, multislice, camera_intensity
+from .physics import ForwardModel, camera_intensity, multislice
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class CameraModel:
     bit_depth: int = 16
 
     def to_dict(self) -> dict:
+        """The camera as a JSON-ready dict (offset, gain, read noise)."""
         return {"offset": self.offset, "gain": self.gain, "read_noise": self.read_noise}
 
 
@@ -63,7 +64,7 @@ def bead_offsets(diameter_um: float, n: int, seed: int = 0) -> np.ndarray:
     if n <= 1 or diameter_um <= 0:
         return np.zeros((1, 3))
     rng = np.random.default_rng(seed)
-    points = []
+    points: list[np.ndarray] = []
     while len(points) < n:
         p = rng.uniform(-1, 1, 3)
         if p @ p <= 1:
@@ -154,6 +155,7 @@ class Simulator:
 
     @property
     def n_views(self) -> int:
+        """Views (sources) per timepoint."""
         return len(self.sources_um_xyz)
 
     @property
@@ -173,11 +175,12 @@ class Simulator:
         sub = (sources[:, None, :] + self._offsets[None, :, :]).reshape(-1, 3)
         dn_t = torch.as_tensor(dn, dtype=torch.float32, device=self.device)
         src_t = torch.as_tensor(sub, dtype=torch.float32, device=self.device)
-        total = None
+        total: torch.Tensor | None = None
         with torch.no_grad():
             for model, weight in zip(self._models, self._weights):
                 image = camera_intensity(model, multislice(model, dn_t, src_t)) * float(weight)
                 total = image if total is None else total + image
+        assert total is not None  # at least one wavelength
         total = total.reshape(len(idx), len(self._offsets), *total.shape[-2:]).mean(dim=1)
         return total.cpu().numpy().astype(np.float64)
 
@@ -185,6 +188,7 @@ class Simulator:
         """Noise-free expected photo-electrons ``[V, Yc, Xc]`` (float64)."""
         idx = np.arange(self.n_views) if views is None else np.asarray(views)
         image = self._partially_coherent(dn, idx)
+        assert self.brightness is not None and self.background is not None  # set in __post_init__
         return image * self.brightness[idx, None, None] + self.background[idx, None, None]
 
     def frames(self, dn: np.ndarray, rng: np.random.Generator, views: np.ndarray | None = None) -> np.ndarray:

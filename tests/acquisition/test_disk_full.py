@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-
 from nvplive.acquisition.recording import Recording
 
 REPO = Path(__file__).resolve().parents[2]

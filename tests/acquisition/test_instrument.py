@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pymmcore_plus.core._metadata import Metadata
-
 from acq_helpers import tiny_core
-from nvplive.acquisition.pipeline import FDTAcquisition
+from nvplive.acquisition.pipeline import FDTAcquisition, recording_meta
 from nvplive.acquisition.recording import RecordingWriter, open_recording
-from nvplive.acquisition.pipeline import recording_meta
+from pymmcore_plus.core._metadata import Metadata
 
 
 def _record(core, info, path, timepoints=2):

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from acq_helpers import kill_9, script_process
 from nvplive.acquisition.recording import Recording
 

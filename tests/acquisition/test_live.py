@@ -12,7 +12,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from acq_helpers import FAST, SHAPE, VOXEL
 from nvplive.acquisition.live import (
     LATENCY_MODE_ITERATION_CAP,

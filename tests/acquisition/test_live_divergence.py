@@ -4,7 +4,6 @@ flagged and reported, and the acquisition is unaffected."""
 from __future__ import annotations
 
 import numpy as np
-
 from acq_helpers import tiny_core
 from nvplive.acquisition.pipeline import FDTAcquisition, ReconstructionWorker, recording_meta
 from nvplive.acquisition.recording import RecordingWriter, open_recording

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from nvplive.acquisition.recording import (
     FRAMES_NAME,
     JOURNAL_NAME,
@@ -32,10 +31,10 @@ from nvplive.acquisition.recording import (
     recover_recording,
 )
 from nvplive.acquisition.recording_lock import LOCK_NAME, RecordingLock, lock_holder
+from test_recording import OME, VIEWS, frames_of, make_meta, stamps_of, volume_of, write_recording
+
 from nvplive.cli import main
 from nvplive.errors import RecordingError, RecordingLockedError
-
-from test_recording import OME, VIEWS, frames_of, make_meta, stamps_of, volume_of, write_recording
 
 HERE = str(Path(__file__).parent)
 

@@ -20,7 +20,6 @@ import pytest
 import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from nvplive.acquisition.recording import (
     FRAMES_NAME,
     GROUND_TRUTH_NAME,
@@ -34,8 +33,9 @@ from nvplive.acquisition.recording import (
     open_recording,
     recover_recording,
 )
-from nvplive.errors import RecordingError
 from nvplive.recon.optics import Optics, VolumeGeometry
+
+from nvplive.errors import RecordingError
 
 OME = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
 ZYX = (3, 8, 12)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import vispy
 
 vispy.use("pyside6")
@@ -47,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def spheres():
-    """Factory: Δn volume [Z, Y, X] with a few spheres (µm geometry of DESIGN §1)."""
+    """Factory: Δn volume [Z, Y, X] with a few spheres (µm geometry of docs/physics.md)."""
 
     def make(shape=(24, 48, 48), voxel_um=(0.4, 0.2, 0.2), shift_um=0.0, scale=1.0) -> np.ndarray:
         nz, ny, nx = shape

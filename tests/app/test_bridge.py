@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import threading
 
-from psygnal import Signal, SignalGroup
-
 from nvplive.app.bridge import GuiBridge
+from psygnal import Signal, SignalGroup
 
 
 class _Events(SignalGroup):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import sys
 
+import nvplive.app  # noqa: F401
 import pytest
 import shiboken6
-from PySide6 import QtCore, QtWidgets
-
-import nvplive.app  # noqa: F401
 from nvplive.app import qt_compat
+from PySide6 import QtCore, QtWidgets
 
 
 class _Emitter(QtCore.QObject):

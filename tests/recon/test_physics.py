@@ -1,4 +1,4 @@
-"""Physics tests of the multi-slice FDT renderer (recon/physics.py, DESIGN.md §2).
+"""Physics tests of the multi-slice FDT renderer (recon/physics.py, docs/physics.md).
 
 The references are computed independently of the renderer's FFT code wherever the
 physics allows: the homogeneous-medium image against a Hankel-transform quadrature
@@ -15,12 +15,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from nvplive.recon import physics
+from nvplive.recon.optics import Optics, VolumeGeometry
 from scipy.integrate import simpson
 from scipy.special import j0
 
 from nvplive.errors import GeometryError
-from nvplive.recon import physics
-from nvplive.recon.optics import Optics, VolumeGeometry
 
 OPTICS = Optics(wavelength_um=0.6, n_medium=1.33, na=0.8)
 #: 24 slabs × 48 × 48 voxels of 0.25 µm: a 6 × 12 × 12 µm volume, field upsampled ×2.
@@ -65,7 +65,7 @@ def analytic_focal_field(
     weight = np.exp(1j * kz * (geometry.focal_z_um - zs)) / kz * band * k
     s = upsample
     # Samples sit at the centres of the s × s sub-pixels of each voxel-sized pixel
-    # centred on x_j = (j − N/2)·dx (DESIGN.md §1).
+    # centred on x_j = (j − N/2)·dx (docs/physics.md, Conventions).
     y = (np.arange(s * ny) - s * ny / 2) * dy / s - (s - 1) / (2 * s) * dy
     x = (np.arange(s * nx) - s * nx / 2) * dx / s - (s - 1) / (2 * s) * dx
     rho = np.hypot(y[:, None] - ys, x[None, :] - xs).ravel()
@@ -82,7 +82,7 @@ def model64() -> physics.ForwardModel:
     return physics.ForwardModel.build(OPTICS, GEOMETRY, dtype=torch.float64)
 
 
-# --- 1. homogeneous medium against direct analytic propagation (DESIGN §2.5) -----------------
+# --- 1. homogeneous medium against direct analytic propagation (docs/physics.md) -----------------
 
 
 @pytest.mark.parametrize(
@@ -225,7 +225,7 @@ def born_focal_field(
     """First-order scattered field on the focal plane, written with numpy only.
 
     ``ΔE(z_f) = Σ_k ∫_slab k P_{z_f − z}{ pupil · i·k0·Δn_k · E0(z) } dz`` with the
-    incident field ``E0(z)`` from its angular spectrum (Weyl expansion, DESIGN §2.1) and
+    incident field ``E0(z)`` from its angular spectrum (Weyl expansion, docs/physics.md) and
     the integral over each slab's thickness by ``n_points``-point Gauss–Legendre
     quadrature. Returns the field on the voxel grid of the field of view.
     """
@@ -396,7 +396,7 @@ def test_propagation_agrees_with_nrefocus():
         assert rel_l2(ours, theirs) < 1e-10
 
 
-# --- 8. sampling and geometry validation (DESIGN §2.6) ---------------------------------------
+# --- 8. sampling and geometry validation (docs/physics.md) ---------------------------------------
 
 
 def test_voxel_coarser_than_field_nyquist_is_refused():

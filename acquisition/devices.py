@@ -35,6 +35,8 @@ from pymmcore_plus.experimental.unicore import SimpleCameraDevice, StageDevice, 
 
 from nvplive.errors import AcquisitionError
 
+from .instrument import BIT_DEPTH_PROPERTY
+
 logger = logging.getLogger("nvplive.acquisition")
 
 #: Exposure (ms) at which a frame holds ``photons`` photo-electrons per pixel on average.
@@ -394,12 +396,19 @@ def set_default_scene(scene: SimulatedScene | None) -> None:
         _DEFAULT_SCENE = scene
 
 
+#: Bit depths the simulated camera offers (uint16 frames; values up to 2**bits − 1).
+CAMERA_BIT_DEPTHS = (10, 12, 14, 16)
+
+
 class SimulatedFDTCamera(SimpleCameraDevice):
-    """A 16-bit camera that images the simulated scene for the excited source.
+    """A camera (uint16 frames) that images the simulated scene for the excited source.
 
     Exposure (ms) scales the collected photons; ``Binning`` (1, 2, 4 … dividing the
-    frame) sums charge over blocks; the software ROI of ``SimpleCameraDevice``
-    applies. A snap takes at least the exposure time: after rendering it sleeps
+    frame) sums charge over blocks; ``BitDepth`` (10, 12, 14 or 16; default the
+    scene's camera model) clips counts at ``2**bits − 1`` as the camera's ADC does
+    and is what the core reports as the image bit depth (see
+    :class:`~nvplive.acquisition.instrument.InstrumentCore`); the software ROI of
+    ``SimpleCameraDevice`` applies. A snap takes at least the exposure time: after rendering it sleeps
     the rest. :meth:`fail_after` / :meth:`fail_now` make snaps raise
     :class:`CameraFault` (reliability tests); :meth:`recover` clears that. A fault
     inside a triggered sequence ends it early; ``last_fault`` keeps its message.
@@ -414,7 +423,13 @@ class SimulatedFDTCamera(SimpleCameraDevice):
         self._fail_message = "Simulated camera failure."
         self.frames_snapped = 0
         self.last_fault: str | None = None
+        self._bit_depth: int | None = None
         self.set_property_limits("Exposure", (0.01, 60_000.0))
+        cls = type(self)
+        self.register_property(
+            BIT_DEPTH_PROPERTY, default_value=16, allowed_values=list(CAMERA_BIT_DEPTHS),
+            getter=cls.get_bit_depth, setter=cls.set_bit_depth,
+        )
 
     @property
     def scene(self) -> SimulatedScene:
@@ -457,6 +472,16 @@ class SimulatedFDTCamera(SimpleCameraDevice):
             self._binning = value
             self.clear_roi()
 
+    def get_bit_depth(self) -> int:
+        """Significant bits per pixel (default: the scene's camera model)."""
+        return self.scene.camera.bit_depth if self._bit_depth is None else self._bit_depth
+
+    def set_bit_depth(self, value: int | str) -> None:
+        bits = int(value)
+        if bits not in CAMERA_BIT_DEPTHS:
+            raise ValueError(f"Bit depth {bits} is not supported; allowed: {list(CAMERA_BIT_DEPTHS)}.")
+        self._bit_depth = bits
+
     def snap(self, buffer: np.ndarray) -> Mapping:
         start = time.perf_counter()
         if self._fail_countdown is not None:
@@ -464,7 +489,7 @@ class SimulatedFDTCamera(SimpleCameraDevice):
                 raise CameraFault(self._fail_message)
             self._fail_countdown -= 1
         frame, info = self.scene.render(exposure_ms=self._exposure_ms, binning=self._binning)
-        buffer[:] = frame
+        np.minimum(frame, 2 ** self.get_bit_depth() - 1, out=buffer)
         self.frames_snapped += 1
         remaining = self._exposure_ms / 1000.0 - (time.perf_counter() - start)
         if remaining > 0:

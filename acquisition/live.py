@@ -505,6 +505,8 @@ class LiveSession:
 
     Raises:
         RecordingError: the recording cannot be created.
+        AcquisitionError: the instrument disagrees with the microscope's settings
+            (see :meth:`MicroscopeInfo.refresh_instrument`).
     """
 
     def __init__(
@@ -533,6 +535,7 @@ class LiveSession:
             ground_truth = scene.dn_at
         self._truth = ground_truth
         meta_extra = {"interval_s": self.interval_s, **(_demo_extra(scene) if scene is not None else {}), **(extra or {})}
+        info.refresh_instrument(microscope.core)  # the recording describes the instrument as it is now
         self.writer = RecordingWriter(self.path, recording_meta(info, meta_extra), overwrite=overwrite, durable=durable)
         self._log_handler: logging.Handler | None = None
         try:

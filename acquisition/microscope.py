@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from .devices import (
     demo_scene,
     source_labels,
 )
+from .instrument import BIT_DEPTH_PROPERTY, InstrumentCore, InstrumentState, instrument_mismatches, read_instrument
 
 #: Default name of the config group whose presets select the excited source.
 SOURCE_GROUP = "FDT-Source"
@@ -65,6 +66,7 @@ SETTINGS_VERSION = 1
 DEMO_CAMERA = "FDTCamera"
 DEMO_SELECTOR = "SourceSelector"
 DEMO_FOCUS = "Focus"
+DEMO_PIXEL_CONFIG = "FDT-Demo"
 
 
 @dataclass
@@ -83,6 +85,14 @@ class MicroscopeInfo:
         frame_metadata: optional callable giving the metadata of the last snapped
             frame (Micro-Manager passes a camera's per-image tags only for sequences).
         source: where the settings came from (``demo`` or the files' paths).
+        instrument: what the core reported when the microscope was set up (pixel
+            size, binning, bit depth, ROI, exposure, trigger mode); the acquisition
+            reads it again when it starts and whenever the camera or the pixel
+            calibration changes.
+        overrides: values where the instrument won over the settings (the user's
+            choice, ``prefer_instrument``): ``{name: {"settings": …, "instrument": …}}``.
+        settings_bit_depth, settings_roi: what the settings fix (``None``: the
+            instrument's value is taken).
     """
 
     group: str
@@ -98,6 +108,55 @@ class MicroscopeInfo:
     frame_metadata: Callable[[], dict] | None = None
     source: str = "demo"
     extra: dict = field(default_factory=dict)
+    instrument: InstrumentState | None = None
+    overrides: dict = field(default_factory=dict)
+    settings_bit_depth: int | None = None
+    settings_roi: tuple[int, int, int, int] | None = None
+
+    @property
+    def hardware_triggered(self) -> bool:
+        """Whether each timepoint runs as one hardware-triggered sequence."""
+        return bool(self.extra.get("hardware_triggered", False))
+
+    def read_instrument(self, core: Any) -> InstrumentState:
+        """What the core reports now (see :func:`.instrument.read_instrument`)."""
+        return read_instrument(core, hardware_triggered=self.hardware_triggered)
+
+    def instrument_problems(self, state: InstrumentState) -> list[str]:
+        """Where ``state`` disagrees with this description (what its recording says)."""
+        return instrument_mismatches(
+            state,
+            pixel_size_um=self.geometry.camera_pixel_um,
+            bit_depth=self.camera_model.bit_depth,
+            frame_shape_yx=self.geometry.camera_shape_yx,
+            roi_xywh=self.settings_roi,
+            where=f"the settings ({self.source})",
+        )
+
+    def refresh_instrument(self, core: Any) -> InstrumentState:
+        """Read the instrument now and adopt what the settings leave open; call before a recording starts.
+
+        The bit depth is the camera's unless the settings fix it; the pixel size,
+        frame size and (when the settings set one) the ROI must agree with the settings.
+
+        Raises:
+            AcquisitionError: the instrument disagrees (one sentence naming both values).
+        """
+        state = self.read_instrument(core)
+        problems = instrument_mismatches(
+            state,
+            pixel_size_um=self.geometry.camera_pixel_um,
+            bit_depth=self.settings_bit_depth,
+            frame_shape_yx=self.geometry.camera_shape_yx,
+            roi_xywh=self.settings_roi,
+            where=f"the settings ({self.source})",
+        )
+        if problems:
+            raise AcquisitionError("The microscope disagrees with its settings: " + "; ".join(problems) + ".")
+        self.instrument = state
+        if state.bit_depth != self.camera_model.bit_depth:
+            self.camera_model = replace(self.camera_model, bit_depth=state.bit_depth)
+        return state
 
     @property
     def n_views(self) -> int:
@@ -357,6 +416,8 @@ def build_demo_core(
     group: str = SOURCE_GROUP,
     hold_per_timepoint: bool = True,
     triggered: bool = True,
+    pixel_size_um: float | None = None,
+    bit_depth: int | None = None,
 ) -> tuple[UniMMCore, MicroscopeInfo]:
     """A ``UniMMCore`` with the simulated camera, source selector and focus stage.
 
@@ -370,6 +431,13 @@ def build_demo_core(
     With ``triggered`` the selector's ``Label`` is sequenceable, so each timepoint
     runs as one hardware-triggered camera sequence; without it every view is a
     software switch and a snap.
+
+    Like a real microscope the core has a pixel-size calibration (configuration
+    :data:`DEMO_PIXEL_CONFIG`, ``pixel_size_um`` per unbinned camera pixel; default
+    the scene's voxel dx, i.e. correct) and the camera a ``BitDepth`` (``bit_depth``;
+    default the scene camera's); both stay settable on the core
+    (``setPixelSizeUm``, ``setProperty``), and the acquisition checks them as it
+    checks hardware.
     """
     if scene is None:
         options: dict[str, Any] = {"time_quantum_s": time_quantum_s, "clock": clock}
@@ -392,6 +460,11 @@ def build_demo_core(
     core.setChannelGroup(group)
     core.setAutoShutter(False)
     core.setExposure(exposure_ms)
+    core.definePixelSizeConfig(DEMO_PIXEL_CONFIG)
+    core.setPixelSizeUm(DEMO_PIXEL_CONFIG, float(scene.geometry.voxel_um_zyx[2] if pixel_size_um is None else pixel_size_um))
+    core.setPixelSizeConfig(DEMO_PIXEL_CONFIG)
+    if bit_depth is not None:
+        core.setProperty(DEMO_CAMERA, BIT_DEPTH_PROPERTY, int(bit_depth))
     core.updateSystemStateCache()
     engine = FDTEngine(core)
     engine.camera_fault = lambda: camera.last_fault
@@ -422,11 +495,16 @@ def build_demo_core(
                "photons": scene.photons,
                "reference_exposure_ms": REFERENCE_EXPOSURE_MS, "specimen_held_per_timepoint": hold_per_timepoint},
     )
+    try:
+        info.refresh_instrument(core)
+    except BaseException:
+        release_core(core)
+        raise
     return core, info
 
 
 def python_only_core() -> UniMMCore:
-    """A ``UniMMCore`` meant for pure-Python devices only.
+    """An :class:`~.instrument.InstrumentCore` meant for pure-Python devices only.
 
     pymmcore-plus logs an error when it finds no Micro-Manager installation (C++
     device adapters); the simulated microscope needs none, so that search is silenced.
@@ -435,7 +513,7 @@ def python_only_core() -> UniMMCore:
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        return UniMMCore()
+        return InstrumentCore()
     finally:
         logger.setLevel(level)
 
@@ -481,6 +559,8 @@ class HardwareSettings:
     exposure_ms: float | None = None
     roi: tuple[int, int, int, int] | None = None
     hardware_sequencing: bool = True
+    bit_depth: int | None = None
+    prefer_instrument: bool = False
 
     @property
     def n_views(self) -> int:
@@ -574,6 +654,12 @@ def load_settings(path: str | Path) -> HardwareSettings:
         camera_model = CameraModel(**{k: float(v) for k, v in cam.items() if k in ("offset", "gain", "read_noise")})
     except (AttributeError, TypeError, ValueError) as exc:
         raise _settings_error(path, f"field 'camera_model' is invalid: {exc}.") from None
+    bit_depth = cam.get("bit_depth")
+    if bit_depth is not None and not (isinstance(bit_depth, int) and 1 <= bit_depth <= 32):
+        raise _settings_error(path, f"field 'camera_model.bit_depth' must be an integer 1…32, got {bit_depth!r}.")
+    prefer_instrument = data.get("prefer_instrument", False)
+    if not isinstance(prefer_instrument, bool):
+        raise _settings_error(path, f"field 'prefer_instrument' must be true or false, got {prefer_instrument!r}.")
     exposure = data.get("exposure_ms")
     if exposure is not None and not (isinstance(exposure, (int, float)) and exposure > 0):
         raise _settings_error(path, f"field 'exposure_ms' must be a positive number, got {exposure!r}.")
@@ -592,7 +678,7 @@ def load_settings(path: str | Path) -> HardwareSettings:
         path=path, group=group, presets=presets, device=device, property=prop, values=values,
         sources_um_xyz=sources, optics=optics, geometry=geometry, camera_model=camera_model,
         camera=camera, exposure_ms=None if exposure is None else float(exposure), roi=roi,  # type: ignore[arg-type]
-        hardware_sequencing=sequencing,
+        hardware_sequencing=sequencing, bit_depth=bit_depth, prefer_instrument=prefer_instrument,
     )
 
 
@@ -667,31 +753,73 @@ def apply_settings(core: UniMMCore, settings: HardwareSettings, *, config_name: 
         core.updateSystemStateCache()
     except Exception as exc:
         raise AcquisitionError(f"Could not apply the camera settings of {settings.path}: {exc}") from exc
-    frame = (core.getImageHeight(), core.getImageWidth())
-    if frame != settings.geometry.camera_shape_yx:
-        raise AcquisitionError(
-            f"Camera {camera!r} delivers {frame[0]}×{frame[1]} pixel frames but the volume in {settings.path} "
-            f"expects {settings.geometry.camera_shape_yx[0]}×{settings.geometry.camera_shape_yx[1]} "
-            "(set 'roi' or 'volume.camera_binning')."
-        )
-    engine = FDTEngine(core)
-    engine.use_hardware_sequencing = settings.hardware_sequencing
-    core.mda.set_engine(engine)
     triggered = settings.hardware_sequencing and source_selection_sequenceable(core, group, presets)
-    return MicroscopeInfo(
+    state = read_instrument(core, hardware_triggered=triggered)
+    geometry, bit_depth, exposure, overrides = _reconcile(settings, state)
+    info = MicroscopeInfo(
         group=group,
         presets=presets,
         camera=camera,
         optics=settings.optics,
-        geometry=settings.geometry,
+        geometry=geometry,
         sources_um_xyz=settings.sources_um_xyz.copy(),
         camera_model=settings.camera_model,
-        exposure_ms=float(core.getExposure()),
+        exposure_ms=exposure,
         focus=core.getFocusDevice(),
         source=str(settings.path),
         extra={"simulated": False, "settings_file": str(settings.path), "config_file": config_name,
                "hardware_triggered": triggered},
+        overrides=overrides,
+        settings_bit_depth=bit_depth,
+        settings_roi=settings.roi,
     )
+    info.refresh_instrument(core)
+    engine = FDTEngine(core)
+    engine.use_hardware_sequencing = settings.hardware_sequencing
+    core.mda.set_engine(engine)
+    return info
+
+
+def _reconcile(settings: HardwareSettings, state: InstrumentState) -> tuple[VolumeGeometry, int | None, float, dict]:
+    """Geometry, bit depth and exposure of the acquisition: the settings', checked against the instrument.
+
+    Where they disagree the acquisition is refused, unless the settings say
+    ``prefer_instrument``: then the instrument's pixel size (the volume's lateral
+    voxel becomes pixel ÷ ``camera_binning``), bit depth and exposure are taken and
+    listed in the returned overrides, which the recording keeps.
+    """
+    geometry, bit_depth = settings.geometry, settings.bit_depth
+    exposure = settings.exposure_ms if settings.exposure_ms is not None else state.exposure_ms
+    checks = {
+        "pixel_size_um": dict(pixel_size_um=geometry.camera_pixel_um),
+        "bit_depth": dict(bit_depth=bit_depth),
+        "exposure_ms": dict(exposure_ms=exposure),
+        "frame_shape_yx": dict(frame_shape_yx=geometry.camera_shape_yx),
+    }
+    where = f"the settings {settings.path}"
+    problems = {name: instrument_mismatches(state, **check, where=where) for name, check in checks.items()}
+    overrides: dict[str, dict] = {}
+    if settings.prefer_instrument:
+        if problems.pop("pixel_size_um") and state.pixel_size_um is not None:
+            overrides["pixel_size_um"] = {"settings": geometry.camera_pixel_um, "instrument": state.pixel_size_um}
+            dz = geometry.voxel_um_zyx[0]
+            lateral = state.pixel_size_um / geometry.camera_binning
+            geometry = replace(geometry, voxel_um_zyx=(dz, lateral, lateral))
+            try:
+                geometry.check_sampling(settings.optics)
+            except GeometryError as exc:
+                raise AcquisitionError(f"With the instrument's pixel size of {state.pixel_size_um:g} µm: {exc}") from None
+        if problems.pop("bit_depth"):
+            overrides["bit_depth"] = {"settings": bit_depth, "instrument": state.bit_depth}
+            bit_depth = state.bit_depth
+        if problems.pop("exposure_ms"):
+            overrides["exposure_ms"] = {"settings": exposure, "instrument": state.exposure_ms}
+            exposure = state.exposure_ms
+    found = [p for clauses in problems.values() for p in clauses]
+    if found:
+        hint = " (or set 'prefer_instrument': true to take the instrument's values)" if not settings.prefer_instrument else ""
+        raise AcquisitionError("The microscope disagrees with its settings: " + "; ".join(found) + hint + ".")
+    return geometry, bit_depth, float(exposure), overrides
 
 
 def load_hardware_core(cfg_path: str | Path, settings_path: str | Path) -> tuple[UniMMCore, MicroscopeInfo]:
@@ -706,7 +834,7 @@ def load_hardware_core(cfg_path: str | Path, settings_path: str | Path) -> tuple
     cfg = Path(cfg_path)
     if not cfg.is_file():
         raise AcquisitionError(f"Micro-Manager configuration file {cfg} does not exist.")
-    core = UniMMCore()
+    core = InstrumentCore()
     try:
         core.loadSystemConfiguration(cfg)
     except Exception as exc:

@@ -45,16 +45,23 @@ def recording_meta(
     camera: CameraModel,
     sources_um_xyz: np.ndarray,
     extra: dict | None = None,
+    instrument: dict | None = None,
 ) -> RecordingMeta:
-    """The recording header for a simulated or real FDT acquisition."""
+    """The recording header for a simulated or real FDT acquisition.
+
+    ``instrument``: what the microscope reported (``InstrumentState.to_dict()`` plus
+    ``overrides``), ``None`` for recordings made without one.
+    """
     return RecordingMeta(
         optics=optics,
         geometry=geometry,
         camera=CameraSettings(
-            pixel_size_um=geometry.camera_pixel_um, offset=camera.offset, gain=camera.gain, read_noise=camera.read_noise
+            pixel_size_um=geometry.camera_pixel_um, offset=camera.offset, gain=camera.gain, read_noise=camera.read_noise,
+            bit_depth=camera.bit_depth,
         ),
         sources_um_xyz=[list(map(float, s)) for s in sources_um_xyz],
         extra=extra or {},
+        instrument=instrument,
     )
 
 
@@ -80,6 +87,7 @@ def simulate_recording(
         raise NvpLiveError(f"Need at least one view and one timepoint, got {views} views and {timepoints} timepoints.")
     geometry = VolumeGeometry(tuple(shape_zyx), tuple(voxel_um_zyx))
     geometry.check_sampling(optics)
+    geometry.camera_pixel_um  # noqa: B018 (refuses rectangular camera pixels before anything is rendered)
     sources = default_sources(geometry, views, seed=seed)
     camera = CameraModel()
     sim = Simulator(optics, geometry, sources, coherence=coherence, camera=camera, seed=seed)
@@ -120,6 +128,7 @@ def reconstructor_for(meta: RecordingMeta, config: ReconConfig, device: str = "a
         np.asarray(meta.sources_um_xyz, dtype=np.float64),
         camera_offset=meta.camera.offset,
         camera_gain=meta.camera.gain,
+        saturation_level=meta.camera.saturation_level,
         config=config,
         device=device,
     )

@@ -38,6 +38,7 @@ from psygnal import Signal
 from nvplive.errors import AcquisitionError
 
 from . import offline
+from .instrument import instrument_mismatches
 from .microscope import TIMESTAMP_SOURCE_KEY, FDTEngine, MicroscopeInfo, event_view_timepoint
 from .recording import RecordingMeta
 
@@ -48,7 +49,10 @@ def recording_meta(info: MicroscopeInfo, extra: Mapping | None = None) -> Record
     """The recording metadata of an acquisition on this microscope."""
     more = {"exposure_ms": info.exposure_ms, "source_group": info.group, "presets": list(info.presets),
             "microscope": info.source, **info.extra, **(dict(extra) if extra else {})}
-    return offline.recording_meta(info.optics, info.geometry, info.camera_model, info.sources_um_xyz, more)
+    instrument = None
+    if info.instrument is not None:
+        instrument = {**info.instrument.to_dict(), "overrides": dict(info.overrides)}
+    return offline.recording_meta(info.optics, info.geometry, info.camera_model, info.sources_um_xyz, more, instrument)
 
 
 #: Keys of Micro-Manager's per-image metadata that the recording leaves out (kept elsewhere).
@@ -286,13 +290,12 @@ class FDTAcquisition:
         if self.core.isSequenceRunning():  # live mode: its frames must not mix with the FDT views
             logger.info("Live mode was running; it is stopped before the FDT acquisition starts.")
             self.core.stopSequenceAcquisition()
-        shape = (int(self.core.getImageHeight()), int(self.core.getImageWidth()))
-        if shape != tuple(self.info.geometry.camera_shape_yx):
+        self._instrument = self.info.read_instrument(self.core)
+        problems = self.info.instrument_problems(self._instrument)
+        if problems:
             summary = AcquisitionSummary(
                 "failed", self.timepoints, 0, 0,
-                f"The camera delivers {shape[0]}×{shape[1]} pixel frames but the volume expects "
-                f"{self.info.geometry.camera_shape_yx[0]}×{self.info.geometry.camera_shape_yx[1]} "
-                "(check binning and ROI).", 0.0,
+                "The acquisition cannot start: " + "; ".join(problems) + ".", 0.0,
             )
             self.summary = summary
             _emit(self.error, summary.error)
@@ -303,6 +306,9 @@ class FDTAcquisition:
         mda.events.eventStarted.connect(self._on_event_started)
         mda.events.sequenceCanceled.connect(self._on_canceled)
         mda.events.sequenceStarted.connect(self._on_sequence_started)
+        watched = self._instrument_signals()
+        for signal, slot in watched:
+            signal.connect(slot)
         failure: str | None = None
         try:
             self._t0 = time.perf_counter()
@@ -314,6 +320,8 @@ class FDTAcquisition:
             mda.events.eventStarted.disconnect(self._on_event_started)
             mda.events.sequenceCanceled.disconnect(self._on_canceled)
             mda.events.sequenceStarted.disconnect(self._on_sequence_started)
+            for signal, slot in watched:
+                signal.disconnect(slot)
         summary = self._summarise(failure)
         self.summary = summary
         if summary.error:
@@ -364,6 +372,35 @@ class FDTAcquisition:
                 self._engine.skip_from_timepoint = 0
         if early:
             self.core.mda.cancel()
+
+    def _instrument_signals(self) -> list[tuple[Any, Callable[..., None]]]:
+        """The core's signals after which the camera or the pixel calibration may have changed."""
+        events = self.core.events
+        check = self._on_instrument_changed
+        return [(events.pixelSizeChanged, check), (events.pixelSizeAffineChanged, check), (events.roiSet, check),
+                (events.exposureChanged, check), (events.propertyChanged, self._on_property_changed)]
+
+    def _on_property_changed(self, device: str, prop: str, value: object) -> None:
+        if device in (self._instrument.camera, "Core"):  # not the source selector, which steps every view
+            self._on_instrument_changed()
+
+    def _on_instrument_changed(self, *_: object) -> None:
+        """Read the instrument again; a change that the recording would not describe ends the run."""
+        state = self.info.read_instrument(self.core)
+        start = self._instrument
+        changed = [
+            f"{name} from {before!r} to {after!r}"
+            for name, before, after in (
+                ("the pixel size (µm)", start.pixel_size_um, state.pixel_size_um),
+                ("the binning", start.binning, state.binning),
+                ("the bit depth", start.bit_depth, state.bit_depth),
+                ("the ROI", list(start.roi_xywh), list(state.roi_xywh)),
+            )
+            if before != after
+        ]
+        changed += instrument_mismatches(state, exposure_ms=self.info.exposure_ms, where="the acquisition's settings")
+        if changed:
+            self._fail("The instrument changed during the acquisition: " + "; ".join(changed) + ".")
 
     def _on_canceled(self, *_: object) -> None:
         self._external_cancel = True

@@ -203,12 +203,16 @@ class CameraSettings:
         offset: dark level added to every pixel (counts).
         gain: counts per detected photon.
         read_noise: standard deviation of the read noise (counts).
+        bit_depth: significant bits per pixel as the camera reported them; counts
+            reach at most ``2**bit_depth − 1`` (saturation). Recordings written
+            before it existed read as 16.
     """
 
     pixel_size_um: float
     offset: float = 100.0
     gain: float = 1.0
     read_noise: float = 2.0
+    bit_depth: int = 16
 
     def __post_init__(self) -> None:
         for name, positive in (("pixel_size_um", True), ("offset", False), ("gain", True), ("read_noise", False)):
@@ -217,6 +221,14 @@ class CameraSettings:
                 kind = "a positive number" if positive else "a number ≥ 0"
                 raise RecordingError(f"CameraSettings: {name} must be {kind}, got {_show(getattr(self, name))}.")
             object.__setattr__(self, name, value)
+        if not (_is_int(self.bit_depth) and 1 <= self.bit_depth <= 16):
+            raise RecordingError(f"CameraSettings: bit_depth must be an integer 1…16, got {_show(self.bit_depth)}.")
+        object.__setattr__(self, "bit_depth", int(self.bit_depth))
+
+    @property
+    def saturation_level(self) -> int:
+        """The largest count the camera can report (``2**bit_depth − 1``)."""
+        return 2**self.bit_depth - 1
 
     def to_dict(self) -> dict:
         return {
@@ -224,6 +236,7 @@ class CameraSettings:
             "offset": self.offset,
             "gain": self.gain,
             "read_noise": self.read_noise,
+            "bit_depth": self.bit_depth,
         }
 
     @classmethod
@@ -233,7 +246,7 @@ class CameraSettings:
             raise RecordingError(f"CameraSettings: expected a dictionary, got {_show(values)}.")
         known = {"pixel_size_um", "offset", "gain", "read_noise"}
         missing = sorted(known - values.keys())
-        unknown = sorted(values.keys() - known)
+        unknown = sorted(values.keys() - known - {"bit_depth"})
         if missing or unknown:
             raise RecordingError(f"CameraSettings: missing fields {missing} / unknown fields {unknown}.")
         return cls(**values)
@@ -252,6 +265,9 @@ class RecordingMeta:
             the number of views is its length.
         extra: free JSON-serialisable information (phantom name, seed, ...).
         refined_sources_um_xyz: source positions refined by self-calibration, or None.
+        instrument: what the microscope reported when the acquisition started
+            (pixel size, binning, bit depth, ROI, exposure, trigger mode and the
+            values where the instrument won over the settings), or None.
     """
 
     optics: Optics
@@ -260,6 +276,7 @@ class RecordingMeta:
     sources_um_xyz: Sequence[Sequence[float]]
     extra: dict = field(default_factory=dict)
     refined_sources_um_xyz: Sequence[Sequence[float]] | None = None
+    instrument: dict | None = None
 
     def __post_init__(self) -> None:
         for name, cls in (("optics", Optics), ("geometry", VolumeGeometry), ("camera", CameraSettings)):
@@ -279,6 +296,10 @@ class RecordingMeta:
         if not isinstance(self.extra, dict):
             raise RecordingError(f"RecordingMeta: extra must be a dictionary, got {_show(self.extra)}.")
         object.__setattr__(self, "extra", _json_normalise(self.extra, "RecordingMeta: extra"))
+        if self.instrument is not None:
+            if not isinstance(self.instrument, dict):
+                raise RecordingError(f"RecordingMeta: instrument must be a dictionary, got {_show(self.instrument)}.")
+            object.__setattr__(self, "instrument", _json_normalise(self.instrument, "RecordingMeta: instrument"))
         problem = _camera_mismatch(self.camera, self.geometry)
         if problem:
             raise RecordingError(f"RecordingMeta: {problem}.")
@@ -299,7 +320,10 @@ class RecordingMeta:
 
 
 def _camera_mismatch(camera: CameraSettings, geometry: VolumeGeometry) -> str | None:
-    expected = geometry.camera_pixel_um
+    try:
+        expected = geometry.camera_pixel_um
+    except GeometryError as exc:
+        return str(exc).rstrip(".")
     if not math.isclose(camera.pixel_size_um, expected, rel_tol=1e-6):
         return (
             f"camera pixel_size_um {camera.pixel_size_um} µm must equal camera_binning × dx = {expected} µm "
@@ -459,6 +483,7 @@ def _document(
         "volumes": volumes,
         "ground_truth": ground_truth,
         "extra": meta.extra,
+        **({} if meta.instrument is None else {"instrument": meta.instrument}),
     }
 
 
@@ -562,12 +587,16 @@ def _parse_meta(doc: dict, check: _Checker) -> tuple[RecordingMeta, str, bool]:
         raise RecordingError(f"{check.where}: section \"optics\" is invalid: {exc}") from None
 
     camera_doc = check.dict_(doc, "camera")
-    check.exact_keys(camera_doc, "camera", {"pixel_size_um", "offset", "gain", "read_noise"})
+    check.exact_keys(camera_doc, "camera", {"pixel_size_um", "offset", "gain", "read_noise"}, {"bit_depth"})
+    bit_depth = camera_doc.get("bit_depth", 16)
+    if not (_is_int(bit_depth) and 1 <= bit_depth <= 16):
+        raise check.fail("camera.bit_depth", "an integer 1…16", bit_depth)
     camera = CameraSettings(
         pixel_size_um=check.number(camera_doc, "pixel_size_um", "camera.", low=0, strict=True),
         offset=check.number(camera_doc, "offset", "camera.", low=0),
         gain=check.number(camera_doc, "gain", "camera.", low=0, strict=True),
         read_noise=check.number(camera_doc, "read_noise", "camera.", low=0),
+        bit_depth=int(bit_depth),
     )
 
     volume_doc = check.dict_(doc, "volume")
@@ -616,7 +645,11 @@ def _parse_meta(doc: dict, check: _Checker) -> tuple[RecordingMeta, str, bool]:
         raise check.fail("views", "refined_source_um_xyz in every view or in none", f"{len(refined)} of {len(nominal)}")
 
     extra = check.dict_(doc, "extra")
+    instrument = doc.get("instrument")
+    if instrument is not None and not isinstance(instrument, dict):
+        raise check.fail("instrument", "an object", instrument)
     meta = RecordingMeta(
+        instrument=instrument,
         optics=optics,
         geometry=geometry,
         camera=camera,
@@ -770,6 +803,7 @@ def _load_state(root: Path) -> _State:
             sources_um_xyz=meta.sources_um_xyz,
             extra=meta.extra,
             refined_sources_um_xyz=refined,
+            instrument=meta.instrument,
         )
     return _State(meta, created, closed, journal_present, timepoints, volumes, ground_truth, volumes_file)
 
@@ -1067,14 +1101,7 @@ class RecordingWriter:
             self._check_writable("sources")
             if not self._replacing:
                 self._append_journal({"op": "sources", "refined_source_um_xyz": [list(s) for s in refined]})
-            self._meta = RecordingMeta(
-                optics=self._meta.optics,
-                geometry=self._meta.geometry,
-                camera=self._meta.camera,
-                sources_um_xyz=self._meta.sources_um_xyz,
-                extra=self._meta.extra,
-                refined_sources_um_xyz=refined,
-            )
+            self._meta = replace(self._meta, refined_sources_um_xyz=refined)
 
     def close(self) -> None:
         """Finish the TIFFs (OME-XML), merge the journal into recording.json, release the lock. Idempotent.

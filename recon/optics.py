@@ -139,8 +139,16 @@ class VolumeGeometry:
 
     @property
     def camera_pixel_um(self) -> float:
-        """Camera pixel size in sample space (µm); uses dx (square pixels)."""
-        return self.camera_binning * self.voxel_um_zyx[2]
+        """Camera pixel size in sample space (µm), ``camera_binning × dx``.
+
+        Raises:
+            GeometryError: dy ≠ dx; camera pixels are square (Micro-Manager's pixel
+                size, the recording and its OME metadata have one lateral size).
+        """
+        _, dy, dx = self.voxel_um_zyx
+        if not math.isclose(dy, dx, rel_tol=1e-9):
+            raise GeometryError(f"Volume: camera pixels are square, so the lateral voxel sizes must be equal (dy {dy:g} µm, dx {dx:g} µm).")
+        return self.camera_binning * dx
 
     def camera_coordinates_um(self) -> tuple[np.ndarray, np.ndarray]:
         """Centres (µm) of the camera pixels along y and x, FOV-centre origin.

@@ -246,6 +246,8 @@ class Reconstructor:
         optics, geometry: the microscope and the reconstructed volume.
         sources_um_xyz: ``[V, 3]`` nominal source positions (µm).
         camera_offset, camera_gain: to convert ADU to photo-electrons.
+        saturation_level: the largest count the camera reports (``2**bit_depth − 1``;
+            ``None``: the frames' integer dtype maximum); pixels at it are saturated.
         config: the settings.
         device: ``auto``, ``cpu``, ``cuda`` …
     """
@@ -258,6 +260,7 @@ class Reconstructor:
         *,
         camera_offset: float = 0.0,
         camera_gain: float = 1.0,
+        saturation_level: int | None = None,
         config: ReconConfig = ReconConfig(),
         device: str | torch.device = "auto",
     ) -> None:
@@ -268,6 +271,7 @@ class Reconstructor:
         self.nominal_sources = np.asarray(sources_um_xyz, dtype=np.float64).reshape(-1, 3)
         self.camera_offset = float(camera_offset)
         self.camera_gain = float(camera_gain)
+        self.saturation_level = None if saturation_level is None else int(saturation_level)
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
         self.model = ForwardModel.build(optics, geometry, source_depth_um=depth, device=self.device)
         self.representation: Representation | None = None
@@ -311,8 +315,8 @@ class Reconstructor:
             raise ReconstructionError(f"Frames have shape {arr.shape}, expected {expected} (views, y, x).")
         top = None
         if np.issubdtype(arr.dtype, np.integer):
-            top = np.iinfo(arr.dtype).max
-            saturated = (arr == top).reshape(len(arr), -1).mean(axis=1)
+            top = np.iinfo(arr.dtype).max if self.saturation_level is None else self.saturation_level
+            saturated = (arr >= top).reshape(len(arr), -1).mean(axis=1)
             worst = int(np.argmax(saturated))
             if saturated[worst] > SATURATION_LIMIT:
                 raise ReconstructionError(

@@ -76,6 +76,8 @@ def test_reconstruct_then_evaluate(simulated: Path):
         (("simulate", "--phantom", "blob", "x.fdt"), "invalid choice"),
         (("simulate", "--phantom", "cell", "--shape", "8,24", "x.fdt"), "Z,Y,X"),
         (("simulate", "--phantom", "cell", "--voxel-um", "0.5", "x.fdt"), "too coarse"),
+        (("simulate", "--phantom", "cell", "--voxel-um", "0.3,0.2,0.25", "x.fdt"),
+         "camera pixels are square, so the lateral voxel sizes must be equal (dy 0.2 µm, dx 0.25 µm)"),
         (("simulate", "--phantom", "cell", "not-a-recording"), ".fdt"),
         (("reconstruct", "missing.fdt"), "missing.fdt"),
         (("reconstruct", "x.fdt", "--compile", "fast"), "invalid choice"),

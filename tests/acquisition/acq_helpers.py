@@ -36,9 +36,11 @@ def tiny_scene(views: int = 3, *, seed: int = 0, **options) -> SimulatedScene:
     )
 
 
-def tiny_core(views: int = 3, *, exposure_ms: float = 2.0, triggered: bool = True, **scene_options):
+def tiny_core(views: int = 3, *, exposure_ms: float = 2.0, triggered: bool = True, pixel_size_um: float | None = None,
+              bit_depth: int | None = None, **scene_options):
     scene = tiny_scene(views, **scene_options)
-    core, info = build_demo_core(scene, exposure_ms=exposure_ms, triggered=triggered)
+    core, info = build_demo_core(scene, exposure_ms=exposure_ms, triggered=triggered, pixel_size_um=pixel_size_um,
+                                 bit_depth=bit_depth)
     return core, info, scene
 
 

@@ -128,7 +128,7 @@ def test_round_trip_frames_volumes_truth_and_metadata(recording, meta):
     assert not (recording / JOURNAL_NAME).exists()
     doc = json.loads((recording / JSON_NAME).read_text())
     assert doc["format"] == "nvp-live-recording" and doc["version"] == 1 and doc["closed"] is True
-    assert doc["camera"] == {"pixel_size_um": 0.1, "offset": 100.0, "gain": 2.5, "read_noise": 1.5}
+    assert doc["camera"] == {"pixel_size_um": 0.1, "offset": 100.0, "gain": 2.5, "read_noise": 1.5, "bit_depth": 16}
     assert doc["volume"]["shape_zyx"] == list(ZYX) and doc["optics"]["na"] == 0.7
     assert doc["views"][1]["source_um_xyz"] == [0.5, -0.25, -6.0]
 

@@ -50,6 +50,7 @@ from .devices import (
     source_labels,
 )
 from .instrument import BIT_DEPTH_PROPERTY, InstrumentCore, InstrumentState, instrument_mismatches, read_instrument
+from .schema import HardwareSettingsFile, validate
 
 #: Default name of the config group whose presets select the excited source.
 SOURCE_GROUP = "FDT-Source"
@@ -567,118 +568,41 @@ class HardwareSettings:
         return len(self.sources_um_xyz)
 
 
-def _settings_error(path: Path, message: str) -> AcquisitionError:
-    return AcquisitionError(f"Hardware settings {path}: {message}")
-
-
 def load_settings(path: str | Path) -> HardwareSettings:
-    """Read and validate a hardware settings file (no hardware is touched)."""
+    """Read and validate a hardware settings file (no hardware is touched).
+
+    Raises:
+        AcquisitionError: the file is missing, not JSON, or breaks the schema of
+            :class:`.schema.HardwareSettingsFile` (the message names the file and field).
+    """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))  # NaN/Infinity parse; the schema refuses them by field
     except FileNotFoundError:
         raise AcquisitionError(f"Hardware settings file {path} does not exist.") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise AcquisitionError(f"Hardware settings file {path} is not readable JSON: {exc}.") from None
-    if not isinstance(data, dict):
-        raise _settings_error(path, "the top level must be a JSON object.")
-    if data.get("format") != SETTINGS_FORMAT:
-        raise _settings_error(path, f"field 'format' must be {SETTINGS_FORMAT!r}, got {data.get('format')!r}.")
-    if data.get("version") != SETTINGS_VERSION:
-        raise _settings_error(path, f"field 'version' must be {SETTINGS_VERSION}, got {data.get('version')!r}.")
-
-    selection = data.get("source_selection")
-    if not isinstance(selection, dict):
-        raise _settings_error(path, "field 'source_selection' (an object with 'group' and 'presets', or "
-                                    "'device', 'property' and 'values') is missing.")
-    group = str(selection.get("group", SOURCE_GROUP))
-    presets = device = prop = values = None
-    if "presets" in selection:
-        presets = selection["presets"]
-        if not (isinstance(presets, list) and presets and all(isinstance(p, str) for p in presets)):
-            raise _settings_error(path, "field 'source_selection.presets' must be a non-empty list of preset names.")
-        presets = tuple(presets)
-    elif "device" in selection:
-        device, prop, values = selection.get("device"), selection.get("property"), selection.get("values")
-        if not isinstance(device, str) or not device:
-            raise _settings_error(path, "field 'source_selection.device' must be a device label.")
-        if not isinstance(prop, str) or not prop:
-            raise _settings_error(path, "field 'source_selection.property' must be a property name.")
-        if not (isinstance(values, list) and values):
-            raise _settings_error(path, "field 'source_selection.values' must be a non-empty list (one per view).")
-        values = tuple(str(v) for v in values)
-    else:
-        raise _settings_error(path, "field 'source_selection' needs either 'presets' (with 'group') or "
-                                    "'device', 'property' and 'values'.")
-    n_views = len(presets if presets is not None else values)  # type: ignore[arg-type]
-
-    try:
-        sources = np.asarray(data["sources_um_xyz"], dtype=np.float64)
-    except KeyError:
-        raise _settings_error(path, "field 'sources_um_xyz' (one [x, y, z] µm per view) is missing.") from None
-    except (TypeError, ValueError):
-        raise _settings_error(path, "field 'sources_um_xyz' must be a list of [x, y, z] numbers (µm).") from None
-    if sources.ndim != 2 or sources.shape[1] != 3 or not np.isfinite(sources).all():
-        raise _settings_error(path, f"field 'sources_um_xyz' must have shape [V, 3] of finite numbers, got {sources.shape}.")
-    if len(sources) != n_views:
-        raise _settings_error(path, f"field 'sources_um_xyz' has {len(sources)} positions but 'source_selection' "
-                                    f"selects {n_views} views.")
-
-    try:
-        optics = Optics(**data["optics"])
-    except KeyError:
-        raise _settings_error(path, "field 'optics' (wavelength_um, n_medium, na …) is missing.") from None
-    except TypeError as exc:
-        raise _settings_error(path, f"field 'optics' is invalid: {exc}.") from None
-    except GeometryError as exc:
-        raise _settings_error(path, str(exc)) from None
-    volume = data.get("volume")
-    if not isinstance(volume, dict):
-        raise _settings_error(path, "field 'volume' (shape_zyx, voxel_um_zyx …) is missing.")
-    try:
-        geometry = VolumeGeometry(
-            tuple(int(n) for n in volume["shape_zyx"]),
-            tuple(float(d) for d in volume["voxel_um_zyx"]),
-            volume.get("focal_plane_z_um"),
-            int(volume.get("camera_binning", 1)),
-        )
-        geometry.check_sampling(optics)
-    except KeyError as exc:
-        raise _settings_error(path, f"field 'volume.{exc.args[0]}' is missing.") from None
-    except (TypeError, ValueError) as exc:
-        raise _settings_error(path, f"field 'volume' is invalid: {exc}.") from None
-    except GeometryError as exc:
-        raise _settings_error(path, str(exc)) from None
-    cam = data.get("camera_model", {})
-    try:
-        camera_model = CameraModel(**{k: float(v) for k, v in cam.items() if k in ("offset", "gain", "read_noise")})
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise _settings_error(path, f"field 'camera_model' is invalid: {exc}.") from None
-    bit_depth = cam.get("bit_depth")
-    if bit_depth is not None and not (isinstance(bit_depth, int) and 1 <= bit_depth <= 32):
-        raise _settings_error(path, f"field 'camera_model.bit_depth' must be an integer 1…32, got {bit_depth!r}.")
-    prefer_instrument = data.get("prefer_instrument", False)
-    if not isinstance(prefer_instrument, bool):
-        raise _settings_error(path, f"field 'prefer_instrument' must be true or false, got {prefer_instrument!r}.")
-    exposure = data.get("exposure_ms")
-    if exposure is not None and not (isinstance(exposure, (int, float)) and exposure > 0):
-        raise _settings_error(path, f"field 'exposure_ms' must be a positive number, got {exposure!r}.")
-    roi = data.get("roi")
-    if roi is not None:
-        if not (isinstance(roi, list) and len(roi) == 4 and all(isinstance(r, int) and r >= 0 for r in roi)):
-            raise _settings_error(path, f"field 'roi' must be [x, y, width, height] in pixels, got {roi!r}.")
-        roi = tuple(roi)
-    camera = data.get("camera")
-    if camera is not None and not isinstance(camera, str):
-        raise _settings_error(path, f"field 'camera' must be a device label, got {camera!r}.")
-    sequencing = data.get("hardware_sequencing", True)
-    if not isinstance(sequencing, bool):
-        raise _settings_error(path, f"field 'hardware_sequencing' must be true or false, got {sequencing!r}.")
+    doc = validate(HardwareSettingsFile, data, f"Hardware settings {path}", AcquisitionError)
+    selection = doc.source_selection
+    camera = doc.camera_model
     return HardwareSettings(
-        path=path, group=group, presets=presets, device=device, property=prop, values=values,
-        sources_um_xyz=sources, optics=optics, geometry=geometry, camera_model=camera_model,
-        camera=camera, exposure_ms=None if exposure is None else float(exposure), roi=roi,  # type: ignore[arg-type]
-        hardware_sequencing=sequencing, bit_depth=bit_depth, prefer_instrument=prefer_instrument,
+        path=path,
+        group=selection.group or SOURCE_GROUP,
+        presets=None if selection.presets is None else tuple(selection.presets),
+        device=selection.device,
+        property=selection.property,
+        values=None if selection.values is None else tuple(str(v) for v in selection.values),
+        sources_um_xyz=np.asarray(doc.sources_um_xyz, dtype=np.float64),
+        optics=doc.optics.optics(),
+        geometry=doc.volume.geometry(),
+        camera_model=CameraModel(offset=camera.offset, gain=camera.gain, read_noise=camera.read_noise,
+                                 bit_depth=camera.bit_depth or CameraModel.bit_depth),
+        camera=doc.camera,
+        exposure_ms=doc.exposure_ms,
+        roi=None if doc.roi is None else tuple(doc.roi),  # type: ignore[arg-type]
+        hardware_sequencing=doc.hardware_sequencing,
+        bit_depth=camera.bit_depth,
+        prefer_instrument=doc.prefer_instrument,
     )
 
 

@@ -115,13 +115,21 @@ def test_property_value_not_allowed_is_named(tmp_path, scene):
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"format": "other"}, "field 'format'"),
+        ({"format": "other"}, 'field "format"'),
         ({"sources_um_xyz": [[0, 0, -1]]}, "has 1 positions but 'source_selection' selects 3 views"),
         ({"source_selection": {"group": "G"}}, "needs either 'presets'"),
         ({"optics": {"wavelength_um": 0.6, "n_medium": 1.33, "na": 1.5}}, "NA 1.5"),
-        ({"volume": {"shape_zyx": [16, 32, 32]}}, "'volume.voxel_um_zyx' is missing"),
-        ({"roi": [0, 0, 32]}, "field 'roi'"),
-        ({"hardware_sequencing": "yes"}, "field 'hardware_sequencing' must be true or false"),
+        ({"volume": {"shape_zyx": [16, 32, 32]}}, 'field "volume.voxel_um_zyx" is missing'),
+        ({"roi": [0, 0, 32]}, 'field "roi"'),
+        ({"hardware_sequencing": "yes"}, 'field "hardware_sequencing": Input should be a valid boolean'),
+        # one schema (issue 14): unknown fields, numbers as strings, non-finite numbers, rectangular pixels
+        ({"exposure": 20}, 'field "exposure" is not part of the format'),
+        ({"camera_model": {"offset": 100, "gian": 1.0}}, 'field "camera_model.gian" is not part of the format'),
+        ({"exposure_ms": "20"}, 'field "exposure_ms": Input should be a valid number'),
+        ({"optics": {"wavelength_um": 0.6, "n_medium": 1.33, "na": 1e999}}, 'field "optics.na"'),
+        ({"volume": {"shape_zyx": [16, 32, 32], "voxel_um_zyx": [0.25, 0.2, 0.25]}},
+         'field "volume": Volume: camera pixels are square'),
+        ({"camera_model": {"bit_depth": 20}}, 'field "camera_model.bit_depth"'),
     ],
 )
 def test_invalid_settings_files_are_refused_with_the_field(tmp_path, change, needle):

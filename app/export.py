@@ -5,24 +5,21 @@ a worker thread).
 
 Movies: ``.mp4`` needs the optional ``imageio`` + ``imageio-ffmpeg`` packages;
 ``.png`` writes an animated PNG (APNG, plays in web browsers and most viewers;
-viewers without APNG support show its first frame) with the standard library
-only; any other name is a folder of numbered PNG frames.
+viewers without APNG support show its first frame) through Pillow; any other name
+is a folder of numbered PNG frames (Pillow).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import queue
-import struct
 import threading
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tifffile
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from PIL import Image
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,20 +103,6 @@ def _fit(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def _png_scanlines(rgb: np.ndarray) -> bytes:
-    """Filtered scanlines (PNG filter 2, 'Up': each row minus the row above, mod 256)."""
-    up = np.empty_like(rgb)
-    up[0] = rgb[0]
-    np.subtract(rgb[1:], rgb[:-1], out=up[1:])
-    h = rgb.shape[0]
-    rows = np.concatenate([np.full((h, 1), 2, np.uint8), up.reshape(h, -1)], axis=1)
-    return zlib.compress(rows.tobytes(), 6)
-
-
 class MovieWriter:
     """Base class: ``append(frame)`` RGB(A) uint8 frames, then ``close()``."""
 
@@ -144,43 +127,26 @@ class MovieWriter:
 
 
 class APNGWriter(MovieWriter):
-    """Animated PNG (RGB, loops forever), written frame by frame."""
+    """Animated PNG (RGB, loops forever) through Pillow.
+
+    Pillow writes an APNG in one call, so the frames are kept (as RGB images, about
+    2 MB per 1000 × 700 frame) until :meth:`close`; identical consecutive frames become
+    one longer frame.
+    """
 
     def __init__(self, path: Path, fps: float) -> None:
         super().__init__(path, fps)
-        self._fh = open(self.path, "wb")
-        self._sequence = 0
-        self._actl_offset = 0
+        self._images: list[Image.Image] = []
 
     def _write(self, rgb: np.ndarray) -> None:
-        h, w = rgb.shape[:2]
-        fh = self._fh
-        if self.frames == 0:
-            fh.write(PNG_SIGNATURE)
-            fh.write(_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)))
-            self._actl_offset = fh.tell()
-            fh.write(_chunk(b"acTL", struct.pack(">II", 0, 0)))  # frame count patched on close
-        delay = max(1, min(65535, round(1000 / max(self.fps, 1e-3))))
-        fh.write(_chunk(b"fcTL", struct.pack(">IIIIIHHBB", self._sequence, w, h, 0, 0, delay, 1000, 0, 0)))
-        self._sequence += 1
-        data = _png_scanlines(rgb)
-        if self.frames == 0:
-            fh.write(_chunk(b"IDAT", data))
-        else:
-            fh.write(_chunk(b"fdAT", struct.pack(">I", self._sequence) + data))
-            self._sequence += 1
+        self._images.append(Image.fromarray(rgb, "RGB"))
 
     def close(self) -> None:
-        fh = self._fh
-        if fh.closed:
+        images, self._images = self._images, []
+        if not images:
             return
-        try:
-            if self.frames:
-                fh.write(_chunk(b"IEND", b""))
-                fh.seek(self._actl_offset)
-                fh.write(_chunk(b"acTL", struct.pack(">II", self.frames, 0)))
-        finally:
-            fh.close()
+        duration_ms = max(1, round(1000 / max(self.fps, 1e-3)))
+        images[0].save(self.path, format="PNG", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
 
 
 class PNGFramesWriter(MovieWriter):
@@ -191,9 +157,7 @@ class PNGFramesWriter(MovieWriter):
         self.path.mkdir(parents=True, exist_ok=True)
 
     def _write(self, rgb: np.ndarray) -> None:
-        from vispy.io import write_png
-
-        write_png(str(self.path / f"frame_{self.frames:05d}.png"), rgb)
+        Image.fromarray(rgb, "RGB").save(self.path / f"frame_{self.frames:05d}.png")
 
 
 class MP4Writer(MovieWriter):
@@ -265,28 +229,3 @@ class BackgroundMovieWriter:
                 self.writer.close()
             except BaseException as exc:
                 self.error = self.error or exc
-
-
-def read_apng_info(path: str | Path) -> dict:
-    """Width, height and frame count of an animated PNG (checks every chunk's CRC)."""
-    data = Path(path).read_bytes()
-    if not data.startswith(PNG_SIGNATURE):
-        raise ValueError(f"{path} is not a PNG file")
-    pos, info = len(PNG_SIGNATURE), {"frames": 0, "fcTL": 0, "width": 0, "height": 0, "first_idat": b""}
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
-            raise ValueError(f"{path}: bad CRC in chunk {kind!r}")
-        if kind == b"IHDR":
-            info["width"], info["height"] = struct.unpack(">II", body[:8])
-        elif kind == b"acTL":
-            info["frames"] = struct.unpack(">I", body[:4])[0]
-        elif kind == b"fcTL":
-            info["fcTL"] += 1
-        elif kind == b"IDAT":
-            info["first_idat"] += body
-        pos += 12 + length
-    return info

@@ -3,18 +3,28 @@
 :data:`ACTIONS` lists every action (text, shortcut, tooltip, icon, what it does);
 :func:`install_actions` makes the ``QAction`` objects and puts them in the menus and
 the toolbar. To add an action, add an :class:`ActionInfo` here (and, if it belongs in
-a menu, its key in :data:`MENUS`); what it does is a function of the window.
+a menu, its key in :data:`MENUS`); what it does is a function of the window. The
+exports (Δn stack, 3D snapshot, movie) are such functions and live here too; the
+window offers them as its methods.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from nvplive.acquisition.recording import Recording
+from nvplive.errors import NvpLiveError
+
 from . import style
+from .export import export_dn_stack as write_dn_stack
+from .export import mp4_available
+from .movie import MovieExport
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -38,6 +48,116 @@ class ActionInfo:
     shortcut: str | QtGui.QKeySequence.StandardKey | None = None
     icon: str | Callable[[], QtGui.QIcon] | None = None
     checkable: bool = False
+
+
+def ask_save(window: MainWindow, caption: str, suggested: str, file_filter: str) -> Path | None:
+    """A save dialog starting in the last export folder; None when cancelled."""
+    start = window.settings.value("paths/last_export", str(Path.home()), type=str)
+    chosen, _ = QtWidgets.QFileDialog.getSaveFileName(window, caption, str(Path(start) / suggested), file_filter)
+    if not chosen:
+        return None
+    window.settings.setValue("paths/last_export", str(Path(chosen).parent))
+    return Path(chosen)
+
+
+def export_dn_stack(window: MainWindow, path: str | Path | None = None, *, all_timepoints: bool = True) -> None:
+    """Write Δn as OME-TIFF in a worker thread: every stored volume of the shown recording (TZYX), else the shown volume (ZYX)."""
+    meta, recording = window.shown_meta, window.recording_path
+    if meta is None or recording is None:
+        window.report_error("Export Δn stack", "Nothing to export yet: acquire or open a recording first.")
+        return
+    if path is None:
+        path = ask_save(window, "Export Δn stack", f"{recording.stem}_dn.ome.tif", "OME-TIFF (*.ome.tif)")
+        if path is None:
+            return
+    t_shown = window.model.view.volume_t
+    interval = meta.extra.get("interval_s") if isinstance(meta.extra, dict) else None
+
+    def work() -> Path:
+        with Recording.open(recording) as rec:
+            ts = list(rec.volume_timepoints)
+            if not ts:
+                raise NvpLiveError(f"{recording} has no reconstructed volumes yet.")
+            if not all_timepoints:
+                ts = [t_shown if t_shown in ts else ts[-1]]
+            stack = np.stack([rec.volume(t) for t in ts]) if len(ts) > 1 else rec.volume(ts[0])
+        return write_dn_stack(
+            path, stack, meta.geometry.voxel_um_zyx, n_medium=meta.optics.n_medium,
+            interval_s=float(interval) if isinstance(interval, (int, float)) else None, timepoints=ts,
+            name=recording.stem, description=f"Recording {recording}.",
+        )
+
+    def done(written: Path) -> None:
+        window.statusBar().showMessage(f"Δn stack written: {written}", 10000)
+        window.acquisition_panel.log(f"Δn stack written: {written}", "ok")
+
+    window.statusBar().showMessage(f"Exporting Δn to {path}…")
+    window.run_in_background("Export Δn stack", work, done)
+
+
+def save_snapshot(window: MainWindow, path: str | Path | None = None) -> Path | None:
+    """Save the 3D view as a PNG; the path, or None (cancelled or failed, reported)."""
+    if path is None:
+        path = ask_save(window, "Save 3D snapshot", "nvplive_3d.png", "PNG image (*.png)")
+        if path is None:
+            return None
+    path = Path(path)
+    try:
+        window.volume_view.save_png(path)
+    except Exception as exc:
+        window.report_error("Save 3D snapshot", exc)
+        return None
+    window.statusBar().showMessage(f"Snapshot written: {path}", 10000)
+    window.acquisition_panel.log(f"3D snapshot written: {path}", "ok")
+    return path
+
+
+def export_movie(window: MainWindow, path: str | Path | None = None, fps: float | None = None) -> MovieExport | None:
+    """Render every stored volume of the shown recording into a movie (MP4, animated PNG or PNG frames)."""
+    if window.movie is not None:
+        return window.movie
+    recording = window.recording_path
+    if recording is None:
+        window.report_error("Export movie", "Nothing to export yet: acquire or open a recording first.")
+        return None
+    if window.acquiring:
+        window.report_error("Export movie", "Stop the acquisition before exporting a movie.")
+        return None
+    if path is None:
+        filters = "Animated PNG (*.png);;Folder of PNG frames (*)"
+        if mp4_available():
+            filters = "MP4 video (*.mp4);;" + filters
+        path = ask_save(window, "Export movie", f"{recording.stem}_3d.png", filters)
+        if path is None:
+            return None
+    try:
+        movie = MovieExport(window.volume_view, recording, Path(path), fps or window.model.view.fps, window)
+    except Exception as exc:
+        window.report_error("Export movie", exc)
+        return None
+    resume_t = window.timeline.current
+
+    def finished(written: Path | None, message: str) -> None:
+        window.movie = None
+        window.live.paused = False
+        if written is None:
+            if "cancelled" in message:
+                window.statusBar().showMessage(message, 5000)
+            else:
+                window.report_error("Export movie", message)
+        else:
+            window.statusBar().showMessage(f"Movie written: {written}", 10000)
+            window.acquisition_panel.log(f"Movie written: {written}", "ok")
+        window.request_replay(resume_t)
+        window.update_actions()
+
+    window.movie = movie
+    window.live.paused = True
+    movie.finished.connect(finished)
+    window.statusBar().showMessage(f"Rendering movie {path}…")
+    movie.start()
+    window.update_actions()
+    return movie
 
 
 def _about(window: MainWindow) -> None:

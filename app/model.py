@@ -159,16 +159,20 @@ class ViewState:
         render_mode: 3D rendering (``mip``, ``translucent``, ``iso``); fps: replay speed.
         replay_kind: Δn replayed: ``volume`` (reconstruction) or ``truth`` (ground truth).
         following: the views follow the live acquisition (else they replay the timeline).
+        frames_t, volume_t: the timepoints whose frames and Δn the views show (None: none yet).
     """
 
     render_mode: str = "mip"
     fps: int = 5
     replay_kind: str = "volume"
     following: bool = True
+    frames_t: int | None = None
+    volume_t: int | None = None
 
 
 #: Fields that are not stored (run-time state).
-_NOT_PERSISTED = {("reconstruction", "base"), ("view", "replay_kind"), ("view", "following")}
+_NOT_PERSISTED = {("reconstruction", "base"), ("view", "replay_kind"), ("view", "following"), ("view", "frames_t"),
+                  ("view", "volume_t")}
 #: Fields that hold paths (stored absolute).
 _PATHS = {("acquisition", "mm_config"), ("acquisition", "settings_file"), ("acquisition", "save_dir")}
 #: Keys of settings layout 0 that differ from ``section/field``.

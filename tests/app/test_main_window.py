@@ -83,7 +83,7 @@ def make_window(qtbot, tmp_path, settings_file):
 
 
 def _wait_closed(qtbot, window: MainWindow, timeout_ms: int = 60_000) -> None:
-    qtbot.waitUntil(lambda: not window._loading and window.session is None, timeout=timeout_ms)
+    qtbot.waitUntil(lambda: not window.loading and window.session is None, timeout=timeout_ms)
 
 
 def _picture(window: MainWindow) -> np.ndarray:
@@ -105,11 +105,11 @@ def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, 
     busy: list[tuple[float, float]] = []  # the test's own snapshot renders (GUI thread)
     frames_seen: set[int] = set()
     deadline = time.perf_counter() + 90
-    while (window.session is not None or window._loading) and time.perf_counter() < deadline:
+    while (window.session is not None or window.loading) and time.perf_counter() < deadline:
         qtbot.wait(20)
-        if window._frames_t is not None:
-            frames_seen.add(window._frames_t)
-        t = window._volume_t
+        if window.model.view.frames_t is not None:
+            frames_seen.add(window.model.view.frames_t)
+        t = window.model.view.volume_t
         if t is not None and t not in pictures:
             start = time.perf_counter()
             pictures[t] = _picture(window)
@@ -118,7 +118,7 @@ def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, 
             window.stop_acquisition()
     probe.stop()
     assert window.session is None, "the acquisition did not finish"
-    summary = window._last_session_end.summary
+    summary = window.last_session_end.summary
     assert summary.status == "stopped"
     intervals = list(zip(ticks[:-1], ticks[1:]))
     app_gaps = [b - a for a, b in intervals if not any(s < b and e > a for s, e in busy)]
@@ -148,7 +148,7 @@ def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, 
     # Status bar and plots report what happened.
     labels = window.status_labels
     assert labels.latency_label.text().startswith("Latency ") and "—" not in labels.latency_label.text()
-    assert labels.skipped_label.text() == f"Skipped {window.stats.skipped}"
+    assert labels.skipped_label.text() == f"Skipped {window.live.stats.skipped}"
     assert "CPU" in labels.device_label.text() and "MiB" in labels.device_label.text()
     assert window.recon_panel.latency_plot.values.size >= 2
     assert window.recon_panel.loss_plot.values.size >= TINY_CONFIG.iterations
@@ -246,11 +246,11 @@ def test_broken_recording_shows_an_error_and_the_app_keeps_working(make_window, 
 
     # Still working: the good recording opens and replays frames and ground truth.
     assert window.open_recording(good) is True
-    qtbot.waitUntil(lambda: window._frames_t == 0, timeout=10_000)
+    qtbot.waitUntil(lambda: window.model.view.frames_t == 0, timeout=10_000)
     assert window.frames_view.n_views == VIEWS
     window.timeline.kind.setCurrentIndex(window.timeline.kind.findData("truth"))
     window.timeline.slider.setValue(2)
-    qtbot.waitUntil(lambda: window._frames_t == 2 and window._volume_t == 2, timeout=10_000)
+    qtbot.waitUntil(lambda: window.model.view.frames_t == 2 and window.model.view.volume_t == 2, timeout=10_000)
     with open_recording(good) as rec:
         np.testing.assert_array_equal(window.frames_view._frames, rec.frames(2))
 
@@ -272,7 +272,7 @@ def test_offline_reconstruction_exports_and_replay(make_window, qtbot, tmp_path,
         assert rec.volume_settings[2]["method"] == "nvp"
     # Replay shows the new volumes.
     window.timeline.slider.setValue(1)
-    qtbot.waitUntil(lambda: window._volume_t == 1, timeout=10_000)
+    qtbot.waitUntil(lambda: window.model.view.volume_t == 1, timeout=10_000)
     picture = window.volume_view.snapshot()
     assert stats(picture)["std"] > 5
 
@@ -310,7 +310,7 @@ def test_offline_reconstruction_exports_and_replay(make_window, qtbot, tmp_path,
 def test_acquisition_error_stops_cleanly_with_the_data_saved(make_window, qtbot):
     window = make_window(timepoints=20, interval_s=0.2)
     window.prepare_microscope()
-    qtbot.waitUntil(lambda: window.microscope is not None and not window._loading, timeout=30_000)
+    qtbot.waitUntil(lambda: window.microscope is not None and not window.loading, timeout=30_000)
     demo_camera(window.microscope.core).fail_after(2 * VIEWS + 1, "Simulated camera failure (test).")
     window.start_acquisition(record=True)
     _wait_closed(qtbot, window)
@@ -322,7 +322,7 @@ def test_acquisition_error_stops_cleanly_with_the_data_saved(make_window, qtbot)
     box.close()
     # The window is still usable: the recorded timepoints replay.
     window.timeline.slider.setValue(1)
-    qtbot.waitUntil(lambda: window._frames_t == 1, timeout=10_000)
+    qtbot.waitUntil(lambda: window.model.view.frames_t == 1, timeout=10_000)
 
 
 HARDWARE_CFG = """# pure-Python devices only: camera, LED source selector, source group
@@ -371,7 +371,7 @@ def test_hardware_configuration_loads_and_acquires(make_window, qtbot, hardware_
 
     # A settings file that does not fit the configuration: one clear message, nothing loaded.
     window.prepare_microscope()
-    qtbot.waitUntil(lambda: not window._loading, timeout=30_000)
+    qtbot.waitUntil(lambda: not window.loading, timeout=30_000)
     assert window.microscope is None
     assert window.error_box is not None and "no preset 'bead-x' for view 1" in window.error_box.text()
     window.error_box.close()
@@ -387,7 +387,7 @@ def test_hardware_configuration_loads_and_acquires(make_window, qtbot, hardware_
     with open_recording(window.recording_path) as rec:
         assert rec.n_timepoints == 3 and not rec.has_ground_truth
         assert rec.meta.extra["simulated"] is False and rec.volume_timepoints
-    assert window._last_session_end.summary.status == "completed"
+    assert window.last_session_end.summary.status == "completed"
 
 
 def test_settings_persist(make_window, settings_file, qtbot):

@@ -13,9 +13,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6 import QtCore, QtWidgets
-
 from nvplive.acquisition.recording import Recording
+from PySide6 import QtCore, QtWidgets
 
 from .session import OfflineReconstruction
 

@@ -42,7 +42,7 @@ import struct
 import threading
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,6 +54,7 @@ from nvplive import __version__
 from nvplive.errors import GeometryError, RecordingError
 
 from .recording_lock import RecordingLock, lock_holder
+from .schema import CameraSection, GroundTruthEntry, RecordingHeader, TimepointEntry, VolumeEntry, validate
 
 FORMAT_NAME = "nvp-live-recording"
 FORMAT_VERSION = 1
@@ -215,15 +216,10 @@ class CameraSettings:
     bit_depth: int = 16
 
     def __post_init__(self) -> None:
-        for name, positive in (("pixel_size_um", True), ("offset", False), ("gain", True), ("read_noise", False)):
-            value = _finite_float(getattr(self, name))
-            if value is None or value < 0 or (positive and value == 0):
-                kind = "a positive number" if positive else "a number ≥ 0"
-                raise RecordingError(f"CameraSettings: {name} must be {kind}, got {_show(getattr(self, name))}.")
+        values = {k: int(v) if _is_int(v) else v for k, v in asdict(self).items()}
+        checked = validate(CameraSection, values, "CameraSettings", RecordingError)
+        for name, value in checked.model_dump().items():
             object.__setattr__(self, name, value)
-        if not (_is_int(self.bit_depth) and 1 <= self.bit_depth <= 16):
-            raise RecordingError(f"CameraSettings: bit_depth must be an integer 1…16, got {_show(self.bit_depth)}.")
-        object.__setattr__(self, "bit_depth", int(self.bit_depth))
 
     @property
     def saturation_level(self) -> int:
@@ -242,14 +238,7 @@ class CameraSettings:
     @classmethod
     def from_dict(cls, values: dict) -> CameraSettings:
         """Build from a ``to_dict()`` dictionary; RecordingError on missing/unknown fields."""
-        if not isinstance(values, dict):
-            raise RecordingError(f"CameraSettings: expected a dictionary, got {_show(values)}.")
-        known = {"pixel_size_um", "offset", "gain", "read_noise"}
-        missing = sorted(known - values.keys())
-        unknown = sorted(values.keys() - known - {"bit_depth"})
-        if missing or unknown:
-            raise RecordingError(f"CameraSettings: missing fields {missing} / unknown fields {unknown}.")
-        return cls(**values)
+        return cls(**validate(CameraSection, values, "CameraSettings", RecordingError).model_dump())
 
 
 @dataclass(frozen=True)
@@ -504,55 +493,15 @@ class _Checker:
             raise self.fail(name, "to be present", missing=True)
         return doc[key]
 
-    def dict_(self, doc: dict, key: str, prefix: str = "") -> dict:
-        value = self.section(doc, key, prefix)
-        if not isinstance(value, dict):
-            raise self.fail(prefix + key, "an object", value)
-        return value
-
     def list_(self, doc: dict, key: str, prefix: str = "") -> list:
         value = self.section(doc, key, prefix)
         if not isinstance(value, list):
             raise self.fail(prefix + key, "a list", value)
         return value
 
-    def number(self, doc: dict, key: str, prefix: str = "", *, low: float | None = None, strict: bool = False,
-               optional: bool = False) -> float | None:
-        if optional and doc.get(key) is None:
-            return None
-        value = self.section(doc, key, prefix)
-        result = _finite_float(value)
-        bound_ok = result is not None and (low is None or (result > low if strict else result >= low))
-        if not bound_ok:
-            what = "a finite number"
-            if low is not None:
-                what = f"a number {'>' if strict else '≥'} {low:g}"
-            raise self.fail(prefix + key, what, value)
-        return result
-
-    def integer(self, doc: dict, key: str, prefix: str = "", *, low: int = 0) -> int:
-        value = self.section(doc, key, prefix)
-        if not _is_int(value) or value < low:
-            raise self.fail(prefix + key, f"an integer ≥ {low}", value)
-        return int(value)
-
-    def string(self, doc: dict, key: str, prefix: str = "") -> str:
-        value = self.section(doc, key, prefix)
-        if not isinstance(value, str) or not value:
-            raise self.fail(prefix + key, "a non-empty string", value)
-        return value
-
-    def exact_keys(self, doc: dict, name: str, required: set[str], optional: set[str] = frozenset()) -> None:
-        for key in sorted(required):
-            if key not in doc:
-                raise self.fail(f"{name}.{key}", "to be present", missing=True)
-        unknown = sorted(set(doc) - required - set(optional))
-        if unknown:
-            raise RecordingError(f"{self.where}: section \"{name}\" has unknown field \"{unknown[0]}\".")
-
 
 def _parse_meta(doc: dict, check: _Checker) -> tuple[RecordingMeta, str, bool]:
-    """Validate the static sections of recording.json."""
+    """Validate the fixed sections of recording.json (schema: :class:`.schema.RecordingHeader`)."""
     fmt = check.section(doc, "format")
     if fmt != FORMAT_NAME:
         raise check.fail("format", f"\"{FORMAT_NAME}\"", fmt)
@@ -565,128 +514,39 @@ def _parse_meta(doc: dict, check: _Checker) -> tuple[RecordingMeta, str, bool]:
             f"{check.where}: format version {version} is not supported, this nvp-live reads version "
             f"{FORMAT_VERSION}{newer}."
         )
-    created = check.section(doc, "created")
-    if not isinstance(created, str):
-        raise check.fail("created", "an ISO 8601 date string", created)
-    closed = doc.get("closed", False)
-    if not isinstance(closed, bool):
-        raise check.fail("closed", "true or false", closed)
-
-    optics_doc = check.dict_(doc, "optics")
-    check.exact_keys(optics_doc, "optics", {"wavelength_um", "n_medium", "na", "emission_fwhm_um"}, {"na_source"})
-    optics_values = {
-        "wavelength_um": check.number(optics_doc, "wavelength_um", "optics.", low=0, strict=True),
-        "n_medium": check.number(optics_doc, "n_medium", "optics.", low=0, strict=True),
-        "na": check.number(optics_doc, "na", "optics.", low=0, strict=True),
-        "emission_fwhm_um": check.number(optics_doc, "emission_fwhm_um", "optics.", low=0),
-        "na_source": check.number(optics_doc, "na_source", "optics.", low=0, strict=True, optional=True),
-    }
-    try:
-        optics = Optics(**optics_values)
-    except GeometryError as exc:
-        raise RecordingError(f"{check.where}: section \"optics\" is invalid: {exc}") from None
-
-    camera_doc = check.dict_(doc, "camera")
-    check.exact_keys(camera_doc, "camera", {"pixel_size_um", "offset", "gain", "read_noise"}, {"bit_depth"})
-    bit_depth = camera_doc.get("bit_depth", 16)
-    if not (_is_int(bit_depth) and 1 <= bit_depth <= 16):
-        raise check.fail("camera.bit_depth", "an integer 1…16", bit_depth)
-    camera = CameraSettings(
-        pixel_size_um=check.number(camera_doc, "pixel_size_um", "camera.", low=0, strict=True),
-        offset=check.number(camera_doc, "offset", "camera.", low=0),
-        gain=check.number(camera_doc, "gain", "camera.", low=0, strict=True),
-        read_noise=check.number(camera_doc, "read_noise", "camera.", low=0),
-        bit_depth=int(bit_depth),
-    )
-
-    volume_doc = check.dict_(doc, "volume")
-    check.exact_keys(volume_doc, "volume", {"shape_zyx", "voxel_um_zyx", "focal_plane_z_um"}, {"camera_binning"})
-    shape = volume_doc["shape_zyx"]
-    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(n) and 0 < n < 2**31 for n in shape)):
-        raise check.fail("volume.shape_zyx", "three positive integers [Nz, Ny, Nx]", shape)
-    voxel = volume_doc["voxel_um_zyx"]
-    voxel_values = [_finite_float(d) for d in voxel] if isinstance(voxel, list) else []
-    if len(voxel_values) != 3 or any(d is None or d <= 0 for d in voxel_values):
-        raise check.fail("volume.voxel_um_zyx", "three positive sizes [dz, dy, dx] in µm", voxel)
-    focal = check.number(volume_doc, "focal_plane_z_um", "volume.", optional=True)
-    binning = volume_doc.get("camera_binning", 1)
-    if not _is_int(binning) or binning < 1:
-        raise check.fail("volume.camera_binning", "a positive integer", binning)
-    try:
-        geometry = VolumeGeometry(
-            shape_zyx=tuple(int(n) for n in shape),  # type: ignore[arg-type]
-            voxel_um_zyx=tuple(voxel_values),  # type: ignore[arg-type]
-            focal_plane_z_um=focal,
-            camera_binning=int(binning),
-        )
-    except GeometryError as exc:
-        raise RecordingError(f"{check.where}: section \"volume\" is invalid: {exc}") from None
+    header = validate(RecordingHeader, doc, check.where, RecordingError)
+    geometry, camera = header.volume.geometry(), CameraSettings(**header.camera.model_dump())
     problem = _camera_mismatch(camera, geometry)
     if problem:
         raise RecordingError(f"{check.where}: field \"camera.pixel_size_um\" is inconsistent: {problem}.")
-
-    views = check.list_(doc, "views")
-    if not views:
-        raise check.fail("views", "a non-empty list (one entry per view)", views)
-    nominal, refined = [], []
-    for i, view in enumerate(views):
-        if not isinstance(view, dict):
-            raise check.fail(f"views[{i}]", "an object", view)
-        check.exact_keys(view, f"views[{i}]", {"source_um_xyz"}, {"refined_source_um_xyz"})
-        for key, target in (("source_um_xyz", nominal), ("refined_source_um_xyz", refined)):
-            if key not in view:
-                continue
-            xyz = view[key]
-            values = [_finite_float(c) for c in xyz] if isinstance(xyz, list) else []
-            if len(values) != 3 or any(c is None for c in values):
-                raise check.fail(f"views[{i}].{key}", "three finite numbers [x, y, z] in µm", xyz)
-            target.append(values)
-    if refined and len(refined) != len(nominal):
-        raise check.fail("views", "refined_source_um_xyz in every view or in none", f"{len(refined)} of {len(nominal)}")
-
-    extra = check.dict_(doc, "extra")
-    instrument = doc.get("instrument")
-    if instrument is not None and not isinstance(instrument, dict):
-        raise check.fail("instrument", "an object", instrument)
+    refined = [v.refined_source_um_xyz for v in header.views if v.refined_source_um_xyz is not None]
     meta = RecordingMeta(
-        instrument=instrument,
-        optics=optics,
+        optics=header.optics.optics(),
         geometry=geometry,
         camera=camera,
-        sources_um_xyz=nominal,
-        extra=extra,
+        sources_um_xyz=[v.source_um_xyz for v in header.views],
+        extra=header.extra,
         refined_sources_um_xyz=refined or None,
+        instrument=None if header.instrument is None else header.instrument.model_dump(),
     )
-    return meta, created, closed
+    return meta, header.created, header.closed
 
 
 def _parse_timepoint(entry: Any, expected_index: int, n_views: int, check: _Checker, name: str) -> dict:
-    if not isinstance(entry, dict):
-        raise check.fail(name, "an object", entry)
-    check.exact_keys(entry, name, {"index", "timestamps_s", "frames"})
-    index = entry["index"]
-    if not _is_int(index) or index != expected_index:
-        raise check.fail(f"{name}.index", f"{expected_index} (timepoints are consecutive from 0)", index)
-    stamps = entry["timestamps_s"]
-    values = [_finite_float(s) for s in stamps] if isinstance(stamps, list) else []
-    if len(values) != n_views or any(s is None for s in values):
-        raise check.fail(f"{name}.timestamps_s", f"a list of {n_views} finite times in s (one per view)", stamps)
-    frames = entry["frames"]
-    if not (isinstance(frames, list) and len(frames) == n_views and all(isinstance(f, dict) for f in frames)):
-        raise check.fail(f"{name}.frames", f"a list of {n_views} metadata objects (one per view)", frames)
-    return {"index": int(index), "timestamps_s": values, "frames": frames}
+    parsed = validate(TimepointEntry, entry, check.where, RecordingError, prefix=name)
+    if parsed.index != expected_index:
+        raise check.fail(f"{name}.index", f"{expected_index} (timepoints are consecutive from 0)", parsed.index)
+    if len(parsed.timestamps_s) != n_views:
+        raise check.fail(f"{name}.timestamps_s", f"a list of {n_views} finite times in s (one per view)",
+                         parsed.timestamps_s)
+    if len(parsed.frames) != n_views:
+        raise check.fail(f"{name}.frames", f"a list of {n_views} metadata objects (one per view)", parsed.frames)
+    return {"index": parsed.index, "timestamps_s": parsed.timestamps_s, "frames": entry["frames"]}
 
 
 def _parse_volume(entry: Any, check: _Checker, name: str, with_method: bool) -> dict:
-    if not isinstance(entry, dict):
-        raise check.fail(name, "an object", entry)
-    keys = {"timepoint", "method", "settings"} if with_method else {"timepoint"}
-    check.exact_keys(entry, name, keys)
-    out: dict[str, Any] = {"timepoint": check.integer(entry, "timepoint", name + ".")}
-    if with_method:
-        out["method"] = check.string(entry, "method", name + ".")
-        out["settings"] = check.dict_(entry, "settings", name + ".")
-    return out
+    model = VolumeEntry if with_method else GroundTruthEntry
+    return validate(model, entry, check.where, RecordingError, prefix=name).model_dump()
 
 
 @dataclass

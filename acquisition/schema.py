@@ -196,10 +196,6 @@ class RecordingHeader(Section):
         refined = sum(v.refined_source_um_xyz is not None for v in self.views)
         if refined not in (0, len(self.views)):
             raise ValueError(f"refined_source_um_xyz must be in every view or in none ({refined} of {len(self.views)})")
-        expected = self.volume.geometry().camera_pixel_um
-        if abs(self.camera.pixel_size_um - expected) > 1e-6 * expected:
-            raise ValueError(f"camera pixel_size_um {self.camera.pixel_size_um} µm must equal camera_binning × dx = "
-                             f"{expected} µm of the volume geometry")
         return self
 
 

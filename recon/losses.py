@@ -24,10 +24,12 @@ def gaussian_blur(images: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float | torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
-    """Structural similarity map of images ``[N, Y, X]`` (Wang et al. 2004, Gaussian window, valid region)."""
-    if window is None:
-        window = gaussian_window(device=a.device, dtype=a.dtype)
-    a4, b4 = a[:, None], b[:, None]
+    """Structural similarity map of images ``[N, Y, X]`` (Wang et al. 2004, Gaussian window, valid region).
+
+    Computed in ``a``'s dtype: ``b`` and ``window`` are cast to it.
+    """
+    window = gaussian_window(device=a.device, dtype=a.dtype) if window is None else window.to(a.dtype)
+    a4, b4 = a[:, None], b.to(a.dtype)[:, None]
     mu_a = gaussian_blur(a4, window)
     mu_b = gaussian_blur(b4, window)
     saa = gaussian_blur(a4 * a4, window) - mu_a**2
@@ -51,8 +53,11 @@ def image_loss(
     """``L1 + L2 + (1 − SSIM)`` between background-normalised images ``[V, Y, X]``.
 
     ``mask`` (``[V, Y, X]``, 0…1) weights every term per pixel: it is the coherence
-    mask, discounting what the coherent model cannot explain.
+    mask, discounting what the coherent model cannot explain. Computed in
+    ``predicted``'s dtype (the model's): ``measured`` and ``mask`` are cast to it.
     """
+    measured = measured.to(predicted.dtype)
+    mask = None if mask is None else mask.to(predicted.dtype)
     if data_range is None:
         data_range = measured.detach().amax()
     diff = predicted - measured
@@ -64,7 +69,7 @@ def image_loss(
     weight_sum = mask.sum().clamp_min(1e-12)
     l1 = (mask * diff.abs()).sum() / weight_sum
     l2 = (mask * diff**2).sum() / weight_sum
-    window = window if window is not None else gaussian_window(device=mask.device, dtype=mask.dtype)
+    window = gaussian_window(device=mask.device, dtype=mask.dtype) if window is None else window.to(mask.dtype)
     smap = ssim_map(predicted, measured, data_range, window)
     cropped = gaussian_blur(mask[:, None], window)[:, 0]
     ssim = (cropped * smap).sum() / cropped.sum().clamp_min(1e-12)

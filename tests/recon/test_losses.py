@@ -37,3 +37,16 @@ def test_image_loss_is_zero_for_identical_images_and_its_gradient_points_to_the_
     loss.backward()
     stepped = image_loss(predicted.detach() - 0.05 * predicted.grad / predicted.grad.abs().max(), target, torch.ones_like(target))
     assert float(stepped) < float(loss.detach())
+
+
+def test_losses_compute_in_the_predictions_dtype_whatever_the_measurement_and_mask_dtypes():
+    """Issue 14 item 5 outside physics.py: float64 measurements or masks against a float32 model."""
+    rng = np.random.default_rng(5)
+    predicted32 = torch.as_tensor(1.0 + rng.random((2, 24, 24)), dtype=torch.float32)
+    measured64 = predicted32.double() + 0.01
+    mask64 = torch.ones(2, 24, 24, dtype=torch.float64)
+    same = image_loss(predicted32, measured64.float(), torch.ones(2, 24, 24))
+    for loss in (image_loss(predicted32, measured64, mask64), image_loss(predicted32, measured64)):
+        assert loss.dtype == torch.float32
+    assert float(image_loss(predicted32, measured64, mask64)) == float(same)
+    assert ssim_map(predicted32, measured64, 1.0, gaussian_window(dtype=torch.float64)).dtype == torch.float32

@@ -51,6 +51,7 @@ class FramesView(QtWidgets.QWidget):
         self.auto_levels = True
         self._setting_levels = False
         self._geometry_text = ""
+        self._image_rect = QtCore.QRectF(0.0, 0.0, 1.0, 1.0)
 
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground(style.BACKGROUND)

@@ -46,13 +46,14 @@ from nvplive.recon.reconstructor import ReconConfig, ReconResult, Reconstructor,
 from nvplive.recon.simulate import PartialCoherence
 from psygnal import Signal, SignalGroup
 
-from nvplive.errors import NvpLiveError, ReconstructionError
+from nvplive.errors import ReconstructionError
 
 from .microscope import MicroscopeInfo, build_demo_core, load_hardware_core, release_core
 from .pipeline import (
     AcquisitionSummary,
     FDTAcquisition,
     ReconstructionWorker,
+    UpdateCancelled,
     WarmReconstructor,
     _emit,
     recording_meta,
@@ -182,10 +183,6 @@ def lower_thread_priority(niceness: int) -> bool:
     except OSError:  # not allowed, or not per-thread on this platform: keep the priority
         return False
     return True
-
-
-class UpdateCancelled(NvpLiveError):
-    """A reconstruction update was cancelled (the session is closing)."""
 
 
 ProgressHook = Callable[[int, int, float, bool], None]
@@ -692,8 +689,6 @@ class LiveSession:
         _emit(self.events.reconstructed, t, latency, losses, warm)
 
     def _on_reconstruction_error(self, message: str) -> None:
-        if self._closing and "cancelled" in message:
-            return
         logger.error("%s", message)
         self.errors.append(message)
         _emit(self.events.reconstruction_error, message)

@@ -35,7 +35,7 @@ import numpy as np
 import useq
 from psygnal import Signal
 
-from nvplive.errors import AcquisitionError
+from nvplive.errors import AcquisitionError, NvpLiveError
 
 from . import offline
 from .instrument import instrument_mismatches
@@ -493,6 +493,11 @@ class VolumeRecord:
     message: str = ""
 
 
+class UpdateCancelled(NvpLiveError):
+    """Raised by a reconstructor's ``warm_update`` that was cancelled (its session is closing);
+    the :class:`ReconstructionWorker` drops that timepoint without reporting an error."""
+
+
 def _config_of(reconstructor: Any) -> tuple[str, dict]:
     config = getattr(reconstructor, "config", None)
     method = str(getattr(config, "method", type(reconstructor).__name__))
@@ -639,6 +644,9 @@ class ReconstructionWorker:
         try:
             result = self.reconstructor.warm_update(frames)
             dn = np.ascontiguousarray(np.asarray(result.dn), dtype=np.float32)
+        except UpdateCancelled:
+            logger.info("Reconstruction of timepoint %d cancelled", t)
+            return
         except Exception as exc:
             self.failed.append(t)
             _emit(self.error, f"Reconstruction of timepoint {t} failed: {exc}")

@@ -137,14 +137,13 @@ def export_movie(window: MainWindow, path: str | Path | None = None, fps: float 
         return None
     resume_t = window.timeline.current
 
-    def finished(written: Path | None, message: str) -> None:
+    def finished(written: Path | None, message: str, failed: bool) -> None:
         window.movie = None
         window.live.paused = False
-        if written is None:
-            if "cancelled" in message:
-                window.statusBar().showMessage(message, 5000)
-            else:
-                window.report_error("Export movie", message)
+        if failed:
+            window.report_error("Export movie", message)
+        elif written is None:
+            window.statusBar().showMessage(message, 5000)
         else:
             window.statusBar().showMessage(f"Movie written: {written}", 10000)
             window.acquisition_panel.log(f"Movie written: {written}", "ok")

@@ -253,20 +253,20 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.closing or not box:
             return
         self.acquisition_panel.log(f"{title}: {text}", "error")
-        box = self.error_box
-        if box is not None and box.isVisible():
-            box.setText(box.text() + "\n\n" + f"{title}: {text}")
+        dialog = self.error_box
+        if dialog is not None and dialog.isVisible():
+            dialog.setText(dialog.text() + "\n\n" + f"{title}: {text}")
             return
-        box = QtWidgets.QMessageBox(self)
-        box.setIcon(QtWidgets.QMessageBox.Icon.Warning)
-        box.setWindowTitle(f"nvp-live — {title}")
-        box.setText(text)
-        box.setStandardButtons(QtWidgets.QMessageBox.StandardButton.Ok)
-        box.setWindowModality(QtCore.Qt.WindowModality.NonModal)
-        box.setAttribute(QtCore.Qt.WidgetAttribute.WA_DeleteOnClose, True)
-        box.finished.connect(lambda _r, b=box: self._forget_box(b))
-        self.error_box = box
-        box.show()
+        dialog = QtWidgets.QMessageBox(self)
+        dialog.setIcon(QtWidgets.QMessageBox.Icon.Warning)
+        dialog.setWindowTitle(f"nvp-live — {title}")
+        dialog.setText(text)
+        dialog.setStandardButtons(QtWidgets.QMessageBox.StandardButton.Ok)
+        dialog.setWindowModality(QtCore.Qt.WindowModality.NonModal)
+        dialog.setAttribute(QtCore.Qt.WidgetAttribute.WA_DeleteOnClose, True)
+        dialog.finished.connect(lambda _r, d=dialog: self._forget_box(d))
+        self.error_box = dialog
+        dialog.show()
 
     def _forget_box(self, box: QtWidgets.QMessageBox) -> None:
         if self.error_box is box:

@@ -29,7 +29,8 @@ class MovieExport(QtCore.QObject):
     stays responsive.
     """
 
-    finished = QtCore.Signal(object, str)  # path or None, message
+    #: ``(path or None, message, failed)``: written, cancelled (no path, not failed) or failed (message).
+    finished = QtCore.Signal(object, str, bool)
 
     def __init__(self, view: VolumeView, recording: Path, path: Path, fps: float, parent: QtCore.QObject | None = None) -> None:
         super().__init__(parent)
@@ -61,7 +62,7 @@ class MovieExport(QtCore.QObject):
         self._timer.start()
 
     def cancel(self) -> None:
-        """End at the next tick (``finished`` with no path)."""
+        """End at the next tick (``finished`` with no path, not failed)."""
         self._cancel.set()
 
     def _read(self) -> None:
@@ -85,14 +86,14 @@ class MovieExport(QtCore.QObject):
 
     def _step(self) -> None:
         if self._cancel.is_set():
-            self._end(None, "Movie export cancelled.")
+            self._end(None, "Movie export cancelled.", failed=False)
             return
         try:
             item = self._queue.get_nowait()
         except queue.Empty:
             return
         if item is None:
-            self._end(self.path, "")
+            self._end(self.path, "", failed=False)
             return
         t, dn = item
         if t == "error":
@@ -110,7 +111,7 @@ class MovieExport(QtCore.QObject):
             return
         self.done += 1
 
-    def _end(self, path: Path | None, message: str) -> None:
+    def _end(self, path: Path | None, message: str, *, failed: bool = True) -> None:
         self._timer.stop()
         self._cancel.set()
         writer, self._writer = self._writer, None
@@ -118,6 +119,6 @@ class MovieExport(QtCore.QObject):
             try:
                 writer.close()
             except Exception as exc:
-                path, message = None, f"Writing {self.path} failed: {exc}"
+                path, message, failed = None, f"Writing {self.path} failed: {exc}", True
         self.view.set_auto_clim(True)
-        self.finished.emit(path, message)
+        self.finished.emit(path, message, failed)

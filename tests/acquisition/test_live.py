@@ -145,3 +145,18 @@ def test_settings_requested_while_running_apply_before_the_next_update(microscop
     recon.request(method="explicit")
     third = recon.warm_update(frames)
     assert not third.warm and recon.config.method == "explicit"  # a method change starts cold
+
+
+def test_shutdown_cancels_the_update_in_progress_without_an_error(microscope, tmp_path):
+    recon = live_reconstructor(microscope.info, LIVE_CONFIG, "cpu")
+    session = LiveSession(microscope, recon, tmp_path / "closing.fdt", timepoints=50, interval_s=0.2, durable=False)
+    seen = _record_events(session)
+    started = threading.Event()
+    session.events.progress.connect(lambda *_: started.set())
+    session.start()
+    assert started.wait(120), "no reconstruction started"
+    assert session.shutdown(timeout=60)
+    assert session.end.summary.status == "aborted"
+    assert "reconstruction_error" not in seen and not session.end.errors  # a cancelled update is not a failure
+    with open_recording(session.path) as rec:
+        assert rec.n_timepoints >= 1

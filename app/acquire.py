@@ -104,8 +104,13 @@ def prepare_microscope(window: MainWindow, then: Callable[[], None] | None = Non
 def microscope_ready(window: MainWindow, microscope: Microscope, recon: LiveReconstructor, interval: float | None) -> None:
     """A loaded microscope and its live reconstructor become the window's."""
     panel = window.acquisition_panel
-    if window.microscope is not None and window.microscope is not microscope:
-        window.microscope.close()
+    if window.microscope is not microscope:
+        if window.microscope is not None:
+            window.bridge.release(window.microscope.core)
+            window.microscope.close()
+        events = microscope.core.events  # the panel's instrument readout follows the core
+        for signal in (events.pixelSizeChanged, events.roiSet, events.propertyChanged, events.systemConfigurationLoaded):
+            window.bridge.latest(signal, lambda *_: show_instrument(window), owner=microscope.core)
     window.microscope = microscope
     if recon is not window.reconstructor:
         window.reconstructor = recon
@@ -124,11 +129,26 @@ def microscope_ready(window: MainWindow, microscope: Microscope, recon: LiveReco
     if not microscope.demo:
         window.model.acquisition.views = info.n_views
     panel.microscope_label.setText(microscope.label)
+    show_instrument(window)
     panel.state_label.setText("Ready")
     panel.log(f"Microscope ready: {microscope.label}")
     window.statusBar().showMessage(f"Microscope ready: {microscope.label}", 5000)
     window.update_actions()
     window.update_status()
+
+def show_instrument(window: MainWindow) -> None:
+    """The Acquisition panel shows what the loaded microscope reports now (pixel size, bit depth, trigger)."""
+    microscope = window.microscope
+    if microscope is None:
+        window.acquisition_panel.set_instrument(None)
+        return
+    info = microscope.info
+    try:
+        state = info.read_instrument(microscope.core)
+    except Exception as exc:  # a device that fails to answer must not break the window
+        window.acquisition_panel.log(f"Could not read the instrument: {exc}", "warning")
+        return
+    window.acquisition_panel.set_instrument(state, info.geometry.camera_pixel_um)
 
 def start_acquisition(window: MainWindow, record: bool = False) -> None:
     """Live (scratch recording) or Record (saved recording): acquire and reconstruct."""

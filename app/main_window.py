@@ -438,6 +438,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.offline.join(30)
         self.loader.shutdown()
         if self.microscope is not None:
+            self.bridge.release(self.microscope.core)
             self.microscope.close()
             self.microscope = None
         if self._own_scratch:

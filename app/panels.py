@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
+from nvplive.acquisition.instrument import InstrumentState
 from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS, METHODS
 from PySide6 import QtCore, QtGui, QtWidgets
 
@@ -195,6 +196,19 @@ class AcquisitionPanel(QtWidgets.QWidget):
         form.addRow("Loaded", self.microscope_label)
         self.microscope_label.setObjectName("readout")
         self.microscope_label.setWordWrap(True)
+        # what the instrument itself reports (read from the core, not from the settings)
+        self.pixel_label = QtWidgets.QLabel("–")
+        form.addRow("Pixel size", self.pixel_label)
+        self.pixel_label.setToolTip("Camera pixel in the sample, from Micro-Manager's pixel-size calibration × binning")
+        self.bit_depth_label = QtWidgets.QLabel("–")
+        form.addRow("Bit depth", self.bit_depth_label)
+        self.bit_depth_label.setToolTip("Bits per pixel the camera reports; counts at 2^bits − 1 are saturated")
+        self.trigger_label = QtWidgets.QLabel("–")
+        form.addRow("Trigger", self.trigger_label)
+        self.trigger_label.setToolTip("hardware: each timepoint is one camera-triggered sequence; "
+                                      "software: a source switch and a snap per view")
+        for label in (self.pixel_label, self.bit_depth_label, self.trigger_label):
+            label.setObjectName("readout")
 
         layout.addWidget(_section("Time-lapse"))
         form = _form(layout)
@@ -293,6 +307,23 @@ class AcquisitionPanel(QtWidgets.QWidget):
             for col in (0, 2, 3, 4):
                 item.setTextAlignment(col, QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
             self.sources_table.addTopLevelItem(item)
+
+    def set_instrument(self, state: InstrumentState | None, settings_pixel_um: float | None = None) -> None:
+        """Show what the instrument reports (``None``: no microscope loaded)."""
+        if state is None:
+            for label in (self.pixel_label, self.bit_depth_label, self.trigger_label):
+                label.setText("–")
+            return
+        if state.pixel_size_um is None:
+            pixel = "not calibrated in Micro-Manager"
+            if settings_pixel_um is not None:
+                pixel += f" (settings: {settings_pixel_um:.4g} µm)"
+        else:
+            pixel = f"{state.pixel_size_um:.4g} µm ({state.pixel_size_config}, binning {state.binning})"
+        self.pixel_label.setText(pixel)
+        self.bit_depth_label.setText(f"{state.bit_depth} bit (saturates at {2**state.bit_depth - 1})")
+        self.trigger_label.setText("hardware (one triggered sequence per timepoint)" if state.hardware_triggered
+                                   else "software (switch and snap per view)")
 
     def log(self, text: str, level: str = "info") -> None:
         """Add a time-stamped line to the activity list (newest at the bottom, bounded)."""

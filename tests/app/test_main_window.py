@@ -383,11 +383,29 @@ def test_hardware_configuration_loads_and_acquires(make_window, qtbot, hardware_
     assert window.acquisition_panel.views.value() == VIEWS
     assert window.acquisition_panel.sources_table.topLevelItemCount() == VIEWS
     assert window.acquisition_panel.sources_table.topLevelItem(1).text(1) == "bead-b"
+    # the .cfg defines no pixel-size calibration: the panel says so (issue 14)
+    assert window.acquisition_panel.pixel_label.text() == "not calibrated in Micro-Manager (settings: 0.25 µm)"
     assert window.frames_view.n_views == VIEWS
     with open_recording(window.recording_path) as rec:
         assert rec.n_timepoints == 3 and not rec.has_ground_truth
         assert rec.meta.extra["simulated"] is False and rec.volume_timepoints
     assert window.last_session_end.summary.status == "completed"
+
+
+def test_acquisition_panel_shows_what_the_instrument_reports(make_window, qtbot):
+    """Pixel size, bit depth and trigger mode come from the core, and follow its changes (issue 14)."""
+    window = make_window()
+    window.prepare_microscope()
+    qtbot.waitUntil(lambda: not window.loading and window.microscope is not None, timeout=30_000)
+    panel = window.acquisition_panel
+    assert panel.pixel_label.text() == "0.25 µm (FDT-Demo, binning 1)"
+    assert panel.bit_depth_label.text() == "16 bit (saturates at 65535)"
+    assert panel.trigger_label.text() == "hardware (one triggered sequence per timepoint)"
+    core = window.microscope.core
+    core.setPixelSizeUm("FDT-Demo", 0.125)
+    core.setProperty("FDTCamera", "BitDepth", 12)
+    qtbot.waitUntil(lambda: panel.pixel_label.text() == "0.125 µm (FDT-Demo, binning 1)", timeout=10_000)
+    qtbot.waitUntil(lambda: panel.bit_depth_label.text() == "12 bit (saturates at 4095)", timeout=10_000)
 
 
 def test_settings_persist(make_window, settings_file, qtbot):

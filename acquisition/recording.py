@@ -40,7 +40,7 @@ import os
 import shutil
 import struct
 import threading
-import xml.etree.ElementTree as ElementTree
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -69,7 +69,6 @@ VOLUMES_PENDING_NAME = "volumes.ome.tif.new"
 
 #: ImageDescription of a TIFF's first page until the OME-XML replaces it on close.
 _PLACEHOLDER = b"nvp-live recording in progress or interrupted: recording.json lists the complete pages"
-_OME_NS = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
 _REPR_LIMIT = 60
 
 
@@ -1283,15 +1282,19 @@ class _PageReader:
 
     def _check_ome(self, text: str, sizes: dict[str, int]) -> None:
         """The OME-XML, when present, must describe the pages recording.json lists."""
+        from ome_types import from_xml  # imports in ~1 s: only when a recording is opened
+
         try:
-            root = ElementTree.fromstring(text)
-            pixels = root.find(f"{_OME_NS}Image/{_OME_NS}Pixels")
-            if pixels is None:
-                raise ValueError("no Image/Pixels element")
-            order = pixels.get("DimensionOrder", "")
-            found = {ax: int(pixels.get(f"Size{ax}", "1")) for ax in "XYZCT"}
-            pixel_type = pixels.get("Type")
-        except (ElementTree.ParseError, ValueError):
+            with warnings.catch_warnings():  # ome_types warns about values it repairs; a bad one raises
+                warnings.simplefilter("ignore")
+                images = from_xml(text).images
+            if not images:
+                raise ValueError("no Image element")
+            pixels = images[0].pixels
+            order = pixels.dimension_order.value
+            found = {ax: int(getattr(pixels, f"size_{ax.lower()}")) for ax in "XYZCT"}
+            pixel_type = pixels.type.value
+        except (ValueError, SyntaxError):  # not OME-XML (ElementTree's ParseError is a SyntaxError)
             self.tail_damaged = True
             return
         expected = {"X": self.page_shape[1], "Y": self.page_shape[0], "Z": 1, "C": 1, "T": 1, **sizes}

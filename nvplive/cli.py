@@ -11,9 +11,11 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from nvplive import __version__
 from nvplive.errors import NvpLiveError
@@ -29,30 +31,39 @@ class UsageError(NvpLiveError):
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+    """A progress bar on stderr drawn by rich: label, bar, percentage, the step's message,
+    elapsed and remaining time. When stderr is not a terminal (a log file, CI) it prints a
+    plain line every 10 % instead. Use as a context manager so that the bar is closed when
+    the command ends or fails; the instance is the ``progress(done, total, message)``
+    callback of the long-running commands."""
 
-    def __init__(self, label: str, stream=None) -> None:
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.start = time.perf_counter()
-        self._last_pct = -1
+    def __init__(self, label: str, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True, highlight=False)
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[message]}"),
+            TimeElapsedColumn(), TextColumn("~"), TimeRemainingColumn(), console=self.console, auto_refresh=False,
+        )
+        self._task = self._progress.add_task(label, total=None, message="")
+        self._shown_tenth = -1
+
+    def __enter__(self) -> ProgressBar:
+        if self.console.is_terminal:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         """Show ``done`` of ``total`` steps with an optional message."""
-        pct = int(100 * done / max(total, 1))
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (total - done) if done else 0.0
-        bar = "#" * (pct // 4) + "-" * (25 - pct // 4)
-        line = f"{self.label} [{bar}] {pct:3d}% {message} ({elapsed:.0f} s, ~{eta:.0f} s left)"
-        if self.tty:
-            self.stream.write("\r" + line[:160].ljust(160))
-            if done >= total:
-                self.stream.write("\n")
-        elif pct // 10 != self._last_pct // 10 or done >= total:
-            self.stream.write(line + "\n")
-        self._last_pct = pct
-        self.stream.flush()
+        self._progress.update(self._task, completed=done, total=max(total, 1), message=message)
+        if self.console.is_terminal:
+            self._progress.refresh()
+            return
+        tenth = 10 * done // max(total, 1)
+        if tenth != self._shown_tenth or done >= total:
+            self._shown_tenth = tenth
+            self.console.print(self._progress.get_renderable())
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -173,17 +184,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.out.suffix != ".fdt":
         raise UsageError(f"The output {args.out} must be a folder name ending in .fdt.")
-    path = simulate_recording(
-        args.out,
-        phantom=args.phantom,
-        views=args.views,
-        timepoints=args.timepoints,
-        shape_zyx=args.shape,
-        voxel_um_zyx=args.voxel_um or DEFAULT_VOXEL_UM,
-        seed=args.seed,
-        overwrite=args.overwrite,
-        progress=ProgressBar("simulate"),
-    )
+    with ProgressBar("simulate") as progress:
+        path = simulate_recording(
+            args.out,
+            phantom=args.phantom,
+            views=args.views,
+            timepoints=args.timepoints,
+            shape_zyx=args.shape,
+            voxel_um_zyx=args.voxel_um or DEFAULT_VOXEL_UM,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
     print(f"wrote {path}")
     return 0
 
@@ -204,15 +216,17 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     if args.scheduler is None:
         if args.workers is not None or args.chunk_size is not None:
             raise UsageError("--workers and --chunk-size need --scheduler (local or the address of a Dask scheduler).")
-        summary = reconstruct_recording(args.recording, config, device=args.device, progress=ProgressBar("reconstruct"))
+        with ProgressBar("reconstruct") as progress:
+            summary = reconstruct_recording(args.recording, config, device=args.device, progress=progress)
         where = summary.device
     else:
         from nvplive.acquisition.batch import reconstruct_distributed
 
-        summary = reconstruct_distributed(
-            args.recording, config, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
-            device=args.device, progress=ProgressBar("reconstruct"),
-        )
+        with ProgressBar("reconstruct") as progress:
+            summary = reconstruct_distributed(
+                args.recording, config, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
+                device=args.device, progress=progress,
+            )
         where = f"{summary.workers} Dask worker(s) ({summary.device}, {len(summary.chunks)} chunk(s), scheduler {summary.scheduler})"
     print(
         f"reconstructed {summary.timepoints} timepoint(s) with {args.method} on {where} in {summary.seconds:.1f} s"

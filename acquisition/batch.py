@@ -42,10 +42,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from nvplive.recon.reconstructor import ReconConfig
 
 from nvplive import __version__
 from nvplive.errors import NvpLiveError, ReconstructionError, RecordingError
+from nvplive.recon.reconstructor import ReconConfig
 
 from .offline import Progress, _quiet, reconstructor_for
 from .recording import Recording, RecordingWriter

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nvplive.errors import AcquisitionError
 from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import PartialCoherence
-
-from nvplive.errors import AcquisitionError
 
 from .devices import SimulatedScene
 from .live import LIVE_CONFIG, DemoOptions, LiveSession, live_reconstructor, load_demo_microscope

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from nvplive.recon.optics import Optics, VolumeGeometry
-from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
 from pymmcore_plus.experimental.unicore import SimpleCameraDevice, StageDevice, StateDevice
 
 from nvplive.errors import AcquisitionError
+from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
 
 from .instrument import BIT_DEPTH_PROPERTY
 

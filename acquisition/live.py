@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nvplive.recon.reconstructor import ReconConfig, ReconResult, Reconstructor, select_device
-from nvplive.recon.simulate import PartialCoherence
 from psygnal import Signal, SignalGroup
 
 from nvplive.errors import ReconstructionError
+from nvplive.recon.reconstructor import ReconConfig, ReconResult, Reconstructor, select_device
+from nvplive.recon.simulate import PartialCoherence
 
 from .microscope import MicroscopeInfo, build_demo_core, load_hardware_core, release_core
 from .pipeline import (

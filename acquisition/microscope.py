@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 import useq
-from nvplive.recon.optics import Optics, VolumeGeometry
-from nvplive.recon.simulate import CameraModel, PartialCoherence
 from pymmcore_plus.core import SequencedEvent, iter_sequenced_events
 from pymmcore_plus.experimental.unicore import UniMMCore
 from pymmcore_plus.mda import MDAEngine, SkipEvent
 
 from nvplive.errors import AcquisitionError, GeometryError
+from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.simulate import CameraModel, PartialCoherence
 
 from .devices import (
     REFERENCE_EXPOSURE_MS,

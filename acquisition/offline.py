@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from nvplive.errors import NvpLiveError, RecordingError
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
 from nvplive.recon.physics import ForwardModel, render
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, default_sources
-
-from nvplive.errors import NvpLiveError, RecordingError
 
 from .recording import CameraSettings, Recording, RecordingMeta, RecordingWriter
 

@@ -48,10 +48,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import tifffile
-from nvplive.recon.optics import Optics, VolumeGeometry
 
 from nvplive import __version__
 from nvplive.errors import GeometryError, RecordingError
+from nvplive.recon.optics import Optics, VolumeGeometry
 
 from .recording_lock import RecordingLock, lock_holder
 from .schema import CameraSection, GroundTruthEntry, RecordingHeader, TimepointEntry, VolumeEntry, validate

@@ -18,8 +18,9 @@ from __future__ import annotations
 import builtins
 from typing import Annotated, Any, Literal, TypeVar
 
-from nvplive.recon.optics import Optics, VolumeGeometry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nvplive.recon.optics import Optics, VolumeGeometry
 
 PositiveNumber = Annotated[float, Field(gt=0)]
 NonNegativeNumber = Annotated[float, Field(ge=0)]

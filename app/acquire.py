@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PySide6 import QtCore, QtWidgets
+
 from nvplive.acquisition.live import (
     LiveReconstructor,
     LiveSession,
@@ -27,7 +29,6 @@ from nvplive.acquisition.live import (
 )
 from nvplive.acquisition.pipeline import AcquisitionSummary
 from nvplive.acquisition.recording import Recording
-from PySide6 import QtCore, QtWidgets
 
 from .model import DEMO_SOURCE
 from .paths import default_data_dir

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from nvplive.acquisition.recording import Recording
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from nvplive.acquisition.recording import Recording
 from nvplive.errors import NvpLiveError
 
 from . import style

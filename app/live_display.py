@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+
 from nvplive.acquisition.live import LATENCY_MODE_ITERATION_CAP, LiveSession, VolumeUpdate
 
 from .bridge import GuiBridge

@@ -36,6 +36,7 @@ def run_app(
     """
     import torch
     import vispy
+
     from nvplive.recon.reconstructor import live_cpu_threads
 
     vispy.use("pyside6")

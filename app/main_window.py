@@ -22,11 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS, DemoOptions, LiveReconstructor, LiveSession, Microscope, SessionEnd
-from nvplive.recon.reconstructor import ReconConfig, select_device
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS, DemoOptions, LiveReconstructor, LiveSession, Microscope, SessionEnd
 from nvplive.errors import NvpLiveError
+from nvplive.recon.reconstructor import ReconConfig, select_device
 
 from . import acquire, actions, layout, recordings, style
 from .bridge import GuiBridge

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from psygnal import evented
+
 from nvplive.acquisition.live import (
     CONTINUOUS_TIMEPOINTS,
     LATENCY_MODE_CHECK_EVERY,
@@ -28,7 +30,6 @@ from nvplive.acquisition.live import (
     METHODS,
 )
 from nvplive.recon.reconstructor import ReconConfig
-from psygnal import evented
 
 #: Version of the stored settings layout (1: this one; 0: keys of the app before the model).
 SETTINGS_VERSION = 1

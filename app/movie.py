@@ -12,9 +12,9 @@ import queue
 import threading
 from pathlib import Path
 
-from nvplive.acquisition.recording import Recording
 from PySide6 import QtCore
 
+from nvplive.acquisition.recording import Recording
 from nvplive.errors import NvpLiveError
 
 from .export import BackgroundMovieWriter, open_movie

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6 import QtCore, QtGui, QtWidgets
+
 from nvplive.acquisition.instrument import InstrumentState
 from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS, METHODS
-from PySide6 import QtCore, QtGui, QtWidgets
 
 from . import style
 from .model import (

@@ -13,8 +13,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nvplive.acquisition.recording import Recording
 from PySide6 import QtCore, QtWidgets
+
+from nvplive.acquisition.recording import Recording
 
 from .session import OfflineReconstruction
 

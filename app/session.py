@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from psygnal import Signal, SignalGroup
+
 from nvplive.acquisition.recording import Recording
 from nvplive.recon.reconstructor import ReconConfig
-from psygnal import Signal, SignalGroup
 
 logger = logging.getLogger("nvplive.app")
 

@@ -10,8 +10,9 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from nvplive.recon.reconstructor import select_device
 from PySide6 import QtWidgets
+
+from nvplive.recon.reconstructor import select_device
 
 from .session import device_status
 

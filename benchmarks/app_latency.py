@@ -26,9 +26,10 @@ def measure(seconds: float, device: str = "cpu") -> list[dict]:
     import vispy
 
     vispy.use("pyside6")
+    from PySide6 import QtCore, QtWidgets
+
     from nvplive.app.main_window import MainWindow
     from nvplive.recon.reconstructor import live_cpu_threads
-    from PySide6 import QtCore, QtWidgets
 
     torch.set_num_threads(live_cpu_threads())
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])

@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.physics import SOURCE_EDGE_WIDTH
 

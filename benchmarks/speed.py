@@ -55,6 +55,7 @@ def _measure(shape: tuple[int, int, int], device: str, full: bool, queue, thread
 def _measure_inner(shape, device: str, full: bool, threads: int = 1) -> dict:
     import numpy as np
     import torch
+
     from nvplive.recon.optics import Optics, VolumeGeometry
     from nvplive.recon.phantoms import Cardiomyocyte
     from nvplive.recon.physics import ForwardModel, render
@@ -226,6 +227,7 @@ def run_speed(full: bool = False, progress=print, device: str | None = None, thr
     ``threads``: torch CPU threads of the CPU rows (default: the CPU thread policy, cpu_threads).
     """
     import torch
+
     from nvplive.recon.reconstructor import cpu_threads
 
     threads = cpu_threads(threads)[0]

@@ -52,7 +52,8 @@ class ProgressBar:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._progress.stop()
+        if self.console.is_terminal:
+            self._progress.stop()
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         """Show ``done`` of ``total`` steps with an optional message."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+
 from nvplive.acquisition.recording import Recording
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -104,9 +105,9 @@ def test_evaluate_without_ground_truth_or_volumes_says_why(simulated: Path, tmp_
 def test_commands_use_the_live_cpu_thread_policy(simulated: Path, tmp_path: Path, capsys, monkeypatch):
     """Finding 6: reconstruct left torch at its default thread count (18x slower on a loaded 2-core machine)."""
     import torch
-    from nvplive.recon.reconstructor import cpu_threads, live_cpu_threads
 
     from nvplive.cli import main
+    from nvplive.recon.reconstructor import cpu_threads, live_cpu_threads
 
     cores = os.cpu_count() or 2
     monkeypatch.delenv("NVPLIVE_THREADS", raising=False)

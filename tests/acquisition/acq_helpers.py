@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
 from nvplive.acquisition.devices import SimulatedScene
 from nvplive.acquisition.microscope import build_demo_core
 from nvplive.recon.optics import Optics, VolumeGeometry

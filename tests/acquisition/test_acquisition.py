@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from acq_helpers import chi2_per_pixel, tiny_core, tiny_scene
+
 from nvplive.acquisition.devices import REFERENCE_EXPOSURE_MS, CameraFault, bin_sum
 from nvplive.acquisition.microscope import DEMO_CAMERA, DEMO_SELECTOR, demo_camera, fdt_sequence
 from nvplive.acquisition.pipeline import camera_metadata
-
 from nvplive.errors import AcquisitionError
 
 N_PIXELS = 32 * 32

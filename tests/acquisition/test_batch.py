@@ -14,15 +14,15 @@ from pathlib import Path
 import distributed
 import numpy as np
 import pytest
+
 from nvplive.acquisition.batch import plan_chunks, reconstruct_distributed
 from nvplive.acquisition.offline import reconstruct_recording, reconstructor_for, simulate_recording
 from nvplive.acquisition.recording import Recording
+from nvplive.cli import main as cli_main
+from nvplive.errors import NvpLiveError
 from nvplive.recon.metrics import absolute_scores
 from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import PartialCoherence
-
-from nvplive.cli import main as cli_main
-from nvplive.errors import NvpLiveError
 
 T = 6
 CONFIG = ReconConfig(iterations=60, warm_iterations=10)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from acq_helpers import FAST, SHAPE, VOXEL
+
 from nvplive.acquisition.demo import default_reconstructor_factory, run_headless_demo
 from nvplive.acquisition.microscope import build_demo_core
 from nvplive.acquisition.recording import open_recording
+from nvplive.errors import RecordingError
 from nvplive.recon.phantoms import Cardiomyocyte
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
-
-from nvplive.errors import RecordingError
 
 
 def small_reconstructor(info):

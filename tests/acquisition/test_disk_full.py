@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+
 from nvplive.acquisition.recording import Recording
 
 REPO = Path(__file__).resolve().parents[2]

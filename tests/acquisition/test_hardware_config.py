@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 from acq_helpers import tiny_scene
+
 from nvplive.acquisition import devices
 from nvplive.acquisition.microscope import load_hardware_core, load_settings
 from nvplive.acquisition.pipeline import FDTAcquisition, recording_meta
 from nvplive.acquisition.recording import RecordingWriter, open_recording
-
 from nvplive.errors import AcquisitionError
 
 MODULE = "nvplive.acquisition.devices"

@@ -7,16 +7,16 @@ import json
 import numpy as np
 import pytest
 from acq_helpers import tiny_core, tiny_scene
+from pymmcore_plus.core._metadata import Metadata
+
 from nvplive.acquisition import devices
 from nvplive.acquisition.instrument import InstrumentCore
 from nvplive.acquisition.microscope import apply_settings, load_settings, release_core
 from nvplive.acquisition.offline import reconstructor_for
 from nvplive.acquisition.pipeline import FDTAcquisition, recording_meta
 from nvplive.acquisition.recording import RecordingWriter, open_recording
-from nvplive.recon.reconstructor import ReconConfig
-from pymmcore_plus.core._metadata import Metadata
-
 from nvplive.errors import AcquisitionError, ReconstructionError
+from nvplive.recon.reconstructor import ReconConfig
 
 
 def _record(core, info, path, timepoints=2):

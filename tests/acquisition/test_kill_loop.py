@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from acq_helpers import kill_9, script_process
+
 from nvplive.acquisition.recording import Recording
 
 SHAPE = (8, 24, 24)

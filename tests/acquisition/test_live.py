@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from acq_helpers import FAST, SHAPE, VOXEL
+
 from nvplive.acquisition.live import (
     LATENCY_MODE_ITERATION_CAP,
     LIVE_CONFIG,

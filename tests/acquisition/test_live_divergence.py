@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from acq_helpers import tiny_core
+
 from nvplive.acquisition.pipeline import FDTAcquisition, ReconstructionWorker, recording_meta
 from nvplive.acquisition.recording import RecordingWriter, open_recording
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor

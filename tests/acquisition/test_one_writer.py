@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from test_recording import OME, VIEWS, frames_of, make_meta, stamps_of, volume_of, write_recording
+
 from nvplive.acquisition.recording import (
     FRAMES_NAME,
     JOURNAL_NAME,
@@ -31,8 +33,6 @@ from nvplive.acquisition.recording import (
     recover_recording,
 )
 from nvplive.acquisition.recording_lock import LOCK_NAME, RecordingLock, lock_holder
-from test_recording import OME, VIEWS, frames_of, make_meta, stamps_of, volume_of, write_recording
-
 from nvplive.cli import main
 from nvplive.errors import RecordingError, RecordingLockedError
 

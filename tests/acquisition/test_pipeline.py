@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from acq_helpers import kill_9, script_process, tiny_core
+
 from nvplive.acquisition.microscope import demo_camera
 from nvplive.acquisition.pipeline import FDTAcquisition, ReconstructionWorker, recording_meta
 from nvplive.acquisition.recording import RecordingWriter, open_recording
-from nvplive.recon.reconstructor import ReconConfig, Reconstructor
-
 from nvplive.errors import RecordingError
+from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
 
 @dataclass

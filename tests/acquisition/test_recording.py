@@ -20,6 +20,7 @@ import pytest
 import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from nvplive.acquisition.recording import (
     FRAMES_NAME,
     GROUND_TRUTH_NAME,
@@ -33,9 +34,8 @@ from nvplive.acquisition.recording import (
     open_recording,
     recover_recording,
 )
-from nvplive.recon.optics import Optics, VolumeGeometry
-
 from nvplive.errors import RecordingError
+from nvplive.recon.optics import Optics, VolumeGeometry
 
 OME = "{http://www.openmicroscopy.org/Schemas/OME/2016-06}"
 ZYX = (3, 8, 12)

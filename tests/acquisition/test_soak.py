@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from nvplive.acquisition.recording import Recording
 from nvplive.benchmarks.soak import SoakReport, main, rss_mb, run_soak
 

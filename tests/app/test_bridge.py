@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 
-from nvplive.app.bridge import GuiBridge
 from psygnal import Signal, SignalGroup
+
+from nvplive.app.bridge import GuiBridge
 
 
 class _Events(SignalGroup):

@@ -15,6 +15,7 @@ import sys
 import textwrap
 
 import pytest
+
 from nvplive.app.qt_compat import binding_leaks_singletons
 
 RAW_CANVAS_AND_IMAGEVIEW = textwrap.dedent(

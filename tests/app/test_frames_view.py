@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nvplive.app import style
-from nvplive.app.frames_view import FramesView, pixel_centres_um
 from PySide6 import QtCore, QtGui
 from pytestqt.qtbot import QtBot
+
+from nvplive.app import style
+from nvplive.app.frames_view import FramesView, pixel_centres_um
 
 PIXEL_UM = 0.2
 

@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from PIL import Image, ImageSequence
+from PySide6 import QtCore
+
 from nvplive.acquisition.live import DemoOptions
 from nvplive.acquisition.microscope import demo_camera
 from nvplive.acquisition.offline import simulate_recording
@@ -24,8 +27,6 @@ from nvplive.acquisition.recording import open_recording
 from nvplive.app.main_window import MainWindow
 from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import PartialCoherence
-from PIL import Image, ImageSequence
-from PySide6 import QtCore
 
 SHAPE = (16, 32, 32)
 VOXEL = (0.25, 0.25, 0.25)

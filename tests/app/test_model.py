@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PySide6 import QtCore
+
 from nvplive.acquisition.live import LATENCY_MODE_ITERATION_CAP, LIVE_CONFIG
 from nvplive.app.model import SETTINGS_VERSION, AppModel
 from nvplive.recon.reconstructor import ReconConfig
-from PySide6 import QtCore
 
 pytestmark = pytest.mark.nodisplay
 

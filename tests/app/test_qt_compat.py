@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import sys
 
-import nvplive.app  # noqa: F401
 import pytest
 import shiboken6
-from nvplive.app import qt_compat
 from PySide6 import QtCore, QtWidgets
+
+import nvplive.app  # noqa: F401
+from nvplive.app import qt_compat
 
 
 class _Emitter(QtCore.QObject):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nvplive.app.volume_view import MODES, VolumeView, nice_step
 from PySide6 import QtGui
+
+from nvplive.app.volume_view import MODES, VolumeView, nice_step
 
 N_MEDIUM = 1.333
 VOXEL = (0.4, 0.2, 0.2)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from nvplive.errors import ReconstructionError
 from nvplive.recon.calibration import (
     defective_pixels,
     initial_sources,
@@ -15,8 +17,6 @@ from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.physics import ForwardModel, camera_intensity, homogeneous_spectrum
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
-
-from nvplive.errors import ReconstructionError
 
 # The issue's geometry: the centre bead's defocused disc (11 µm below focus) is larger than the field.
 ISSUE_OPTICS = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8)

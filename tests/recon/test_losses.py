@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from nvplive.recon.losses import gaussian_window, image_loss, ssim_map
 from scipy import ndimage
+
+from nvplive.recon.losses import gaussian_window, image_loss, ssim_map
 
 
 def _reference_ssim_map(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nvplive.recon import phantoms
-from nvplive.recon.phantoms import PHANTOMS, Cardiomyocyte, cell, make_phantom, tissue
 from scipy import ndimage
 
 from nvplive.errors import NvpLiveError
+from nvplive.recon import phantoms
+from nvplive.recon.phantoms import PHANTOMS, Cardiomyocyte, cell, make_phantom, tissue
 
 SMALL = (16, 32, 32)
 VOX = (0.25, 0.25, 0.25)

@@ -15,12 +15,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from nvplive.recon import physics
-from nvplive.recon.optics import Optics, VolumeGeometry
 from scipy.integrate import simpson
 from scipy.special import j0
 
 from nvplive.errors import GeometryError
+from nvplive.recon import physics
+from nvplive.recon.optics import Optics, VolumeGeometry
 
 OPTICS = Optics(wavelength_um=0.6, n_medium=1.33, na=0.8)
 #: 24 slabs × 48 × 48 voxels of 0.25 µm: a 6 × 12 × 12 µm volume, field upsampled ×2.

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from nvplive.recon import physics
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.pupil import PupilParameters, aperture, noll_to_nm, pupil_function, zernike

@@ -8,14 +8,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+
+from nvplive.errors import ReconstructionError
 from nvplive.recon.metrics import absolute_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.representations import REPRESENTATIONS
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, default_sources
-from scipy import ndimage
-
-from nvplive.errors import ReconstructionError
 
 OPTICS = Optics()
 GEOMETRY = VolumeGeometry((12, 32, 32), (0.25, 0.25, 0.25))

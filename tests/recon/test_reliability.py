@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 import torch
+
+from nvplive.errors import ReconstructionError
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, default_sources
-
-from nvplive.errors import ReconstructionError
 
 OPTICS = Optics()
 SHAPE = (8, 24, 24)

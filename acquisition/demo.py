@@ -111,7 +111,8 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def _recording_path(out: Path) -> Path:
+def recording_path(out: Path) -> Path:
+    """The recording a demo writes for ``out``: ``out`` itself if it ends in .fdt, else ``out/demo.fdt``."""
     out = Path(out)
     return out if out.suffix == SUFFIX else out / f"demo{SUFFIX}"
 
@@ -173,7 +174,7 @@ def run_headless_demo(
     """
     begin = time.perf_counter()
     say = progress or (lambda _line: None)
-    path = _recording_path(out)
+    path = recording_path(out)
     options = DemoOptions(tuple(shape), tuple(voxel_um), coherence, seed=seed, time_quantum_s=time_quantum_s)
     microscope = load_demo_microscope(views, exposure_ms, options)
     try:

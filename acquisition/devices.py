@@ -32,6 +32,7 @@ import numpy as np
 from pymmcore_plus.experimental.unicore import SimpleCameraDevice, StageDevice, StateDevice
 
 from nvplive.errors import AcquisitionError
+from nvplive.recon.capacity import check_memory
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
 
@@ -367,12 +368,14 @@ def demo_scene(
     """A scene with the beating cardiomyocyte phantom and beads below the volume."""
     optics = optics if optics is not None else Optics()
     geometry = VolumeGeometry(tuple(int(n) for n in shape_zyx), tuple(float(d) for d in voxel_um_zyx))
-    geometry.check_sampling(optics)
+    sources = default_sources(geometry, views, seed=seed)
+    # implausible or too large for memory: refused before the phantom and the renderer exist
+    check_memory(optics, geometry, views, float(max(0.0, -sources[:, 2].min())), "cpu", method=None,
+                 what="Simulating", sources_um_xyz=sources)
     if phantom is None:
         from nvplive.recon.phantoms import Cardiomyocyte
 
         phantom = Cardiomyocyte(geometry.shape_zyx, geometry.voxel_um_zyx, seed=seed)
-    sources = default_sources(geometry, views, seed=seed)
     return SimulatedScene(optics, geometry, sources, phantom, seed=seed, **scene_options)  # type: ignore[arg-type]
 
 

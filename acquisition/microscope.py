@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
@@ -505,10 +506,12 @@ def build_demo_core(
 
 
 def python_only_core() -> UniMMCore:
-    """An :class:`~.instrument.InstrumentCore` meant for pure-Python devices only.
+    """An :class:`~.instrument.InstrumentCore` that does not log a missing Micro-Manager as an error.
 
     pymmcore-plus logs an error when it finds no Micro-Manager installation (C++
-    device adapters); the simulated microscope needs none, so that search is silenced.
+    device adapters); Python devices (the simulated microscope, a Python-only
+    configuration) need none, so that log is silenced. An installed Micro-Manager is
+    still found; a configuration that needs adapters and finds none fails to load.
     """
     logger = logging.getLogger("pymmcore-plus")
     level = logger.level
@@ -568,6 +571,18 @@ class HardwareSettings:
         return len(self.sources_um_xyz)
 
 
+def _require_regular_file(path: Path, what: str) -> None:
+    """Refuse a FIFO, a device or a folder before reading it (reading a FIFO would wait forever)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise AcquisitionError(f"{what} {path} does not exist.") from None
+    except OSError as exc:
+        raise AcquisitionError(f"{what} {path} cannot be read ({exc.strerror or exc}).") from None
+    if not stat.S_ISREG(mode):
+        raise AcquisitionError(f"{what} {path} is not a regular file (a folder, pipe or device); choose the file itself.")
+
+
 def load_settings(path: str | Path) -> HardwareSettings:
     """Read and validate a hardware settings file (no hardware is touched).
 
@@ -576,6 +591,7 @@ def load_settings(path: str | Path) -> HardwareSettings:
             :class:`.schema.HardwareSettingsFile` (the message names the file and field).
     """
     path = Path(path)
+    _require_regular_file(path, "Hardware settings file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))  # NaN/Infinity parse; the schema refuses them by field
     except FileNotFoundError:
@@ -756,13 +772,17 @@ def load_hardware_core(cfg_path: str | Path, settings_path: str | Path) -> tuple
     """
     settings = load_settings(settings_path)
     cfg = Path(cfg_path)
-    if not cfg.is_file():
-        raise AcquisitionError(f"Micro-Manager configuration file {cfg} does not exist.")
-    core = InstrumentCore()
+    _require_regular_file(cfg, "Micro-Manager configuration file")
+    # Python devices need no Micro-Manager installation: its search is not an error (logged red) at every start;
+    # a configuration that needs C++ adapters and finds none says so when it loads.
+    core = python_only_core()
     try:
         core.loadSystemConfiguration(cfg)
     except Exception as exc:
-        raise AcquisitionError(f"Could not load the Micro-Manager configuration {cfg}: {exc}") from None
+        hint = ""
+        if "adapter" in str(exc).lower() or "library" in str(exc).lower():
+            hint = " (C++ device adapters come with Micro-Manager: `mmcore install` installs them)"
+        raise AcquisitionError(f"Could not load the Micro-Manager configuration {cfg}{hint}: {exc}") from None
     try:
         return core, apply_settings(core, settings, config_name=str(cfg))
     except BaseException:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from nvplive.errors import NvpLiveError, RecordingError
+from nvplive.recon.capacity import check_memory, check_plausible
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
@@ -86,9 +87,11 @@ def simulate_recording(
     if views < 1 or timepoints < 1:
         raise NvpLiveError(f"Need at least one view and one timepoint, got {views} views and {timepoints} timepoints.")
     geometry = VolumeGeometry(tuple(shape_zyx), tuple(voxel_um_zyx))
-    geometry.check_sampling(optics)
+    check_plausible(optics, geometry)
     geometry.camera_pixel_um  # noqa: B018 (refuses rectangular camera pixels before anything is rendered)
     sources = default_sources(geometry, views, seed=seed)
+    check_memory(optics, geometry, views, float(max(0.0, -sources[:, 2].min())), "cpu", method=None, what="Simulating",
+                 sources_um_xyz=sources)
     camera = CameraModel()
     sim = Simulator(optics, geometry, sources, coherence=coherence, camera=camera, seed=seed)
     beating = Cardiomyocyte(geometry.shape_zyx, geometry.voxel_um_zyx, seed=seed) if phantom == "cardiomyocyte" else None
@@ -200,6 +203,11 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
     """
     path = Path(path)
     with Recording.open(path) as rec:
+        if rec.n_timepoints == 0:
+            raise RecordingError(
+                f"{path}: holds no complete timepoint (its acquisition stopped before the first one was written), so "
+                "there is nothing to evaluate."
+            )
         if not rec.has_ground_truth:
             raise RecordingError(f"{path}: has no ground_truth.ome.tif; evaluation needs a simulated recording.")
         common = [t for t in rec.volume_timepoints if t in set(rec.ground_truth_timepoints)]
@@ -209,6 +217,8 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
         extra = meta.extra
         seed = int(extra.get("seed", 0)) + 1000
         held = default_sources(meta.geometry, heldout_views, seed=seed)
+        check_memory(meta.optics, meta.geometry, heldout_views, float(max(0.0, -held[:, 2].min())), "cpu", method=None,
+                     what="Evaluating", sources_um_xyz=held)
         coh = extra.get("coherence", {})
         sim = Simulator(
             meta.optics,

@@ -258,8 +258,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.headless:
         from nvplive.acquisition.demo import run_headless_demo
 
-        _use_threads(args)
         out = args.out or Path("nvplive-demo")
+        _refuse_existing(out)
+        _use_threads(args)
         result = run_headless_demo(
             out, timepoints=args.timepoints or 20, device=args.device, progress=lambda line: print(line, file=sys.stderr, flush=True)
         )
@@ -271,6 +272,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         os.environ[THREADS_ENV] = str(args.threads)  # the app applies the policy itself (live_cpu_threads)
     return run_app(demo=True, timepoints=args.timepoints, out=args.out, device=args.device)
+
+
+def _refuse_existing(out: Path) -> None:
+    """The demo never replaces an earlier result: say so, and name a free ``--out``, before starting."""
+    from nvplive.acquisition.demo import recording_path
+
+    path = recording_path(out)
+    if not (path.exists() or path.is_symlink()):
+        return
+    n = 2
+    while (free := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
+        n += 1
+    raise UsageError(f"{path} already exists from an earlier run; pass --out {free} or remove the old recording first.")
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
@@ -329,3 +343,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"nvplive: error: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, MemoryError, OverflowError) as exc:  # from the numerics (torch, numpy)
+        if debug:
+            raise
+        print(f"nvplive: error: {numerics_failure(exc)}", file=sys.stderr)
+        return 2
+
+
+def numerics_failure(exc: BaseException) -> str:
+    """One sentence for a RuntimeError/MemoryError/OverflowError that escaped the numerics."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    brief = text if len(text) <= 160 else text[:157] + "..."
+    if isinstance(exc, MemoryError) or any(s in text.lower() for s in ("out of memory", "can't allocate", "cannot allocate")):
+        return (f"The computation ran out of memory ({brief}); use a smaller volume or fewer views, or close other "
+                "programs.")
+    if isinstance(exc, OverflowError):
+        return f"A number overflowed in the computation ({brief}); check the optics and geometry for absurd values."
+    return f"The computation failed ({type(exc).__name__}: {brief}); NVPLIVE_DEBUG=1 shows where."

@@ -25,6 +25,7 @@ import torch
 from nvplive.errors import ReconstructionError
 
 from .calibration import defective_pixels, fit_brightness_background, initial_sources, refine_sources, sharpest_peak_ratio
+from .capacity import check_memory
 from .losses import gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, render
@@ -273,6 +274,9 @@ class Reconstructor:
         self.camera_gain = float(camera_gain)
         self.saturation_level = None if saturation_level is None else int(saturation_level)
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
+        # implausible geometry and work that cannot fit are refused before anything large is allocated
+        check_memory(optics, geometry, len(self.nominal_sources), depth, self.device, method=config.method,
+                     sources_um_xyz=self.nominal_sources)
         self.model = ForwardModel.build(optics, geometry, source_depth_um=depth, device=self.device)
         self.representation: Representation | None = None
         self.state: ReconState | None = None

@@ -42,7 +42,7 @@ def open_recording(window: MainWindow, path: str | Path | None = None) -> bool:
     try:
         with Recording.open(path) as rec:
             n, meta, volumes = rec.n_timepoints, rec.meta, len(rec.volume_timepoints)
-            truth, interrupted = rec.has_ground_truth, rec.interrupted
+            truth, interrupted, writer = rec.has_ground_truth, rec.interrupted, rec.writer
     except Exception as exc:
         window.report_error("Could not open the recording", exc)
         return False
@@ -56,7 +56,10 @@ def open_recording(window: MainWindow, path: str | Path | None = None) -> bool:
     timeline.show_timepoint(0)
     notes = [f"{n} timepoints", f"{meta.n_views} views", f"{volumes} volumes"]
     notes += ["ground truth"] if truth else []
-    notes += ["interrupted"] if interrupted else []
+    if writer is not None:  # open: another process writes it (docs/format.md, "One writer")
+        notes.append(f"being written by process {writer.get('pid', '?')}")
+    elif interrupted:
+        notes.append("interrupted")
     window.set_recording_text(f"{path} — {', '.join(notes)}")
     window.loader.set_path(path)
     window.request_replay(0)

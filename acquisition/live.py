@@ -45,6 +45,8 @@ import numpy as np
 from psygnal import Signal, SignalGroup
 
 from nvplive.errors import ReconstructionError
+from nvplive.recon.loop import LatencyBudget
+from nvplive.recon.methods import METHODS
 from nvplive.recon.reconstructor import ReconConfig, ReconResult, Reconstructor, select_device
 from nvplive.recon.simulate import PartialCoherence
 
@@ -66,28 +68,15 @@ logger = logging.getLogger("nvplive.acquisition")
 #: axis when the run starts (pure Python, holding the GIL): 10**5 takes tens of ms, 10**6
 #: stalled the GUI for most of a second. 10**5 lasts 2.7 h even at 10 timepoints/s.
 CONTINUOUS_TIMEPOINTS = 100_000
-#: Iteration cap of a warm update whose budget is a latency (the time budget ends it).
-LATENCY_MODE_ITERATION_CAP = 100_000
-#: Iterations between clock checks of a warm update with a latency budget.
-LATENCY_MODE_CHECK_EVERY = 1
 #: How much lower (nice) the reconstruction thread runs than the GUI thread (Linux): the
 #: GUI thread only draws but must win the CPU over a busy optimisation loop.
 RECONSTRUCTION_NICENESS = 5
-#: The reconstruction methods, in the order the app offers them.
-METHODS = ("nvp", "explicit", "triplane")
 
 #: The live configuration (the app's defaults and the headless demo's): a 120-iteration
 #: cold start, then warm updates that run until a 1 s latency budget, checking the clock
 #: every iteration, with no plateau stop (the budget ends them). Quality settings stay
 #: ReconConfig's defaults. BENCHMARKS.md ("app latency") measures this configuration.
-LIVE_CONFIG = replace(
-    ReconConfig(),
-    iterations=120,
-    time_budget_s=1.0,
-    warm_iterations=LATENCY_MODE_ITERATION_CAP,
-    check_every=LATENCY_MODE_CHECK_EVERY,
-    stop_on_plateau=False,
-)
+LIVE_CONFIG = replace(ReconConfig(), iterations=120, warm_budget=LatencyBudget(seconds=1.0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,14 +350,8 @@ class LiveReconstructor:
         inner = self.inner
         if not self._warm_start:
             inner.reset()
-        cold = inner.state is None or inner.representation is None
-        config = inner.config
-        if cold and config.time_budget_s is not None:
-            inner.config = replace(config, time_budget_s=None)
-        try:
-            result = inner.warm_update(frames, callback=self._callback(cold))
-        finally:
-            inner.config = config
+        cold = inner.state is None or inner.representation is None  # a cold start ignores the warm budget
+        result = inner.warm_update(frames, callback=self._callback(cold))
         self.last_result = result
         self.updates += 1
         return result

@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from nvplive.acquisition.live import LATENCY_MODE_ITERATION_CAP, LiveSession, VolumeUpdate
+from nvplive.acquisition.live import LiveSession, VolumeUpdate
+from nvplive.recon.loop import LATENCY_ITERATION_CAP
 
 from .bridge import GuiBridge
 from .frames_view import FramesView
@@ -124,7 +125,7 @@ class LiveDisplay:
 
     def show_progress(self, it: int, total: int, loss: float, cold: bool) -> None:
         """The update in progress."""
-        of = f"/{total}" if total < LATENCY_MODE_ITERATION_CAP else ""
+        of = f"/{total}" if total < LATENCY_ITERATION_CAP else ""
         self.recon_panel.progress_label.setText(
             f"{'Cold start' if cold else 'Warm update'}: iteration {it}{of} · loss {loss:.4g}")
 

@@ -217,7 +217,7 @@ class MainWindow(QtWidgets.QMainWindow):
                 self.errors.append(str(exc))
                 QtCore.QTimer.singleShot(0, self, lambda m=str(exc): self.report_error("Reconstruction device", m))
                 rec.device = "cpu"
-        self.recon_panel.latency_plot.set_target(rec.config_changes()["time_budget_s"])
+        self.recon_panel.latency_plot.set_target(rec.config_changes()["warm_budget"].target_latency_s)
         geometry = s.value("window/geometry")
         if isinstance(geometry, QtCore.QByteArray) and not geometry.isEmpty():
             self.restoreGeometry(geometry)
@@ -308,7 +308,7 @@ class MainWindow(QtWidgets.QMainWindow):
         """Hand the model's reconstruction settings to the live reconstructor (applied before its next update)."""
         settings = self.model.reconstruction
         changes = settings.config_changes()
-        self.recon_panel.latency_plot.set_target(changes["time_budget_s"])
+        self.recon_panel.latency_plot.set_target(changes["warm_budget"].target_latency_s)
         recon = self.reconstructor
         if recon is None:
             return
@@ -319,10 +319,8 @@ class MainWindow(QtWidgets.QMainWindow):
             settings.device = recon.device_name
             return
         if self.session is not None:
-            budget = (f"{changes['time_budget_s']:.2f} s" if changes["time_budget_s"] is not None
-                      else f"{changes['warm_iterations']} it")
             self.acquisition_panel.log(
-                f"Reconstruction: {changes['method']}, budget {budget}, τ {changes['tv_weight']:g}, "
+                f"Reconstruction: {changes['method']}, budget {changes['warm_budget'].label}, τ {changes['tv_weight']:g}, "
                 f"{settings.device}, warm start {'on' if settings.warm_start else 'off'} (from the next timepoint)")
         self.update_status()
 

@@ -22,13 +22,9 @@ from typing import Any, Protocol
 
 from psygnal import evented
 
-from nvplive.acquisition.live import (
-    CONTINUOUS_TIMEPOINTS,
-    LATENCY_MODE_CHECK_EVERY,
-    LATENCY_MODE_ITERATION_CAP,
-    LIVE_CONFIG,
-    METHODS,
-)
+from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS, LIVE_CONFIG
+from nvplive.recon.loop import IterationBudget, LatencyBudget
+from nvplive.recon.methods import METHODS
 from nvplive.recon.reconstructor import ReconConfig
 
 #: Version of the stored settings layout (1: this one; 0: keys of the app before the model).
@@ -38,8 +34,6 @@ HARDWARE_SOURCE = "hardware"
 BUDGET_MODES = ("iterations", "latency")
 RENDER_MODES = ("mip", "translucent", "iso")
 REPLAY_KINDS = ("volume", "truth")
-#: Human names of the reconstruction methods (the app's method list).
-METHOD_LABELS = {"nvp": "NVP (neural volumetric prior)", "explicit": "Explicit voxels", "triplane": "Triplane"}
 
 
 class SettingsStore(Protocol):
@@ -93,9 +87,10 @@ class ReconstructionSettings:
     """What the user steers of the reconstruction (applied between timepoints).
 
     Attributes:
-        method: one of :data:`~nvplive.acquisition.live.METHODS`.
+        method: one of :data:`~nvplive.recon.methods.METHODS`.
         budget_mode: ``iterations`` (``warm_iterations`` per warm update) or ``latency``
-            (each warm update runs until ``latency_s``, checking the clock every iteration).
+            (each warm update runs until ``latency_s``): the warm budget's type
+            (:class:`~nvplive.recon.loop.IterationBudget`, :class:`~nvplive.recon.loop.LatencyBudget`).
         warm_iterations, latency_s: the two budgets (the one not in use keeps its value).
         cold_iterations: iterations of a cold start; tv_weight: τ of the TV of Δn.
         device: ``auto``, ``cpu``, ``cuda`` …; warm_start: start each timepoint from the previous one.
@@ -104,8 +99,8 @@ class ReconstructionSettings:
 
     method: str = LIVE_CONFIG.method
     budget_mode: str = "latency"
-    warm_iterations: int = ReconConfig().warm_iterations
-    latency_s: float = 1.0
+    warm_iterations: int = IterationBudget().iterations
+    latency_s: float = LatencyBudget().seconds
     cold_iterations: int = LIVE_CONFIG.iterations
     tv_weight: float = LIVE_CONFIG.tv_weight
     device: str = "auto"
@@ -118,12 +113,13 @@ class ReconstructionSettings:
         self.method = config.method
         self.cold_iterations = int(config.iterations)
         self.tv_weight = float(config.tv_weight)
-        if config.time_budget_s is not None:
+        budget = config.warm_budget
+        if isinstance(budget, LatencyBudget):
             self.budget_mode = "latency"
-            self.latency_s = float(config.time_budget_s)
+            self.latency_s = float(budget.seconds)
         else:
             self.budget_mode = "iterations"
-            self.warm_iterations = int(config.warm_iterations)
+            self.warm_iterations = int(budget.iterations)
 
     def config_changes(self) -> dict[str, Any]:
         """The ReconConfig fields these settings control."""
@@ -132,18 +128,13 @@ class ReconstructionSettings:
             "iterations": int(self.cold_iterations),
             "tv_weight": float(self.tv_weight),
         }
+        base = self.base.warm_budget
         if self.budget_mode == "latency":
-            # Run until the time budget; check the clock every iteration so the budget holds.
-            changes.update(
-                time_budget_s=float(self.latency_s), warm_iterations=LATENCY_MODE_ITERATION_CAP,
-                check_every=LATENCY_MODE_CHECK_EVERY, stop_on_plateau=False,
-            )
+            latency = base if isinstance(base, LatencyBudget) else LatencyBudget()
+            changes["warm_budget"] = replace(latency, seconds=float(self.latency_s))
         else:
-            checks = self.base if self.base.time_budget_s is None else ReconConfig()
-            changes.update(
-                time_budget_s=None, warm_iterations=int(self.warm_iterations),
-                check_every=checks.check_every, stop_on_plateau=checks.stop_on_plateau,
-            )
+            iterations = base if isinstance(base, IterationBudget) else IterationBudget()
+            changes["warm_budget"] = replace(iterations, iterations=int(self.warm_iterations))
         return changes
 
     def config(self) -> ReconConfig:

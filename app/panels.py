@@ -19,13 +19,13 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from nvplive.acquisition.instrument import InstrumentState
-from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS, METHODS
+from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS
+from nvplive.recon.methods import METHOD_LABELS, METHODS
 
 from . import style
 from .model import (
     DEMO_SOURCE,
     HARDWARE_SOURCE,
-    METHOD_LABELS,
     AcquisitionSettings,
     ReconstructionSettings,
     ViewState,

@@ -153,10 +153,11 @@ def warm_iterations_to_cold_quality(
     """
     from dataclasses import replace
 
+    from nvplive.recon.loop import IterationBudget
     from nvplive.recon.metrics import absolute_scores
     from nvplive.recon.reconstructor import Reconstructor
 
-    cfg = replace(config, warm_iterations=config.iterations, stop_on_plateau=False, time_budget_s=None)
+    cfg = replace(config, warm_budget=IterationBudget(config.iterations, stop_on_plateau=False))
     cold = Reconstructor(optics, geometry, sources, camera_offset=camera_offset, config=cfg, device=device)
     target = absolute_scores(cold.cold_start(frames1).dn, truth1).psnr_db
     warm = Reconstructor(optics, geometry, sources, camera_offset=camera_offset, config=cfg, device=device)
@@ -167,7 +168,7 @@ def warm_iterations_to_cold_quality(
     needed = None
     done = 0
     warm.load_state(state)
-    warm.with_config(warm_iterations=step)
+    warm.with_config(warm_budget=IterationBudget(step, stop_on_plateau=False))
     while done < cfg.iterations:
         result = warm.warm_update(frames1)
         done += result.iterations

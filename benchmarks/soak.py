@@ -136,6 +136,7 @@ def run_soak(
     directory deleted afterwards.
     """
     from nvplive.acquisition.demo import default_reconstructor_factory, run_headless_demo
+    from nvplive.recon.loop import IterationBudget
     from nvplive.recon.reconstructor import ReconConfig
     from nvplive.recon.simulate import PartialCoherence
 
@@ -151,7 +152,7 @@ def run_soak(
             if progress is not None and (t + 1) % 100 == 0:
                 progress(f"t={t}: RSS {samples[-1][2]:.1f} MB, {samples[-1][1]:.1f} s")
 
-    factory = default_reconstructor_factory("cpu", ReconConfig(iterations=10, warm_iterations=4, check_every=2))
+    factory = default_reconstructor_factory("cpu", ReconConfig(iterations=10, warm_budget=IterationBudget(4), check_every=2))
 
     def run(target: Path):
         return run_headless_demo(

@@ -56,6 +56,7 @@ def _measure_inner(shape, device: str, full: bool, threads: int = 1) -> dict:
     import numpy as np
     import torch
 
+    from nvplive.recon.loop import IterationBudget
     from nvplive.recon.optics import Optics, VolumeGeometry
     from nvplive.recon.phantoms import Cardiomyocyte
     from nvplive.recon.physics import ForwardModel, render
@@ -113,7 +114,7 @@ def _measure_inner(shape, device: str, full: bool, threads: int = 1) -> dict:
     rng = np.random.default_rng(0)
     frames0 = sim.frames(truth0, rng)
     frames1 = sim.frames(phantom.at(0.1), rng)
-    config = ReconConfig(iterations=300 if heavy_ok else 3, warm_iterations=40)
+    config = ReconConfig(iterations=300 if heavy_ok else 3, warm_budget=IterationBudget(40))
     rec = Reconstructor(optics, geometry, sources, camera_offset=sim.camera.offset, config=config, device=dev)
     if heavy_ok:
         start = time.perf_counter()
@@ -130,7 +131,7 @@ def _measure_inner(shape, device: str, full: bool, threads: int = 1) -> dict:
         row["note"] = "CPU: forward only at this size (use --full to time iterations)"
     else:
         rec.cold_start(frames0)
-        rec.with_config(warm_iterations=2, stop_on_plateau=False)
+        rec.with_config(warm_budget=IterationBudget(2, stop_on_plateau=False))
         result = rec.warm_update(frames1)
         row["iters_per_s"] = round(result.iterations / result.seconds, 3)
     if heavy_ok:
@@ -159,6 +160,7 @@ def _compiled_rates(rec, state, frames, small: bool, device_type: str) -> dict:
     state ``state`` of ``rec`` (``COMPILED_WARM_ITERATIONS`` iterations, timed on the second update so that
     compiling is left out; the first update's extra time is ``compile_s``). CUDA: modes
     ``default`` and ``reduce-overhead`` (CUDA graphs); CPU: ``default`` at the small size."""
+    from nvplive.recon.loop import IterationBudget
     from nvplive.recon.reconstructor import Reconstructor
 
     modes = ["default", "reduce-overhead"] if device_type == "cuda" else (["default"] if small else [])
@@ -167,7 +169,7 @@ def _compiled_rates(rec, state, frames, small: bool, device_type: str) -> dict:
     rates: dict[str, float | str] = {}
     compile_s: dict[str, float] = {}
     for mode in [None, *modes]:
-        config = replace(rec.config, compile_mode=mode, warm_iterations=COMPILED_WARM_ITERATIONS, stop_on_plateau=False)
+        config = replace(rec.config, compile_mode=mode, warm_budget=IterationBudget(COMPILED_WARM_ITERATIONS, stop_on_plateau=False))
         other = Reconstructor(rec.optics, rec.geometry, rec.nominal_sources, camera_offset=rec.camera_offset,
                               camera_gain=rec.camera_gain, config=config, device=rec.device)
         other.load_state(state)

@@ -13,15 +13,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from nvplive import __version__
 from nvplive.errors import NvpLiveError
+from nvplive.recon.methods import METHODS
 
-PHANTOM_NAMES = ("cell", "tissue", "cardiomyocyte")
-METHODS = ("nvp", "explicit", "triplane")
 #: torch.compile modes offered by `reconstruct --compile` (ReconConfig.compile_mode; "reduce-overhead" adds CUDA graphs on CUDA).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -106,6 +106,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``nvplive`` argument parser with its sub-commands."""
+    from nvplive.recon.phantoms import PHANTOMS  # numpy only
+
     parser = _Parser(prog="nvplive", description="Live 3D refractive index by fluorescence diffraction tomography.")
     parser.add_argument("--version", action="version", version=f"nvp-live {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--settings", type=Path, default=None, help="FDT settings file (source selection, nominal positions)")
 
     sim = sub.add_parser("simulate", help="simulate an FDT recording of a phantom")
-    sim.add_argument("--phantom", choices=PHANTOM_NAMES, required=True)
+    sim.add_argument("--phantom", choices=tuple(PHANTOMS), required=True)
     sim.add_argument("--views", type=_positive_int, default=7)
     sim.add_argument("--timepoints", type=_positive_int, default=1)
     sim.add_argument("--shape", type=_shape, default=(32, 64, 64), help="Z,Y,X voxels (default 32,64,64)")
@@ -205,13 +207,14 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from nvplive.acquisition.offline import reconstruct_recording
+    from nvplive.recon.loop import IterationBudget
     from nvplive.recon.reconstructor import ReconConfig
 
     config = ReconConfig(method=args.method)
-    options = (
-        ("iterations", args.iterations), ("warm_iterations", args.warm_iterations), ("tv_weight", args.tv), ("compile_mode", args.compile)
-    )
-    changes = {k: v for k, v in options if v is not None}
+    options = (("iterations", args.iterations), ("tv_weight", args.tv), ("compile_mode", args.compile))
+    changes: dict[str, Any] = {k: v for k, v in options if v is not None}
+    if args.warm_iterations is not None:
+        changes["warm_budget"] = IterationBudget(args.warm_iterations)
     config = replace(config, **changes)
     _use_threads(args)
     if args.scheduler is None:

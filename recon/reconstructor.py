@@ -26,10 +26,20 @@ from nvplive.errors import ReconstructionError
 
 from .calibration import defective_pixels, fit_brightness_background, initial_sources, refine_sources, sharpest_peak_ratio
 from .capacity import check_memory
+from .loop import (
+    CoherenceCache,
+    DivergenceGuard,
+    IterationBudget,
+    PlateauDetector,
+    RefineSchedule,
+    StopPolicy,
+    WarmBudget,
+    time_is_up,
+)
 from .losses import gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, render
-from .representations import Representation, make_representation
+from .representations import Representation, representation_for
 from .simulate import emission_wavelengths
 
 #: Fraction of a view's pixels at the camera's maximum above which the frames are refused
@@ -37,9 +47,6 @@ from .simulate import emission_wavelengths
 SATURATION_LIMIT = 0.05
 #: Wavelengths sampling the emission band for the coherence weights.
 COHERENCE_SAMPLES = 3
-#: Iterations after which the coherence weights are recomputed (at the next progress check;
-#: under a time budget, at the start of the next update).
-COHERENCE_REFRESH_ITERATIONS = 50
 
 ProgressCallback = Callable[[int, int, float], None]
 
@@ -76,9 +83,9 @@ class ReconConfig:
     Attributes:
         method: ``nvp``, ``explicit`` or ``triplane``.
         iterations: cold-start iteration budget.
-        warm_iterations: warm-update iteration budget per timepoint.
-        time_budget_s: optional wall-clock budget of a warm update (s); the iteration count
-            follows from it (checked every iteration against the measured rate).
+        warm_budget: the budget of a warm update: :class:`~nvplive.recon.loop.IterationBudget`
+            (iterations, optional plateau stop) or :class:`~nvplive.recon.loop.LatencyBudget`
+            (wall-clock seconds; the iteration count follows from the measured rate).
         lr: learning rate of the representation (feature grid / planes; scaled for explicit).
         tv_weight: τ, weight of the total variation of Δn.
         nonnegative: impose Δn ≥ 0.
@@ -90,9 +97,8 @@ class ReconConfig:
         coarse_to_fine: grow the NVP grid from coarse to voxel resolution.
         feature_planes: add NVP's three axis-aligned feature planes to its grid.
         features, hidden: feature channels and MLP width (NVP, triplane).
-        check_every: iterations between host synchronisations.
+        check_every: iterations between host synchronisations (a latency budget has its own).
         plateau_rel_tol: relative loss improvement per check below which the loss has plateaued.
-        stop_on_plateau: end a warm update early on a plateau.
         divergence_factor: a loss window above this factor × the update's first loss (or a
             non-finite loss or Δn) is a divergence: the update rolls back to the last good
             state and the result is flagged.
@@ -106,8 +112,7 @@ class ReconConfig:
 
     method: str = "nvp"
     iterations: int = 300
-    warm_iterations: int = 40
-    time_budget_s: float | None = None
+    warm_budget: WarmBudget = IterationBudget()
     lr: float = 0.04
     tv_weight: float = 4e-3
     nonnegative: bool = True
@@ -122,14 +127,13 @@ class ReconConfig:
     hidden: int = 32
     check_every: int = 10
     plateau_rel_tol: float = 1e-3
-    stop_on_plateau: bool = True
     divergence_factor: float = 10.0
     seed: int = 0
     compile_mode: str | None = None
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (saved with the volumes)."""
-        return asdict(self)
+        return {**asdict(self), "warm_budget": self.warm_budget.to_dict()}
 
 
 @dataclass
@@ -290,8 +294,7 @@ class Reconstructor:
         self._window = gaussian_window(device=self.device)
         self._spectral_models: list[tuple[ForwardModel, float]] | None = None
         # coherence weights of the current estimate, reused across warm updates until stale
-        self._coherence: torch.Tensor | None = None
-        self._coherence_age: int | None = None
+        self._coherence = CoherenceCache()
         self._compiled: tuple[str, Callable[..., torch.Tensor]] | None = None
         self.compile_failure: str | None = None
 
@@ -369,9 +372,7 @@ class Reconstructor:
             base_sources = nominal
             b0, c0 = fit_brightness_background(unperturbed, measured, self._valid)
         torch.manual_seed(cfg.seed)  # the MLP layers' default initialisation draws from torch's global generator
-        self.representation = make_representation(
-            cfg.method, self.geometry.shape_zyx, **self._rep_options()
-        ).to(self.device)
+        self.representation = representation_for(cfg, self.geometry.shape_zyx).to(self.device)
         self.state = ReconState(
             representation={},
             level=0,
@@ -384,8 +385,8 @@ class Reconstructor:
             base_background=c0.detach(),
         )
         self._optimizers = None
-        self._coherence_age = None  # a new estimate: recompute the coherence weights
-        return self._optimise(measured, scale, cfg.iterations, warm=False, callback=callback)
+        self._coherence.invalidate()  # a new estimate: recompute the coherence weights
+        return self._optimise(measured, scale, StopPolicy.cold(cfg.iterations, cfg.check_every), warm=False, callback=callback)
 
     def warm_update(self, frames: np.ndarray, state: ReconState | None = None, callback: ProgressCallback | None = None) -> ReconResult:
         """Update from the previous timepoint's state (cold start when there is none).
@@ -401,7 +402,8 @@ class Reconstructor:
         if self.state is None or self.representation is None:
             return self._cold_start(frames, callback)
         measured, scale = self._measured(frames)
-        return self._optimise(measured, scale, self.config.warm_iterations, warm=True, callback=callback)
+        policy = StopPolicy.warm(self.config.warm_budget, self.config.check_every)
+        return self._optimise(measured, scale, policy, warm=True, callback=callback)
 
     def _with_memory_fallback(self, attempt: Callable[[], ReconResult]) -> ReconResult:
         """Run ``attempt``; out of memory, free what the reconstruction holds, move to the
@@ -430,9 +432,9 @@ class Reconstructor:
         if self.state is not None and self.representation is not None:
             self._store_representation()
             state = _state_on(self.state, torch.device("cpu"))
-        coherence = None if self._coherence is None else self._coherence.cpu()
-        coherence_age = self._coherence_age
-        self.representation, self.state, self._optimizers, self._coherence = None, None, None, None
+        weights, age = self._coherence.weights, self._coherence.age
+        self._coherence.weights = None
+        self.representation, self.state, self._optimizers = None, None, None
         previous = self.device
         self.model = None  # type: ignore[assignment]
         gc.collect()
@@ -447,7 +449,8 @@ class Reconstructor:
         self._finish_seconds = 0.0
         if state is not None:
             self.load_state(state)
-        self._coherence, self._coherence_age = coherence, coherence_age  # the same estimate: same weights
+        # the same estimate: the same weights, as old as they were
+        self._coherence.weights, self._coherence.age = (None if weights is None else weights.cpu()), age
 
     def snapshot(self) -> ReconState:
         """A deep copy of the current warm-start state."""
@@ -458,13 +461,13 @@ class Reconstructor:
 
     def load_state(self, state: ReconState) -> None:
         """Restore a state saved by :meth:`snapshot` (e.g. from another timepoint)."""
-        rep = make_representation(self.config.method, self.geometry.shape_zyx, **self._rep_options())
+        rep = representation_for(self.config, self.geometry.shape_zyx)
         for _ in range(state.level):
             rep.refine()
         rep.load_state_dict(state.representation)
         self.representation = rep.to(self.device)
         self._optimizers = None
-        self._coherence_age = None
+        self._coherence.invalidate()
         self.state = copy.deepcopy(state)
         for name in _STATE_TENSORS:
             setattr(self.state, name, getattr(self.state, name).to(self.device))
@@ -476,18 +479,6 @@ class Reconstructor:
         if self.device.type == "cpu" or self._seconds_per_iteration is None:
             return time.perf_counter() - start_time
         return iterations * self._seconds_per_iteration
-
-    def _rep_options(self) -> dict:
-        cfg = self.config
-        options: dict = {"nonnegative": cfg.nonnegative, "seed": cfg.seed}
-        if cfg.method == "nvp":
-            options.update(
-                features=cfg.features, hidden=cfg.hidden, coarse_to_fine=cfg.coarse_to_fine,
-                feature_planes=cfg.feature_planes,
-            )
-        elif cfg.method == "triplane":
-            options.update(features=cfg.features, hidden=cfg.hidden)
-        return options
 
     def _store_representation(self) -> None:
         rep = self.representation
@@ -533,8 +524,11 @@ class Reconstructor:
             return variance / (variance + d2)
 
     def _optimise(
-        self, measured: torch.Tensor, scale: torch.Tensor, budget: int, *, warm: bool, callback: ProgressCallback | None
+        self, measured: torch.Tensor, scale: torch.Tensor, policy: StopPolicy, *, warm: bool, callback: ProgressCallback | None
     ) -> ReconResult:
+        """Run one update under ``policy``: iterate, check the loss on the host every
+        ``policy.check_every`` iterations (divergence, progress, refinement, plateau) and,
+        under a time budget, stop before the next iteration would overrun it."""
         cfg = self.config
         rep, st = self.representation, self.state
         assert rep is not None and st is not None
@@ -552,12 +546,9 @@ class Reconstructor:
             )
 
         def current_mask() -> torch.Tensor | None:
-            """The coherence weights (recomputed when ``COHERENCE_REFRESH_ITERATIONS`` old) × valid (not defective) pixels."""
-            if self._coherence_age is None or self._coherence_age >= COHERENCE_REFRESH_ITERATIONS:
-                with torch.no_grad():
-                    self._coherence = self._coherence_weights(rep(), *source_parameters(), measured, scale)
-                self._coherence_age = 0
-            weights = self._coherence
+            """The coherence weights (:class:`CoherenceCache`) × valid (not defective) pixels."""
+            with torch.no_grad():
+                weights = self._coherence.get(lambda: self._coherence_weights(rep(), *source_parameters(), measured, scale))
             if self._valid is not None:
                 return self._valid if weights is None else weights * self._valid
             return weights
@@ -566,53 +557,27 @@ class Reconstructor:
         calib = [st.source_offset, st.log_brightness, st.background]
         for p in calib:
             p.requires_grad_(cfg.self_calibration)
-        if warm and self._optimizers is not None:
-            # Keep Adam's moment estimates across timepoints: a fresh Adam takes full-size
-            # first steps in every parameter and would throw the warm state away.
-            opt, calib_opt = self._optimizers
-        else:
-            calib_opt = torch.optim.Adam(
-                [
-                    {"params": [st.source_offset], "lr": cfg.lr_sources_um},
-                    {"params": [st.log_brightness, st.background], "lr": cfg.lr_photometry},
-                ]
-            )
-            opt = torch.optim.Adam(rep.parameter_groups(cfg.lr, warm))
-        _set_lr(opt, rep.parameter_groups(cfg.lr, warm))
-        _set_lr(calib_opt, [{"lr": cfg.lr_sources_um}, {"lr": cfg.lr_photometry}])
-        budget_s = cfg.time_budget_s if warm else None
+        opt, calib_opt = self._optimizers_for(rep, st, warm)
         levels = len(getattr(rep, "levels", [0]))
-        refine_at = [int(budget * f) for f in np.linspace(0, 0.6, levels)[1:]] if not warm else []
+        refine = RefineSchedule(policy.iterations, levels, warm)
+        plateau_detector = PlateauDetector(cfg.plateau_rel_tol)
+        guard = DivergenceGuard(cfg.divergence_factor, rep, calib)
         losses_dev: list[torch.Tensor] = []
         losses: list[float] = []
-        good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
-        good_calib = [p.detach().clone() for p in calib]
         stopped_by = "iterations"
         flagged, message = False, ""
-        last_window = math.inf
-        reference: float | None = None  # the update's first loss: divergence is measured against it
         it = 0
         # The rate the next update plans with is measured at the final resolution: coarse
         # levels iterate faster. A refinement (at a synchronised check point) restarts it.
         rate_since, rate_it = start_time, 0
 
-        def diverged(window: list[float]) -> bool:
-            nonlocal reference
-            if reference is None and window and math.isfinite(window[0]):
-                reference = abs(window[0])
-            current = float(np.mean(window))
-            limit = cfg.divergence_factor * reference if reference is not None else math.inf
-            return not math.isfinite(current) or current > limit
-
         def roll_back(why: str) -> None:
             nonlocal stopped_by, flagged, message
-            rep.load_state_dict(good)
-            with torch.no_grad():
-                for p, g in zip(calib, good_calib):
-                    p.copy_(g)
+            guard.roll_back()
             stopped_by, flagged = "diverged", True
             message = f"{why}; rolled back to the last good state."
-        for it in range(1, budget + 1):
+
+        for it in range(1, policy.iterations + 1):
             opt.zero_grad(set_to_none=True)
             calib_opt.zero_grad(set_to_none=True)
             inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight)
@@ -622,49 +587,42 @@ class Reconstructor:
             if cfg.self_calibration and (warm or it > cfg.calibration_warmup):
                 calib_opt.step()
             losses_dev.append(loss.detach().clone())  # a CUDA graph's output is overwritten by its next replay
-            self._coherence_age = (self._coherence_age or 0) + 1  # set by current_mask()
-            scheduled_refine = it in refine_at
-            if it % cfg.check_every == 0 or it == budget or scheduled_refine:
+            self._coherence.tick()
+            if policy.checks_at(it) or refine.scheduled(it):
                 window = torch.stack(losses_dev).cpu().tolist()
                 losses_dev.clear()
                 losses.extend(window)
                 current = float(np.mean(window))
-                if diverged(window):
+                if guard.diverged(window):
                     roll_back(f"The loss diverged ({current:.3g}) by iteration {it}")
                     break
-                good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
-                good_calib = [p.detach().clone() for p in calib]
-                if budget_s is None:
+                guard.keep()
+                if policy.seconds is None:
                     # Under a time budget the weights are refreshed only at an update's start,
                     # where their cost is counted before the iterations are planned.
                     mask = current_mask()
                 if callback is not None:
-                    callback(it, budget, window[-1])
-                plateau = last_window - current < cfg.plateau_rel_tol * abs(last_window)
-                last_window = current
-                if scheduled_refine or (plateau and not warm and levels > 1 and it < 0.6 * budget):
-                    if rep.refine():
-                        rate_since, rate_it = time.perf_counter(), it
-                        opt = torch.optim.Adam(rep.parameter_groups(cfg.lr, warm))
-                        good = {k: v.detach().clone() for k, v in rep.state_dict().items()}
-                        refine_at = [r for r in refine_at if r > it]
-                        last_window = math.inf
-                        continue
-                if warm and plateau and cfg.stop_on_plateau:
+                    callback(it, policy.iterations, window[-1])
+                plateau = plateau_detector.update(current)
+                if refine.due(it, plateau) and rep.refine():
+                    rate_since, rate_it = time.perf_counter(), it
+                    opt = torch.optim.Adam(rep.parameter_groups(cfg.lr, warm))
+                    guard.keep(calibration_too=False)
+                    refine.refined(it)
+                    plateau_detector.reset()
+                    continue
+                if plateau and policy.stop_on_plateau:
                     stopped_by = "plateau"
                     break
-            if budget_s is not None:
-                # The next iteration takes as long as the previous update's, or this one's if
-                # slower (a loaded machine); then the result is decoded and copied, as long as
-                # last time.
-                spent = self._spent(start_time, it)
-                if spent + max(self._seconds_per_iteration or 0.0, spent / it) + self._finish_seconds > budget_s:
-                    stopped_by = "time"
-                    break
+            if policy.seconds is not None and time_is_up(
+                self._spent(start_time, it), it, self._seconds_per_iteration, self._finish_seconds, policy.seconds
+            ):
+                stopped_by = "time"
+                break
         if losses_dev:
             window = torch.stack(losses_dev).cpu().tolist()
             losses.extend(window)
-            if not flagged and diverged(window):
+            if not flagged and guard.diverged(window):
                 roll_back(f"The loss diverged ({float(np.mean(window)):.3g}) by iteration {it}")
         loop_end = time.perf_counter()
         loop_seconds = loop_end - start_time
@@ -699,6 +657,30 @@ class Reconstructor:
             flagged=flagged,
             message=" ".join(m for m in (message, self._compile_note()) if m),
         )
+
+    def _optimizers_for(
+        self, rep: Representation, st: ReconState, warm: bool
+    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        """The representation's and the calibration's Adam optimisers at this update's rates.
+
+        A warm update keeps the previous update's optimisers: Adam's moment estimates carry
+        over, where a fresh Adam would take full-size first steps in every parameter and
+        throw the warm state away.
+        """
+        cfg = self.config
+        if warm and self._optimizers is not None:
+            opt, calib_opt = self._optimizers
+        else:
+            calib_opt = torch.optim.Adam(
+                [
+                    {"params": [st.source_offset], "lr": cfg.lr_sources_um},
+                    {"params": [st.log_brightness, st.background], "lr": cfg.lr_photometry},
+                ]
+            )
+            opt = torch.optim.Adam(rep.parameter_groups(cfg.lr, warm))
+        _set_lr(opt, rep.parameter_groups(cfg.lr, warm))
+        _set_lr(calib_opt, [{"lr": cfg.lr_sources_um}, {"lr": cfg.lr_photometry}])
+        return opt, calib_opt
 
     def _loss_and_gradients(self, inputs: tuple, calibration: list[torch.Tensor], *, final_resolution: bool) -> torch.Tensor:
         """Evaluate :func:`fit_loss` on ``inputs`` and back-propagate it: through

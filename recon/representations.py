@@ -10,12 +10,14 @@ typical biological Δn.
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .methods import METHODS
 
 #: Typical Δn magnitude of cells and tissue; network outputs are scaled by it.
 DN_SCALE = 0.05
@@ -52,6 +54,31 @@ def _activate(raw: torch.Tensor, nonnegative: bool) -> torch.Tensor:
     return DN_SCALE * raw
 
 
+class RepresentationSettings(Protocol):
+    """The settings representations read, read-only (``ReconConfig`` has them)."""
+
+    @property
+    def method(self) -> str: ...  # noqa: D102
+
+    @property
+    def nonnegative(self) -> bool: ...  # noqa: D102
+
+    @property
+    def seed(self) -> int: ...  # noqa: D102
+
+    @property
+    def features(self) -> int: ...  # noqa: D102
+
+    @property
+    def hidden(self) -> int: ...  # noqa: D102
+
+    @property
+    def coarse_to_fine(self) -> bool: ...  # noqa: D102
+
+    @property
+    def feature_planes(self) -> bool: ...  # noqa: D102
+
+
 class Representation(nn.Module):
     """Base class: ``forward() -> Δn [Z, Y, X]``, ``refine() -> bool``."""
 
@@ -59,6 +86,12 @@ class Representation(nn.Module):
         super().__init__()
         self.shape_zyx = tuple(int(n) for n in shape_zyx)
         self.nonnegative = nonnegative
+
+    @classmethod
+    def options(cls, config: RepresentationSettings) -> dict[str, Any]:
+        """The keyword arguments this representation takes from a reconstruction's settings
+        (each representation adds its own; nothing branches on the method's name)."""
+        return {"nonnegative": config.nonnegative}
 
     def refine(self) -> bool:
         """Grow the resolution one step; ``False`` when already at full resolution."""
@@ -220,6 +253,14 @@ class NVP(Representation):
             pz, py, px = _grid_levels(self.shape_zyx, plane_fraction, 1)[0]
             self.planes.extend(nn.Parameter(torch.zeros(features, a, b)) for a, b in ((py, px), (pz, px), (pz, py)))
 
+    @classmethod
+    def options(cls, config: RepresentationSettings) -> dict[str, Any]:
+        """Δn ≥ 0, seed, feature channels, MLP width, coarse-to-fine and feature planes."""
+        return {
+            **super().options(config), "seed": config.seed, "features": config.features, "hidden": config.hidden,
+            "coarse_to_fine": config.coarse_to_fine, "feature_planes": config.feature_planes,
+        }
+
     @property
     def resolution(self) -> tuple[int, ...]:
         """Current resolution ``(Z, Y, X)`` of the 3D feature grid."""
@@ -262,7 +303,7 @@ class NVP(Representation):
 class Explicit(Representation):
     """One Δn value per voxel (the classic explicit baseline)."""
 
-    def __init__(self, shape_zyx: tuple[int, int, int], nonnegative: bool = True, **_: object) -> None:
+    def __init__(self, shape_zyx: tuple[int, int, int], nonnegative: bool = True) -> None:
         super().__init__(shape_zyx, nonnegative)
         self.values = nn.Parameter(torch.zeros(self.shape_zyx))
 
@@ -291,7 +332,6 @@ class Triplane(Representation):
         hidden: int = 32,
         nonnegative: bool = True,
         seed: int = 0,
-        **_: object,
     ) -> None:
         super().__init__(shape_zyx, nonnegative)
         z, y, x = self.shape_zyx
@@ -300,6 +340,11 @@ class Triplane(Representation):
         self.plane_xz = nn.Parameter(0.01 * torch.randn(features, z, x, generator=gen))
         self.plane_yz = nn.Parameter(0.01 * torch.randn(features, z, y, generator=gen))
         self.decoder = _seeded_decoder(features, hidden, seed)
+
+    @classmethod
+    def options(cls, config: RepresentationSettings) -> dict[str, Any]:
+        """Δn ≥ 0, seed, feature channels and MLP width."""
+        return {**super().options(config), "seed": config.seed, "features": config.features, "hidden": config.hidden}
 
     def forward(self) -> torch.Tensor:
         """Δn ``[Z, Y, X]`` decoded from the summed plane features."""
@@ -316,16 +361,31 @@ class Triplane(Representation):
         return [{"params": planes, "lr": lr}, {"params": list(self.decoder.parameters()), "lr": self.decoder_lr(lr, warm)}]
 
 
-REPRESENTATIONS: dict[str, type[Representation]] = {"nvp": NVP, "explicit": Explicit, "triplane": Triplane}
+#: Method name (:data:`~nvplive.recon.methods.METHODS`, in that order) → representation.
+REPRESENTATIONS: dict[str, type[Representation]] = dict(zip(METHODS, (NVP, Explicit, Triplane), strict=True))
 
 
 def make_representation(method: str, shape_zyx: tuple[int, int, int], **options: Any) -> Representation:
-    """Build a representation by name (``nvp``, ``explicit``, ``triplane``)."""
+    """Build a representation by name (:data:`~nvplive.recon.methods.METHODS`).
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    return _representation_class(method)(shape_zyx, **options)
+
+
+def representation_for(config: RepresentationSettings, shape_zyx: tuple[int, int, int]) -> Representation:
+    """The representation of ``config.method`` with the options it takes from ``config``
+    (:meth:`Representation.options`). Raises ValueError for an unknown method."""
+    cls = _representation_class(config.method)
+    return cls(shape_zyx, **cls.options(config))
+
+
+def _representation_class(method: str) -> type[Representation]:
     try:
-        cls = REPRESENTATIONS[method]
+        return REPRESENTATIONS[method]
     except KeyError:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(REPRESENTATIONS)}.") from None
-    return cls(shape_zyx, **options)
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.") from None
 
 
 def count_parameters(module: nn.Module) -> int:

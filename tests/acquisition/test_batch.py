@@ -20,12 +20,13 @@ from nvplive.acquisition.offline import reconstruct_recording, reconstructor_for
 from nvplive.acquisition.recording import Recording
 from nvplive.cli import main as cli_main
 from nvplive.errors import NvpLiveError
+from nvplive.recon.loop import IterationBudget
 from nvplive.recon.metrics import absolute_scores
 from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import PartialCoherence
 
 T = 6
-CONFIG = ReconConfig(iterations=60, warm_iterations=10)
+CONFIG = ReconConfig(iterations=60, warm_budget=IterationBudget(10))
 #: docs/batch.md: with several chunks, each timepoint's Δn differs from the serial chain's by
 #: at most this RMSE relative to the truth's range, and the mean Δn PSNR drops at most
 #: PSNR_DROP_DB (measured here: ≤ 0.03 of the range, no drop).
@@ -195,7 +196,7 @@ def test_cli_reconstruct_on_a_local_cluster(recording, serial, tmp_path, capsys)
     path = fresh_copy(recording, tmp_path)
     status = cli_main([
         "reconstruct", str(path), "--scheduler", "local", "--workers", "1", "--iterations", str(CONFIG.iterations),
-        "--warm-iterations", str(CONFIG.warm_iterations), "--device", "cpu",
+        "--warm-iterations", str(CONFIG.warm_budget.iterations), "--device", "cpu",
     ])
     out = capsys.readouterr()
     assert status == 0, out.err

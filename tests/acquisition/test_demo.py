@@ -10,6 +10,7 @@ from nvplive.acquisition.demo import default_reconstructor_factory, run_headless
 from nvplive.acquisition.microscope import build_demo_core
 from nvplive.acquisition.recording import open_recording
 from nvplive.errors import RecordingError
+from nvplive.recon.loop import IterationBudget
 from nvplive.recon.phantoms import Cardiomyocyte
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
@@ -18,7 +19,7 @@ def small_reconstructor(info):
     return Reconstructor(
         info.optics, info.geometry, info.sources_um_xyz,
         camera_offset=info.camera_model.offset, camera_gain=info.camera_model.gain,
-        config=ReconConfig(iterations=8, warm_iterations=2, check_every=2), device="cpu",
+        config=ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2), device="cpu",
     )
 
 
@@ -53,7 +54,7 @@ def test_headless_demo_writes_frames_truth_and_live_volumes(tmp_path):
             first_clock = rec.frame_metadata(tp.t)[0]["sim_clock_time_s"]
             assert 0.0 <= first_clock - tp.sample_time_s < 0.15  # held when its first view started
         assert rec.volume_timepoints == tuple(result.reconstructed)
-        assert rec.volume_settings[3]["settings"]["warm_iterations"] == 2
+        assert rec.volume_settings[3]["settings"]["warm_budget"]["iterations"] == 2
         assert rec.meta.extra["simulated"] is True and rec.meta.extra["phantom"] == "Cardiomyocyte"
         stamps = np.concatenate([rec.timestamps(t) for t in range(4)])
         assert np.all(np.diff(stamps) > 0)

@@ -15,7 +15,6 @@ import torch
 from acq_helpers import FAST, SHAPE, VOXEL
 
 from nvplive.acquisition.live import (
-    LATENCY_MODE_ITERATION_CAP,
     LIVE_CONFIG,
     DemoOptions,
     LiveReconstructor,
@@ -26,6 +25,7 @@ from nvplive.acquisition.live import (
     load_demo_microscope,
 )
 from nvplive.acquisition.recording import open_recording
+from nvplive.recon.loop import LATENCY_ITERATION_CAP, IterationBudget
 from nvplive.recon.phantoms import Cardiomyocyte
 from nvplive.recon.reconstructor import ReconConfig
 
@@ -96,8 +96,8 @@ def test_live_session_runs_headless_with_the_app_configuration(microscope, tmp_p
             assert times == session.sample_times[t] and len(set(times)) == 1
             np.testing.assert_allclose(rec.ground_truth(t), phantom.at(times[0]), atol=1e-7)
         stored = rec.volume_settings[updates[-1].t]["settings"]
-        assert stored["time_budget_s"] == 1.0 and stored["check_every"] == 1 and stored["stop_on_plateau"] is False
-        assert stored["warm_iterations"] == LATENCY_MODE_ITERATION_CAP and stored["iterations"] == 120
+        assert stored["warm_budget"] == {"kind": "latency", "seconds": 1.0, "check_every": 1, "max_iterations": LATENCY_ITERATION_CAP}
+        assert stored["iterations"] == 120
         assert stored["device"] == "cpu" and stored["warm_start"] is True
 
 
@@ -133,14 +133,14 @@ def test_a_failed_ground_truth_write_is_reported_and_the_acquisition_goes_on(mic
 
 
 def test_settings_requested_while_running_apply_before_the_next_update(microscope):
-    recon = live_reconstructor(microscope.info, ReconConfig(iterations=4, warm_iterations=2, check_every=2), "cpu")
+    recon = live_reconstructor(microscope.info, ReconConfig(iterations=4, warm_budget=IterationBudget(2), check_every=2), "cpu")
     assert isinstance(recon, LiveReconstructor)
     offset = microscope.info.camera_model.offset
     frames = np.stack([offset + microscope.scene.expected_frame(v, 0.0, exposure_ms=2.0) for v in range(VIEWS)])
     first = recon.warm_update(frames)
     assert not first.warm and first.iterations == 4
-    recon.request(warm_iterations=3, tv_weight=0.02)
-    assert recon.config.warm_iterations == 2 and recon.has_pending_changes  # not before the next update
+    recon.request(warm_budget=IterationBudget(3), tv_weight=0.02)
+    assert recon.config.warm_budget == IterationBudget(2) and recon.has_pending_changes  # not before the next update
     second = recon.warm_update(frames)
     assert second.warm and second.iterations == 3 and recon.config.tv_weight == 0.02
     recon.request(method="explicit")

@@ -8,9 +8,10 @@ from acq_helpers import tiny_core
 
 from nvplive.acquisition.pipeline import FDTAcquisition, ReconstructionWorker, recording_meta
 from nvplive.acquisition.recording import RecordingWriter, open_recording
+from nvplive.recon.loop import IterationBudget
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
-CONFIG = ReconConfig(iterations=8, warm_iterations=4, check_every=2, stop_on_plateau=False)
+CONFIG = ReconConfig(iterations=8, warm_budget=IterationBudget(4, stop_on_plateau=False), check_every=2)
 
 
 class SabotagedOnce(Reconstructor):

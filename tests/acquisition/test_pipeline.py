@@ -15,6 +15,7 @@ from nvplive.acquisition.microscope import demo_camera
 from nvplive.acquisition.pipeline import FDTAcquisition, ReconstructionWorker, recording_meta
 from nvplive.acquisition.recording import RecordingWriter, open_recording
 from nvplive.errors import RecordingError
+from nvplive.recon.loop import IterationBudget
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
 
@@ -136,7 +137,7 @@ def test_live_reconstruction_with_the_real_reconstructor(tmp_path):
     core, info, scene, writer = _setup(tmp_path, views=3)
     recon = Reconstructor(
         info.optics, info.geometry, info.sources_um_xyz, camera_offset=scene.camera.offset,
-        config=ReconConfig(iterations=8, warm_iterations=2, check_every=2), device="cpu",
+        config=ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2), device="cpu",
     )
     acq = FDTAcquisition(core, info, writer, timepoints=5, interval_s=0.0)
     worker = ReconstructionWorker(recon, writer)

@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_recording import make_meta, write_recording
 
 from nvplive import cli
 from nvplive.acquisition.recording import JSON_NAME, RecordingWriter, open_recording
 from nvplive.errors import GeometryError, ReconstructionError
 from nvplive.recon.capacity import check_memory, check_plausible, estimated_bytes, free_bytes
 from nvplive.recon.optics import Optics, VolumeGeometry
-
-from test_recording import make_meta, write_recording
 
 
 def run(capsys, *argv: str) -> str:

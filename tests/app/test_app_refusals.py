@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import os
 
-from nvplive.acquisition.live import DemoOptions
-
 from test_main_window import FAST, VOXEL, _one_thread, hardware_files, make_window, settings_file  # noqa: F401 (fixtures)
+
+from nvplive.acquisition.live import DemoOptions
 
 
 def _loaded_or_refused(window, qtbot) -> None:

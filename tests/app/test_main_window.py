@@ -25,6 +25,7 @@ from nvplive.acquisition.microscope import demo_camera
 from nvplive.acquisition.offline import simulate_recording
 from nvplive.acquisition.recording import open_recording
 from nvplive.app.main_window import MainWindow
+from nvplive.recon.loop import IterationBudget, LatencyBudget
 from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import PartialCoherence
 
@@ -32,7 +33,7 @@ SHAPE = (16, 32, 32)
 VOXEL = (0.25, 0.25, 0.25)
 FAST = PartialCoherence(n_wavelengths=1, n_subsources=1)
 VIEWS = 3
-TINY_CONFIG = ReconConfig(iterations=8, warm_iterations=2, check_every=2)
+TINY_CONFIG = ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2)
 
 
 @pytest.fixture(autouse=True)
@@ -175,7 +176,7 @@ def test_controls_change_what_the_worker_uses(make_window, qtbot):
     worker = session.worker
     recon = worker.reconstructor
     assert recon is window.reconstructor
-    assert recon.config.method == "nvp" and recon.config.warm_iterations == 2
+    assert recon.config.method == "nvp" and recon.config.warm_budget == IterationBudget(2)
     first_inner = recon.inner
 
     panel = window.recon_panel
@@ -190,7 +191,7 @@ def test_controls_change_what_the_worker_uses(make_window, qtbot):
     # full cold budget), the ones after run the new warm budget.
     qtbot.waitUntil(lambda: len(worker.records) >= changed_at + 3, timeout=60_000)
     cfg = worker.reconstructor.config
-    assert (cfg.method, cfg.tv_weight, cfg.warm_iterations) == ("explicit", 0.01, 3)
+    assert (cfg.method, cfg.tv_weight, cfg.warm_budget) == ("explicit", 0.01, IterationBudget(3))
     assert recon.device_name == "auto" and recon.inner is not first_inner and str(recon.device) == "cpu"
     assert worker.method == "explicit" and worker.settings["tv_weight"] == 0.01
     after = [r.iterations for r in worker.records[changed_at:]]
@@ -203,8 +204,7 @@ def test_controls_change_what_the_worker_uses(make_window, qtbot):
     panel.latency.setValue(0.25)
     n = len(worker.records)
     qtbot.waitUntil(lambda: len(worker.records) >= n + 2, timeout=60_000)
-    assert worker.reconstructor.config.time_budget_s == 0.25
-    assert worker.reconstructor.config.check_every == 1
+    assert worker.reconstructor.config.warm_budget == LatencyBudget(0.25)  # checks every iteration
     assert worker.records[-1].seconds < 0.25 + 1.0
 
     # A device this machine does not have is refused with a message; the worker keeps its device.
@@ -221,7 +221,7 @@ def test_controls_change_what_the_worker_uses(make_window, qtbot):
     with open_recording(session.path) as rec:
         stored = rec.volume_settings[last_t]
     assert stored["method"] == "explicit"
-    assert stored["settings"]["tv_weight"] == 0.01 and stored["settings"]["time_budget_s"] == 0.25
+    assert stored["settings"]["tv_weight"] == 0.01 and stored["settings"]["warm_budget"]["seconds"] == 0.25
 
 
 def _tiny_recording(path: Path, timepoints: int = 3) -> Path:
@@ -430,4 +430,4 @@ def test_settings_persist(make_window, settings_file, qtbot):
     assert again.acquisition_panel.exposure.value() == pytest.approx(12.5)
     assert again.volume_view.mode == "translucent"
     config = again.model.reconstruction.config()
-    assert config.method == "triplane" and config.time_budget_s == pytest.approx(0.7)
+    assert config.method == "triplane" and config.warm_budget.target_latency_s == pytest.approx(0.7)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from PySide6 import QtCore
 
-from nvplive.acquisition.live import LATENCY_MODE_ITERATION_CAP, LIVE_CONFIG
+from nvplive.acquisition.live import LIVE_CONFIG
 from nvplive.app.model import SETTINGS_VERSION, AppModel
+from nvplive.recon.loop import LATENCY_ITERATION_CAP, IterationBudget, LatencyBudget
 from nvplive.recon.reconstructor import ReconConfig
 
 pytestmark = pytest.mark.nodisplay
@@ -30,14 +31,14 @@ def test_fields_are_evented_and_the_defaults_are_the_live_configuration():
 
 def test_budget_modes_give_the_config_the_reconstructor_runs():
     rec = AppModel().reconstruction
-    rec.use_config(ReconConfig(iterations=8, warm_iterations=2, check_every=2))
+    rec.use_config(ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2))
     assert rec.budget_mode == "iterations" and rec.cold_iterations == 8
     config = rec.config()
-    assert (config.warm_iterations, config.time_budget_s, config.check_every, config.stop_on_plateau) == (2, None, 2, True)
+    assert (config.warm_budget, config.check_every) == (IterationBudget(2, stop_on_plateau=True), 2)
     rec.budget_mode, rec.latency_s = "latency", 0.25
     config = rec.config()
-    assert config.time_budget_s == 0.25 and config.warm_iterations == LATENCY_MODE_ITERATION_CAP
-    assert config.check_every == 1 and config.stop_on_plateau is False
+    # a latency budget runs until its time (no plateau stop), checking every iteration
+    assert config.warm_budget == LatencyBudget(seconds=0.25, check_every=1, max_iterations=LATENCY_ITERATION_CAP)
     assert config.iterations == 8  # the base's cold start stays
 
 

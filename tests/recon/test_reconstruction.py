@@ -11,6 +11,7 @@ import torch
 from scipy import ndimage
 
 from nvplive.errors import ReconstructionError
+from nvplive.recon.loop import IterationBudget
 from nvplive.recon.metrics import absolute_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
@@ -110,7 +111,7 @@ def test_warm_start_reaches_cold_loss_in_far_fewer_iterations():
     sources = default_sources(GEOMETRY, 7, seed=1)
     moved = np.roll(dn, 1, axis=2)  # the specimen moved by one voxel
     frames0, frames1 = noiseless_frames(dn, sources), noiseless_frames(moved, sources)
-    config = ReconConfig(iterations=200, warm_iterations=200, stop_on_plateau=False, check_every=5)
+    config = ReconConfig(iterations=200, warm_budget=IterationBudget(200, stop_on_plateau=False), check_every=5)
     cold = Reconstructor(OPTICS, GEOMETRY, sources, config=config, device="cpu")
     cold_loss = cold.cold_start(frames1).loss
     warm = Reconstructor(OPTICS, GEOMETRY, sources, config=config, device="cpu")
@@ -179,7 +180,7 @@ def test_every_representation_runs_the_same_loop(method):
     dn, _ = two_spheres()
     sources = default_sources(GEOMETRY, 6, seed=1)
     frames = noiseless_frames(dn, sources)
-    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(method=method, iterations=30, warm_iterations=10), device="cpu")
+    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(method=method, iterations=30, warm_budget=IterationBudget(10)), device="cpu")
     first = rec.cold_start(frames)
     second = rec.warm_update(frames)
     assert second.warm and second.iterations <= 10
@@ -208,7 +209,7 @@ def _small_runs(compile_mode: str | None) -> tuple[Reconstructor, list]:
     dn[2:6, 8:14, 6:12] = 0.03
     sources = default_sources(SMALL, 3, seed=1)
     frames = Simulator(OPTICS, SMALL, sources, photons=5000.0, coherence=COHERENT, camera=NOISELESS, seed=0).expected(dn)
-    config = ReconConfig(iterations=30, warm_iterations=10, stop_on_plateau=False, compile_mode=compile_mode)
+    config = ReconConfig(iterations=30, warm_budget=IterationBudget(10, stop_on_plateau=False), compile_mode=compile_mode)
     rec = Reconstructor(OPTICS, SMALL, sources, config=config, device="cpu")
     return rec, [rec.cold_start(frames), rec.warm_update(frames)]
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nvplive.errors import ReconstructionError
+from nvplive.recon.loop import IterationBudget, LatencyBudget
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
@@ -20,7 +21,7 @@ SHAPE = (8, 24, 24)
 VOXEL = (0.25, 0.25, 0.25)
 GEOMETRY = VolumeGeometry(SHAPE, VOXEL)
 SOURCES = default_sources(GEOMETRY, 3, seed=1)
-CONFIG = ReconConfig(iterations=20, warm_iterations=10, check_every=5, stop_on_plateau=False)
+CONFIG = ReconConfig(iterations=20, warm_budget=IterationBudget(10, stop_on_plateau=False), check_every=5)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_divergence_under_a_time_budget_is_still_caught(frames):
     """The time budget can end an update between two checks: the end is checked too."""
     rec = _reconstructor()
     good = rec.cold_start(frames[0])
-    rec.with_config(lr=1e30, check_every=1000, warm_iterations=200, time_budget_s=0.3)
+    rec.with_config(lr=1e30, warm_budget=LatencyBudget(0.3, check_every=1000, max_iterations=200))
     bad = rec.warm_update(frames[1])
     assert bad.flagged and bad.stopped_by == "diverged"
     np.testing.assert_array_equal(bad.dn, good.dn)
@@ -140,7 +141,7 @@ def test_time_budget_holds_when_the_machine_slows_down(frames, monkeypatch):
 
     rec = _reconstructor()
     rec.cold_start(frames[0])
-    rec.with_config(warm_iterations=200, stop_on_plateau=False, time_budget_s=1.0)
+    rec.with_config(warm_budget=LatencyBudget(1.0, max_iterations=200))
     rec.warm_update(frames[1])  # learns this machine's (fast) rate
     original = reconstructor_module.render
 
@@ -161,7 +162,7 @@ def test_time_budget_leaves_room_for_the_result(frames):
     (decoding Δn, copies to the host), so a slow finish does not push the update past it."""
     rec = _reconstructor()
     rec.cold_start(frames[0])
-    rec.with_config(warm_iterations=200, stop_on_plateau=False, time_budget_s=1.0)
+    rec.with_config(warm_budget=LatencyBudget(1.0, max_iterations=200))
     store = rec._store_representation
 
     def slow_store() -> None:
@@ -187,12 +188,13 @@ def test_coherence_weights_refresh_every_50_iterations_and_not_inside_a_timed_up
     weights = rec._coherence_weights
 
     def counted(*args, **kwargs):
-        calls.append(rec._coherence_age)
+        calls.append(rec._coherence.age)
         return weights(*args, **kwargs)
 
     rec._coherence_weights = counted
-    rec._coherence_age = 45  # stale after 5 more iterations
-    rec.with_config(check_every=1, warm_iterations=20, time_budget_s=time_budget_s)
+    rec._coherence.age = 45  # stale after 5 more iterations
+    budget = IterationBudget(20, stop_on_plateau=False) if time_budget_s is None else LatencyBudget(time_budget_s, check_every=1, max_iterations=20)
+    rec.with_config(check_every=1, warm_budget=budget)
     result = rec.warm_update(frames[1])
     assert result.iterations == 20
     assert calls == [50] * refreshes  # once at age 50 without a budget (not every 5 checks)

@@ -54,7 +54,7 @@ from nvplive.errors import GeometryError, RecordingError
 from nvplive.recon.optics import Optics, VolumeGeometry
 
 from .recording_lock import RecordingLock, lock_holder
-from .schema import CameraSection, GroundTruthEntry, RecordingHeader, TimepointEntry, VolumeEntry, validate
+from .schema import CameraSection, GroundTruthEntry, InstrumentSection, RecordingHeader, TimepointEntry, VolumeEntry, validate
 
 FORMAT_NAME = "nvp-live-recording"
 FORMAT_VERSION = 1
@@ -284,10 +284,10 @@ class RecordingMeta:
         if not isinstance(self.extra, dict):
             raise RecordingError(f"RecordingMeta: extra must be a dictionary, got {_show(self.extra)}.")
         object.__setattr__(self, "extra", _json_normalise(self.extra, "RecordingMeta: extra"))
-        if self.instrument is not None:
-            if not isinstance(self.instrument, dict):
-                raise RecordingError(f"RecordingMeta: instrument must be a dictionary, got {_show(self.instrument)}.")
-            object.__setattr__(self, "instrument", _json_normalise(self.instrument, "RecordingMeta: instrument"))
+        if self.instrument is not None:  # written as the reader will check it
+            instrument = _json_normalise(self.instrument, "RecordingMeta: instrument")
+            checked = validate(InstrumentSection, instrument, "RecordingMeta", RecordingError, prefix="instrument")
+            object.__setattr__(self, "instrument", checked.model_dump())
         problem = _camera_mismatch(self.camera, self.geometry)
         if problem:
             raise RecordingError(f"RecordingMeta: {problem}.")

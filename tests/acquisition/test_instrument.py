@@ -15,7 +15,7 @@ from nvplive.acquisition.microscope import apply_settings, load_settings, releas
 from nvplive.acquisition.offline import reconstructor_for
 from nvplive.acquisition.pipeline import FDTAcquisition, recording_meta
 from nvplive.acquisition.recording import RecordingWriter, open_recording
-from nvplive.errors import AcquisitionError, ReconstructionError
+from nvplive.errors import AcquisitionError, ReconstructionError, RecordingError
 from nvplive.recon.reconstructor import ReconConfig
 
 
@@ -221,3 +221,26 @@ def test_old_recordings_without_a_bit_depth_read_as_16_bits(tmp_path):
     (path / "recording.json").write_text(json.dumps(doc))
     with open_recording(path) as old:
         assert old.meta.camera.bit_depth == 16 and old.meta.instrument is None
+
+
+# --------------------------------------------------------------------------- one schema
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda d: d["camera"].update(gian=1.0), 'field "camera.gian" is not part of the format'),
+        (lambda d: d.update(comment="x"), 'field "comment" is not part of the format'),
+        (lambda d: d["instrument"].update(bit_depth="12"), 'field "instrument.bit_depth": Input should be a valid integer'),
+        (lambda d: d["instrument"].update(trigger_mode="maybe"), 'field "instrument.trigger_mode"'),
+        (lambda d: d["volume"].update(voxel_um_zyx=[0.25, 0.2, 0.25]), "camera pixels are square"),
+    ],
+)
+def test_recording_json_is_checked_by_the_schema_naming_file_and_field(tmp_path, edit, needle):
+    core, info, _ = tiny_core(views=3)
+    path = tmp_path / "run.fdt"
+    _record(core, info, path, timepoints=1).close()
+    doc = json.loads((path / "recording.json").read_text())
+    edit(doc)
+    (path / "recording.json").write_text(json.dumps(doc))
+    with pytest.raises(RecordingError) as error:
+        open_recording(path)
+    assert str(error.value).startswith(str(path / "recording.json")) and needle in str(error.value)

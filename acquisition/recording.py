@@ -53,6 +53,7 @@ from nvplive import __version__
 from nvplive.errors import GeometryError, RecordingError
 from nvplive.recon.optics import Optics, VolumeGeometry
 
+from .ome import ome_xml
 from .recording_lock import RecordingLock, lock_holder
 from .schema import CameraSection, GroundTruthEntry, InstrumentSection, RecordingHeader, TimepointEntry, VolumeEntry, validate
 
@@ -409,34 +410,9 @@ def _install_description(path: Path, text: bytes, durable: bool) -> None:
             os.fsync(f.fileno())
 
 
-def _ome_xml(
-    *,
-    name: str,
-    dtype: str,
-    shape: tuple[int, ...],
-    axes: str,
-    pixel_um_zyx: tuple[float, float, float] | tuple[float, float],
-    description: dict,
-    channel_names: list[str] | None = None,
-    time_increment_s: float | None = None,
-) -> bytes:
-    """OME-XML for one image stored as consecutive pages (ASCII with character references)."""
-    pages = int(np.prod(shape[:-2]))
-    metadata: dict[str, Any] = {
-        "Name": name,
-        "Description": json.dumps(description, allow_nan=False),
-        "PhysicalSizeX": pixel_um_zyx[-1],
-        "PhysicalSizeY": pixel_um_zyx[-2],
-    }
-    if "Z" in axes:
-        metadata["PhysicalSizeZ"] = pixel_um_zyx[0]
-    if channel_names is not None:
-        metadata["Channel"] = {"Name": channel_names}
-    if time_increment_s is not None:
-        metadata["TimeIncrement"] = time_increment_s
-    ome = tifffile.OmeXml(Creator=f"nvp-live {__version__}")
-    ome.addimage(dtype, shape, (pages, 1, 1, shape[-2], shape[-1], 1), axes=axes, **metadata)
-    return ome.tostring(declaration=True).encode("ascii", "xmlcharrefreplace")
+def _ome_xml(*, description: dict, **image: Any) -> bytes:
+    """OME-XML of one of the recording's TIFFs (:func:`~nvplive.acquisition.ome.ome_xml`; the description is JSON)."""
+    return ome_xml(description=json.dumps(description, allow_nan=False), **image)
 
 
 # --------------------------------------------------------------------------- document

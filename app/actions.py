@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from nvplive.acquisition.ome import export_dn_stack as write_dn_stack
 from nvplive.acquisition.recording import Recording
 from nvplive.errors import NvpLiveError
 
 from . import style
-from .export import export_dn_stack as write_dn_stack
 from .export import mp4_available
 from .movie import MovieExport
 

@@ -1,4 +1,5 @@
-"""Exports: Δn stacks as OME-TIFF, movies of the 3D view (MP4, animated PNG or PNG frames).
+"""Movies of the 3D view (MP4, animated PNG or PNG frames); Δn stacks are exported by
+:func:`nvplive.acquisition.ome.export_dn_stack`.
 
 No Qt here: the main window renders, these functions write files (and may run in
 a worker thread).
@@ -14,67 +15,10 @@ from __future__ import annotations
 import importlib.util
 import queue
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from PIL import Image
-
-
-# ---------------------------------------------------------------------------------------
-# Δn stacks
-# ---------------------------------------------------------------------------------------
-def export_dn_stack(
-    path: str | Path,
-    dn: np.ndarray,
-    voxel_um_zyx: Sequence[float],
-    *,
-    n_medium: float,
-    interval_s: float | None = None,
-    timepoints: Sequence[int] | None = None,
-    name: str = "delta_n",
-    description: str = "",
-) -> Path:
-    """Write Δn as an OME-TIFF with physical voxel sizes (µm).
-
-    Args:
-        path: output file (``.ome.tif`` is appended when missing).
-        dn: float Δn, ``[Z, Y, X]`` or ``[T, Z, Y, X]``.
-        voxel_um_zyx: voxel size (dz, dy, dx) in µm.
-        n_medium: refractive index of the medium (RI = n_medium + Δn), stored in the description.
-        interval_s: time between timepoints (s), stored as the OME time increment.
-        timepoints: the recording's timepoint of each stack (stored in the description).
-    """
-    path = Path(path)
-    if not path.name.lower().endswith((".ome.tif", ".ome.tiff")):
-        path = path.with_name(path.name.removesuffix(".tif").removesuffix(".tiff") + ".ome.tif")
-    data = np.ascontiguousarray(np.asarray(dn).real, dtype=np.float32)
-    if data.ndim not in (3, 4):
-        raise ValueError(f"Δn must be [Z, Y, X] or [T, Z, Y, X], got shape {data.shape}")
-    dz, dy, dx = (float(v) for v in voxel_um_zyx)
-    text = f"Refractive-index contrast Δn; RI = {float(n_medium):.6f} + Δn."
-    if timepoints is not None:
-        text += f" Timepoints: {', '.join(str(int(t)) for t in timepoints)}."
-    if description:
-        text += " " + description
-    metadata: dict = {
-        "axes": "TZYX" if data.ndim == 4 else "ZYX",
-        "Name": name,
-        "Description": text,
-        "PhysicalSizeX": dx,
-        "PhysicalSizeXUnit": "µm",
-        "PhysicalSizeY": dy,
-        "PhysicalSizeYUnit": "µm",
-        "PhysicalSizeZ": dz,
-        "PhysicalSizeZUnit": "µm",
-        "Channel": {"Name": ["delta_n"]},
-    }
-    if data.ndim == 4 and interval_s is not None and interval_s > 0:
-        metadata.update(TimeIncrement=float(interval_s), TimeIncrementUnit="s")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata=metadata)
-    return path
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ Failure policy (one home, here):
   then fails the next frame, which ends the acquisition by the first rule.
 - **A diverged update is flagged, not fatal** (``flagged``): the reconstructor rolled
   back to its last good state, which is written with the flag.
+- **A cancelled update is not an error**: :meth:`LiveSession.shutdown` cancels the update
+  in progress (``UpdateCancelled``); that timepoint has no volume.
 """
 
 from __future__ import annotations

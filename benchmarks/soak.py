@@ -2,7 +2,7 @@
 
 ``python -m nvplive.benchmarks.soak --timepoints 1000`` runs the simulated microscope with
 live warm-started reconstruction and the durable recording writer, samples the process's
-resident memory (``VmRSS`` of ``/proc/self/status``) at every complete timepoint, and
+resident memory (psutil's RSS) at every complete timepoint, and
 prints the series' summary: RSS at the end of the warm-up, maximum and end (MB), the
 slope (MB per 100 timepoints, least squares after the warm-up) and whether memory is
 flat: max RSS after the warm-up − RSS at the end of the warm-up below the bound (MB).
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 SHAPE = (8, 24, 24)
 VIEWS = 3
@@ -28,12 +29,8 @@ BOUND_MB = 50.0
 
 
 def rss_mb() -> float:
-    """Resident memory of this process (MB, from ``/proc/self/status``)."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("/proc/self/status has no VmRSS line (Linux only).")
+    """Resident memory of this process (MiB, psutil)."""
+    return psutil.Process().memory_info().rss / 2**20
 
 
 @dataclass

@@ -32,7 +32,7 @@ from nvplive.acquisition.recording import Recording
 
 from .model import DEMO_SOURCE
 from .paths import default_data_dir
-from .session import remove_scratch_recording
+from .workers import remove_scratch_recording
 
 if TYPE_CHECKING:
     from .main_window import MainWindow

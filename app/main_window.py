@@ -35,9 +35,9 @@ from .live_display import LiveDisplay
 from .model import DEMO_SOURCE, HARDWARE_SOURCE, AppModel, absolute_path
 from .movie import MovieExport
 from .panels import AcquisitionPanel, ReconstructionPanel, TimelinePanel, bind
-from .session import OfflineReconstruction, RecordingLoader, ReplayItem
 from .status import StatusLabels
 from .volume_view import VolumeView
+from .workers import OfflineReconstruction, RecordingLoader, ReplayItem
 
 logger = logging.getLogger("nvplive.app")
 

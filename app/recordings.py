@@ -1,9 +1,9 @@
 """Window actions on recordings: open one in the timeline, reconstruct one offline.
 
 Small functions of the window (pymmcore-gui style); the window offers them as its
-methods. Reading timepoints for replay is the :class:`~nvplive.app.session.RecordingLoader`'s
+methods. Reading timepoints for replay is the :class:`~nvplive.app.workers.RecordingLoader`'s
 job (a worker thread); an offline reconstruction runs in an
-:class:`~nvplive.app.session.OfflineReconstruction` whose events reach the GUI thread
+:class:`~nvplive.app.workers.OfflineReconstruction` whose events reach the GUI thread
 through the window's bridge.
 """
 
@@ -17,7 +17,7 @@ from PySide6 import QtCore, QtWidgets
 
 from nvplive.acquisition.recording import Recording
 
-from .session import OfflineReconstruction
+from .workers import OfflineReconstruction
 
 if TYPE_CHECKING:
     from .main_window import MainWindow

@@ -14,7 +14,7 @@ from PySide6 import QtWidgets
 
 from nvplive.recon.reconstructor import select_device
 
-from .session import device_status
+from .workers import device_status
 
 
 @dataclass

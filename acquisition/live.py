@@ -733,6 +733,6 @@ class LiveSession:
                 errors=list(self.errors),
             )
             self.end = end
-            self._closed.set()
             logger.info("Session closed: %s (%d reconstructed, %d skipped)", self.path, end.reconstructed, end.skipped)
-            _emit(self.events.closed, end)
+            _emit(self.events.closed, end)  # before waiters wake: a script sees every event once wait_closed returns
+            self._closed.set()

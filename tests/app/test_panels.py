@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from nvplive.app.model import AppModel
 from nvplive.app.panels import AcquisitionPanel, ReconstructionPanel, TimelinePanel
 

@@ -301,3 +301,36 @@ def test_one_byte_cut_from_the_ome_xml_tail_loses_nothing(tmp_path, name, capfd)
     with tifffile.TiffFile(path / name) as tif:  # OME readers see the axes again
         assert tif.is_ome and tif.series[0].axes in ("TCYX", "TZYX")
     assert recover_recording(path) is False
+
+
+def test_kill_9_of_the_reconstruct_command_keeps_the_previous_volumes(tmp_path):
+    """Finding 3 as reported: `nvplive reconstruct done.fdt & sleep 3; kill -9 $!` lost the earlier volumes."""
+    import time
+
+    from nvplive.acquisition.offline import simulate_recording
+
+    path = simulate_recording(tmp_path / "done.fdt", phantom="cell", views=3, timepoints=3, shape_zyx=(8, 24, 24))
+    with RecordingWriter.replace_volumes(path) as writer:  # "the finished reconstruction of the earlier run"
+        for t in range(3):
+            writer.write_volume(t, np.full((8, 24, 24), 0.01 * (t + 1), np.float32), "explicit", {"run": "earlier"})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "nvplive", "reconstruct", str(path), "--iterations", "10", "--warm-iterations", "2000",
+         "--device", "cpu", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (path / VOLUMES_PENDING_NAME).exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the new run has begun writing its volumes
+        assert child.poll() is None, child.communicate()[1].decode()
+        assert lock_holder(path)["pid"] == child.pid
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    with open_recording(path) as rec:
+        assert rec.volume_timepoints == (0, 1, 2) and not rec.interrupted and rec.writer is None
+        for t in range(3):
+            np.testing.assert_array_equal(rec.volume(t), np.full((8, 24, 24), 0.01 * (t + 1), np.float32))
+            assert rec.volume_settings[t] == {"method": "explicit", "settings": {"run": "earlier"}}

@@ -334,3 +334,33 @@ def test_kill_9_of_the_reconstruct_command_keeps_the_previous_volumes(tmp_path):
         for t in range(3):
             np.testing.assert_array_equal(rec.volume(t), np.full((8, 24, 24), 0.01 * (t + 1), np.float32))
             assert rec.volume_settings[t] == {"method": "explicit", "settings": {"run": "earlier"}}
+
+
+FALLBACK_HOLDER = r"""
+import sys
+import nvplive.acquisition.recording_lock as recording_lock
+recording_lock.fcntl = None  # as on a system without fcntl.flock: the filelock library's lock
+lock = recording_lock.RecordingLock(sys.argv[1]).acquire()
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_filelock_fallback_refuses_a_second_writer_and_frees_on_kill(tmp_path, monkeypatch):
+    """The documented fallback where fcntl.flock is missing: filelock's OS lock on .lock.os."""
+    import nvplive.acquisition.recording_lock as recording_lock
+
+    path = tmp_path / "fallback.fdt"
+    write_recording(path, make_meta())
+    monkeypatch.setattr(recording_lock, "fcntl", None)
+    child = start(FALLBACK_HOLDER, path)
+    try:
+        with pytest.raises(RecordingLockedError, match=f"process {child.pid} "):
+            RecordingLock(path).acquire()
+        assert lock_holder(path)["pid"] == child.pid
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=30)
+    with RecordingLock(path) as lock:  # the dead holder's lock is taken over
+        assert lock.stale["pid"] == child.pid
+    assert (path / (LOCK_NAME + ".os")).exists()

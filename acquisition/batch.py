@@ -140,7 +140,7 @@ def reconstruct_chunk(
     begin = time.perf_counter()
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
-    cfg = ReconConfig(**config)
+    cfg = ReconConfig.from_dict(config)
     dev = worker_device(device)
     try:
         from distributed import get_worker

@@ -22,7 +22,9 @@ import json
 import logging
 import math
 import stat
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import useq
+from pymmcore_plus import CMMCorePlus
 from pymmcore_plus.core import SequencedEvent, iter_sequenced_events
 from pymmcore_plus.experimental.unicore import UniMMCore
 from pymmcore_plus.mda import MDAEngine, SkipEvent
@@ -65,6 +68,8 @@ TIMESTAMP_SOURCE_KEY = "timestamp_source"
 SETTINGS_FORMAT = "nvp-live-hardware-settings"
 SETTINGS_VERSION = 1
 
+#: The logger pymmcore-plus reports through (its stock engine logs a failed snap there).
+PYMMCORE_PLUS_LOGGER = "pymmcore-plus"
 DEMO_CAMERA = "FDTCamera"
 DEMO_SELECTOR = "SourceSelector"
 DEMO_FOCUS = "Focus"
@@ -162,6 +167,7 @@ class MicroscopeInfo:
 
     @property
     def n_views(self) -> int:
+        """Views (sources) per timepoint."""
         return len(self.presets)
 
     def sequence(self, timepoints: int, interval_s: float = 0.0) -> useq.MDASequence:
@@ -261,12 +267,14 @@ class FDTEngine(MDAEngine):
     camera_fault: Callable[[], str | None] | None = None
 
     def setup_event(self, event: useq.MDAEvent) -> None:
+        """Skip events from ``skip_from_timepoint`` on (a stop request), else the stock set-up."""
         limit = self.skip_from_timepoint
         if limit is not None and event_view_timepoint(event)[0] >= limit:
             raise SkipEvent(reason=f"acquisition stopped before timepoint {limit}")
         super().setup_event(event)
 
     def setup_sequence(self, sequence: useq.MDASequence):  # type: ignore[override]
+        """Remember the sequence's presets (preset → view), clear a previous stop, then the stock set-up."""
         fdt = sequence.metadata.get(FDT_METADATA_KEY) or {}
         self._views = {str(p): i for i, p in enumerate(fdt.get("presets", []))}
         self.skip_from_timepoint = None
@@ -302,16 +310,20 @@ class FDTEngine(MDAEngine):
                 )
 
     def setup_single_event(self, event: useq.MDAEvent) -> None:
+        """The stock set-up (source preset, exposure …), then check that the source was selected."""
         super().setup_single_event(event)
         self._check_selected(event)
 
     def setup_sequenced_event(self, event: SequencedEvent) -> None:
+        """The stock set-up of a triggered sequence, then check its first source and tag every view."""
         super().setup_sequenced_event(event)
         self._check_selected(event.events[0])
         for sub in event.events[1:]:
             self._tag(sub)
 
     def exec_sequenced_event(self, event: SequencedEvent) -> Iterator[Any]:  # type: ignore[override]
+        """The stock triggered sequence, made strict: a sequence cut short raises
+        :class:`AcquisitionError`; every frame is stamped (:meth:`_stamp`)."""
         n = len(event.events)
         delivered = 0
         frames = super().exec_sequenced_event(event)
@@ -355,29 +367,47 @@ class FDTEngine(MDAEngine):
         meta["hardware_triggered"] = True
         return img, sub_event, meta
 
-    def exec_single_event(self, event: useq.MDAEvent) -> Iterator[tuple]:  # type: ignore[override]
-        core = self.mmcore
+    def exec_single_event(self, event: useq.MDAEvent) -> Iterator[Any]:  # type: ignore[override]
+        """The stock engine's snap (SLM image, shutter and multi-camera handling included),
+        made strict: a snap that fails raises :class:`AcquisitionError` with the camera's message."""
         t, view = event_view_timepoint(event)
-        try:
-            core.snapImage()
-        except Exception as exc:
-            raise AcquisitionError(f"The camera failed at timepoint {t}, view {view}: {exc}") from exc
-        t0 = event.metadata.get("runner_t0") or time.perf_counter()
-        event_time_ms = (time.perf_counter() - t0) * 1000
-        if not event.keep_shutter_open and self._autoshutter_was_set:
-            core.setShutterOpen(False)
-        n_channels = core.getNumberOfCameraChannels()
-        for cam in range(n_channels):
-            meta = self.get_frame_metadata(
-                event,
-                runner_time_ms=event_time_ms,
-                camera_device=core.getPhysicalCameraDevice(cam),
-                include_position=self._include_frame_position_metadata is not False,
-            )
+        with _SnapFailure() as failure:
+            payloads = list(super().exec_single_event(event))
+        if not payloads:  # the stock engine logs a failed snap and yields nothing
+            fault = self.camera_fault() if self.camera_fault is not None else None
+            reason = fault or failure.message or "its error is in the Micro-Manager log"
+            raise AcquisitionError(f"The camera failed at timepoint {t}, view {view}: {reason}")
+        for img, sub_event, meta in payloads:
             meta["hardware_triggered"] = False
             meta[TIMESTAMP_SOURCE_KEY] = "host"
-            sub_event = event if n_channels == 1 else event.model_copy(update={"index": {**event.index, "cam": cam}})
-            yield core.getImage(cam), sub_event, meta
+            yield img, sub_event, meta
+
+
+class _SnapFailure(logging.Filter):
+    """Takes the stock engine's "Failed to snap image" warning of this thread off the
+    ``pymmcore-plus`` logger while active and keeps its message: the engine raises it instead."""
+
+    PREFIX = "Failed to snap image. "
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.message: str | None = None
+        self._thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop (and keep) this thread's snap failure; let everything else through."""
+        text = record.getMessage()
+        if record.thread == self._thread and text.startswith(self.PREFIX):
+            self.message = text.removeprefix(self.PREFIX)
+            return False
+        return True
+
+    def __enter__(self) -> _SnapFailure:
+        logging.getLogger(PYMMCORE_PLUS_LOGGER).addFilter(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        logging.getLogger(PYMMCORE_PLUS_LOGGER).removeFilter(self)
 
 
 # ---------------------------------------------------------------------------------------
@@ -393,12 +423,10 @@ def release_core(core: UniMMCore) -> None:
     """
     import gc
 
-    from pymmcore_plus._pymmcore import CMMCore
-
     with suppress(Exception):
         core.unloadAllDevices()
     with suppress(Exception):
-        CMMCore.registerCallback(core, None)
+        super(CMMCorePlus, core).registerCallback(None)  # pymmcore's own method, which CMMCorePlus forbids
     gc.collect()
 
 
@@ -450,6 +478,7 @@ def build_demo_core(
     core = python_only_core()
     camera = SimulatedFDTCamera(scene, exposure_ms=exposure_ms)
     core.loadPyDevice(DEMO_CAMERA, camera)
+    _DEMO_CAMERAS[core] = camera
     selector = SourceSelector(labels, scene=scene, switch_ms=switch_ms, max_sequence=1024 if triggered else 0)
     core.loadPyDevice(DEMO_SELECTOR, selector)
     core.loadPyDevice(DEMO_FOCUS, SimulatedFocusStage(scene))
@@ -539,7 +568,11 @@ def source_selection_sequenceable(core: Any, group: str, presets: Sequence[str])
 
 def demo_camera(core: UniMMCore) -> SimulatedFDTCamera:
     """The simulated camera object of a demo core (for fault injection in tests)."""
-    return core._pydevices[DEMO_CAMERA]  # noqa: SLF001
+    return _DEMO_CAMERAS[core]
+
+
+#: The simulated camera of each demo core (pymmcore-plus keeps its Python devices to itself).
+_DEMO_CAMERAS: weakref.WeakKeyDictionary[UniMMCore, SimulatedFDTCamera] = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------------
@@ -568,6 +601,7 @@ class HardwareSettings:
 
     @property
     def n_views(self) -> int:
+        """Views (sources) in the settings file."""
         return len(self.sources_um_xyz)
 
 

@@ -88,6 +88,21 @@ class LatencyBudget:
 WarmBudget = IterationBudget | LatencyBudget
 
 
+def warm_budget_from_dict(data: dict[str, Any]) -> WarmBudget:
+    """The budget a ``to_dict()`` describes (``kind`` ``iterations`` or ``latency``).
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    fields = dict(data)
+    kind = fields.pop("kind", None)
+    if kind == "iterations":
+        return IterationBudget(**fields)
+    if kind == "latency":
+        return LatencyBudget(**fields)
+    raise ValueError(f"Unknown warm budget kind {kind!r}; expected 'iterations' or 'latency'.")
+
+
 @dataclass(frozen=True)
 class StopPolicy:
     """How one update (cold start or warm update) stops.

@@ -35,6 +35,7 @@ from .loop import (
     StopPolicy,
     WarmBudget,
     time_is_up,
+    warm_budget_from_dict,
 )
 from .losses import gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
@@ -132,8 +133,16 @@ class ReconConfig:
     compile_mode: str | None = None
 
     def to_dict(self) -> dict:
-        """The settings as a JSON-ready dict (saved with the volumes)."""
+        """The settings as a JSON-ready dict (saved with the volumes); :meth:`from_dict` reads it back."""
         return {**asdict(self), "warm_budget": self.warm_budget.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReconConfig:
+        """The settings :meth:`to_dict` wrote."""
+        fields = dict(data)
+        if isinstance(fields.get("warm_budget"), dict):
+            fields["warm_budget"] = warm_budget_from_dict(fields["warm_budget"])
+        return cls(**fields)
 
 
 @dataclass

@@ -153,3 +153,11 @@ def test_each_representation_takes_its_own_options_from_the_config(method, cls, 
         assert rep.decoder.layers[0].in_features == 4 and rep.decoder.layers[0].out_features == 8
     with pytest.raises(ValueError, match="Unknown method"):
         representation_for(ReconConfig(method="voxels"), (4, 6, 6))
+
+
+def test_the_config_reads_back_what_it_saved():
+    for budget in (IterationBudget(7, stop_on_plateau=False), LatencyBudget(0.3, check_every=1000, max_iterations=200)):
+        config = ReconConfig(method="triplane", warm_budget=budget, tv_weight=0.01)
+        assert ReconConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="Unknown warm budget kind"):
+        ReconConfig.from_dict({"warm_budget": {"kind": "forever"}})

@@ -34,7 +34,7 @@ def frames() -> list[np.ndarray]:
 
 
 def _reconstructor(**changes) -> Reconstructor:
-    config = CONFIG if not changes else ReconConfig(**{**CONFIG.to_dict(), **changes})
+    config = CONFIG if not changes else ReconConfig.from_dict({**CONFIG.to_dict(), **changes})
     return Reconstructor(OPTICS, GEOMETRY, SOURCES, config=config, device="cpu")
 
 

@@ -23,6 +23,7 @@ DEMO_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from nvplive.acquisition.demo import default_reconstructor_factory, run_headless_demo
+    from nvplive.recon.loop import IterationBudget
     from nvplive.recon.reconstructor import ReconConfig
     from nvplive.recon.simulate import PartialCoherence
 

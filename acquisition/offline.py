@@ -22,7 +22,17 @@ from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
 from nvplive.recon.physics import ForwardModel, render
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
-from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, default_sources
+from nvplive.recon.simulate import (
+    THICK_OPTICS,
+    THICK_SHAPE_ZYX,
+    THICK_VOXEL_UM_ZYX,
+    CameraModel,
+    Instrument,
+    PartialCoherence,
+    Simulator,
+    default_sources,
+    thick_sources,
+)
 
 from .recording import CameraSettings, Recording, RecordingMeta, RecordingWriter
 
@@ -80,8 +90,20 @@ def simulate_recording(
     interval_s: float = DEFAULT_INTERVAL_S,
     overwrite: bool = False,
     progress: Progress = _quiet,
+    instrument: str | Instrument = "matched",
+    thick: bool = False,
 ) -> Path:
-    """Simulate an FDT time-lapse of a phantom and write it as a recording (with ground truth)."""
+    """Simulate an FDT time-lapse of a phantom and write it as a recording (with ground truth).
+
+    ``instrument`` is the simulated microscope ("matched": the reconstruction's own
+    model; "realistic": a pupil with apodisation and aberrations, a wider source cone and
+    finer axial steps, drawn with ``seed``; or an :class:`Instrument`); it is written to
+    ``extra["instrument"]`` with the ground truth, never to the optics the reconstruction
+    reads. ``thick`` selects the thick-specimen geometry (its optics, shape, voxel and
+    bead depths override ``optics``, ``shape_zyx`` and ``voxel_um_zyx``).
+    """
+    if thick:
+        optics, shape_zyx, voxel_um_zyx = THICK_OPTICS, THICK_SHAPE_ZYX, THICK_VOXEL_UM_ZYX
     optics = optics or Optics()
     coherence = coherence or PartialCoherence()
     if views < 1 or timepoints < 1:
@@ -89,11 +111,13 @@ def simulate_recording(
     geometry = VolumeGeometry(tuple(shape_zyx), tuple(voxel_um_zyx))
     check_plausible(optics, geometry)
     geometry.camera_pixel_um  # noqa: B018 (refuses rectangular camera pixels before anything is rendered)
-    sources = default_sources(geometry, views, seed=seed)
+    sources = thick_sources(geometry, views, seed=seed) if thick else default_sources(geometry, views, seed=seed)
     check_memory(optics, geometry, views, float(max(0.0, -sources[:, 2].min())), "cpu", method=None, what="Simulating",
                  sources_um_xyz=sources)
+    if isinstance(instrument, str):
+        instrument = Instrument.named(instrument, optics, seed=seed)
     camera = CameraModel()
-    sim = Simulator(optics, geometry, sources, coherence=coherence, camera=camera, seed=seed)
+    sim = Simulator(optics, geometry, sources, coherence=coherence, camera=camera, seed=seed, instrument=instrument)
     beating = Cardiomyocyte(geometry.shape_zyx, geometry.voxel_um_zyx, seed=seed) if phantom == "cardiomyocyte" else None
     static = None if beating else make_phantom(phantom, geometry.shape_zyx, geometry.voxel_um_zyx, seed=seed)
     extra = {
@@ -109,6 +133,7 @@ def simulate_recording(
             "bead_diameter_um": coherence.bead_diameter_um,
             "n_subsources": coherence.n_subsources,
         },
+        "instrument": instrument.to_dict(),
     }
     rng = np.random.default_rng(seed)
     path = Path(out)
@@ -228,6 +253,7 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
                 coh.get("n_wavelengths", 5), coh.get("bead_diameter_um", 0.2), coh.get("n_subsources", 4)
             ),
             seed=seed,
+            instrument=Instrument.from_dict(extra.get("instrument")),
         )
         model = ForwardModel.build(meta.optics, meta.geometry, pad_yx=sim.pad_yx)
         rows = []

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from nvplive.recon.optics import Optics, VolumeGeometry
-from nvplive.recon.physics import SOURCE_EDGE_WIDTH
+from nvplive.recon.physics import absorbing_window, band_edge, exit_padding, live_half_width_um, source_band_limits
+from nvplive.recon.pupil import aperture
 
 
 def render_reference(
@@ -37,9 +38,8 @@ def _one_view(optics: Optics, geometry: VolumeGeometry, pad_yx, dn: torch.Tensor
     kz2 = km**2 - kx**2 - ky**2
     kz = torch.sqrt(torch.clamp(kz2, min=0))
     kperp = torch.sqrt(kx**2 + ky**2)
-    kc = k0 * optics.source_na
-    t = torch.clamp((kperp - (1 - SOURCE_EDGE_WIDTH) * kc) / (SOURCE_EDGE_WIDTH * kc), 0, 1)
-    band = 0.5 * (1 + torch.cos(math.pi * t)) * (kz2 > 0)
+    k_in, k_cut = source_band_limits(optics, geometry)
+    band = band_edge(kperp, k_cut, k_in) * (kz2 > 0)
     xs = source[0].double() + 0.5 * xp * dx
     ys = source[1].double() + 0.5 * yp * dy
     zs = source[2].double()
@@ -47,25 +47,26 @@ def _one_view(optics: Optics, geometry: VolumeGeometry, pad_yx, dn: torch.Tensor
     phase = -(kx * xs + ky * ys) + kz * (z0 - zs)
     amp = band * (2 * math.pi / (dx * dy)) / torch.where(band > 0, kz, torch.ones_like(kz))
     field = torch.fft.ifft2(1j * amp * torch.exp(1j * phase))
-    total_w = []
-    for n_pad, pad in ((yp, py), (xp, px)):
-        n_core = n_pad - 2 * pad
-        width = max(2, int(round(0.15 / 1.15 * 0.5 * n_pad)))
-        idx = torch.arange(n_pad, device=dev, dtype=torch.float64)
-        d = torch.minimum(idx, (n_pad - 1) - idx)
-        w = 0.5 * (1 - torch.cos(math.pi * torch.clamp(d / width, 0, 1))) if pad else torch.ones(n_core, device=dev, dtype=torch.float64)
-        total_w.append(w)
-    absorber = total_w[0][:, None] * total_w[1][None, :]
+    live_y, live_x = live_half_width_um(optics, geometry)
+    wy = absorbing_window(yp, live_y / dy, device=dev, dtype=torch.float64) if py else torch.ones(yp, device=dev, dtype=torch.float64)
+    wx = absorbing_window(xp, live_x / dx, device=dev, dtype=torch.float64) if px else torch.ones(xp, device=dev, dtype=torch.float64)
+    absorber = wy[:, None] * wx[None, :]
     dn_pad = F.pad(dn.double(), (px, px, py, py))
     for k in range(nz):
         if k * dz >= float(zs):
-            field = field * torch.exp(1j * k0 * dz * dn_pad[k])
-        field = field * absorber
+            field = field * torch.exp(1j * k0 * dz * dn_pad[k]) * absorber
         if k < nz - 1:
             field = torch.fft.ifft2(torch.fft.fft2(field) * torch.exp(1j * kz * dz) * (kz2 > 0))
     exit_d = geometry.focal_z_um - (nz - 0.5) * dz
-    aperture = (kperp <= k0 * optics.na * (1 + 1e-9)).double()
-    spectrum = torch.fft.fft2(field) * torch.exp(1j * kz * exit_d) * (kz2 > 0) * aperture
+    ey_pad, ex_pad = exit_padding((yp, xp)) if (py or px) else (0, 0)
+    field = F.pad(field, (ex_pad, ex_pad, ey_pad, ey_pad))
+    yp, xp, py, px = yp + 2 * ey_pad, xp + 2 * ex_pad, py + ey_pad, px + ex_pad
+    ky = 2 * math.pi * torch.fft.fftfreq(yp, d=dy, device=dev, dtype=torch.float64)[:, None]
+    kx = 2 * math.pi * torch.fft.fftfreq(xp, d=dx, device=dev, dtype=torch.float64)[None, :]
+    kz2 = km**2 - kx**2 - ky**2
+    kz = torch.sqrt(torch.clamp(kz2, min=0))
+    pupil = aperture(ky, kx, k0, optics.na)
+    spectrum = torch.fft.fft2(field) * torch.exp(1j * kz * exit_d) * (kz2 > 0) * pupil
     s = geometry.check_sampling(optics)
     if s > 1:
         shift = -(s - 1) / (2 * s)

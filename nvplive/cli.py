@@ -131,7 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--timepoints", type=_positive_int, default=1)
     sim.add_argument("--shape", type=_shape, default=(32, 64, 64), help="Z,Y,X voxels (default 32,64,64)")
     sim.add_argument("--voxel-um", type=_voxel, default=None, help="DZ,DY,DX voxel size in µm (default 0.25)")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=int, default=0, help="phantom, beads, noise and the realistic instrument's draw")
+    sim.add_argument("--instrument", choices=("realistic", "matched"), default="realistic",
+                     help="the simulated microscope: realistic (default: pupil apodisation and aberrations, wider "
+                          "source cone, finer axial steps; recorded with the ground truth) or matched (the "
+                          "reconstruction's own model)")
+    sim.add_argument("--thick", action="store_true",
+                     help="thick-specimen geometry: 32×64×64 voxels of 0.5×0.16×0.16 µm, λ 0.52, n 1.333, NA 0.8, "
+                          "beads 2–4 µm below (overrides --shape/--voxel-um)")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing recording")
     sim.add_argument("out", type=Path, metavar="OUT.fdt")
 
@@ -198,6 +205,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
             progress=progress,
+            instrument=args.instrument,
+            thick=args.thick,
         )
     print(f"wrote {path}")
     return 0

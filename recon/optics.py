@@ -15,6 +15,12 @@ import numpy as np
 
 from nvplive.errors import GeometryError
 
+#: Default source NA as a fraction of n_medium: the emitted spherical wave's angular
+#: spectrum is kept up to this NA (where ``1/k_z`` is still tame) — a numerical band
+#: edge, not the objective (the detection pupil is the hard aperture at ``na``).
+#: Chosen from the accuracy-versus-cost table in BENCHMARKS.md ("Source NA").
+DEFAULT_SOURCE_NA_FRACTION = 0.95
+
 #: Largest |k⊥| of the field, as a fraction of the lateral Nyquist frequency π/dx,
 #: that the renderer accepts before upsampling the field for |E|².
 _FIELD_NYQUIST_MARGIN = 0.98
@@ -28,7 +34,9 @@ class Optics:
         wavelength_um: vacuum emission wavelength λ (µm), centre of the emission band.
         n_medium: refractive index of the immersion/embedding medium.
         na: numerical aperture of the detection objective.
-        na_source: band limit of the point-source angular spectrum (default: ``na``).
+        na_source: band limit of the point-source angular spectrum; None (default) means
+            ``DEFAULT_SOURCE_NA_FRACTION·n_medium``, lowered where the voxel grid cannot
+            carry it (see :func:`nvplive.recon.physics.source_band_limits`).
         emission_fwhm_um: full width at half maximum of the emission spectrum (µm);
             used by the polychromatic simulator (partial coherence).
     """
@@ -69,8 +77,8 @@ class Optics:
 
     @property
     def source_na(self) -> float:
-        """Effective band limit of the source spectrum."""
-        return self.na if self.na_source is None else self.na_source
+        """Requested band limit of the source spectrum (explicit, or the default fraction of n_medium)."""
+        return DEFAULT_SOURCE_NA_FRACTION * self.n_medium if self.na_source is None else self.na_source
 
     def with_wavelength(self, wavelength_um: float) -> Optics:
         """The same optics at another wavelength (for polychromatic sums)."""
@@ -169,9 +177,10 @@ class VolumeGeometry:
         The field inside the pupil has bandwidth NA/λ: it must be representable on
         the voxel grid (``dx < λ/(2·NA)``). Its intensity has twice that bandwidth;
         when ``dx > λ/(4·NA)`` the field is upsampled ×2 before squaring and the
-        intensity integrated back onto the voxel grid.
+        intensity integrated back onto the voxel grid. An explicit ``na_source`` must
+        fit the grid too; the default source NA is lowered to what the grid carries.
         """
-        na = max(optics.na, optics.source_na)
+        na = optics.na if optics.na_source is None else max(optics.na, optics.na_source)
         _, dy, dx = self.voxel_um_zyx
         d = max(dx, dy)
         field_limit = _FIELD_NYQUIST_MARGIN * optics.wavelength_um / (2.0 * na)
@@ -180,7 +189,11 @@ class VolumeGeometry:
                 f"Sampling: lateral voxel {d:.4g} µm is too coarse for NA {na} at λ {optics.wavelength_um} µm; "
                 f"it must be below λ/(2·NA) = {optics.wavelength_um / (2 * na):.4g} µm."
             )
-        return 1 if d <= optics.wavelength_um / (4.0 * na) else 2
+        return 1 if d <= optics.wavelength_um / (4.0 * optics.na) else 2
+
+    def max_field_na(self, optics: Optics) -> float:
+        """Largest NA whose angular spectrum the lateral voxel grid carries (just below Nyquist)."""
+        return _FIELD_NYQUIST_MARGIN * optics.wavelength_um / (2.0 * max(self.voxel_um_zyx[1:]))
 
     def to_dict(self) -> dict:
         """The geometry as a JSON-ready dict (the recording's ``geometry`` section)."""

@@ -28,6 +28,22 @@ from .pupil import PupilParameters, aperture, pupil_function
 #: Relative width of the raised-cosine edge of the source band limit.
 SOURCE_EDGE_WIDTH = 0.12
 
+#: Smallest width of the absorbing margin beyond the live region, in wavelengths in the
+#: medium: light of the wide source cone must fade over many lateral wavelengths or the
+#: window's edge diffracts it back (chosen in BENCHMARKS.md "Source NA").
+ABSORBER_MARGIN_WAVELENGTHS = 10.0
+
+#: Reach of the hard pupil's side lobes beyond the geometric cone, in λ/NA: the image
+#: through a hard aperture, traced back to a plane of the volume, decays slowly outside
+#: the cone, and the absorber must not cut it (chosen in BENCHMARKS.md "Source NA").
+PUPIL_SIDE_LOBE_REACH = 14.0
+
+#: The last step (top slab → focal plane through the pupil) runs on a grid this many
+#: times the padded one (zero-padded: the absorber leaves nothing at the edges), because
+#: a hard aperture's image decays slowly and its periodic copies would reach the field
+#: of view (see :func:`exit_padding`; the factor is chosen in BENCHMARKS.md).
+EXIT_PERIOD_FACTOR = 1.5
+
 
 def complex_dtype(real_dtype: torch.dtype) -> torch.dtype:
     """The complex dtype matching a real one (float32 → complex64, float64 → complex128)."""
@@ -63,11 +79,33 @@ def propagate(field: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.fft2(field) * kernel)
 
 
-def band_edge(k_perp: torch.Tensor, k_cut: float, width: float = SOURCE_EDGE_WIDTH) -> torch.Tensor:
-    """Smooth band limit: 1 below ``(1−width)·k_cut``, raised cosine to 0 at ``k_cut``."""
-    k_in = (1.0 - width) * k_cut
+def band_edge(k_perp: torch.Tensor, k_cut: float, k_in: float | None = None) -> torch.Tensor:
+    """Smooth band limit: 1 below ``k_in`` (default ``(1 − SOURCE_EDGE_WIDTH)·k_cut``), raised cosine to 0 at ``k_cut``."""
+    if k_in is None:
+        k_in = (1.0 - SOURCE_EDGE_WIDTH) * k_cut
     t = torch.clamp((k_perp - k_in) / (k_cut - k_in), 0.0, 1.0)
     return 0.5 * (1.0 + torch.cos(math.pi * t))
+
+
+def source_band_limits(optics: Optics, geometry: VolumeGeometry) -> tuple[float, float]:
+    """Where the source spectrum's smooth edge starts and ends, ``(k_in, k_cut)`` in rad/µm.
+
+    The edge ends at ``k0·NA_src`` (:attr:`Optics.source_na`; the default is lowered to
+    what the voxel grid carries, :meth:`VolumeGeometry.max_field_na`). When that lies
+    beyond the detection NA the edge starts no lower than ``k0·NA``, so that inside the
+    pupil the spectrum is the exact Weyl expansion and the hard aperture alone shapes
+    the image; otherwise (an explicit ``na_source ≤ na``) it is the
+    ``SOURCE_EDGE_WIDTH`` raised cosine below ``k0·NA_src``.
+    """
+    na_src = optics.source_na
+    if optics.na_source is None:
+        na_src = min(na_src, geometry.max_field_na(optics))
+    k_cut = optics.k0 * na_src
+    k_pupil = optics.k0 * optics.na
+    k_in = (1.0 - SOURCE_EDGE_WIDTH) * k_cut
+    if k_cut > k_pupil:
+        k_in = max(k_in, k_pupil)
+    return k_in, k_cut
 
 
 def point_source_spectrum(
@@ -136,49 +174,80 @@ def _nice_fft_size(n: int) -> int:
         m += 2
 
 
-def _cone_tan(optics: Optics) -> float:
-    """Tan of the widest angle in the field: the source band or the pupil, whichever is wider."""
-    na = max(optics.source_na, optics.na)
-    return na / math.sqrt(optics.n_medium**2 - na**2)
+def _cone_tan(n_medium: float, na: float) -> float:
+    """Tan of the half-angle of the cone of numerical aperture ``na`` in a medium ``n_medium``."""
+    return na / math.sqrt(n_medium**2 - na**2)
 
 
 def live_half_width_um(optics: Optics, geometry: VolumeGeometry) -> tuple[float, float]:
     """Half-widths (y, x, µm) of the region whose light can still reach the camera.
 
-    A ray that reaches the field of view (half-width W) at the focal plane travels at
-    most at the cone angle θ, so on any plane of the volume it lies within
-    ``W + H·tan θ`` of the centre, H being the largest distance from the focal plane to
-    a plane of the volume. Light outside that region is absorbed without changing the
-    image.
+    Light reaches the camera only through the pupil, so its last leg, from the last
+    point where Δn scattered it (inside the volume's footprint, half-width W) or from
+    the source, runs at most at the pupil's angle θ_NA: on any plane of the volume it
+    lies within ``W + H·tan θ_NA`` of the centre, H being the largest distance from the
+    focal plane to a plane of the volume. Light farther out either travels outward at
+    a wider angle (it never comes back: Δn is zero outside the footprint) or never
+    enters the pupil, so it is absorbed without changing the image — however wide the
+    source's cone.
     """
     nz, ny, nx = geometry.shape_zyx
     dz, dy, dx = geometry.voxel_um_zyx
     height = max(geometry.focal_z_um, nz * dz - geometry.focal_z_um, 0.0)
-    # Beyond the geometric cone, the band-limited field keeps diffraction side lobes
-    # over a few λ/NA.
-    reach = height * _cone_tan(optics) + 2.0 * optics.wavelength_um / optics.na
+    # Beyond the geometric cone, the hard pupil's image keeps side lobes over several λ/NA.
+    reach = height * _cone_tan(optics.n_medium, optics.na) + PUPIL_SIDE_LOBE_REACH * optics.wavelength_um / optics.na
     return 0.5 * ny * dy + reach, 0.5 * nx * dx + reach
 
 
-def default_padding(optics: Optics, geometry: VolumeGeometry, source_depth_um: float) -> tuple[int, int]:
+def default_padding(
+    optics: Optics,
+    geometry: VolumeGeometry,
+    source_depth_um: float,
+    margin_wavelengths: float = ABSORBER_MARGIN_WAVELENGTHS,
+) -> tuple[int, int]:
     """Lateral padding (pixels per side, y and x) so that nothing wraps into the image.
 
-    Two conditions on the padded period P: (i) the live region (see
-    :func:`live_half_width_um`) plus an absorbing margin fits in P; (ii) the periodic
-    copies of the sampled source spectrum, P away from a source anywhere in the field
-    of view, cannot reach the field of view at the focal plane:
-    ``P ≥ 2W + (z_f − z_s)·tan θ`` for the deepest source ``z_s = −source_depth_um``.
+    Three conditions on the padded period P, for sources anywhere in the field of view
+    (half-width W) down to ``z_s = −source_depth_um``:
+
+    (i) the live region L (see :func:`live_half_width_um`) plus an absorbing margin of
+        at least ``margin_wavelengths·λ/n_medium`` (and 15 % of L, 8 pixels) fits in P;
+    (ii) the periodic copies of the pupil-filtered source field, P away, cannot reach
+        the field of view at the focal plane: ``P ≥ 2W + (z_f − z_s)·tan θ_NA``;
+    (iii) the source field is synthesised in one step on the first slab's centre plane
+        ``z_0 = dz/2``, without absorption on the way up; the copies' light, which
+        travels at up to the source band's angle θ_src, must land beyond the middle of
+        the absorbing margin there (where the window is ≤ ½ and light travels inward):
+        ``P ≥ 2·(W + (z_0 − z_s)·tan θ_src + 2π/Δk_edge)``, the last term the spatial
+        reach of the band edge's ringing.
     """
     _nz, ny, nx = geometry.shape_zyx
-    _dz, dy, dx = geometry.voxel_um_zyx
-    tan_theta = _cone_tan(optics)
+    dz, dy, dx = geometry.voxel_um_zyx
+    tan_pupil = _cone_tan(optics.n_medium, optics.na)
+    k_in, k_cut = source_band_limits(optics, geometry)
+    tan_source = _cone_tan(optics.n_medium, k_cut / optics.k0)
+    edge_reach = 2.0 * math.pi / max(k_cut - k_in, 1e-6)
+    depth = max(source_depth_um, 0.0)
     lives = live_half_width_um(optics, geometry)
     pads = []
     for n, d, live in ((ny, dy, lives[0]), (nx, dx, lives[1])):
-        margin = max(8 * d, 0.15 * live)
-        copies = n * d + (geometry.focal_z_um + max(source_depth_um, 0.0)) * tan_theta
-        period = max(copies, 2.0 * (live + margin))
+        half_fov = 0.5 * n * d
+        margin = max(8 * d, 0.15 * live, margin_wavelengths * optics.wavelength_um / optics.n_medium)
+        copies = 2.0 * half_fov + (geometry.focal_z_um + depth) * tan_pupil
+        synthesis = 2.0 * (half_fov + (0.5 * dz + depth) * tan_source + edge_reach)
+        period = max(copies, synthesis, 2.0 * (live + margin))
         total = _nice_fft_size(max(n + 2, int(math.ceil(period / d))))
+        if (total - n) % 2:
+            total += 1
+        pads.append((total - n) // 2)
+    return pads[0], pads[1]
+
+
+def exit_padding(padded_yx: tuple[int, int], factor: float = EXIT_PERIOD_FACTOR) -> tuple[int, int]:
+    """Extra pixels per side (y, x) that grow the padded grid ``padded_yx`` to the exit grid."""
+    pads = []
+    for n in padded_yx:
+        total = _nice_fft_size(max(n, int(math.ceil(factor * n))))
         if (total - n) % 2:
             total += 1
         pads.append((total - n) // 2)
@@ -199,8 +268,12 @@ def absorbing_window(total: int, live_half_px: float, *, device=None, dtype=torc
 class ForwardModel:
     """Geometry-dependent tensors of the multi-slice renderer, built once per geometry.
 
-    Build it with :meth:`build`; move it with :meth:`to`. All frequency-domain
-    tensors are ``[Yp, Xp]`` on the padded grid, in FFT order.
+    Build it with :meth:`build`; move it with :meth:`to`. Frequency-domain tensors
+    are in FFT order, ``[Yp, Xp]`` on the padded grid of the slabs (``ky, kx, kz,
+    source_band, slab_kernel``, and ``absorber`` in space) or ``[Ye, Xe]`` on the exit
+    grid, the padded grid zero-padded by ``exit_pad_yx`` per side (``exit_ky,
+    exit_kx, exit_kz, exit_source_band, exit_kernel, aperture, sample_shift``): the
+    focal-plane spectrum and the pupil live there.
     """
 
     optics: Optics
@@ -216,6 +289,11 @@ class ForwardModel:
     absorber: torch.Tensor
     sample_shift: torch.Tensor
     aperture: torch.Tensor
+    exit_pad_yx: tuple[int, int]
+    exit_ky: torch.Tensor
+    exit_kx: torch.Tensor
+    exit_kz: torch.Tensor
+    exit_source_band: torch.Tensor
 
     @classmethod
     def build(
@@ -249,20 +327,26 @@ class ForwardModel:
         ky, kx = frequency_grid(yp, xp, dy, dx, device=device, dtype=dtype)
         kz, propagating = axial_wavenumber(ky, kx, optics.km)
         k_perp = torch.sqrt(kx**2 + ky**2)
-        source_band = band_edge(k_perp, optics.k0 * optics.source_na) * propagating.to(dtype)
+        k_in, k_cut = source_band_limits(optics, geometry)
+        source_band = band_edge(k_perp, k_cut, k_in) * propagating.to(dtype)
         slab_kernel = propagation_kernel(kz, propagating, dz)
+        exit_pad = exit_padding((yp, xp)) if (pad_y or pad_x) else (0, 0)
+        ye, xe = yp + 2 * exit_pad[0], xp + 2 * exit_pad[1]
+        exit_ky, exit_kx = frequency_grid(ye, xe, dy, dx, device=device, dtype=dtype)
+        exit_kz, exit_propagating = axial_wavenumber(exit_ky, exit_kx, optics.km)
+        exit_source_band = band_edge(torch.sqrt(exit_kx**2 + exit_ky**2), k_cut, k_in) * exit_propagating.to(dtype)
         # Each slab acts at its centre plane (k + ½)·dz (symmetric split step), so the
         # last one is followed by the distance from the top slab's centre to z_f.
         exit_distance = geometry.focal_z_um - (nz - 0.5) * dz
         # The pupil's edge is decided in float64 so that float32 and float64 models agree.
-        ky64, kx64 = frequency_grid(yp, xp, dy, dx, dtype=torch.float64)
+        ky64, kx64 = frequency_grid(ye, xe, dy, dx, dtype=torch.float64)
         hard_aperture = aperture(ky64, kx64, optics.k0, optics.na).to(device=device, dtype=dtype)
-        exit_kernel = propagation_kernel(kz, propagating, exit_distance) * hard_aperture
+        exit_kernel = propagation_kernel(exit_kz, exit_propagating, exit_distance) * hard_aperture
         # Upsampled samples sit at the centres of the s × s sub-pixels of each voxel
         # (offsets (i + ½)/s − ½ voxels), so that binning them integrates the pixel
         # centred on x_j = (j − N/2)·dx.
         shift = -(upsample - 1) / (2 * upsample)
-        sample_shift = torch.polar(torch.ones_like(kz), (kx * dx + ky * dy) * shift)
+        sample_shift = torch.polar(torch.ones_like(exit_kz), (exit_kx * dx + exit_ky * dy) * shift)
         live_y, live_x = live_half_width_um(optics, geometry)
         wy = absorbing_window(yp, live_y / dy, device=device, dtype=dtype) if pad_y else torch.ones(yp, device=device, dtype=dtype)
         wx = absorbing_window(xp, live_x / dx, device=device, dtype=dtype) if pad_x else torch.ones(xp, device=device, dtype=dtype)
@@ -281,6 +365,11 @@ class ForwardModel:
             absorber,
             sample_shift,
             hard_aperture,
+            exit_pad,
+            exit_ky,
+            exit_kx,
+            exit_kz,
+            exit_source_band,
         )
 
     def to(self, device: torch.device | str) -> ForwardModel:
@@ -300,8 +389,13 @@ class ForwardModel:
 
     @property
     def padded_shape_yx(self) -> tuple[int, int]:
-        """Padded lateral grid ``(Yp, Xp)`` of the propagation (pixels)."""
+        """``(Yp, Xp)``: the slabs' grid."""
         return tuple(self.kz.shape)  # type: ignore[return-value]
+
+    @property
+    def exit_shape_yx(self) -> tuple[int, int]:
+        """``(Ye, Xe)``: the grid of the focal-plane spectrum and the pupil."""
+        return tuple(self.exit_kz.shape)  # type: ignore[return-value]
 
 
 def source_field(model: ForwardModel, sources_xyz: torch.Tensor) -> torch.Tensor:
@@ -314,7 +408,7 @@ def source_field(model: ForwardModel, sources_xyz: torch.Tensor) -> torch.Tensor
 
 
 def homogeneous_spectrum(model: ForwardModel, sources_xyz: torch.Tensor) -> torch.Tensor:
-    """Focal-plane spectrum ``[V, Yp, Xp]`` for Δn = 0, by direct propagation (no slabs).
+    """Focal-plane spectrum ``[V, Ye, Xe]`` for Δn = 0, by direct propagation (no slabs).
 
     Equal to :func:`multislice` with an empty volume; cheap enough for calibrating
     sources against the unperturbed image.
@@ -322,7 +416,9 @@ def homogeneous_spectrum(model: ForwardModel, sources_xyz: torch.Tensor) -> torc
     nz = model.geometry.shape_zyx[0]
     dz, dy, dx = model.geometry.voxel_um_zyx
     top = (nz - 0.5) * dz
-    spectrum = point_source_spectrum(model.ky, model.kx, model.kz, model.source_band, _as_real(model, sources_xyz), top, dy, dx)
+    spectrum = point_source_spectrum(
+        model.exit_ky, model.exit_kx, model.exit_kz, model.exit_source_band, _as_real(model, sources_xyz), top, dy, dx
+    )
     return spectrum * model.exit_kernel
 
 
@@ -334,7 +430,7 @@ def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor)
         sources_xyz: ``[V, 3]`` source positions (µm).
 
     Returns:
-        ``[V, Yp, Xp]`` complex spectrum of the image-side field at the focal plane.
+        ``[V, Ye, Xe]`` complex spectrum of the image-side field at the focal plane (exit grid).
     """
     nz, ny, nx = model.geometry.shape_zyx
     if tuple(dn.shape) != (nz, ny, nx):
@@ -348,8 +444,9 @@ def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor)
         dn = _as_real(model, dn)
     dn_pad = F.pad(dn, (pad_x, pad_x, pad_y, pad_y)) if (pad_x or pad_y) else dn
     slabs = transmission(dn_pad, model.optics.k0, dz) * model.absorber
-    absorber = model.absorber.to(slabs.dtype)
-    # A source inside the volume only sees the slabs above it (docs/physics.md, Steps).
+    # A source inside the volume only sees the slabs above it (docs/physics.md, Steps); below it
+    # the field (synthesised on slab 0's plane, converging onto the source) travels
+    # unabsorbed, so that the source's whole cone is there when it reaches it.
     slab_bottoms = torch.arange(nz, device=dn.device, dtype=sources_xyz.dtype) * dz
     inside = (slab_bottoms[None, :] >= sources_xyz[:, 2:3].detach())[:, :, None, None]
     # Sources all below the volume see every slab: skip the per-slab select where that is
@@ -361,17 +458,20 @@ def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor)
     # unbind, not slabs[k]: indexing would make the backward pass build a full-volume
     # gradient per slab (quadratic in Nz); unbind's backward stacks them once.
     for k, slab in enumerate(slabs.unbind(0)):
-        t = slab if all_above else torch.where(inside[:, k], slab, absorber)
+        t = slab if all_above else torch.where(inside[:, k], slab, torch.ones_like(slab))
         field = field * t
         if k < nz - 1:
             field = propagate(field, model.slab_kernel)
+    exit_y, exit_x = model.exit_pad_yx
+    if exit_y or exit_x:
+        field = F.pad(field, (exit_x, exit_x, exit_y, exit_y))
     return torch.fft.fft2(field) * model.exit_kernel
 
 
 def image_field(model: ForwardModel, spectrum: torch.Tensor) -> torch.Tensor:
     """Field on the camera's field of view at ``upsample`` × the voxel sampling."""
     ny, nx = model.geometry.shape_zyx[1:]
-    pad_y, pad_x = model.pad_yx
+    pad_y, pad_x = (p + e for p, e in zip(model.pad_yx, model.exit_pad_yx))
     s = model.upsample
     if s == 1:
         field = torch.fft.ifft2(spectrum)
@@ -390,7 +490,7 @@ def pupil_on_grid(
     *,
     sine_condition: bool | None = None,
 ) -> torch.Tensor:
-    """The complex pupil ``[Yp, Xp]`` on the model's padded frequency grid (see :mod:`.pupil`).
+    """The complex pupil ``[Ye, Xe]`` on the model's exit grid (see :mod:`.pupil`).
 
     Args:
         params_or_tensors: :class:`PupilParameters`, or ``(zernike_rad, apodisation)``
@@ -410,15 +510,17 @@ def pupil_on_grid(
         sine = bool(sine_condition)
     optics = model.optics
     return pupil_function(
-        model.ky,
-        model.kx,
+        model.exit_ky,
+        model.exit_kx,
         optics.k0,
         optics.na,
         optics.n_medium,
         zernike_rad,
         apodisation,
         sine,
-        hard_aperture=model.aperture,
+        # The exit kernel already weights the edge cells by their coverage; the pupil
+        # only needs to be zero outside them.
+        hard_aperture=(model.aperture > 0).to(model.real_dtype),
     )
 
 
@@ -436,7 +538,7 @@ def render(
         dn: ``[Nz, Ny, Nx]`` Δn.
         sources_xyz: ``[V, 3]`` source positions (µm).
         brightness, background: ``[V]`` per-view ``b_i`` and ``c_i`` (default 1 and 0).
-        pupil: complex ``[Yp, Xp]`` pupil (:func:`pupil_on_grid`) multiplied onto the
+        pupil: complex ``[Ye, Xe]`` pupil (:func:`pupil_on_grid`) multiplied onto the
             focal-plane spectrum; None = the hard aperture alone.
     Inputs of another floating dtype than the model's are cast to it.
     """
@@ -451,9 +553,9 @@ def camera_intensity(
     background: torch.Tensor | None = None,
     pupil: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pixel-integrated intensity ``[V, Yc, Xc]`` on the camera from the focal-plane spectrum ``[V, Yp, Xp]``.
+    """Pixel-integrated intensity ``[V, Yc, Xc]`` on the camera from the focal-plane spectrum ``[V, Ye, Xe]``.
 
-    ``pupil`` (complex ``[Yp, Xp]``, see :func:`pupil_on_grid`) multiplies the spectrum
+    ``pupil`` (complex ``[Ye, Xe]``, see :func:`pupil_on_grid`) multiplies the spectrum
     first; None leaves the hard aperture already in it.
     """
     if pupil is not None:

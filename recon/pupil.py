@@ -138,13 +138,34 @@ class PupilParameters:
         return z, a
 
 
-def aperture(ky: torch.Tensor, kx: torch.Tensor, k0: float, na: float) -> torch.Tensor:
-    """Hard aperture ``circ(|k⊥| ≤ k0·NA)`` (1/0, real dtype of the grid).
+def aperture(ky: torch.Tensor, kx: torch.Tensor, k0: float, na: float, subsamples: int = 16) -> torch.Tensor:
+    """Hard aperture ``circ(|k⊥| ≤ k0·NA)`` on a frequency grid, area-weighted at the edge.
 
-    Grid points on the edge (common: ``N·dx·NA/λ`` is often an integer) are kept
-    whatever the rounding, given float64 grids.
+    Each sample holds the fraction of its frequency cell (``Δky × Δkx`` around it) that
+    lies inside the circle, estimated on ``subsamples²`` points: the sum over the grid
+    then integrates the disc's area exactly to O(Δk²), which a 0/1 staircase does only
+    to O(Δk) — the image of a point through a hard aperture, a slowly decaying Airy-like
+    pattern, converges about three times faster in the padding (measured in
+    tests/recon/test_physics.py). Evaluate it on float64 grids so that float32 and
+    float64 models agree.
+
+    Returns:
+        ``[Y, X]`` real tensor in ``[0, 1]`` (dtype of the grid).
     """
-    return ((kx**2 + ky**2) <= (k0 * na) ** 2 * (1.0 + 1e-9)).to(kx.dtype)
+    k_cut2 = (k0 * na) ** 2
+    dky = float(ky.flatten()[1] - ky.flatten()[0]) if ky.numel() > 1 else 0.0
+    dkx = float(kx.flatten()[1] - kx.flatten()[0]) if kx.numel() > 1 else 0.0
+    ky_full, kx_full = torch.broadcast_tensors(ky, kx)
+    k_perp = torch.sqrt(ky_full**2 + kx_full**2)
+    half_diagonal = 0.5 * math.hypot(dky, dkx)
+    coverage = (k_perp <= math.sqrt(k_cut2)).to(kx.dtype)
+    edge = (k_perp - math.sqrt(k_cut2)).abs() <= half_diagonal  # cells the circle crosses
+    offsets = torch.arange(subsamples, dtype=kx.dtype, device=kx.device)
+    offsets = (offsets + 0.5) / subsamples - 0.5
+    sub_y = ky_full[edge][:, None, None] + offsets[None, :, None] * dky
+    sub_x = kx_full[edge][:, None, None] + offsets[None, None, :] * dkx
+    coverage[edge] = ((sub_y**2 + sub_x**2) <= k_cut2).to(kx.dtype).mean(dim=(1, 2))
+    return coverage
 
 
 def pupil_function(

@@ -4,6 +4,11 @@ The simulator deliberately uses richer physics than the reconstruction
 (docs/physics.md, Partial coherence): an incoherent sum of the coherent renderer over wavelengths of the emission
 spectrum and over sub-sources filling each bead, followed by the camera's noise
 model. Intensities are in photo-electrons.
+
+It also has its own :class:`Instrument`, which the reconstruction is not told: a
+detection pupil with apodisation and Zernike aberrations, a source spectrum reaching
+closer to n_medium than the renderer's default, and several propagation steps per
+voxel. A recording stores it with the ground truth (``extra["instrument"]``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,103 @@ import torch
 from nvplive.errors import GeometryError
 
 from .optics import Optics, VolumeGeometry
-from .physics import ForwardModel, camera_intensity, multislice
+from .physics import ForwardModel, camera_intensity, multislice, pupil_on_grid
+from .pupil import PupilParameters, noll_to_nm
+
+#: Source NA of a realistic instrument, as a fraction of n_medium (lowered to what the
+#: voxel grid carries): beyond the renderer's default, so the two never coincide.
+REALISTIC_SOURCE_NA_FRACTION = 0.98
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """What the simulated microscope does that the reconstruction is not told.
+
+    Attributes:
+        name: "matched" (the reconstruction's own model) or "realistic".
+        pupil: detection pupil (apodisation, Zernike phase in radians at the centre
+            wavelength; the same radians at every wavelength of the band).
+        source_na: band limit of the emitted spectrum (None: the renderer's default).
+        steps_per_voxel: propagation steps per voxel along z (Δn piecewise constant).
+        seed: the draw that made a realistic instrument (None for explicit ones).
+    """
+
+    name: str = "matched"
+    pupil: PupilParameters = field(default_factory=PupilParameters)
+    source_na: float | None = None
+    steps_per_voxel: int = 1
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps_per_voxel, int) or self.steps_per_voxel < 1:
+            raise GeometryError(f"Instrument: steps_per_voxel must be a positive integer, got {self.steps_per_voxel!r}.")
+
+    @classmethod
+    def realistic(cls, optics: Optics, *, seed: int = 0, max_rms_rad: float = 0.5) -> Instrument:
+        """A plausible objective: edge transmission 80–100 % (radial apodisation), Zernike
+        phase Noll 4–22 with a primary-spherical bias and a 1/n fall-off, scaled to an RMS
+        drawn in [0.4, 1]·``max_rms_rad``; the source spectrum to 0.98·n_medium; two
+        propagation steps per voxel."""
+        rng = np.random.default_rng(seed)
+        zernike = np.zeros(21)  # Noll 2..22
+        for j in range(4, 23):
+            n, _ = noll_to_nm(j)
+            zernike[j - 2] = rng.normal() / n
+        zernike[11 - 2] += 1.5 * abs(rng.normal())  # primary spherical dominates (index mismatch)
+        rms = rng.uniform(0.4, 1.0) * max_rms_rad
+        zernike *= rms / np.linalg.norm(zernike)
+        edge_loss = rng.uniform(0.0, 0.2)
+        pupil = PupilParameters(zernike_rad=tuple(zernike.tolist()), apodisation=(-edge_loss,))
+        return cls("realistic", pupil, REALISTIC_SOURCE_NA_FRACTION * optics.n_medium, 2, seed)
+
+    @classmethod
+    def named(cls, name: str, optics: Optics, *, seed: int = 0) -> Instrument:
+        """``"matched"`` or ``"realistic"`` (drawn with ``seed``)."""
+        if name == "matched":
+            return cls()
+        if name == "realistic":
+            return cls.realistic(optics, seed=seed)
+        raise GeometryError(f"Instrument: unknown instrument {name!r}; choose matched or realistic.")
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (the recording's ``extra["instrument"]``)."""
+        return {
+            "name": self.name,
+            "pupil": self.pupil.to_dict(),
+            "source_na": self.source_na,
+            "steps_per_voxel": self.steps_per_voxel,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Instrument:
+        """Inverse of :meth:`to_dict`; None or {} (recordings made before instruments) is "matched"."""
+        if not data:
+            return cls()
+        return cls(
+            name=str(data.get("name", "matched")),
+            pupil=PupilParameters.from_dict(data.get("pupil", {})),
+            source_na=data.get("source_na"),
+            steps_per_voxel=int(data.get("steps_per_voxel", 1)),
+            seed=data.get("seed"),
+        )
+
+    def render_optics(self, optics: Optics, geometry: VolumeGeometry) -> Optics:
+        """``optics`` with this instrument's source NA (lowered to what the grid carries)."""
+        if self.source_na is None:
+            return optics
+        values = optics.to_dict()
+        values["na_source"] = min(self.source_na, geometry.max_field_na(optics))
+        return Optics(**values)
+
+    def render_geometry(self, geometry: VolumeGeometry) -> VolumeGeometry:
+        """``geometry`` with ``steps_per_voxel`` slabs per voxel (same extent and focal plane)."""
+        s = self.steps_per_voxel
+        if s == 1:
+            return geometry
+        nz, ny, nx = geometry.shape_zyx
+        dz, dy, dx = geometry.voxel_um_zyx
+        return VolumeGeometry((nz * s, ny, nx), (dz / s, dy, dx), geometry.focal_z_um, geometry.camera_binning)
 
 
 @dataclass(frozen=True)
@@ -103,6 +204,24 @@ def default_sources(
     return np.concatenate([xy + jitter, z], axis=1)
 
 
+#: The thick-specimen geometry (issue 13's independent-recording geometry): a 16 µm thick
+#: volume of 32×64×64 voxels of 0.5×0.16×0.16 µm, λ 0.52 µm, n 1.333, NA 0.8, focus at
+#: the centre, one bead 3 µm below the volume and the others on a ring 2–4 µm below.
+THICK_OPTICS = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8)
+THICK_SHAPE_ZYX = (32, 64, 64)
+THICK_VOXEL_UM_ZYX = (0.5, 0.16, 0.16)
+
+
+def thick_sources(geometry: VolumeGeometry, views: int, *, seed: int = 0) -> np.ndarray:
+    """Sources ``[V, 3]`` (µm) of the thick geometry: one 3 µm below the centre, the others
+    on a ring (radius 0.32 of the field of view) at depths drawn in 2–4 µm."""
+    sources = default_sources(geometry, views, depth_um=3.0, seed=seed)
+    rng = np.random.default_rng(seed + 11)
+    sources[0, 2] = -3.0
+    sources[1:, 2] = -rng.uniform(2.0, 4.0, views - 1)
+    return sources
+
+
 @dataclass
 class Simulator:
     """Renders noisy camera frames of a Δn volume for a fixed set of sources.
@@ -115,6 +234,7 @@ class Simulator:
         background: ``[V]`` background photo-electrons per pixel.
         coherence: partial-coherence sampling.
         camera: the noise model.
+        instrument: pupil, source NA and axial sampling of the simulated microscope.
     """
 
     optics: Optics
@@ -127,6 +247,7 @@ class Simulator:
     camera: CameraModel = field(default_factory=CameraModel)
     device: str | torch.device = "cpu"
     seed: int = 0
+    instrument: Instrument = field(default_factory=Instrument)
 
     def __post_init__(self) -> None:
         self.sources_um_xyz = np.asarray(self.sources_um_xyz, dtype=np.float64).reshape(-1, 3)
@@ -140,13 +261,15 @@ class Simulator:
         self.background = np.asarray(self.background, dtype=np.float64)
         wavelengths, weights = emission_wavelengths(self.optics, self.coherence.n_wavelengths)
         depth = float(max(0.0, -self.sources_um_xyz[:, 2].min()))
-        reference = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth)
+        optics = self.instrument.render_optics(self.optics, self.geometry)
+        geometry = self.instrument.render_geometry(self.geometry)
+        reference = ForwardModel.build(optics, geometry, source_depth_um=depth)
         self._models = [
-            ForwardModel.build(
-                self.optics.with_wavelength(float(w)), self.geometry, pad_yx=reference.pad_yx, device=self.device
-            )
+            ForwardModel.build(optics.with_wavelength(float(w)), geometry, pad_yx=reference.pad_yx, device=self.device)
             for w in wavelengths
         ]
+        neutral = self.instrument.pupil == PupilParameters()
+        self._pupils = [None if neutral else pupil_on_grid(model, self.instrument.pupil) for model in self._models]
         self._weights = weights
         self._offsets = bead_offsets(self.coherence.bead_diameter_um, self.coherence.n_subsources, self.seed)
         empty = np.zeros(self.geometry.shape_zyx, dtype=np.float32)
@@ -174,11 +297,13 @@ class Simulator:
         sources = self.sources_um_xyz[idx]
         sub = (sources[:, None, :] + self._offsets[None, :, :]).reshape(-1, 3)
         dn_t = torch.as_tensor(dn, dtype=torch.float32, device=self.device)
+        if self.instrument.steps_per_voxel > 1:
+            dn_t = dn_t.repeat_interleave(self.instrument.steps_per_voxel, dim=0)
         src_t = torch.as_tensor(sub, dtype=torch.float32, device=self.device)
         total: torch.Tensor | None = None
         with torch.no_grad():
-            for model, weight in zip(self._models, self._weights):
-                image = camera_intensity(model, multislice(model, dn_t, src_t)) * float(weight)
+            for model, weight, pupil in zip(self._models, self._weights, self._pupils):
+                image = camera_intensity(model, multislice(model, dn_t, src_t), pupil=pupil) * float(weight)
                 total = image if total is None else total + image
         assert total is not None  # at least one wavelength
         total = total.reshape(len(idx), len(self._offsets), *total.shape[-2:]).mean(dim=1)

@@ -46,22 +46,23 @@ def focal_field(model: physics.ForwardModel, dn: torch.Tensor, src: torch.Tensor
 def analytic_focal_field(
     optics: Optics, geometry: VolumeGeometry, source_xyz, upsample: int, n_k: int = 1001
 ) -> np.ndarray:
-    """Pupil-filtered band-limited spherical wave on the focal plane, by quadrature.
+    """Band-limited spherical wave through the hard pupil on the focal plane, by quadrature.
 
     Weyl's expansion ``exp(i·km·r)/r = (i/2π) ∫ d²k exp(i(k⊥·ρ + kz·|z|))/kz``, band
-    limited by the raised-cosine edge ``A(k)`` and integrated over angle, is radially
+    limited by the raised-cosine edge ``A(k)`` (1 inside the pupil when the source NA
+    exceeds the NA), cut by the pupil at ``k0·NA`` and integrated over angle, is radially
     symmetric about the source's lateral position:
-    ``E(ρ) = i ∫_0^{k0·NA_src} exp(i·kz·d)/kz · A(k) · J0(k·ρ) k dk`` with
+    ``E(ρ) = i ∫_0^{k0·min(NA, NA_src)} exp(i·kz·d)/kz · A(k) · J0(k·ρ) k dk`` with
     ``d = z_f − z_s``. Evaluated on the grid ``x_j = (j − n/2)·dx/s`` of the
     (upsampled) camera field of view.
     """
     _, ny, nx = geometry.shape_zyx
     _, dy, dx = geometry.voxel_um_zyx
     xs, ys, zs = source_xyz
-    k_cut = optics.k0 * optics.source_na
-    k = np.linspace(0.0, k_cut, n_k)
+    k_in, k_cut = physics.source_band_limits(optics, geometry)
+    k = np.linspace(0.0, min(k_cut, optics.k0 * optics.na), n_k)
     kz = np.sqrt(optics.km**2 - k**2)
-    band = physics.band_edge(torch.from_numpy(k), k_cut).numpy()
+    band = physics.band_edge(torch.from_numpy(k), k_cut, k_in).numpy()
     weight = np.exp(1j * kz * (geometry.focal_z_um - zs)) / kz * band * k
     s = upsample
     # Samples sit at the centres of the s × s sub-pixels of each voxel-sized pixel
@@ -105,6 +106,30 @@ def test_homogeneous_medium_matches_analytic_spherical_wave(model64, source_xyz)
     ny, nx = GEOMETRY.camera_shape_yx
     expected_image = (np.abs(reference) ** 2).reshape(ny, 2, nx, 2).mean(axis=(1, 3))
     assert rel_l2(physics.render(model64, dn, sources(source_xyz))[0], expected_image) < 0.01
+
+
+#: The demo geometry and the issue-13 independent-recording geometry (both 32×64×64).
+SWEEP_GEOMETRIES = {
+    "demo": (Optics(wavelength_um=0.6, n_medium=1.33, na=0.8), VolumeGeometry((32, 64, 64), (0.25, 0.25, 0.25))),
+    "issue13": (Optics(wavelength_um=0.52, n_medium=1.333, na=0.8), VolumeGeometry((32, 64, 64), (0.5, 0.16, 0.16))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SWEEP_GEOMETRIES))
+@pytest.mark.parametrize("depth_um", [1.0, 4.0])
+def test_wide_source_cone_through_hard_pupil_matches_analytic_anywhere(name, depth_um):
+    """Default source NA (beyond the detection NA) and a hard pupil: the multi-slice image of
+    Δn = 0 equals the Hankel integral for sources on axis, mid-field and at the field's
+    edge (0.95·W, off both axes), shallow and deep (the model sized for that depth)."""
+    optics, geometry = SWEEP_GEOMETRIES[name]
+    assert physics.source_band_limits(optics, geometry)[0] >= optics.k0 * optics.na  # flat inside the pupil
+    model = physics.ForwardModel.build(optics, geometry, source_depth_um=depth_um, dtype=torch.float64)
+    half_width = 0.5 * geometry.shape_zyx[2] * geometry.voxel_um_zyx[2]
+    dn = torch.zeros(geometry.shape_zyx, dtype=torch.float64)
+    for x in (0.0, 0.6 * half_width, 0.95 * half_width):
+        src = (x, 0.3 * x, -depth_um)
+        field = focal_field(model, dn, sources(src))[0]
+        assert rel_l2(field, analytic_focal_field(optics, geometry, src, model.upsample, n_k=2001)) < 0.01, src
 
 
 @pytest.mark.parametrize("focal_z_um", [0.4, 5.5])
@@ -238,7 +263,7 @@ def born_focal_field(
     kx = 2 * np.pi * np.fft.fftfreq(size_x, dx)[None, :]
     k_perp = np.hypot(kx, ky)
     kz = np.sqrt(np.maximum(optics.km**2 - k_perp**2, 0.0))
-    band = physics.band_edge(torch.from_numpy(k_perp), optics.k0 * optics.source_na).numpy()
+    band = physics.band_edge(torch.from_numpy(k_perp), *reversed(physics.source_band_limits(optics, geometry))).numpy()
     pupil = k_perp <= optics.k0 * optics.na
     xs, ys, zs = source_xyz
     x_first, y_first = -(size_x // 2) * dx, -(size_y // 2) * dy  # coordinate of index 0
@@ -264,7 +289,7 @@ def born_focal_field(
 def _voxel_grid_field(model: physics.ForwardModel, dn: np.ndarray, src) -> np.ndarray:
     spectrum = physics.multislice(model, torch.from_numpy(dn), sources(src))
     ny, nx = model.geometry.shape_zyx[1:]
-    pad_y, pad_x = model.pad_yx
+    pad_y, pad_x = (p + e for p, e in zip(model.pad_yx, model.exit_pad_yx))
     return torch.fft.ifft2(spectrum)[0, pad_y : pad_y + ny, pad_x : pad_x + nx].numpy()
 
 

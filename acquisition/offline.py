@@ -98,7 +98,7 @@ def simulate_recording(
     ``instrument`` is the simulated microscope ("matched": the reconstruction's own
     model; "realistic": a pupil with apodisation and aberrations, a wider source cone and
     finer axial steps, drawn with ``seed``; or an :class:`Instrument`); it is written to
-    ``extra["instrument"]`` with the ground truth, never to the optics the reconstruction
+    ``extra["simulated_instrument"]`` with the ground truth, never to the optics the reconstruction
     reads. ``thick`` selects the thick-specimen geometry (its optics, shape, voxel and
     bead depths override ``optics``, ``shape_zyx`` and ``voxel_um_zyx``).
     """
@@ -133,7 +133,7 @@ def simulate_recording(
             "bead_diameter_um": coherence.bead_diameter_um,
             "n_subsources": coherence.n_subsources,
         },
-        "instrument": instrument.to_dict(),
+        "simulated_instrument": instrument.to_dict(),
     }
     rng = np.random.default_rng(seed)
     path = Path(out)
@@ -253,7 +253,7 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
                 coh.get("n_wavelengths", 5), coh.get("bead_diameter_um", 0.2), coh.get("n_subsources", 4)
             ),
             seed=seed,
-            instrument=Instrument.from_dict(extra.get("instrument")),
+            instrument=Instrument.from_dict(extra.get("simulated_instrument")),
         )
         model = ForwardModel.build(meta.optics, meta.geometry, pad_yx=sim.pad_yx)
         rows = []

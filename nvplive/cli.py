@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("kind", choices=("quality", "speed"))
     bench.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the result rows as JSON")
     bench.add_argument("--full", action="store_true", help="the full (GPU) size")
+    bench.add_argument("--mismatch", action="store_true",
+                       help="quality: the instrument-mismatch table instead (simulated instrument ≠ model; "
+                            "--full for the whole grid)")
     bench.add_argument("--markdown", type=Path, default=None, help="append the table to this Markdown file")
     bench.add_argument("--device", default=None, choices=("cpu", "cuda"),
                        help="speed: measure on this device only (default: the CPU, and CUDA when present)")
@@ -313,11 +316,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.kind == "quality":
         if args.device is not None:
             raise UsageError("--device applies to the speed benchmark; the quality benchmark runs on the CPU.")
+        if args.mismatch:
+            from nvplive.benchmarks.mismatch import main as mismatch_main
+
+            return mismatch_main(json_path=args.json, full=args.full, markdown=args.markdown)
         from nvplive.benchmarks.quality import main as quality_main
 
         print(f"nvplive: {cpu_threads(args.threads)[0]} single-threaded worker processes (the CPU thread policy; "
               "--threads to change)", file=sys.stderr, flush=True)
         return quality_main(json_path=args.json, full=args.full, markdown=args.markdown, threads=args.threads)
+    if args.mismatch:
+        raise UsageError("--mismatch applies to the quality benchmark.")
     from nvplive.benchmarks.speed import main as speed_main
 
     if args.device != "cuda":

@@ -8,7 +8,7 @@ model. Intensities are in photo-electrons.
 It also has its own :class:`Instrument`, which the reconstruction is not told: a
 detection pupil with apodisation and Zernike aberrations, a source spectrum reaching
 closer to n_medium than the renderer's default, and several propagation steps per
-voxel. A recording stores it with the ground truth (``extra["instrument"]``).
+voxel. A recording stores it with the ground truth (``extra["simulated_instrument"]``).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class Instrument:
         raise GeometryError(f"Instrument: unknown instrument {name!r}; choose matched or realistic.")
 
     def to_dict(self) -> dict:
-        """JSON-serialisable form (the recording's ``extra["instrument"]``)."""
+        """JSON-serialisable form (the recording's ``extra["simulated_instrument"]``)."""
         return {
             "name": self.name,
             "pupil": self.pupil.to_dict(),

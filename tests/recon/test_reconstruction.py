@@ -143,8 +143,10 @@ def test_coherence_mask_lowers_the_dn_error_on_polychromatic_frames():
         config = ReconConfig(iterations=150, coherence_mask=mask)
         result = Reconstructor(optics, GEOMETRY, sources, camera_offset=100.0, config=config, device="cpu").cold_start(frames)
         rmse[mask] = float(np.sqrt(np.mean((result.dn - dn) ** 2)))
-    # measured 0.0026 with the mask against 0.0141 without
-    assert rmse[True] < 0.5 * rmse[False], rmse
+    # measured 0.0026 with the mask against 0.0141 without while the source spectrum stopped
+    # at the NA (a smooth pupil); with the wide source cone and hard pupil (issue 13) the
+    # unmasked fit is much better and the margin smaller: 0.0035 against 0.0058
+    assert rmse[True] < 0.75 * rmse[False], rmse
 
 
 def test_coherence_weights_discount_where_the_band_washes_fringes_out():

@@ -1,0 +1,168 @@
+"""``nvplive bench quality --mismatch``: Δn quality when the instrument is not the model (issue 13).
+
+The frames are simulated with an :class:`~nvplive.recon.simulate.Instrument` the
+reconstruction is not told (pupil apodisation, spherical aberration, source NA,
+a drawn realistic objective; polychromatic light, 0.2 µm beads, two propagation
+steps per voxel for the non-matched rows) and reconstructed with the default
+model (hard aperture, default source NA), told only λ, NA, n, the voxel size and
+the nominal bead positions. Every row carries the all-zero volume's absolute-Δn
+PSNR, the floor a reconstruction must beat. Two geometries, both scaled down so
+that the grid runs on two CPU cores: the standard one (beads 6 µm below a 4 µm
+volume, 0.25 µm voxels, λ 0.6, n 1.33) and a thick one (12 µm volume of
+0.5×0.16×0.16 µm voxels, λ 0.52, n 1.333, beads 2–4 µm below, focus in the middle).
+The default runs a representative subset; ``--full`` the whole grid.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from . import publish
+
+#: name → (geometry, views, cold iterations); small enough for 2 cores.
+GEOMETRIES = {
+    "standard": {"shape_zyx": (16, 40, 40), "voxel_um_zyx": (0.25, 0.25, 0.25), "thick": False},
+    "thick": {"shape_zyx": (24, 40, 40), "voxel_um_zyx": (0.5, 0.16, 0.16), "thick": True},
+}
+VIEWS = 7
+ITERATIONS = 150
+FULL_ITERATIONS = 300
+
+#: name → instrument description (see :func:`_instrument`).
+INSTRUMENTS = {
+    "matched": {},
+    "apodisation 10 %": {"apodisation": -0.1},
+    "apodisation 20 %": {"apodisation": -0.2},
+    "spherical 0.5 rad": {"spherical": 0.5},
+    "spherical 1 rad": {"spherical": 1.0},
+    "source NA = NA": {"source_na": "na"},
+    "source NA 0.98 n": {"source_na": "near_n"},
+    "realistic (seed 0)": {"realistic": 0},
+}
+SUBSET = {
+    "standard": ("matched", "apodisation 20 %", "spherical 1 rad", "source NA = NA", "realistic (seed 0)"),
+    "thick": ("matched", "realistic (seed 0)"),
+}
+METHODS = ("nvp", "explicit", "triplane")
+
+
+def _instrument(spec: dict, optics):
+    from nvplive.recon.pupil import PupilParameters
+    from nvplive.recon.simulate import REALISTIC_SOURCE_NA_FRACTION, Instrument
+
+    if "realistic" in spec:
+        return Instrument.realistic(optics, seed=spec["realistic"])
+    if not spec:
+        return Instrument()
+    zernike = [0.0] * 21
+    if "spherical" in spec:
+        zernike[11 - 2] = spec["spherical"]
+    pupil = PupilParameters(zernike_rad=tuple(zernike), apodisation=(spec.get("apodisation", 0.0),))
+    source_na = None
+    if spec.get("source_na") == "na":
+        source_na = optics.na
+    elif spec.get("source_na") == "near_n":
+        source_na = REALISTIC_SOURCE_NA_FRACTION * optics.n_medium
+    return Instrument("custom", pupil, source_na, 2, None)
+
+
+def _setup(geometry_name: str, instrument_name: str, seed: int = 0):
+    from nvplive.recon.optics import Optics, VolumeGeometry
+    from nvplive.recon.phantoms import make_phantom
+    from nvplive.recon.simulate import THICK_OPTICS, CameraModel, PartialCoherence, Simulator, default_sources, thick_sources
+
+    g = GEOMETRIES[geometry_name]
+    optics = THICK_OPTICS if g["thick"] else Optics()
+    geometry = VolumeGeometry(g["shape_zyx"], g["voxel_um_zyx"])
+    if g["thick"]:
+        sources = thick_sources(geometry, VIEWS, seed=seed)
+    else:
+        sources = default_sources(geometry, VIEWS, depth_um=1.5 * geometry.extent_um_zyx[0], seed=seed)
+    truth = make_phantom("cell", geometry.shape_zyx, geometry.voxel_um_zyx, seed=seed)
+    instrument = _instrument(INSTRUMENTS[instrument_name], optics)
+    sim = Simulator(optics, geometry, sources, coherence=PartialCoherence(3, 0.2, 2), camera=CameraModel(), seed=seed,
+                    instrument=instrument)
+    frames = sim.frames(truth, np.random.default_rng(seed))
+    return optics, geometry, sources, truth, frames
+
+
+def _run(task: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from nvplive.recon.metrics import absolute_scores
+    from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+
+    optics, geometry, sources, truth, frames = _setup(task["geometry"], task["instrument"])
+    config = ReconConfig(method=task["method"], iterations=task["iterations"])
+    # The reconstruction is told λ, NA, n (not the simulator's source NA or pupil), the
+    # voxel size and the nominal bead positions.
+    rec = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=config, device="cpu")
+    start = time.perf_counter()
+    result = rec.cold_start(frames)
+    return {
+        **{k: task[k] for k in ("geometry", "instrument", "method", "iterations")},
+        "calibration": "none",
+        "psnr_db": round(float(absolute_scores(result.dn, truth).psnr_db), 3),
+        "zero_psnr_db": round(float(absolute_scores(np.zeros_like(truth), truth).psnr_db), 3),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def run_mismatch(full: bool = False, workers: int | None = None, progress=print) -> list[dict]:
+    iterations = FULL_ITERATIONS if full else ITERATIONS
+    tasks = []
+    for geometry in GEOMETRIES:
+        for instrument in (INSTRUMENTS if full else SUBSET[geometry]):
+            for method in METHODS:
+                tasks.append({"geometry": geometry, "instrument": instrument, "method": method, "iterations": iterations})
+    workers = workers or max(1, min(len(tasks), os.cpu_count() or 1))
+    rows = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for i, row in enumerate(pool.map(_run, tasks)):
+            rows.append(row)
+            progress(f"[{i + 1}/{len(tasks)}] {row['geometry']} {row['instrument']} {row['method']}: "
+                     f"{row['psnr_db']:.2f} dB (all-zero {row['zero_psnr_db']:.2f}) in {row['seconds']:.0f} s")
+    return rows
+
+
+def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
+    lines = [
+        f"### Instrument mismatch ({time.strftime('%Y-%m-%d')}, `nvplive bench quality --mismatch{' --full' if full else ''}`)",
+        "",
+        f"Machine: {platform.node()} {platform.machine()} CPU, {os.cpu_count()} cores, one torch thread per worker; "
+        f"cell phantom, {VIEWS} views, {rows[0]['iterations']} cold iterations, absolute-Δn PSNR (dB); "
+        f"wall time {seconds / 60:.1f} min. No pupil calibration (not on main when this ran).",
+        "",
+        "| geometry | instrument | all-zero | NVP | Explicit | Triplane | NVP − all-zero | NVP − Explicit | NVP − matched |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_key = {(r["geometry"], r["instrument"], r["method"]): r for r in rows}
+    for geometry in GEOMETRIES:
+        matched = by_key.get((geometry, "matched", "nvp"))
+        for instrument in INSTRUMENTS:
+            cells = {m: by_key.get((geometry, instrument, m)) for m in METHODS}
+            if cells["nvp"] is None:
+                continue
+            nvp = cells["nvp"]["psnr_db"]
+            fmt = {m: "–" if c is None else f"{c['psnr_db']:.2f}" for m, c in cells.items()}
+            vs_exp = "–" if cells["explicit"] is None else f"{nvp - cells['explicit']['psnr_db']:+.2f}"
+            vs_matched = "–" if matched is None else f"{nvp - matched['psnr_db']:+.2f}"
+            lines.append(
+                f"| {geometry} | {instrument} | {cells['nvp']['zero_psnr_db']:.2f} | {fmt['nvp']} | {fmt['explicit']} | "
+                f"{fmt['triplane']} | {nvp - cells['nvp']['zero_psnr_db']:+.2f} | {vs_exp} | {vs_matched} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(json_path=None, full: bool = False, markdown=None) -> int:
+    start = time.perf_counter()
+    rows = run_mismatch(full=full)
+    publish(markdown_table(rows, time.perf_counter() - start, full), rows, json_path, markdown)
+    return 0

@@ -115,6 +115,7 @@ def _run(task: dict) -> dict:
 
 
 def run_mismatch(full: bool = False, workers: int | None = None, progress=print) -> list[dict]:
+    """Reconstruct every (geometry, instrument, method) row in worker processes; one dict per row."""
     iterations = FULL_ITERATIONS if full else ITERATIONS
     tasks = []
     for geometry in GEOMETRIES:
@@ -132,6 +133,7 @@ def run_mismatch(full: bool = False, workers: int | None = None, progress=print)
 
 
 def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
+    """The rows as the BENCHMARKS.md table (margins against all-zero, Explicit and matched)."""
     lines = [
         f"### Instrument mismatch ({time.strftime('%Y-%m-%d')}, `nvplive bench quality --mismatch{' --full' if full else ''}`)",
         "",
@@ -162,6 +164,7 @@ def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
 
 
 def main(json_path=None, full: bool = False, markdown=None) -> int:
+    """Run the table, print it, write JSON / append Markdown if asked."""
     start = time.perf_counter()
     rows = run_mismatch(full=full)
     publish(markdown_table(rows, time.perf_counter() - start, full), rows, json_path, markdown)

@@ -45,6 +45,7 @@ def iteration_s(render, model, dn: torch.Tensor, src: torch.Tensor, repeats: int
 
 
 def main(argv: list[str]) -> int:
+    """Print the cost table; ``argv[0]`` is the folder holding the earlier ``oldrecon`` package."""
     sys.path.insert(0, argv[0])
     old = importlib.import_module("oldrecon.physics")
     old_optics = importlib.import_module("oldrecon.optics")

@@ -19,7 +19,6 @@ import json
 import platform
 import time
 
-import numpy as np
 import torch
 
 from nvplive.recon import physics
@@ -62,6 +61,7 @@ def _with_source_na(optics: Optics, na_source: float | None) -> Optics:
 
 
 def rows() -> list[dict]:
+    """One dict per (geometry, source NA): grids, image and specimen-part errors, iteration time."""
     torch.manual_seed(0)
     out = []
     for name, (optics, geometry, make_sources) in GEOMETRIES.items():
@@ -97,6 +97,7 @@ def rows() -> list[dict]:
 
 
 def markdown(table: list[dict]) -> str:
+    """The rows as a Markdown table with the machine line."""
     lines = [
         f"Machine: {platform.node()} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}.",
@@ -113,6 +114,7 @@ def markdown(table: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line: measure, print, write JSON if asked."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, help="write the rows as JSON")
     args = parser.parse_args(argv)

@@ -168,7 +168,8 @@ def test_coherence_weights_discount_where_the_band_washes_fringes_out():
         band = sum(a * render(m, truth, src, b) for m, a in rec._spectral())
     weights = rec._coherence_weights(truth, src, b, 0 * ones, measured, scale)
     assert weights.shape == measured.shape and float(weights.min()) >= 0 and float(weights.max()) <= 1
-    assert float(weights.min()) < 0.2 and float(np.median(weights.numpy())) > 0.5
+    # median 0.50 with the wide source cone and hard pupil (issue 13), 0.5+ before
+    assert float(weights.min()) < 0.2 and float(np.median(weights.numpy())) > 0.4
     d = (coherent - band).abs()  # the weights fall where the two models disagree most
     assert float(weights[d > d.quantile(0.99)].mean()) < float(weights[d < d.quantile(0.5)].mean())
     line = Reconstructor(replace(optics, emission_fwhm_um=0.0), GEOMETRY, sources, camera_offset=100.0, device="cpu")

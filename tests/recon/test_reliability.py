@@ -39,10 +39,11 @@ def _reconstructor(**changes) -> Reconstructor:
 
 
 @pytest.mark.parametrize(
-    ("lr", "factor"), [(1e9, 1.5), (1e30, 10.0)], ids=["loss-rises-past-the-factor", "loss-nan"]
+    ("lr", "factor"), [(1e9, 1.2), (1e30, 10.0)], ids=["loss-rises-past-the-factor", "loss-nan"]
 )
 def test_divergent_warm_update_rolls_back_flags_and_the_next_update_works(frames, lr, factor):
-    """lr 1e9 collapses the volume (the loss doubles: past a divergence factor of 1.5);
+    """lr 1e9 collapses the volume (the loss rises past a divergence factor of 1.2; with the
+    wide source cone and hard pupil of issue 13 it no longer passes 1.5);
     lr 1e30 makes the loss non-finite."""
     rec = _reconstructor()
     good = rec.cold_start(frames[0])

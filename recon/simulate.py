@@ -265,7 +265,12 @@ class Simulator:
         geometry = self.instrument.render_geometry(self.geometry)
         reference = ForwardModel.build(optics, geometry, source_depth_um=depth)
         self._models = [
-            ForwardModel.build(optics.with_wavelength(float(w)), geometry, pad_yx=reference.pad_yx, device=self.device)
+            ForwardModel.build(
+                self.instrument.render_optics(self.optics.with_wavelength(float(w)), self.geometry),
+                geometry,
+                pad_yx=reference.pad_yx,
+                device=self.device,
+            )
             for w in wavelengths
         ]
         neutral = self.instrument.pupil == PupilParameters()

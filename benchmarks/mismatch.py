@@ -92,6 +92,15 @@ def _setup(geometry_name: str, instrument_name: str, seed: int = 0):
 
 
 def _run(task: dict) -> dict:
+    """One reconstruction; a refusal or failure becomes a row with its message."""
+    try:
+        return _reconstruct(task)
+    except Exception as exc:  # reported in the table, the benchmark goes on
+        return {**{k: task[k] for k in ("geometry", "instrument", "method", "iterations")}, "calibration": "none",
+                "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _reconstruct(task: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -114,12 +123,18 @@ def _run(task: dict) -> dict:
     }
 
 
-def run_mismatch(full: bool = False, workers: int | None = None, progress=print) -> list[dict]:
-    """Reconstruct every (geometry, instrument, method) row in worker processes; one dict per row."""
+def run_mismatch(
+    full: bool = False, workers: int | None = None, progress=print, subset: dict[str, tuple[str, ...]] | None = None
+) -> list[dict]:
+    """Reconstruct every (geometry, instrument, method) row in worker processes; one dict per row.
+
+    ``subset`` (geometry → instrument names) overrides the default subset (``full``: all).
+    """
     iterations = FULL_ITERATIONS if full else ITERATIONS
+    chosen = subset if subset is not None else ({g: tuple(INSTRUMENTS) for g in GEOMETRIES} if full else SUBSET)
     tasks = []
-    for geometry in GEOMETRIES:
-        for instrument in (INSTRUMENTS if full else SUBSET[geometry]):
+    for geometry in chosen:
+        for instrument in chosen[geometry]:
             for method in METHODS:
                 tasks.append({"geometry": geometry, "instrument": instrument, "method": method, "iterations": iterations})
     workers = workers or max(1, min(len(tasks), os.cpu_count() or 1))
@@ -127,8 +142,8 @@ def run_mismatch(full: bool = False, workers: int | None = None, progress=print)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for i, row in enumerate(pool.map(_run, tasks)):
             rows.append(row)
-            progress(f"[{i + 1}/{len(tasks)}] {row['geometry']} {row['instrument']} {row['method']}: "
-                     f"{row['psnr_db']:.2f} dB (all-zero {row['zero_psnr_db']:.2f}) in {row['seconds']:.0f} s")
+            outcome = row.get("error") or f"{row['psnr_db']:.2f} dB (all-zero {row['zero_psnr_db']:.2f}) in {row['seconds']:.0f} s"
+            progress(f"[{i + 1}/{len(tasks)}] {row['geometry']} {row['instrument']} {row['method']}: {outcome}")
     return rows
 
 
@@ -147,9 +162,14 @@ def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
     by_key = {(r["geometry"], r["instrument"], r["method"]): r for r in rows}
     for geometry in GEOMETRIES:
         matched = by_key.get((geometry, "matched", "nvp"))
+        matched = matched if matched is not None and "error" not in matched else None
         for instrument in INSTRUMENTS:
             cells = {m: by_key.get((geometry, instrument, m)) for m in METHODS}
             if cells["nvp"] is None:
+                continue
+            if any(c is not None and "error" in c for c in cells.values()):
+                errors = "; ".join(f"{m}: {c['error']}" for m, c in cells.items() if c is not None and "error" in c)
+                lines.append(f"| {geometry} | {instrument} | – | refused or failed: {errors} | | | | | |")
                 continue
             nvp = cells["nvp"]["psnr_db"]
             fmt = {m: "–" if c is None else f"{c['psnr_db']:.2f}" for m, c in cells.items()}

@@ -110,18 +110,7 @@ class VolumeView(QtWidgets.QWidget):
         top.setSpacing(0)
         cbar_column = QtWidgets.QVBoxLayout()
 
-        self._build_canvas()
-        top.addWidget(self.canvas.native, 1)
-        top.addLayout(cbar_column)
-        cbar_column.setSpacing(0)
-        self._build_colorbar(cbar_column)
-        self._build_slices()
-        layout.addWidget(self._slice_widget, 2)
-        self._build_controls(controls)
-        self._apply_clim()
-
-    # ---------------------------------------------------------------- building
-    def _build_canvas(self) -> None:
+        # 3D canvas: the Δn volume, its bounding box with µm ticks, the slice outlines
         self.canvas = scene.SceneCanvas(keys=None, bgcolor=style.BACKGROUND, show=False, parent=self)
         self.canvas.native.setMinimumSize(320, 240)
         self._view = self.canvas.central_widget.add_view()
@@ -159,8 +148,11 @@ class VolumeView(QtWidgets.QWidget):
         for line in self._plane_lines.values():
             # Slice outlines stay visible through the rendered volume in every mode.
             line.set_gl_state("translucent", depth_test=False)
+        top.addWidget(self.canvas.native, 1)
+        top.addLayout(cbar_column)
+        cbar_column.setSpacing(0)
 
-    def _build_colorbar(self, column: QtWidgets.QVBoxLayout) -> None:
+        # RI colour bar and the value readout under it
         self._cbar_widget = pg.GraphicsLayoutWidget()
         self._cbar_widget.setBackground(style.BACKGROUND)
         self._cbar_widget.setFixedWidth(92)
@@ -178,15 +170,15 @@ class VolumeView(QtWidgets.QWidget):
             axis.setTextPen(pg.mkPen(style.FOREGROUND))
         self.colorbar.axis.setWidth(52)
         self._cbar_widget.addItem(self.colorbar)
-        column.addWidget(self._cbar_widget, 1)
+        cbar_column.addWidget(self._cbar_widget, 1)
         self.readout = QtWidgets.QLabel("")
-        column.addWidget(self.readout)
+        cbar_column.addWidget(self.readout)
         self.readout.setObjectName("readout")
         self.readout.setFixedWidth(self._cbar_widget.width())
         self.readout.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self.readout.setStyleSheet(f"background: {style.BACKGROUND}; padding: 2px 0;")
 
-    def _build_slices(self) -> None:
+        # three orthogonal slices
         self._slice_widget = pg.GraphicsLayoutWidget()
         self._slice_widget.setBackground(style.BACKGROUND)
         self._slice_widget.setMinimumHeight(160)
@@ -219,17 +211,18 @@ class VolumeView(QtWidgets.QWidget):
             self._cross[ax] = (lh, lv)
         self.colorbar.setImageItem(list(self.slice_items.values()))
         self._slice_widget.scene().sigMouseClicked.connect(self._on_slice_click)
+        layout.addWidget(self._slice_widget, 2)
 
-    def _build_controls(self, row: QtWidgets.QHBoxLayout) -> None:
-        row.setSpacing(6)
-        row.addWidget(style.panel_title("Refractive index"))
+        # controls: render mode, iso level, slice indices
+        controls.setSpacing(6)
+        controls.addWidget(style.panel_title("Refractive index"))
         self.mode_combo = QtWidgets.QComboBox()
         for m in MODES:
             self.mode_combo.addItem(_MODE_LABELS[m], m)
         self.mode_combo.currentIndexChanged.connect(
             lambda i: self.set_mode(self.mode_combo.itemData(i))
         )
-        row.addWidget(self.mode_combo)
+        controls.addWidget(self.mode_combo)
         self.iso_spin = QtWidgets.QDoubleSpinBox()
         self.iso_spin.setDecimals(4)
         self.iso_spin.setSingleStep(0.001)
@@ -237,7 +230,7 @@ class VolumeView(QtWidgets.QWidget):
         self.iso_spin.setPrefix("iso RI ")
         self.iso_spin.setEnabled(False)
         self.iso_spin.valueChanged.connect(lambda v: self.set_threshold(v - self._n_medium))
-        row.addWidget(self.iso_spin)
+        controls.addWidget(self.iso_spin)
         self.slice_spins: dict[str, QtWidgets.QSpinBox] = {}
         for ax in "zyx":
             spin = QtWidgets.QSpinBox()
@@ -246,8 +239,9 @@ class VolumeView(QtWidgets.QWidget):
             spin.setStyleSheet(f"color: {style.SLICE_COLORS[ax]};")
             spin.valueChanged.connect(self._on_slice_spin)
             self.slice_spins[ax] = spin
-            row.addWidget(spin)
-        row.addStretch(1)
+            controls.addWidget(spin)
+        controls.addStretch(1)
+        self._apply_clim()
 
     # ---------------------------------------------------------------- public API
     def set_volume(self, dn: np.ndarray, voxel_um_zyx, n_medium: float) -> None:

@@ -2,10 +2,10 @@
 
 Source finding (:func:`initial_sources`): the lateral position of each view's source
 comes from a 2D Gaussian fit (the defocused image of a bead is centred on it); the
-axial position from the nominal geometry. A view whose image the nominal model itself
-predicts to be no compact spot (a defocused disc larger than the field of view) keeps
-its nominal lateral position and is registered against the model image
-(:func:`refine_sources`). Only a frame that shows no light (dark or empty) is refused.
+axial position from the nominal geometry. A view that shows light but no compact spot
+(a defocused disc larger than the field of view) keeps its nominal lateral position and
+is registered against the model image (:func:`refine_sources`, :func:`calibrate_pupil`).
+Only a frame that shows no light (dark or empty) is refused.
 
 Defective pixels (hot, dead, saturated) are found with robust statistics
 (:func:`defective_pixels`, median and MAD) and get zero weight in every fit and in the
@@ -16,7 +16,8 @@ linear least-squares fit of the unperturbed model image to the measurement.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ from scipy.optimize import least_squares
 
 from nvplive.errors import ReconstructionError
 
-from .physics import ForwardModel, camera_intensity, homogeneous_spectrum
+from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid
+from .pupil import FIRST_NOLL, PupilParameters
 
 #: Robust signal-to-noise ratio beyond which a pixel's step from its neighbourhood is an outlier.
 OUTLIER_SIGMAS = 10.0
@@ -189,15 +191,15 @@ def initial_sources(
     *,
     min_snr: float = 3.0,
     valid: np.ndarray | None = None,
-    model_images: np.ndarray | None = None,
 ) -> np.ndarray:
     """Source positions ``[V, 3]`` (µm): lateral from Gaussian fits, axial from the nominal geometry.
 
-    A view whose Gaussian fit fails keeps its nominal lateral position when the model
-    image of its nominal source (``model_images [V, Y, X]``) cannot be localised by a
-    Gaussian fit either (a defocused disc larger than the field of view) and the frame
-    shows light: its light level is at least ``DARK_FRACTION`` of the brightest view's
-    and ``min_snr`` times its pixel noise, and the frame is not constant.
+    A Gaussian fit is trusted when its signal-to-noise ratio is at least ``min_snr`` and
+    it finds a spot narrower than the field with its centre inside. A view where it does
+    not (a defocused disc larger than the field of view, an aberrated image) keeps its
+    nominal lateral position when the frame shows light: its light level is at least
+    ``DARK_FRACTION`` of the brightest view's and ``min_snr`` times its pixel noise, and
+    the frame is not constant.
 
     Args:
         images: ``[V, Y, X]`` frames in photo-electrons above the camera offset.
@@ -217,13 +219,12 @@ def initial_sources(
         if _localised(fit, min_snr, half):
             out[v, 0], out[v, 1] = fit.x_um, fit.y_um
             continue
-        expected_spot = model_images is not None and _localised(fit_gaussian(model_images[v], y, x), min_snr, half)
         shows_light = (
             levels[v] >= DARK_FRACTION * brightest
             and levels[v] > min_snr * noise[v]
             and np.ptp(image if ok is None else image[ok]) > 1e-9 * max(abs(levels[v]), 1.0)
         )
-        if model_images is None or expected_spot or not shows_light:
+        if not shows_light:
             raise ReconstructionError(
                 f"View {v}: no fluorescent source is visible (fit signal-to-noise {fit.snr:.1f} < {min_snr}); "
                 "check the source selection and exposure."
@@ -256,6 +257,7 @@ def refine_sources(
     sources_um_xyz: torch.Tensor,
     *,
     valid: torch.Tensor | None = None,
+    pupil: torch.Tensor | None = None,
     iterations: int = 100,
     lr_um: float = 0.02,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -263,7 +265,8 @@ def refine_sources(
 
     Lateral positions, brightness and background are fitted (least squares on the
     normalised images, defective pixels — ``valid [V, Y, X]`` zero — left out) with the
-    homogeneous renderer; the axial position is kept. The specimen's weak modulation
+    homogeneous renderer through ``pupil`` (complex ``[Yp, Xp]``, None = hard aperture);
+    the axial position is kept. The specimen's weak modulation
     barely moves this optimum, while the disk edge of a defocused bead pins the position
     to a small fraction of a pixel.
 
@@ -277,7 +280,7 @@ def refine_sources(
     shift = torch.zeros_like(sources_um_xyz[:, :2], requires_grad=True)
     with torch.no_grad():
         b0, c0 = fit_brightness_background(
-            camera_intensity(model, homogeneous_spectrum(model, sources_um_xyz)), measured, weight
+            camera_intensity(model, homogeneous_spectrum(model, sources_um_xyz), pupil=pupil), measured, weight
         )
     log_b = torch.zeros_like(b0, requires_grad=True)
     c = (c0 / scale).clone().requires_grad_(True)
@@ -285,7 +288,7 @@ def refine_sources(
     for _ in range(iterations):
         opt.zero_grad(set_to_none=True)
         src = torch.cat([sources_um_xyz[:, :2] + shift, sources_um_xyz[:, 2:]], dim=1)
-        image = camera_intensity(model, homogeneous_spectrum(model, src))
+        image = camera_intensity(model, homogeneous_spectrum(model, src), pupil=pupil)
         predicted = image * (b0 * torch.exp(log_b) / scale)[:, None, None] + c[:, None, None]
         loss = (weight * (predicted - target) ** 2).sum() / count.sum()
         loss.backward()
@@ -293,3 +296,174 @@ def refine_sources(
     with torch.no_grad():
         src = torch.cat([sources_um_xyz[:, :2] + shift, sources_um_xyz[:, 2:]], dim=1)
         return src.detach(), (b0 * torch.exp(log_b)).detach(), (c * scale).detach()
+
+
+# -- pupil self-calibration ------------------------------------------------------------
+
+#: Zernike terms (Noll indices) a calibration fits by default: astigmatism to secondary
+#: spherical. Piston (1) is a global phase nothing can see; tip/tilt (2, 3) shift every
+#: image alike, which the fitted lateral source positions already do; defocus (4) is
+#: (up to the difference between the paraxial ρ² and the exact axial phase) a common
+#: axial shift, which the fitted source depths already do. Fitting them would leave the
+#: optimum undetermined along those directions, so they are held at zero and the
+#: positions carry them.
+DEFAULT_NOLL: tuple[int, ...] = tuple(range(5, 23))
+#: Radial apodisation terms ``a_1 ρ² + a_2 ρ⁴`` a calibration fits by default.
+DEFAULT_APODISATION_TERMS = 2
+
+
+@dataclass(frozen=True)
+class PupilCalibration:
+    """What a pupil calibration found.
+
+    Attributes:
+        pupil: the calibrated pupil (Noll 2 … max of the fitted indices; the unfitted ones 0).
+        sources_um_xyz: ``[V, 3]`` fitted source positions (µm).
+        brightness, background: ``[V]`` per-view ``b_i`` and ``c_i`` (photo-electrons).
+        residual: relative residual ``‖model − measured‖ / ‖measured − background‖`` over the
+            valid pixels of every view, after the fit.
+        residual_start: the same with the starting pupil, positions refined (what the fit improved on).
+        noll: the fitted Noll indices.
+    """
+
+    pupil: PupilParameters
+    sources_um_xyz: np.ndarray
+    brightness: np.ndarray
+    background: np.ndarray
+    residual: float
+    residual_start: float
+    noll: tuple[int, ...] = field(default=DEFAULT_NOLL)
+
+
+def _relative_residual(predicted: torch.Tensor, measured: torch.Tensor, background: torch.Tensor, weight: torch.Tensor) -> float:
+    num = (weight * (predicted - measured) ** 2).sum()
+    den = (weight * (measured - background[:, None, None]) ** 2).sum().clamp_min(1e-30)
+    return float(torch.sqrt(num / den))
+
+
+def calibrate_pupil(
+    model: ForwardModel,
+    measured: np.ndarray | torch.Tensor,
+    sources_um_xyz: np.ndarray | torch.Tensor,
+    *,
+    valid: np.ndarray | torch.Tensor | None = None,
+    noll: Sequence[int] = DEFAULT_NOLL,
+    apodisation_terms: int = DEFAULT_APODISATION_TERMS,
+    axial: str = "view",
+    start: PupilParameters | None = None,
+    band: Sequence[tuple[ForwardModel, float]] | None = None,
+    iterations: int = 150,
+) -> PupilCalibration:
+    """Fit the detection pupil, the source positions and each view's brightness/background
+    to images of point sources through a homogeneous medium.
+
+    The model of view ``v`` is ``b_v·|E_v|² + c_v`` with ``E_v`` the field of a point source
+    at ``r_v`` (:func:`.physics.homogeneous_spectrum`) through the pupil
+    ``A(ρ)·exp(i·Σ_j c_j Z_j)`` (:mod:`.pupil`). ``b_v`` and ``c_v`` are solved in closed
+    form at every evaluation (variable projection); the positions, the Zernike
+    coefficients of ``noll`` and ``apodisation_terms`` apodisation coefficients are fitted
+    by L-BFGS on the mean squared residual of the images normalised by their mean,
+    defective pixels (``valid`` False) left out. A first pass fits the positions alone,
+    the second everything. On FDT frames the specimen is weak: its images are dominated
+    by this homogeneous part, so the pupil can be calibrated before the volume is known.
+
+    Degeneracies: piston, tip/tilt and defocus are not fitted (see :data:`DEFAULT_NOLL`);
+    the lateral positions absorb tip/tilt and the axial positions defocus.
+
+    Args:
+        model: the renderer (float64 recommended for the line search).
+        measured: ``[V, Y, X]`` images in photo-electrons above the camera offset.
+        sources_um_xyz: ``[V, 3]`` starting positions (µm).
+        noll: Noll indices to fit (each ≥ 2).
+        axial: ``view`` fits each view's depth; ``common`` one shift for all (a z-stack:
+            the planes' relative depths are the stage's steps); ``none`` keeps the depths.
+        start: a starting pupil (a warm update from an earlier calibration).
+        band: renderers at wavelengths sampling the emission band and their weights: the
+            model image is their weighted sum (partial coherence), so that the pupil does
+            not take up the fringes a broad band washes out. Default: ``model`` alone.
+        iterations: L-BFGS iterations per pass.
+    Raises:
+        ValueError: for an unknown ``axial`` mode or a Noll index below 2.
+    """
+    if axial not in ("view", "common", "none"):
+        raise ValueError(f"axial must be 'view', 'common' or 'none', got {axial!r}.")
+    noll = tuple(sorted(int(j) for j in noll))
+    if noll and noll[0] < FIRST_NOLL:
+        raise ValueError(f"Noll indices must be ≥ {FIRST_NOLL}, got {noll[0]}.")
+    device, dtype = model.device, model.real_dtype
+    data = torch.as_tensor(np.asarray(measured) if not isinstance(measured, torch.Tensor) else measured, device=device).to(dtype)
+    base = torch.as_tensor(np.asarray(sources_um_xyz, dtype=np.float64), device=device, dtype=dtype).reshape(-1, 3)
+    weight = torch.ones_like(data) if valid is None else torch.as_tensor(np.asarray(valid) if not isinstance(valid, torch.Tensor) else valid, device=device).to(dtype)
+    scale = ((data * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp_min(1.0)).abs().clamp_min(1e-12)
+    target = data / scale[:, None, None]
+    n_terms = (max(noll) - FIRST_NOLL + 1) if noll else 0
+    if start is not None:
+        n_terms = max(n_terms, len(start.zernike_rad))
+    fixed = torch.zeros(n_terms, device=device, dtype=dtype)
+    if start is not None and start.zernike_rad:
+        fixed[: len(start.zernike_rad)] = torch.tensor(start.zernike_rad, dtype=dtype)
+    index = torch.tensor([j - FIRST_NOLL for j in noll], device=device, dtype=torch.long)
+    free_z = fixed[index].clone().requires_grad_(True)
+    apod0 = list(start.apodisation) if start is not None else []
+    apod0 = (apod0 + [0.0] * apodisation_terms)[: max(apodisation_terms, len(apod0))]
+    apod = torch.tensor(apod0, device=device, dtype=dtype).requires_grad_(apodisation_terms > 0)
+    sine = bool(start.sine_condition) if start is not None else False
+    spectral = [(model, 1.0)] if band is None else list(band)
+    lateral = torch.zeros(len(base), 2, device=device, dtype=dtype, requires_grad=True)
+    depth = torch.zeros(len(base) if axial == "view" else 1, device=device, dtype=dtype, requires_grad=axial != "none")
+
+    def sources() -> torch.Tensor:
+        dz = depth.expand(len(base)) if axial != "view" else depth
+        return base + torch.cat([lateral, dz[:, None]], dim=1)
+
+    def zernike_full() -> torch.Tensor:
+        return fixed.index_put((index,), free_z) if n_terms else fixed
+
+    def evaluate() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        coefficients = (zernike_full() if n_terms else None, apod if apod.numel() else None)
+        src = sources()
+        image = sum(
+            w * camera_intensity(m, homogeneous_spectrum(m, src), pupil=pupil_on_grid(m, coefficients, sine_condition=sine))
+            for m, w in spectral
+        )
+        b, c = fit_brightness_background(image, target, weight)
+        predicted = image * b[:, None, None] + c[:, None, None]
+        loss = (weight * (predicted - target) ** 2).sum() / weight.sum()
+        return loss, predicted, b, c
+
+    def fit(parameters: list[torch.Tensor]) -> None:
+        parameters = [p for p in parameters if p.requires_grad and p.numel()]
+        if not parameters:
+            return
+        opt = torch.optim.LBFGS(
+            parameters, lr=1.0, max_iter=iterations, history_size=30, line_search_fn="strong_wolfe",
+            tolerance_grad=1e-12, tolerance_change=1e-14,
+        )
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = evaluate()[0] * 1e3
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+    fit([lateral, depth])
+    with torch.no_grad():
+        _, predicted, _, c = evaluate()
+        residual_start = _relative_residual(predicted, target, c, weight)
+    fit([lateral, depth, free_z, apod])
+    with torch.no_grad():
+        _, predicted, b, c = evaluate()
+        residual = _relative_residual(predicted, target, c, weight)
+        zernike = zernike_full().cpu().numpy()
+        pupil = PupilParameters(tuple(float(v) for v in zernike), tuple(float(v) for v in apod.cpu().numpy()), sine)
+        return PupilCalibration(
+            pupil=pupil,
+            sources_um_xyz=sources().cpu().numpy().astype(np.float64),
+            brightness=(b * scale).cpu().numpy().astype(np.float64),
+            background=(c * scale).cpu().numpy().astype(np.float64),
+            residual=residual,
+            residual_start=residual_start,
+            noll=noll,
+        )

@@ -24,7 +24,15 @@ import torch
 
 from nvplive.errors import ReconstructionError
 
-from .calibration import defective_pixels, fit_brightness_background, initial_sources, refine_sources, sharpest_peak_ratio
+from .calibration import (
+    PupilCalibration,
+    calibrate_pupil,
+    defective_pixels,
+    fit_brightness_background,
+    initial_sources,
+    refine_sources,
+    sharpest_peak_ratio,
+)
 from .capacity import check_memory
 from .loop import (
     CoherenceCache,
@@ -39,7 +47,8 @@ from .loop import (
 )
 from .losses import gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
-from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, render
+from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render
+from .pupil import PupilParameters
 from .representations import Representation, representation_for
 from .simulate import emission_wavelengths
 
@@ -66,11 +75,13 @@ def fit_loss(
     data_range: torch.Tensor,
     window: torch.Tensor,
     tv_weight: float,
+    pupil: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The objective of one iteration: image loss of the rendered views against the
-    normalised measurement (``target = measured / scale``) plus τ·TV(Δn)/0.01."""
+    """The objective of one iteration: image loss of the rendered views (through ``pupil``,
+    complex ``[Yp, Xp]``, None = hard aperture) against the normalised measurement
+    (``target = measured / scale``) plus τ·TV(Δn)/0.01."""
     dn = representation()
-    predicted = render(model, dn, sources, brightness, background) / scale[:, None, None]
+    predicted = render(model, dn, sources, brightness, background, pupil) / scale[:, None, None]
     loss = image_loss(predicted, target, mask, data_range=data_range, window=window)
     if tv_weight:
         loss = loss + tv_weight * total_variation(dn) / 0.01
@@ -92,6 +103,11 @@ class ReconConfig:
         nonnegative: impose Δn ≥ 0.
         coherence_mask: weight the image loss by the coherence mask.
         self_calibration: optimise source positions, brightness and background.
+        pupil_calibration: before the volume is fitted, calibrate the detection pupil
+            (Zernike phase and apodisation, :func:`.calibration.calibrate_pupil`) with the
+            source positions (lateral and axial) from the frames' homogeneous part; later
+            timepoints reuse it. Needs ``self_calibration``. On by default: a real
+            objective's pupil is never the renderer's hard aperture (docs/reconstruction.md).
         calibration_warmup: iterations before the source parameters are released.
         lr_sources_um: learning rate of the source positions (µm per step).
         lr_photometry: learning rate of log-brightness and background.
@@ -119,6 +135,7 @@ class ReconConfig:
     nonnegative: bool = True
     coherence_mask: bool = True
     self_calibration: bool = True
+    pupil_calibration: bool = True
     calibration_warmup: int = 60
     lr_sources_um: float = 0.01
     lr_photometry: float = 0.005
@@ -161,6 +178,7 @@ class ReconResult:
     warm: bool
     flagged: bool = False
     message: str = ""
+    pupil: PupilParameters | None = None
 
 
 @dataclass
@@ -176,6 +194,7 @@ class ReconState:
     base_sources: torch.Tensor
     base_brightness: torch.Tensor
     base_background: torch.Tensor
+    pupil: PupilParameters | None = None
 
 
 _STATE_TENSORS = ("source_offset", "log_brightness", "background", "base_sources", "base_brightness", "base_background")
@@ -188,6 +207,11 @@ def _state_on(state: ReconState, device: torch.device) -> ReconState:
         representation={k: v.detach().to(device) for k, v in state.representation.items()},
         **{name: getattr(state, name).detach().to(device) for name in _STATE_TENSORS},
     )
+
+
+def _in_float64(model: ForwardModel) -> ForwardModel:
+    """The same renderer (optics, geometry, padding, device) in float64."""
+    return ForwardModel.build(model.optics, model.geometry, pad_yx=model.pad_yx, device=model.device, dtype=torch.float64)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
@@ -262,6 +286,8 @@ class Reconstructor:
         camera_offset, camera_gain: to convert ADU to photo-electrons.
         saturation_level: the largest count the camera reports (``2**bit_depth − 1``;
             ``None``: the frames' integer dtype maximum); pixels at it are saturated.
+        pupil: a known detection pupil (a pupil file); with ``pupil_calibration`` the
+            calibration starts from it, without it is used as it is. None: the hard aperture.
         config: the settings.
         device: ``auto``, ``cpu``, ``cuda`` …
     """
@@ -275,6 +301,7 @@ class Reconstructor:
         camera_offset: float = 0.0,
         camera_gain: float = 1.0,
         saturation_level: int | None = None,
+        pupil: PupilParameters | None = None,
         config: ReconConfig = ReconConfig(),
         device: str | torch.device = "auto",
     ) -> None:
@@ -291,6 +318,8 @@ class Reconstructor:
         check_memory(optics, geometry, len(self.nominal_sources), depth, self.device, method=config.method,
                      sources_um_xyz=self.nominal_sources)
         self.model = ForwardModel.build(optics, geometry, source_depth_um=depth, device=self.device)
+        self.pupil = pupil
+        self.calibration: PupilCalibration | None = None  # the last pupil calibration
         self.representation: Representation | None = None
         self.state: ReconState | None = None
         self._optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None
@@ -366,19 +395,31 @@ class Reconstructor:
     def _cold_start(self, frames: np.ndarray, callback: ProgressCallback | None) -> ReconResult:
         cfg = self.config
         measured, scale = self._measured(frames)
-        nominal = torch.as_tensor(self.nominal_sources, dtype=torch.float32, device=self.device)
-        with torch.no_grad():
-            unperturbed = camera_intensity(self.model, homogeneous_spectrum(self.model, nominal))
         if cfg.self_calibration:
             y, x = self.geometry.camera_coordinates_um()
             valid = None if self._valid is None else self._valid.cpu().numpy() > 0
-            start = initial_sources(
-                measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid, model_images=unperturbed.cpu().numpy()
-            )
-            base_sources = torch.as_tensor(start, dtype=torch.float32, device=self.device)
-            base_sources, b0, c0 = refine_sources(self.model, measured, base_sources, valid=self._valid)
+            start = initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid)
+            if cfg.pupil_calibration:
+                # float64: the line search of the calibration needs the precision; the emission
+                # band's renderers, so that the pupil does not take up what partial coherence washes out
+                model64 = _in_float64(self.model)
+                band = [(_in_float64(m), w) for m, w in self._spectral()] if self.optics.emission_fwhm_um > 0 else None
+                self.calibration = calibrate_pupil(model64, measured, start, valid=valid, start=self.pupil, band=band)
+                self.pupil = self.calibration.pupil
+                base_sources = torch.as_tensor(self.calibration.sources_um_xyz, dtype=torch.float32, device=self.device)
+                b0 = torch.as_tensor(self.calibration.brightness, dtype=torch.float32, device=self.device)
+                c0 = torch.as_tensor(self.calibration.background, dtype=torch.float32, device=self.device)
+            else:
+                base_sources = torch.as_tensor(start, dtype=torch.float32, device=self.device)
+                base_sources, b0, c0 = refine_sources(
+                    self.model, measured, base_sources, valid=self._valid, pupil=self._pupil_on(self.model)
+                )
         else:
-            base_sources = nominal
+            base_sources = torch.as_tensor(self.nominal_sources, dtype=torch.float32, device=self.device)
+            with torch.no_grad():
+                unperturbed = camera_intensity(
+                    self.model, homogeneous_spectrum(self.model, base_sources), pupil=self._pupil_on(self.model)
+                )
             b0, c0 = fit_brightness_background(unperturbed, measured, self._valid)
         torch.manual_seed(cfg.seed)  # the MLP layers' default initialisation draws from torch's global generator
         self.representation = representation_for(cfg, self.geometry.shape_zyx).to(self.device)
@@ -392,6 +433,7 @@ class Reconstructor:
             base_sources=base_sources,
             base_brightness=b0.detach(),
             base_background=c0.detach(),
+            pupil=self.pupil,
         )
         self._optimizers = None
         self._coherence.invalidate()  # a new estimate: recompute the coherence weights
@@ -480,6 +522,12 @@ class Reconstructor:
         self.state = copy.deepcopy(state)
         for name in _STATE_TENSORS:
             setattr(self.state, name, getattr(self.state, name).to(self.device))
+        if state.pupil is not None:
+            self.pupil = state.pupil
+
+    def _pupil_on(self, model: ForwardModel) -> torch.Tensor | None:
+        """The current pupil on ``model``'s grid (None: the hard aperture alone)."""
+        return None if self.pupil is None else pupil_on_grid(model, self.pupil)
 
     # -- internals --------------------------------------------------------------
     def _spent(self, start_time: float, iterations: int) -> float:
@@ -526,8 +574,8 @@ class Reconstructor:
         if not self.config.coherence_mask or self.optics.emission_fwhm_um <= 0:
             return None
         with torch.no_grad():
-            coherent = render(self.model, dn, sources, brightness, background)
-            band = sum(a * render(m, dn, sources, brightness, background) for m, a in self._spectral())
+            coherent = render(self.model, dn, sources, brightness, background, self._pupil_on(self.model))
+            band = sum(a * render(m, dn, sources, brightness, background, self._pupil_on(m)) for m, a in self._spectral())
             d2 = ((coherent - band) / scale[:, None, None]) ** 2
             variance = measured.clamp_min(1.0) / scale[:, None, None] ** 2
             return variance / (variance + d2)
@@ -563,6 +611,7 @@ class Reconstructor:
             return weights
 
         mask = current_mask()
+        pupil = self._pupil_on(self.model)
         calib = [st.source_offset, st.log_brightness, st.background]
         for p in calib:
             p.requires_grad_(cfg.self_calibration)
@@ -589,7 +638,7 @@ class Reconstructor:
         for it in range(1, policy.iterations + 1):
             opt.zero_grad(set_to_none=True)
             calib_opt.zero_grad(set_to_none=True)
-            inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight)
+            inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil)
             loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)
             opt.step()
             rep.project()
@@ -665,6 +714,7 @@ class Reconstructor:
             warm=warm,
             flagged=flagged,
             message=" ".join(m for m in (message, self._compile_note()) if m),
+            pupil=self.pupil,
         )
 
     def _optimizers_for(

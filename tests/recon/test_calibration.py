@@ -8,13 +8,16 @@ import torch
 
 from nvplive.errors import ReconstructionError
 from nvplive.recon.calibration import (
+    DEFAULT_NOLL,
+    calibrate_pupil,
     defective_pixels,
     initial_sources,
     refine_sources,
     sharpest_peak_ratio,
 )
 from nvplive.recon.optics import Optics, VolumeGeometry
-from nvplive.recon.physics import ForwardModel, camera_intensity, homogeneous_spectrum
+from nvplive.recon.physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render
+from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
 
@@ -30,12 +33,6 @@ def issue_frames(sources: np.ndarray, seed: int = 0) -> np.ndarray:
     return sim.frames(np.zeros(ISSUE_GEOMETRY.shape_zyx, np.float32), np.random.default_rng(seed))
 
 
-def model_images(model: ForwardModel, sources: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        src = torch.as_tensor(sources, dtype=torch.float32)
-        return camera_intensity(model, homogeneous_spectrum(model, src)).numpy()
-
-
 def test_a_disc_larger_than_the_field_is_accepted_and_registered():
     """The bead 3 µm below the volume, 11 µm below focus: its disc (radius ≈ 8 µm) overfills
     the 10 µm field, so no blob fit can find it; the nominal position is kept and the model
@@ -45,7 +42,7 @@ def test_a_disc_larger_than_the_field_is_accepted_and_registered():
     nominal = true + np.array([[0.3, -0.2, 0.0]])
     model = ForwardModel.build(ISSUE_OPTICS, ISSUE_GEOMETRY, source_depth_um=4.0)
     y, x = ISSUE_GEOMETRY.camera_coordinates_um()
-    start = initial_sources(frames, nominal, y, x, model_images=model_images(model, nominal))
+    start = initial_sources(frames, nominal, y, x)
     np.testing.assert_allclose(start, nominal)  # fallback: the nominal position
     found, brightness, _ = refine_sources(
         model, torch.as_tensor(frames, dtype=torch.float32), torch.as_tensor(start, dtype=torch.float32), iterations=60
@@ -57,17 +54,15 @@ def test_a_disc_larger_than_the_field_is_accepted_and_registered():
 def test_a_dark_or_empty_view_is_still_refused_with_todays_message():
     true = np.array([[0.0, 0.0, -3.0], [3.0, 0.5, -2.0]])
     frames = issue_frames(true).astype(np.float64) - 100.0
-    model = ForwardModel.build(ISSUE_OPTICS, ISSUE_GEOMETRY, source_depth_um=4.0)
     y, x = ISSUE_GEOMETRY.camera_coordinates_um()
-    images = model_images(model, true)
     dark = frames.copy()
     dark[1] = np.random.default_rng(3).normal(0.0, 1.6, dark[1].shape) + 4.0  # read noise and a little background
     with pytest.raises(ReconstructionError, match=r"View 1: no fluorescent source is visible \(fit signal-to-noise"):
-        initial_sources(dark, true, y, x, model_images=images)
+        initial_sources(dark, true, y, x)
     empty = frames.copy()
     empty[0] = 5.0
     with pytest.raises(ReconstructionError, match="View 0: no fluorescent source is visible"):
-        initial_sources(empty, true, y, x, model_images=images)
+        initial_sources(empty, true, y, x)
 
 
 def test_hot_dead_and_saturated_pixels_are_found_and_a_focused_bead_is_not():
@@ -118,3 +113,88 @@ def test_a_view_with_a_hot_pixel_is_accepted_and_the_pixel_left_out():
         assert np.hypot(*(result.sources_um_xyz[:, :2] - sources[:, :2]).T).max() < 0.1
         valid = rec._valid.numpy()
         assert valid[1, 7, 25] == 0 and (valid == 0).sum() == 1
+
+
+# -- pupil self-calibration -------------------------------------------------------------
+
+SMALL_OPTICS = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8)
+SMALL_GEOMETRY = VolumeGeometry((12, 32, 32), (0.5, 0.16, 0.16))
+TRUE_ZERNIKE = {5: 0.25, 6: -0.15, 7: 0.12, 8: -0.1, 11: 0.3, 12: 0.08}
+
+
+def aberrated_pupil() -> PupilParameters:
+    coefficients = np.zeros(21)
+    for j, value in TRUE_ZERNIKE.items():
+        coefficients[j - 2] = value
+    return PupilParameters(tuple(coefficients), (-0.15,))
+
+
+def aberrated_frames(model: ForwardModel, sources: np.ndarray, pupil: PupilParameters, dn=None, seed: int = 0) -> np.ndarray:
+    """Noisy photo-electron images (mean 3000 per pixel, background 5) through ``pupil``."""
+    with torch.no_grad():
+        src = torch.as_tensor(sources, dtype=model.real_dtype)
+        p = pupil_on_grid(model, pupil)
+        if dn is None:
+            image = camera_intensity(model, homogeneous_spectrum(model, src), pupil=p)
+        else:
+            image = render(model, torch.as_tensor(dn, dtype=model.real_dtype), src, pupil=p)
+    image = image.numpy()
+    expected = image * 3000.0 / image.mean(axis=(1, 2), keepdims=True) + 5.0
+    return camera_noise(expected, CameraModel(offset=0.0), np.random.default_rng(seed)).astype(np.float64)
+
+
+def ring_sources(views: int, depth_um: float, radius_um: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    angles = np.linspace(0, 2 * np.pi, views)[:-1]
+    ring = np.stack([radius_um * np.cos(angles), radius_um * np.sin(angles), np.full(views - 1, -depth_um)], 1)
+    out = np.concatenate([[[0.0, 0.0, -depth_um]], ring])
+    out[:, 2] += rng.uniform(-0.3, 0.3, views)
+    return out
+
+
+def test_pupil_calibration_recovers_zernike_coefficients_and_bead_depths():
+    model = ForwardModel.build(SMALL_OPTICS, SMALL_GEOMETRY, source_depth_um=3.0, dtype=torch.float64)
+    true = ring_sources(5, 2.0, 1.5)
+    truth = aberrated_pupil()
+    frames = aberrated_frames(model, true, truth)
+    rng = np.random.default_rng(1)
+    nominal = true + np.concatenate([rng.normal(0, 0.1, (5, 2)), rng.normal(0, 0.3, (5, 1))], axis=1)
+    cal = calibrate_pupil(model, frames, nominal, iterations=80)
+    found = np.array(cal.pupil.zernike_rad)
+    fitted = [j - 2 for j in DEFAULT_NOLL]
+    error = np.sqrt(np.mean((found[fitted] - np.array(truth.zernike_rad)[fitted]) ** 2))
+    assert error < 0.03, error
+    assert abs(cal.pupil.apodisation[0] - truth.apodisation[0]) < 0.05
+    assert np.abs(cal.sources_um_xyz[:, 2] - true[:, 2]).max() < 0.2
+    assert np.abs(cal.sources_um_xyz[:, :2] - true[:, :2]).max() < 0.05
+    assert cal.residual < 0.5 * cal.residual_start
+    assert found[:3].tolist() == [0.0, 0.0, 0.0]  # tip, tilt, defocus: carried by the positions
+
+
+def test_pupil_calibration_starts_from_an_earlier_pupil():
+    model = ForwardModel.build(SMALL_OPTICS, SMALL_GEOMETRY, source_depth_um=3.0, dtype=torch.float64)
+    true = ring_sources(4, 2.0, 1.5, seed=2)
+    truth = aberrated_pupil()
+    frames = aberrated_frames(model, true, truth, seed=3)
+    warm = calibrate_pupil(model, frames, true, start=truth, iterations=5)
+    assert np.allclose(warm.pupil.zernike_rad, truth.zernike_rad, atol=0.03)
+
+
+def test_reconstructor_calibrates_the_pupil_and_keeps_it_for_later_timepoints():
+    true = ring_sources(5, 1.5, 1.2, seed=4)
+    model = ForwardModel.build(SMALL_OPTICS, SMALL_GEOMETRY, source_depth_um=3.0, dtype=torch.float64)
+    dn = np.zeros(SMALL_GEOMETRY.shape_zyx, np.float32)
+    dn[4:8, 12:20, 12:20] = 0.01  # a weak specimen: the frames are dominated by the homogeneous part
+    truth = aberrated_pupil()
+    frames = aberrated_frames(model, true, truth, dn=dn, seed=5)
+    rec = Reconstructor(SMALL_OPTICS, SMALL_GEOMETRY, true, config=ReconConfig(iterations=3, warm_iterations=2), device="cpu")
+    first = rec.cold_start(frames)
+    fitted = [j - 2 for j in DEFAULT_NOLL]
+    found = np.array(first.pupil.zernike_rad)[fitted]
+    assert np.sqrt(np.mean((found - np.array(truth.zernike_rad)[fitted]) ** 2)) < 0.05
+    second = rec.warm_update(frames)
+    assert second.pupil == first.pupil  # reused, not recalibrated
+    off = Reconstructor(
+        SMALL_OPTICS, SMALL_GEOMETRY, true, pupil=truth, config=ReconConfig(iterations=3, pupil_calibration=False), device="cpu"
+    )
+    assert off.cold_start(frames).pupil == truth  # a pupil file's pupil, used as it is

@@ -45,9 +45,11 @@ import torch
 
 from nvplive import __version__
 from nvplive.errors import NvpLiveError, ReconstructionError, RecordingError
+from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig
 
 from .offline import Progress, _quiet, reconstructor_for
+from .pupil_file import recording_pupil, write_pupil
 from .recording import Recording, RecordingWriter
 
 if TYPE_CHECKING:
@@ -129,13 +131,15 @@ def worker_info(device: str = "auto") -> dict:
 
 
 def reconstruct_chunk(
-    path: str, start: int, stop: int, config: dict, device: str = "auto", torch_threads: int | None = 1
+    path: str, start: int, stop: int, config: dict, device: str = "auto", torch_threads: int | None = 1,
+    pupil: dict | None = None,
 ) -> ChunkResult:
     """Reconstruct timepoints ``start … stop − 1`` of the recording at ``path`` (runs on a worker).
 
     The first timepoint is a cold start, the others warm updates in order. Frames
     are read from the recording one timepoint at a time. ``torch_threads`` sets
-    torch's intra-op threads in the worker process (None: leave as is).
+    torch's intra-op threads in the worker process (None: leave as is). ``pupil``
+    (``PupilParameters.to_dict()``) is the known pupil, else the recording's pupil.json.
     """
     begin = time.perf_counter()
     if torch_threads:
@@ -152,7 +156,8 @@ def reconstruct_chunk(
     with Recording.open(path) as rec:
         if not 0 <= start < stop <= rec.n_timepoints:
             raise RecordingError(f"{path}: timepoints {start}…{stop - 1} are out of range (it has {rec.n_timepoints}).")
-        reconstructor = reconstructor_for(rec.meta, cfg, dev)
+        known = PupilParameters.from_dict(pupil) if pupil is not None else recording_pupil(path)
+        reconstructor = reconstructor_for(rec.meta, cfg, dev, known)
         for t in range(start, stop):
             result = reconstructor.warm_update(rec.frames(t))
             volumes.append(result.dn)
@@ -246,6 +251,7 @@ def reconstruct_distributed(
     retries: int = DEFAULT_RETRIES,
     max_chunks_in_flight: int | None = None,
     progress: Progress = _quiet,
+    pupil: PupilParameters | None = None,
 ) -> BatchSummary:
     """Reconstruct every timepoint of a recording on a Dask cluster into ``volumes.ome.tif``.
 
@@ -299,6 +305,17 @@ def reconstruct_distributed(
         chunks = plan_chunks(n, chunk_size or math.ceil(n / n_workers))
         window = max(1, max_chunks_in_flight or 2 * n_workers)
         config_dict = config.to_dict()
+        known = pupil if pupil is not None else recording_pupil(path)
+        pupil_dict = None if pupil is None else pupil.to_dict()
+        # The pupil is the instrument's: calibrated once, on timepoint 0 as the first chunk's
+        # cold start does, and given to every later chunk as it is (as a serial run keeps it).
+        later_config, later_pupil = config_dict, pupil_dict
+        calibration = None
+        if config.self_calibration and config.pupil_calibration and len(chunks) > 1:
+            with Recording.open(path) as rec:
+                calibration = reconstructor_for(rec.meta, config, "cpu", known).calibrate(rec.frames(0))
+                optics = rec.meta.optics
+            later_config, later_pupil = {**config_dict, "pupil_calibration": False}, calibration.pupil.to_dict()
         run_id = uuid.uuid4().hex[:8]
         start_time = time.perf_counter()
         held: dict[int, ChunkResult] = {}
@@ -313,7 +330,8 @@ def reconstruct_distributed(
             while submitted < len(chunks) and submitted < next_chunk + window:
                 s, e = chunks[submitted]
                 future = client.submit(
-                    reconstruct_chunk, str(path), s, e, config_dict, device, torch_threads,
+                    reconstruct_chunk, str(path), s, e, config_dict if s == 0 else later_config, device, torch_threads,
+                    pupil_dict if s == 0 else later_pupil,
                     key=f"nvplive-chunk-{run_id}-{s}-{e}", pure=False, retries=retries, priority=-submitted,
                 )
                 futures[future] = submitted
@@ -356,6 +374,12 @@ def reconstruct_distributed(
             if len(written) != n:
                 raise ReconstructionError(f"{path}: only {len(written)} of {n} timepoints were reconstructed.")
             writer.update_sources(done_chunks[-1].sources_um_xyz)
+            if calibration is not None:
+                write_pupil(
+                    path, calibration.pupil, optics, calibrated_from=f"frames of {Path(path).name}, timepoint 0",
+                    method="frames", fitted_noll=calibration.noll, residual=calibration.residual,
+                    residual_before=calibration.residual_start,
+                )
         return BatchSummary(
             timepoints=n,
             seconds=time.perf_counter() - start_time,

@@ -20,7 +20,9 @@ from nvplive.recon.capacity import check_memory, check_plausible
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
-from nvplive.recon.physics import ForwardModel, render
+from nvplive.recon.physics import ForwardModel, pupil_on_grid, render
+from nvplive.recon.pupil import PupilParameters
+from nvplive.recon.calibration import PupilCalibration, StackCalibration, calibrate_bead_stack
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import (
     THICK_OPTICS,
@@ -34,6 +36,7 @@ from nvplive.recon.simulate import (
     thick_sources,
 )
 
+from .pupil_file import recording_pupil, write_pupil
 from .recording import CameraSettings, Recording, RecordingMeta, RecordingWriter
 
 Progress = Callable[[int, int, str], None]
@@ -148,8 +151,11 @@ def simulate_recording(
     return path
 
 
-def reconstructor_for(meta: RecordingMeta, config: ReconConfig, device: str = "auto") -> Reconstructor:
-    """A :class:`Reconstructor` set up for a recording's optics, geometry, camera and sources."""
+def reconstructor_for(
+    meta: RecordingMeta, config: ReconConfig, device: str = "auto", pupil: PupilParameters | None = None
+) -> Reconstructor:
+    """A :class:`Reconstructor` set up for a recording's optics, geometry, camera and sources
+    (and a known ``pupil``, see :mod:`acquisition.pupil_file`)."""
     return Reconstructor(
         meta.optics,
         meta.geometry,
@@ -157,6 +163,7 @@ def reconstructor_for(meta: RecordingMeta, config: ReconConfig, device: str = "a
         camera_offset=meta.camera.offset,
         camera_gain=meta.camera.gain,
         saturation_level=meta.camera.saturation_level,
+        pupil=pupil,
         config=config,
         device=device,
     )
@@ -181,8 +188,14 @@ def reconstruct_recording(
     *,
     device: str = "auto",
     progress: Progress = _quiet,
+    pupil: PupilParameters | None = None,
 ) -> ReconstructionSummary:
     """Reconstruct every timepoint of a recording in order, warm-starting each from the previous.
+
+    The detection pupil is ``pupil`` (``reconstruct --pupil FILE``), else the recording's
+    own ``pupil.json``, else the hard aperture; with ``config.pupil_calibration`` it is
+    the calibration's start, and the calibrated pupil is written to the recording's
+    ``pupil.json`` (:mod:`acquisition.pupil_file`).
 
     The first timepoint is a cold start; later ones are warm updates. The recording's
     lock is taken first (a recording another process writes is refused, naming it);
@@ -196,7 +209,8 @@ def reconstruct_recording(
         n = rec.n_timepoints
         if n == 0:
             raise RecordingError(f"{path}: has no complete timepoint to reconstruct.")
-        reconstructor = reconstructor_for(meta, config, device)
+        known = pupil if pupil is not None else recording_pupil(path)
+        reconstructor = reconstructor_for(meta, config, device, known)
         settings = {**config.to_dict(), "device": str(reconstructor.device)}
         start = time.perf_counter()
         iterations, losses, flagged = [], [], []
@@ -214,6 +228,12 @@ def reconstruct_recording(
                 flagged.append(t)
             progress((t + 1) * 1000, n * 1000, f"timepoint {t + 1}/{n} done")
         writer.update_sources(result.sources_um_xyz.tolist())
+        calibration = reconstructor.calibration
+        if calibration is not None:
+            write_pupil(
+                path, calibration.pupil, meta.optics, calibrated_from=f"frames of {path.name}, timepoint 0", method="frames",
+                fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
+            )
     return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device))
 
 
@@ -256,13 +276,15 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             instrument=Instrument.from_dict(extra.get("simulated_instrument")),
         )
         model = ForwardModel.build(meta.optics, meta.geometry, pad_yx=sim.pad_yx)
+        calibrated = recording_pupil(path)  # the reconstruction's pupil renders the held-out views
+        pupil = None if calibrated is None else pupil_on_grid(model, calibrated)
         rows = []
         for t in common:
             truth, pred = rec.ground_truth(t), rec.volume(t)
             a, p = absolute_scores(pred, truth), published_scores(pred, truth)
             measured = sim.expected(truth)
             with torch.no_grad():
-                predicted = render(model, torch.as_tensor(pred), torch.as_tensor(held, dtype=torch.float32)).numpy()
+                predicted = render(model, torch.as_tensor(pred), torch.as_tensor(held, dtype=torch.float32), pupil=pupil).numpy()
             rows.append((a.psnr_db, a.ssim, p.psnr_db, p.ssim, image_psnr(predicted, measured)))
         m = np.mean(np.array(rows), axis=0)
         method = rec.volume_settings.get(common[0], {}).get("method", "unknown")
@@ -275,3 +297,86 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
         "heldout_image_psnr_db": float(m[4]),
         "heldout_views": heldout_views,
     }
+
+
+def calibrate_recording(
+    path: str | Path, *, timepoint: int = 0, device: str = "auto", output: str | Path | None = None
+) -> tuple[PupilCalibration, Path]:
+    """Calibrate the detection pupil on one timepoint's frames of a recording (no volume is
+    fitted) and write it to ``output`` (default: the recording's own pupil.json).
+
+    The recording's pupil.json, when there is one, is the calibration's start.
+
+    Raises:
+        RecordingError: the recording cannot be read or has no such timepoint.
+        ReconstructionError: its frames show no source.
+    """
+    path = Path(path)
+    with Recording.open(path) as rec:
+        meta = rec.meta
+        if not 0 <= timepoint < rec.n_timepoints:
+            raise RecordingError(f"{path}: has no complete timepoint {timepoint} (it has {rec.n_timepoints}).")
+        frames = rec.frames(timepoint)
+    reconstructor = reconstructor_for(meta, ReconConfig(), device, recording_pupil(path))
+    calibration = reconstructor.calibrate(frames)
+    written = write_pupil(
+        output if output is not None else path, calibration.pupil, meta.optics,
+        calibrated_from=f"frames of {path.name}, timepoint {timepoint}", method="frames",
+        fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
+    )
+    return calibration, written
+
+
+#: Keys of the JSON file beside a bead z-stack (``STACK.json``) that :func:`calibrate_stack_file` reads.
+STACK_KEYS = ("wavelength_um", "na", "n_medium", "pixel_size_um", "z_step_um")
+
+
+def calibrate_stack_file(
+    path: str | Path, *, output: str | Path | None = None, iterations: int = 150, z_direction: int | None = None,
+    **overrides: float | None,
+) -> tuple[StackCalibration, Path]:
+    """Calibrate the detection pupil on a bead z-stack TIFF (``[Z, Y, X]``) and write the pupil file.
+
+    Its optics and sampling come from ``STACK.json`` beside it (keys :data:`STACK_KEYS`),
+    each overridden by a keyword argument that is not None. ``output`` defaults to
+    ``STACK.pupil.json`` beside the stack. ``z_direction``: see :func:`calibrate_bead_stack`.
+
+    Raises:
+        RecordingError: the stack or its parameters cannot be read, or a parameter is missing.
+    """
+    import json
+
+    import tifffile
+
+    path = Path(path)
+    params: dict = {}
+    beside = path.with_suffix(".json")
+    if beside.is_file():
+        try:
+            params = json.loads(beside.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordingError(f"{beside}: not readable JSON ({exc}).") from None
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [k for k in STACK_KEYS if not isinstance(params.get(k), (int, float))]
+    if missing:
+        raise RecordingError(
+            f"{path}: the z-stack's {', '.join(missing)} must be given (options, or {beside.name} beside it)."
+        )
+    try:
+        stack = tifffile.imread(path)
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise RecordingError(f"{path}: not a readable TIFF z-stack ({exc}).") from None
+    stack = np.squeeze(stack)
+    if stack.ndim != 3:
+        raise RecordingError(f"{path}: a bead z-stack must have 3 axes (Z, Y, X), this one has shape {stack.shape}.")
+    optics = Optics(wavelength_um=float(params["wavelength_um"]), n_medium=float(params["n_medium"]), na=float(params["na"]),
+                    emission_fwhm_um=0.0)
+    result = calibrate_bead_stack(stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), iterations=iterations,
+                                  z_direction=z_direction)
+    written = write_pupil(
+        output if output is not None else path.with_suffix(".pupil.json"), result.calibration.pupil, optics,
+        calibrated_from=f"bead z-stack {path.name} (z direction {result.z_direction:+d}"
+        + (", undetermined by the images)" if result.ambiguous else ")"), method="bead-z-stack",
+        fitted_noll=result.calibration.noll, residual=result.residual, residual_before=result.residual_hard,
+    )
+    return result, written

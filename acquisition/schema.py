@@ -222,6 +222,28 @@ class GroundTruthEntry(Section):
     timepoint: Annotated[int, Field(ge=0)]
 
 
+class PupilFile(Section):
+    """``pupil.json``: a calibrated detection pupil (``recon.pupil.PupilParameters``) and where it came from.
+
+    Stored in a recording folder (an optional addition to format v1) or anywhere
+    (``nvplive calibrate -o``); docs/format.md describes it.
+    """
+
+    format: Literal["nvp-live-pupil"]
+    version: Literal[1]
+    zernike_rad: list[float]
+    first_noll_index: Literal[2] = 2
+    apodisation: list[float] = []
+    sine_condition: bool = False
+    optics: OpticsSection
+    calibrated_from: str
+    method: Literal["frames", "bead-z-stack"]
+    created: str
+    fitted_noll: list[Annotated[int, Field(ge=2)]] = []
+    residual: NonNegativeNumber | None = None
+    residual_before: NonNegativeNumber | None = None
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--compile", default=None, choices=COMPILE_MODES, metavar="MODE",
                      help=f"run iterations through torch.compile in this mode ({', '.join(COMPILE_MODES)}); "
                           "compiling takes tens of seconds; BENCHMARKS.md says where it pays")
+    rec.add_argument("--pupil", type=Path, default=None, metavar="FILE",
+                     help="detection pupil file (nvplive calibrate; default: the recording's own pupil.json, if any); "
+                          "the pupil calibration starts from it")
+    rec.add_argument("--no-pupil-calibration", action="store_true",
+                     help="use the pupil as it is (the file's, or the hard aperture) instead of calibrating it on the frames")
     rec.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
                      help="reconstruct on Dask: 'local' starts a LocalCluster, an address (tcp://host:8786) uses a running scheduler")
     rec.add_argument("--workers", type=_positive_int, default=None,
@@ -160,6 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
                           "with an address: workers to wait for")
     rec.add_argument("--chunk-size", type=_positive_int, default=None,
                      help="with --scheduler: timepoints per task, each chunk's first one cold-started (default: spread over the workers)")
+
+    cal = sub.add_parser("calibrate", help="calibrate the detection pupil on a recording's frames or a bead z-stack")
+    cal.add_argument("input", type=Path, metavar="REC.fdt|STACK.tif")
+    cal.add_argument("-o", "--output", type=Path, default=None, metavar="pupil.json",
+                     help="where to write the pupil (default: REC.fdt/pupil.json, or STACK.pupil.json beside the stack)")
+    cal.add_argument("--z-direction", type=int, choices=(1, -1), default=None,
+                     help="z-stack: +1 if later planes have the bead farther from the objective, -1 the other way "
+                          "(default: fit both; the sign of even aberrations then rests on the better fit)")
+    cal.add_argument("--timepoint", type=int, default=0, help="recording: the timepoint whose frames are fitted (default 0)")
+    cal.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    for name, what in (("wavelength-um", "emission wavelength λ (µm)"), ("na", "numerical aperture"),
+                       ("n-medium", "medium refractive index"), ("pixel-size-um", "pixel size in the sample (µm)"),
+                       ("z-step-um", "step between planes (µm)")):
+        cal.add_argument(f"--{name}", type=float, default=None, help=f"z-stack: {what} (default: STACK.json beside the stack)")
+    _threads_option(cal)
 
     ev = sub.add_parser("evaluate", help="score a reconstruction against ground truth")
     ev.add_argument("recording", type=Path, metavar="IN.fdt")
@@ -227,13 +247,20 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {k: v for k, v in options if v is not None}
     if args.warm_iterations is not None:
         changes["warm_budget"] = IterationBudget(args.warm_iterations)
+    if args.no_pupil_calibration:
+        changes["pupil_calibration"] = False
     config = replace(config, **changes)
     _use_threads(args)
+    pupil = None
+    if args.pupil is not None:
+        from nvplive.acquisition.pupil_file import read_pupil
+
+        pupil = read_pupil(args.pupil)
     if args.scheduler is None:
         if args.workers is not None or args.chunk_size is not None:
             raise UsageError("--workers and --chunk-size need --scheduler (local or the address of a Dask scheduler).")
         with ProgressBar("reconstruct") as progress:
-            summary = reconstruct_recording(args.recording, config, device=args.device, progress=progress)
+            summary = reconstruct_recording(args.recording, config, device=args.device, progress=progress, pupil=pupil)
         where = summary.device
     else:
         from nvplive.acquisition.batch import reconstruct_distributed
@@ -241,7 +268,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         with ProgressBar("reconstruct") as progress:
             summary = reconstruct_distributed(
                 args.recording, config, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
-                device=args.device, progress=progress,
+                device=args.device, progress=progress, pupil=pupil,
             )
         where = f"{summary.workers} Dask worker(s) ({summary.device}, {len(summary.chunks)} chunk(s), scheduler {summary.scheduler})"
     print(
@@ -250,6 +277,33 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     )
     if summary.flagged:
         print(f"warning: timepoints {summary.flagged} diverged and were rolled back", file=sys.stderr)
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from nvplive.acquisition.offline import calibrate_recording, calibrate_stack_file
+
+    _use_threads(args)
+    if args.input.suffix == ".fdt":
+        calibration, written = calibrate_recording(args.input, timepoint=args.timepoint, device=args.device, output=args.output)
+        before, after = calibration.residual_start, calibration.residual
+        how = f"{len(calibration.sources_um_xyz)} views"
+    elif args.input.suffix.lower() in (".tif", ".tiff"):
+        result, written = calibrate_stack_file(
+            args.input, output=args.output, wavelength_um=args.wavelength_um, na=args.na, n_medium=args.n_medium,
+            pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um, z_direction=args.z_direction,
+        )
+        calibration, before, after = result.calibration, result.residual_hard, result.residual
+        how = f"{len(calibration.sources_um_xyz)} planes, z direction {result.z_direction:+d}"
+        if result.ambiguous:
+            how += " (both directions fit alike: the even aberrations' sign follows this choice)"
+    else:
+        raise UsageError(f"{args.input} must be a recording (NAME.fdt) or a bead z-stack (.tif).")
+    print(
+        f"calibrated the pupil on {args.input.name} ({how}): aberration {calibration.pupil.aberration_rms_rad:.3f} rad RMS, "
+        f"apodisation {', '.join(f'{a:+.3f}' for a in calibration.pupil.apodisation) or 'none'}; "
+        f"relative residual {before:.3f} before, {after:.3f} after; wrote {written}"
+    )
     return 0
 
 
@@ -338,6 +392,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 COMMANDS = {
     "simulate": _cmd_simulate,
     "reconstruct": _cmd_reconstruct,
+    "calibrate": _cmd_calibrate,
     "evaluate": _cmd_evaluate,
     "demo": _cmd_demo,
     "app": _cmd_app,

@@ -16,7 +16,7 @@ linear least-squares fit of the unperturbed model image to the measurement.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +26,7 @@ from scipy.optimize import least_squares
 
 from nvplive.errors import ReconstructionError
 
+from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid
 from .pupil import FIRST_NOLL, PupilParameters
 
@@ -375,8 +376,11 @@ def calibrate_pupil(
         measured: ``[V, Y, X]`` images in photo-electrons above the camera offset.
         sources_um_xyz: ``[V, 3]`` starting positions (µm).
         noll: Noll indices to fit (each ≥ 2).
-        axial: ``view`` fits each view's depth; ``common`` one shift for all (a z-stack:
-            the planes' relative depths are the stage's steps); ``none`` keeps the depths.
+        axial: ``view`` fits each view's depth; ``common`` one shift for all; ``linear`` a
+            shift and a scale of the depths about their mean (a z-stack: the planes' relative
+            depths are the stage's steps, times the focal shift per stage step, which
+            differs from 1 when the immersion and the specimen's index differ); ``none``
+            keeps the depths.
         start: a starting pupil (a warm update from an earlier calibration).
         band: renderers at wavelengths sampling the emission band and their weights: the
             model image is their weighted sum (partial coherence), so that the pupil does
@@ -385,8 +389,8 @@ def calibrate_pupil(
     Raises:
         ValueError: for an unknown ``axial`` mode or a Noll index below 2.
     """
-    if axial not in ("view", "common", "none"):
-        raise ValueError(f"axial must be 'view', 'common' or 'none', got {axial!r}.")
+    if axial not in ("view", "common", "linear", "none"):
+        raise ValueError(f"axial must be 'view', 'common', 'linear' or 'none', got {axial!r}.")
     noll = tuple(sorted(int(j) for j in noll))
     if noll and noll[0] < FIRST_NOLL:
         raise ValueError(f"Noll indices must be ≥ {FIRST_NOLL}, got {noll[0]}.")
@@ -410,10 +414,16 @@ def calibrate_pupil(
     sine = bool(start.sine_condition) if start is not None else False
     spectral = [(model, 1.0)] if band is None else list(band)
     lateral = torch.zeros(len(base), 2, device=device, dtype=dtype, requires_grad=True)
-    depth = torch.zeros(len(base) if axial == "view" else 1, device=device, dtype=dtype, requires_grad=axial != "none")
+    depth = torch.zeros({"view": len(base), "linear": 2}.get(axial, 1), device=device, dtype=dtype, requires_grad=axial != "none")
+    spread = base[:, 2] - base[:, 2].mean()
 
     def sources() -> torch.Tensor:
-        dz = depth.expand(len(base)) if axial != "view" else depth
+        if axial == "view":
+            dz = depth
+        elif axial == "linear":
+            dz = depth[0] + depth[1] * spread
+        else:
+            dz = depth.expand(len(base))
         return base + torch.cat([lateral, dz[:, None]], dim=1)
 
     def zernike_full() -> torch.Tensor:
@@ -467,3 +477,100 @@ def calibrate_pupil(
             residual_start=residual_start,
             noll=noll,
         )
+
+
+# -- bead z-stack ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StackCalibration:
+    """A pupil calibrated from a bead z-stack, with the fit's quality before and after.
+
+    Attributes:
+        calibration: the pupil fit (its ``sources_um_xyz`` are the bead per plane,
+            z relative to the focal plane's height in the stack model).
+        z_direction: +1 when the stack's planes step the bead away from the objective
+            (deeper below focus), −1 the other way (the better fitting of the two).
+        residual_hard: relative residual with the hard aperture, each plane's brightness,
+            background, lateral position and depth fitted freely (the issue's "before").
+        residual: relative residual after the calibration (the pupil shared by all planes,
+            each plane's brightness, background, position and depth free, as for ``residual_hard``).
+        ambiguous: both directions were fitted and fit equally well (within 1 %): the
+            sign of the even aberrations rests on the direction chosen.
+    """
+
+    calibration: PupilCalibration
+    z_direction: int
+    residual_hard: float
+    residual: float
+    ambiguous: bool = False
+
+
+def stack_model(optics: Optics, shape_yx: tuple[int, int], pixel_um: float, depth_um: float, *, dtype=torch.float64) -> ForwardModel:
+    """Renderer for single planes of a bead z-stack: an empty volume one plane thick,
+    focused at its centre (``z = z_step/2``, here 0.5 µm), padded for a bead ``depth_um`` away."""
+
+    geometry = VolumeGeometry((1, int(shape_yx[0]), int(shape_yx[1])), (1.0, float(pixel_um), float(pixel_um)))
+    return ForwardModel.build(optics, geometry, source_depth_um=depth_um, dtype=dtype)
+
+
+def calibrate_bead_stack(
+    stack: np.ndarray,
+    optics: Optics,
+    pixel_um: float,
+    z_step_um: float,
+    *,
+    noll: Sequence[int] = DEFAULT_NOLL,
+    apodisation_terms: int = DEFAULT_APODISATION_TERMS,
+    iterations: int = 150,
+    start: PupilParameters | None = None,
+    z_direction: int | None = None,
+) -> StackCalibration:
+    """Fit the detection pupil to a z-stack ``[Z, Y, X]`` of one bead (raw counts; the
+    camera offset is part of the fitted background).
+
+    Each plane is a view of the same bead (:func:`calibrate_pupil`): the plane of
+    best focus (brightest pixel) starts at defocus 0 and the others at ± their stage
+    steps. ``z_direction`` +1: later planes have the bead farther below the focal plane
+    (farther from the objective), −1 the other way; None (unknown) fits both and keeps
+    the better. In the scalar model a pupil ``P(k)`` at defocus ``z`` and the pupil
+    ``P*(−k)`` at ``−z`` give the same intensity, so the direction cannot be told from
+    the images when the aberrations are even (defocus-like, astigmatism, spherical):
+    their sign follows the direction chosen (``StackCalibration.ambiguous``).
+    Hot, dead and saturated pixels are left out (:func:`defective_pixels`).
+
+    Raises:
+        ValueError: for a stack that is not 3D or a non-positive step or pixel size.
+    """
+    data = np.asarray(stack, dtype=np.float64)
+    if data.ndim != 3 or len(data) < 2:
+        raise ValueError(f"A bead z-stack must be [Z, Y, X] with at least 2 planes, got shape {data.shape}.")
+    if not (pixel_um > 0 and z_step_um > 0):
+        raise ValueError(f"Pixel size and z step must be positive, got {pixel_um} and {z_step_um} µm.")
+    saturation = float(np.iinfo(np.asarray(stack).dtype).max) if np.issubdtype(np.asarray(stack).dtype, np.integer) else None
+    bad = defective_pixels(data, peak_ratio=sharpest_peak_ratio(optics.wavelength_um, optics.na, pixel_um), saturation=saturation)
+    valid = ~bad
+    n = len(data)
+    best = int(np.argmax([np.percentile(p[v], 99.99) for p, v in zip(data, valid)]))
+    # lateral start: the brightest plane's centroid above its median
+    plane = np.where(valid[best], data[best] - np.median(data[best]), 0.0).clip(0)
+    ny, nx = data.shape[1:]
+    ys, xs = (np.arange(ny) - ny / 2) * pixel_um, (np.arange(nx) - nx / 2) * pixel_um
+    y0 = float((plane.sum(1) * ys).sum() / plane.sum()) if plane.sum() > 0 else 0.0
+    x0 = float((plane.sum(0) * xs).sum() / plane.sum()) if plane.sum() > 0 else 0.0
+    steps = (np.arange(n) - best) * z_step_um
+    reach = float(np.abs(steps).max()) + 1.0
+    model = stack_model(optics, (ny, nx), pixel_um, reach)
+    focal = model.geometry.focal_z_um
+    results = []
+    for direction in (1, -1) if z_direction is None else (int(np.sign(z_direction)),):
+        sources = np.stack([np.full(n, x0), np.full(n, y0), focal - direction * steps], axis=1)
+        hard = calibrate_pupil(model, data, sources, valid=valid, noll=(), apodisation_terms=0, axial="view", iterations=iterations)
+        cal = calibrate_pupil(
+            model, data, sources, valid=valid, noll=noll, apodisation_terms=apodisation_terms, axial="view",
+            iterations=iterations, start=start,
+        )
+        results.append(StackCalibration(cal, direction, hard.residual, cal.residual))
+    best_fit = min(results, key=lambda r: r.residual)
+    ambiguous = len(results) == 2 and abs(results[0].residual - results[1].residual) < 0.01 * best_fit.residual
+    return replace(best_fit, ambiguous=ambiguous)

@@ -392,6 +392,28 @@ class Reconstructor:
         """
         return self._with_memory_fallback(lambda: self._cold_start(frames, callback))
 
+    def calibrate(self, frames: np.ndarray) -> PupilCalibration:
+        """Calibrate the pupil and the sources on one timepoint's frames without fitting a
+        volume (``nvplive calibrate REC.fdt``); later cold starts begin from this pupil.
+
+        Raises:
+            ReconstructionError: for frames that cannot be used (see :meth:`cold_start`).
+        """
+        measured, _ = self._measured(frames)
+        y, x = self.geometry.camera_coordinates_um()
+        valid = None if self._valid is None else self._valid.cpu().numpy() > 0
+        return self._calibrate_pupil(measured, initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid))
+
+    def _calibrate_pupil(self, measured: torch.Tensor, start: np.ndarray) -> PupilCalibration:
+        """:func:`.calibration.calibrate_pupil` from ``start`` positions and the current pupil."""
+        # float64: the line search of the calibration needs the precision; the emission
+        # band's renderers, so that the pupil does not take up what partial coherence washes out
+        valid = None if self._valid is None else self._valid > 0
+        band = [(_in_float64(m), w) for m, w in self._spectral()] if self.optics.emission_fwhm_um > 0 else None
+        self.calibration = calibrate_pupil(_in_float64(self.model), measured, start, valid=valid, start=self.pupil, band=band)
+        self.pupil = self.calibration.pupil
+        return self.calibration
+
     def _cold_start(self, frames: np.ndarray, callback: ProgressCallback | None) -> ReconResult:
         cfg = self.config
         measured, scale = self._measured(frames)
@@ -400,12 +422,7 @@ class Reconstructor:
             valid = None if self._valid is None else self._valid.cpu().numpy() > 0
             start = initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid)
             if cfg.pupil_calibration:
-                # float64: the line search of the calibration needs the precision; the emission
-                # band's renderers, so that the pupil does not take up what partial coherence washes out
-                model64 = _in_float64(self.model)
-                band = [(_in_float64(m), w) for m, w in self._spectral()] if self.optics.emission_fwhm_um > 0 else None
-                self.calibration = calibrate_pupil(model64, measured, start, valid=valid, start=self.pupil, band=band)
-                self.pupil = self.calibration.pupil
+                self._calibrate_pupil(measured, start)
                 base_sources = torch.as_tensor(self.calibration.sources_um_xyz, dtype=torch.float32, device=self.device)
                 b0 = torch.as_tensor(self.calibration.brightness, dtype=torch.float32, device=self.device)
                 c0 = torch.as_tensor(self.calibration.background, dtype=torch.float32, device=self.device)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from nvplive.acquisition.pupil_file import read_pupil, read_pupil_file
 from nvplive.acquisition.recording import Recording
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -54,6 +55,7 @@ def test_simulate_is_deterministic_under_a_seed(simulated: Path, tmp_path: Path)
 
 
 def test_reconstruct_then_evaluate(simulated: Path):
+    assert not (simulated / "pupil.json").exists()  # a recording without a pupil (as every older one)
     out = nvplive("reconstruct", str(simulated), "--iterations", "20", "--warm-iterations", "5", "--device", "cpu", cwd=simulated.parent)
     assert out.returncode == 0, out.stderr
     assert "reconstructed 2 timepoint(s)" in out.stdout
@@ -62,6 +64,7 @@ def test_reconstruct_then_evaluate(simulated: Path):
         assert rec.volume_timepoints == (0, 1)
         assert rec.volume(0).shape == (8, 24, 24)
         assert rec.volume_settings[0]["method"] == "nvp"
+    assert read_pupil_file(simulated / "pupil.json").method == "frames"  # the calibrated pupil, stored
     ev = nvplive("evaluate", str(simulated), "--json", cwd=simulated.parent)
     assert ev.returncode == 0, ev.stderr
     scores = json.loads(ev.stdout)
@@ -84,6 +87,9 @@ def test_reconstruct_then_evaluate(simulated: Path):
         (("reconstruct", "x.fdt", "--compile", "fast"), "invalid choice"),
         (("bench", "quality", "--device", "cpu"), "--device applies to the speed benchmark"),
         (("evaluate", "missing.fdt"), "missing.fdt"),
+        (("reconstruct", "x.fdt", "--pupil", "nope.json"), "nope.json: no pupil file there"),
+        (("calibrate", "x.txt"), "must be a recording (NAME.fdt) or a bead z-stack (.tif)"),
+        (("calibrate", "stack.tif"), "stack.tif: the z-stack's wavelength_um, na, n_medium, pixel_size_um, z_step_um must be given"),
     ],
 )
 def test_user_mistakes_are_one_sentence_without_traceback(tmp_path: Path, args, fragment):
@@ -127,3 +133,46 @@ def test_commands_use_the_live_cpu_thread_policy(simulated: Path, tmp_path: Path
         assert capsys.readouterr().err.strip() == "nvplive: error: NVPLIVE_THREADS must be a positive number of threads, got 'many'."
     finally:
         torch.set_num_threads(before)
+
+
+def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, tmp_path: Path):
+    out = nvplive("calibrate", str(simulated), "-o", str(tmp_path / "scope.json"), "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "calibrated the pupil on small.fdt (4 views)" in out.stdout
+    pupil = read_pupil(tmp_path / "scope.json")
+    assert len(pupil.zernike_rad) == 21 and pupil.zernike_rad[:3] == (0.0, 0.0, 0.0)
+    out = nvplive("reconstruct", str(simulated), "--pupil", str(tmp_path / "scope.json"), "--no-pupil-calibration",
+                  "--iterations", "3", "--warm-iterations", "2", "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    with Recording.open(simulated) as rec:
+        assert rec.volume_settings[0]["settings"]["pupil_calibration"] is False
+
+
+def test_calibrate_a_bead_z_stack(tmp_path: Path):
+    """A synthetic stack (parameters in the JSON beside it, as for the measured one): the pupil
+    is fitted and written beside the stack."""
+    import torch
+
+    from nvplive.recon.calibration import stack_model
+    from nvplive.recon.optics import Optics
+    from nvplive.recon.physics import camera_intensity, homogeneous_spectrum, pupil_on_grid
+    from nvplive.recon.pupil import PupilParameters
+
+    optics = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8, emission_fwhm_um=0.0)
+    model = stack_model(optics, (40, 40), 0.1, 2.0)
+    truth = PupilParameters((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4))
+    depths = model.geometry.focal_z_um - np.arange(-3, 4) * 0.4
+    sources = torch.tensor([[0.05, -0.03, z] for z in depths], dtype=torch.float64)
+    with torch.no_grad():
+        planes = camera_intensity(model, homogeneous_spectrum(model, sources), pupil=pupil_on_grid(model, truth)).numpy()
+    counts = np.random.default_rng(0).poisson(planes / planes.max() * 2000.0 + 100.0).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "beads.tif", counts)
+    (tmp_path / "beads.json").write_text(json.dumps(
+        {"wavelength_um": 0.52, "na": 0.8, "n_medium": 1.333, "pixel_size_um": 0.1, "z_step_um": 0.4}
+    ))
+    out = nvplive("calibrate", "beads.tif", "--z-direction", "1", "--threads", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "7 planes, z direction +1" in out.stdout
+    doc = read_pupil_file(tmp_path / "beads.pupil.json")
+    assert doc.method == "bead-z-stack" and doc.residual < doc.residual_before
+    assert abs(doc.zernike_rad[11 - 2] - 0.4) < 0.1  # primary spherical

@@ -4,6 +4,8 @@ reconstruction, and a worker is killed (SIGKILL) while it reconstructs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import os
 import shutil
 import signal
@@ -62,18 +64,21 @@ def serial(recording, tmp_path_factory) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def chunked_reference(recording, serial):
-    """In-process volumes with the chunk semantics: a cold start at each chunk start, warm updates after.
+    """In-process volumes with the chunk semantics: a cold start at each chunk start, warm updates after;
+    the pupil calibrated once on timepoint 0 and used as it is by every later chunk.
 
     A chunk starting at 0 is the serial chain (same code path: a fresh Reconstructor, warm_update in order).
     """
     with Recording.open(recording) as rec:
         meta, frames = rec.meta, [rec.frames(t) for t in range(T)]
     cache: dict[tuple[int, int], np.ndarray] = {(0, t): serial[t] for t in range(T)}
+    pupil = reconstructor_for(meta, CONFIG, "cpu").calibrate(frames[0]).pupil
+    later = replace(CONFIG, pupil_calibration=False)
 
     def volumes(chunk_size: int) -> np.ndarray:
         for start, stop in plan_chunks(T, chunk_size):
             if (start, stop - 1) not in cache:
-                reconstructor = reconstructor_for(meta, CONFIG, "cpu")
+                reconstructor = reconstructor_for(meta, later, "cpu", pupil)
                 for t in range(start, stop):
                     cache[(start, t)] = reconstructor.warm_update(frames[t]).dn
         return np.stack([cache[(start, t)] for start, stop in plan_chunks(T, chunk_size) for t in range(start, stop)])

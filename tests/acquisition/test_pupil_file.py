@@ -1,0 +1,48 @@
+"""The pupil file (pupil.json): written, validated and read back (issue 13 item 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nvplive.acquisition.pupil_file import PUPIL_FILE, read_pupil, read_pupil_file, recording_pupil, write_pupil
+from nvplive.errors import RecordingError
+from nvplive.recon.optics import Optics
+from nvplive.recon.pupil import PupilParameters
+
+PUPIL = PupilParameters((0.0, 0.0, 0.0, 0.2, -0.1, 0.0, 0.0, 0.0, 0.0, 0.3), (-0.12, 0.01))
+
+
+def test_a_pupil_file_round_trips(tmp_path: Path):
+    written = write_pupil(tmp_path / "p.json", PUPIL, Optics(), calibrated_from="test", method="frames",
+                          fitted_noll=tuple(range(5, 12)), residual=0.1, residual_before=0.3)
+    assert read_pupil(written) == PUPIL
+    doc = read_pupil_file(written)
+    assert doc.residual == 0.1 and doc.fitted_noll == list(range(5, 12)) and doc.optics.na == Optics().na
+    folder = tmp_path / "rec.fdt"
+    folder.mkdir()
+    assert recording_pupil(folder) is None  # an older recording has none
+    assert write_pupil(folder, PUPIL, Optics(), calibrated_from="test", method="frames") == folder / PUPIL_FILE
+    assert recording_pupil(folder) == PUPIL
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"zernike_rad": [0.1, "NaN"]}, "zernike_rad"),
+        ({"colour": "blue"}, "colour"),
+        ({"first_noll_index": 1}, "first_noll_index"),
+        ({"version": 2}, "version"),
+    ],
+)
+def test_an_invalid_pupil_file_is_refused_in_one_sentence(tmp_path: Path, change: dict, fragment: str):
+    path = write_pupil(tmp_path / "p.json", PUPIL, Optics(), calibrated_from="test", method="frames")
+    doc = json.loads(path.read_text())
+    doc.update(change)
+    path.write_text(json.dumps(doc).replace('"NaN"', "NaN"))
+    with pytest.raises(RecordingError, match=fragment):
+        read_pupil(path)
+    with pytest.raises(RecordingError, match="no pupil file"):
+        read_pupil(tmp_path / "missing.json")

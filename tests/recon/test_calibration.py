@@ -18,6 +18,7 @@ from nvplive.recon.calibration import (
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render
 from nvplive.recon.pupil import PupilParameters
+from nvplive.recon.loop import IterationBudget
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
 
@@ -187,7 +188,7 @@ def test_reconstructor_calibrates_the_pupil_and_keeps_it_for_later_timepoints():
     dn[4:8, 12:20, 12:20] = 0.01  # a weak specimen: the frames are dominated by the homogeneous part
     truth = aberrated_pupil()
     frames = aberrated_frames(model, true, truth, dn=dn, seed=5)
-    rec = Reconstructor(SMALL_OPTICS, SMALL_GEOMETRY, true, config=ReconConfig(iterations=3, warm_iterations=2), device="cpu")
+    rec = Reconstructor(SMALL_OPTICS, SMALL_GEOMETRY, true, config=ReconConfig(iterations=3, warm_budget=IterationBudget(2)), device="cpu")
     first = rec.cold_start(frames)
     fitted = [j - 2 for j in DEFAULT_NOLL]
     found = np.array(first.pupil.zernike_rad)[fitted]

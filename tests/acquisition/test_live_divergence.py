@@ -11,7 +11,7 @@ from nvplive.acquisition.recording import RecordingWriter, open_recording
 from nvplive.recon.loop import IterationBudget
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
-CONFIG = ReconConfig(iterations=8, warm_budget=IterationBudget(4, stop_on_plateau=False), check_every=2)
+CONFIG = ReconConfig(iterations=8, warm_budget=IterationBudget(4, stop_on_plateau=False), check_every=2, pupil_calibration=False)  # live: no pupil calibration (LIVE_CONFIG)
 
 
 class SabotagedOnce(Reconstructor):

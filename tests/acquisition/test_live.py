@@ -15,6 +15,7 @@ import torch
 from acq_helpers import FAST, SHAPE, VOXEL
 
 from nvplive.acquisition.live import (
+    CONTINUOUS_TIMEPOINTS,
     LIVE_CONFIG,
     DemoOptions,
     LiveReconstructor,
@@ -150,7 +151,8 @@ def test_settings_requested_while_running_apply_before_the_next_update(microscop
 
 def test_shutdown_cancels_the_update_in_progress_without_an_error(microscope, tmp_path):
     recon = live_reconstructor(microscope.info, LIVE_CONFIG, "cpu")
-    session = LiveSession(microscope, recon, tmp_path / "closing.fdt", timepoints=50, interval_s=0.2, durable=False)
+    session = LiveSession(microscope, recon, tmp_path / "closing.fdt", timepoints=CONTINUOUS_TIMEPOINTS, interval_s=0.2,
+                          durable=False)  # runs until shut down, however slow the machine
     seen = _record_events(session)
     started = threading.Event()
     session.events.progress.connect(lambda *_: started.set())

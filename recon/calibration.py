@@ -75,7 +75,8 @@ def defective_pixels(
     ``peak_ratio`` (:func:`sharpest_peak_ratio`) times higher above the neighbourhood's
     floor than its brightest neighbour — brighter than any optical image can make a
     single pixel. It is *dead* when it lies that far below its darkest neighbour and
-    below the frame's dark level. *Saturated* pixels are at or above ``saturation``.
+    reads the frame's dark level (within ``sigmas`` robust standard deviations).
+    *Saturated* pixels are at or above ``saturation``.
     With three frames or more (views, timepoints) a pixel is flagged in all of them (a
     hot-pixel map) when it is flagged in at least half, or when it stands above its
     brightest neighbour by more than ``sigmas / 2`` robust standard deviations in the
@@ -101,7 +102,9 @@ def defective_pixels(
     ratio = 2.0 * peak_ratio
     hot = (step > sigmas * sigma) & (stack - low > ratio * np.maximum(high - low, 0.0) + sigmas * sigma)
     dark_level = median.reshape(len(stack), -1).min(axis=1)[:, None, None]
-    dead = (low - stack > sigmas * sigma) & (stack - dark_level < (low - dark_level) / ratio)
+    # A coherent image can have a dark null between bright neighbours (a phase vortex);
+    # a dead pixel also reads the frame's dark level, within the noise.
+    dead = (low - stack > sigmas * sigma) & (stack - dark_level < np.minimum((low - dark_level) / ratio, sigmas * sigma))
     bad = hot | dead
     if saturation is not None:
         bad |= stack >= saturation

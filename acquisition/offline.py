@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from nvplive.errors import NvpLiveError, RecordingError
+from nvplive.recon.calibration import PupilCalibration, StackCalibration, calibrate_bead_stack
 from nvplive.recon.capacity import check_memory, check_plausible
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
 from nvplive.recon.physics import ForwardModel, pupil_on_grid, render
 from nvplive.recon.pupil import PupilParameters
-from nvplive.recon.calibration import PupilCalibration, StackCalibration, calibrate_bead_stack
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import (
     THICK_OPTICS,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from nvplive.errors import RecordingError
@@ -54,7 +54,7 @@ def write_pupil(
         "optics": optics.to_dict(),
         "calibrated_from": str(calibrated_from),
         "method": method,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "fitted_noll": [int(j) for j in fitted_noll],
         "residual": None if residual is None else float(residual),
         "residual_before": None if residual_before is None else float(residual_before),

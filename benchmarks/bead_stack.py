@@ -75,6 +75,7 @@ def measure(path: Path, iterations: int) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> str:
+    """The rows as a Markdown table."""
     lines = [
         "| stack | z direction | hard pupil (per-plane fit) | calibrated | noise alone (upper bound) | aberration RMS (rad) | apodisation | focal shift / step | time (s) |",
         "|---|---|---|---|---|---|---|---|---|",

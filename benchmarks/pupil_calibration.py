@@ -1,4 +1,6 @@
-"""Pupil self-calibration on simulated FDT frames: are known aberrations and bead depths recovered with a specimen in the way? (issue 13)
+"""Pupil self-calibration on simulated FDT frames (issue 13).
+
+Are known aberrations and bead depths recovered with a specimen in the way?
 
 ``python -m nvplive.benchmarks.pupil_calibration [--seeds 3] [--json FILE] [--markdown FILE]``
 renders, in the issue's geometry (32×64×64 voxels of 0.5×0.16×0.16 µm, λ 0.52 µm, n 1.333,
@@ -15,9 +17,9 @@ calibration does not model.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from . import publish
 
 
 def measure(seed: int, rms_rad: float, iterations: int) -> dict:
+    """One calibration of simulated frames through a drawn pupil; its errors and residuals as a row."""
     import torch
 
     from nvplive.recon.calibration import DEFAULT_NOLL, calibrate_pupil
@@ -68,6 +71,7 @@ def measure(seed: int, rms_rad: float, iterations: int) -> dict:
 
 
 def summary(rows: list[dict]) -> str:
+    """The rows as a Markdown table."""
     lines = [
         "| seed | aberration RMS (rad) | Zernike error RMS (rad) | a₁ (true −0.15) | depth error max (µm) | lateral error max (µm) | residual before → after | time (s) |",
         "|---|---|---|---|---|---|---|---|",
@@ -82,6 +86,7 @@ def summary(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark from the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m nvplive.benchmarks.pupil_calibration", description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rms", type=float, default=0.5, help="aberration RMS (rad) over Noll 5–22")

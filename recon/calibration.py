@@ -16,8 +16,8 @@ linear least-squares fit of the unperturbed model image to the measurement.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -389,6 +389,7 @@ def calibrate_pupil(
             model image is their weighted sum (partial coherence), so that the pupil does
             not take up the fringes a broad band washes out. Default: ``model`` alone.
         iterations: L-BFGS iterations per pass.
+
     Raises:
         ValueError: for an unknown ``axial`` mode or a Noll index below 2.
     """
@@ -400,7 +401,10 @@ def calibrate_pupil(
     device, dtype = model.device, model.real_dtype
     data = torch.as_tensor(np.asarray(measured) if not isinstance(measured, torch.Tensor) else measured, device=device).to(dtype)
     base = torch.as_tensor(np.asarray(sources_um_xyz, dtype=np.float64), device=device, dtype=dtype).reshape(-1, 3)
-    weight = torch.ones_like(data) if valid is None else torch.as_tensor(np.asarray(valid) if not isinstance(valid, torch.Tensor) else valid, device=device).to(dtype)
+    if valid is None:
+        weight = torch.ones_like(data)
+    else:
+        weight = torch.as_tensor(np.asarray(valid) if not isinstance(valid, torch.Tensor) else valid, device=device).to(dtype)
     scale = ((data * weight).sum(dim=(1, 2)) / weight.sum(dim=(1, 2)).clamp_min(1.0)).abs().clamp_min(1e-12)
     target = data / scale[:, None, None]
     n_terms = (max(noll) - FIRST_NOLL + 1) if noll else 0
@@ -435,10 +439,10 @@ def calibrate_pupil(
     def evaluate() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         coefficients = (zernike_full() if n_terms else None, apod if apod.numel() else None)
         src = sources()
-        image = sum(
+        image = torch.stack([
             w * camera_intensity(m, homogeneous_spectrum(m, src), pupil=pupil_on_grid(m, coefficients, sine_condition=sine))
             for m, w in spectral
-        )
+        ]).sum(dim=0)
         b, c = fit_brightness_background(image, target, weight)
         predicted = image * b[:, None, None] + c[:, None, None]
         loss = (weight * (predicted - target) ** 2).sum() / weight.sum()
@@ -512,7 +516,6 @@ class StackCalibration:
 def stack_model(optics: Optics, shape_yx: tuple[int, int], pixel_um: float, depth_um: float, *, dtype=torch.float64) -> ForwardModel:
     """Renderer for single planes of a bead z-stack: an empty volume one plane thick,
     focused at its centre (``z = z_step/2``, here 0.5 µm), padded for a bead ``depth_um`` away."""
-
     geometry = VolumeGeometry((1, int(shape_yx[0]), int(shape_yx[1])), (1.0, float(pixel_um), float(pixel_um)))
     return ForwardModel.build(optics, geometry, source_depth_um=depth_um, dtype=dtype)
 

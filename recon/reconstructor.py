@@ -422,10 +422,10 @@ class Reconstructor:
             valid = None if self._valid is None else self._valid.cpu().numpy() > 0
             start = initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid)
             if cfg.pupil_calibration:
-                self._calibrate_pupil(measured, start)
-                base_sources = torch.as_tensor(self.calibration.sources_um_xyz, dtype=torch.float32, device=self.device)
-                b0 = torch.as_tensor(self.calibration.brightness, dtype=torch.float32, device=self.device)
-                c0 = torch.as_tensor(self.calibration.background, dtype=torch.float32, device=self.device)
+                calibration = self._calibrate_pupil(measured, start)
+                base_sources = torch.as_tensor(calibration.sources_um_xyz, dtype=torch.float32, device=self.device)
+                b0 = torch.as_tensor(calibration.brightness, dtype=torch.float32, device=self.device)
+                c0 = torch.as_tensor(calibration.background, dtype=torch.float32, device=self.device)
             else:
                 base_sources = torch.as_tensor(start, dtype=torch.float32, device=self.device)
                 base_sources, b0, c0 = refine_sources(

@@ -4,13 +4,12 @@ reconstruction, and a worker is killed (SIGKILL) while it reconstructs."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import os
 import shutil
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import distributed

@@ -15,10 +15,10 @@ from nvplive.recon.calibration import (
     refine_sources,
     sharpest_peak_ratio,
 )
+from nvplive.recon.loop import IterationBudget
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render
 from nvplive.recon.pupil import PupilParameters
-from nvplive.recon.loop import IterationBudget
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
 

@@ -363,13 +363,7 @@ class RecordingWriter:
             except OSError as exc:
                 raise RecordingError(f"{self._root}: cannot finish the recording ({exc.strerror or exc}).") from None
             finally:
-                for stack in (self._frames, self._volume_stack, self._truth_stack):
-                    stack.abandon()
-                if self._journal is not None and not self._journal.closed:
-                    self._journal.close()
-                if self._replacing:
-                    (self._root / VOLUMES_PENDING_NAME).unlink(missing_ok=True)
-                self._lock.release()
+                self._release()
 
     def abandon(self) -> None:
         """Stop without committing: a :meth:`replace_volumes` writer keeps the old volumes; a live
@@ -378,13 +372,17 @@ class RecordingWriter:
             if self._closed:
                 return
             self._closed = True
-            for stack in (self._frames, self._volume_stack, self._truth_stack):
-                stack.abandon()
-            if self._journal is not None and not self._journal.closed:
-                self._journal.close()
-            if self._replacing:
-                (self._root / VOLUMES_PENDING_NAME).unlink(missing_ok=True)
-            self._lock.release()
+            self._release()
+
+    def _release(self) -> None:
+        """Drop unfinished pages, the journal handle, a pending volumes file and the lock."""
+        for stack in (self._frames, self._volume_stack, self._truth_stack):
+            stack.abandon()
+        if self._journal is not None and not self._journal.closed:
+            self._journal.close()
+        if self._replacing:
+            (self._root / VOLUMES_PENDING_NAME).unlink(missing_ok=True)
+        self._lock.release()
 
     def __enter__(self) -> RecordingWriter:
         return self

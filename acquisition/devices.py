@@ -34,7 +34,7 @@ from pymmcore_plus.experimental.unicore import SimpleCameraDevice, StageDevice, 
 from nvplive.errors import AcquisitionError
 from nvplive.recon.capacity import check_memory
 from nvplive.recon.optics import Optics, VolumeGeometry
-from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
+from nvplive.recon.simulate import CameraModel, Instrument, PartialCoherence, Simulator, camera_noise, default_sources
 
 from .instrument import BIT_DEPTH_PROPERTY
 
@@ -114,6 +114,10 @@ class SimulatedScene:
         clock: optional sample clock (s); replaces the wall clock.
         seed: seeds the bead photometry and the camera noise.
         device: torch device the simulator renders on.
+        instrument: the simulated objective (pupil aberrations, apodisation …) that the
+            reconstruction is not told (default: the renderer's own, "matched").
+        focus_cache_size: simulators kept for focal-plane offsets besides the nominal one
+            (a z-stack visits many; the oldest is dropped).
     """
 
     def __init__(
@@ -133,6 +137,8 @@ class SimulatedScene:
         relative_brightness: np.ndarray | None = None,
         background: np.ndarray | None = None,
         dn_cache_size: int = 4,
+        instrument: Instrument | None = None,
+        focus_cache_size: int = 4,
     ) -> None:
         if not (math.isfinite(time_quantum_s) and time_quantum_s >= 0):
             raise AcquisitionError(f"Simulated scene: time_quantum_s must be ≥ 0, got {time_quantum_s!r}.")
@@ -147,13 +153,15 @@ class SimulatedScene:
         self.clock = clock
         self.seed = int(seed)
         self.device = device
+        self.instrument = instrument if instrument is not None else Instrument()
         self._relative_brightness = relative_brightness
         self._background = background
         self._lock = threading.RLock()
         self._t0 = time.perf_counter()
         self._source = 0
         self._focus_um = 0.0
-        self._simulators: dict[float, Simulator] = {}
+        self._simulators: OrderedDict[float, Simulator] = OrderedDict()
+        self._focus_cache_size = max(1, int(focus_cache_size))
         self._dn_cache: OrderedDict[float, np.ndarray] = OrderedDict()
         self._dn_cache_size = max(1, int(dn_cache_size))
         self._rng = np.random.default_rng(self.seed + 1)
@@ -264,15 +272,18 @@ class SimulatedScene:
 
     # -- rendering ------------------------------------------------------------------
     def simulator(self, focus_um: float | None = None) -> Simulator:
-        """The simulator for a focal-plane offset (built once per offset).
+        """The simulator for a focal-plane offset (built once per offset; the nominal one
+        and the last ``focus_cache_size`` others are kept).
 
         All offsets share the beads' brightness ``b_i`` and background ``c_i`` of the
-        nominal focus, so refocusing changes the image, not the photometry.
+        nominal focus, so refocusing changes the image (a bead z-stack shows the bead
+        through focus), not the photometry.
         """
         focus = self._focus_um if focus_um is None else float(focus_um)
         key = round(focus, 6)
         with self._lock:
             if key in self._simulators:
+                self._simulators.move_to_end(key)
                 return self._simulators[key]
             nominal = self._simulators.get(0.0)
             if nominal is None:
@@ -287,6 +298,7 @@ class SimulatedScene:
                     camera=self.camera,
                     device=self.device,
                     seed=self.seed,
+                    instrument=self.instrument,
                 )
                 self._simulators[0.0] = nominal
                 if key == 0.0:
@@ -304,10 +316,14 @@ class SimulatedScene:
                 camera=self.camera,
                 device=self.device,
                 seed=self.seed,
+                instrument=self.instrument,
             )
             scale = sim.brightness / sim.relative_brightness
             sim.relative_brightness = nominal.brightness / scale
             self._simulators[key] = sim
+            others = [k for k in self._simulators if k != 0.0]
+            for old in others[: max(0, len(others) - self._focus_cache_size)]:
+                del self._simulators[old]
             return sim
 
     def expected_frame(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from nvplive.errors import NvpLiveError, RecordingError
-from nvplive.recon.calibration import PupilCalibration, StackCalibration, calibrate_bead_stack
+from nvplive.recon.calibration import PupilCalibration, StackCalibration
 from nvplive.recon.capacity import check_memory, check_plausible
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
@@ -36,6 +36,7 @@ from nvplive.recon.simulate import (
     thick_sources,
 )
 
+from .bead_stack import calibrate_stack
 from .pupil_file import recording_pupil, write_pupil
 from .recording import CameraSettings, Recording, RecordingMeta, RecordingWriter
 
@@ -371,12 +372,9 @@ def calibrate_stack_file(
         raise RecordingError(f"{path}: a bead z-stack must have 3 axes (Z, Y, X), this one has shape {stack.shape}.")
     optics = Optics(wavelength_um=float(params["wavelength_um"]), n_medium=float(params["n_medium"]), na=float(params["na"]),
                     emission_fwhm_um=0.0)
-    result = calibrate_bead_stack(stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), iterations=iterations,
-                                  z_direction=z_direction)
-    written = write_pupil(
-        output if output is not None else path.with_suffix(".pupil.json"), result.calibration.pupil, optics,
-        calibrated_from=f"bead z-stack {path.name} (z direction {result.z_direction:+d}"
-        + (", undetermined by the images)" if result.ambiguous else ")"), method="bead-z-stack",
-        fitted_noll=result.calibration.noll, residual=result.residual, residual_before=result.residual_hard,
+    result, _, written = calibrate_stack(
+        stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), name=f"bead z-stack {path.name}",
+        iterations=iterations, z_direction=z_direction, output=output if output is not None else path.with_suffix(".pupil.json"),
     )
+    assert written is not None  # an output was given
     return result, written

@@ -49,8 +49,9 @@ from psygnal import Signal, SignalGroup
 from nvplive.errors import ReconstructionError
 from nvplive.recon.loop import LatencyBudget
 from nvplive.recon.methods import METHODS
+from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig, ReconResult, Reconstructor, select_device
-from nvplive.recon.simulate import PartialCoherence
+from nvplive.recon.simulate import Instrument, PartialCoherence
 
 from .microscope import MicroscopeInfo, build_demo_core, load_hardware_core, release_core
 from .pipeline import (
@@ -96,6 +97,8 @@ class DemoOptions:
         coherence: simulator partial coherence (None: the simulator's default).
         seed: phantom, beads and noise.
         time_quantum_s: the specimen is held per timepoint at its start, rounded to this (s).
+        instrument: the simulated objective's pupil (aberrations) that the reconstruction is
+            not told (None: the renderer's own); "Calibrate pupil" finds it from a bead z-stack.
     """
 
     shape_zyx: tuple[int, int, int] = (32, 64, 64)
@@ -103,6 +106,7 @@ class DemoOptions:
     coherence: PartialCoherence | None = None
     seed: int = 0
     time_quantum_s: float = 0.01
+    instrument: Instrument | None = None
 
 
 @dataclass
@@ -140,6 +144,8 @@ def load_demo_microscope(views: int, exposure_ms: float, options: DemoOptions = 
     scene_options: dict[str, Any] = {"time_quantum_s": options.time_quantum_s}
     if options.coherence is not None:
         scene_options["coherence"] = options.coherence
+    if options.instrument is not None:
+        scene_options["instrument"] = options.instrument
     scene = demo_scene(options.shape_zyx, options.voxel_um_zyx, int(views), seed=options.seed, **scene_options)
     core, info = build_demo_core(scene, exposure_ms=float(exposure_ms))
     label = f"Simulated microscope · beating cardiomyocyte · {views} views"
@@ -193,10 +199,14 @@ class LiveReconstructor:
     starts (first timepoint, or warm start off) run their full ``iterations`` without
     the latency budget, which only bounds warm updates.
 
+    A detection pupil (:meth:`use_pupil`, e.g. the app's "Calibrate pupil") is rendered
+    through from the next timepoint on, which starts cold with it.
+
     Args:
         factory: ``(config, device) -> Reconstructor``.
         config: initial settings; device: ``auto``, ``cpu``, ``cuda`` …
         warm_start: start each timepoint from the previous one.
+        pupil: a known detection pupil (None: the renderer's hard aperture).
     """
 
     def __init__(
@@ -206,16 +216,19 @@ class LiveReconstructor:
         device: str = "auto",
         *,
         warm_start: bool = True,
+        pupil: PupilParameters | None = None,
     ) -> None:
         self._factory = factory
         self._device_name = str(device)
-        self.inner = factory(config, self._device_name)
+        self._pupil = pupil
+        self.inner = self._build(config, self._device_name)
         self._warm_start = bool(warm_start)
         self._lock = threading.Lock()
         self._pending: dict[str, Any] = {}
         self._pending_device: str | None = None
         self._pending_warm: bool | None = None
         self._pending_reset = False
+        self._pending_pupil: tuple[PupilParameters | None] | None = None
         self._cancelled = False
         self._worker: ReconstructionWorker | None = None
         self.progress_hook: ProgressHook | None = None
@@ -224,7 +237,18 @@ class LiveReconstructor:
         self.thread_niceness = RECONSTRUCTION_NICENESS
         self._niced: set[int] = set()
 
+    def _build(self, config: ReconConfig, device: str) -> Reconstructor:
+        inner = self._factory(config, device)
+        if self._pupil is not None:
+            inner.pupil = self._pupil
+        return inner
+
     # -- what the worker and the GUI read ----------------------------------------------------
+    @property
+    def pupil(self) -> PupilParameters | None:
+        """The detection pupil the updates render through (pending changes not yet included)."""
+        return self._pupil
+
     @property
     def config(self) -> ReconConfig:
         """The settings the next update runs with (pending changes not yet included)."""
@@ -249,7 +273,8 @@ class LiveReconstructor:
     def has_pending_changes(self) -> bool:
         """Settings were requested that the next update applies."""
         with self._lock:
-            return bool(self._pending or self._pending_device or self._pending_warm is not None or self._pending_reset)
+            return bool(self._pending or self._pending_device or self._pending_warm is not None or self._pending_reset
+                        or self._pending_pupil is not None)
 
     def settings(self) -> dict:
         """Settings stored with each volume: the config, the device and the warm-start switch."""
@@ -291,6 +316,12 @@ class LiveReconstructor:
                 self._pending_warm = bool(warm_start)
             self._pending_reset = self._pending_reset or reset
 
+    def use_pupil(self, pupil: PupilParameters | None) -> None:
+        """Render through ``pupil`` (None: the hard aperture) from the next update on, which
+        starts cold (the warm state was fitted through the previous pupil)."""
+        with self._lock:
+            self._pending_pupil = (pupil,)
+
     def cancel_all(self) -> None:
         """Make the update in progress end at its next check and refuse further updates."""
         self._cancelled = True
@@ -304,6 +335,7 @@ class LiveReconstructor:
         with self._lock:
             changes, device, warm, reset = self._pending, self._pending_device, self._pending_warm, self._pending_reset
             self._pending, self._pending_device, self._pending_warm, self._pending_reset = {}, None, None, False
+            pupil, self._pending_pupil = self._pending_pupil, None
         old = self.inner.config
         changes = {k: v for k, v in changes.items() if getattr(old, k) != v}
         if changes:
@@ -313,12 +345,17 @@ class LiveReconstructor:
             self._warm_start = warm
         if device is not None and device != self._device_name:
             state = self.inner.snapshot() if self.inner.state is not None else None
-            new = self._factory(self.inner.config, device)
+            new = self._build(self.inner.config, device)
             if state is not None and self.inner.config.method == old.method and not reset:
                 new.load_state(state)
             self.inner = new
             self._device_name = device
             logger.info("Reconstruction moved to %s", new.device)
+        if pupil is not None and pupil[0] != self._pupil:
+            self._pupil = self.inner.pupil = pupil[0]
+            reset = True
+            logger.info("Detection pupil changed (%s); the next timepoint starts cold",
+                        "hard aperture" if pupil[0] is None else f"{pupil[0].aberration_rms_rad:.3f} rad RMS")
         if reset or self.inner.config.method != old.method:
             self.inner.reset()
         if self._worker is not None:
@@ -363,14 +400,17 @@ class LiveReconstructor:
 
 
 def live_reconstructor(
-    info: MicroscopeInfo, config: ReconConfig = LIVE_CONFIG, device: str = "auto", *, warm_start: bool = True
+    info: MicroscopeInfo, config: ReconConfig = LIVE_CONFIG, device: str = "auto", *, warm_start: bool = True,
+    pupil: PupilParameters | None = None,
 ) -> LiveReconstructor:
     """The live reconstructor of a microscope: the project's Reconstructor, built as a
-    recording of this microscope would be reconstructed (:func:`reconstructor_for`)."""
+    recording of this microscope would be reconstructed (:func:`reconstructor_for`), through
+    ``pupil`` when one is known (a calibrated pupil, :mod:`.bead_stack`)."""
     from .offline import reconstructor_for
 
     return LiveReconstructor(
-        lambda cfg, dev: reconstructor_for(recording_meta(info), cfg, dev), config, device, warm_start=warm_start
+        lambda cfg, dev: reconstructor_for(recording_meta(info), cfg, dev), config, device, warm_start=warm_start,
+        pupil=pupil,
     )
 
 
@@ -465,6 +505,7 @@ def _demo_extra(scene: Any) -> dict:
         "coherence": {"n_wavelengths": scene.coherence.n_wavelengths,
                       "bead_diameter_um": scene.coherence.bead_diameter_um,
                       "n_subsources": scene.coherence.n_subsources},
+        "simulated_instrument": scene.instrument.to_dict(),
     }
 
 

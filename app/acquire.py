@@ -53,7 +53,7 @@ def on_source_changed(window: MainWindow) -> None:
 
 def prepare_microscope(window: MainWindow, then: Callable[[], None] | None = None) -> None:
     """Load the microscope (and its reconstructor) in a worker thread, then call ``then``."""
-    if window.loading:
+    if window.loading or window.pupil_task is not None:
         return
     key = microscope_key(window)
     panel = window.acquisition_panel
@@ -66,6 +66,8 @@ def prepare_microscope(window: MainWindow, then: Callable[[], None] | None = Non
     acq, rec = window.model.acquisition, window.model.reconstruction
     views, exposure = acq.views, acq.exposure_ms
     config, device, warm = rec.config(), rec.device, rec.warm_start
+    calibrated = window.model.pupil.calibrated
+    pupil = calibrated.pupil if calibrated is not None else None
     reconstructor = window.reconstructor if current is not None else None
     want_interval = window.auto_interval_pending and key[0] == "demo"
     options = window.demo_options
@@ -77,7 +79,7 @@ def prepare_microscope(window: MainWindow, then: Callable[[], None] | None = Non
                 microscope = load_demo_microscope(views, exposure, options)
             else:
                 microscope = load_hardware_microscope(Path(key[1]), Path(key[2]))
-        recon = reconstructor or live_reconstructor(microscope.info, config, device, warm_start=warm)
+        recon = reconstructor or live_reconstructor(microscope.info, config, device, warm_start=warm, pupil=pupil)
         interval = suggested_demo_interval(microscope) if want_interval else None
         return microscope, recon, interval
 
@@ -219,6 +221,12 @@ def start_session(window: MainWindow, record: bool) -> None:
         return
     window.session = session
     window.session_record = record
+    calibrated = window.model.pupil.calibrated
+    if calibrated is not None:  # the recording reconstructs offline through the same pupil
+        try:
+            calibrated.write(path)
+        except Exception as exc:
+            window.report_error("Pupil", f"Could not store the pupil in {path.name}: {exc}", box=False)
     window.model.view.volume_t = window.model.view.frames_t = None
     window.recording_path = path
     window.shown_meta = session.writer.meta

@@ -183,6 +183,10 @@ ACTIONS: tuple[ActionInfo, ...] = (
                "Finish the current timepoint, reconstruct what is pending and save", "F8", "SP_MediaStop"),
     ActionInfo("open", "Open recording…", lambda w: w.open_recording(), "Open a recording (NAME.fdt folder)",
                QtGui.QKeySequence.StandardKey.Open, "SP_DirOpenIcon"),
+    ActionInfo("calibrate_pupil", "Calibrate pupil", lambda w: w.calibrate_pupil(),
+               "Acquire a bead z-stack through the MDA and fit the detection pupil to it (the live "
+               "reconstruction renders through it from its next timepoint)"),
+    ActionInfo("save_pupil", "Save pupil (pupil.json)…", lambda w: w.save_pupil()),
     ActionInfo("export_stack", "Export Δn stack (OME-TIFF)…", lambda w: w.export_dn_stack()),
     ActionInfo("export_png", "Save 3D snapshot (PNG)…", lambda w: w.save_snapshot(), "", "Ctrl+P",
                "SP_DialogSaveButton"),
@@ -194,8 +198,8 @@ ACTIONS: tuple[ActionInfo, ...] = (
 
 #: Menus and their actions (None: a separator); the View menu also lists the docks.
 MENUS: dict[str, tuple[str | None, ...]] = {
-    "&File": ("open", None, "export_stack", "export_png", "export_movie", None, "quit"),
-    "&Acquisition": ("live", "record", "stop"),
+    "&File": ("open", None, "export_stack", "export_png", "export_movie", "save_pupil", None, "quit"),
+    "&Acquisition": ("live", "record", "stop", None, "calibrate_pupil"),
     "&Help": ("about",),
 }
 #: Toolbar actions (None: a separator).

@@ -1,4 +1,4 @@
-"""The window's docks: Acquisition, Reconstruction, 3D, Frames and Timeline, and their default layout."""
+"""The window's docks: Acquisition, Reconstruction, 3D, Frames, Pupil and Timeline, and their default layout."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from PySide6 import QtCore, QtWidgets
 
 #: The docks: key, title (the object name is ``<key>Dock``).
 DOCKS = (("acquisition", "Acquisition"), ("reconstruction", "Reconstruction"), ("volume", "3D"), ("frames", "Frames"),
-         ("timeline", "Timeline"))
+         ("pupil", "Pupil"), ("timeline", "Timeline"))
 
 
 def scrolling(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
@@ -39,7 +39,8 @@ def build_docks(window: QtWidgets.QMainWindow, widgets: dict[str, QtWidgets.QWid
 
 
 def default_layout(window: QtWidgets.QMainWindow, docks: dict[str, QtWidgets.QDockWidget]) -> None:
-    """Acquisition on the left (full height); 3D and frames on top; timeline and reconstruction below.
+    """Acquisition on the left (full height); 3D and frames (the pupil a tab behind them) on top;
+    timeline and reconstruction below.
 
     All docks share one dock area, nested with ``splitDockWidget``: separate areas
     (left/top/bottom around no central widget) crept by a few pixels on every
@@ -54,9 +55,11 @@ def default_layout(window: QtWidgets.QMainWindow, docks: dict[str, QtWidgets.QDo
     window.splitDockWidget(d["volume"], d["timeline"], vertical)
     window.splitDockWidget(d["volume"], d["frames"], horizontal)
     window.splitDockWidget(d["timeline"], d["reconstruction"], vertical)
+    window.tabifyDockWidget(d["frames"], d["pupil"])
     for dock in d.values():
         dock.setFloating(False)
         dock.show()
+    d["frames"].raise_()
     size_docks(window, docks)
 
 

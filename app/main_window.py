@@ -3,8 +3,9 @@
 The window is a view of the model (:mod:`.model`: acquisition settings, reconstruction
 settings, view state) and wires it to the workers. Dockable panels bind to the model:
 Acquisition (microscope, time-lapse, Live/Record/Stop), Frames (camera frames of the
-current timepoint), Reconstruction (settings, loss and latency), 3D (Δn volume) and
-Timeline (scrub/replay a recording, offline reconstruction). The GUI thread only draws:
+current timepoint), Reconstruction (settings, loss and latency), 3D (Δn volume), Pupil
+(the calibrated detection pupil, :mod:`.pupil`) and Timeline (scrub/replay a recording,
+offline reconstruction). The GUI thread only draws:
 the live session (:class:`~nvplive.acquisition.live.LiveSession`), replay loading,
 microscope loading, offline reconstruction and exports run in worker threads, whose
 typed events reach the GUI thread through a :class:`~.bridge.GuiBridge` (newest-only for
@@ -28,16 +29,17 @@ from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS, DemoOptions, LiveRec
 from nvplive.errors import NvpLiveError
 from nvplive.recon.reconstructor import ReconConfig, select_device
 
-from . import acquire, actions, layout, recordings, style
+from . import acquire, actions, layout, pupil, recordings, style
 from .bridge import GuiBridge
 from .frames_view import FramesView
 from .live_display import LiveDisplay
 from .model import DEMO_SOURCE, HARDWARE_SOURCE, AppModel, absolute_path
 from .movie import MovieExport
 from .panels import AcquisitionPanel, ReconstructionPanel, TimelinePanel, bind
+from .pupil_view import PupilView
 from .status import StatusLabels
 from .volume_view import VolumeView
-from .workers import OfflineReconstruction, RecordingLoader, ReplayItem
+from .workers import OfflineReconstruction, PupilCalibrationTask, RecordingLoader, ReplayItem
 
 logger = logging.getLogger("nvplive.app")
 
@@ -100,6 +102,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.session: LiveSession | None = None
         self.session_record = False
         self.offline: OfflineReconstruction | None = None
+        self.pupil_task: PupilCalibrationTask | None = None
+        #: "Calibrate pupil": the z-stack (None: ``pupil.bead_stack_plan``'s default) and the fit's iterations.
+        self.bead_stack_plan = None
+        self.pupil_iterations = 150
         self.movie: MovieExport | None = None
         self.recording_path: Path | None = None
         self.shown_meta = None
@@ -119,6 +125,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.acquisition_panel = AcquisitionPanel()
         self.recon_panel = ReconstructionPanel()
         self.timeline = TimelinePanel()
+        self.pupil_view = PupilView()
         self.mode_label = QtWidgets.QLabel("")
         self.mode_label.setObjectName("readout")
         self.view_menu = QtWidgets.QMenu("&View", self)
@@ -133,7 +140,8 @@ class MainWindow(QtWidgets.QMainWindow):
             button.setDefaultAction(self.actions_by_key[key])
         self.docks = layout.build_docks(self, {
             "acquisition": layout.scrolling(self.acquisition_panel), "reconstruction": self.recon_panel,
-            "volume": self.volume_view, "frames": self.frames_view, "timeline": self.timeline}, self.view_menu)
+            "volume": self.volume_view, "frames": self.frames_view, "pupil": self.pupil_view, "timeline": self.timeline},
+            self.view_menu)
         self.view_menu.addSeparator()
         self.view_menu.addAction(self.actions_by_key["reset_layout"])
         self.default_layout()
@@ -176,6 +184,8 @@ class MainWindow(QtWidgets.QMainWindow):
             signal.connect(lambda *_: acquire.on_source_changed(self))
         model.reconstruction.events.connect(self.apply_reconstruction_settings)
         model.view.events.following.connect(self._on_follow)
+        model.pupil.events.calibrated.connect(lambda calibrated: pupil.on_pupil_changed(self, calibrated))
+        self.pupil_view.cancel_button.clicked.connect(lambda: pupil.cancel(self))
         model.view.events.replay_kind.connect(lambda _kind: self.request_replay(self.timeline.current))
         self.acquisition_panel.loadRequested.connect(lambda: self.prepare_microscope())
         self.recon_panel.resetRequested.connect(self._on_reset_requested)
@@ -330,6 +340,10 @@ class MainWindow(QtWidgets.QMainWindow):
             self.statusBar().showMessage("The next timepoint starts from scratch.", 5000)
             self.acquisition_panel.log("Reconstruction restarts from scratch at the next timepoint")
 
+    # ================================================================ detection pupil (app/pupil.py)
+    calibrate_pupil = pupil.calibrate_pupil
+    save_pupil = pupil.save_pupil
+
     # ================================================================ recordings, replay
     open_recording = recordings.open_recording
     reconstruct_recording = recordings.reconstruct_recording
@@ -405,7 +419,8 @@ class MainWindow(QtWidgets.QMainWindow):
         """Enable the actions the current state allows."""
         running = self.session is not None
         offline = self.offline is not None and self.offline.running
-        busy = self.loading or offline or self.movie is not None
+        calibrating = self.pupil_task is not None
+        busy = self.loading or offline or self.movie is not None or calibrating
         a = self.actions_by_key
         a["live"].setEnabled(not running and not busy)
         a["record"].setEnabled(not running and not busy)
@@ -416,6 +431,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.timeline.open_button.setEnabled(not running and not offline)
         self.timeline.reconstruct_button.setEnabled(not running and not offline and self.recording_path is not None)
         a["export_movie"].setEnabled(not self.acquiring and self.movie is None)
+        a["calibrate_pupil"].setEnabled(self.microscope is not None and not running and not busy)
+        a["save_pupil"].setEnabled(self.model.pupil.calibrated is not None)
 
     # ================================================================ closing
     def shutdown(self) -> None:
@@ -434,6 +451,10 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.offline is not None and self.offline.running:
             self.offline.cancel()
             self.offline.join(30)
+        if self.pupil_task is not None:
+            self.pupil_task.cancel()
+            if self.pupil_task.acquiring:  # a fit in progress does not touch the microscope
+                self.pupil_task.join(30)
         self.loader.shutdown()
         if self.microscope is not None:
             self.bridge.release(self.microscope.core)

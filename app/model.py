@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from psygnal import evented
 
+from nvplive.acquisition.bead_stack import CalibratedPupil
 from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS, LIVE_CONFIG
 from nvplive.recon.loop import IterationBudget, LatencyBudget
 from nvplive.recon.methods import METHODS
@@ -162,6 +163,19 @@ class ViewState:
     volume_t: int | None = None
 
 
+@evented
+@dataclass
+class PupilState:
+    """The detection pupil the live reconstruction renders through (not persisted).
+
+    Attributes:
+        calibrated: the last calibration ("Calibrate pupil": pupil, optics, residuals,
+            what it was calibrated from), or None (the renderer's hard aperture).
+    """
+
+    calibrated: CalibratedPupil | None = None
+
+
 #: Fields that are not stored (run-time state).
 _NOT_PERSISTED = {("reconstruction", "base"), ("view", "replay_kind"), ("view", "following"), ("view", "frames_t"),
                   ("view", "volume_t")}
@@ -195,11 +209,13 @@ def _convert(raw: Any, kind: type) -> Any:
 
 @dataclass
 class AppModel:
-    """The whole model: :class:`AcquisitionSettings`, :class:`ReconstructionSettings`, :class:`ViewState`."""
+    """The whole model: :class:`AcquisitionSettings`, :class:`ReconstructionSettings`, :class:`ViewState`
+    (persisted) and :class:`PupilState` (run-time)."""
 
     acquisition: AcquisitionSettings = field(default_factory=AcquisitionSettings)
     reconstruction: ReconstructionSettings = field(default_factory=ReconstructionSettings)
     view: ViewState = field(default_factory=ViewState)
+    pupil: PupilState = field(default_factory=PupilState)
 
     def _persisted(self):
         for section in ("acquisition", "reconstruction", "view"):

@@ -1,4 +1,5 @@
-"""The app's workers besides the live session: replay loading, offline reconstruction, device status.
+"""The app's workers besides the live session: replay loading, offline reconstruction, pupil
+calibration, device status.
 
 Nothing here touches a widget. The live session itself is Qt-free and shared with the
 headless demo (:mod:`nvplive.acquisition.live`). Each worker here reports through a
@@ -226,6 +227,76 @@ class OfflineReconstruction:
         else:
             logger.info("Offline reconstruction of %s done in %.1f s", self.path, summary.seconds)
             self.events.done.emit(summary)
+
+
+# ---------------------------------------------------------------------------------------
+# Pupil calibration on a bead z-stack ("Calibrate pupil")
+# ---------------------------------------------------------------------------------------
+class PupilCalibrationEvents(SignalGroup):
+    """What a :class:`PupilCalibrationTask` reports (from its thread)."""
+
+    #: ``(done, total, message)``; total 0 while fitting (no fraction to show).
+    progress = Signal(int, int, str)
+    #: Finished: the :class:`~nvplive.acquisition.bead_stack.CalibratedPupil`.
+    done = Signal(object)
+    #: Failed or cancelled: ``(message)``.
+    failed = Signal(str)
+
+
+class PupilCalibrationTask:
+    """Acquire a bead z-stack through the microscope's MDA and calibrate the pupil on it, in a thread.
+
+    The acquisition is :func:`~nvplive.acquisition.bead_stack.acquire_bead_stack`, the fit
+    :func:`~nvplive.acquisition.bead_stack.calibrate_bead_stack_acquired` (``nvplive calibrate``'s
+    path). :meth:`cancel` ends the acquisition after the plane being exposed; a fit in
+    progress runs to its end and its result is dropped.
+    """
+
+    def __init__(self, core, info, plan, *, iterations: int = 150) -> None:
+        self.core, self.info, self.plan, self.iterations = core, info, plan, int(iterations)
+        self.events = PupilCalibrationEvents()
+        self.acquiring = False
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nvplive-pupil-calibration", daemon=True)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from nvplive.acquisition.bead_stack import acquire_bead_stack, calibrate_bead_stack_acquired
+
+        try:
+            self.acquiring = True
+            try:
+                bead = acquire_bead_stack(self.core, self.info, self.plan, progress=self.events.progress.emit,
+                                          cancel=self._cancel)
+            finally:
+                self.acquiring = False
+            logger.info("Bead z-stack: %s", bead.describe())
+            self.events.progress.emit(0, 0, f"fitting the pupil to {len(bead.z_um)} planes…")
+            _, calibrated, _ = calibrate_bead_stack_acquired(bead, iterations=self.iterations)
+        except Exception as exc:
+            logger.exception("Pupil calibration failed")
+            self.events.failed.emit(f"Pupil calibration failed: {exc}")
+            return
+        if self._cancel.is_set():
+            self.events.failed.emit("Pupil calibration cancelled.")
+            return
+        logger.info("Pupil calibrated: %.3f rad RMS, residual %.3f (hard aperture %.3f)",
+                    calibrated.pupil.aberration_rms_rad, calibrated.residual or float("nan"),
+                    calibrated.residual_before or float("nan"))
+        self.events.done.emit(calibrated)
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 #: Lowest Noll index with an aberration coefficient (1, piston, is a global phase).
@@ -216,3 +217,32 @@ def pupil_function(
     basis = torch.stack([zernike(j, rho_in, theta) for j in range(FIRST_NOLL, FIRST_NOLL + c.numel())], dim=-1)
     phase = basis @ c
     return torch.polar(amplitude, phase)
+
+
+def pupil_map(
+    pupil: PupilParameters, na: float, n_medium: float, size: int = 65
+) -> tuple[np.ndarray, np.ndarray]:
+    """Amplitude and phase (rad) of ``pupil`` on a ``size × size`` grid spanning the
+    aperture (``k⊥`` from −k0·NA to k0·NA on both axes, row 0 at −ky), NaN outside it:
+    what the app's Pupil dock draws.
+
+    The phase is the aberration ``Σ c_j Z_j`` (the pupil's argument, not wrapped);
+    the amplitude is ``A(ρ)·S(ρ)`` without the edge cells' area weighting.
+    """
+    axis = torch.linspace(-1.0, 1.0, int(size), dtype=torch.float64)
+    ky, kx = axis[:, None], axis[None, :]
+    rho = torch.sqrt(ky**2 + kx**2)
+    inside = (rho <= 1.0).to(torch.float64)
+    z, a = pupil.tensors()
+    field = pupil_function(ky, kx, 1.0, 1.0, n_medium / na, zernike_rad=None, apodisation=a,
+                           sine_condition=pupil.sine_condition, hard_aperture=inside)
+    amplitude = field.real.numpy()
+    phase = np.zeros_like(amplitude)
+    if z is not None:
+        theta = torch.atan2(ky, kx).expand_as(rho)
+        basis = torch.stack([zernike(j, rho.clamp(max=1.0), theta) for j in range(FIRST_NOLL, FIRST_NOLL + z.numel())], -1)
+        phase = (basis @ z).numpy()
+    outside = inside.numpy() == 0
+    amplitude[outside] = np.nan
+    phase[outside] = np.nan
+    return amplitude, phase

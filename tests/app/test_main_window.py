@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,17 @@ import torch
 from PIL import Image, ImageSequence
 from PySide6 import QtCore
 
+from nvplive.acquisition.bead_stack import BeadStackPlan
 from nvplive.acquisition.live import DemoOptions
 from nvplive.acquisition.microscope import demo_camera
 from nvplive.acquisition.offline import simulate_recording
+from nvplive.acquisition.pupil_file import read_pupil
 from nvplive.acquisition.recording import open_recording
 from nvplive.app.main_window import MainWindow
 from nvplive.recon.loop import IterationBudget, LatencyBudget
+from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig
-from nvplive.recon.simulate import PartialCoherence
+from nvplive.recon.simulate import Instrument, PartialCoherence
 
 SHAPE = (16, 32, 32)
 VOXEL = (0.25, 0.25, 0.25)
@@ -431,3 +435,50 @@ def test_settings_persist(make_window, settings_file, qtbot):
     assert again.volume_view.mode == "translucent"
     config = again.model.reconstruction.config()
     assert config.method == "triplane" and config.warm_budget.target_latency_s == pytest.approx(0.7)
+
+
+def test_calibrate_pupil_acquires_a_bead_stack_and_the_pupil_dock_shows_it(make_window, qtbot, tmp_path, stats, to_array):
+    """Issue 13: "Calibrate pupil" takes a bead z-stack through the MDA of the simulated
+    microscope (an aberrated objective), fits it in a worker, and the Pupil dock shows the
+    model's pupil; the live reconstruction and the next recording use it."""
+    truth = np.zeros(21)
+    truth[11 - 2], truth[6 - 2] = 0.4, 0.25  # primary spherical, astigmatism (rad)
+    instrument = Instrument("aberrated", PupilParameters(tuple(truth)))
+    window = make_window(timepoints=2, interval_s=0.0, demo_options=DemoOptions(SHAPE, VOXEL, FAST, seed=1, instrument=instrument),
+                         recon_config=replace(TINY_CONFIG, pupil_calibration=False))  # as LIVE_CONFIG
+    action = window.actions_by_key["calibrate_pupil"]
+    assert not action.isEnabled()  # no microscope loaded yet
+    assert window.pupil_view.bar_values.size == 0 and "No calibrated pupil" in window.pupil_view.summary.text()
+    window.prepare_microscope()
+    qtbot.waitUntil(lambda: not window.loading and window.microscope is not None, timeout=30_000)
+    assert action.isEnabled()
+    window.bead_stack_plan = BeadStackPlan(half_range_um=1.5, step_um=0.5, z_direction=1)  # 7 planes
+    window.pupil_iterations = 20
+
+    action.trigger()
+    assert window.pupil_task is not None
+    assert not action.isEnabled() and not window.actions_by_key["live"].isEnabled()
+    dock = window.docks["pupil"]
+    qtbot.waitUntil(lambda: window.model.pupil.calibrated is not None or window.pupil_task is None, timeout=120_000)
+    calibrated = window.model.pupil.calibrated
+    assert calibrated is not None, window.errors
+    view = window.pupil_view
+    qtbot.waitUntil(lambda: view.calibrated is calibrated and window.pupil_task is None, timeout=5_000)
+    assert dock.isVisible() and not view.visibleRegion().isEmpty()  # raised over the Frames tab
+    coefficients = np.asarray(calibrated.pupil.zernike_rad)
+    np.testing.assert_array_equal(view.bar_values, coefficients)
+    np.testing.assert_array_equal(view.bars.opts["height"], coefficients)  # what the bar chart draws
+    np.testing.assert_array_equal(view.bars.opts["x"], np.arange(2, 2 + len(coefficients)))
+    assert coefficients[11 - 2] == pytest.approx(0.4, abs=0.1)
+    assert f"fit residual {calibrated.residual:.3f}" in view.summary.text()
+    assert np.isnan(view.phase[0, 0]) and np.isfinite(view.phase[32, 32])  # inside the NA aperture only
+    assert stats(to_array(view.grab()))["colours"] > 50  # images and bars are drawn
+    assert action.isEnabled() and window.actions_by_key["save_pupil"].isEnabled()
+
+    saved = window.save_pupil(tmp_path / "pupil.json")
+    assert saved is not None and read_pupil(saved) == calibrated.pupil
+
+    window.start_acquisition(record=False)  # the live reconstruction renders through it, cold
+    _wait_closed(qtbot, window)
+    assert window.reconstructor.inner.pupil == calibrated.pupil
+    assert read_pupil(window.recording_path) == calibrated.pupil  # stored with the recording

@@ -1,0 +1,119 @@
+"""Window actions on the detection pupil: "Calibrate pupil", "Save pupil…", and the model's
+pupil handed to the live reconstruction.
+
+Small functions of the window (as :mod:`.acquire`). "Calibrate pupil" takes a bead
+z-stack through the microscope's MDA and fits the pupil on it in a
+:class:`~.workers.PupilCalibrationTask`; the result becomes the model's pupil
+(``model.pupil.calibrated``), which the Pupil dock draws and the live reconstructor
+renders through from its next (cold) timepoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nvplive.acquisition.bead_stack import BeadStackPlan, CalibratedPupil
+
+from .actions import ask_save
+from .workers import PupilCalibrationTask
+
+if TYPE_CHECKING:
+    from .main_window import MainWindow
+
+TITLE = "Calibrate pupil"
+
+
+def bead_stack_plan(window: MainWindow) -> BeadStackPlan:
+    """The z-stack to take: ``window.bead_stack_plan`` if set, else the default one (the
+    simulated stage's z direction is known: +1; on hardware both directions are fitted)."""
+    microscope = window.microscope
+    if window.bead_stack_plan is not None:
+        return window.bead_stack_plan
+    return BeadStackPlan(z_direction=1 if microscope is not None and microscope.demo else None)
+
+
+def calibrate_pupil(window: MainWindow) -> PupilCalibrationTask | None:
+    """Acquire a bead z-stack and fit the pupil in a worker; progress shows in the Pupil dock."""
+    if window.pupil_task is not None:
+        return window.pupil_task
+    microscope = window.microscope
+    if microscope is None:
+        window.report_error(TITLE, "Load the microscope first (Load, Live or Record).")
+        return None
+    if window.session is not None or window.loading:
+        window.report_error(TITLE, "Stop the acquisition before calibrating the pupil.")
+        return None
+    plan = bead_stack_plan(window)
+    task = PupilCalibrationTask(microscope.core, microscope.info, plan, iterations=window.pupil_iterations)
+    view = window.pupil_view
+    window.bridge.latest(task.events.progress, view.set_progress, owner=task)
+    window.bridge.queued(task.events.done, lambda calibrated: _finished(window, task, calibrated), owner=task)
+    window.bridge.queued(task.events.failed, lambda message: _failed(window, task, message), owner=task)
+    window.pupil_task = task
+    view.set_progress(0, 1, "bead z-stack…")
+    window.docks["pupil"].show()
+    window.docks["pupil"].raise_()
+    window.acquisition_panel.log(
+        f"{TITLE}: bead z-stack of source {plan.view}, ±{plan.half_range_um:g} µm every {plan.step_um:g} µm")
+    window.statusBar().showMessage(f"{TITLE}: acquiring a bead z-stack…")
+    task.start()
+    window.update_actions()
+    return task
+
+
+def cancel(window: MainWindow) -> None:
+    """Cancel the running calibration (the z-stack ends after the plane being exposed)."""
+    if window.pupil_task is not None:
+        window.pupil_task.cancel()
+        window.statusBar().showMessage(f"{TITLE}: cancelling…", 5000)
+
+
+def _end(window: MainWindow, task: PupilCalibrationTask) -> None:
+    window.bridge.release(task)
+    if window.pupil_task is task:
+        window.pupil_task = None
+    window.pupil_view.end_progress()
+    window.update_actions()
+
+
+def _finished(window: MainWindow, task: PupilCalibrationTask, calibrated: CalibratedPupil) -> None:
+    _end(window, task)
+    window.model.pupil.calibrated = calibrated
+    residual = f", fit residual {calibrated.residual:.3f}" if calibrated.residual is not None else ""
+    message = f"Pupil calibrated: {calibrated.pupil.aberration_rms_rad:.3f} rad RMS{residual}"
+    window.acquisition_panel.log(message + " (the next timepoint starts cold with it)", "ok")
+    window.statusBar().showMessage(message, 10000)
+
+
+def _failed(window: MainWindow, task: PupilCalibrationTask, message: str) -> None:
+    _end(window, task)
+    window.report_error(TITLE, message)
+
+
+def on_pupil_changed(window: MainWindow, calibrated: CalibratedPupil | None) -> None:
+    """The model's pupil changed: draw it; the live reconstructor renders through it from its next timepoint."""
+    window.pupil_view.show_pupil(calibrated)
+    if window.reconstructor is not None:
+        window.reconstructor.use_pupil(calibrated.pupil if calibrated is not None else None)
+    window.update_actions()
+
+
+def save_pupil(window: MainWindow, path: str | Path | None = None) -> Path | None:
+    """Write the model's pupil as a pupil file (``pupil.json``, docs/format.md); the path, or None."""
+    calibrated = window.model.pupil.calibrated
+    if calibrated is None:
+        window.report_error("Save pupil", "No calibrated pupil yet: run Acquisition → Calibrate pupil first.")
+        return None
+    if path is None:
+        path = ask_save(window, "Save pupil", "pupil.json", "Pupil file (*.json)")
+        if path is None:
+            return None
+    try:
+        written = calibrated.write(path)
+    except Exception as exc:
+        window.report_error("Save pupil", exc)
+        return None
+    window.acquisition_panel.log(f"Pupil written: {written}", "ok")
+    window.statusBar().showMessage(f"Pupil written: {written}", 10000)
+    return written

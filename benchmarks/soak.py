@@ -17,7 +17,7 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -133,8 +133,8 @@ def run_soak(
     directory deleted afterwards.
     """
     from nvplive.acquisition.demo import default_reconstructor_factory, run_headless_demo
+    from nvplive.acquisition.live import LIVE_CONFIG
     from nvplive.recon.loop import IterationBudget
-    from nvplive.recon.reconstructor import ReconConfig
     from nvplive.recon.simulate import PartialCoherence
 
     samples: list[tuple[int, float, float]] = []
@@ -149,7 +149,8 @@ def run_soak(
             if progress is not None and (t + 1) % 100 == 0:
                 progress(f"t={t}: RSS {samples[-1][2]:.1f} MB, {samples[-1][1]:.1f} s")
 
-    factory = default_reconstructor_factory("cpu", ReconConfig(iterations=10, warm_budget=IterationBudget(4), check_every=2))
+    config = replace(LIVE_CONFIG, iterations=10, warm_budget=IterationBudget(4), check_every=2)
+    factory = default_reconstructor_factory("cpu", config)
 
     def run(target: Path):
         return run_headless_demo(

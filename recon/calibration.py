@@ -264,6 +264,7 @@ def refine_sources(
     pupil: torch.Tensor | None = None,
     iterations: int = 100,
     lr_um: float = 0.02,
+    tolerance_um: float = 0.005,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sub-pixel registration of each view's source against the unperturbed model image.
 
@@ -273,6 +274,9 @@ def refine_sources(
     the axial position is kept. The specimen's weak modulation
     barely moves this optimum, while the disk edge of a defocused bead pins the position
     to a small fraction of a pixel.
+
+    The fit runs at most ``iterations`` Adam steps and stops early once no lateral
+    position moved more than ``tolerance_um`` over the last ten steps.
 
     Returns:
         ``(sources [V, 3], brightness [V], background [V])``.
@@ -289,7 +293,8 @@ def refine_sources(
     log_b = torch.zeros_like(b0, requires_grad=True)
     c = (c0 / scale).clone().requires_grad_(True)
     opt = torch.optim.Adam([{"params": [shift], "lr": lr_um}, {"params": [log_b, c], "lr": 0.01}])
-    for _ in range(iterations):
+    checkpoint = shift.detach().clone()
+    for step in range(1, iterations + 1):
         opt.zero_grad(set_to_none=True)
         src = torch.cat([sources_um_xyz[:, :2] + shift, sources_um_xyz[:, 2:]], dim=1)
         image = camera_intensity(model, homogeneous_spectrum(model, src), pupil=pupil)
@@ -297,6 +302,11 @@ def refine_sources(
         loss = (weight * (predicted - target) ** 2).sum() / count.sum()
         loss.backward()
         opt.step()
+        if step % 10 == 0:
+            moved = float((shift.detach() - checkpoint).abs().max())
+            if moved < tolerance_um:
+                break
+            checkpoint = shift.detach().clone()
     with torch.no_grad():
         src = torch.cat([sources_um_xyz[:, :2] + shift, sources_um_xyz[:, 2:]], dim=1)
         return src.detach(), (b0 * torch.exp(log_b)).detach(), (c * scale).detach()

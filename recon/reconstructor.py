@@ -475,13 +475,16 @@ class Reconstructor:
 
     def _with_memory_fallback(self, attempt: Callable[[], ReconResult]) -> ReconResult:
         """Run ``attempt``; out of memory, free what the reconstruction holds, move to the
-        CPU (the warm state with it) and run it once more."""
+        CPU (the warm state with it) and run it once more from where it started (the pupil
+        and the hot-pixel map the failed attempt may have updated are put back)."""
+        pupil, calibration, pixel_map = self.pupil, self.calibration, self._pixel_map
         try:
             return attempt()
         except torch.OutOfMemoryError as exc:
             where = "the CPU" if self.device.type == "cpu" else str(self.device)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "allocation failed"
         # Outside the except clause: its traceback holds the failed step's tensors.
+        self.pupil, self.calibration, self._pixel_map = pupil, calibration, pixel_map
         self._move_to_cpu()
         try:
             result = attempt()

@@ -25,10 +25,10 @@ def test_summary_states_the_bound_and_the_slope():
 
 
 def test_short_soak_keeps_memory_flat(tmp_path):
-    report = run_soak(40, out=tmp_path / "soak.fdt", warmup=20, bound_mb=50.0)
+    report = run_soak(40, out=tmp_path / "soak.fdt", warmup=20, bound_mb=50.0, interval_s=0.25)
     assert report.status == "completed" and report.timepoints == 40 and not report.errors
     assert [s[0] for s in report.samples] == list(range(40))
-    assert report.reconstructed >= 10 and report.flagged == 0
+    assert report.reconstructed >= 5 and report.flagged == 0  # a cold start (~2 s) and warm updates
     assert report.flat, report.summary()
     assert "Memory is flat" in report.summary()
     with Recording.open(tmp_path / "soak.fdt") as rec:

@@ -49,6 +49,7 @@ SUBSET = {
     "thick": ("matched", "realistic (seed 0)"),
 }
 METHODS = ("nvp", "explicit", "triplane")
+TASK_KEYS = ("geometry", "instrument", "method", "iterations", "calibration")
 
 
 def _instrument(spec: dict, optics):
@@ -96,8 +97,18 @@ def _run(task: dict) -> dict:
     try:
         return _reconstruct(task)
     except Exception as exc:  # reported in the table, the benchmark goes on
-        return {**{k: task[k] for k in ("geometry", "instrument", "method", "iterations")}, "calibration": "none",
-                "error": f"{type(exc).__name__}: {exc}"}
+        return {**{k: task[k] for k in TASK_KEYS}, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def pupil_error_rad(found, truth, noll: tuple[int, ...]) -> float:
+    """RMS (rad) of the fitted minus the true Zernike coefficients over the ``noll`` indices."""
+    from nvplive.recon.pupil import FIRST_NOLL
+
+    def coefficient(p, j: int) -> float:
+        k = j - FIRST_NOLL
+        return p.zernike_rad[k] if 0 <= k < len(p.zernike_rad) else 0.0
+
+    return float(np.sqrt(np.mean([(coefficient(found, j) - coefficient(truth, j)) ** 2 for j in noll])))
 
 
 def _reconstruct(task: dict) -> dict:
@@ -108,77 +119,97 @@ def _reconstruct(task: dict) -> dict:
     from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
     optics, geometry, sources, truth, frames = _setup(task["geometry"], task["instrument"])
-    config = ReconConfig(method=task["method"], iterations=task["iterations"])
+    config = ReconConfig(method=task["method"], iterations=task["iterations"], pupil_calibration=task["calibration"])
     # The reconstruction is told λ, NA, n (not the simulator's source NA or pupil), the
     # voxel size and the nominal bead positions.
     rec = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=config, device="cpu")
     start = time.perf_counter()
     result = rec.cold_start(frames)
-    return {
-        **{k: task[k] for k in ("geometry", "instrument", "method", "iterations")},
-        "calibration": "none",
+    row = {
+        **{k: task[k] for k in TASK_KEYS},
         "psnr_db": round(float(absolute_scores(result.dn, truth).psnr_db), 3),
         "zero_psnr_db": round(float(absolute_scores(np.zeros_like(truth), truth).psnr_db), 3),
         "seconds": round(time.perf_counter() - start, 1),
     }
+    if rec.calibration is not None:
+        true_pupil = _instrument(INSTRUMENTS[task["instrument"]], optics).pupil
+        row["pupil_error_rad"] = round(pupil_error_rad(rec.calibration.pupil, true_pupil, rec.calibration.noll), 4)
+        row["pupil_residual"] = round(float(rec.calibration.residual), 4)
+    return row
 
 
 def run_mismatch(
-    full: bool = False, workers: int | None = None, progress=print, subset: dict[str, tuple[str, ...]] | None = None
+    full: bool = False,
+    workers: int | None = None,
+    progress=print,
+    subset: dict[str, tuple[str, ...]] | None = None,
+    calibration: tuple[bool, ...] = (True, False),
 ) -> list[dict]:
-    """Reconstruct every (geometry, instrument, method) row in worker processes; one dict per row.
+    """Reconstruct every (geometry, instrument, method, calibration) row in worker processes; one dict per row.
 
-    ``subset`` (geometry → instrument names) overrides the default subset (``full``: all).
+    ``subset`` (geometry → instrument names) overrides the default subset (``full``: all);
+    ``calibration`` says whether the rows run with pupil calibration, without, or both.
     """
     iterations = FULL_ITERATIONS if full else ITERATIONS
     chosen = subset if subset is not None else ({g: tuple(INSTRUMENTS) for g in GEOMETRIES} if full else SUBSET)
-    tasks = []
-    for geometry in chosen:
-        for instrument in chosen[geometry]:
-            for method in METHODS:
-                tasks.append({"geometry": geometry, "instrument": instrument, "method": method, "iterations": iterations})
+    tasks = [
+        {"geometry": geometry, "instrument": instrument, "method": method, "iterations": iterations, "calibration": calibrated}
+        for calibrated in calibration
+        for geometry in chosen
+        for instrument in chosen[geometry]
+        for method in METHODS
+    ]
     workers = workers or max(1, min(len(tasks), os.cpu_count() or 1))
     rows = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for i, row in enumerate(pool.map(_run, tasks)):
             rows.append(row)
             outcome = row.get("error") or f"{row['psnr_db']:.2f} dB (all-zero {row['zero_psnr_db']:.2f}) in {row['seconds']:.0f} s"
-            progress(f"[{i + 1}/{len(tasks)}] {row['geometry']} {row['instrument']} {row['method']}: {outcome}")
+            calibrated = "calibrated" if row["calibration"] else "no calibration"
+            progress(f"[{i + 1}/{len(tasks)}] {row['geometry']} {row['instrument']} {row['method']} ({calibrated}): {outcome}")
     return rows
 
 
 def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
-    """The rows as the BENCHMARKS.md table (margins against all-zero, Explicit and matched)."""
+    """The rows as the BENCHMARKS.md table (margins against all-zero, Explicit and the matched
+    instrument with the same calibration setting; the calibrated pupil's error and residual)."""
     lines = [
         f"### Instrument mismatch ({time.strftime('%Y-%m-%d')}, `nvplive bench quality --mismatch{' --full' if full else ''}`)",
         "",
         f"Machine: {platform.node()} {platform.machine()} CPU, {os.cpu_count()} cores, one torch thread per worker; "
         f"cell phantom, {VIEWS} views, {rows[0]['iterations']} cold iterations, absolute-Δn PSNR (dB); "
-        f"wall time {seconds / 60:.1f} min. No pupil calibration (not on main when this ran).",
+        f"wall time {seconds / 60:.1f} min. Pupil error: RMS of fitted − true Zernike coefficients over the "
+        "fitted Noll indices (rad); residual: the calibration's relative image residual.",
         "",
-        "| geometry | instrument | all-zero | NVP | Explicit | Triplane | NVP − all-zero | NVP − Explicit | NVP − matched |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| geometry | instrument | pupil calibration | all-zero | NVP | Explicit | Triplane | NVP − all-zero | "
+        "NVP − Explicit | NVP − matched | pupil error (rad) | residual |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by_key = {(r["geometry"], r["instrument"], r["method"]): r for r in rows}
-    for geometry in GEOMETRIES:
-        matched = by_key.get((geometry, "matched", "nvp"))
-        matched = matched if matched is not None and "error" not in matched else None
-        for instrument in INSTRUMENTS:
-            cells = {m: by_key.get((geometry, instrument, m)) for m in METHODS}
-            if cells["nvp"] is None:
-                continue
-            if any(c is not None and "error" in c for c in cells.values()):
-                errors = "; ".join(f"{m}: {c['error']}" for m, c in cells.items() if c is not None and "error" in c)
-                lines.append(f"| {geometry} | {instrument} | – | refused or failed: {errors} | | | | | |")
-                continue
-            nvp = cells["nvp"]["psnr_db"]
-            fmt = {m: "–" if c is None else f"{c['psnr_db']:.2f}" for m, c in cells.items()}
-            vs_exp = "–" if cells["explicit"] is None else f"{nvp - cells['explicit']['psnr_db']:+.2f}"
-            vs_matched = "–" if matched is None else f"{nvp - matched['psnr_db']:+.2f}"
-            lines.append(
-                f"| {geometry} | {instrument} | {cells['nvp']['zero_psnr_db']:.2f} | {fmt['nvp']} | {fmt['explicit']} | "
-                f"{fmt['triplane']} | {nvp - cells['nvp']['zero_psnr_db']:+.2f} | {vs_exp} | {vs_matched} |"
-            )
+    by_key = {(r["geometry"], r["instrument"], r["method"], r["calibration"]): r for r in rows}
+    for calibrated in (True, False):
+        for geometry in GEOMETRIES:
+            matched = by_key.get((geometry, "matched", "nvp", calibrated))
+            matched = matched if matched is not None and "error" not in matched else None
+            for instrument in INSTRUMENTS:
+                cells = {m: by_key.get((geometry, instrument, m, calibrated)) for m in METHODS}
+                if cells["nvp"] is None:
+                    continue
+                head = f"| {geometry} | {instrument} | {'yes' if calibrated else 'no'} |"
+                if any(c is not None and "error" in c for c in cells.values()):
+                    errors = "; ".join(f"{m}: {c['error']}" for m, c in cells.items() if c is not None and "error" in c)
+                    lines.append(f"{head} – | refused or failed: {errors} | | | | | | | |")
+                    continue
+                nvp = cells["nvp"]["psnr_db"]
+                fmt = {m: "–" if c is None else f"{c['psnr_db']:.2f}" for m, c in cells.items()}
+                vs_exp = "–" if cells["explicit"] is None else f"{nvp - cells['explicit']['psnr_db']:+.2f}"
+                vs_matched = "–" if matched is None else f"{nvp - matched['psnr_db']:+.2f}"
+                error = cells["nvp"].get("pupil_error_rad")
+                residual = cells["nvp"].get("pupil_residual")
+                lines.append(
+                    f"{head} {cells['nvp']['zero_psnr_db']:.2f} | {fmt['nvp']} | {fmt['explicit']} | {fmt['triplane']} | "
+                    f"{nvp - cells['nvp']['zero_psnr_db']:+.2f} | {vs_exp} | {vs_matched} | "
+                    f"{'–' if error is None else f'{error:.3f}'} | {'–' if residual is None else f'{residual:.3f}'} |"
+                )
     lines.append("")
     return "\n".join(lines)
 

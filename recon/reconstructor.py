@@ -15,7 +15,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -48,7 +48,7 @@ from .loop import (
 from .losses import gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render
-from .pupil import PupilParameters
+from .pupil import FIRST_NOLL, PupilParameters
 from .representations import Representation, representation_for
 from .simulate import emission_wavelengths
 
@@ -108,6 +108,13 @@ class ReconConfig:
             source positions (lateral and axial) from the frames' homogeneous part; later
             timepoints reuse it. Needs ``self_calibration``. On by default: a real
             objective's pupil is never the renderer's hard aperture (docs/reconstruction.md).
+        pupil_refinement: with ``pupil_calibration``, refine the calibrated pupil's fitted
+            coefficients (its Noll indices and apodisation) jointly with the cold start's
+            volume, after ``calibration_warmup``:
+            a calibration that assumed a homogeneous specimen has taken up a little of a
+            strong specimen, and the volume fit corrects it. Warm updates keep the pupil as
+            the cold start left it; without calibration a given pupil is used as it is.
+        lr_pupil_rad: learning rate of the refined pupil coefficients (rad per step).
         calibration_warmup: iterations before the source parameters are released.
         lr_sources_um: learning rate of the source positions (µm per step).
         lr_photometry: learning rate of log-brightness and background.
@@ -136,6 +143,8 @@ class ReconConfig:
     coherence_mask: bool = True
     self_calibration: bool = True
     pupil_calibration: bool = True
+    pupil_refinement: bool = True
+    lr_pupil_rad: float = 0.002
     calibration_warmup: int = 60
     lr_sources_um: float = 0.01
     lr_photometry: float = 0.005
@@ -275,6 +284,48 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ReconstructionError("CUDA was requested but no CUDA device is available; use --device cpu.")
     return dev
+
+
+class _PupilRefinement:
+    """A pupil's Zernike coefficients of ``noll`` and its apodisation as trainable tensors
+    (Adam at ``lr`` rad per step); the other coefficients stay as they are."""
+
+    def __init__(self, pupil: PupilParameters, noll: Sequence[int], lr: float, model: ForwardModel) -> None:
+        device, dtype = model.device, model.real_dtype
+        n_terms = max([len(pupil.zernike_rad), *(j - FIRST_NOLL + 1 for j in noll)])
+        fixed = list(pupil.zernike_rad) + [0.0] * (n_terms - len(pupil.zernike_rad))
+        self.fixed = torch.tensor(fixed, dtype=dtype, device=device)
+        self.index = torch.tensor([j - FIRST_NOLL for j in noll], dtype=torch.long, device=device)
+        self.zernike = self.fixed[self.index].clone().requires_grad_(True)
+        self.apodisation = torch.tensor(pupil.apodisation, dtype=dtype, device=device).requires_grad_(True)
+        self.sine_condition = pupil.sine_condition
+        self.parameters = [p for p in (self.zernike, self.apodisation) if p.numel()]
+        self.optimizer = torch.optim.Adam(self.parameters, lr=lr) if self.parameters else None
+
+    def _zernike_full(self) -> torch.Tensor:
+        return self.fixed.index_put((self.index,), self.zernike)
+
+    def on(self, model: ForwardModel) -> torch.Tensor:
+        """The pupil on ``model``'s grid, differentiable in the coefficients."""
+        apodisation = self.apodisation if self.apodisation.numel() else None
+        return pupil_on_grid(model, (self._zernike_full(), apodisation), sine_condition=self.sine_condition)
+
+    def zero_grad(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """One Adam step on the gradients the last backward pass left."""
+        if self.optimizer is not None:
+            self.optimizer.step()
+
+    def parameters_now(self) -> PupilParameters:
+        with torch.no_grad():
+            return PupilParameters(
+                tuple(float(v) for v in self._zernike_full().cpu()),
+                tuple(float(v) for v in self.apodisation.cpu()),
+                self.sine_condition,
+            )
 
 
 class Reconstructor:
@@ -545,6 +596,12 @@ class Reconstructor:
         if state.pupil is not None:
             self.pupil = state.pupil
 
+    def _refined_pupil(self) -> _PupilRefinement | None:
+        """The calibrated pupil's fitted coefficients as parameters of the volume fit (None without one)."""
+        if self.pupil is None or self.calibration is None:
+            return None
+        return _PupilRefinement(self.pupil, self.calibration.noll, self.config.lr_pupil_rad, self.model)
+
     def _pupil_on(self, model: ForwardModel) -> torch.Tensor | None:
         """The current pupil on ``model``'s grid (None: the hard aperture alone)."""
         return None if self.pupil is None else pupil_on_grid(model, self.pupil)
@@ -631,11 +688,16 @@ class Reconstructor:
             return weights
 
         mask = current_mask()
+        # the pupil is the instrument's: refined with the cold start's volume, then kept for the warm updates
+        refining = cfg.pupil_refinement and cfg.pupil_calibration and cfg.self_calibration and not warm
+        refined = self._refined_pupil() if refining else None
         pupil = self._pupil_on(self.model)
         calib = [st.source_offset, st.log_brightness, st.background]
         for p in calib:
             p.requires_grad_(cfg.self_calibration)
         opt, calib_opt = self._optimizers_for(rep, st, warm)
+        if refined is not None:
+            calib = [*calib, *refined.parameters]
         levels = len(getattr(rep, "levels", [0]))
         refine = RefineSchedule(policy.iterations, levels, warm)
         plateau_detector = PlateauDetector(cfg.plateau_rel_tol)
@@ -658,12 +720,17 @@ class Reconstructor:
         for it in range(1, policy.iterations + 1):
             opt.zero_grad(set_to_none=True)
             calib_opt.zero_grad(set_to_none=True)
+            if refined is not None:
+                refined.zero_grad()
+                pupil = refined.on(self.model)
             inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil)
             loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)
             opt.step()
             rep.project()
             if cfg.self_calibration and (warm or it > cfg.calibration_warmup):
                 calib_opt.step()
+                if refined is not None:
+                    refined.step()
             losses_dev.append(loss.detach().clone())  # a CUDA graph's output is overwritten by its next replay
             self._coherence.tick()
             if policy.checks_at(it) or refine.scheduled(it):
@@ -708,6 +775,8 @@ class Reconstructor:
             self._seconds_per_iteration = (loop_end - rate_since) / (it - rate_it)
         for p in calib:
             p.requires_grad_(False)
+        if refined is not None:
+            self.pupil = st.pupil = refined.parameters_now()
         with torch.no_grad():
             dn = rep().detach()
             if not flagged and not bool(torch.isfinite(dn).all()):

@@ -18,6 +18,7 @@ import pytest
 
 from nvplive.acquisition.batch import plan_chunks, reconstruct_distributed
 from nvplive.acquisition.offline import reconstruct_recording, reconstructor_for, simulate_recording
+from nvplive.acquisition.pupil_file import recording_pupil
 from nvplive.acquisition.recording import Recording
 from nvplive.cli import main as cli_main
 from nvplive.errors import NvpLiveError
@@ -27,7 +28,10 @@ from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import PartialCoherence
 
 T = 6
-CONFIG = ReconConfig(iterations=60, warm_budget=IterationBudget(10))
+#: without pupil calibration (the frames come from the reconstruction's own instrument):
+#: the chunking is the subject; CALIBRATED for the pupil's path through the chunks
+CONFIG = ReconConfig(iterations=60, warm_budget=IterationBudget(10), pupil_calibration=False)
+CALIBRATED = replace(CONFIG, pupil_calibration=True)
 #: docs/batch.md: with several chunks, each timepoint's Δn differs from the serial chain's by
 #: at most this RMSE relative to the truth's range, and the mean Δn PSNR drops at most
 #: PSNR_DROP_DB (measured here: ≤ 0.03 of the range, no drop).
@@ -64,23 +68,26 @@ def serial(recording, tmp_path_factory) -> np.ndarray:
 @pytest.fixture(scope="module")
 def chunked_reference(recording, serial):
     """In-process volumes with the chunk semantics: a cold start at each chunk start, warm updates after;
-    the pupil calibrated once on timepoint 0 and used as it is by every later chunk.
+    with pupil calibration, the pupil calibrated once on timepoint 0 and the start of every later chunk.
 
-    A chunk starting at 0 is the serial chain (same code path: a fresh Reconstructor, warm_update in order).
+    Without calibration a chunk starting at 0 is the serial chain (same code path: a fresh
+    Reconstructor, warm_update in order).
     """
     with Recording.open(recording) as rec:
         meta, frames = rec.meta, [rec.frames(t) for t in range(T)]
-    cache: dict[tuple[int, int], np.ndarray] = {(0, t): serial[t] for t in range(T)}
-    pupil = reconstructor_for(meta, CONFIG, "cpu").calibrate(frames[0]).pupil
-    later = replace(CONFIG, pupil_calibration=False)
+    cache: dict[tuple[bool, int, int], np.ndarray] = {(False, 0, t): serial[t] for t in range(T)}
 
-    def volumes(chunk_size: int) -> np.ndarray:
+    def volumes(chunk_size: int, config: ReconConfig = CONFIG) -> np.ndarray:
+        calibrated = config.pupil_calibration
+        pupil = reconstructor_for(meta, config, "cpu").calibrate(frames[0]).pupil if calibrated else None
         for start, stop in plan_chunks(T, chunk_size):
-            if (start, stop - 1) not in cache:
-                reconstructor = reconstructor_for(meta, later, "cpu", pupil)
+            if (calibrated, start, stop - 1) not in cache:
+                later = config if start == 0 else replace(config, pupil_calibration=False)
+                reconstructor = reconstructor_for(meta, later, "cpu", None if start == 0 else pupil)
                 for t in range(start, stop):
-                    cache[(start, t)] = reconstructor.warm_update(frames[t]).dn
-        return np.stack([cache[(start, t)] for start, stop in plan_chunks(T, chunk_size) for t in range(start, stop)])
+                    cache[(calibrated, start, t)] = reconstructor.warm_update(frames[t]).dn
+        chunks = plan_chunks(T, chunk_size)
+        return np.stack([cache[(calibrated, start, t)] for start, stop in chunks for t in range(start, stop)])
 
     return volumes
 
@@ -160,6 +167,16 @@ def test_several_chunks_written_in_order_within_the_tolerance(recording, serial,
     assert psnr_batch >= psnr_serial - PSNR_DROP_DB
 
 
+def test_later_chunks_start_from_the_pupil_calibrated_on_timepoint_0(recording, chunked_reference, cluster, tmp_path):
+    _, client = cluster
+    path = fresh_copy(recording, tmp_path)
+    reconstruct_distributed(path, CALIBRATED, scheduler=client, chunk_size=3, device="cpu")
+    timepoints, volumes, _ = stored(path)
+    assert timepoints == tuple(range(T))
+    np.testing.assert_array_equal(volumes, chunked_reference(3, CALIBRATED))
+    assert recording_pupil(path) is not None  # the calibration is the recording's pupil.json
+
+
 def kill_worker_of_first_chunk(client: distributed.Client, killed: dict, stop: threading.Event) -> None:
     """SIGKILL the worker process that reconstructs the first chunk, 0.1 s after it got it."""
     pids = client.run(os.getpid)
@@ -200,7 +217,7 @@ def test_cli_reconstruct_on_a_local_cluster(recording, serial, tmp_path, capsys)
     path = fresh_copy(recording, tmp_path)
     status = cli_main([
         "reconstruct", str(path), "--scheduler", "local", "--workers", "1", "--iterations", str(CONFIG.iterations),
-        "--warm-iterations", str(CONFIG.warm_budget.iterations), "--device", "cpu",
+        "--warm-iterations", str(CONFIG.warm_budget.iterations), "--device", "cpu", "--no-pupil-calibration",
     ])
     out = capsys.readouterr()
     assert status == 0, out.err

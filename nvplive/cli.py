@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--no-pupil-calibration", action="store_true",
                      help="use the pupil as it is (the file's, or the hard aperture) instead of calibrating it on the frames")
     rec.add_argument("--no-pupil-refinement", action="store_true",
-                     help="keep the calibrated pupil fixed while the volume is fitted (default: its coefficients are refined jointly with the cold start)")
+                     help="keep the calibrated pupil fixed while the volume is fitted "
+                          "(default: its coefficients are refined jointly with the cold start)")
     rec.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
                      help="reconstruct on Dask: 'local' starts a LocalCluster, an address (tcp://host:8786) uses a running scheduler")
     rec.add_argument("--workers", type=_positive_int, default=None,

@@ -202,8 +202,9 @@ def initial_sources(
     it finds a spot narrower than the field with its centre inside. A view where it does
     not (a defocused disc larger than the field of view, an aberrated image) keeps its
     nominal lateral position when the frame shows light: its light level is at least
-    ``DARK_FRACTION`` of the brightest view's and ``min_snr`` times its pixel noise, and
-    the frame is not constant.
+    ``DARK_FRACTION`` of the brightest view's and ``min_snr`` times its pixel noise (the
+    smaller of the pixel-to-pixel scatter and the shot noise of the level), and the frame
+    is not constant.
 
     Args:
         images: ``[V, Y, X]`` frames in photo-electrons above the camera offset.
@@ -223,15 +224,22 @@ def initial_sources(
         if _localised(fit, min_snr, half):
             out[v, 0], out[v, 1] = fit.x_um, fit.y_um
             continue
+        # The pixel-to-pixel noise estimate also takes up fine fringes (a strongly aberrated
+        # image); pixel noise in photo-electrons is at least the shot noise, so the smaller
+        # of the two judges whether the level stands out.
+        pixel_noise = min(noise[v], math.sqrt(max(levels[v], 0.0)))
         shows_light = (
             levels[v] >= DARK_FRACTION * brightest
-            and levels[v] > min_snr * noise[v]
+            and levels[v] > min_snr * pixel_noise
             and np.ptp(image if ok is None else image[ok]) > 1e-9 * max(abs(levels[v]), 1.0)
         )
         if not shows_light:
+            why = (
+                f"fit signal-to-noise {fit.snr:.1f} < {min_snr}" if fit.snr < min_snr
+                else f"light level {levels[v]:.1f} e⁻, pixel noise {pixel_noise:.1f} e⁻, brightest view {brightest:.1f} e⁻"
+            )
             raise ReconstructionError(
-                f"View {v}: no fluorescent source is visible (fit signal-to-noise {fit.snr:.1f} < {min_snr}); "
-                "check the source selection and exposure."
+                f"View {v}: no fluorescent source is visible ({why}); check the source selection and exposure."
             )
     return out
 

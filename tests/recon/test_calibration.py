@@ -12,6 +12,7 @@ from nvplive.recon.calibration import (
     calibrate_pupil,
     defective_pixels,
     initial_sources,
+    light_levels,
     refine_sources,
     sharpest_peak_ratio,
 )
@@ -199,3 +200,18 @@ def test_reconstructor_calibrates_the_pupil_and_keeps_it_for_later_timepoints():
         SMALL_OPTICS, SMALL_GEOMETRY, true, pupil=truth, config=ReconConfig(iterations=3, pupil_calibration=False), device="cpu"
     )
     assert off.cold_start(frames).pupil == truth  # a pupil file's pupil, used as it is
+
+
+def test_a_view_of_fine_fringes_is_light_not_noise():
+    """A strongly aberrated bead (1 rad spherical) fills the field with fine fringes: the
+    pixel-to-pixel scatter is then signal, larger than a third of the light level, and the
+    view must not be refused as dark (it was, with 'fit signal-to-noise 34.6 < 3.0')."""
+    y, x = ISSUE_GEOMETRY.camera_coordinates_um()
+    yy, xx = np.meshgrid(np.arange(len(y)), np.arange(len(x)), indexing="ij")
+    rng = np.random.default_rng(0)
+    fringes = 1800.0 * (1.0 + 0.9 * np.cos(2.1 * np.hypot(yy - 40.0, xx - 20.0)))
+    frames = rng.poisson(np.stack([fringes, fringes[::-1]])).astype(np.float64)
+    nominal = np.array([[0.1, 0.2, -3.0], [-0.1, 0.3, -3.0]])
+    _, noise = light_levels(frames)
+    assert noise[0] > np.median(frames[0]) / 3.0  # the scatter alone would call it dark
+    np.testing.assert_allclose(initial_sources(frames, nominal, y, x), nominal)  # kept at the nominal positions

@@ -206,7 +206,7 @@ def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
                 error = cells["nvp"].get("pupil_error_rad")
                 residual = cells["nvp"].get("pupil_residual")
                 lines.append(
-                    f"{head} {cells['nvp']['zero_psnr_db']:.2f} | {fmt['nvp']} | {fmt['explicit']} | {fmt['triplane']} | "
+                    f"{head} {cells['nvp']['zero_psnr_db']:.2f} | {fmt['nvp']} | {fmt['explicit']} | {fmt.get('triplane', '–')} | "
                     f"{nvp - cells['nvp']['zero_psnr_db']:+.2f} | {vs_exp} | {vs_matched} | "
                     f"{'–' if error is None else f'{error:.3f}'} | {'–' if residual is None else f'{residual:.3f}'} |"
                 )

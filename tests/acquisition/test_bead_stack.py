@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from acq_helpers import FAST, SHAPE, VOXEL
 
 from nvplive.acquisition.bead_stack import BeadStackPlan, acquire_bead_stack, calibrate_bead_stack_acquired
@@ -33,13 +32,6 @@ def _zernike(values: dict[int, float], n: int = 21) -> np.ndarray:
         z[j - 2] = c
     return z
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

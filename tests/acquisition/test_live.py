@@ -11,7 +11,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 from acq_helpers import FAST, SHAPE, VOXEL
 
 from nvplive.acquisition.live import (
@@ -32,13 +31,6 @@ from nvplive.recon.reconstructor import ReconConfig
 
 VIEWS = 3
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

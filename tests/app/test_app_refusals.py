@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 
-from test_main_window import FAST, VOXEL, _one_thread, hardware_files, make_window, settings_file  # noqa: F401 (fixtures)
+from test_main_window import FAST, VOXEL, hardware_files, make_window, settings_file  # noqa: F401 (fixtures)
 
 from nvplive.acquisition.live import DemoOptions
 

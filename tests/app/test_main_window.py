@@ -40,14 +40,6 @@ VIEWS = 3
 TINY_CONFIG = ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False)  # as live
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: one torch thread per test process."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture
 def settings_file(tmp_path) -> Path:

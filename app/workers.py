@@ -182,16 +182,15 @@ class OfflineEvents(SignalGroup):
     failed = Signal(str)
 
 
-class OfflineReconstruction:
-    """``reconstruct_recording`` in a thread, with progress and cancel (:attr:`events`)."""
+class _ThreadTask:
+    """A task run once in a daemon thread (``_run``), with a cancel flag it checks itself."""
 
-    def __init__(self, path: Path, config: ReconConfig, device: str) -> None:
-        self.path = Path(path)
-        self.config = config
-        self.device = device
-        self.events = OfflineEvents()
+    def __init__(self, name: str) -> None:
         self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nvplive-offline", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
     @property
     def running(self) -> bool:
@@ -206,6 +205,18 @@ class OfflineReconstruction:
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+
+class OfflineReconstruction(_ThreadTask):
+    """``reconstruct_recording`` in a thread, with progress and cancel (:attr:`events`)."""
+
+    def __init__(self, path: Path, config: ReconConfig, device: str) -> None:
+        super().__init__("nvplive-offline")
+        self.path = Path(path)
+        self.config = config
+        self.device = device
+        self.events = OfflineEvents()
+
 
     def _progress(self, done: int, total: int, message: str) -> None:
         if self._cancel.is_set():
@@ -243,7 +254,7 @@ class PupilCalibrationEvents(SignalGroup):
     failed = Signal(str)
 
 
-class PupilCalibrationTask:
+class PupilCalibrationTask(_ThreadTask):
     """Acquire a bead z-stack through the microscope's MDA and calibrate the pupil on it, in a thread.
 
     The acquisition is :func:`~nvplive.acquisition.bead_stack.acquire_bead_stack`, the fit
@@ -253,25 +264,11 @@ class PupilCalibrationTask:
     """
 
     def __init__(self, core, info, plan, *, iterations: int = 150) -> None:
+        super().__init__("nvplive-pupil-calibration")
         self.core, self.info, self.plan, self.iterations = core, info, plan, int(iterations)
         self.events = PupilCalibrationEvents()
         self.acquiring = False
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nvplive-pupil-calibration", daemon=True)
 
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread.is_alive():
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         from nvplive.acquisition.bead_stack import acquire_bead_stack, calibrate_bead_stack_acquired

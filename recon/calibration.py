@@ -357,6 +357,12 @@ class PupilCalibration:
     noll: tuple[int, ...] = field(default=DEFAULT_NOLL)
 
 
+#: L-BFGS stops when the loss (the images normalised by their mean, ×1e3) or every parameter
+#: (µm, rad) changes by less than this in a step: ~1e-7 of the loss, far below the noise's
+#: share of it, and ~30 % of the evaluations a tighter tolerance spends on the last digits
+STOP_CHANGE = 1e-6
+
+
 def _relative_residual(predicted: torch.Tensor, measured: torch.Tensor, background: torch.Tensor, weight: torch.Tensor) -> float:
     num = (weight * (predicted - measured) ** 2).sum()
     den = (weight * (measured - background[:, None, None]) ** 2).sum().clamp_min(1e-30)
@@ -386,7 +392,8 @@ def calibrate_pupil(
     coefficients of ``noll`` and ``apodisation_terms`` apodisation coefficients are fitted
     by L-BFGS on the mean squared residual of the images normalised by their mean,
     defective pixels (``valid`` False) left out. A first pass fits the positions alone,
-    the second everything. On FDT frames the specimen is weak: its images are dominated
+    the second everything, both at ``model``'s wavelength; with a ``band`` a third pass
+    fits everything again through the band's renderers, from there. On FDT frames the specimen is weak: its images are dominated
     by this homogeneous part, so the pupil can be calibrated before the volume is known.
 
     Degeneracies: piston, tip/tilt and defocus are not fitted (see :data:`DEFAULT_NOLL`);
@@ -454,40 +461,44 @@ def calibrate_pupil(
     def zernike_full() -> torch.Tensor:
         return fixed.index_put((index,), free_z) if n_terms else fixed
 
-    def evaluate() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(renderers: Sequence[tuple[ForwardModel, float]] = spectral) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         coefficients = (zernike_full() if n_terms else None, apod if apod.numel() else None)
         src = sources()
         image = torch.stack([
             w * camera_intensity(m, homogeneous_spectrum(m, src), pupil=pupil_on_grid(m, coefficients, sine_condition=sine))
-            for m, w in spectral
+            for m, w in renderers
         ]).sum(dim=0)
         b, c = fit_brightness_background(image, target, weight)
         predicted = image * b[:, None, None] + c[:, None, None]
         loss = (weight * (predicted - target) ** 2).sum() / weight.sum()
         return loss, predicted, b, c
 
-    def fit(parameters: list[torch.Tensor]) -> None:
+    def fit(parameters: list[torch.Tensor], renderers: Sequence[tuple[ForwardModel, float]]) -> None:
         parameters = [p for p in parameters if p.requires_grad and p.numel()]
         if not parameters:
             return
         opt = torch.optim.LBFGS(
             parameters, lr=1.0, max_iter=iterations, history_size=30, line_search_fn="strong_wolfe",
-            tolerance_grad=1e-12, tolerance_change=1e-14,
+            tolerance_grad=1e-12, tolerance_change=STOP_CHANGE,
         )
 
         def closure() -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
-            loss = evaluate()[0] * 1e3
+            loss = evaluate(renderers)[0] * 1e3
             loss.backward()
             return loss
 
         opt.step(closure)
 
-    fit([lateral, depth])
+    # the passes before the last run at the centre wavelength alone (a third of the band's
+    # cost); the last one starts near the band's optimum and converges in a few steps
+    fit([lateral, depth], [(model, 1.0)])
     with torch.no_grad():
         _, predicted, _, c = evaluate()
         residual_start = _relative_residual(predicted, target, c, weight)
-    fit([lateral, depth, free_z, apod])
+    if len(spectral) > 1:
+        fit([lateral, depth, free_z, apod], [(model, 1.0)])
+    fit([lateral, depth, free_z, apod], spectral)
     with torch.no_grad():
         _, predicted, b, c = evaluate()
         residual = _relative_residual(predicted, target, c, weight)

@@ -184,7 +184,7 @@ def test_a_12_bit_camera_saturates_at_4095_and_the_recording_says_12_bits(tmp_pa
     frames = rec.frames(0)
     assert frames.max() == 4095 and (frames == 4095).mean() > 0.05  # the camera's ADC clips at 2**12 − 1
     with pytest.raises(ReconstructionError, match="saturated"):  # and the reconstruction knows it
-        reconstructor_for(rec.meta, ReconConfig(iterations=1), "cpu").cold_start(frames)
+        reconstructor_for(rec.meta, ReconConfig(iterations=1, pupil_calibration=False), "cpu").cold_start(frames)
     assert rec.meta.camera.bit_depth == 12 and rec.meta.instrument["bit_depth"] == 12
     doc = json.loads((tmp_path / "run.fdt" / "recording.json").read_text())
     assert doc["camera"]["bit_depth"] == 12
@@ -203,11 +203,11 @@ def test_saturation_is_judged_against_the_bit_depth(tmp_path):
     view = frames[1]
     view.reshape(-1)[np.argsort(view, axis=None)[-147:]] = 4095  # its brightest 147 of 1024 pixels, 14.4 %
     twelve = Reconstructor(info.optics, info.geometry, info.sources_um_xyz, camera_offset=100.0,
-                           saturation_level=2**12 - 1, config=ReconConfig(iterations=1), device="cpu")
+                           saturation_level=2**12 - 1, config=ReconConfig(iterations=1, pupil_calibration=False), device="cpu")
     with pytest.raises(ReconstructionError, match=r"View 1 is saturated \(14\.4 % of its pixels at 4095\)"):
         twelve.cold_start(frames)
     sixteen = Reconstructor(info.optics, info.geometry, info.sources_um_xyz, camera_offset=100.0,
-                            saturation_level=2**16 - 1, config=ReconConfig(iterations=1), device="cpu")
+                            saturation_level=2**16 - 1, config=ReconConfig(iterations=1, pupil_calibration=False), device="cpu")
     sixteen.cold_start(frames)  # 4095 is an ordinary count for a 16-bit camera
 
 

@@ -315,7 +315,7 @@ def test_kill_9_of_the_reconstruct_command_keeps_the_previous_volumes(tmp_path):
             writer.write_volume(t, np.full((8, 24, 24), 0.01 * (t + 1), np.float32), "explicit", {"run": "earlier"})
     child = subprocess.Popen(
         [sys.executable, "-m", "nvplive", "reconstruct", str(path), "--iterations", "10", "--warm-iterations", "2000",
-         "--device", "cpu", "--threads", "1"],
+         "--no-pupil-calibration", "--device", "cpu", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:

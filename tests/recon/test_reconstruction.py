@@ -47,7 +47,7 @@ def spheres_case():
     dn, centres = two_spheres()
     sources = default_sources(GEOMETRY, 7, seed=1)
     frames = noiseless_frames(dn, sources)
-    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=250), device="cpu")
+    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=150), device="cpu")
     result = rec.cold_start(frames)
     return dn, centres, sources, frames, rec, result
 
@@ -73,7 +73,7 @@ def test_two_spheres_are_recovered(spheres_case):
 def test_loss_decreases_and_result_is_reported(spheres_case):
     *_, result = spheres_case
     assert result.losses[-1] < 0.5 * result.losses[0]
-    assert result.iterations == 250 and not result.flagged and not result.warm
+    assert result.iterations == 150 and not result.flagged and not result.warm
     assert result.dn.dtype == np.float32 and result.dn.shape == GEOMETRY.shape_zyx
 
 

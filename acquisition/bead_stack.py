@@ -28,6 +28,7 @@ import useq
 from nvplive.errors import AcquisitionError
 from nvplive.recon.calibration import StackCalibration, calibrate_bead_stack
 from nvplive.recon.optics import Optics
+from nvplive.recon.progress import CalibrationProgress
 from nvplive.recon.pupil import PupilParameters
 
 from .engine import FDT_METADATA_KEY
@@ -36,6 +37,8 @@ from .pupil_file import write_pupil
 
 #: ``progress(done, total, message)``.
 Progress = Callable[[int, int, str], None]
+#: ``total`` of the pupil fit's progress (:func:`calibrate_stack`): done/total is the fraction of its budget.
+FIT_STEPS = 1000
 #: Key of a bead stack's description in the sequence metadata (beside the FDT one).
 BEAD_STACK_KEY = "bead_stack"
 #: The fewest planes a calibration is worth running on.
@@ -325,15 +328,28 @@ def calibrate_stack(
     iterations: int = 150,
     z_direction: int | None = None,
     output: str | Path | None = None,
+    progress: Progress = _quiet,
+    cancel: threading.Event | None = None,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """Calibrate the detection pupil on a bead z-stack ``[Z, Y, X]`` (raw counts) and, with
     ``output``, write the pupil file; ``name`` says what the stack is (``calibrated_from``).
 
     The one path of ``nvplive calibrate STACK.tif`` and the app's "Calibrate pupil"
-    (:func:`~nvplive.recon.calibration.calibrate_bead_stack`).
+    (:func:`~nvplive.recon.calibration.calibrate_bead_stack`). ``progress(done, total, message)``
+    follows the fit's evaluations (``total`` :data:`FIT_STEPS`); ``cancel`` set from another
+    thread ends the fit at its next evaluation.
+
+    Raises:
+        CalibrationCancelled: ``cancel`` was set (nothing is written).
     """
+
+    def fit_progress(state: CalibrationProgress) -> bool:
+        progress(round(FIT_STEPS * state.fraction), FIT_STEPS, f"fitting the pupil: {state.describe()}")
+        return cancel is None or not cancel.is_set()
+
     result = calibrate_bead_stack(stack, optics, float(pixel_um), float(z_step_um), iterations=iterations,
-                                  z_direction=z_direction)
+                                  z_direction=z_direction, progress=fit_progress)
+    progress(FIT_STEPS, FIT_STEPS, f"pupil fitted, residual {result.residual:.3f}")  # stages may converge before their budget
     calibrated = CalibratedPupil(
         pupil=result.calibration.pupil,
         optics=optics,
@@ -349,10 +365,11 @@ def calibrate_stack(
 
 
 def calibrate_bead_stack_acquired(
-    bead: BeadStack, *, iterations: int = 150, output: str | Path | None = None
+    bead: BeadStack, *, iterations: int = 150, output: str | Path | None = None, progress: Progress = _quiet,
+    cancel: threading.Event | None = None,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """:func:`calibrate_stack` on an acquired :class:`BeadStack` (its optics, pixel, step and z direction)."""
     return calibrate_stack(
         bead.stack, bead.optics, bead.pixel_size_um, bead.z_step_um, name=bead.describe(), iterations=iterations,
-        z_direction=bead.z_direction, output=output,
+        z_direction=bead.z_direction, output=output, progress=progress, cancel=cancel,
     )

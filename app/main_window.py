@@ -452,9 +452,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.offline.cancel()
             self.offline.join(30)
         if self.pupil_task is not None:
-            self.pupil_task.cancel()
-            if self.pupil_task.acquiring:  # a fit in progress does not touch the microscope
-                self.pupil_task.join(30)
+            self.pupil_task.cancel()  # the z-stack ends after its plane, the fit at its next evaluation
+            self.pupil_task.join(30)
         self.loader.shutdown()
         if self.microscope is not None:
             self.bridge.release(self.microscope.core)

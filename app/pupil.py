@@ -50,6 +50,7 @@ def calibrate_pupil(window: MainWindow) -> PupilCalibrationTask | None:
     window.bridge.latest(task.events.progress, view.set_progress, owner=task)
     window.bridge.queued(task.events.done, lambda calibrated: _finished(window, task, calibrated), owner=task)
     window.bridge.queued(task.events.failed, lambda message: _failed(window, task, message), owner=task)
+    window.bridge.queued(task.events.cancelled, lambda: _cancelled(window, task), owner=task)
     window.pupil_task = task
     view.set_progress(0, 1, "bead z-stack…")
     window.docks["pupil"].show()
@@ -63,7 +64,8 @@ def calibrate_pupil(window: MainWindow) -> PupilCalibrationTask | None:
 
 
 def cancel(window: MainWindow) -> None:
-    """Cancel the running calibration (the z-stack ends after the plane being exposed)."""
+    """Cancel the running calibration (the z-stack ends after the plane being exposed, the
+    fit at its next model evaluation)."""
     if window.pupil_task is not None:
         window.pupil_task.cancel()
         window.statusBar().showMessage(f"{TITLE}: cancelling…", 5000)
@@ -89,6 +91,12 @@ def _finished(window: MainWindow, task: PupilCalibrationTask, calibrated: Calibr
 def _failed(window: MainWindow, task: PupilCalibrationTask, message: str) -> None:
     _end(window, task)
     window.report_error(TITLE, message)
+
+
+def _cancelled(window: MainWindow, task: PupilCalibrationTask) -> None:
+    _end(window, task)
+    window.acquisition_panel.log(f"{TITLE}: cancelled; the pupil is as it was")
+    window.statusBar().showMessage(f"{TITLE}: cancelled", 5000)
 
 
 def on_pupil_changed(window: MainWindow, calibrated: CalibratedPupil | None) -> None:

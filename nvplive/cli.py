@@ -290,14 +290,17 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     _use_threads(args)
     if args.input.suffix == ".fdt":
-        calibration, written = calibrate_recording(args.input, timepoint=args.timepoint, device=args.device, output=args.output)
+        with ProgressBar("calibrate") as progress:
+            calibration, written = calibrate_recording(args.input, timepoint=args.timepoint, device=args.device,
+                                                       output=args.output, progress=progress)
         before, after = calibration.residual_start, calibration.residual
         how = f"{len(calibration.sources_um_xyz)} views"
     elif args.input.suffix.lower() in (".tif", ".tiff"):
-        result, written = calibrate_stack_file(
-            args.input, output=args.output, wavelength_um=args.wavelength_um, na=args.na, n_medium=args.n_medium,
-            pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um, z_direction=args.z_direction,
-        )
+        with ProgressBar("calibrate") as progress:
+            result, written = calibrate_stack_file(
+                args.input, output=args.output, wavelength_um=args.wavelength_um, na=args.na, n_medium=args.n_medium,
+                pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um, z_direction=args.z_direction, progress=progress,
+            )
         calibration, before, after = result.calibration, result.residual_hard, result.residual
         how = f"{len(calibration.sources_um_xyz)} planes, z direction {result.z_direction:+d}"
         if result.ambiguous:

@@ -28,6 +28,7 @@ from nvplive.errors import ReconstructionError
 
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid
+from .progress import CalibrationCallback, CalibrationProgress, report, substages
 from .pupil import FIRST_NOLL, PupilParameters
 
 #: Robust signal-to-noise ratio beyond which a pixel's step from its neighbourhood is an outlier.
@@ -381,6 +382,7 @@ def calibrate_pupil(
     start: PupilParameters | None = None,
     band: Sequence[tuple[ForwardModel, float]] | None = None,
     iterations: int = 150,
+    progress: CalibrationCallback | None = None,
 ) -> PupilCalibration:
     """Fit the detection pupil, the source positions and each view's brightness/background
     to images of point sources through a homogeneous medium.
@@ -414,9 +416,13 @@ def calibrate_pupil(
             model image is their weighted sum (partial coherence), so that the pupil does
             not take up the fringes a broad band washes out. Default: ``model`` alone.
         iterations: L-BFGS iterations per pass.
+        progress: called after every model evaluation with a :class:`.progress.CalibrationProgress`
+            (stages ``positions``, ``all parameters`` and, with a ``band``, ``all parameters,
+            emission band``); returning False cancels.
 
     Raises:
         ValueError: for an unknown ``axial`` mode or a Noll index below 2.
+        CalibrationCancelled: ``progress`` returned False (:mod:`.progress`).
     """
     if axial not in ("view", "common", "linear", "none"):
         raise ValueError(f"axial must be 'view', 'common', 'linear' or 'none', got {axial!r}.")
@@ -473,7 +479,9 @@ def calibrate_pupil(
         loss = (weight * (predicted - target) ** 2).sum() / weight.sum()
         return loss, predicted, b, c
 
-    def fit(parameters: list[torch.Tensor], renderers: Sequence[tuple[ForwardModel, float]]) -> None:
+    stages = 3 if len(spectral) > 1 else 2
+
+    def fit(parameters: list[torch.Tensor], renderers: Sequence[tuple[ForwardModel, float]], stage_index: int, stage: str) -> None:
         parameters = [p for p in parameters if p.requires_grad and p.numel()]
         if not parameters:
             return
@@ -481,24 +489,30 @@ def calibrate_pupil(
             parameters, lr=1.0, max_iter=iterations, history_size=30, line_search_fn="strong_wolfe",
             tolerance_grad=1e-12, tolerance_change=STOP_CHANGE,
         )
+        evaluations = 0
 
         def closure() -> torch.Tensor:
+            nonlocal evaluations
             opt.zero_grad(set_to_none=True)
             loss = evaluate(renderers)[0] * 1e3
             loss.backward()
+            evaluations += 1
+            if progress is not None:
+                state = CalibrationProgress(stage, stage_index, stages, evaluations, opt.defaults["max_eval"], float(loss.detach()))
+                report(progress, state)
             return loss
 
         opt.step(closure)
 
     # the passes before the last run at the centre wavelength alone (a third of the band's
     # cost); the last one starts near the band's optimum and converges in a few steps
-    fit([lateral, depth], [(model, 1.0)])
+    fit([lateral, depth], [(model, 1.0)], 0, "positions")
     with torch.no_grad():
         _, predicted, _, c = evaluate()
         residual_start = _relative_residual(predicted, target, c, weight)
     if len(spectral) > 1:
-        fit([lateral, depth, free_z, apod], [(model, 1.0)])
-    fit([lateral, depth, free_z, apod], spectral)
+        fit([lateral, depth, free_z, apod], [(model, 1.0)], 1, "all parameters")
+    fit([lateral, depth, free_z, apod], spectral, stages - 1, "all parameters, emission band" if len(spectral) > 1 else "all parameters")
     with torch.no_grad():
         _, predicted, b, c = evaluate()
         residual = _relative_residual(predicted, target, c, weight)
@@ -560,6 +574,7 @@ def calibrate_bead_stack(
     iterations: int = 150,
     start: PupilParameters | None = None,
     z_direction: int | None = None,
+    progress: CalibrationCallback | None = None,
 ) -> StackCalibration:
     """Fit the detection pupil to a z-stack ``[Z, Y, X]`` of one bead (raw counts; the
     camera offset is part of the fitted background).
@@ -573,9 +588,12 @@ def calibrate_bead_stack(
     the images when the aberrations are even (defocus-like, astigmatism, spherical):
     their sign follows the direction chosen (``StackCalibration.ambiguous``).
     Hot, dead and saturated pixels are left out (:func:`defective_pixels`).
+    ``progress``: as for :func:`calibrate_pupil`, its stages numbered over the whole
+    calibration (per direction: the hard aperture's fit, then the pupil's).
 
     Raises:
         ValueError: for a stack that is not 3D or a non-positive step or pixel size.
+        CalibrationCancelled: ``progress`` returned False (:mod:`.progress`).
     """
     data = np.asarray(stack, dtype=np.float64)
     if data.ndim != 3 or len(data) < 2:
@@ -597,13 +615,15 @@ def calibrate_bead_stack(
     reach = float(np.abs(steps).max()) + 1.0
     model = stack_model(optics, (ny, nx), pixel_um, reach)
     focal = model.geometry.focal_z_um
-    results = []
+    results: list[StackCalibration] = []
+    fits = 4 if z_direction is None else 2  # per direction: the hard aperture's, the pupil's
     for direction in (1, -1) if z_direction is None else (int(np.sign(z_direction)),):
         sources = np.stack([np.full(n, x0), np.full(n, y0), focal - direction * steps], axis=1)
-        hard = calibrate_pupil(model, data, sources, valid=valid, noll=(), apodisation_terms=0, axial="view", iterations=iterations)
+        hard = calibrate_pupil(model, data, sources, valid=valid, noll=(), apodisation_terms=0, axial="view", iterations=iterations,
+                               progress=substages(progress, f"z {direction:+d}, hard aperture", 2 * len(results), fits))
         cal = calibrate_pupil(
             model, data, sources, valid=valid, noll=noll, apodisation_terms=apodisation_terms, axial="view",
-            iterations=iterations, start=start,
+            iterations=iterations, start=start, progress=substages(progress, f"z {direction:+d}, pupil", 2 * len(results) + 1, fits),
         )
         results.append(StackCalibration(cal, direction, hard.residual, cal.residual))
     best_fit = min(results, key=lambda r: r.residual)

@@ -48,6 +48,7 @@ from .loop import (
 from .losses import gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render
+from .progress import CalibrationProgress
 from .pupil import FIRST_NOLL, PupilParameters
 from .representations import Representation, representation_for
 from .simulate import emission_wavelengths
@@ -58,9 +59,23 @@ SATURATION_LIMIT = 0.05
 #: Wavelengths sampling the emission band for the coherence weights.
 COHERENCE_SAMPLES = 3
 
+#: ``callback(done, total, loss)`` of an update: the volume fit's iteration, its planned
+#: iterations and the image loss; while a pupil calibration runs (:meth:`Reconstructor.calibrate`,
+#: a cold start's calibration) the calibration's evaluations, their budget and its loss
+#: (:class:`.progress.CalibrationProgress`). An exception it raises ends the update (cancel).
 ProgressCallback = Callable[[int, int, float], None]
 
 log = logging.getLogger(__name__)
+
+
+def _calibration_progress(callback: ProgressCallback) -> Callable[[CalibrationProgress], None]:
+    """A calibration's progress as ``callback(evaluations, budget, loss)`` over all its stages."""
+
+    def progress(state: CalibrationProgress) -> None:
+        budget = state.max_evaluations
+        callback(state.stage_index * budget + state.evaluation, state.stages * budget, state.loss)
+
+    return progress
 
 
 def fit_loss(
@@ -443,9 +458,11 @@ class Reconstructor:
         """
         return self._with_memory_fallback(lambda: self._cold_start(frames, callback))
 
-    def calibrate(self, frames: np.ndarray) -> PupilCalibration:
+    def calibrate(self, frames: np.ndarray, callback: ProgressCallback | None = None) -> PupilCalibration:
         """Calibrate the pupil and the sources on one timepoint's frames without fitting a
         volume (``nvplive calibrate REC.fdt``); later cold starts begin from this pupil.
+        ``callback`` sees the calibration's evaluations (:data:`ProgressCallback`); an
+        exception it raises ends the calibration and leaves the pupil as it was.
 
         Raises:
             ReconstructionError: for frames that cannot be used (see :meth:`cold_start`).
@@ -453,15 +470,18 @@ class Reconstructor:
         measured, _ = self._measured(frames)
         y, x = self.geometry.camera_coordinates_um()
         valid = None if self._valid is None else self._valid.cpu().numpy() > 0
-        return self._calibrate_pupil(measured, initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid))
+        start = initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid)
+        return self._calibrate_pupil(measured, start, callback)
 
-    def _calibrate_pupil(self, measured: torch.Tensor, start: np.ndarray) -> PupilCalibration:
+    def _calibrate_pupil(self, measured: torch.Tensor, start: np.ndarray, callback: ProgressCallback | None) -> PupilCalibration:
         """:func:`.calibration.calibrate_pupil` from ``start`` positions and the current pupil."""
         # float64: the line search of the calibration needs the precision; the emission
         # band's renderers, so that the pupil does not take up what partial coherence washes out
         valid = None if self._valid is None else self._valid > 0
         band = [(_in_float64(m), w) for m, w in self._spectral()] if self.optics.emission_fwhm_um > 0 else None
-        self.calibration = calibrate_pupil(_in_float64(self.model), measured, start, valid=valid, start=self.pupil, band=band)
+        progress = None if callback is None else _calibration_progress(callback)
+        self.calibration = calibrate_pupil(_in_float64(self.model), measured, start, valid=valid, start=self.pupil, band=band,
+                                           progress=progress)
         self.pupil = self.calibration.pupil
         return self.calibration
 
@@ -473,7 +493,7 @@ class Reconstructor:
             valid = None if self._valid is None else self._valid.cpu().numpy() > 0
             start = initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid)
             if cfg.pupil_calibration:
-                calibration = self._calibrate_pupil(measured, start)
+                calibration = self._calibrate_pupil(measured, start, callback)
                 base_sources = torch.as_tensor(calibration.sources_um_xyz, dtype=torch.float32, device=self.device)
                 b0 = torch.as_tensor(calibration.brightness, dtype=torch.float32, device=self.device)
                 c0 = torch.as_tensor(calibration.background, dtype=torch.float32, device=self.device)

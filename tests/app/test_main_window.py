@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageSequence
 from PySide6 import QtCore
 
-from nvplive.acquisition.bead_stack import BeadStackPlan
+from nvplive.acquisition.bead_stack import FIT_STEPS, BeadStackPlan
 from nvplive.acquisition.live import DemoOptions
 from nvplive.acquisition.microscope import demo_camera
 from nvplive.acquisition.offline import simulate_recording
@@ -427,6 +427,36 @@ def test_settings_persist(make_window, settings_file, qtbot):
     assert again.volume_view.mode == "translucent"
     config = again.model.reconstruction.config()
     assert config.method == "triplane" and config.warm_budget.target_latency_s == pytest.approx(0.7)
+
+
+def test_cancel_in_the_pupil_dock_stops_a_running_pupil_fit(make_window, qtbot):
+    """Cancel while the pupil is being fitted ends the fit at its next model evaluation (it
+    used to run to its end): the worker thread ends with the fit's progress far from done,
+    at most the evaluation in flight reported after the click, and the pupil is unchanged."""
+    window = make_window(timepoints=2, interval_s=0.0, recon_config=replace(TINY_CONFIG, pupil_calibration=False))
+    window.prepare_microscope()
+    qtbot.waitUntil(lambda: not window.loading and window.microscope is not None, timeout=30_000)
+    window.bead_stack_plan = BeadStackPlan(half_range_um=1.5, step_um=0.5, z_direction=1)
+    window.pupil_iterations = 150  # a full fit: minutes on one core
+    reports: list[tuple[int, int, str]] = []
+    task = window.calibrate_pupil()
+    assert task is not None
+    task.events.progress.connect(lambda done, total, message: reports.append((done, total, message)))
+    # the fit's reports have total FIT_STEPS (the z-stack's, its planes)
+    qtbot.waitUntil(lambda: sum(r[1] == FIT_STEPS for r in reports) >= 3 or window.pupil_task is None, timeout=120_000)
+    assert window.pupil_task is task, window.errors
+    view = window.pupil_view
+    assert view.cancel_button.isVisible() and "fitting the pupil: z +1, hard aperture: positions" in view.progress.format()
+    qtbot.mouseClick(view.cancel_button, QtCore.Qt.MouseButton.LeftButton)
+    at_click = len(reports)
+    qtbot.waitUntil(lambda: window.pupil_task is None, timeout=60_000)
+    task.join(5)
+    assert not task.running
+    fitting = [r for r in reports if r[1] == FIT_STEPS]
+    assert len(reports) - at_click <= 1  # the evaluation in flight, then none
+    assert fitting[-1][0] < FIT_STEPS / 4  # still in the first of the four stages
+    assert window.model.pupil.calibrated is None and window.errors == []
+    assert not view.cancel_button.isVisible() and window.actions_by_key["calibrate_pupil"].isEnabled()
 
 
 def test_calibrate_pupil_acquires_a_bead_stack_and_the_pupil_dock_shows_it(make_window, qtbot, tmp_path, stats, to_array):

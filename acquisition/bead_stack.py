@@ -310,12 +310,15 @@ class CalibratedPupil:
     residual_before: float | None = None
     ambiguous: bool = False
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What the pupil file records of it besides pupil and optics (:func:`.pupil_file.pupil_document`)."""
+        return {"calibrated_from": self.calibrated_from, "method": self.method, "fitted_noll": self.fitted_noll,
+                "residual": self.residual, "residual_before": self.residual_before}
+
     def write(self, path: str | Path) -> Path:
-        """Write it as a pupil file (a file, or a recording folder's pupil.json)."""
-        return write_pupil(
-            path, self.pupil, self.optics, calibrated_from=self.calibrated_from, method=self.method,
-            fitted_noll=self.fitted_noll, residual=self.residual, residual_before=self.residual_before,
-        )
+        """Write it as a pupil file (not into a recording: :meth:`.RecordingWriter.write_pupil` does that)."""
+        return write_pupil(path, self.pupil, self.optics, **self.provenance)
 
 
 def calibrate_stack(

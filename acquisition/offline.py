@@ -38,7 +38,8 @@ from nvplive.recon.simulate import (
 
 from .bead_stack import calibrate_stack
 from .pupil_file import recording_pupil, write_pupil
-from .recording import CameraSettings, Recording, RecordingMeta, RecordingWriter
+from .recording import SUFFIX, CameraSettings, Recording, RecordingMeta, RecordingWriter
+from .recording_writer import store_pupil
 
 Progress = Callable[[int, int, str], None]
 
@@ -231,8 +232,8 @@ def reconstruct_recording(
         writer.update_sources(result.sources_um_xyz.tolist())
         calibration = reconstructor.calibration
         if calibration is not None:
-            write_pupil(
-                path, calibration.pupil, meta.optics, calibrated_from=f"frames of {path.name}, timepoint 0", method="frames",
+            writer.write_pupil(
+                calibration.pupil, meta.optics, calibrated_from=f"frames of {path.name}, timepoint 0", method="frames",
                 fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
             )
     return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device))
@@ -327,10 +328,11 @@ def calibrate_recording(
 
     calibration = reconstructor.calibrate(frames, callback=report)
     progress(1, 1, f"pupil fitted, residual {calibration.residual:.3f}")  # its stages may converge before their budget
-    written = write_pupil(
-        output if output is not None else path, calibration.pupil, meta.optics,
-        calibrated_from=f"frames of {path.name}, timepoint {timepoint}", method="frames",
-        fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
+    target = Path(output) if output is not None else path
+    store = store_pupil if target.suffix == SUFFIX else write_pupil  # into a recording: under its lock
+    written = store(
+        target, calibration.pupil, meta.optics, calibrated_from=f"frames of {path.name}, timepoint {timepoint}",
+        method="frames", fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
     )
     return calibration, written
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from nvplive.recon.pupil import PupilParameters
 
 from .engine import FDT_METADATA_KEY
 from .microscope_info import MicroscopeInfo
-from .pupil_file import write_pupil
+from .pupil_file import read_pupil_file, write_pupil
 
 #: ``progress(done, total, message)``.
 Progress = Callable[[int, int, str], None]
@@ -299,6 +300,7 @@ class CalibratedPupil:
         fitted_noll: the fitted Noll indices.
         residual, residual_before: relative residual after the fit and with the hard aperture.
         ambiguous: the z direction was not known and the images could not tell it.
+        created: when it was calibrated (ISO 8601, UTC; None: not known).
     """
 
     pupil: PupilParameters
@@ -309,12 +311,28 @@ class CalibratedPupil:
     residual: float | None = None
     residual_before: float | None = None
     ambiguous: bool = False
+    created: str | None = None
+
+    @classmethod
+    def read(cls, path: str | Path) -> CalibratedPupil:
+        """The pupil file at ``path`` (:func:`.pupil_file.read_pupil_file`).
+
+        Raises:
+            RecordingError: missing, unreadable or invalid, in one sentence naming the file.
+        """
+        doc = read_pupil_file(path)
+        return cls(
+            pupil=PupilParameters(tuple(doc.zernike_rad), tuple(doc.apodisation), doc.sine_condition),
+            optics=doc.optics.optics(), calibrated_from=doc.calibrated_from, method=doc.method,
+            fitted_noll=tuple(doc.fitted_noll), residual=doc.residual, residual_before=doc.residual_before,
+            created=doc.created,
+        )
 
     @property
     def provenance(self) -> dict[str, Any]:
         """What the pupil file records of it besides pupil and optics (:func:`.pupil_file.pupil_document`)."""
         return {"calibrated_from": self.calibrated_from, "method": self.method, "fitted_noll": self.fitted_noll,
-                "residual": self.residual, "residual_before": self.residual_before}
+                "residual": self.residual, "residual_before": self.residual_before, "created": self.created}
 
     def write(self, path: str | Path) -> Path:
         """Write it as a pupil file (not into a recording: :meth:`.RecordingWriter.write_pupil` does that)."""
@@ -362,6 +380,7 @@ def calibrate_stack(
         residual=result.residual,
         residual_before=result.residual_hard,
         ambiguous=result.ambiguous,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     written = calibrated.write(output) if output is not None else None
     return result, calibrated, written

@@ -45,13 +45,15 @@ def pupil_document(
     fitted_noll: tuple[int, ...] = (),
     residual: float | None = None,
     residual_before: float | None = None,
+    created: str | None = None,
 ) -> dict:
-    """The pupil file's document for ``pupil`` (validated), created now.
+    """The pupil file's document for ``pupil`` (validated).
 
     Args:
         calibrated_from: one line naming the data; method: ``bead-z-stack`` or ``frames``.
         fitted_noll: the fitted Noll indices; residual, residual_before: the fit's relative
             residual after and with the starting (hard-aperture) pupil.
+        created: when it was calibrated (ISO 8601); None: now (UTC).
 
     Raises:
         RecordingError: when the document is invalid (e.g. a non-finite coefficient).
@@ -63,7 +65,7 @@ def pupil_document(
         "optics": optics.to_dict(),
         "calibrated_from": str(calibrated_from),
         "method": method,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created if created is not None else datetime.now(UTC).isoformat(timespec="seconds"),
         "fitted_noll": [int(j) for j in fitted_noll],
         "residual": None if residual is None else float(residual),
         "residual_before": None if residual_before is None else float(residual_before),

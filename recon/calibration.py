@@ -431,6 +431,33 @@ def free_form_on_grid(model: ForwardModel, log_amplitude: torch.Tensor, phase: t
     return torch.polar(torch.exp(sampled[0]), sampled[1])
 
 
+def dipole_pupil_factors(model: ForwardModel) -> list[tuple[torch.Tensor, float]]:
+    """The back-focal-plane field factors ``g_dc`` ``[Ye, Xe]`` of a dipole along ``d`` seen in the
+    image's field component ``c``, with their weights in the image of an isotropic (freely
+    rotating) emitter: ``I = Σ_{d,c} w·|F{P·g_dc}|²`` over d = x, y, z and c = x, y
+    (Richards & Wolf 1959; Backer & Moerner 2014, J. Phys. Chem. B 118:8313, eq. 13 with
+    the objective's and the tube lens's apodisation left to the pupil):
+    ``g_xx = cos θ cos² φ + sin² φ``, ``g_xy = g_yx = (cos θ − 1) sin φ cos φ``,
+    ``g_yy = cos θ sin² φ + cos² φ``, ``g_zx = sin θ cos φ``, ``g_zy = sin θ sin φ``, with
+    ``sin θ = |k⊥|/k_m`` the emission angle in the medium and ``φ`` the pupil azimuth.
+    ``Σ w·g² = 2`` everywhere: the isotropic emitter radiates alike in every direction, as the
+    scalar point source, but the components do not interfere.
+    """
+    km = model.optics.km
+    k_perp = torch.sqrt(model.exit_kx**2 + model.exit_ky**2)
+    sin_t = torch.clamp(k_perp / km, max=1.0)
+    cos_t = torch.sqrt(1.0 - sin_t**2)
+    phi = torch.atan2(model.exit_ky.expand_as(k_perp), model.exit_kx.expand_as(k_perp))
+    c, s = torch.cos(phi), torch.sin(phi)
+    return [
+        (cos_t * c**2 + s**2, 1.0),
+        ((cos_t - 1.0) * s * c, 2.0),
+        (cos_t * s**2 + c**2, 1.0),
+        (sin_t * c, 1.0),
+        (sin_t * s, 1.0),
+    ]
+
+
 def _disc(size: int, dtype: torch.dtype, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(ρ, θ, inside)`` on a ``size × size`` grid over ``[−1, 1]²`` (align-corners sampling)."""
     axis = torch.linspace(-1.0, 1.0, size, dtype=dtype, device=device)
@@ -498,6 +525,7 @@ def calibrate_pupil(
     pixel_integration: bool = False,
     free_form: int = 0,
     free_form_smoothness: float = FREE_FORM_SMOOTHNESS,
+    dipole: bool = False,
 ) -> PupilCalibration:
     """Fit the detection pupil, the source positions and each view's brightness/background
     to images of point sources through a homogeneous medium.
@@ -539,6 +567,8 @@ def calibrate_pupil(
             image residual), penalised by ``free_form_smoothness`` × the maps' mean squared
             step between neighbouring samples; the result's pupil is its projection on
             ``noll`` and ``apodisation_terms`` (:func:`project_free_form`).
+        dipole: the bead as an isotropic dipole emitter (:func:`dipole_pupil_factors`, five
+            renders per wavelength) instead of a scalar point source.
 
     Raises:
         ValueError: for an unknown ``axial`` mode, a Noll index below 2 or a free-form map smaller than 3.
@@ -586,6 +616,7 @@ def calibrate_pupil(
     map_phase = torch.zeros(size, size, device=device, dtype=dtype, requires_grad=bool(free_form))
     inside = _disc(size, dtype, device)[2]
     use_map = False
+    factors = {id(m): dipole_pupil_factors(m) for m, _ in spectral} if dipole else {}
 
     def sources() -> torch.Tensor:
         if axial == "view":
@@ -607,7 +638,11 @@ def calibrate_pupil(
             pupil = pupil_on_grid(m, coefficients, sine_condition=sine)
             if use_map:
                 pupil = pupil * free_form_on_grid(m, log_amplitude, map_phase)
-            images.append(w * camera_intensity(m, homogeneous_spectrum(m, src), pupil=pupil))
+            spectrum = homogeneous_spectrum(m, src)
+            if dipole:
+                images.append(w * sum(a * camera_intensity(m, spectrum, pupil=pupil * g) for g, a in factors[id(m)]))
+            else:
+                images.append(w * camera_intensity(m, spectrum, pupil=pupil))
         image = _apply_transfer(torch.stack(images).sum(dim=0), transfer)
         b, c = fit_brightness_background(image, target, weight)
         predicted = image * b[:, None, None] + c[:, None, None]
@@ -718,7 +753,7 @@ def stack_model(
 
 
 @dataclass(frozen=True)
-class BeadStack:
+class StackViews:
     """A bead z-stack prepared for :func:`calibrate_pupil` (:func:`bead_stack_views`).
 
     Attributes:
@@ -749,7 +784,7 @@ class BeadStack:
 
 def bead_stack_views(
     stack: np.ndarray, optics: Optics, pixel_um: float, z_step_um: float, *, pad_yx: tuple[int, int] | None = None,
-) -> BeadStack:
+) -> StackViews:
     """Prepare a z-stack ``[Z, Y, X]`` of one bead (raw counts) for a pupil fit: defective
     pixels (:func:`defective_pixels`), the brightest plane (defocus 0) and the bead's
     centroid in it, the renderers (emission band when ``optics.emission_fwhm_um`` > 0, at
@@ -788,7 +823,7 @@ def bead_stack_views(
         ]
     shortest = optics.wavelength_um - optics.emission_fwhm_um
     noise = camera_noise(data, shortest, optics.na, pixel_um, valid=valid)
-    return BeadStack(model, band, data, valid, steps, (x0, y0), noise)
+    return StackViews(model, band, data, valid, steps, (x0, y0), noise)
 
 
 def calibrate_bead_stack(
@@ -893,10 +928,11 @@ def camera_noise(
     model ``var = σ₀² + G·s`` (Poisson with gain ``G`` counts/e⁻ plus read noise, ``s`` the
     signal above the frame's median) is fitted by weighted least squares to the sums of
     ``(h ⊛ x)²`` over tiles of :data:`NOISE_TILE` pixels, against the tiles' sums of
-    ``h² ⊛ (x − median)`` — linear in the counts, hence unbiased for ``h² ⊛ s``. The floor ``√(Σ (σ₀² + G·(x − median)) / Σ (x − median)²)`` over
-    the valid pixels is the residual expected of the true image (``x − median`` is an
-    unbiased estimate of ``s``; :meth:`CameraNoise.expected_residual`). Frames should be at least 16 pixels on a side and their
-    edges dark (the FFT wraps them round).
+    ``h² ⊛ (x − median)`` — linear in the counts, hence unbiased for ``h² ⊛ s``. The floor
+    ``√(Σ (σ₀² + G·(x − median)) / Σ (x − median)²)`` over the valid pixels is the residual
+    expected of the true image (``x − median`` is an unbiased estimate of ``s``;
+    :meth:`CameraNoise.expected_residual`). Frames should span several tiles and their edges
+    be dark (the FFT wraps them round).
 
     Args:
         frames: ``[Z, Y, X]`` raw counts (offset included) or ``[Y, X]``.

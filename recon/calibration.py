@@ -359,6 +359,8 @@ class PupilCalibration:
             from; ``pupil`` is then their projection (:func:`project_free_form`) and
             ``residual`` its residual, positions refitted.
         residual_free_form: the residual with the free-form pupil itself.
+        inner_mode_share: with ``inner_mode_na``, the fitted share of the inner image
+            (relative to the full pupil's, per unit pupil transmission).
     """
 
     pupil: PupilParameters
@@ -370,6 +372,7 @@ class PupilCalibration:
     noll: tuple[int, ...] = field(default=DEFAULT_NOLL)
     free_form: tuple[np.ndarray, np.ndarray] | None = None
     residual_free_form: float | None = None
+    inner_mode_share: float | None = None
 
 
 def _relative_residual(predicted: torch.Tensor, measured: torch.Tensor, background: torch.Tensor, weight: torch.Tensor) -> float:
@@ -526,6 +529,7 @@ def calibrate_pupil(
     free_form: int = 0,
     free_form_smoothness: float = FREE_FORM_SMOOTHNESS,
     dipole: bool = False,
+    inner_mode_na: float = 0.0,
 ) -> PupilCalibration:
     """Fit the detection pupil, the source positions and each view's brightness/background
     to images of point sources through a homogeneous medium.
@@ -569,6 +573,11 @@ def calibrate_pupil(
             ``noll`` and ``apodisation_terms`` (:func:`project_free_form`).
         dipole: the bead as an isotropic dipole emitter (:func:`dipole_pupil_factors`, five
             renders per wavelength) instead of a scalar point source.
+        inner_mode_na: when > 0, a second image of each source, incoherent with the first,
+            through the pupil's centre ``|k⊥| ≤ k0·inner_mode_na`` only, with a fitted share
+            (one for all views, ``PupilCalibration.inner_mode_share``): light that reaches
+            the camera through a smaller aperture than the objective's (an empirical term; the
+            pupil file does not store it).
 
     Raises:
         ValueError: for an unknown ``axial`` mode, a Noll index below 2 or a free-form map smaller than 3.
@@ -616,6 +625,7 @@ def calibrate_pupil(
     map_phase = torch.zeros(size, size, device=device, dtype=dtype, requires_grad=bool(free_form))
     inside = _disc(size, dtype, device)[2]
     use_map = False
+    log_share = torch.tensor(math.log(0.1), device=device, dtype=dtype, requires_grad=inner_mode_na > 0)
     factors = {id(m): dipole_pupil_factors(m) for m, _ in spectral} if dipole else {}
 
     def sources() -> torch.Tensor:
@@ -643,6 +653,9 @@ def calibrate_pupil(
                 images.append(w * sum(a * camera_intensity(m, spectrum, pupil=pupil * g) for g, a in factors[id(m)]))
             else:
                 images.append(w * camera_intensity(m, spectrum, pupil=pupil))
+            if inner_mode_na > 0:
+                inner = (torch.sqrt(m.exit_kx**2 + m.exit_ky**2) <= m.optics.k0 * inner_mode_na).to(dtype)
+                images.append(w * torch.exp(log_share) * camera_intensity(m, spectrum, pupil=pupil * inner))
         image = _apply_transfer(torch.stack(images).sum(dim=0), transfer)
         b, c = fit_brightness_background(image, target, weight)
         predicted = image * b[:, None, None] + c[:, None, None]
@@ -672,7 +685,7 @@ def calibrate_pupil(
     with torch.no_grad():
         _, predicted, _, c = evaluate()
         residual_start = _relative_residual(predicted, target, c, weight)
-    fit([lateral, depth, free_z, apod])
+    fit([lateral, depth, free_z, apod, log_share])
     maps, residual_free_form = None, None
     if free_form:
         use_map = True
@@ -708,6 +721,7 @@ def calibrate_pupil(
             noll=noll,
             free_form=maps,
             residual_free_form=residual_free_form,
+            inner_mode_share=float(torch.exp(log_share)) if inner_mode_na > 0 else None,
         )
 
 

@@ -82,6 +82,8 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
     pad_yx = None if pad is None else (pad, pad)
     whole = bead_stack_views(full, optics(), pixel, step, pad_yx=(0, 0))  # the camera's noise, from the whole frame
     views = bead_stack_views(stack, optics(), pixel, step, pad_yx=pad_yx)
+    if whole.noise is None:
+        raise SystemExit(f"bead_stack: {path.name}'s pixels are too coarse for the noise estimate beyond the band.")
     floor = whole.noise.expected_residual(views.frames, views.valid)
     common = {"stack": path.name, "crop": f"{stack.shape[1]}×{stack.shape[2]}", "z_direction": z_direction,
               "iterations": iterations, "threads": torch.get_num_threads()}

@@ -744,7 +744,8 @@ class StackCalibration:
         ambiguous: both directions were fitted and fit equally well (within 1 %): the
             sign of the even aberrations rests on the direction chosen.
         noise: the stack's pixel noise (:func:`camera_noise`); its ``residual_floor`` is the
-            residual the true image would leave, what ``residual`` is to be read against.
+            residual the true image would leave, what ``residual`` is to be read against
+            (None for pixels too coarse for the estimate).
     """
 
     calibration: PupilCalibration
@@ -776,7 +777,8 @@ class StackViews:
         frames: ``[Z, Y, X]`` counts; valid: ``[Z, Y, X]`` bool, False at defective pixels.
         defocus_um: ``[Z]`` each plane's stage step from the brightest plane (µm).
         centre_um_xy: the bead's lateral start (the brightest plane's centroid, µm).
-        noise: the stack's pixel noise (:func:`camera_noise`).
+        noise: the stack's pixel noise (:func:`camera_noise`), None when its pixels sample the
+            band too coarsely to leave frequencies beyond it.
     """
 
     model: ForwardModel
@@ -785,7 +787,7 @@ class StackViews:
     valid: np.ndarray
     defocus_um: np.ndarray
     centre_um_xy: tuple[float, float]
-    noise: CameraNoise
+    noise: CameraNoise | None
 
     def sources(self, z_direction: int) -> np.ndarray:
         """Starting bead positions ``[Z, 3]`` (µm) for the planes stepping in ``z_direction``
@@ -835,8 +837,10 @@ def bead_stack_views(
              float(a))
             for w, a in zip(wavelengths, weights)
         ]
-    shortest = optics.wavelength_um - optics.emission_fwhm_um
-    noise = camera_noise(data, shortest, optics.na, pixel_um, valid=valid)
+    try:
+        noise: CameraNoise | None = camera_noise(data, optics.wavelength_um - optics.emission_fwhm_um, optics.na, pixel_um, valid=valid)
+    except ValueError:  # pixels too coarse to leave frequencies beyond the band, frames too small
+        noise = None
     return StackViews(model, band, data, valid, steps, (x0, y0), noise)
 
 

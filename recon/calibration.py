@@ -643,14 +643,14 @@ def calibrate_pupil(
     def evaluate() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         coefficients = (zernike_full() if n_terms else None, apod if apod.numel() else None)
         src = sources()
-        images = []
+        images: list[torch.Tensor] = []
         for m, w in spectral:
             pupil = pupil_on_grid(m, coefficients, sine_condition=sine)
             if use_map:
                 pupil = pupil * free_form_on_grid(m, log_amplitude, map_phase)
             spectrum = homogeneous_spectrum(m, src)
             if dipole:
-                images.append(w * sum(a * camera_intensity(m, spectrum, pupil=pupil * g) for g, a in factors[id(m)]))
+                images.append(w * torch.stack([a * camera_intensity(m, spectrum, pupil=pupil * g) for g, a in factors[id(m)]]).sum(0))
             else:
                 images.append(w * camera_intensity(m, spectrum, pupil=pupil))
             if inner_mode_na > 0:

@@ -131,3 +131,23 @@ def test_the_bead_size_term_recovers_the_pupil_behind_a_large_bead():
         residuals.append(cal.residual)
     assert errors[1] < 0.05 and errors[1] < 0.5 * errors[0], errors
     assert residuals[1] < 0.6 * residuals[0], residuals
+
+
+def test_a_free_form_pupil_takes_up_an_aberration_beyond_the_fitted_zernike_terms():
+    from nvplive.recon.calibration import calibrate_pupil, stack_model
+    from nvplive.recon.optics import Optics
+    from nvplive.recon.physics import camera_intensity, homogeneous_spectrum, pupil_on_grid
+    from nvplive.recon.pupil import PupilParameters
+
+    model = stack_model(Optics(wavelength_um=0.6, n_medium=1.33, na=1.1), (24, 24), 0.09, 2.0, pad_yx=(24, 24))
+    zernike = np.zeros(28)
+    zernike[[3, 12]] = (0.2, 0.5)  # Noll 5 and 14 (quadrafoil, beyond the fitted 5–11)
+    true = np.stack([np.full(7, 0.05), np.full(7, -0.03), model.geometry.focal_z_um + np.linspace(-1.2, 1.2, 7)], 1)
+    with torch.no_grad():
+        image = camera_intensity(model, homogeneous_spectrum(model, torch.as_tensor(true)),
+                                 pupil=pupil_on_grid(model, PupilParameters(tuple(zernike)))).numpy()
+    frames = np.random.default_rng(2).poisson(image * 2000 / image.mean(axis=(1, 2), keepdims=True) + 20).astype(float)
+    cal = calibrate_pupil(model, frames, true, noll=range(5, 12), apodisation_terms=0, iterations=30, free_form=17)
+    assert cal.free_form is not None and cal.free_form[1].shape == (17, 17)
+    # the free-form pupil explains the quadrafoil; its projection on Noll 5–11 cannot
+    assert cal.residual_free_form is not None and cal.residual_free_form < 0.5 * cal.residual, (cal.residual_free_form, cal.residual)

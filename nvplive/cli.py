@@ -305,6 +305,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         how = f"{len(calibration.sources_um_xyz)} planes, z direction {result.z_direction:+d}"
         if result.ambiguous:
             how += " (both directions fit alike: the even aberrations' sign follows this choice)"
+        if result.noise is not None:
+            how += f"; the stack's noise alone would leave {result.noise.residual_floor:.3f}"
     else:
         raise UsageError(f"{args.input} must be a recording (NAME.fdt) or a bead z-stack (.tif).")
     print(

@@ -91,15 +91,19 @@ def fit_loss(
     window: torch.Tensor,
     tv_weight: float,
     pupil: torch.Tensor | None = None,
+    sparsity_weight: float = 0.0,
 ) -> torch.Tensor:
     """The objective of one iteration: image loss of the rendered views (through ``pupil``,
     complex ``[Yp, Xp]``, None = hard aperture) against the normalised measurement
-    (``target = measured / scale``) plus τ·TV(Δn)/0.01."""
+    (``target = measured / scale``) plus τ·TV(Δn)/0.01 plus σ·mean|Δn|/0.01 (an ℓ1
+    sparsity prior, ``sparsity_weight`` σ: most of a thick volume is the medium)."""
     dn = representation()
     predicted = render(model, dn, sources, brightness, background, pupil) / scale[:, None, None]
     loss = image_loss(predicted, target, mask, data_range=data_range, window=window)
     if tv_weight:
         loss = loss + tv_weight * total_variation(dn) / 0.01
+    if sparsity_weight:
+        loss = loss + sparsity_weight * dn.abs().mean() / 0.01
     return loss
 
 
@@ -115,6 +119,10 @@ class ReconConfig:
             (wall-clock seconds; the iteration count follows from the measured rate).
         lr: learning rate of the representation (feature grid / planes; scaled for explicit).
         tv_weight: τ, weight of the total variation of Δn.
+        sparsity_weight: σ, weight of the mean |Δn| (ℓ1 sparsity; 0, off, by default). It keeps
+            Δn out of the medium around a specimen that fills a small part of the volume
+            (a thick volume's missing cone spreads it there); BENCHMARKS.md measures it with
+            ``lr`` 0.01 ("Sparsity prior").
         nonnegative: impose Δn ≥ 0.
         coherence_mask: weight the image loss by the coherence mask.
         self_calibration: optimise source positions, brightness and background.
@@ -154,6 +162,7 @@ class ReconConfig:
     warm_budget: WarmBudget = IterationBudget()
     lr: float = 0.04
     tv_weight: float = 4e-3
+    sparsity_weight: float = 0.0
     nonnegative: bool = True
     coherence_mask: bool = True
     self_calibration: bool = True
@@ -743,7 +752,8 @@ class Reconstructor:
             if refined is not None:
                 refined.zero_grad()
                 pupil = refined.on(self.model)
-            inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil)
+            inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil,
+                      cfg.sparsity_weight)
             loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)
             opt.step()
             rep.project()

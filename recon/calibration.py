@@ -27,7 +27,7 @@ from scipy.optimize import least_squares
 from nvplive.errors import ReconstructionError
 
 from .optics import Optics, VolumeGeometry
-from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid
+from .physics import SOURCE_EDGE_WIDTH, ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, with_source_edge
 from .pupil import FIRST_NOLL, PupilParameters
 
 #: Robust signal-to-noise ratio beyond which a pixel's step from its neighbourhood is an outlier.
@@ -332,6 +332,11 @@ def refine_sources(
 DEFAULT_NOLL: tuple[int, ...] = tuple(range(5, 23))
 #: Radial apodisation terms ``a_1 ρ² + a_2 ρ⁴`` a calibration fits by default.
 DEFAULT_APODISATION_TERMS = 2
+#: Where a source-spectrum calibration tries the spectrum's cut, in units of the
+#: detection NA (each with the renderer's relative edge width ``SOURCE_EDGE_WIDTH``),
+#: before it fits the edge continuously: the default spectrum reaches beyond the pupil,
+#: where the homogeneous image has no gradient, so the fit needs a start inside it.
+SOURCE_EDGE_SCAN: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
 
 
 @dataclass(frozen=True)
@@ -381,6 +386,7 @@ def calibrate_pupil(
     start: PupilParameters | None = None,
     band: Sequence[tuple[ForwardModel, float]] | None = None,
     iterations: int = 150,
+    source_edge: bool = False,
 ) -> PupilCalibration:
     """Fit the detection pupil, the source positions and each view's brightness/background
     to images of point sources through a homogeneous medium.
@@ -399,6 +405,15 @@ def calibrate_pupil(
     Degeneracies: piston, tip/tilt and defocus are not fitted (see :data:`DEFAULT_NOLL`);
     the lateral positions absorb tip/tilt and the axial positions defocus.
 
+    With ``source_edge`` the source's angular spectrum is calibrated too, as far as the
+    images identify it (docs/physics.md, "Source spectrum"): after the positions, the
+    spectrum cut at each of :data:`SOURCE_EDGE_SCAN` × NA is tried against the default;
+    if one fits better, its edge ``(NA_in, NA_cut)`` is fitted with everything else in
+    the second pass (``PupilParameters.source_edge_na``). A homogeneous image shows the
+    spectrum only inside the pupil: an edge that ends up entirely outside it
+    (``NA_in ≥ NA``) is not identified and the default is kept. Beyond the NA the fitted
+    raised cosine is an assumption (a monotone edge), not a measurement.
+
     Args:
         model: the renderer (float64 recommended for the line search).
         measured: ``[V, Y, X]`` images in photo-electrons above the camera offset.
@@ -414,6 +429,8 @@ def calibrate_pupil(
             model image is their weighted sum (partial coherence), so that the pupil does
             not take up the fringes a broad band washes out. Default: ``model`` alone.
         iterations: L-BFGS iterations per pass.
+        source_edge: also calibrate the source spectrum's edge (see above); a ``start``
+            with ``source_edge_na`` is used as it is without it.
 
     Raises:
         ValueError: for an unknown ``axial`` mode or a Noll index below 2.
@@ -448,6 +465,10 @@ def calibrate_pupil(
     lateral = torch.zeros(len(base), 2, device=device, dtype=dtype, requires_grad=True)
     depth = torch.zeros({"view": len(base), "linear": 2}.get(axial, 1), device=device, dtype=dtype, requires_grad=axial != "none")
     spread = base[:, 2] - base[:, 2].mean()
+    start_edge = start.source_edge_na if start is not None else ()
+    edge = torch.tensor(start_edge or (0.0, 0.0), device=device, dtype=dtype)
+    edge_active = bool(start_edge)
+    na_limit = min(m.geometry.max_field_na(m.optics) for m, _ in spectral)
 
     def sources() -> torch.Tensor:
         if axial == "view":
@@ -464,6 +485,9 @@ def calibrate_pupil(
     def evaluate(renderers: Sequence[tuple[ForwardModel, float]] = spectral) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         coefficients = (zernike_full() if n_terms else None, apod if apod.numel() else None)
         src = sources()
+        if edge_active:
+            edge_now = torch.clamp(edge, 0.0, na_limit)
+            renderers = [(with_source_edge(m, edge_now), w) for m, w in renderers]
         image = torch.stack([
             w * camera_intensity(m, homogeneous_spectrum(m, src), pupil=pupil_on_grid(m, coefficients, sine_condition=sine))
             for m, w in renderers
@@ -494,16 +518,35 @@ def calibrate_pupil(
     # cost); the last one starts near the band's optimum and converges in a few steps
     fit([lateral, depth], [(model, 1.0)])
     with torch.no_grad():
-        _, predicted, _, c = evaluate()
+        loss, predicted, _, c = evaluate()
         residual_start = _relative_residual(predicted, target, c, weight)
+        if source_edge and not edge_active:
+            best, chosen = float(loss), edge.clone()
+            edge_active = True
+            for fraction in SOURCE_EDGE_SCAN:
+                na_cut = min(fraction * model.optics.na, na_limit)
+                edge.copy_(torch.tensor(((1.0 - SOURCE_EDGE_WIDTH) * na_cut, na_cut), dtype=dtype))
+                tried = float(evaluate()[0])
+                if tried < best:
+                    best, chosen = tried, edge.clone()
+            edge_active = best < float(loss)
+            if edge_active:
+                edge.copy_(chosen)
+    edge.requires_grad_(source_edge and edge_active)
     if len(spectral) > 1:
-        fit([lateral, depth, free_z, apod], [(model, 1.0)])
-    fit([lateral, depth, free_z, apod], spectral)
+        fit([lateral, depth, free_z, apod, edge], [(model, 1.0)])
+    fit([lateral, depth, free_z, apod, edge], spectral)
     with torch.no_grad():
         _, predicted, b, c = evaluate()
         residual = _relative_residual(predicted, target, c, weight)
         zernike = zernike_full().cpu().numpy()
-        pupil = PupilParameters(tuple(float(v) for v in zernike), tuple(float(v) for v in apod.cpu().numpy()), sine)
+        na_in, na_cut = sorted(float(v) for v in torch.clamp(edge, 0.0, na_limit).cpu())
+        # an edge wholly outside the pupil left the images unchanged: not identified
+        identified = edge_active and na_in < model.optics.na
+        pupil = PupilParameters(
+            tuple(float(v) for v in zernike), tuple(float(v) for v in apod.cpu().numpy()), sine,
+            (na_in, max(na_cut, na_in + 1e-6)) if identified else (),
+        )
         return PupilCalibration(
             pupil=pupil,
             sources_um_xyz=sources().cpu().numpy().astype(np.float64),

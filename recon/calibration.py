@@ -482,7 +482,9 @@ def calibrate_pupil(
     def zernike_full() -> torch.Tensor:
         return fixed.index_put((index,), free_z) if n_terms else fixed
 
-    def evaluate(renderers: Sequence[tuple[ForwardModel, float]] = spectral) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(
+        renderers: Sequence[tuple[ForwardModel, float]] = spectral,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         coefficients = (zernike_full() if n_terms else None, apod if apod.numel() else None)
         src = sources()
         if edge_active:

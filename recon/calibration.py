@@ -411,7 +411,8 @@ def calibrate_pupil(
     if one fits better, its edge ``(NA_in, NA_cut)`` is fitted with everything else in
     the second pass (``PupilParameters.source_edge_na``). A homogeneous image shows the
     spectrum only inside the pupil: an edge that ends up entirely outside it
-    (``NA_in ≥ NA``) is not identified and the default is kept. Beyond the NA the fitted
+    (``NA_in ≥ NA``) is not identified, and the second pass is run again without it from
+    where it started, so the result is the calibration of the default spectrum. Beyond the NA the fitted
     raised cosine is an assumption (a monotone edge), not a measurement.
 
     Args:
@@ -534,16 +535,29 @@ def calibrate_pupil(
             edge_active = best < float(loss)
             if edge_active:
                 edge.copy_(chosen)
-    edge.requires_grad_(source_edge and edge_active)
-    if len(spectral) > 1:
-        fit([lateral, depth, free_z, apod, edge], [(model, 1.0)])
-    fit([lateral, depth, free_z, apod, edge], spectral)
+    def fit_all(with_edge: bool) -> None:
+        edge.requires_grad_(with_edge)
+        if len(spectral) > 1:
+            fit([lateral, depth, free_z, apod, edge], [(model, 1.0)])
+        fit([lateral, depth, free_z, apod, edge], spectral)
+
+    scanned = edge_active and not start_edge
+    before = [t.detach().clone() for t in (lateral, depth, free_z, apod)]
+    fit_all(source_edge and edge_active)
+    # an edge wholly outside the pupil leaves the images unchanged: not identified
+    if scanned and float(torch.clamp(edge.detach(), 0.0, na_limit).min()) >= model.optics.na:
+        # the scan's edge left the pupil: fit again without it, so that the result is the
+        # calibration without a source edge, not one that took a detour through it
+        with torch.no_grad():
+            for t, v in zip((lateral, depth, free_z, apod), before):
+                t.copy_(v)
+        edge_active = False
+        fit_all(False)
     with torch.no_grad():
         _, predicted, b, c = evaluate()
         residual = _relative_residual(predicted, target, c, weight)
         zernike = zernike_full().cpu().numpy()
         na_in, na_cut = sorted(float(v) for v in torch.clamp(edge, 0.0, na_limit).cpu())
-        # an edge wholly outside the pupil left the images unchanged: not identified
         identified = edge_active and na_in < model.optics.na
         pupil = PupilParameters(
             tuple(float(v) for v in zernike), tuple(float(v) for v in apod.cpu().numpy()), sine,

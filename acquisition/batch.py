@@ -49,7 +49,7 @@ from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig
 
 from .offline import Progress, _quiet, reconstructor_for
-from .pupil_file import recording_pupil, write_pupil
+from .pupil_file import recording_pupil
 from .recording import Recording, RecordingWriter
 
 if TYPE_CHECKING:
@@ -375,8 +375,8 @@ def reconstruct_distributed(
                 raise ReconstructionError(f"{path}: only {len(written)} of {n} timepoints were reconstructed.")
             writer.update_sources(done_chunks[-1].sources_um_xyz)
             if calibration is not None:
-                write_pupil(
-                    path, calibration.pupil, optics, calibrated_from=f"frames of {Path(path).name}, timepoint 0",
+                writer.write_pupil(
+                    calibration.pupil, optics, calibrated_from=f"frames of {Path(path).name}, timepoint 0",
                     method="frames", fitted_noll=calibration.noll, residual=calibration.residual,
                     residual_before=calibration.residual_start,
                 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,17 @@ import useq
 from nvplive.errors import AcquisitionError
 from nvplive.recon.calibration import StackCalibration, calibrate_bead_stack
 from nvplive.recon.optics import Optics
+from nvplive.recon.progress import CalibrationProgress
 from nvplive.recon.pupil import PupilParameters
 
 from .engine import FDT_METADATA_KEY
 from .microscope_info import MicroscopeInfo
-from .pupil_file import write_pupil
+from .pupil_file import read_pupil_file, write_pupil
 
 #: ``progress(done, total, message)``.
 Progress = Callable[[int, int, str], None]
+#: ``total`` of the pupil fit's progress (:func:`calibrate_stack`): done/total is the fraction of its budget.
+FIT_STEPS = 1000
 #: Key of a bead stack's description in the sequence metadata (beside the FDT one).
 BEAD_STACK_KEY = "bead_stack"
 #: The fewest planes a calibration is worth running on.
@@ -296,6 +300,7 @@ class CalibratedPupil:
         fitted_noll: the fitted Noll indices.
         residual, residual_before: relative residual after the fit and with the hard aperture.
         ambiguous: the z direction was not known and the images could not tell it.
+        created: when it was calibrated (ISO 8601, UTC; None: not known).
     """
 
     pupil: PupilParameters
@@ -306,13 +311,32 @@ class CalibratedPupil:
     residual: float | None = None
     residual_before: float | None = None
     ambiguous: bool = False
+    created: str | None = None
+
+    @classmethod
+    def read(cls, path: str | Path) -> CalibratedPupil:
+        """The pupil file at ``path`` (:func:`.pupil_file.read_pupil_file`).
+
+        Raises:
+            RecordingError: missing, unreadable or invalid, in one sentence naming the file.
+        """
+        doc = read_pupil_file(path)
+        return cls(
+            pupil=PupilParameters(tuple(doc.zernike_rad), tuple(doc.apodisation), doc.sine_condition, tuple(doc.source_edge_na)),
+            optics=doc.optics.optics(), calibrated_from=doc.calibrated_from, method=doc.method,
+            fitted_noll=tuple(doc.fitted_noll), residual=doc.residual, residual_before=doc.residual_before,
+            created=doc.created,
+        )
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What the pupil file records of it besides pupil and optics (:func:`.pupil_file.pupil_document`)."""
+        return {"calibrated_from": self.calibrated_from, "method": self.method, "fitted_noll": self.fitted_noll,
+                "residual": self.residual, "residual_before": self.residual_before, "created": self.created}
 
     def write(self, path: str | Path) -> Path:
-        """Write it as a pupil file (a file, or a recording folder's pupil.json)."""
-        return write_pupil(
-            path, self.pupil, self.optics, calibrated_from=self.calibrated_from, method=self.method,
-            fitted_noll=self.fitted_noll, residual=self.residual, residual_before=self.residual_before,
-        )
+        """Write it as a pupil file (not into a recording: :meth:`.RecordingWriter.write_pupil` does that)."""
+        return write_pupil(path, self.pupil, self.optics, **self.provenance)
 
 
 def calibrate_stack(
@@ -325,15 +349,28 @@ def calibrate_stack(
     iterations: int = 150,
     z_direction: int | None = None,
     output: str | Path | None = None,
+    progress: Progress = _quiet,
+    cancel: threading.Event | None = None,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """Calibrate the detection pupil on a bead z-stack ``[Z, Y, X]`` (raw counts) and, with
     ``output``, write the pupil file; ``name`` says what the stack is (``calibrated_from``).
 
     The one path of ``nvplive calibrate STACK.tif`` and the app's "Calibrate pupil"
-    (:func:`~nvplive.recon.calibration.calibrate_bead_stack`).
+    (:func:`~nvplive.recon.calibration.calibrate_bead_stack`). ``progress(done, total, message)``
+    follows the fit's evaluations (``total`` :data:`FIT_STEPS`); ``cancel`` set from another
+    thread ends the fit at its next evaluation.
+
+    Raises:
+        CalibrationCancelled: ``cancel`` was set (nothing is written).
     """
+
+    def fit_progress(state: CalibrationProgress) -> bool:
+        progress(round(FIT_STEPS * state.fraction), FIT_STEPS, f"fitting the pupil: {state.describe()}")
+        return cancel is None or not cancel.is_set()
+
     result = calibrate_bead_stack(stack, optics, float(pixel_um), float(z_step_um), iterations=iterations,
-                                  z_direction=z_direction)
+                                  z_direction=z_direction, progress=fit_progress)
+    progress(FIT_STEPS, FIT_STEPS, f"pupil fitted, residual {result.residual:.3f}")  # stages may converge before their budget
     calibrated = CalibratedPupil(
         pupil=result.calibration.pupil,
         optics=optics,
@@ -343,16 +380,18 @@ def calibrate_stack(
         residual=result.residual,
         residual_before=result.residual_hard,
         ambiguous=result.ambiguous,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     written = calibrated.write(output) if output is not None else None
     return result, calibrated, written
 
 
 def calibrate_bead_stack_acquired(
-    bead: BeadStack, *, iterations: int = 150, output: str | Path | None = None
+    bead: BeadStack, *, iterations: int = 150, output: str | Path | None = None, progress: Progress = _quiet,
+    cancel: threading.Event | None = None,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """:func:`calibrate_stack` on an acquired :class:`BeadStack` (its optics, pixel, step and z direction)."""
     return calibrate_stack(
         bead.stack, bead.optics, bead.pixel_size_um, bead.z_step_um, name=bead.describe(), iterations=iterations,
-        z_direction=bead.z_direction, output=output,
+        z_direction=bead.z_direction, output=output, progress=progress, cancel=cancel,
     )

@@ -38,7 +38,8 @@ from nvplive.recon.simulate import (
 
 from .bead_stack import calibrate_stack
 from .pupil_file import recording_pupil, write_pupil
-from .recording import CameraSettings, Recording, RecordingMeta, RecordingWriter
+from .recording import SUFFIX, CameraSettings, Recording, RecordingMeta, RecordingWriter
+from .recording_writer import store_pupil
 
 Progress = Callable[[int, int, str], None]
 
@@ -231,8 +232,8 @@ def reconstruct_recording(
         writer.update_sources(result.sources_um_xyz.tolist())
         calibration = reconstructor.calibration
         if calibration is not None:
-            write_pupil(
-                path, calibration.pupil, meta.optics, calibrated_from=f"frames of {path.name}, timepoint 0", method="frames",
+            writer.write_pupil(
+                calibration.pupil, meta.optics, calibrated_from=f"frames of {path.name}, timepoint 0", method="frames",
                 fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
             )
     return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device))
@@ -301,12 +302,14 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
 
 
 def calibrate_recording(
-    path: str | Path, *, timepoint: int = 0, device: str = "auto", output: str | Path | None = None
+    path: str | Path, *, timepoint: int = 0, device: str = "auto", output: str | Path | None = None,
+    progress: Progress = _quiet,
 ) -> tuple[PupilCalibration, Path]:
     """Calibrate the detection pupil on one timepoint's frames of a recording (no volume is
     fitted) and write it to ``output`` (default: the recording's own pupil.json).
 
     The recording's pupil.json, when there is one, is the calibration's start.
+    ``progress(done, total, message)`` follows the fit's evaluations and their budget.
 
     Raises:
         RecordingError: the recording cannot be read or has no such timepoint.
@@ -319,11 +322,17 @@ def calibrate_recording(
             raise RecordingError(f"{path}: has no complete timepoint {timepoint} (it has {rec.n_timepoints}).")
         frames = rec.frames(timepoint)
     reconstructor = reconstructor_for(meta, ReconConfig(), device, recording_pupil(path))
-    calibration = reconstructor.calibrate(frames)
-    written = write_pupil(
-        output if output is not None else path, calibration.pupil, meta.optics,
-        calibrated_from=f"frames of {path.name}, timepoint {timepoint}", method="frames",
-        fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
+
+    def report(done: int, total: int, loss: float) -> None:
+        progress(done, total, f"fitting the pupil, loss {loss:.4g}")
+
+    calibration = reconstructor.calibrate(frames, callback=report)
+    progress(1, 1, f"pupil fitted, residual {calibration.residual:.3f}")  # its stages may converge before their budget
+    target = Path(output) if output is not None else path
+    store = store_pupil if target.suffix == SUFFIX else write_pupil  # into a recording: under its lock
+    written = store(
+        target, calibration.pupil, meta.optics, calibrated_from=f"frames of {path.name}, timepoint {timepoint}",
+        method="frames", fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
     )
     return calibration, written
 
@@ -334,13 +343,14 @@ STACK_KEYS = ("wavelength_um", "na", "n_medium", "pixel_size_um", "z_step_um")
 
 def calibrate_stack_file(
     path: str | Path, *, output: str | Path | None = None, iterations: int = 150, z_direction: int | None = None,
-    **overrides: float | None,
+    progress: Progress = _quiet, **overrides: float | None,
 ) -> tuple[StackCalibration, Path]:
     """Calibrate the detection pupil on a bead z-stack TIFF (``[Z, Y, X]``) and write the pupil file.
 
     Its optics and sampling come from ``STACK.json`` beside it (keys :data:`STACK_KEYS`),
     each overridden by a keyword argument that is not None. ``output`` defaults to
-    ``STACK.pupil.json`` beside the stack. ``z_direction``: see :func:`calibrate_bead_stack`.
+    ``STACK.pupil.json`` beside the stack. ``z_direction``: see :func:`calibrate_bead_stack`;
+    ``progress``: see :func:`.bead_stack.calibrate_stack`.
 
     Raises:
         RecordingError: the stack or its parameters cannot be read, or a parameter is missing.
@@ -375,6 +385,7 @@ def calibrate_stack_file(
     result, _, written = calibrate_stack(
         stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), name=f"bead z-stack {path.name}",
         iterations=iterations, z_direction=z_direction, output=output if output is not None else path.with_suffix(".pupil.json"),
+        progress=progress,
     )
     assert written is not None  # an output was given
     return result, written

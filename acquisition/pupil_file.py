@@ -4,6 +4,10 @@ A calibration (``recon.calibration``) writes it into the recording it calibrated
 (``NAME.fdt/pupil.json``, an optional addition to format v1) or to any path
 (``nvplive calibrate -o``); ``reconstruct --pupil FILE`` and later timepoints reuse
 it. The schema is :class:`acquisition.schema.PupilFile` (docs/format.md).
+
+Inside a recording only its writer writes (:meth:`.recording_writer.RecordingWriter.write_pupil`,
+:func:`.recording_writer.store_pupil`, under the recording's lock); :func:`write_pupil`
+writes pupil files elsewhere and refuses a recording folder.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from nvplive.errors import RecordingError
 from nvplive.recon.optics import Optics
 from nvplive.recon.pupil import PupilParameters
 
+from .recording_format import SUFFIX
 from .schema import PupilFile, validate
 
 #: Name of the pupil file inside a recording folder.
@@ -30,8 +36,7 @@ def pupil_path(path: str | os.PathLike) -> Path:
     return p / PUPIL_FILE if p.suffix == ".fdt" or p.is_dir() else p
 
 
-def write_pupil(
-    path: str | os.PathLike,
+def pupil_document(
     pupil: PupilParameters,
     optics: Optics,
     *,
@@ -40,13 +45,19 @@ def write_pupil(
     fitted_noll: tuple[int, ...] = (),
     residual: float | None = None,
     residual_before: float | None = None,
-) -> Path:
-    """Write ``pupil`` (validated) to ``path`` (a file, or a recording folder's pupil.json), atomically.
+    created: str | None = None,
+) -> dict:
+    """The pupil file's document for ``pupil`` (validated).
+
+    Args:
+        calibrated_from: one line naming the data; method: ``bead-z-stack`` or ``frames``.
+        fitted_noll: the fitted Noll indices; residual, residual_before: the fit's relative
+            residual after and with the starting (hard-aperture) pupil.
+        created: when it was calibrated (ISO 8601); None: now (UTC).
 
     Raises:
         RecordingError: when the document is invalid (e.g. a non-finite coefficient).
     """
-    target = pupil_path(path)
     doc = {
         "format": "nvp-live-pupil",
         "version": 1,
@@ -54,12 +65,30 @@ def write_pupil(
         "optics": optics.to_dict(),
         "calibrated_from": str(calibrated_from),
         "method": method,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created if created is not None else datetime.now(UTC).isoformat(timespec="seconds"),
         "fitted_noll": [int(j) for j in fitted_noll],
         "residual": None if residual is None else float(residual),
         "residual_before": None if residual_before is None else float(residual_before),
     }
-    validate(PupilFile, doc, target.name, RecordingError)
+    validate(PupilFile, doc, PUPIL_FILE, RecordingError)
+    return doc
+
+
+def write_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics, **provenance: Any) -> Path:
+    """Write ``pupil`` to the file ``path`` (a folder: its pupil.json), atomically; ``provenance``:
+    the keyword arguments of :func:`pupil_document`.
+
+    Raises:
+        RecordingError: the document is invalid, or ``path`` is (or is in) a recording folder:
+            a recording's pupil.json is written by its writer (:func:`.recording_writer.store_pupil`).
+    """
+    target = pupil_path(path)
+    if target.parent.suffix == SUFFIX:
+        raise RecordingError(
+            f"{target}: is inside a recording; its pupil.json is written under the recording's lock "
+            "(RecordingWriter.write_pupil or store_pupil)."
+        )
+    doc = pupil_document(pupil, optics, **provenance)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".pupil-", suffix=".json", dir=target.parent)
     try:

@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 
 from nvplive.errors import RecordingError
+from nvplive.recon.optics import Optics
+from nvplive.recon.pupil import PupilParameters
 
+from .pupil_file import PUPIL_FILE, pupil_document
 from .recording_format import (
     FRAMES_NAME,
     GROUND_TRUTH_NAME,
@@ -340,6 +343,20 @@ class RecordingWriter:
                 self._append_journal({"op": "sources", "refined_source_um_xyz": [list(s) for s in refined]})
             self._meta = replace(self._meta, refined_sources_um_xyz=refined)
 
+    def write_pupil(self, pupil: PupilParameters, optics: Optics, **provenance: Any) -> Path:
+        """Write the recording's ``pupil.json`` (docs/format.md), atomically (durable like the rest):
+        the detection pupil its volumes are (to be) reconstructed through; ``provenance``: the
+        keyword arguments of :func:`.pupil_file.pupil_document`. Written at once, also by a
+        :meth:`replace_volumes` writer (not part of its volume commit).
+
+        Raises:
+            RecordingError: the document is invalid, the writer is closed, or the file cannot be written.
+        """
+        doc = pupil_document(pupil, optics, **provenance)
+        with self._state_lock:
+            self._check_writable("the pupil")
+            return _write_pupil_document(self._root, doc, self._durable)
+
     def close(self) -> None:
         """Finish the TIFFs (OME-XML), merge the journal into recording.json, release the lock. Idempotent.
 
@@ -502,6 +519,32 @@ class RecordingWriter:
         self._frames.finish(_frames_ome(name, self._meta, self._timepoints) if self._timepoints else None)
         self._volume_stack.finish(_volumes_ome(name, self._meta, self._volumes) if self._volumes else None)
         self._truth_stack.finish(_truth_ome(name, self._meta, self._ground_truth) if self._ground_truth else None)
+
+
+def store_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics, *, durable: bool = True,
+                **provenance: Any) -> Path:
+    """Write the ``pupil.json`` of a recording no writer has open (``nvplive calibrate REC.fdt``)
+    under the recording's lock, as :meth:`RecordingWriter.write_pupil` does.
+
+    Raises:
+        RecordingError: ``path`` is not a recording, or the document is invalid or cannot be written.
+        RecordingLockedError: another process writes the recording (the message names it).
+    """
+    root = Path(path)
+    if root.suffix != SUFFIX or not (root / JSON_NAME).is_file():
+        raise RecordingError(f"{root}: not a recording folder (NAME{SUFFIX} with {JSON_NAME}).")
+    doc = pupil_document(pupil, optics, **provenance)
+    with RecordingLock(root):
+        return _write_pupil_document(root, doc, durable)
+
+
+def _write_pupil_document(root: Path, doc: dict, durable: bool) -> Path:
+    target = root / PUPIL_FILE
+    try:
+        _atomic_write_json(target, doc, durable)
+    except OSError as exc:
+        raise RecordingError(f"{target}: cannot be written ({exc.strerror or exc}).") from None
+    return target
 
 
 def _remove_recording(root: Path) -> None:

@@ -224,7 +224,7 @@ def start_session(window: MainWindow, record: bool) -> None:
     calibrated = window.model.pupil.calibrated
     if calibrated is not None:  # the recording reconstructs offline through the same pupil
         try:
-            calibrated.write(path)
+            session.writer.write_pupil(calibrated.pupil, calibrated.optics, **calibrated.provenance)
         except Exception as exc:
             window.report_error("Pupil", f"Could not store the pupil in {path.name}: {exc}", box=False)
     window.model.view.volume_t = window.model.view.frames_t = None

@@ -186,6 +186,8 @@ ACTIONS: tuple[ActionInfo, ...] = (
     ActionInfo("calibrate_pupil", "Calibrate pupil", lambda w: w.calibrate_pupil(),
                "Acquire a bead z-stack through the MDA and fit the detection pupil to it (the live "
                "reconstruction renders through it from its next timepoint)"),
+    ActionInfo("load_pupil", "Load pupil (pupil.json)…", lambda w: w.load_pupil(),
+               "Use a pupil file for the live reconstruction (kept for this instrument's next session)"),
     ActionInfo("save_pupil", "Save pupil (pupil.json)…", lambda w: w.save_pupil()),
     ActionInfo("export_stack", "Export Δn stack (OME-TIFF)…", lambda w: w.export_dn_stack()),
     ActionInfo("export_png", "Save 3D snapshot (PNG)…", lambda w: w.save_snapshot(), "", "Ctrl+P",
@@ -198,7 +200,7 @@ ACTIONS: tuple[ActionInfo, ...] = (
 
 #: Menus and their actions (None: a separator); the View menu also lists the docks.
 MENUS: dict[str, tuple[str | None, ...]] = {
-    "&File": ("open", None, "export_stack", "export_png", "export_movie", "save_pupil", None, "quit"),
+    "&File": ("open", None, "export_stack", "export_png", "export_movie", "load_pupil", "save_pupil", None, "quit"),
     "&Acquisition": ("live", "record", "stop", None, "calibrate_pupil"),
     "&Help": ("about",),
 }

@@ -106,6 +106,8 @@ class MainWindow(QtWidgets.QMainWindow):
         #: "Calibrate pupil": the z-stack (None: ``pupil.bead_stack_plan``'s default) and the fit's iterations.
         self.bead_stack_plan = None
         self.pupil_iterations = 150
+        #: The instrument whose kept pupil the model's is (``pupil.instrument``'s key).
+        self.pupil_instrument = ""
         self.movie: MovieExport | None = None
         self.recording_path: Path | None = None
         self.shown_meta = None
@@ -150,6 +152,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._restore(demo=demo, device=device, timepoints=timepoints, mm_config=mm_config,
                       settings_file=settings_file, recon_config=recon_config, interval_s=interval_s)
         self._bind()
+        pupil.restore_pupil(self)
         self.update_actions()
         self._status_timer = QtCore.QTimer(self)
         self._status_timer.setInterval(STATUS_INTERVAL_MS)
@@ -185,7 +188,11 @@ class MainWindow(QtWidgets.QMainWindow):
         model.reconstruction.events.connect(self.apply_reconstruction_settings)
         model.view.events.following.connect(self._on_follow)
         model.pupil.events.calibrated.connect(lambda calibrated: pupil.on_pupil_changed(self, calibrated))
+        model.pupil.events.origin.connect(lambda origin: self.pupil_view.show_pupil(model.pupil.calibrated, origin))
+        for signal in (acq.source, acq.mm_config, acq.settings_file):
+            signal.connect(lambda *_: pupil.on_instrument_changed(self))
         self.pupil_view.cancel_button.clicked.connect(lambda: pupil.cancel(self))
+        self.pupil_view.clear_button.clicked.connect(lambda: pupil.clear_pupil(self))
         model.view.events.replay_kind.connect(lambda _kind: self.request_replay(self.timeline.current))
         self.acquisition_panel.loadRequested.connect(lambda: self.prepare_microscope())
         self.recon_panel.resetRequested.connect(self._on_reset_requested)
@@ -342,6 +349,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # ================================================================ detection pupil (app/pupil.py)
     calibrate_pupil = pupil.calibrate_pupil
+    load_pupil = pupil.load_pupil
     save_pupil = pupil.save_pupil
 
     # ================================================================ recordings, replay
@@ -452,9 +460,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.offline.cancel()
             self.offline.join(30)
         if self.pupil_task is not None:
-            self.pupil_task.cancel()
-            if self.pupil_task.acquiring:  # a fit in progress does not touch the microscope
-                self.pupil_task.join(30)
+            self.pupil_task.cancel()  # the z-stack ends after its plane, the fit at its next evaluation
+            self.pupil_task.join(30)
         self.loader.shutdown()
         if self.microscope is not None:
             self.bridge.release(self.microscope.core)

@@ -166,14 +166,17 @@ class ViewState:
 @evented
 @dataclass
 class PupilState:
-    """The detection pupil the live reconstruction renders through (not persisted).
+    """The detection pupil the live reconstruction renders through (not among the settings:
+    the window keeps it as a pupil file per instrument, :mod:`nvplive.app.pupil`).
 
     Attributes:
         calibrated: the last calibration ("Calibrate pupil": pupil, optics, residuals,
-            what it was calibrated from), or None (the renderer's hard aperture).
+            what it was calibrated from) or pupil file loaded, or None (the renderer's hard aperture).
+        origin: where it came from in this session, in words (calibrated, loaded, restored).
     """
 
     calibrated: CalibratedPupil | None = None
+    origin: str = ""
 
 
 #: Fields that are not stored (run-time state).

@@ -1,4 +1,5 @@
-"""Where the app keeps its files: the data folder and the rotating log."""
+"""Where the app keeps its files: the data folder, the rotating log and the pupils kept
+between sessions (beside the settings)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,21 @@ def default_data_dir() -> Path:
     """Where logs (and by default recordings) go: the platform's app data folder."""
     location = QtCore.QStandardPaths.writableLocation(QtCore.QStandardPaths.StandardLocation.AppLocalDataLocation)
     return Path(location) if location else Path.home() / ".nvp-live"
+
+
+def settings_dir(settings: QtCore.QSettings) -> Path:
+    """The folder of the app's settings: the settings file's folder, or the platform's app
+    configuration folder where the settings are not a file (the Windows registry)."""
+    name = Path(settings.fileName())
+    if name.is_absolute():
+        return name.parent
+    location = QtCore.QStandardPaths.writableLocation(QtCore.QStandardPaths.StandardLocation.AppConfigLocation)
+    return Path(location) if location else Path.home() / ".nvp-live"
+
+
+def kept_pupil_path(settings: QtCore.QSettings, instrument: str) -> Path:
+    """The pupil file kept for ``instrument`` between sessions: ``<settings folder>/pupils/<instrument>.json``."""
+    return settings_dir(settings) / "pupils" / f"{instrument}.json"
 
 
 def setup_logging(log_dir: Path | None = None) -> Path | None:

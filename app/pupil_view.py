@@ -47,6 +47,11 @@ class PupilView(QtWidgets.QWidget):
         self.cancel_button.setText("Cancel")
         self.progress.hide()
         self.cancel_button.hide()
+        self.clear_button = QtWidgets.QToolButton()
+        layout.addWidget(self.clear_button, 0, QtCore.Qt.AlignmentFlag.AlignLeft)
+        self.clear_button.setText("Clear")
+        self.clear_button.setToolTip("Forget this pupil (also for the next session): the reconstruction uses the hard aperture")
+        self.clear_button.hide()
 
         self.graphics = pg.GraphicsLayoutWidget()
         layout.addWidget(self.graphics, 1)
@@ -88,16 +93,17 @@ class PupilView(QtWidgets.QWidget):
         plot.setMouseEnabled(x=False, y=False)
         return plot
 
-    def show_pupil(self, calibrated: CalibratedPupil | None) -> None:
-        """Draw ``calibrated`` (None: the hard aperture, no calibration yet)."""
+    def show_pupil(self, calibrated: CalibratedPupil | None, origin: str = "") -> None:
+        """Draw ``calibrated`` (None: the hard aperture, no calibration yet); ``origin``: where it came from."""
         self.calibrated = calibrated
+        self.clear_button.setVisible(calibrated is not None)
         if calibrated is None:
             pupil, na, n_medium = PupilParameters(), 1.0, 1.33
             self.summary.setText("No calibrated pupil: the reconstruction uses the hard aperture. "
                                  "Acquisition → Calibrate pupil takes a bead z-stack and fits it.")
         else:
             pupil, na, n_medium = calibrated.pupil, calibrated.optics.na, calibrated.optics.n_medium
-            self.summary.setText(self.describe(calibrated))
+            self.summary.setText(self.describe(calibrated) + (f" {origin[0].upper()}{origin[1:]}." if origin else ""))
         self.amplitude, self.phase = pupil_map(pupil, na, n_medium, MAP_SIZE)
         self._draw_image(self.amplitude_image, self.amplitude, (0.0, max(1.0, float(np.nanmax(self.amplitude)))))
         limit = max(0.5, float(np.nanmax(np.abs(self.phase))))
@@ -127,7 +133,8 @@ class PupilView(QtWidgets.QWidget):
         if calibrated.residual is not None:
             before = f" (hard aperture {calibrated.residual_before:.3f})" if calibrated.residual_before is not None else ""
             parts.append(f"fit residual {calibrated.residual:.3f}{before}")
-        text = " · ".join(parts) + f". From the {calibrated.calibrated_from}."
+        text = " · ".join(parts) + f". From the {calibrated.calibrated_from}"
+        text += f", calibrated {calibrated.created.replace('T', ' ').replace('+00:00', ' UTC')}." if calibrated.created else "."
         if calibrated.ambiguous:
             text += " The images do not tell the z direction: the even aberrations' sign rests on the one chosen."
         return text

@@ -246,12 +246,14 @@ class OfflineReconstruction(_ThreadTask):
 class PupilCalibrationEvents(SignalGroup):
     """What a :class:`PupilCalibrationTask` reports (from its thread)."""
 
-    #: ``(done, total, message)``; total 0 while fitting (no fraction to show).
+    #: ``(done, total, message)``: the z-stack's planes, then the fit's share of its evaluation budget (total 0: starting).
     progress = Signal(int, int, str)
     #: Finished: the :class:`~nvplive.acquisition.bead_stack.CalibratedPupil`.
     done = Signal(object)
-    #: Failed or cancelled: ``(message)``.
+    #: Failed: ``(message)``.
     failed = Signal(str)
+    #: Cancelled (:meth:`PupilCalibrationTask.cancel`), during the z-stack or the fit.
+    cancelled = Signal()
 
 
 class PupilCalibrationTask(_ThreadTask):
@@ -259,36 +261,34 @@ class PupilCalibrationTask(_ThreadTask):
 
     The acquisition is :func:`~nvplive.acquisition.bead_stack.acquire_bead_stack`, the fit
     :func:`~nvplive.acquisition.bead_stack.calibrate_bead_stack_acquired` (``nvplive calibrate``'s
-    path). :meth:`cancel` ends the acquisition after the plane being exposed; a fit in
-    progress runs to its end and its result is dropped.
+    path); both report progress. :meth:`cancel` ends the acquisition after the plane being
+    exposed, or the fit at its next model evaluation (``cancelled``).
     """
 
     def __init__(self, core, info, plan, *, iterations: int = 150) -> None:
         super().__init__("nvplive-pupil-calibration")
         self.core, self.info, self.plan, self.iterations = core, info, plan, int(iterations)
         self.events = PupilCalibrationEvents()
-        self.acquiring = False
-
 
     def _run(self) -> None:
         from nvplive.acquisition.bead_stack import acquire_bead_stack, calibrate_bead_stack_acquired
 
         try:
-            self.acquiring = True
-            try:
-                bead = acquire_bead_stack(self.core, self.info, self.plan, progress=self.events.progress.emit,
-                                          cancel=self._cancel)
-            finally:
-                self.acquiring = False
+            bead = acquire_bead_stack(self.core, self.info, self.plan, progress=self.events.progress.emit, cancel=self._cancel)
             logger.info("Bead z-stack: %s", bead.describe())
             self.events.progress.emit(0, 0, f"fitting the pupil to {len(bead.z_um)} planes…")
-            _, calibrated, _ = calibrate_bead_stack_acquired(bead, iterations=self.iterations)
+            _, calibrated, _ = calibrate_bead_stack_acquired(bead, iterations=self.iterations,
+                                                             progress=self.events.progress.emit, cancel=self._cancel)
         except Exception as exc:
+            if self._cancel.is_set():  # the z-stack's AcquisitionError or the fit's CalibrationCancelled
+                logger.info("Pupil calibration cancelled: %s", exc)
+                self.events.cancelled.emit()
+                return
             logger.exception("Pupil calibration failed")
             self.events.failed.emit(f"Pupil calibration failed: {exc}")
             return
         if self._cancel.is_set():
-            self.events.failed.emit("Pupil calibration cancelled.")
+            self.events.cancelled.emit()
             return
         logger.info("Pupil calibrated: %.3f rad RMS, residual %.3f (hard aperture %.3f)",
                     calibrated.pupil.aberration_rms_rad, calibrated.residual or float("nan"),

@@ -119,7 +119,9 @@ def _reconstruct(task: dict) -> dict:
     from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
     optics, geometry, sources, truth, frames = _setup(task["geometry"], task["instrument"])
-    config = ReconConfig(method=task["method"], iterations=task["iterations"], pupil_calibration=task["calibration"])
+    config = ReconConfig(
+        method=task["method"], iterations=task["iterations"], pupil_calibration=task["calibration"], **task.get("overrides", {}),
+    )
     # The reconstruction is told λ, NA, n (not the simulator's source NA or pupil), the
     # voxel size and the nominal bead positions.
     rec = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=config, device="cpu")
@@ -127,6 +129,7 @@ def _reconstruct(task: dict) -> dict:
     result = rec.cold_start(frames)
     row = {
         **{k: task[k] for k in TASK_KEYS},
+        "overrides": task.get("overrides", {}),
         "psnr_db": round(float(absolute_scores(result.dn, truth).psnr_db), 3),
         "zero_psnr_db": round(float(absolute_scores(np.zeros_like(truth), truth).psnr_db), 3),
         "seconds": round(time.perf_counter() - start, 1),
@@ -145,16 +148,22 @@ def run_mismatch(
     progress=print,
     subset: dict[str, tuple[str, ...]] | None = None,
     calibration: tuple[bool, ...] = (True, False),
+    overrides: dict | None = None,
 ) -> list[dict]:
     """Reconstruct every (geometry, instrument, method, calibration) row in worker processes; one dict per row.
 
     ``subset`` (geometry → instrument names) overrides the default subset (``full``: all);
-    ``calibration`` says whether the rows run with pupil calibration, without, or both.
+    ``calibration`` says whether the rows run with pupil calibration, without, or both;
+    ``overrides`` are :class:`~nvplive.recon.reconstructor.ReconConfig` fields for every row
+    (recorded in each row as ``overrides``).
     """
     iterations = FULL_ITERATIONS if full else ITERATIONS
     chosen = subset if subset is not None else ({g: tuple(INSTRUMENTS) for g in GEOMETRIES} if full else SUBSET)
     tasks = [
-        {"geometry": geometry, "instrument": instrument, "method": method, "iterations": iterations, "calibration": calibrated}
+        {
+            "geometry": geometry, "instrument": instrument, "method": method, "iterations": iterations,
+            "calibration": calibrated, "overrides": dict(overrides or {}),
+        }
         for calibrated in calibration
         for geometry in chosen
         for instrument in chosen[geometry]

@@ -23,12 +23,23 @@ import numpy as np
 import torch
 from scipy import ndimage, special
 from scipy.optimize import least_squares
+from torch.nn import functional as F
 
 from nvplive.errors import ReconstructionError
 
 from .optics import Optics, VolumeGeometry
-from .physics import SOURCE_EDGE_WIDTH, ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, with_source_edge
-from .pupil import FIRST_NOLL, PupilParameters
+from .physics import (
+    SOURCE_EDGE_WIDTH,
+    ForwardModel,
+    camera_intensity,
+    frequency_grid,
+    homogeneous_spectrum,
+    pupil_on_grid,
+    with_source_edge,
+)
+from .progress import CalibrationCallback, CalibrationProgress, report, substages
+from .pupil import FIRST_NOLL, PupilParameters, zernike
+from .simulate import emission_wavelengths
 
 #: Robust signal-to-noise ratio beyond which a pixel's step from its neighbourhood is an outlier.
 OUTLIER_SIGMAS = 10.0
@@ -332,6 +343,12 @@ def refine_sources(
 DEFAULT_NOLL: tuple[int, ...] = tuple(range(5, 23))
 #: Radial apodisation terms ``a_1 ρ² + a_2 ρ⁴`` a calibration fits by default.
 DEFAULT_APODISATION_TERMS = 2
+#: Side (pixels) of the tiles whose noise power :func:`camera_noise` fits.
+NOISE_TILE = 8
+#: Wavelengths sampling the emission band in a bead-stack calibration.
+EMISSION_SAMPLES = 3
+#: Weight of a free-form pupil's smoothness penalty, relative to the images' mean square.
+FREE_FORM_SMOOTHNESS = 1e-3
 #: Where a source-spectrum calibration tries the spectrum's cut, in units of the
 #: detection NA (each with the renderer's relative edge width ``SOURCE_EDGE_WIDTH``),
 #: before it fits the edge continuously: the default spectrum reaches beyond the pupil,
@@ -351,6 +368,13 @@ class PupilCalibration:
             valid pixels of every view, after the fit.
         residual_start: the same with the starting pupil, positions refined (what the fit improved on).
         noll: the fitted Noll indices.
+        free_form: with a free-form fit, the log-amplitude and phase maps ``(A, Φ)``
+            ``[S, S]`` (:func:`free_form_on_grid`) on top of the Zernike pupil it started
+            from; ``pupil`` is then their projection (:func:`project_free_form`) and
+            ``residual`` its residual, positions refitted.
+        residual_free_form: the residual with the free-form pupil itself.
+        inner_mode_share: with ``inner_mode_na``, the fitted share of the inner image
+            (relative to the full pupil's, per unit pupil transmission).
     """
 
     pupil: PupilParameters
@@ -360,6 +384,9 @@ class PupilCalibration:
     residual: float
     residual_start: float
     noll: tuple[int, ...] = field(default=DEFAULT_NOLL)
+    free_form: tuple[np.ndarray, np.ndarray] | None = None
+    residual_free_form: float | None = None
+    inner_mode_share: float | None = None
 
 
 #: L-BFGS stops when the loss (the images normalised by their mean, ×1e3) or every parameter
@@ -374,6 +401,137 @@ def _relative_residual(predicted: torch.Tensor, measured: torch.Tensor, backgrou
     return float(torch.sqrt(num / den))
 
 
+def image_transfer(
+    shape_yx: tuple[int, int], pixel_um: float, *, bead_diameter_um: float = 0.0, pixel_integration: bool = False,
+    device=None, dtype=torch.float64,
+) -> torch.Tensor:
+    """Transfer function ``[Y, X]`` (FFT order) that the camera frame's intensity spectrum is multiplied by
+    for what a point source imaged at pixel centres leaves out.
+
+    - a bead of ``bead_diameter_um``: an incoherent uniform sphere of radius ``a``, its image the
+      point image convolved with the sphere's projection, whose 2D Fourier transform is the
+      sphere's 3D one on ``k_z = 0``: ``3(sin u − u·cos u)/u³``, ``u = |k⊥|·a`` (the bead's
+      axial extent, small against the depth of field ``λ/(n − √(n² − NA²))``, is left out);
+    - ``pixel_integration``: the square pixel of side ``Δ`` integrates the intensity,
+      ``sinc(f_x·Δ)·sinc(f_y·Δ)`` with ``f = k/2π`` (only for a renderer that samples the
+      intensity at pixel centres, ``ForwardModel.upsample == 1``; a finer one already bins it).
+
+    Args:
+        shape_yx: camera frame size; pixel_um: camera pixel (µm).
+
+    Returns:
+        Real tensor, 1 at zero frequency.
+    """
+    ky, kx = frequency_grid(int(shape_yx[0]), int(shape_yx[1]), pixel_um, pixel_um, device=device, dtype=dtype)
+    transfer = torch.ones(int(shape_yx[0]), int(shape_yx[1]), device=device, dtype=dtype)
+    if bead_diameter_um > 0:
+        u = torch.sqrt(ky**2 + kx**2) * (0.5 * bead_diameter_um)
+        safe = torch.where(u > 1e-3, u, torch.ones_like(u))
+        sphere = 3.0 * (torch.sin(safe) - safe * torch.cos(safe)) / safe**3
+        transfer = transfer * torch.where(u > 1e-3, sphere, 1.0 - u**2 / 10.0)
+    if pixel_integration:
+        transfer = transfer * torch.sinc(ky * pixel_um / (2 * math.pi)) * torch.sinc(kx * pixel_um / (2 * math.pi))
+    return transfer
+
+
+def _apply_transfer(intensity: torch.Tensor, transfer: torch.Tensor | None) -> torch.Tensor:
+    if transfer is None:
+        return intensity
+    return torch.fft.ifft2(torch.fft.fft2(intensity) * transfer).real
+
+
+def free_form_on_grid(model: ForwardModel, log_amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """The free-form pupil factor ``exp(A + i·Φ)`` ``[Ye, Xe]`` on ``model``'s exit grid.
+
+    ``A`` and ``Φ`` are ``[S, S]`` maps over the normalised pupil ``(ρ_x, ρ_y) ∈ [−1, 1]²``
+    (row 0 at ``ρ_y = −1``), sampled bilinearly at ``k⊥/(k0·NA)``: the same map serves
+    renderers at every wavelength of the band.
+    """
+    k_cut = model.optics.k0 * model.optics.na
+    grid = torch.stack(torch.broadcast_tensors(model.exit_kx / k_cut, model.exit_ky / k_cut), dim=-1).to(log_amplitude.dtype)
+    maps = torch.stack([log_amplitude, phase])[None]
+    sampled = F.grid_sample(maps, grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
+    return torch.polar(torch.exp(sampled[0]), sampled[1])
+
+
+def dipole_pupil_factors(model: ForwardModel) -> list[tuple[torch.Tensor, float]]:
+    """The back-focal-plane field factors ``g_dc`` ``[Ye, Xe]`` of a dipole along ``d`` seen in the
+    image's field component ``c``, with their weights in the image of an isotropic (freely
+    rotating) emitter: ``I = Σ_{d,c} w·|F{P·g_dc}|²`` over d = x, y, z and c = x, y
+    (Richards & Wolf 1959; Backer & Moerner 2014, J. Phys. Chem. B 118:8313, eq. 13 with
+    the objective's and the tube lens's apodisation left to the pupil):
+    ``g_xx = cos θ cos² φ + sin² φ``, ``g_xy = g_yx = (cos θ − 1) sin φ cos φ``,
+    ``g_yy = cos θ sin² φ + cos² φ``, ``g_zx = sin θ cos φ``, ``g_zy = sin θ sin φ``, with
+    ``sin θ = |k⊥|/k_m`` the emission angle in the medium and ``φ`` the pupil azimuth.
+    ``Σ w·g² = 2`` everywhere: the isotropic emitter radiates alike in every direction, as the
+    scalar point source, but the components do not interfere.
+    """
+    km = model.optics.km
+    k_perp = torch.sqrt(model.exit_kx**2 + model.exit_ky**2)
+    sin_t = torch.clamp(k_perp / km, max=1.0)
+    cos_t = torch.sqrt(1.0 - sin_t**2)
+    phi = torch.atan2(model.exit_ky.expand_as(k_perp), model.exit_kx.expand_as(k_perp))
+    c, s = torch.cos(phi), torch.sin(phi)
+    return [
+        (cos_t * c**2 + s**2, 1.0),
+        ((cos_t - 1.0) * s * c, 2.0),
+        (cos_t * s**2 + c**2, 1.0),
+        (sin_t * c, 1.0),
+        (sin_t * s, 1.0),
+    ]
+
+
+def _disc(size: int, dtype: torch.dtype, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ρ, θ, inside)`` on a ``size × size`` grid over ``[−1, 1]²`` (align-corners sampling)."""
+    axis = torch.linspace(-1.0, 1.0, size, dtype=dtype, device=device)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    rho = torch.sqrt(xx**2 + yy**2)
+    return rho, torch.atan2(yy, xx), rho <= 1.0
+
+
+def _smoothness(maps: Sequence[torch.Tensor], inside: torch.Tensor) -> torch.Tensor:
+    """Mean squared finite-difference gradient of ``maps`` between neighbours inside the disc."""
+    total = maps[0].new_zeros(())
+    both_y, both_x = inside[1:] & inside[:-1], inside[:, 1:] & inside[:, :-1]
+    for m in maps:
+        total = total + (torch.diff(m, dim=0)[both_y] ** 2).mean() + (torch.diff(m, dim=1)[both_x] ** 2).mean()
+    return total
+
+
+def project_free_form(
+    pupil: PupilParameters, log_amplitude: np.ndarray, phase: np.ndarray, *, noll: Sequence[int], apodisation_terms: int
+) -> PupilParameters:
+    """The Zernike + apodisation pupil closest to ``pupil × exp(A + i·Φ)`` (maps as in
+    :func:`free_form_on_grid`): the total phase fitted by Zernike polynomials ``Z_1 … Z_max(noll)``
+    (least squares over the disc, amplitude-weighted), of which ``noll`` are kept (piston,
+    tip/tilt and defocus belong to the source positions); the amplitude by ``c·(1 + Σ a_k ρ^{2k})``
+    (``c`` is a brightness the fit carries).
+    """
+    size = int(np.asarray(phase).shape[0])
+    rho, theta, inside = _disc(size, torch.float64)
+    z, a = pupil.tensors()
+    rho_in, theta_in = rho[inside], theta[inside]
+    top = max(max(noll, default=FIRST_NOLL), len(pupil.zernike_rad) + FIRST_NOLL - 1)
+    basis = torch.stack([zernike(j, rho_in, theta_in) for j in range(1, top + 1)], dim=-1)
+    total_phase = torch.as_tensor(np.asarray(phase), dtype=torch.float64)[inside]
+    if z is not None:
+        total_phase = total_phase + basis[:, FIRST_NOLL - 1 : FIRST_NOLL - 1 + z.numel()] @ z
+    amplitude = torch.exp(torch.as_tensor(np.asarray(log_amplitude), dtype=torch.float64)[inside])
+    if a is not None:
+        amplitude = amplitude * (1.0 + torch.stack([rho_in ** (2 * (k + 1)) for k in range(a.numel())], -1) @ a)
+    w = amplitude.clamp_min(0.0)
+    coefficients = torch.linalg.lstsq(basis * w[:, None], (total_phase * w)[:, None]).solution[:, 0]
+    keep = torch.zeros(top - FIRST_NOLL + 1, dtype=torch.float64)
+    for j in noll:
+        keep[j - FIRST_NOLL] = coefficients[j - 1]
+    apod: tuple[float, ...] = ()
+    if apodisation_terms:
+        radial = torch.stack([torch.ones_like(rho_in)] + [rho_in ** (2 * k) for k in range(1, apodisation_terms + 1)], -1)
+        fit = torch.linalg.lstsq(radial, amplitude[:, None]).solution[:, 0]
+        apod = tuple(float(v) for v in fit[1:] / fit[0])
+    return PupilParameters(tuple(float(v) for v in keep), apod, pupil.sine_condition, pupil.source_edge_na)
+
+
 def calibrate_pupil(
     model: ForwardModel,
     measured: np.ndarray | torch.Tensor,
@@ -386,6 +544,13 @@ def calibrate_pupil(
     start: PupilParameters | None = None,
     band: Sequence[tuple[ForwardModel, float]] | None = None,
     iterations: int = 150,
+    progress: CalibrationCallback | None = None,
+    bead_diameter_um: float = 0.0,
+    pixel_integration: bool = False,
+    free_form: int = 0,
+    free_form_smoothness: float = FREE_FORM_SMOOTHNESS,
+    dipole: bool = False,
+    inner_mode_na: float = 0.0,
     source_edge: bool = False,
 ) -> PupilCalibration:
     """Fit the detection pupil, the source positions and each view's brightness/background
@@ -430,17 +595,40 @@ def calibrate_pupil(
             model image is their weighted sum (partial coherence), so that the pupil does
             not take up the fringes a broad band washes out. Default: ``model`` alone.
         iterations: L-BFGS iterations per pass.
+        progress: called after every model evaluation with a :class:`.progress.CalibrationProgress`
+            (stages ``positions``, ``all parameters``, with a ``band`` ``all parameters,
+            emission band``, with ``free_form`` ``free-form pupil`` and ``positions,
+            projected pupil``); returning False cancels.
+        bead_diameter_um, pixel_integration: the finite bead and the camera pixel's
+            integration (:func:`image_transfer`) in the model image.
+        free_form: when > 0, a pass after the Zernike fit fits a free-form pupil on top of it
+            (log-amplitude and phase maps of ``free_form × free_form`` samples over the pupil,
+            :func:`free_form_on_grid`; Hanser et al. 2004, J. Microsc. 216:32, retrieve the
+            same pixel-wise pupil by Gerchberg–Saxton iterations, here by gradients of the
+            image residual), penalised by ``free_form_smoothness`` × the maps' mean squared
+            step between neighbouring samples; the result's pupil is its projection on
+            ``noll`` and ``apodisation_terms`` (:func:`project_free_form`).
+        dipole: the bead as an isotropic dipole emitter (:func:`dipole_pupil_factors`, five
+            renders per wavelength) instead of a scalar point source.
+        inner_mode_na: when > 0, a second image of each source, incoherent with the first,
+            through the pupil's centre ``|k⊥| ≤ k0·inner_mode_na`` only, with a fitted share
+            (one for all views, ``PupilCalibration.inner_mode_share``): light that reaches
+            the camera through a smaller aperture than the objective's (an empirical term; the
+            pupil file does not store it).
         source_edge: also calibrate the source spectrum's edge (see above); a ``start``
             with ``source_edge_na`` is used as it is without it.
 
     Raises:
-        ValueError: for an unknown ``axial`` mode or a Noll index below 2.
+        ValueError: for an unknown ``axial`` mode, a Noll index below 2 or a free-form map smaller than 3.
+        CalibrationCancelled: ``progress`` returned False (:mod:`.progress`).
     """
     if axial not in ("view", "common", "linear", "none"):
         raise ValueError(f"axial must be 'view', 'common', 'linear' or 'none', got {axial!r}.")
     noll = tuple(sorted(int(j) for j in noll))
     if noll and noll[0] < FIRST_NOLL:
         raise ValueError(f"Noll indices must be ≥ {FIRST_NOLL}, got {noll[0]}.")
+    if free_form and free_form < 3:
+        raise ValueError(f"A free-form pupil needs at least 3 × 3 samples, got {free_form}.")
     device, dtype = model.device, model.real_dtype
     data = torch.as_tensor(np.asarray(measured) if not isinstance(measured, torch.Tensor) else measured, device=device).to(dtype)
     base = torch.as_tensor(np.asarray(sources_um_xyz, dtype=np.float64), device=device, dtype=dtype).reshape(-1, 3)
@@ -466,6 +654,19 @@ def calibrate_pupil(
     lateral = torch.zeros(len(base), 2, device=device, dtype=dtype, requires_grad=True)
     depth = torch.zeros({"view": len(base), "linear": 2}.get(axial, 1), device=device, dtype=dtype, requires_grad=axial != "none")
     spread = base[:, 2] - base[:, 2].mean()
+    transfer = None
+    if bead_diameter_um > 0 or pixel_integration:
+        transfer = image_transfer(
+            model.geometry.camera_shape_yx, model.geometry.camera_pixel_um, bead_diameter_um=bead_diameter_um,
+            pixel_integration=pixel_integration and model.upsample == 1, device=device, dtype=dtype,
+        )
+    size = max(int(free_form), 3)
+    log_amplitude = torch.zeros(size, size, device=device, dtype=dtype, requires_grad=bool(free_form))
+    map_phase = torch.zeros(size, size, device=device, dtype=dtype, requires_grad=bool(free_form))
+    inside = _disc(size, dtype, device)[2]
+    use_map = False
+    log_share = torch.tensor(math.log(0.1), device=device, dtype=dtype, requires_grad=inner_mode_na > 0)
+    factors = {id(m): dipole_pupil_factors(m) for m, _ in [(model, 1.0), *spectral]} if dipole else {}
     start_edge = start.source_edge_na if start is not None else ()
     edge = torch.tensor(start_edge or (0.0, 0.0), device=device, dtype=dtype)
     edge_active = bool(start_edge)
@@ -488,19 +689,34 @@ def calibrate_pupil(
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         coefficients = (zernike_full() if n_terms else None, apod if apod.numel() else None)
         src = sources()
+        keys = [id(m) for m, _ in renderers]  # the dipole factors are the original renderers'
         if edge_active:
             edge_now = torch.clamp(edge, 0.0, na_limit)
             renderers = [(with_source_edge(m, edge_now), w) for m, w in renderers]
-        image = torch.stack([
-            w * camera_intensity(m, homogeneous_spectrum(m, src), pupil=pupil_on_grid(m, coefficients, sine_condition=sine))
-            for m, w in renderers
-        ]).sum(dim=0)
+        images: list[torch.Tensor] = []
+        for (m, w), key in zip(renderers, keys):
+            pupil = pupil_on_grid(m, coefficients, sine_condition=sine)
+            if use_map:
+                pupil = pupil * free_form_on_grid(m, log_amplitude, map_phase)
+            spectrum = homogeneous_spectrum(m, src)
+            if dipole:
+                images.append(w * torch.stack([a * camera_intensity(m, spectrum, pupil=pupil * g) for g, a in factors[key]]).sum(0))
+            else:
+                images.append(w * camera_intensity(m, spectrum, pupil=pupil))
+            if inner_mode_na > 0:
+                inner = (torch.sqrt(m.exit_kx**2 + m.exit_ky**2) <= m.optics.k0 * inner_mode_na).to(dtype)
+                images.append(w * torch.exp(log_share) * camera_intensity(m, spectrum, pupil=pupil * inner))
+        image = _apply_transfer(torch.stack(images).sum(dim=0), transfer)
         b, c = fit_brightness_background(image, target, weight)
         predicted = image * b[:, None, None] + c[:, None, None]
         loss = (weight * (predicted - target) ** 2).sum() / weight.sum()
+        if use_map:
+            loss = loss + free_form_smoothness * _smoothness((log_amplitude, map_phase), inside) * (target * weight).pow(2).mean()
         return loss, predicted, b, c
 
-    def fit(parameters: list[torch.Tensor], renderers: Sequence[tuple[ForwardModel, float]]) -> None:
+    stages = 2 + (len(spectral) > 1) + (2 if free_form else 0)
+
+    def fit(parameters: list[torch.Tensor], renderers: Sequence[tuple[ForwardModel, float]], stage_index: int, stage: str) -> None:
         parameters = [p for p in parameters if p.requires_grad and p.numel()]
         if not parameters:
             return
@@ -508,18 +724,24 @@ def calibrate_pupil(
             parameters, lr=1.0, max_iter=iterations, history_size=30, line_search_fn="strong_wolfe",
             tolerance_grad=1e-12, tolerance_change=STOP_CHANGE,
         )
+        evaluations = 0
 
         def closure() -> torch.Tensor:
+            nonlocal evaluations
             opt.zero_grad(set_to_none=True)
             loss = evaluate(renderers)[0] * 1e3
             loss.backward()
+            evaluations += 1
+            if progress is not None:
+                state = CalibrationProgress(stage, stage_index, stages, evaluations, opt.defaults["max_eval"], float(loss.detach()))
+                report(progress, state)
             return loss
 
         opt.step(closure)
 
     # the passes before the last run at the centre wavelength alone (a third of the band's
     # cost); the last one starts near the band's optimum and converges in a few steps
-    fit([lateral, depth], [(model, 1.0)])
+    fit([lateral, depth], [(model, 1.0)], 0, "positions")
     with torch.no_grad():
         loss, predicted, _, c = evaluate()
         residual_start = _relative_residual(predicted, target, c, weight)
@@ -535,24 +757,51 @@ def calibrate_pupil(
             edge_active = best < float(loss)
             if edge_active:
                 edge.copy_(chosen)
-    def fit_all(with_edge: bool) -> None:
+    last = "all parameters, emission band" if len(spectral) > 1 else "all parameters"
+
+    def fit_all(with_edge: bool) -> int:
+        """The passes of everything (centre wavelength, then the band); returns the next stage."""
         edge.requires_grad_(with_edge)
+        stage = 1
         if len(spectral) > 1:
-            fit([lateral, depth, free_z, apod, edge], [(model, 1.0)])
-        fit([lateral, depth, free_z, apod, edge], spectral)
+            fit([lateral, depth, free_z, apod, log_share, edge], [(model, 1.0)], stage, "all parameters")
+            stage += 1
+        fit([lateral, depth, free_z, apod, log_share, edge], spectral, stage, last)
+        return stage + 1
 
     scanned = edge_active and not start_edge
-    before = [t.detach().clone() for t in (lateral, depth, free_z, apod)]
-    fit_all(source_edge and edge_active)
+    before = [t.detach().clone() for t in (lateral, depth, free_z, apod, log_share)]
+    stage = fit_all(source_edge and edge_active)
     # an edge wholly outside the pupil leaves the images unchanged: not identified
     if scanned and float(torch.clamp(edge.detach(), 0.0, na_limit).min()) >= model.optics.na:
         # the scan's edge left the pupil: fit again without it, so that the result is the
         # calibration without a source edge, not one that took a detour through it
         with torch.no_grad():
-            for t, v in zip((lateral, depth, free_z, apod), before):
+            for t, v in zip((lateral, depth, free_z, apod, log_share), before):
                 t.copy_(v)
         edge_active = False
-        fit_all(False)
+        stage = fit_all(False)
+    maps, residual_free_form = None, None
+    if free_form:
+        use_map = True
+        fit([lateral, depth, log_amplitude, map_phase], spectral, stage, "free-form pupil")
+        stage += 1
+        with torch.no_grad():
+            _, predicted, _, c = evaluate()
+            residual_free_form = _relative_residual(predicted, target, c, weight)
+            maps = (log_amplitude.detach().cpu().numpy().copy(), map_phase.detach().cpu().numpy().copy())
+            zernike = zernike_full().cpu().numpy()
+            projected = project_free_form(
+                PupilParameters(tuple(float(v) for v in zernike), tuple(float(v) for v in apod.detach().cpu().numpy()), sine),
+                *maps, noll=noll, apodisation_terms=apod.numel(),
+            )
+            fixed = torch.zeros(len(projected.zernike_rad), device=device, dtype=dtype)
+            fixed[:] = torch.tensor(projected.zernike_rad, dtype=dtype)
+            n_terms = len(projected.zernike_rad)
+            free_z = fixed[index].clone()
+            apod = torch.tensor(projected.apodisation, device=device, dtype=dtype)
+        use_map = False
+        fit([lateral, depth], spectral, stage, "positions, projected pupil")
     with torch.no_grad():
         _, predicted, b, c = evaluate()
         residual = _relative_residual(predicted, target, c, weight)
@@ -571,6 +820,9 @@ def calibrate_pupil(
             residual=residual,
             residual_start=residual_start,
             noll=noll,
+            free_form=maps,
+            residual_free_form=residual_free_form,
+            inner_mode_share=float(torch.exp(log_share)) if inner_mode_na > 0 else None,
         )
 
 
@@ -592,6 +844,9 @@ class StackCalibration:
             each plane's brightness, background, position and depth free, as for ``residual_hard``).
         ambiguous: both directions were fitted and fit equally well (within 1 %): the
             sign of the even aberrations rests on the direction chosen.
+        noise: the stack's pixel noise (:func:`camera_noise`); its ``residual_floor`` is the
+            residual the true image would leave, what ``residual`` is to be read against
+            (None for pixels too coarse for the estimate).
     """
 
     calibration: PupilCalibration
@@ -599,39 +854,59 @@ class StackCalibration:
     residual_hard: float
     residual: float
     ambiguous: bool = False
+    noise: CameraNoise | None = None
 
 
-def stack_model(optics: Optics, shape_yx: tuple[int, int], pixel_um: float, depth_um: float, *, dtype=torch.float64) -> ForwardModel:
+def stack_model(
+    optics: Optics, shape_yx: tuple[int, int], pixel_um: float, depth_um: float, *, dtype=torch.float64,
+    pad_yx: tuple[int, int] | None = None,
+) -> ForwardModel:
     """Renderer for single planes of a bead z-stack: an empty volume one plane thick,
-    focused at its centre (``z = z_step/2``, here 0.5 µm), padded for a bead ``depth_um`` away."""
+    focused at its centre (``z = z_step/2``, here 0.5 µm), padded for a bead ``depth_um`` away
+    (or by ``pad_yx`` pixels per side)."""
     geometry = VolumeGeometry((1, int(shape_yx[0]), int(shape_yx[1])), (1.0, float(pixel_um), float(pixel_um)))
-    return ForwardModel.build(optics, geometry, source_depth_um=depth_um, dtype=dtype)
+    return ForwardModel.build(optics, geometry, source_depth_um=depth_um, dtype=dtype, pad_yx=pad_yx)
 
 
-def calibrate_bead_stack(
-    stack: np.ndarray,
-    optics: Optics,
-    pixel_um: float,
-    z_step_um: float,
-    *,
-    noll: Sequence[int] = DEFAULT_NOLL,
-    apodisation_terms: int = DEFAULT_APODISATION_TERMS,
-    iterations: int = 150,
-    start: PupilParameters | None = None,
-    z_direction: int | None = None,
-) -> StackCalibration:
-    """Fit the detection pupil to a z-stack ``[Z, Y, X]`` of one bead (raw counts; the
-    camera offset is part of the fitted background).
+@dataclass(frozen=True)
+class StackViews:
+    """A bead z-stack prepared for :func:`calibrate_pupil` (:func:`bead_stack_views`).
 
-    Each plane is a view of the same bead (:func:`calibrate_pupil`): the plane of
-    best focus (brightest pixel) starts at defocus 0 and the others at ± their stage
-    steps. ``z_direction`` +1: later planes have the bead farther below the focal plane
-    (farther from the objective), −1 the other way; None (unknown) fits both and keeps
-    the better. In the scalar model a pupil ``P(k)`` at defocus ``z`` and the pupil
-    ``P*(−k)`` at ``−z`` give the same intensity, so the direction cannot be told from
-    the images when the aberrations are even (defocus-like, astigmatism, spherical):
-    their sign follows the direction chosen (``StackCalibration.ambiguous``).
-    Hot, dead and saturated pixels are left out (:func:`defective_pixels`).
+    Attributes:
+        model: the plane renderer (:func:`stack_model`); band: renderers and weights over the
+            emission band, or None (coherent at the centre wavelength).
+        frames: ``[Z, Y, X]`` counts; valid: ``[Z, Y, X]`` bool, False at defective pixels.
+        defocus_um: ``[Z]`` each plane's stage step from the brightest plane (µm).
+        centre_um_xy: the bead's lateral start (the brightest plane's centroid, µm).
+        noise: the stack's pixel noise (:func:`camera_noise`), None when its pixels sample the
+            band too coarsely to leave frequencies beyond it.
+    """
+
+    model: ForwardModel
+    band: list[tuple[ForwardModel, float]] | None
+    frames: np.ndarray
+    valid: np.ndarray
+    defocus_um: np.ndarray
+    centre_um_xy: tuple[float, float]
+    noise: CameraNoise | None
+
+    def sources(self, z_direction: int) -> np.ndarray:
+        """Starting bead positions ``[Z, 3]`` (µm) for the planes stepping in ``z_direction``
+        (see :func:`calibrate_bead_stack`): the brightest plane at defocus 0."""
+        n = len(self.defocus_um)
+        focal = self.model.geometry.focal_z_um
+        x0, y0 = self.centre_um_xy
+        return np.stack([np.full(n, x0), np.full(n, y0), focal - int(np.sign(z_direction)) * self.defocus_um], axis=1)
+
+
+def bead_stack_views(
+    stack: np.ndarray, optics: Optics, pixel_um: float, z_step_um: float, *, pad_yx: tuple[int, int] | None = None,
+) -> StackViews:
+    """Prepare a z-stack ``[Z, Y, X]`` of one bead (raw counts) for a pupil fit: defective
+    pixels (:func:`defective_pixels`), the brightest plane (defocus 0) and the bead's
+    centroid in it, the renderers (emission band when ``optics.emission_fwhm_um`` > 0, at
+    :data:`EMISSION_SAMPLES` wavelengths, :func:`.simulate.emission_wavelengths`) and the
+    pixel noise (:func:`camera_noise`, beyond the band of the shortest wavelength).
 
     Raises:
         ValueError: for a stack that is not 3D or a non-positive step or pixel size.
@@ -654,17 +929,178 @@ def calibrate_bead_stack(
     x0 = float((plane.sum(0) * xs).sum() / plane.sum()) if plane.sum() > 0 else 0.0
     steps = (np.arange(n) - best) * z_step_um
     reach = float(np.abs(steps).max()) + 1.0
-    model = stack_model(optics, (ny, nx), pixel_um, reach)
-    focal = model.geometry.focal_z_um
-    results = []
+    model = stack_model(optics, (ny, nx), pixel_um, reach, pad_yx=pad_yx)
+    band = None
+    if optics.emission_fwhm_um > 0:
+        wavelengths, weights = emission_wavelengths(optics, EMISSION_SAMPLES)
+        band = [
+            (ForwardModel.build(optics.with_wavelength(float(w)), model.geometry, pad_yx=model.pad_yx, dtype=model.real_dtype),
+             float(a))
+            for w, a in zip(wavelengths, weights)
+        ]
+    try:
+        noise: CameraNoise | None = camera_noise(data, optics.wavelength_um - optics.emission_fwhm_um, optics.na, pixel_um, valid=valid)
+    except ValueError:  # pixels too coarse to leave frequencies beyond the band, frames too small
+        noise = None
+    return StackViews(model, band, data, valid, steps, (x0, y0), noise)
+
+
+def calibrate_bead_stack(
+    stack: np.ndarray,
+    optics: Optics,
+    pixel_um: float,
+    z_step_um: float,
+    *,
+    noll: Sequence[int] = DEFAULT_NOLL,
+    apodisation_terms: int = DEFAULT_APODISATION_TERMS,
+    iterations: int = 150,
+    start: PupilParameters | None = None,
+    z_direction: int | None = None,
+    bead_diameter_um: float = 0.0,
+    pixel_integration: bool = False,
+    free_form: int = 0,
+    progress: CalibrationCallback | None = None,
+) -> StackCalibration:
+    """Fit the detection pupil to a z-stack ``[Z, Y, X]`` of one bead (raw counts; the
+    camera offset is part of the fitted background).
+
+    Each plane is a view of the same bead (:func:`calibrate_pupil`): the plane of
+    best focus (brightest pixel) starts at defocus 0 and the others at ± their stage
+    steps (:func:`bead_stack_views`). ``z_direction`` +1: later planes have the bead farther below the focal plane
+    (farther from the objective), −1 the other way; None (unknown) fits both and keeps
+    the better. In the scalar model a pupil ``P(k)`` at defocus ``z`` and the pupil
+    ``P*(−k)`` at ``−z`` give the same intensity, so the direction cannot be told from
+    the images when the aberrations are even (defocus-like, astigmatism, spherical):
+    their sign follows the direction chosen (``StackCalibration.ambiguous``).
+    Hot, dead and saturated pixels are left out (:func:`defective_pixels`).
+    ``optics.emission_fwhm_um`` > 0 renders the emission band; ``bead_diameter_um``,
+    ``pixel_integration`` and ``free_form`` as in :func:`calibrate_pupil` (the hard-aperture
+    residual keeps the coherent point source at the centre wavelength).
+    ``progress``: as for :func:`calibrate_pupil`, its stages numbered over the whole
+    calibration (per direction: the hard aperture's fit, then the pupil's).
+
+    Raises:
+        ValueError: for a stack that is not 3D or a non-positive step or pixel size.
+        CalibrationCancelled: ``progress`` returned False (:mod:`.progress`).
+    """
+    views = bead_stack_views(stack, optics, pixel_um, z_step_um)
+    results: list[StackCalibration] = []
+    fits = 4 if z_direction is None else 2  # per direction: the hard aperture's, the pupil's
     for direction in (1, -1) if z_direction is None else (int(np.sign(z_direction)),):
-        sources = np.stack([np.full(n, x0), np.full(n, y0), focal - direction * steps], axis=1)
-        hard = calibrate_pupil(model, data, sources, valid=valid, noll=(), apodisation_terms=0, axial="view", iterations=iterations)
-        cal = calibrate_pupil(
-            model, data, sources, valid=valid, noll=noll, apodisation_terms=apodisation_terms, axial="view",
-            iterations=iterations, start=start,
+        sources = views.sources(direction)
+        hard = calibrate_pupil(
+            views.model, views.frames, sources, valid=views.valid, noll=(), apodisation_terms=0, axial="view",
+            iterations=iterations, progress=substages(progress, f"z {direction:+d}, hard aperture", 2 * len(results), fits),
         )
-        results.append(StackCalibration(cal, direction, hard.residual, cal.residual))
+        cal = calibrate_pupil(
+            views.model, views.frames, sources, valid=views.valid, noll=noll, apodisation_terms=apodisation_terms,
+            axial="view", iterations=iterations, start=start, band=views.band, bead_diameter_um=bead_diameter_um,
+            pixel_integration=pixel_integration, free_form=free_form,
+            progress=substages(progress, f"z {direction:+d}, pupil", 2 * len(results) + 1, fits),
+        )
+        results.append(StackCalibration(cal, direction, hard.residual, cal.residual, noise=views.noise))
     best_fit = min(results, key=lambda r: r.residual)
     ambiguous = len(results) == 2 and abs(results[0].residual - results[1].residual) < 0.01 * best_fit.residual
     return replace(best_fit, ambiguous=ambiguous)
+
+
+# -- camera noise ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CameraNoise:
+    """Pixel noise of a stack of frames, estimated without an optical model (:func:`camera_noise`).
+
+    Attributes:
+        read_variance: variance (counts²) at zero signal above the frame's background: read
+            noise, the background's shot noise and the fixed-pattern offsets.
+        gain: counts per photo-electron (the slope of variance against signal).
+        plane_variance: ``[Z]`` mean pixel noise variance of each frame (counts²).
+        residual_floor: the relative residual ``‖noise‖ / ‖measured − background‖`` that the
+            true image would leave over the valid pixels: no model can expect less.
+    """
+
+    read_variance: float
+    gain: float
+    plane_variance: np.ndarray
+    residual_floor: float
+
+    def expected_residual(self, frames: np.ndarray, valid: np.ndarray | None = None) -> float:
+        """The residual floor of other frames of the same camera (e.g. a crop of these):
+        ``√(Σ (σ₀² + G·(x − median)) / Σ (x − median)²)`` over the valid pixels, the
+        median taken per frame; ``x − median`` is an unbiased estimate of the signal."""
+        data = np.asarray(frames, dtype=np.float64)
+        data = data[None] if data.ndim == 2 else data
+        ok = np.ones(data.shape, bool) if valid is None else np.broadcast_to(np.asarray(valid, bool), data.shape)
+        background = np.array([np.median(p[o]) if o.any() else np.median(p) for p, o in zip(data, ok)])
+        signal = (data - background[:, None, None])[ok]
+        noise = self.read_variance * signal.size + self.gain * signal.sum()
+        return math.sqrt(max(noise, 0.0) / max(float((signal**2).sum()), 1e-30))
+
+
+def camera_noise(
+    frames: np.ndarray, wavelength_um: float, na: float, pixel_um: float, *, valid: np.ndarray | None = None,
+    margin: float = 1.1,
+) -> CameraNoise:
+    """Pixel noise of frames ``[Z, Y, X]`` (counts) from their spectrum beyond the optics' band.
+
+    The intensity image of any incoherent object through an objective of ``na`` is band
+    limited to spatial frequencies ``|f| ≤ 2·NA/λ`` (the incoherent cut-off, whatever the
+    aberrations; Goodman, *Introduction to Fourier Optics*, §6.3), while pixel noise —
+    independent from pixel to pixel — is white. The power beyond ``margin × 2·NA/λ`` is
+    therefore noise alone and, by Parseval, its mean is each frame's mean pixel variance.
+    The high-passed frames ``h ⊛ x`` have ``E[(h ⊛ x)²] = h² ⊛ var``; the photon-transfer
+    model ``var = σ₀² + G·s`` (Poisson with gain ``G`` counts/e⁻ plus read noise, ``s`` the
+    signal above the frame's median) is fitted by weighted least squares to the sums of
+    ``(h ⊛ x)²`` over tiles of :data:`NOISE_TILE` pixels, against the tiles' sums of
+    ``h² ⊛ (x − median)`` — linear in the counts, hence unbiased for ``h² ⊛ s``. The floor
+    ``√(Σ (σ₀² + G·(x − median)) / Σ (x − median)²)`` over the valid pixels is the residual
+    expected of the true image (``x − median`` is an unbiased estimate of ``s``;
+    :meth:`CameraNoise.expected_residual`). Frames should span several tiles and their edges
+    be dark (the FFT wraps them round).
+
+    Args:
+        frames: ``[Z, Y, X]`` raw counts (offset included) or ``[Y, X]``.
+        wavelength_um: the shortest wavelength of the emission (µm).
+        valid: ``[Z, Y, X]`` bool, False at defective pixels (left out of the fit and the floor).
+
+    Raises:
+        ValueError: when the sampling is too coarse to leave any frequency beyond the band.
+    """
+    data = np.asarray(frames, dtype=np.float64)
+    data = data[None] if data.ndim == 2 else data
+    ok = np.ones(data.shape, bool) if valid is None else np.broadcast_to(np.asarray(valid, bool), data.shape)
+    _, ny, nx = data.shape
+    f = np.hypot(np.fft.fftfreq(ny, pixel_um)[:, None], np.fft.fftfreq(nx, pixel_um)[None, :])
+    cut = 2.0 * na / wavelength_um
+    beyond = f > margin * cut
+    if beyond.mean() < 0.05:
+        raise ValueError(
+            f"Pixels of {pixel_um} µm sample the band 2·NA/λ = {cut:.2f} /µm too coarsely to estimate the noise beyond it."
+        )
+    background = np.array([np.median(p[o]) if o.any() else np.median(p) for p, o in zip(data, ok)])
+    signal = data - background[:, None, None]
+    # Defective pixels carry no image: the frame's background in the spectrum, left out below.
+    spectrum = np.fft.fft2(np.where(ok, signal, 0.0))
+    plane_variance = (np.abs(spectrum) ** 2 * beyond).sum(axis=(1, 2)) / (ny * nx * beyond.sum())
+    high = np.fft.ifft2(spectrum * beyond).real
+    h2 = np.fft.ifft2(beyond.astype(np.float64)).real ** 2
+    local = np.fft.ifft2(np.fft.fft2(np.where(ok, signal, 0.0)) * np.fft.fft2(h2)).real
+    # Sums over tiles: linear in the counts, so the signal term is unbiased (no errors in variables).
+    t = NOISE_TILE
+    ty, tx = ny // t, nx // t
+    if ty == 0 or tx == 0:
+        raise ValueError(f"Frames of {ny}×{nx} pixels are smaller than a {t}×{t} tile of the noise estimate.")
+
+    def tiles(values: np.ndarray) -> np.ndarray:
+        return values[:, : ty * t, : tx * t].reshape(len(values), ty, t, tx, t).sum(axis=(2, 4)).ravel()
+
+    observed = tiles(np.where(ok, high, 0.0) ** 2)
+    design = np.stack([tiles(np.where(ok, beyond.mean(), 0.0)), tiles(np.where(ok, local, 0.0))], axis=1)
+    coefficients = np.linalg.lstsq(design, observed, rcond=None)[0]
+    for _ in range(3):  # weighted least squares: the variance of a sum of squares grows as its mean squared
+        w = 1.0 / np.clip(design @ coefficients, 0.1 * observed.mean(), None)
+        coefficients = np.linalg.lstsq(design * w[:, None], observed * w, rcond=None)[0]
+    read_variance, gain = coefficients
+    estimate = CameraNoise(float(read_variance), float(gain), plane_variance, 0.0)
+    return replace(estimate, residual_floor=estimate.expected_residual(data, ok))

@@ -48,6 +48,7 @@ from .loop import (
 from .losses import gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render, with_source_edge
+from .progress import CalibrationProgress
 from .pupil import FIRST_NOLL, PupilParameters
 from .representations import Representation, representation_for
 from .simulate import emission_wavelengths
@@ -58,9 +59,23 @@ SATURATION_LIMIT = 0.05
 #: Wavelengths sampling the emission band for the coherence weights.
 COHERENCE_SAMPLES = 3
 
+#: ``callback(done, total, loss)`` of an update: the volume fit's iteration, its planned
+#: iterations and the image loss; while a pupil calibration runs (:meth:`Reconstructor.calibrate`,
+#: a cold start's calibration) the calibration's evaluations, their budget and its loss
+#: (:class:`.progress.CalibrationProgress`). An exception it raises ends the update (cancel).
 ProgressCallback = Callable[[int, int, float], None]
 
 log = logging.getLogger(__name__)
+
+
+def _calibration_progress(callback: ProgressCallback) -> Callable[[CalibrationProgress], None]:
+    """A calibration's progress as ``callback(evaluations, budget, loss)`` over all its stages."""
+
+    def progress(state: CalibrationProgress) -> None:
+        budget = state.max_evaluations
+        callback(state.stage_index * budget + state.evaluation, state.stages * budget, state.loss)
+
+    return progress
 
 
 def fit_loss(
@@ -76,15 +91,19 @@ def fit_loss(
     window: torch.Tensor,
     tv_weight: float,
     pupil: torch.Tensor | None = None,
+    sparsity_weight: float = 0.0,
 ) -> torch.Tensor:
     """The objective of one iteration: image loss of the rendered views (through ``pupil``,
     complex ``[Yp, Xp]``, None = hard aperture) against the normalised measurement
-    (``target = measured / scale``) plus τ·TV(Δn)/0.01."""
+    (``target = measured / scale``) plus τ·TV(Δn)/0.01 plus σ·mean|Δn|/0.01 (an ℓ1
+    sparsity prior, ``sparsity_weight`` σ: most of a thick volume is the medium)."""
     dn = representation()
     predicted = render(model, dn, sources, brightness, background, pupil) / scale[:, None, None]
     loss = image_loss(predicted, target, mask, data_range=data_range, window=window)
     if tv_weight:
         loss = loss + tv_weight * total_variation(dn) / 0.01
+    if sparsity_weight:
+        loss = loss + sparsity_weight * dn.abs().mean() / 0.01
     return loss
 
 
@@ -100,6 +119,10 @@ class ReconConfig:
             (wall-clock seconds; the iteration count follows from the measured rate).
         lr: learning rate of the representation (feature grid / planes; scaled for explicit).
         tv_weight: τ, weight of the total variation of Δn.
+        sparsity_weight: σ, weight of the mean |Δn| (ℓ1 sparsity; 0, off, by default). It keeps
+            Δn out of the medium around a specimen that fills a small part of the volume
+            (a thick volume's missing cone spreads it there); BENCHMARKS.md measures it with
+            ``lr`` 0.01 ("Sparsity prior").
         nonnegative: impose Δn ≥ 0.
         coherence_mask: weight the image loss by the coherence mask.
         self_calibration: optimise source positions, brightness and background.
@@ -142,6 +165,7 @@ class ReconConfig:
     warm_budget: WarmBudget = IterationBudget()
     lr: float = 0.04
     tv_weight: float = 4e-3
+    sparsity_weight: float = 0.0
     nonnegative: bool = True
     coherence_mask: bool = True
     self_calibration: bool = True
@@ -466,9 +490,11 @@ class Reconstructor:
         """
         return self._with_memory_fallback(lambda: self._cold_start(frames, callback))
 
-    def calibrate(self, frames: np.ndarray) -> PupilCalibration:
+    def calibrate(self, frames: np.ndarray, callback: ProgressCallback | None = None) -> PupilCalibration:
         """Calibrate the pupil and the sources on one timepoint's frames without fitting a
         volume (``nvplive calibrate REC.fdt``); later cold starts begin from this pupil.
+        ``callback`` sees the calibration's evaluations (:data:`ProgressCallback`); an
+        exception it raises ends the calibration and leaves the pupil as it was.
 
         Raises:
             ReconstructionError: for frames that cannot be used (see :meth:`cold_start`).
@@ -476,17 +502,19 @@ class Reconstructor:
         measured, _ = self._measured(frames)
         y, x = self.geometry.camera_coordinates_um()
         valid = None if self._valid is None else self._valid.cpu().numpy() > 0
-        return self._calibrate_pupil(measured, initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid))
+        start = initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid)
+        return self._calibrate_pupil(measured, start, callback)
 
-    def _calibrate_pupil(self, measured: torch.Tensor, start: np.ndarray) -> PupilCalibration:
+    def _calibrate_pupil(self, measured: torch.Tensor, start: np.ndarray, callback: ProgressCallback | None) -> PupilCalibration:
         """:func:`.calibration.calibrate_pupil` from ``start`` positions and the current pupil."""
         # float64: the line search of the calibration needs the precision; the emission
         # band's renderers, so that the pupil does not take up what partial coherence washes out
         valid = None if self._valid is None else self._valid > 0
         band = [(_in_float64(m), w) for m, w in self._spectral()] if self.optics.emission_fwhm_um > 0 else None
+        progress = None if callback is None else _calibration_progress(callback)
         self.calibration = calibrate_pupil(
             _in_float64(self.model), measured, start, valid=valid, start=self.pupil, band=band,
-            source_edge=self.config.source_calibration,
+            progress=progress, source_edge=self.config.source_calibration,
         )
         self.pupil = self.calibration.pupil
         return self.calibration
@@ -499,7 +527,7 @@ class Reconstructor:
             valid = None if self._valid is None else self._valid.cpu().numpy() > 0
             start = initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid)
             if cfg.pupil_calibration:
-                calibration = self._calibrate_pupil(measured, start)
+                calibration = self._calibrate_pupil(measured, start, callback)
                 base_sources = torch.as_tensor(calibration.sources_um_xyz, dtype=torch.float32, device=self.device)
                 b0 = torch.as_tensor(calibration.brightness, dtype=torch.float32, device=self.device)
                 c0 = torch.as_tensor(calibration.background, dtype=torch.float32, device=self.device)
@@ -754,7 +782,8 @@ class Reconstructor:
             if refined is not None:
                 refined.zero_grad()
                 pupil = refined.on(self.model)
-            inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil)
+            inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil,
+                      cfg.sparsity_weight)
             loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)
             opt.step()
             rep.project()

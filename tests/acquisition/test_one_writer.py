@@ -21,6 +21,7 @@ import pytest
 import tifffile
 from test_recording import OME, VIEWS, frames_of, make_meta, stamps_of, volume_of, write_recording
 
+from nvplive.acquisition.pupil_file import PUPIL_FILE, read_pupil, read_pupil_file, write_pupil
 from nvplive.acquisition.recording import (
     FRAMES_NAME,
     JOURNAL_NAME,
@@ -33,8 +34,10 @@ from nvplive.acquisition.recording import (
     recover_recording,
 )
 from nvplive.acquisition.recording_lock import LOCK_NAME, RecordingLock, lock_holder
+from nvplive.acquisition.recording_writer import store_pupil
 from nvplive.cli import main
 from nvplive.errors import RecordingError, RecordingLockedError
+from nvplive.recon.pupil import PupilParameters
 
 HERE = str(Path(__file__).parent)
 
@@ -256,6 +259,37 @@ def test_commit_interrupted_after_its_commit_point_rolls_forward(tmp_path, monke
     with open_recording(path) as rec:
         assert rec.volume_timepoints == (3,) and not rec.interrupted
         np.testing.assert_array_equal(rec.volume(3), volume_of(3, meta, salt=42))
+
+
+def test_the_recordings_pupil_is_written_only_by_its_writer(tmp_path):
+    """pupil.json is written through the writer holding the recording's lock: write_pupil refuses
+    a recording folder, store_pupil (no writer open) waits for nobody and is refused while a
+    writer holds the lock, a closed writer refuses; each write is whole (atomic, no temporary left)."""
+    path = tmp_path / "pupil.fdt"
+    meta = make_meta()
+    pupil = PupilParameters((0.0, 0.0, 0.0, 0.2, -0.1), (-0.1,))
+    writer = RecordingWriter(path, meta)
+    with pytest.raises(RecordingError, match="inside a recording"):
+        write_pupil(path, pupil, meta.optics, calibrated_from="test", method="frames")
+    with pytest.raises(RecordingLockedError, match="being written by process"):
+        store_pupil(path, pupil, meta.optics, calibrated_from="test", method="frames")
+    assert not (path / PUPIL_FILE).exists()
+    written = writer.write_pupil(pupil, meta.optics, calibrated_from="bead z-stack", method="bead-z-stack",
+                                 fitted_noll=(5, 6), residual=0.1, residual_before=0.3)
+    assert written == path / PUPIL_FILE and read_pupil(path) == pupil
+    assert read_pupil_file(path).residual_before == 0.3
+    writer.write_timepoint(0, frames_of(0, meta), stamps_of(0, meta))
+    writer.close()
+    with pytest.raises(RecordingError, match="closed"):
+        writer.write_pupil(pupil, meta.optics, calibrated_from="test", method="frames")
+    later = PupilParameters((0.0, 0.0, 0.0, 0.3))
+    assert store_pupil(path, later, meta.optics, calibrated_from="frames", method="frames") == path / PUPIL_FILE
+    assert read_pupil(path) == later and lock_holder(path) is None
+    assert not [p.name for p in path.iterdir() if "tmp" in p.name]
+    with pytest.raises(RecordingError, match="not a recording folder"):
+        store_pupil(tmp_path, later, meta.optics, calibrated_from="frames", method="frames")
+    with Recording.open(path) as rec:
+        assert rec.n_timepoints == 1
 
 
 def test_lock_rules_in_one_process(tmp_path):

@@ -21,11 +21,13 @@ def test_a_pupil_file_round_trips(tmp_path: Path):
     assert read_pupil(written) == PUPIL
     doc = read_pupil_file(written)
     assert doc.residual == 0.1 and doc.fitted_noll == list(range(5, 12)) and doc.optics.na == Optics().na
-    folder = tmp_path / "rec.fdt"
+    folder = tmp_path / "pupils"
     folder.mkdir()
-    assert recording_pupil(folder) is None  # an older recording has none
     assert write_pupil(folder, PUPIL, Optics(), calibrated_from="test", method="frames") == folder / PUPIL_FILE
-    assert recording_pupil(folder) == PUPIL
+    assert read_pupil(folder) == PUPIL
+    recording = tmp_path / "rec.fdt"
+    recording.mkdir()
+    assert recording_pupil(recording) is None  # an older recording has none
 
 
 @pytest.mark.parametrize(

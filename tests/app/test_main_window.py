@@ -21,14 +21,15 @@ import torch
 from PIL import Image, ImageSequence
 from PySide6 import QtCore
 
-from nvplive.acquisition.bead_stack import BeadStackPlan
+from nvplive.acquisition.bead_stack import FIT_STEPS, BeadStackPlan
 from nvplive.acquisition.live import DemoOptions
 from nvplive.acquisition.microscope import demo_camera
 from nvplive.acquisition.offline import simulate_recording
-from nvplive.acquisition.pupil_file import read_pupil
+from nvplive.acquisition.pupil_file import read_pupil, read_pupil_file, write_pupil
 from nvplive.acquisition.recording import open_recording
 from nvplive.app.main_window import MainWindow
 from nvplive.recon.loop import IterationBudget, LatencyBudget
+from nvplive.recon.optics import Optics
 from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import Instrument, PartialCoherence
@@ -429,7 +430,79 @@ def test_settings_persist(make_window, settings_file, qtbot):
     assert config.method == "triplane" and config.warm_budget.target_latency_s == pytest.approx(0.7)
 
 
-def test_calibrate_pupil_acquires_a_bead_stack_and_the_pupil_dock_shows_it(make_window, qtbot, tmp_path, stats, to_array):
+def test_a_loaded_pupil_is_kept_for_the_next_session_until_cleared(make_window, qtbot, tmp_path, settings_file):
+    """Issue 13: the pupil calibrated or loaded in the app outlives the window: kept per
+    instrument beside the settings, restored (and rendered through) by the next window, with
+    where it came from and when it was calibrated in the Pupil dock; Clear forgets it."""
+    truth = PupilParameters((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3), (-0.1,))
+    optics = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8)
+    source = write_pupil(tmp_path / "scope.json", truth, optics, calibrated_from="bead z-stack of scope A",
+                         method="bead-z-stack", residual=0.05, residual_before=0.2)
+    created = read_pupil_file(source).created
+    window = make_window(timepoints=2, interval_s=0.0)
+    assert window.model.pupil.calibrated is None and not window.pupil_view.clear_button.isVisible()
+    loaded = window.load_pupil(source)
+    assert loaded is not None and window.model.pupil.calibrated == loaded and loaded.pupil == truth
+    kept = settings_file.parent / "pupils" / "demo.json"
+    assert read_pupil_file(kept).created == created  # when it was calibrated, not when it was kept
+    summary = window.pupil_view.summary.text()
+    assert "bead z-stack of scope A" in summary and f"Loaded from {source}" in summary and "kept for the simulated microscope" in summary
+    assert created.replace("T", " ").replace("+00:00", " UTC") in summary
+    window.save_settings()
+    window.close()
+
+    again = make_window(timepoints=2, interval_s=0.0)
+    assert again.model.pupil.calibrated == loaded  # pupil, optics, provenance and date
+    assert f"Restored from an earlier session ({kept})" in again.pupil_view.summary.text()
+    np.testing.assert_array_equal(again.pupil_view.bar_values, truth.zernike_rad)
+    again.prepare_microscope()
+    qtbot.waitUntil(lambda: not again.loading and again.reconstructor is not None, timeout=30_000)
+    assert again.reconstructor.pupil == truth  # in use by the live reconstruction
+    again.acquisition_panel.source_combo.setCurrentIndex(again.acquisition_panel.source_combo.findData("hardware"))
+    assert again.model.acquisition.source == "hardware" and again.model.pupil.calibrated is None  # another instrument
+    again.acquisition_panel.source_combo.setCurrentIndex(again.acquisition_panel.source_combo.findData("demo"))
+    assert again.model.pupil.calibrated == loaded
+    qtbot.mouseClick(again.pupil_view.clear_button, QtCore.Qt.MouseButton.LeftButton)
+    assert again.model.pupil.calibrated is None and not kept.exists()
+    assert "No calibrated pupil" in again.pupil_view.summary.text() and not again.pupil_view.clear_button.isVisible()
+    again.close()
+
+    third = make_window(timepoints=2, interval_s=0.0)
+    assert third.model.pupil.calibrated is None and again.errors == [] and third.errors == []
+
+
+def test_cancel_in_the_pupil_dock_stops_a_running_pupil_fit(make_window, qtbot):
+    """Cancel while the pupil is being fitted ends the fit at its next model evaluation (it
+    used to run to its end): the worker thread ends with the fit's progress far from done,
+    at most the evaluation in flight reported after the click, and the pupil is unchanged."""
+    window = make_window(timepoints=2, interval_s=0.0, recon_config=replace(TINY_CONFIG, pupil_calibration=False))
+    window.prepare_microscope()
+    qtbot.waitUntil(lambda: not window.loading and window.microscope is not None, timeout=30_000)
+    window.bead_stack_plan = BeadStackPlan(half_range_um=1.5, step_um=0.5, z_direction=1)
+    window.pupil_iterations = 150  # a full fit: minutes on one core
+    reports: list[tuple[int, int, str]] = []
+    task = window.calibrate_pupil()
+    assert task is not None
+    task.events.progress.connect(lambda done, total, message: reports.append((done, total, message)))
+    # the fit's reports have total FIT_STEPS (the z-stack's, its planes)
+    qtbot.waitUntil(lambda: sum(r[1] == FIT_STEPS for r in reports) >= 3 or window.pupil_task is None, timeout=120_000)
+    assert window.pupil_task is task, window.errors
+    view = window.pupil_view
+    assert view.cancel_button.isVisible() and "fitting the pupil: z +1, hard aperture: positions" in view.progress.format()
+    qtbot.mouseClick(view.cancel_button, QtCore.Qt.MouseButton.LeftButton)
+    at_click = len(reports)
+    qtbot.waitUntil(lambda: window.pupil_task is None, timeout=60_000)
+    task.join(5)
+    assert not task.running
+    fitting = [r for r in reports if r[1] == FIT_STEPS]
+    assert len(reports) - at_click <= 1  # the evaluation in flight, then none
+    assert fitting[-1][0] < FIT_STEPS / 4  # still in the first of the four stages
+    assert window.model.pupil.calibrated is None and window.errors == []
+    assert not view.cancel_button.isVisible() and window.actions_by_key["calibrate_pupil"].isEnabled()
+
+
+def test_calibrate_pupil_acquires_a_bead_stack_and_the_pupil_dock_shows_it(make_window, qtbot, tmp_path, settings_file, stats,
+                                                                          to_array):
     """Issue 13: "Calibrate pupil" takes a bead z-stack through the MDA of the simulated
     microscope (an aberrated objective), fits it in a worker, and the Pupil dock shows the
     model's pupil; the live reconstruction and the next recording use it."""
@@ -469,6 +542,9 @@ def test_calibrate_pupil_acquires_a_bead_stack_and_the_pupil_dock_shows_it(make_
 
     saved = window.save_pupil(tmp_path / "pupil.json")
     assert saved is not None and read_pupil(saved) == calibrated.pupil
+    kept = read_pupil_file(settings_file.parent / "pupils" / "demo.json")  # for the next session
+    assert kept.created == calibrated.created and kept.calibrated_from == calibrated.calibrated_from
+    assert "Calibrated in this session; kept for the simulated microscope" in view.summary.text()
 
     window.start_acquisition(record=False)  # the live reconstruction renders through it, cold
     _wait_closed(qtbot, window)

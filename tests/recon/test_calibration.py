@@ -9,6 +9,7 @@ import torch
 from nvplive.errors import ReconstructionError
 from nvplive.recon.calibration import (
     DEFAULT_NOLL,
+    calibrate_bead_stack,
     calibrate_pupil,
     defective_pixels,
     initial_sources,
@@ -27,6 +28,7 @@ from nvplive.recon.physics import (
     render,
     with_source_edge,
 )
+from nvplive.recon.progress import CalibrationCancelled, CalibrationProgress
 from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, camera_noise, default_sources
@@ -198,7 +200,14 @@ def test_reconstructor_calibrates_the_pupil_and_keeps_it_for_later_timepoints():
     truth = aberrated_pupil()
     frames = aberrated_frames(model, true, truth, dn=dn, seed=5)
     rec = Reconstructor(SMALL_OPTICS, SMALL_GEOMETRY, true, config=ReconConfig(iterations=3, warm_budget=IterationBudget(2)), device="cpu")
-    first = rec.cold_start(frames)
+    reports: list[tuple[int, int]] = []
+    first = rec.cold_start(frames, callback=lambda done, total, _loss: reports.append((done, total)))
+    # the callback follows the calibration too: three stages (the last through the emission band)
+    # of 150 × 5/4 evaluations' budget each, then the volume's iterations
+    budget = 3 * (150 * 5 // 4)
+    calibrating = [done for done, total in reports if total == budget]
+    assert calibrating and calibrating == sorted(calibrating) and calibrating[-1] > 2 * budget // 3
+    assert reports[-1][1] == 3 and reports.index((calibrating[-1], budget)) < len(calibrating)
     fitted = [j - 2 for j in DEFAULT_NOLL]
     found = np.array(first.pupil.zernike_rad)[fitted]
     assert np.sqrt(np.mean((found - np.array(truth.zernike_rad)[fitted]) ** 2)) < 0.05
@@ -258,3 +267,40 @@ def test_the_reconstructor_renders_with_the_pupils_source_edge():
     rec.pupil = PupilParameters()
     assert torch.equal(rec.model.source_band, plain.model.source_band)
     assert all(torch.equal(m.source_band, p.source_band) for (m, _), (p, _) in zip(rec._spectral(), plain._spectral()))
+
+
+def test_a_bead_stack_calibration_reports_every_evaluation_and_stops_when_cancelled():
+    """The progress callback sees each L-BFGS evaluation of the four stages (hard aperture:
+    positions, all; pupil: positions, all), in order; returning False at evaluation N ends
+    the fit there (CalibrationCancelled), N evaluations in all instead of the full run's."""
+    from nvplive.recon.calibration import stack_model
+
+    optics = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8, emission_fwhm_um=0.0)
+    model = stack_model(optics, (24, 24), 0.1, 2.0)
+    truth = PupilParameters((0.0,) * 9 + (0.4,))
+    depths = model.geometry.focal_z_um - np.arange(-2, 3) * 0.4
+    sources = torch.tensor([[0.05, -0.03, z] for z in depths], dtype=torch.float64)
+    with torch.no_grad():
+        planes = camera_intensity(model, homogeneous_spectrum(model, sources), pupil=pupil_on_grid(model, truth)).numpy()
+    stack = np.random.default_rng(0).poisson(planes / planes.max() * 2000.0 + 100.0).astype(np.uint16)
+
+    reports: list[CalibrationProgress] = []
+    calibrate_bead_stack(stack, optics, 0.1, 0.4, iterations=6, z_direction=1, progress=reports.append)
+    assert [r.stage_index for r in reports] == sorted(r.stage_index for r in reports)
+    assert {r.stage_index for r in reports} == {0, 1, 2, 3} and {r.stages for r in reports} == {4}
+    assert reports[0].stage == "z +1, hard aperture: positions" and reports[-1].stage == "z +1, pupil: all parameters"
+    fractions = [r.fraction for r in reports]
+    assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] <= 1
+    assert all(np.isfinite(r.loss) and 1 <= r.evaluation <= r.max_evaluations for r in reports)
+
+    cancel_at = len(reports) // 2
+    seen: list[CalibrationProgress] = []
+
+    def cancel_after(report: CalibrationProgress) -> bool:
+        seen.append(report)
+        return len(seen) < cancel_at
+
+    with pytest.raises(CalibrationCancelled):
+        calibrate_bead_stack(stack, optics, 0.1, 0.4, iterations=6, z_direction=1, progress=cancel_after)
+    assert len(seen) == cancel_at < len(reports)
+    assert seen == reports[:cancel_at]  # the same fit up to the cancel (deterministic)

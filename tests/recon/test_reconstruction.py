@@ -334,3 +334,20 @@ def test_an_instrument_that_is_not_the_model_is_calibrated_and_beats_the_all_zer
     assert abs(found[11 - 2] - 0.5) < 0.1 and abs(found[6 - 2] - 0.3) < 0.1
     assert with_calibration > zero + 1.5, (with_calibration, without, zero)
     assert with_calibration > without + 1.0, (with_calibration, without, zero)
+
+
+def test_the_sparsity_prior_keeps_dn_out_of_the_medium_around_a_thin_specimen():
+    """A thin layer (2 of 8 slices) in a volume of medium: the ℓ1 prior (``sparsity_weight``)
+    leaves less Δn in the slices the specimen does not fill."""
+    dn = np.zeros(SMALL.shape_zyx, np.float32)
+    dn[3:5, 8:16, 8:16] = 0.03
+    sources = default_sources(SMALL, 4, seed=1)
+    frames = Simulator(OPTICS, SMALL, sources, photons=5000.0, coherence=COHERENT, camera=NOISELESS, seed=0).expected(dn)
+    medium = np.ones(SMALL.shape_zyx, bool)
+    medium[3:5] = False
+    outside = {}
+    for weight in (0.0, 0.05):
+        config = ReconConfig(iterations=40, lr=0.01, sparsity_weight=weight, pupil_calibration=False)
+        result = Reconstructor(OPTICS, SMALL, sources, config=config, device="cpu").cold_start(frames)
+        outside[weight] = float(np.abs(result.dn[medium]).mean())
+    assert outside[0.05] < 0.7 * outside[0.0], outside

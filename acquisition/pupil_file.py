@@ -121,7 +121,7 @@ def read_pupil_file(path: str | os.PathLike) -> PupilFile:
 def read_pupil(path: str | os.PathLike) -> PupilParameters:
     """The pupil stored at ``path`` (see :func:`read_pupil_file`)."""
     doc = read_pupil_file(path)
-    return PupilParameters(tuple(doc.zernike_rad), tuple(doc.apodisation), doc.sine_condition)
+    return PupilParameters(tuple(doc.zernike_rad), tuple(doc.apodisation), doc.sine_condition, tuple(doc.source_edge_na))
 
 
 def recording_pupil(recording: str | os.PathLike) -> PupilParameters | None:

@@ -235,6 +235,7 @@ class PupilFile(Section):
     first_noll_index: Literal[2] = 2
     apodisation: list[float] = []
     sine_condition: bool = False
+    source_edge_na: list[float] = []
     optics: OpticsSection
     calibrated_from: str
     method: Literal["frames", "bead-z-stack"]

@@ -138,6 +138,7 @@ def _reconstruct(task: dict) -> dict:
         true_pupil = _instrument(INSTRUMENTS[task["instrument"]], optics).pupil
         row["pupil_error_rad"] = round(pupil_error_rad(rec.calibration.pupil, true_pupil, rec.calibration.noll), 4)
         row["pupil_residual"] = round(float(rec.calibration.residual), 4)
+        row["source_edge_na"] = [round(v, 4) for v in rec.calibration.pupil.source_edge_na]
     return row
 
 

@@ -28,7 +28,15 @@ from torch.nn import functional as F
 from nvplive.errors import ReconstructionError
 
 from .optics import Optics, VolumeGeometry
-from .physics import ForwardModel, camera_intensity, frequency_grid, homogeneous_spectrum, pupil_on_grid
+from .physics import (
+    SOURCE_EDGE_WIDTH,
+    ForwardModel,
+    camera_intensity,
+    frequency_grid,
+    homogeneous_spectrum,
+    pupil_on_grid,
+    with_source_edge,
+)
 from .progress import CalibrationCallback, CalibrationProgress, report, substages
 from .pupil import FIRST_NOLL, PupilParameters, zernike
 from .simulate import emission_wavelengths
@@ -341,6 +349,11 @@ NOISE_TILE = 8
 EMISSION_SAMPLES = 3
 #: Weight of a free-form pupil's smoothness penalty, relative to the images' mean square.
 FREE_FORM_SMOOTHNESS = 1e-3
+#: Where a source-spectrum calibration tries the spectrum's cut, in units of the
+#: detection NA (each with the renderer's relative edge width ``SOURCE_EDGE_WIDTH``),
+#: before it fits the edge continuously: the default spectrum reaches beyond the pupil,
+#: where the homogeneous image has no gradient, so the fit needs a start inside it.
+SOURCE_EDGE_SCAN: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
 
 
 @dataclass(frozen=True)
@@ -516,7 +529,7 @@ def project_free_form(
         radial = torch.stack([torch.ones_like(rho_in)] + [rho_in ** (2 * k) for k in range(1, apodisation_terms + 1)], -1)
         fit = torch.linalg.lstsq(radial, amplitude[:, None]).solution[:, 0]
         apod = tuple(float(v) for v in fit[1:] / fit[0])
-    return PupilParameters(tuple(float(v) for v in keep), apod, pupil.sine_condition)
+    return PupilParameters(tuple(float(v) for v in keep), apod, pupil.sine_condition, pupil.source_edge_na)
 
 
 def calibrate_pupil(
@@ -538,6 +551,7 @@ def calibrate_pupil(
     free_form_smoothness: float = FREE_FORM_SMOOTHNESS,
     dipole: bool = False,
     inner_mode_na: float = 0.0,
+    source_edge: bool = False,
 ) -> PupilCalibration:
     """Fit the detection pupil, the source positions and each view's brightness/background
     to images of point sources through a homogeneous medium.
@@ -555,6 +569,16 @@ def calibrate_pupil(
 
     Degeneracies: piston, tip/tilt and defocus are not fitted (see :data:`DEFAULT_NOLL`);
     the lateral positions absorb tip/tilt and the axial positions defocus.
+
+    With ``source_edge`` the source's angular spectrum is calibrated too, as far as the
+    images identify it (docs/physics.md, "Source spectrum"): after the positions, the
+    spectrum cut at each of :data:`SOURCE_EDGE_SCAN` × NA is tried against the default;
+    if one fits better, its edge ``(NA_in, NA_cut)`` is fitted with everything else in
+    the second pass (``PupilParameters.source_edge_na``). A homogeneous image shows the
+    spectrum only inside the pupil: an edge that ends up entirely outside it
+    (``NA_in ≥ NA``) is not identified, and the second pass is run again without it from
+    where it started, so the result is the calibration of the default spectrum. Beyond the NA the fitted
+    raised cosine is an assumption (a monotone edge), not a measurement.
 
     Args:
         model: the renderer (float64 recommended for the line search).
@@ -591,6 +615,8 @@ def calibrate_pupil(
             (one for all views, ``PupilCalibration.inner_mode_share``): light that reaches
             the camera through a smaller aperture than the objective's (an empirical term; the
             pupil file does not store it).
+        source_edge: also calibrate the source spectrum's edge (see above); a ``start``
+            with ``source_edge_na`` is used as it is without it.
 
     Raises:
         ValueError: for an unknown ``axial`` mode, a Noll index below 2 or a free-form map smaller than 3.
@@ -641,6 +667,10 @@ def calibrate_pupil(
     use_map = False
     log_share = torch.tensor(math.log(0.1), device=device, dtype=dtype, requires_grad=inner_mode_na > 0)
     factors = {id(m): dipole_pupil_factors(m) for m, _ in [(model, 1.0), *spectral]} if dipole else {}
+    start_edge = start.source_edge_na if start is not None else ()
+    edge = torch.tensor(start_edge or (0.0, 0.0), device=device, dtype=dtype)
+    edge_active = bool(start_edge)
+    na_limit = min(m.geometry.max_field_na(m.optics) for m, _ in spectral)
 
     def sources() -> torch.Tensor:
         if axial == "view":
@@ -659,14 +689,18 @@ def calibrate_pupil(
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         coefficients = (zernike_full() if n_terms else None, apod if apod.numel() else None)
         src = sources()
+        keys = [id(m) for m, _ in renderers]  # the dipole factors are the original renderers'
+        if edge_active:
+            edge_now = torch.clamp(edge, 0.0, na_limit)
+            renderers = [(with_source_edge(m, edge_now), w) for m, w in renderers]
         images: list[torch.Tensor] = []
-        for m, w in renderers:
+        for (m, w), key in zip(renderers, keys):
             pupil = pupil_on_grid(m, coefficients, sine_condition=sine)
             if use_map:
                 pupil = pupil * free_form_on_grid(m, log_amplitude, map_phase)
             spectrum = homogeneous_spectrum(m, src)
             if dipole:
-                images.append(w * torch.stack([a * camera_intensity(m, spectrum, pupil=pupil * g) for g, a in factors[id(m)]]).sum(0))
+                images.append(w * torch.stack([a * camera_intensity(m, spectrum, pupil=pupil * g) for g, a in factors[key]]).sum(0))
             else:
                 images.append(w * camera_intensity(m, spectrum, pupil=pupil))
             if inner_mode_na > 0:
@@ -709,15 +743,44 @@ def calibrate_pupil(
     # cost); the last one starts near the band's optimum and converges in a few steps
     fit([lateral, depth], [(model, 1.0)], 0, "positions")
     with torch.no_grad():
-        _, predicted, _, c = evaluate()
+        loss, predicted, _, c = evaluate()
         residual_start = _relative_residual(predicted, target, c, weight)
-    stage = 1
-    if len(spectral) > 1:
-        fit([lateral, depth, free_z, apod, log_share], [(model, 1.0)], stage, "all parameters")
-        stage += 1
+        if source_edge and not edge_active:
+            best, chosen = float(loss), edge.clone()
+            edge_active = True
+            for fraction in SOURCE_EDGE_SCAN:
+                na_cut = min(fraction * model.optics.na, na_limit)
+                edge.copy_(torch.tensor(((1.0 - SOURCE_EDGE_WIDTH) * na_cut, na_cut), dtype=dtype))
+                tried = float(evaluate()[0])
+                if tried < best:
+                    best, chosen = tried, edge.clone()
+            edge_active = best < float(loss)
+            if edge_active:
+                edge.copy_(chosen)
     last = "all parameters, emission band" if len(spectral) > 1 else "all parameters"
-    fit([lateral, depth, free_z, apod, log_share], spectral, stage, last)
-    stage += 1
+
+    def fit_all(with_edge: bool) -> int:
+        """The passes of everything (centre wavelength, then the band); returns the next stage."""
+        edge.requires_grad_(with_edge)
+        stage = 1
+        if len(spectral) > 1:
+            fit([lateral, depth, free_z, apod, log_share, edge], [(model, 1.0)], stage, "all parameters")
+            stage += 1
+        fit([lateral, depth, free_z, apod, log_share, edge], spectral, stage, last)
+        return stage + 1
+
+    scanned = edge_active and not start_edge
+    before = [t.detach().clone() for t in (lateral, depth, free_z, apod, log_share)]
+    stage = fit_all(source_edge and edge_active)
+    # an edge wholly outside the pupil leaves the images unchanged: not identified
+    if scanned and float(torch.clamp(edge.detach(), 0.0, na_limit).min()) >= model.optics.na:
+        # the scan's edge left the pupil: fit again without it, so that the result is the
+        # calibration without a source edge, not one that took a detour through it
+        with torch.no_grad():
+            for t, v in zip((lateral, depth, free_z, apod, log_share), before):
+                t.copy_(v)
+        edge_active = False
+        stage = fit_all(False)
     maps, residual_free_form = None, None
     if free_form:
         use_map = True
@@ -743,7 +806,12 @@ def calibrate_pupil(
         _, predicted, b, c = evaluate()
         residual = _relative_residual(predicted, target, c, weight)
         zernike = zernike_full().cpu().numpy()
-        pupil = PupilParameters(tuple(float(v) for v in zernike), tuple(float(v) for v in apod.cpu().numpy()), sine)
+        na_in, na_cut = sorted(float(v) for v in torch.clamp(edge, 0.0, na_limit).cpu())
+        identified = edge_active and na_in < model.optics.na
+        pupil = PupilParameters(
+            tuple(float(v) for v in zernike), tuple(float(v) for v in apod.cpu().numpy()), sine,
+            (na_in, max(na_cut, na_in + 1e-6)) if identified else (),
+        )
         return PupilCalibration(
             pupil=pupil,
             sources_um_xyz=sources().cpu().numpy().astype(np.float64),

@@ -15,6 +15,7 @@ source positions, brightness and background.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -106,6 +107,49 @@ def source_band_limits(optics: Optics, geometry: VolumeGeometry) -> tuple[float,
     if k_cut > k_pupil:
         k_in = max(k_in, k_pupil)
     return k_in, k_cut
+
+
+def source_band(k_perp: torch.Tensor, k0: float, edge_na: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    """The source's angular spectrum (before ``1/k_z``) for ``edge_na = (NA_in, NA_cut)``.
+
+    :func:`band_edge` with ``k_in = k0·NA_in`` and ``k_cut = k0·NA_cut``: 1 below the
+    first, a raised cosine to 0 at the second. Differentiable in a tensor ``edge_na``
+    (``[2]``) where ``k_perp`` falls inside the edge; the width is kept ≥ 10⁻⁶·k0.
+    ``(NA_in, NA_cut)`` from :func:`source_band_limits` ``/ k0`` is the renderer's
+    default; ``(0.88·NA, NA)`` the spectrum cut at the detection NA.
+    """
+    edge = torch.as_tensor(edge_na, dtype=k_perp.dtype, device=k_perp.device)
+    k_in = k0 * edge[0]
+    width = torch.clamp(k0 * (edge[1] - edge[0]), min=1e-6 * k0)
+    t = torch.clamp((k_perp - k_in) / width, 0.0, 1.0)
+    return 0.5 * (1.0 + torch.cos(math.pi * t))
+
+
+def with_source_edge(model: ForwardModel, edge_na: torch.Tensor | Sequence[float] | None) -> ForwardModel:
+    """``model`` with the source spectrum of :func:`source_band` for ``edge_na = (NA_in, NA_cut)``.
+
+    ``None`` or empty returns ``model`` itself (the default band of
+    :func:`source_band_limits`). A tensor ``edge_na`` keeps the returned model's
+    ``source_band`` and ``exit_source_band`` differentiable in it. The padding stays the
+    one ``model`` was built with: it is sized for the default band, so an edge up to
+    the default's ``NA_cut`` stays safe.
+
+    Raises:
+        GeometryError: when ``NA_cut`` exceeds what the voxel grid carries
+            (:meth:`VolumeGeometry.max_field_na`).
+    """
+    if edge_na is None or len(edge_na) == 0:
+        return model
+    limit = model.geometry.max_field_na(model.optics)
+    na_cut = float(torch.as_tensor(edge_na[1]).detach())
+    if na_cut > limit + 1e-9:
+        raise GeometryError(f"Source spectrum: NA_cut {na_cut:.4g} exceeds what the voxel grid carries ({limit:.4g}).")
+    k0 = model.optics.k0
+    propagating = (model.kz > 0).to(model.real_dtype)
+    exit_propagating = (model.exit_kz > 0).to(model.real_dtype)
+    band = source_band(torch.sqrt(model.kx**2 + model.ky**2), k0, edge_na) * propagating
+    exit_band = source_band(torch.sqrt(model.exit_kx**2 + model.exit_ky**2), k0, edge_na) * exit_propagating
+    return replace(model, source_band=band, exit_source_band=exit_band)
 
 
 def point_source_spectrum(

@@ -92,19 +92,31 @@ class PupilParameters:
         zernike_rad: aberration phase coefficients (radians) of Noll 2, 3, 4, …
         apodisation: ``a_1, a_2, …`` of ``A(ρ) = 1 + Σ_k a_k·ρ^(2k)``.
         sine_condition: also apply the aplanatic ``sqrt(cos ϑ)`` profile.
+        source_edge_na: ``(NA_in, NA_cut)`` of the source's angular spectrum, which
+            falls as a raised cosine from 1 at ``k0·NA_in`` to 0 at ``k0·NA_cut``
+            (:func:`nvplive.recon.physics.source_band`); ``()`` = the renderer's default
+            (:func:`nvplive.recon.physics.source_band_limits`). Not part of the pupil
+            function: the renderer applies it to the emitted field. It is stored with the
+            pupil because a calibration finds it from the same images (docs/physics.md,
+            "Source spectrum").
     """
 
     zernike_rad: tuple[float, ...] = ()
     apodisation: tuple[float, ...] = ()
     sine_condition: bool = False
+    source_edge_na: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "zernike_rad", tuple(float(c) for c in self.zernike_rad))
         object.__setattr__(self, "apodisation", tuple(float(a) for a in self.apodisation))
         object.__setattr__(self, "sine_condition", bool(self.sine_condition))
-        for name in ("zernike_rad", "apodisation"):
+        object.__setattr__(self, "source_edge_na", tuple(float(a) for a in self.source_edge_na))
+        for name in ("zernike_rad", "apodisation", "source_edge_na"):
             if not all(math.isfinite(v) for v in getattr(self, name)):
                 raise ValueError(f"Pupil: {name} must be finite numbers, got {getattr(self, name)!r}.")
+        edge = self.source_edge_na
+        if edge and not (len(edge) == 2 and 0.0 <= edge[0] < edge[1]):
+            raise ValueError(f"Pupil: source_edge_na must be () or (NA_in, NA_cut) with 0 ≤ NA_in < NA_cut, got {edge!r}.")
 
     @property
     def aberration_rms_rad(self) -> float:
@@ -112,13 +124,20 @@ class PupilParameters:
         return math.sqrt(sum(c * c for c in self.zernike_rad))
 
     def to_dict(self) -> dict[str, Any]:
-        """The parameters as a JSON-ready dict (``pupil.json``); :meth:`from_dict` reads it back."""
-        return {
+        """The parameters as a JSON-ready dict (``pupil.json``); :meth:`from_dict` reads it back.
+
+        ``source_edge_na`` is written only when set, so that a pupil without it is the
+        same document as before the field existed.
+        """
+        data: dict[str, Any] = {
             "zernike_rad": list(self.zernike_rad),
             "first_noll_index": FIRST_NOLL,
             "apodisation": list(self.apodisation),
             "sine_condition": self.sine_condition,
         }
+        if self.source_edge_na:
+            data["source_edge_na"] = list(self.source_edge_na)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PupilParameters:
@@ -130,6 +149,7 @@ class PupilParameters:
             zernike_rad=tuple(data.get("zernike_rad", ())),
             apodisation=tuple(data.get("apodisation", ())),
             sine_condition=bool(data.get("sine_condition", False)),
+            source_edge_na=tuple(data.get("source_edge_na", ())),
         )
 
     def tensors(self, *, device=None, dtype=torch.float64) -> tuple[torch.Tensor | None, torch.Tensor | None]:

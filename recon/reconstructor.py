@@ -47,7 +47,7 @@ from .loop import (
 )
 from .losses import gaussian_window, image_loss, total_variation
 from .optics import Optics, VolumeGeometry
-from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render
+from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render, with_source_edge
 from .progress import CalibrationProgress
 from .pupil import FIRST_NOLL, PupilParameters
 from .representations import Representation, representation_for
@@ -139,6 +139,9 @@ class ReconConfig:
             the cold start left it; without calibration a given pupil is used as it is.
         lr_pupil_rad: learning rate of the refined pupil coefficients (rad per step).
         calibration_warmup: iterations before the source parameters are released.
+        source_calibration: with ``pupil_calibration``, calibrate the source spectrum's
+            edge too where the frames identify it (inside the pupil;
+            :func:`.calibration.calibrate_pupil`, docs/physics.md "Source spectrum").
         lr_sources_um: learning rate of the source positions (µm per step).
         lr_photometry: learning rate of log-brightness and background.
         coarse_to_fine: grow the NVP grid from coarse to voxel resolution.
@@ -170,6 +173,7 @@ class ReconConfig:
     pupil_refinement: bool = True
     lr_pupil_rad: float = 0.002
     calibration_warmup: int = 60
+    source_calibration: bool = True
     lr_sources_um: float = 0.01
     lr_photometry: float = 0.005
     coarse_to_fine: bool = True
@@ -321,6 +325,7 @@ class _PupilRefinement:
         self.fixed = torch.tensor(fixed, dtype=dtype, device=device)
         self.index = torch.tensor([j - FIRST_NOLL for j in noll], dtype=torch.long, device=device)
         self.zernike = self.fixed[self.index].clone().requires_grad_(True)
+        self.source_edge_na = pupil.source_edge_na
         self.apodisation = torch.tensor(pupil.apodisation, dtype=dtype, device=device).requires_grad_(True)
         self.sine_condition = pupil.sine_condition
         self.parameters = [p for p in (self.zernike, self.apodisation) if p.numel()]
@@ -349,6 +354,7 @@ class _PupilRefinement:
                 tuple(float(v) for v in self._zernike_full().cpu()),
                 tuple(float(v) for v in self.apodisation.cpu()),
                 self.sine_condition,
+                self.source_edge_na,
             )
 
 
@@ -392,7 +398,10 @@ class Reconstructor:
         # implausible geometry and work that cannot fit are refused before anything large is allocated
         check_memory(optics, geometry, len(self.nominal_sources), depth, self.device, method=config.method,
                      sources_um_xyz=self.nominal_sources)
-        self.model = ForwardModel.build(optics, geometry, source_depth_um=depth, device=self.device)
+        self._plain_model = ForwardModel.build(optics, geometry, source_depth_um=depth, device=self.device)
+        self.model = self._plain_model
+        self._spectral_models: list[tuple[ForwardModel, float]] | None = None
+        self._pupil: PupilParameters | None = None
         self.pupil = pupil
         self.calibration: PupilCalibration | None = None  # the last pupil calibration
         self.representation: Representation | None = None
@@ -405,11 +414,25 @@ class Reconstructor:
         self._seconds_per_iteration: float | None = None
         self._finish_seconds = 0.0  # from the loop's end to the result (decode, copies to the host)
         self._window = gaussian_window(device=self.device)
-        self._spectral_models: list[tuple[ForwardModel, float]] | None = None
         # coherence weights of the current estimate, reused across warm updates until stale
         self._coherence = CoherenceCache()
         self._compiled: tuple[str, Callable[..., torch.Tensor]] | None = None
         self.compile_failure: str | None = None
+
+    @property
+    def pupil(self) -> PupilParameters | None:
+        """The detection pupil the renderer uses (None: the hard aperture), with the
+        source spectrum's edge it carries applied to :attr:`model` and the band's renderers."""
+        return self._pupil
+
+    @pupil.setter
+    def pupil(self, value: PupilParameters | None) -> None:
+        before = () if self._pupil is None else self._pupil.source_edge_na
+        self._pupil = value
+        edge = () if value is None else value.source_edge_na
+        self.model = with_source_edge(self._plain_model, edge)
+        if edge != before:
+            self._spectral_models = None
 
     @property
     def n_views(self) -> int:
@@ -489,8 +512,10 @@ class Reconstructor:
         valid = None if self._valid is None else self._valid > 0
         band = [(_in_float64(m), w) for m, w in self._spectral()] if self.optics.emission_fwhm_um > 0 else None
         progress = None if callback is None else _calibration_progress(callback)
-        self.calibration = calibrate_pupil(_in_float64(self.model), measured, start, valid=valid, start=self.pupil, band=band,
-                                           progress=progress)
+        self.calibration = calibrate_pupil(
+            _in_float64(self.model), measured, start, valid=valid, start=self.pupil, band=band,
+            progress=progress, source_edge=self.config.source_calibration,
+        )
         self.pupil = self.calibration.pupil
         return self.calibration
 
@@ -587,13 +612,14 @@ class Reconstructor:
         self._coherence.weights = None
         self.representation, self.state, self._optimizers = None, None, None
         previous = self.device
-        self.model = None  # type: ignore[assignment]
+        self.model = self._plain_model = None  # type: ignore[assignment]
         gc.collect()
         if previous.type == "cuda":
             torch.cuda.empty_cache()
         self.device = torch.device("cpu")
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
-        self.model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth, device=self.device)
+        self._plain_model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth, device=self.device)
+        self.pupil = self.pupil  # the source edge onto the rebuilt model
         self._window = gaussian_window(device=self.device)
         self._spectral_models = None
         self._seconds_per_iteration = None
@@ -654,10 +680,14 @@ class Reconstructor:
         """Renderers at wavelengths sampling the emission band, with their weights (built once)."""
         if self._spectral_models is None:
             wavelengths, weights = emission_wavelengths(self.optics, COHERENCE_SAMPLES)
+            edge = () if self.pupil is None else self.pupil.source_edge_na
             self._spectral_models = [
                 (
-                    ForwardModel.build(
-                        self.optics.with_wavelength(float(w)), self.geometry, pad_yx=self.model.pad_yx, device=self.device
+                    with_source_edge(
+                        ForwardModel.build(
+                            self.optics.with_wavelength(float(w)), self.geometry, pad_yx=self.model.pad_yx, device=self.device
+                        ),
+                        edge,
                     ),
                     float(a),
                 )

@@ -48,3 +48,14 @@ def test_an_invalid_pupil_file_is_refused_in_one_sentence(tmp_path: Path, change
         read_pupil(path)
     with pytest.raises(RecordingError, match="no pupil file"):
         read_pupil(tmp_path / "missing.json")
+
+
+def test_the_source_spectrum_edge_round_trips_and_an_older_file_without_it_loads(tmp_path: Path):
+    with_edge = PupilParameters(PUPIL.zernike_rad, PUPIL.apodisation, source_edge_na=(0.704, 0.8))
+    path = write_pupil(tmp_path / "edge.json", with_edge, Optics(), calibrated_from="test", method="frames")
+    assert read_pupil(path) == with_edge
+    older = write_pupil(tmp_path / "old.json", PUPIL, Optics(), calibrated_from="test", method="frames")
+    assert "source_edge_na" not in json.loads(older.read_text())  # the document of a pupil without it is unchanged
+    assert read_pupil(older).source_edge_na == ()  # the renderer's default source spectrum
+    with pytest.raises(ValueError, match="source_edge_na"):
+        PupilParameters(source_edge_na=(0.8, 0.7))

@@ -540,3 +540,23 @@ def test_float64_inputs_are_cast_to_a_float32_model():
     assert mixed.dtype == torch.float32
     assert torch.equal(mixed, cast)
     assert physics.homogeneous_spectrum(model32, src).dtype == torch.complex64
+
+
+def test_a_source_edge_reproduces_the_default_band_and_is_a_raised_cosine():
+    """``with_source_edge`` at the default limits is the built model's band; a cut edge is 1
+    below ``k0·NA_in``, ½ halfway, 0 beyond ``k0·NA_cut``, and differentiable in the edge."""
+    geometry = VolumeGeometry((2, 16, 16), (0.25, 0.25, 0.25))
+    model = physics.ForwardModel.build(OPTICS, geometry, source_depth_um=1.0, dtype=torch.float64)
+    assert physics.with_source_edge(model, ()) is model
+    k_in, k_cut = physics.source_band_limits(OPTICS, geometry)
+    same = physics.with_source_edge(model, (k_in / OPTICS.k0, k_cut / OPTICS.k0))
+    assert torch.allclose(same.source_band, model.source_band, atol=1e-12)
+    assert torch.allclose(same.exit_source_band, model.exit_source_band, atol=1e-12)
+    k = torch.tensor([0.5, 0.7, 0.75, 0.8, 0.9], dtype=torch.float64) * OPTICS.k0
+    band = physics.source_band(k, OPTICS.k0, (0.7, 0.8))
+    assert torch.allclose(band, torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0], dtype=torch.float64), atol=1e-12)
+    edge = torch.tensor([0.7, 0.8], dtype=torch.float64, requires_grad=True)
+    physics.with_source_edge(model, edge).exit_source_band.sum().backward()
+    assert edge.grad is not None and bool(torch.all(edge.grad > 0))  # a wider/later edge passes more light
+    with pytest.raises(GeometryError, match="NA_cut"):
+        physics.with_source_edge(model, (0.7, 1.3))

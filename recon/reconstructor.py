@@ -141,7 +141,10 @@ class ReconConfig:
         calibration_warmup: iterations before the source parameters are released.
         source_calibration: with ``pupil_calibration``, calibrate the source spectrum's
             edge too where the frames identify it (inside the pupil;
-            :func:`.calibration.calibrate_pupil`, docs/physics.md "Source spectrum").
+            :func:`.calibration.calibrate_pupil`, docs/physics.md "Source spectrum"). Off
+            by default: inside the pupil an edge is indistinguishable from apodisation, and
+            a fitted edge removes all light beyond the NA, which a real bead emits
+            (docs/reconstruction.md).
         lr_sources_um: learning rate of the source positions (µm per step).
         lr_photometry: learning rate of log-brightness and background.
         coarse_to_fine: grow the NVP grid from coarse to voxel resolution.
@@ -173,7 +176,7 @@ class ReconConfig:
     pupil_refinement: bool = True
     lr_pupil_rad: float = 0.002
     calibration_warmup: int = 60
-    source_calibration: bool = True
+    source_calibration: bool = False
     lr_sources_um: float = 0.01
     lr_photometry: float = 0.005
     coarse_to_fine: bool = True

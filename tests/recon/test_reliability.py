@@ -109,9 +109,12 @@ def test_out_of_memory_in_a_cold_start_falls_back_and_gives_the_same_result(fram
     assert rec.device.type == "cpu" and rec.model.device.type == "cpu"
     assert not result.flagged
     # The same computation from the same start; not bitwise: the pupil calibration's least
-    # squares carry FFT round-off that depends on where arrays were allocated (~1e-9 µm in
-    # the positions), which Adam's first normalised steps turn into ~1e-6 in Δn (of ~1e-2).
-    np.testing.assert_allclose(result.dn, reference.dn, atol=2e-5)
+    # squares carry FFT round-off that depends on where arrays were allocated, its L-BFGS
+    # stops at a tolerance (calibration.STOP_CHANGE), so where it stops follows that
+    # round-off, and Adam's first normalised steps amplify the difference: measured
+    # 2026-11-29, 8e-5 in Δn (of ~3e-3) at STOP_CHANGE 1e-9, 2e-5 when every pass ran to
+    # machine precision (1e-14), 2.2e-4 at 1e-6.
+    np.testing.assert_allclose(result.dn, reference.dn, atol=2e-4)
     assert result.loss == pytest.approx(reference.loss, rel=1e-3)
 
 

@@ -39,7 +39,7 @@ from .physics import (
 )
 from .progress import CalibrationCallback, CalibrationProgress, report, substages
 from .pupil import FIRST_NOLL, PupilParameters, zernike
-from .simulate import emission_wavelengths
+from .simulate import band_renderers
 
 #: Robust signal-to-noise ratio beyond which a pixel's step from its neighbourhood is an outlier.
 OUTLIER_SIGMAS = 10.0
@@ -906,7 +906,7 @@ def bead_stack_views(
     """Prepare a z-stack ``[Z, Y, X]`` of one bead (raw counts) for a pupil fit: defective
     pixels (:func:`defective_pixels`), the brightest plane (defocus 0) and the bead's
     centroid in it, the renderers (emission band when ``optics.emission_fwhm_um`` > 0, at
-    :data:`EMISSION_SAMPLES` wavelengths, :func:`.simulate.emission_wavelengths`) and the
+    :data:`EMISSION_SAMPLES` wavelengths, :func:`.simulate.band_renderers`) and the
     pixel noise (:func:`camera_noise`, beyond the band of the shortest wavelength).
 
     Raises:
@@ -933,12 +933,7 @@ def bead_stack_views(
     model = stack_model(optics, (ny, nx), pixel_um, reach, pad_yx=pad_yx)
     band = None
     if optics.emission_fwhm_um > 0:
-        wavelengths, weights = emission_wavelengths(optics, EMISSION_SAMPLES)
-        band = [
-            (ForwardModel.build(optics.with_wavelength(float(w)), model.geometry, pad_yx=model.pad_yx, dtype=model.real_dtype),
-             float(a))
-            for w, a in zip(wavelengths, weights)
-        ]
+        band = band_renderers(optics, model.geometry, EMISSION_SAMPLES, pad_yx=model.pad_yx, dtype=model.real_dtype)
     try:
         noise: CameraNoise | None = camera_noise(data, optics.wavelength_um - optics.emission_fwhm_um, optics.na, pixel_um, valid=valid)
     except ValueError:  # pixels too coarse to leave frequencies beyond the band, frames too small

@@ -51,7 +51,7 @@ from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil
 from .progress import CalibrationProgress
 from .pupil import FIRST_NOLL, PupilParameters
 from .representations import Representation, representation_for
-from .simulate import emission_wavelengths
+from .simulate import band_renderers
 
 #: Fraction of a view's pixels at the camera's maximum above which the frames are refused
 #: (fewer saturated pixels are left out of the loss).
@@ -682,20 +682,9 @@ class Reconstructor:
     def _spectral(self) -> list[tuple[ForwardModel, float]]:
         """Renderers at wavelengths sampling the emission band, with their weights (built once)."""
         if self._spectral_models is None:
-            wavelengths, weights = emission_wavelengths(self.optics, COHERENCE_SAMPLES)
             edge = () if self.pupil is None else self.pupil.source_edge_na
-            self._spectral_models = [
-                (
-                    with_source_edge(
-                        ForwardModel.build(
-                            self.optics.with_wavelength(float(w)), self.geometry, pad_yx=self.model.pad_yx, device=self.device
-                        ),
-                        edge,
-                    ),
-                    float(a),
-                )
-                for w, a in zip(wavelengths, weights)
-            ]
+            band = band_renderers(self.optics, self.geometry, COHERENCE_SAMPLES, pad_yx=self.model.pad_yx, device=self.device)
+            self._spectral_models = [(with_source_edge(m, edge), a) for m, a in band]
         return self._spectral_models
 
     def _coherence_weights(

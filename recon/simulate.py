@@ -14,6 +14,7 @@ voxel. A recording stores it with the ground truth (``extra["simulated_instrumen
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,6 +161,46 @@ def emission_wavelengths(optics: Optics, n: int) -> tuple[np.ndarray, np.ndarray
     return optics.wavelength_um + sigma * nodes, weights / weights.sum()
 
 
+def band_renderers(
+    optics: Optics,
+    geometry: VolumeGeometry,
+    samples: int,
+    *,
+    pad_yx: tuple[int, int],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    optics_at: Callable[[Optics], Optics] | None = None,
+) -> list[tuple[ForwardModel, float]]:
+    """Renderers at wavelengths sampling the emission band, with their weights.
+
+    The band is ``optics``' Gaussian emission spectrum (``emission_fwhm_um``) sampled at
+    ``samples`` Gauss–Hermite nodes (:func:`emission_wavelengths`); an incoherent image is
+    the weighted sum of the renderers' intensities (partial coherence).
+
+    Args:
+        optics: the microscope at the band's centre wavelength (µm).
+        geometry: the volume every renderer shares.
+        samples: wavelengths (1, or a line source: the centre wavelength alone, weight 1).
+        pad_yx: lateral padding per side (pixels), the same for every wavelength so that
+            the renderers' images add pixel by pixel.
+        device, dtype: where and in which real precision the kernels are built.
+        optics_at: maps the optics at each wavelength to the renderer's (e.g. an
+            instrument's source NA, :meth:`Instrument.render_optics`); default: as they are.
+
+    Returns:
+        ``[(ForwardModel, weight)]`` in order of wavelength, the weights summing to 1.
+
+    Raises:
+        GeometryError: as :meth:`.physics.ForwardModel.build` (a grid too coarse for a wavelength).
+    """
+    wavelengths, weights = emission_wavelengths(optics, samples)
+    at = optics_at or (lambda o: o)
+    return [
+        (ForwardModel.build(at(optics.with_wavelength(float(w))), geometry, pad_yx=pad_yx, device=device, dtype=dtype), float(a))
+        for w, a in zip(wavelengths, weights)
+    ]
+
+
 def bead_offsets(diameter_um: float, n: int, seed: int = 0) -> np.ndarray:
     """``[n, 3]`` offsets (µm) of sub-emitters spread uniformly through a bead (mean zero)."""
     if n <= 1 or diameter_um <= 0:
@@ -259,23 +300,18 @@ class Simulator:
             self.background = rng.uniform(2.0, 8.0, v)
         self.relative_brightness = np.asarray(self.relative_brightness, dtype=np.float64)
         self.background = np.asarray(self.background, dtype=np.float64)
-        wavelengths, weights = emission_wavelengths(self.optics, self.coherence.n_wavelengths)
         depth = float(max(0.0, -self.sources_um_xyz[:, 2].min()))
         optics = self.instrument.render_optics(self.optics, self.geometry)
         geometry = self.instrument.render_geometry(self.geometry)
         reference = ForwardModel.build(optics, geometry, source_depth_um=depth)
-        self._models = [
-            ForwardModel.build(
-                self.instrument.render_optics(self.optics.with_wavelength(float(w)), self.geometry),
-                geometry,
-                pad_yx=reference.pad_yx,
-                device=self.device,
-            )
-            for w in wavelengths
-        ]
+        band = band_renderers(
+            self.optics, geometry, self.coherence.n_wavelengths, pad_yx=reference.pad_yx, device=self.device,
+            optics_at=lambda o: self.instrument.render_optics(o, self.geometry),
+        )
+        self._models = [m for m, _ in band]
         neutral = self.instrument.pupil == PupilParameters()
         self._pupils = [None if neutral else pupil_on_grid(model, self.instrument.pupil) for model in self._models]
-        self._weights = weights
+        self._weights = [a for _, a in band]
         self._offsets = bead_offsets(self.coherence.bead_diameter_um, self.coherence.n_subsources, self.seed)
         empty = np.zeros(self.geometry.shape_zyx, dtype=np.float32)
         unperturbed = self._partially_coherent(empty)

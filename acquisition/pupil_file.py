@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from nvplive.errors import RecordingError
 from nvplive.recon.optics import Optics
 from nvplive.recon.pupil import PupilParameters
 
-from .recording_format import SUFFIX
+from .recording_format import SUFFIX, atomic_write_json
 from .schema import PupilFile, validate
 
 #: Name of the pupil file inside a recording folder.
@@ -75,7 +74,8 @@ def pupil_document(
 
 
 def write_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics, **provenance: Any) -> Path:
-    """Write ``pupil`` to the file ``path`` (a folder: its pupil.json), atomically; ``provenance``:
+    """Write ``pupil`` to the file ``path`` (a folder: its pupil.json), atomically and durably
+    (:func:`.recording_format.atomic_write_json`); ``provenance``:
     the keyword arguments of :func:`pupil_document`.
 
     Raises:
@@ -90,15 +90,7 @@ def write_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics,
         )
     doc = pupil_document(pupil, optics, **provenance)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".pupil-", suffix=".json", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(target, doc, durable=True)
     return target
 
 

@@ -108,8 +108,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_json(path: Path, doc: dict, durable: bool) -> None:
-    """Replace ``path`` by ``doc`` so that a crash leaves either the old or the new file."""
+def atomic_write_json(path: Path, doc: dict, durable: bool) -> None:
+    """Replace ``path`` by ``doc`` so that a crash leaves either the old or the new file
+    (``durable``: the file and its folder flushed to disk before it returns)."""
     text = _format_document(doc)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:

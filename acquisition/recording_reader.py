@@ -22,7 +22,6 @@ from .recording_format import (
     VOLUMES_NAME,
     VOLUMES_PENDING_NAME,
     RecordingMeta,
-    _atomic_write_json,
     _document,
     _frames_ome,
     _fsync_dir,
@@ -31,6 +30,7 @@ from .recording_format import (
     _show,
     _truth_ome,
     _volumes_ome,
+    atomic_write_json,
 )
 from .recording_lock import RecordingLock, lock_holder
 from .tiff_pages import _PageReader, _PageStack
@@ -330,7 +330,7 @@ def _recover_locked(root: Path, durable: bool) -> bool:
         ground_truth=state.ground_truth,
     )
     try:
-        _atomic_write_json(root / JSON_NAME, doc, durable)
+        atomic_write_json(root / JSON_NAME, doc, durable)
         (root / JOURNAL_NAME).unlink(missing_ok=True)
     except OSError as exc:
         raise RecordingError(f"{root}: cannot finish the recovery ({exc.strerror or exc}).") from None

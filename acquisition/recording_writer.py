@@ -29,7 +29,6 @@ from .recording_format import (
     VOLUMES_NAME,
     VOLUMES_PENDING_NAME,
     RecordingMeta,
-    _atomic_write_json,
     _document,
     _finite_float,
     _frames_ome,
@@ -42,6 +41,7 @@ from .recording_format import (
     _truth_ome,
     _utc_now,
     _volumes_ome,
+    atomic_write_json,
 )
 from .recording_lock import RecordingLock
 from .recording_reader import Recording, _recover_locked
@@ -85,7 +85,7 @@ class RecordingWriter:
             staging.mkdir(parents=True)
             self._lock = RecordingLock(staging).acquire()
             doc = _document(meta, created=self._created, closed=False, timepoints=[], volumes=[], ground_truth=[])
-            _atomic_write_json(staging / JSON_NAME, doc, durable)
+            atomic_write_json(staging / JSON_NAME, doc, durable)
             os.rename(staging, root)
             self._lock.moved(root)
         except OSError as exc:
@@ -510,7 +510,7 @@ class RecordingWriter:
             ground_truth=self._ground_truth,
         )
         try:
-            _atomic_write_json(self._root / JSON_NAME, doc, self._durable)
+            atomic_write_json(self._root / JSON_NAME, doc, self._durable)
         except OSError as exc:
             raise RecordingError(f"{self._root / JSON_NAME}: cannot write ({exc.strerror or exc}).") from None
 
@@ -541,7 +541,7 @@ def store_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics,
 def _write_pupil_document(root: Path, doc: dict, durable: bool) -> Path:
     target = root / PUPIL_FILE
     try:
-        _atomic_write_json(target, doc, durable)
+        atomic_write_json(target, doc, durable)
     except OSError as exc:
         raise RecordingError(f"{target}: cannot be written ({exc.strerror or exc}).") from None
     return target

@@ -11,8 +11,7 @@ every row (:func:`recon.calibration.calibrate_pupil` on :func:`recon.calibration
 - *hard*: the renderer's hard aperture (the issue's "before");
 - *zernike*: the product's calibration, Zernike Noll 5–22 and apodisation ``1 + a₁ρ² + a₂ρ⁴``;
 - the same with one model term added: camera pixel integration, a finite bead, the emission
-  band, an isotropic dipole emitter, more Zernike and apodisation terms, an incoherent
-  low-NA image;
+  band, more Zernike and apodisation terms;
 - *free-form*: a pixel-wise amplitude and phase map over the pupil on top of the Zernike one,
   and its projection back to Zernike + apodisation (what ``pupil.json`` stores);
 - the *noise floor*: the residual the true image would leave given the stack's pixel noise
@@ -47,9 +46,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "pixel": ("+ camera pixel integration", {"pixel_integration": True}),
     "bead150": ("+ bead 0.15 µm", {"bead_diameter_um": 0.15}),
     "band30": ("+ emission band 30 nm FWHM (3 wavelengths)", {"emission_fwhm_um": 0.03}),
-    "dipole": ("+ isotropic dipole emitter (vectorial, 5 renders)", {"dipole": True}),
     "noll37": ("Zernike Noll 5–37 + apodisation to ρ⁸", {"noll": tuple(range(5, 38)), "apodisation_terms": 4}),
-    "inner70": ("+ an incoherent image through the pupil's centre, NA ≤ 0.7 (fitted share)", {"inner_mode_na": 0.7}),
     "free33": ("free-form pupil 33 × 33 on top of the Zernike one", {"free_form": 33}),
 }
 
@@ -104,7 +101,7 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
             "excess": math.sqrt(max(residual**2 - floor**2, 0.0)),
             "residual_projected": cal.residual if cal.residual_free_form is not None else None,
             "aberration_rms_rad": cal.pupil.aberration_rms_rad, "zernike_rad": list(cal.pupil.zernike_rad),
-            "apodisation": list(cal.pupil.apodisation), "inner_mode_share": cal.inner_mode_share,
+            "apodisation": list(cal.pupil.apodisation),
             "focal_shift_per_step": float(abs(np.diff(cal.sources_um_xyz[:, 2]).mean()) / step),
             "seconds": time.perf_counter() - start,
         })

@@ -373,8 +373,6 @@ class PupilCalibration:
             from; ``pupil`` is then their projection (:func:`project_free_form`) and
             ``residual`` its residual, positions refitted.
         residual_free_form: the residual with the free-form pupil itself.
-        inner_mode_share: with ``inner_mode_na``, the fitted share of the inner image
-            (relative to the full pupil's, per unit pupil transmission).
     """
 
     pupil: PupilParameters
@@ -386,7 +384,6 @@ class PupilCalibration:
     noll: tuple[int, ...] = field(default=DEFAULT_NOLL)
     free_form: tuple[np.ndarray, np.ndarray] | None = None
     residual_free_form: float | None = None
-    inner_mode_share: float | None = None
 
 
 #: L-BFGS stops when the loss (the images normalised by their mean, ×1e3) or every parameter
@@ -453,33 +450,6 @@ def free_form_on_grid(model: ForwardModel, log_amplitude: torch.Tensor, phase: t
     maps = torch.stack([log_amplitude, phase])[None]
     sampled = F.grid_sample(maps, grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
     return torch.polar(torch.exp(sampled[0]), sampled[1])
-
-
-def dipole_pupil_factors(model: ForwardModel) -> list[tuple[torch.Tensor, float]]:
-    """The back-focal-plane field factors ``g_dc`` ``[Ye, Xe]`` of a dipole along ``d`` seen in the
-    image's field component ``c``, with their weights in the image of an isotropic (freely
-    rotating) emitter: ``I = Σ_{d,c} w·|F{P·g_dc}|²`` over d = x, y, z and c = x, y
-    (Richards & Wolf 1959; Backer & Moerner 2014, J. Phys. Chem. B 118:8313, eq. 13 with
-    the objective's and the tube lens's apodisation left to the pupil):
-    ``g_xx = cos θ cos² φ + sin² φ``, ``g_xy = g_yx = (cos θ − 1) sin φ cos φ``,
-    ``g_yy = cos θ sin² φ + cos² φ``, ``g_zx = sin θ cos φ``, ``g_zy = sin θ sin φ``, with
-    ``sin θ = |k⊥|/k_m`` the emission angle in the medium and ``φ`` the pupil azimuth.
-    ``Σ w·g² = 2`` everywhere: the isotropic emitter radiates alike in every direction, as the
-    scalar point source, but the components do not interfere.
-    """
-    km = model.optics.km
-    k_perp = torch.sqrt(model.exit_kx**2 + model.exit_ky**2)
-    sin_t = torch.clamp(k_perp / km, max=1.0)
-    cos_t = torch.sqrt(1.0 - sin_t**2)
-    phi = torch.atan2(model.exit_ky.expand_as(k_perp), model.exit_kx.expand_as(k_perp))
-    c, s = torch.cos(phi), torch.sin(phi)
-    return [
-        (cos_t * c**2 + s**2, 1.0),
-        ((cos_t - 1.0) * s * c, 2.0),
-        (cos_t * s**2 + c**2, 1.0),
-        (sin_t * c, 1.0),
-        (sin_t * s, 1.0),
-    ]
 
 
 def _disc(size: int, dtype: torch.dtype, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -550,8 +520,6 @@ def calibrate_pupil(
     pixel_integration: bool = False,
     free_form: int = 0,
     free_form_smoothness: float = FREE_FORM_SMOOTHNESS,
-    dipole: bool = False,
-    inner_mode_na: float = 0.0,
     source_edge: bool = False,
 ) -> PupilCalibration:
     """Fit the detection pupil, the source positions and each view's brightness/background
@@ -609,13 +577,6 @@ def calibrate_pupil(
             image residual), penalised by ``free_form_smoothness`` × the maps' mean squared
             step between neighbouring samples; the result's pupil is its projection on
             ``noll`` and ``apodisation_terms`` (:func:`project_free_form`).
-        dipole: the bead as an isotropic dipole emitter (:func:`dipole_pupil_factors`, five
-            renders per wavelength) instead of a scalar point source.
-        inner_mode_na: when > 0, a second image of each source, incoherent with the first,
-            through the pupil's centre ``|k⊥| ≤ k0·inner_mode_na`` only, with a fitted share
-            (one for all views, ``PupilCalibration.inner_mode_share``): light that reaches
-            the camera through a smaller aperture than the objective's (an empirical term; the
-            pupil file does not store it).
         source_edge: also calibrate the source spectrum's edge (see above); a ``start``
             with ``source_edge_na`` is used as it is without it.
 
@@ -666,8 +627,6 @@ def calibrate_pupil(
     map_phase = torch.zeros(size, size, device=device, dtype=dtype, requires_grad=bool(free_form))
     inside = _disc(size, dtype, device)[2]
     use_map = False
-    log_share = torch.tensor(math.log(0.1), device=device, dtype=dtype, requires_grad=inner_mode_na > 0)
-    factors = {id(m): dipole_pupil_factors(m) for m, _ in [(model, 1.0), *spectral]} if dipole else {}
     start_edge = start.source_edge_na if start is not None else ()
     edge = torch.tensor(start_edge or (0.0, 0.0), device=device, dtype=dtype)
     edge_active = bool(start_edge)
@@ -690,23 +649,16 @@ def calibrate_pupil(
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         coefficients = (zernike_full() if n_terms else None, apod if apod.numel() else None)
         src = sources()
-        keys = [id(m) for m, _ in renderers]  # the dipole factors are the original renderers'
         if edge_active:
             edge_now = torch.clamp(edge, 0.0, na_limit)
             renderers = [(with_source_edge(m, edge_now), w) for m, w in renderers]
         images: list[torch.Tensor] = []
-        for (m, w), key in zip(renderers, keys):
+        for m, w in renderers:
             pupil = pupil_on_grid(m, coefficients, sine_condition=sine)
             if use_map:
                 pupil = pupil * free_form_on_grid(m, log_amplitude, map_phase)
             spectrum = homogeneous_spectrum(m, src)
-            if dipole:
-                images.append(w * torch.stack([a * camera_intensity(m, spectrum, pupil=pupil * g) for g, a in factors[key]]).sum(0))
-            else:
-                images.append(w * camera_intensity(m, spectrum, pupil=pupil))
-            if inner_mode_na > 0:
-                inner = (torch.sqrt(m.exit_kx**2 + m.exit_ky**2) <= m.optics.k0 * inner_mode_na).to(dtype)
-                images.append(w * torch.exp(log_share) * camera_intensity(m, spectrum, pupil=pupil * inner))
+            images.append(w * camera_intensity(m, spectrum, pupil=pupil))
         image = _apply_transfer(torch.stack(images).sum(dim=0), transfer)
         b, c = fit_brightness_background(image, target, weight)
         predicted = image * b[:, None, None] + c[:, None, None]
@@ -765,20 +717,20 @@ def calibrate_pupil(
         edge.requires_grad_(with_edge)
         stage = 1
         if len(spectral) > 1:
-            fit([lateral, depth, free_z, apod, log_share, edge], [(model, 1.0)], stage, "all parameters")
+            fit([lateral, depth, free_z, apod, edge], [(model, 1.0)], stage, "all parameters")
             stage += 1
-        fit([lateral, depth, free_z, apod, log_share, edge], spectral, stage, last)
+        fit([lateral, depth, free_z, apod, edge], spectral, stage, last)
         return stage + 1
 
     scanned = edge_active and not start_edge
-    before = [t.detach().clone() for t in (lateral, depth, free_z, apod, log_share)]
+    before = [t.detach().clone() for t in (lateral, depth, free_z, apod)]
     stage = fit_all(source_edge and edge_active)
     # an edge wholly outside the pupil leaves the images unchanged: not identified
     if scanned and float(torch.clamp(edge.detach(), 0.0, na_limit).min()) >= model.optics.na:
         # the scan's edge left the pupil: fit again without it, so that the result is the
         # calibration without a source edge, not one that took a detour through it
         with torch.no_grad():
-            for t, v in zip((lateral, depth, free_z, apod, log_share), before):
+            for t, v in zip((lateral, depth, free_z, apod), before):
                 t.copy_(v)
         edge_active = False
         stage = fit_all(False)
@@ -823,7 +775,6 @@ def calibrate_pupil(
             noll=noll,
             free_form=maps,
             residual_free_form=residual_free_form,
-            inner_mode_share=float(torch.exp(log_share)) if inner_mode_na > 0 else None,
         )
 
 

@@ -90,18 +90,6 @@ def test_a_free_form_pupil_of_zernike_maps_projects_back_to_its_coefficients_and
     np.testing.assert_allclose(projected.apodisation, (0.2, -0.1), atol=0.01)
 
 
-def test_dipole_factors_radiate_isotropically_and_reduce_to_the_scalar_source_on_axis():
-    from nvplive.recon.calibration import dipole_pupil_factors, stack_model
-    from nvplive.recon.optics import Optics
-
-    model = stack_model(Optics(wavelength_um=0.6, n_medium=1.33, na=1.1), (16, 16), 0.09, 1.0, pad_yx=(8, 8))
-    factors = dipole_pupil_factors(model)
-    total = sum(w * g**2 for g, w in factors)
-    assert torch.allclose(total, torch.full_like(total, 2.0))
-    on_axis = [float(g[0, 0]) for g, _ in factors]  # k⊥ = 0: x and y dipoles each seen in their own component
-    assert on_axis == pytest.approx([1.0, 0.0, 1.0, 0.0, 0.0])
-
-
 def test_the_bead_size_term_recovers_the_pupil_behind_a_large_bead():
     """A 0.4 µm bead rendered as 60 incoherent point emitters through a known pupil: the
     projected-sphere transfer explains its images, the point source does not."""

@@ -34,11 +34,11 @@ from .physics import (
     camera_intensity,
     frequency_grid,
     homogeneous_spectrum,
-    pupil_on_grid,
+    pupil_basis_on_grid,
     with_source_edge,
 )
 from .progress import CalibrationCallback, CalibrationProgress, report, substages
-from .pupil import FIRST_NOLL, PupilParameters, zernike
+from .pupil import FIRST_NOLL, PupilBasis, PupilParameters, pupil_from_basis, zernike
 from .simulate import band_renderers
 
 #: Robust signal-to-noise ratio beyond which a pixel's step from its neighbourhood is an outlier.
@@ -438,17 +438,22 @@ def _apply_transfer(intensity: torch.Tensor, transfer: torch.Tensor | None) -> t
     return torch.fft.ifft2(torch.fft.fft2(intensity) * transfer).real
 
 
-def free_form_on_grid(model: ForwardModel, log_amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-    """The free-form pupil factor ``exp(A + i·Φ)`` ``[Ye, Xe]`` on ``model``'s exit grid.
+def free_form_grid(model: ForwardModel) -> torch.Tensor:
+    """``[1, Ye, Xe, 2]`` normalised pupil coordinates ``(k_x, k_y)/(k0·NA)`` of ``model``'s
+    exit grid, where :func:`free_form_on_grid` samples the free-form maps."""
+    k_cut = model.optics.k0 * model.optics.na
+    return torch.stack(torch.broadcast_tensors(model.exit_kx / k_cut, model.exit_ky / k_cut), dim=-1)[None]
+
+
+def free_form_on_grid(grid: torch.Tensor, log_amplitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """The free-form pupil factor ``exp(A + i·Φ)`` ``[Ye, Xe]`` on an exit grid (:func:`free_form_grid`).
 
     ``A`` and ``Φ`` are ``[S, S]`` maps over the normalised pupil ``(ρ_x, ρ_y) ∈ [−1, 1]²``
     (row 0 at ``ρ_y = −1``), sampled bilinearly at ``k⊥/(k0·NA)``: the same map serves
     renderers at every wavelength of the band.
     """
-    k_cut = model.optics.k0 * model.optics.na
-    grid = torch.stack(torch.broadcast_tensors(model.exit_kx / k_cut, model.exit_ky / k_cut), dim=-1).to(log_amplitude.dtype)
     maps = torch.stack([log_amplitude, phase])[None]
-    sampled = F.grid_sample(maps, grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
+    sampled = F.grid_sample(maps, grid.to(log_amplitude.dtype), mode="bilinear", padding_mode="border", align_corners=True)[0]
     return torch.polar(torch.exp(sampled[0]), sampled[1])
 
 
@@ -460,13 +465,78 @@ def _disc(size: int, dtype: torch.dtype, device=None) -> tuple[torch.Tensor, tor
     return rho, torch.atan2(yy, xx), rho <= 1.0
 
 
-def _smoothness(maps: Sequence[torch.Tensor], inside: torch.Tensor) -> torch.Tensor:
-    """Mean squared finite-difference gradient of ``maps`` between neighbours inside the disc."""
+def _smoothness(maps: Sequence[torch.Tensor], neighbours: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean squared finite-difference gradient of ``maps`` ``[S, S]`` between the ``neighbours``
+    (masks ``[S−1, S]`` and ``[S, S−1]`` of pairs both inside the disc, along y and x)."""
+    both_y, both_x = neighbours
     total = maps[0].new_zeros(())
-    both_y, both_x = inside[1:] & inside[:-1], inside[:, 1:] & inside[:, :-1]
     for m in maps:
         total = total + (torch.diff(m, dim=0)[both_y] ** 2).mean() + (torch.diff(m, dim=1)[both_x] ** 2).mean()
     return total
+
+
+@dataclass(frozen=True)
+class PreparedRenderer:
+    """One renderer of the band, with what :func:`point_source_images` reuses at every evaluation.
+
+    Attributes:
+        model: the renderer; weight: its share of the band's image.
+        pupil: the coefficient-free parts of the pupil on its exit grid (:func:`.physics.pupil_basis_on_grid`).
+        free_form_grid: ``[1, Ye, Xe, 2]`` (:func:`free_form_grid`).
+    """
+
+    model: ForwardModel
+    weight: float
+    pupil: PupilBasis
+    free_form_grid: torch.Tensor
+
+
+def prepare_renderer(
+    model: ForwardModel, weight: float, zernike_terms: int, apodisation_terms: int, sine_condition: bool, dtype: torch.dtype
+) -> PreparedRenderer:
+    """``model`` prepared for :func:`point_source_images` with pupils of ``zernike_terms`` and
+    ``apodisation_terms`` coefficients of real ``dtype`` (the pupil in the wider of it and the model's)."""
+    basis = pupil_basis_on_grid(model, zernike_terms, apodisation_terms, sine_condition, dtype=dtype)
+    return PreparedRenderer(model, weight, basis, free_form_grid(model))
+
+
+def point_source_images(
+    renderers: Sequence[PreparedRenderer],
+    sources_um_xyz: torch.Tensor,
+    zernike_rad: torch.Tensor | None,
+    apodisation: torch.Tensor | None,
+    *,
+    source_edge_na: torch.Tensor | None = None,
+    free_form: tuple[torch.Tensor, torch.Tensor] | None = None,
+    transfer: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The image model of a pupil calibration: camera images ``[V, Yc, Xc]`` of point sources
+    through a homogeneous medium, in the renderer's units (``|E|²``, before each view's
+    brightness and background).
+
+    ``Σ_w a_w·|F⁻¹{Ê_w · P_w}|²`` over the band's renderers ``(m_w, a_w)`` (incoherent sum,
+    partial coherence), ``Ê_w`` the focal-plane spectrum of each source
+    (:func:`.physics.homogeneous_spectrum`), the pupil ``P_w`` from the coefficients
+    (:func:`.pupil.pupil_from_basis`) times the free-form factor (:func:`free_form_on_grid`),
+    the sum multiplied in Fourier space by ``transfer`` (:func:`image_transfer`).
+
+    Args:
+        renderers: the band (:func:`prepare_renderer`), all of one camera grid.
+        sources_um_xyz: ``[V, 3]`` source positions (µm).
+        zernike_rad, apodisation: ``[J]`` and ``[K]`` coefficients as the renderers' bases, or None.
+        source_edge_na: ``(NA_in, NA_cut)`` of the source spectrum's edge
+            (:func:`.physics.with_source_edge`, clamped to what the grid carries by the caller), or None.
+        free_form: log-amplitude and phase maps ``[S, S]``, or None.
+        transfer: ``[Yc, Xc]`` transfer function in FFT order, or None.
+    """
+    images: list[torch.Tensor] = []
+    for r in renderers:
+        m = r.model if source_edge_na is None else with_source_edge(r.model, source_edge_na)
+        pupil = pupil_from_basis(r.pupil, zernike_rad, apodisation)
+        if free_form is not None:
+            pupil = pupil * free_form_on_grid(r.free_form_grid, *free_form)
+        images.append(r.weight * camera_intensity(m, homogeneous_spectrum(m, sources_um_xyz), pupil=pupil))
+    return _apply_transfer(torch.stack(images).sum(dim=0), transfer)
 
 
 def project_free_form(
@@ -527,8 +597,8 @@ def calibrate_pupil(
 
     The model of view ``v`` is ``b_v·|E_v|² + c_v`` with ``E_v`` the field of a point source
     at ``r_v`` (:func:`.physics.homogeneous_spectrum`) through the pupil
-    ``A(ρ)·exp(i·Σ_j c_j Z_j)`` (:mod:`.pupil`). ``b_v`` and ``c_v`` are solved in closed
-    form at every evaluation (variable projection); the positions, the Zernike
+    ``A(ρ)·exp(i·Σ_j c_j Z_j)`` (:mod:`.pupil`; the image model is :func:`point_source_images`).
+    ``b_v`` and ``c_v`` are solved in closed form at every evaluation (variable projection); the positions, the Zernike
     coefficients of ``noll`` and ``apodisation_terms`` apodisation coefficients are fitted
     by L-BFGS on the mean squared residual of the images normalised by their mean,
     defective pixels (``valid`` False) left out. A first pass fits the positions alone,
@@ -626,6 +696,7 @@ def calibrate_pupil(
     log_amplitude = torch.zeros(size, size, device=device, dtype=dtype, requires_grad=bool(free_form))
     map_phase = torch.zeros(size, size, device=device, dtype=dtype, requires_grad=bool(free_form))
     inside = _disc(size, dtype, device)[2]
+    neighbours = (inside[1:] & inside[:-1], inside[:, 1:] & inside[:, :-1])
     use_map = False
     start_edge = start.source_edge_na if start is not None else ()
     edge = torch.tensor(start_edge or (0.0, 0.0), device=device, dtype=dtype)
@@ -644,32 +715,28 @@ def calibrate_pupil(
     def zernike_full() -> torch.Tensor:
         return fixed.index_put((index,), free_z) if n_terms else fixed
 
-    def evaluate(
-        renderers: Sequence[tuple[ForwardModel, float]] = spectral,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        coefficients = (zernike_full() if n_terms else None, apod if apod.numel() else None)
-        src = sources()
-        if edge_active:
-            edge_now = torch.clamp(edge, 0.0, na_limit)
-            renderers = [(with_source_edge(m, edge_now), w) for m, w in renderers]
-        images: list[torch.Tensor] = []
-        for m, w in renderers:
-            pupil = pupil_on_grid(m, coefficients, sine_condition=sine)
-            if use_map:
-                pupil = pupil * free_form_on_grid(m, log_amplitude, map_phase)
-            spectrum = homogeneous_spectrum(m, src)
-            images.append(w * camera_intensity(m, spectrum, pupil=pupil))
-        image = _apply_transfer(torch.stack(images).sum(dim=0), transfer)
+    # built once: the pupils' bases and free-form grids, the loss's normalisation
+    band_all = [prepare_renderer(m, w, n_terms, apod.numel(), sine, dtype) for m, w in spectral]
+    centre = [prepare_renderer(model, 1.0, n_terms, apod.numel(), sine, dtype)]
+    total_weight = weight.sum()
+    map_scale = (target * weight).pow(2).mean()  # the smoothness penalty's, relative to the images
+
+    def evaluate(renderers: Sequence[PreparedRenderer] = band_all) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = point_source_images(
+            renderers, sources(), zernike_full() if n_terms else None, apod if apod.numel() else None,
+            source_edge_na=torch.clamp(edge, 0.0, na_limit) if edge_active else None,
+            free_form=(log_amplitude, map_phase) if use_map else None, transfer=transfer,
+        )
         b, c = fit_brightness_background(image, target, weight)
         predicted = image * b[:, None, None] + c[:, None, None]
-        loss = (weight * (predicted - target) ** 2).sum() / weight.sum()
+        loss = (weight * (predicted - target) ** 2).sum() / total_weight
         if use_map:
-            loss = loss + free_form_smoothness * _smoothness((log_amplitude, map_phase), inside) * (target * weight).pow(2).mean()
+            loss = loss + free_form_smoothness * _smoothness((log_amplitude, map_phase), neighbours) * map_scale
         return loss, predicted, b, c
 
     stages = 2 + (len(spectral) > 1) + (2 if free_form else 0)
 
-    def fit(parameters: list[torch.Tensor], renderers: Sequence[tuple[ForwardModel, float]], stage_index: int, stage: str) -> None:
+    def fit(parameters: list[torch.Tensor], renderers: Sequence[PreparedRenderer], stage_index: int, stage: str) -> None:
         parameters = [p for p in parameters if p.requires_grad and p.numel()]
         if not parameters:
             return
@@ -694,7 +761,7 @@ def calibrate_pupil(
 
     # the passes before the last run at the centre wavelength alone (a third of the band's
     # cost); the last one starts near the band's optimum and converges in a few steps
-    fit([lateral, depth], [(model, 1.0)], 0, "positions")
+    fit([lateral, depth], centre, 0, "positions")
     with torch.no_grad():
         loss, predicted, _, c = evaluate()
         residual_start = _relative_residual(predicted, target, c, weight)
@@ -717,9 +784,9 @@ def calibrate_pupil(
         edge.requires_grad_(with_edge)
         stage = 1
         if len(spectral) > 1:
-            fit([lateral, depth, free_z, apod, edge], [(model, 1.0)], stage, "all parameters")
+            fit([lateral, depth, free_z, apod, edge], centre, stage, "all parameters")
             stage += 1
-        fit([lateral, depth, free_z, apod, edge], spectral, stage, last)
+        fit([lateral, depth, free_z, apod, edge], band_all, stage, last)
         return stage + 1
 
     scanned = edge_active and not start_edge
@@ -737,7 +804,7 @@ def calibrate_pupil(
     maps, residual_free_form = None, None
     if free_form:
         use_map = True
-        fit([lateral, depth, log_amplitude, map_phase], spectral, stage, "free-form pupil")
+        fit([lateral, depth, log_amplitude, map_phase], band_all, stage, "free-form pupil")
         stage += 1
         with torch.no_grad():
             _, predicted, _, c = evaluate()
@@ -754,7 +821,7 @@ def calibrate_pupil(
             free_z = fixed[index].clone()
             apod = torch.tensor(projected.apodisation, device=device, dtype=dtype)
         use_map = False
-        fit([lateral, depth], spectral, stage, "positions, projected pupil")
+        fit([lateral, depth], band_all, stage, "positions, projected pupil")
     with torch.no_grad():
         _, predicted, b, c = evaluate()
         residual = _relative_residual(predicted, target, c, weight)

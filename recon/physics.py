@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from nvplive.errors import GeometryError
 
 from .optics import Optics, VolumeGeometry
-from .pupil import PupilParameters, aperture, pupil_function
+from .pupil import PupilBasis, PupilParameters, aperture, coefficient_dtype, pupil_basis, pupil_from_basis
 
 #: Relative width of the raised-cosine edge of the source band limit.
 SOURCE_EDGE_WIDTH = 0.12
@@ -552,19 +552,37 @@ def pupil_on_grid(
     else:
         zernike_rad, apodisation = params_or_tensors
         sine = bool(sine_condition)
+    basis = pupil_basis_on_grid(
+        model, 0 if zernike_rad is None else zernike_rad.numel(), 0 if apodisation is None else apodisation.numel(), sine,
+        dtype=coefficient_dtype(model.real_dtype, zernike_rad, apodisation),
+    )
+    return pupil_from_basis(basis, zernike_rad, apodisation)
+
+
+def pupil_basis_on_grid(
+    model: ForwardModel, zernike_terms: int, apodisation_terms: int, sine_condition: bool, *, dtype: torch.dtype | None = None
+) -> PupilBasis:
+    """The coefficient-free parts of the pupil on the model's exit grid (:func:`.pupil.pupil_basis`):
+    built once, :func:`.pupil.pupil_from_basis` gives the pupil ``[Ye, Xe]`` for any coefficients.
+
+    Args:
+        zernike_terms, apodisation_terms: coefficients the basis serves (Noll 2 … J+1; a_1 … a_K).
+        dtype: real dtype (default: the model's; the wider of the two when given).
+    """
     optics = model.optics
-    return pupil_function(
+    return pupil_basis(
         model.exit_ky,
         model.exit_kx,
         optics.k0,
         optics.na,
         optics.n_medium,
-        zernike_rad,
-        apodisation,
-        sine,
+        zernike_terms,
+        apodisation_terms,
+        sine_condition,
         # The exit kernel already weights the edge cells by their coverage; the pupil
         # only needs to be zero outside them.
         hard_aperture=(model.aperture > 0).to(model.real_dtype),
+        dtype=dtype,
     )
 
 

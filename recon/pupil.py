@@ -189,6 +189,92 @@ def aperture(ky: torch.Tensor, kx: torch.Tensor, k0: float, na: float, subsample
     return coverage
 
 
+@dataclass(frozen=True)
+class PupilBasis:
+    """The parts of a pupil on a fixed frequency grid that do not depend on its
+    coefficients (:func:`pupil_basis`), so that a fit re-evaluating the pupil builds them once.
+
+    Attributes:
+        inside: ``[Y, X]`` hard aperture ``circ`` (real, area-weighted at the edge when given so).
+        powers: ``[Y, X, K]`` apodisation powers ``ρ^(2k)``, k = 1 … K.
+        sine_profile: ``[Y, X]`` aplanatic profile ``S(ρ)``, or None without the sine condition.
+        zernike: ``[Y, X, J]`` Zernike polynomials ``Z_j(ρ, θ)`` of Noll 2 … J+1 (ρ clamped to 1).
+    """
+
+    inside: torch.Tensor
+    powers: torch.Tensor
+    sine_profile: torch.Tensor | None
+    zernike: torch.Tensor
+
+
+def pupil_basis(
+    ky: torch.Tensor,
+    kx: torch.Tensor,
+    k0: float,
+    na: float,
+    n_medium: float,
+    zernike_terms: int = 0,
+    apodisation_terms: int = 0,
+    sine_condition: bool = False,
+    *,
+    hard_aperture: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> PupilBasis:
+    """The coefficient-free parts of the pupil ``[Y, X]`` on the frequency grid ``ky [Y, 1]``,
+    ``kx [1, X]`` (rad/µm): ``circ``, ``ρ^(2k)``, ``S(ρ)`` and ``Z_j`` (module docstring).
+
+    Args:
+        k0: vacuum wavenumber 2π/λ (rad/µm); na: detection NA; n_medium: medium index.
+        zernike_terms, apodisation_terms: how many coefficients ``J`` and ``K`` the basis serves.
+        sine_condition: include the aplanatic profile ``(1 − (NA·ρ/n)²)^(1/4)``.
+        hard_aperture: precomputed ``circ`` mask (default: :func:`aperture` on this grid).
+        dtype: real dtype of the basis (default: the grid's; wider of the two when given).
+    """
+    mask = aperture(ky, kx, k0, na) if hard_aperture is None else hard_aperture
+    real_dtype = kx.dtype if dtype is None else torch.promote_types(kx.dtype, dtype)
+    k_cut = k0 * na
+    rho = (torch.sqrt(kx**2 + ky**2) / k_cut).to(real_dtype)
+    rho_in = torch.clamp(rho, max=1.0)  # polynomials are bounded on the disc; outside is masked
+    empty = rho_in.new_zeros(*rho_in.shape, 0)
+    powers = torch.stack([rho_in ** (2 * (k + 1)) for k in range(apodisation_terms)], dim=-1) if apodisation_terms else empty
+    sine = (1.0 - (na * rho_in / n_medium) ** 2) ** 0.25 if sine_condition else None
+    basis = empty
+    if zernike_terms:
+        theta = torch.atan2(ky, kx).to(real_dtype).expand_as(rho)
+        basis = torch.stack([zernike(j, rho_in, theta) for j in range(FIRST_NOLL, FIRST_NOLL + zernike_terms)], dim=-1)
+    return PupilBasis(mask.to(real_dtype), powers, sine, basis)
+
+
+def pupil_from_basis(
+    basis: PupilBasis, zernike_rad: torch.Tensor | None = None, apodisation: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The complex pupil ``circ · A · S · exp(i·Σ c_j Z_j)`` ``[Y, X]`` from its basis and coefficients.
+
+    Args:
+        zernike_rad: ``[J]`` coefficients (rad) of Noll 2 … J+1, or None.
+        apodisation: ``[K]`` coefficients ``a_1 … a_K`` of ``A(ρ) = 1 + Σ a_k ρ^(2k)``, or None.
+
+    Returns:
+        Complex tensor in the basis's complex dtype; differentiable in the coefficients.
+
+    Raises:
+        ValueError: when the coefficients outnumber the basis's terms.
+    """
+    real_dtype = basis.inside.dtype
+    amplitude = basis.inside
+    if apodisation is not None and apodisation.numel():
+        if apodisation.numel() != basis.powers.shape[-1]:
+            raise ValueError(f"{apodisation.numel()} apodisation coefficients for a basis of {basis.powers.shape[-1]}.")
+        amplitude = amplitude * (1.0 + basis.powers @ apodisation.to(device=amplitude.device, dtype=real_dtype))
+    if basis.sine_profile is not None:
+        amplitude = amplitude * basis.sine_profile
+    if zernike_rad is None or not zernike_rad.numel():
+        return torch.complex(amplitude, torch.zeros_like(amplitude))
+    if zernike_rad.numel() != basis.zernike.shape[-1]:
+        raise ValueError(f"{zernike_rad.numel()} Zernike coefficients for a basis of {basis.zernike.shape[-1]}.")
+    return torch.polar(amplitude, basis.zernike @ zernike_rad.to(device=amplitude.device, dtype=real_dtype))
+
+
 def pupil_function(
     ky: torch.Tensor,
     kx: torch.Tensor,
@@ -201,7 +287,8 @@ def pupil_function(
     *,
     hard_aperture: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Complex pupil ``[Y, X]`` on the frequency grid ``ky [Y, 1]``, ``kx [1, X]`` (rad/µm).
+    """Complex pupil ``[Y, X]`` on the frequency grid ``ky [Y, 1]``, ``kx [1, X]`` (rad/µm):
+    :func:`pupil_from_basis` of :func:`pupil_basis`.
 
     Args:
         k0: vacuum wavenumber 2π/λ (rad/µm); na: detection NA; n_medium: medium index.
@@ -214,29 +301,21 @@ def pupil_function(
         ``circ · A · S · exp(i·Σ c_j Z_j)`` in the complex dtype of the grid (or of the
         coefficients, when they are wider); differentiable in the coefficients.
     """
-    mask = aperture(ky, kx, k0, na) if hard_aperture is None else hard_aperture
-    real_dtype = kx.dtype
-    for coefficients in (zernike_rad, apodisation):
-        if coefficients is not None:
-            real_dtype = torch.promote_types(real_dtype, coefficients.dtype)
-    k_cut = k0 * na
-    rho = (torch.sqrt(kx**2 + ky**2) / k_cut).to(real_dtype)
-    inside = mask.to(real_dtype)
-    rho_in = torch.clamp(rho, max=1.0)  # polynomials are bounded on the disc; outside is masked
-    amplitude = inside
-    if apodisation is not None and apodisation.numel():
-        a = apodisation.to(device=rho.device, dtype=real_dtype)
-        powers = torch.stack([rho_in ** (2 * (k + 1)) for k in range(a.numel())], dim=-1)
-        amplitude = amplitude * (1.0 + powers @ a)
-    if sine_condition:
-        amplitude = amplitude * (1.0 - (na * rho_in / n_medium) ** 2) ** 0.25
-    if zernike_rad is None or not zernike_rad.numel():
-        return torch.complex(amplitude, torch.zeros_like(amplitude))
-    c = zernike_rad.to(device=rho.device, dtype=real_dtype)
-    theta = torch.atan2(ky, kx).to(real_dtype).expand_as(rho)
-    basis = torch.stack([zernike(j, rho_in, theta) for j in range(FIRST_NOLL, FIRST_NOLL + c.numel())], dim=-1)
-    phase = basis @ c
-    return torch.polar(amplitude, phase)
+    basis = pupil_basis(
+        ky, kx, k0, na, n_medium, 0 if zernike_rad is None else zernike_rad.numel(),
+        0 if apodisation is None else apodisation.numel(), sine_condition,
+        hard_aperture=hard_aperture, dtype=coefficient_dtype(kx.dtype, zernike_rad, apodisation),
+    )
+    return pupil_from_basis(basis, zernike_rad, apodisation)
+
+
+def coefficient_dtype(grid_dtype: torch.dtype, *coefficients: torch.Tensor | None) -> torch.dtype:
+    """The real dtype a pupil is computed in: the grid's, or the coefficients' when wider."""
+    real_dtype = grid_dtype
+    for c in coefficients:
+        if c is not None:
+            real_dtype = torch.promote_types(real_dtype, c.dtype)
+    return real_dtype
 
 
 def pupil_map(

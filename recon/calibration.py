@@ -539,6 +539,27 @@ def point_source_images(
     return _apply_transfer(torch.stack(images).sum(dim=0), transfer)
 
 
+def _check_free_form_samples(size: int, noll: Sequence[int], start_terms: int, apodisation_terms: int) -> None:
+    """The samples of a ``size × size`` free-form map inside the pupil, checked against the
+    unknowns of its projection (:func:`project_free_form`): Zernike ``Z_1 … Z_top`` and the
+    apodisation's ``1 + apodisation_terms`` radial terms. An underdetermined least-squares fit
+    has no unique answer (LAPACK's solution then varies from call to call).
+
+    Raises:
+        ValueError: ``size`` < 3, or fewer samples inside the pupil than unknowns.
+    """
+    if size < 3:
+        raise ValueError(f"A free-form pupil needs at least 3 × 3 samples, got {size}.")
+    top = max(max(noll, default=FIRST_NOLL), start_terms + FIRST_NOLL - 1)
+    samples = int(_disc(size, torch.float64)[2].sum())
+    needed = max(top, 1 + apodisation_terms)
+    if samples < needed:
+        raise ValueError(
+            f"A free-form pupil of {size} × {size} samples has {samples} inside the pupil, fewer than the "
+            f"{needed} terms it is projected onto (Zernike up to Noll {top}); use a larger map."
+        )
+
+
 def project_free_form(
     pupil: PupilParameters, log_amplitude: np.ndarray, phase: np.ndarray, *, noll: Sequence[int], apodisation_terms: int
 ) -> PupilParameters:
@@ -547,8 +568,12 @@ def project_free_form(
     (least squares over the disc, amplitude-weighted), of which ``noll`` are kept (piston,
     tip/tilt and defocus belong to the source positions); the amplitude by ``c·(1 + Σ a_k ρ^{2k})``
     (``c`` is a brightness the fit carries).
+
+    Raises:
+        ValueError: maps too coarse for the terms (:func:`_check_free_form_samples`).
     """
     size = int(np.asarray(phase).shape[0])
+    _check_free_form_samples(size, noll, len(pupil.zernike_rad), apodisation_terms)
     rho, theta, inside = _disc(size, torch.float64)
     z, a = pupil.tensors()
     rho_in, theta_in = rho[inside], theta[inside]
@@ -659,8 +684,8 @@ def calibrate_pupil(
     noll = tuple(sorted(int(j) for j in noll))
     if noll and noll[0] < FIRST_NOLL:
         raise ValueError(f"Noll indices must be ≥ {FIRST_NOLL}, got {noll[0]}.")
-    if free_form and free_form < 3:
-        raise ValueError(f"A free-form pupil needs at least 3 × 3 samples, got {free_form}.")
+    if free_form:
+        _check_free_form_samples(free_form, noll, len(start.zernike_rad) if start is not None else 0, apodisation_terms)
     device, dtype = model.device, model.real_dtype
     data = torch.as_tensor(np.asarray(measured) if not isinstance(measured, torch.Tensor) else measured, device=device).to(dtype)
     base = torch.as_tensor(np.asarray(sources_um_xyz, dtype=np.float64), device=device, dtype=dtype).reshape(-1, 3)

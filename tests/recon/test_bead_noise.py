@@ -139,3 +139,19 @@ def test_a_free_form_pupil_takes_up_an_aberration_beyond_the_fitted_zernike_term
     assert cal.free_form is not None and cal.free_form[1].shape == (17, 17)
     # the free-form pupil explains the quadrafoil; its projection on Noll 5–11 cannot
     assert cal.residual_free_form is not None and cal.residual_free_form < 0.5 * cal.residual, (cal.residual_free_form, cal.residual)
+
+
+def test_a_free_form_map_too_coarse_for_its_projection_is_refused_before_any_fit():
+    from nvplive.recon.calibration import calibrate_pupil, project_free_form, stack_model
+    from nvplive.recon.optics import Optics
+    from nvplive.recon.pupil import PupilParameters
+
+    # 5 × 5 samples: 13 inside the pupil, fewer than Z_1 … Z_22 (the projection would be
+    # an underdetermined least-squares fit with no unique answer)
+    with pytest.raises(ValueError, match=r"5 × 5 samples has 13 inside the pupil, fewer than the 22 terms"):
+        project_free_form(PupilParameters(), np.zeros((5, 5)), np.zeros((5, 5)), noll=range(5, 23), apodisation_terms=2)
+    model = stack_model(Optics(wavelength_um=0.6, n_medium=1.33, na=1.1), (16, 16), 0.09, 2.0, pad_yx=(8, 8))
+    with pytest.raises(ValueError, match="fewer than the 22 terms"):
+        calibrate_pupil(model, np.ones((2, 16, 16)), np.zeros((2, 3)), free_form=5)
+    nine = project_free_form(PupilParameters(), np.zeros((9, 9)), np.full((9, 9), 0.0), noll=range(5, 23), apodisation_terms=2)
+    assert nine == project_free_form(PupilParameters(), np.zeros((9, 9)), np.zeros((9, 9)), noll=range(5, 23), apodisation_terms=2)

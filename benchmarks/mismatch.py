@@ -11,6 +11,12 @@ that the grid runs on two CPU cores: the standard one (beads 6 µm below a 4 µm
 volume, 0.25 µm voxels, λ 0.6, n 1.33) and a thick one (12 µm volume of
 0.5×0.16×0.16 µm voxels, λ 0.52, n 1.333, beads 2–4 µm below, focus in the middle).
 The default runs a representative subset; ``--full`` the whole grid.
+
+Pupil calibration runs in one of three ways per row (``calibration``): on the frames
+(``True``, the default of ``reconstruct``), not at all (``False``: the hard aperture), or on a
+bead z-stack through the same instrument without the specimen (``"bead stack"``: what
+``nvplive calibrate STACK.tif`` and the app's "Calibrate pupil" give a user, then
+``reconstruct --pupil FILE``: the calibration on the frames starts from that pupil).
 """
 
 from __future__ import annotations
@@ -49,6 +55,14 @@ SUBSET = {
     "thick": ("matched", "realistic (seed 0)"),
 }
 METHODS = ("nvp", "explicit", "triplane")
+#: The ways a row gets its pupil (see the module docstring), in the table's order.
+CALIBRATIONS = (True, "bead stack", False)
+CALIBRATION_NAMES = {True: "frames", "bead stack": "bead z-stack", False: "none"}
+#: The simulated bead z-stack: one bead from STACK_HALF_RANGE_UM above the focal plane to as far
+#: below, planes STACK_STEP_UM apart, on a field of STACK_FIELD × STACK_FIELD camera pixels.
+STACK_HALF_RANGE_UM = 2.0
+STACK_STEP_UM = 0.5
+STACK_FIELD = 64
 TASK_KEYS = ("geometry", "instrument", "method", "iterations", "calibration")
 
 
@@ -92,6 +106,30 @@ def _setup(geometry_name: str, instrument_name: str, seed: int = 0):
     return optics, geometry, sources, truth, frames
 
 
+def stack_calibration(geometry_name: str, instrument_name: str, seed: int = 0):
+    """The pupil a user would calibrate on a bead z-stack through the row's instrument
+    (no specimen): simulated like the frames (polychromatic, 0.2 µm bead, the instrument's
+    pupil, source NA and sampling), fitted by :func:`~nvplive.recon.calibration.calibrate_bead_stack`
+    with the stack's direction known, told λ, NA, n, the pixel size and the z step."""
+    from nvplive.recon.calibration import calibrate_bead_stack
+    from nvplive.recon.optics import Optics, VolumeGeometry
+    from nvplive.recon.simulate import THICK_OPTICS, CameraModel, PartialCoherence, Simulator
+
+    g = GEOMETRIES[geometry_name]
+    optics = THICK_OPTICS if g["thick"] else Optics()
+    dx = g["voxel_um_zyx"][2]
+    # the focal plane below a two-slab empty volume, the bead from above it to below it
+    focal = -(STACK_HALF_RANGE_UM + 0.1)
+    geometry = VolumeGeometry((2, STACK_FIELD, STACK_FIELD), g["voxel_um_zyx"], focal_plane_z_um=focal)
+    heights = np.arange(STACK_HALF_RANGE_UM, -STACK_HALF_RANGE_UM - STACK_STEP_UM / 2, -STACK_STEP_UM)
+    bead = np.stack([np.zeros_like(heights), np.zeros_like(heights), focal + heights], 1)
+    sim = Simulator(optics, geometry, bead, coherence=PartialCoherence(3, 0.2, 2), camera=CameraModel(), seed=seed,
+                    instrument=_instrument(INSTRUMENTS[instrument_name], optics),
+                    relative_brightness=np.ones(len(bead)), background=np.full(len(bead), 5.0))
+    stack = sim.frames(np.zeros(geometry.shape_zyx, np.float32), np.random.default_rng(seed))
+    return calibrate_bead_stack(stack, optics, dx, STACK_STEP_UM, z_direction=1)
+
+
 def _run(task: dict) -> dict:
     """One reconstruction; a refusal or failure becomes a row with its message."""
     try:
@@ -119,14 +157,19 @@ def _reconstruct(task: dict) -> dict:
     from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
     optics, geometry, sources, truth, frames = _setup(task["geometry"], task["instrument"])
+    stack = stack_calibration(task["geometry"], task["instrument"]) if task["calibration"] == "bead stack" else None
     config = ReconConfig(
-        method=task["method"], iterations=task["iterations"], pupil_calibration=task["calibration"], **task.get("overrides", {}),
+        method=task["method"], iterations=task["iterations"], pupil_calibration=task["calibration"] is not False,
+        **task.get("overrides", {}),
     )
     # The reconstruction is told λ, NA, n (not the simulator's source NA or pupil), the
-    # voxel size and the nominal bead positions.
-    rec = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=config, device="cpu")
+    # voxel size and the nominal bead positions; with "bead stack", the calibration on the
+    # frames starts from the pupil fitted on the stack (`reconstruct --pupil FILE`).
+    rec = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=config, device="cpu",
+                        pupil=None if stack is None else stack.calibration.pupil)
     start = time.perf_counter()
     result = rec.cold_start(frames)
+    true_pupil = _instrument(INSTRUMENTS[task["instrument"]], optics).pupil
     row = {
         **{k: task[k] for k in TASK_KEYS},
         "overrides": task.get("overrides", {}),
@@ -134,11 +177,14 @@ def _reconstruct(task: dict) -> dict:
         "zero_psnr_db": round(float(absolute_scores(np.zeros_like(truth), truth).psnr_db), 3),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    if rec.calibration is not None:
-        true_pupil = _instrument(INSTRUMENTS[task["instrument"]], optics).pupil
-        row["pupil_error_rad"] = round(pupil_error_rad(rec.calibration.pupil, true_pupil, rec.calibration.noll), 4)
-        row["pupil_residual"] = round(float(rec.calibration.residual), 4)
-        row["source_edge_na"] = [round(v, 4) for v in rec.calibration.pupil.source_edge_na]
+    if stack is not None:
+        row["stack_pupil_error_rad"] = round(pupil_error_rad(stack.calibration.pupil, true_pupil, stack.calibration.noll), 4)
+        row["stack_apodisation"] = [round(v, 4) for v in stack.calibration.pupil.apodisation]
+    calibration = rec.calibration
+    if calibration is not None:
+        row["pupil_error_rad"] = round(pupil_error_rad(calibration.pupil, true_pupil, calibration.noll), 4)
+        row["pupil_residual"] = round(float(calibration.residual), 4)
+        row["source_edge_na"] = [round(v, 4) for v in calibration.pupil.source_edge_na]
     return row
 
 
@@ -147,13 +193,14 @@ def run_mismatch(
     workers: int | None = None,
     progress=print,
     subset: dict[str, tuple[str, ...]] | None = None,
-    calibration: tuple[bool, ...] = (True, False),
+    calibration: tuple[bool | str, ...] = (True, False),
     overrides: dict | None = None,
 ) -> list[dict]:
     """Reconstruct every (geometry, instrument, method, calibration) row in worker processes; one dict per row.
 
     ``subset`` (geometry → instrument names) overrides the default subset (``full``: all);
-    ``calibration`` says whether the rows run with pupil calibration, without, or both;
+    ``calibration``: the ways the rows get their pupil (:data:`CALIBRATIONS`: on the frames,
+    ``"bead stack"``, none);
     ``overrides`` are :class:`~nvplive.recon.reconstructor.ReconConfig` fields for every row
     (recorded in each row as ``overrides``).
     """
@@ -175,8 +222,8 @@ def run_mismatch(
         for i, row in enumerate(pool.map(_run, tasks)):
             rows.append(row)
             outcome = row.get("error") or f"{row['psnr_db']:.2f} dB (all-zero {row['zero_psnr_db']:.2f}) in {row['seconds']:.0f} s"
-            calibrated = "calibrated" if row["calibration"] else "no calibration"
-            progress(f"[{i + 1}/{len(tasks)}] {row['geometry']} {row['instrument']} {row['method']} ({calibrated}): {outcome}")
+            how = f"pupil: {CALIBRATION_NAMES[row['calibration']]}"
+            progress(f"[{i + 1}/{len(tasks)}] {row['geometry']} {row['instrument']} {row['method']} ({how}): {outcome}")
     return rows
 
 
@@ -191,12 +238,12 @@ def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
         f"wall time {seconds / 60:.1f} min. Pupil error: RMS of fitted − true Zernike coefficients over the "
         "fitted Noll indices (rad); residual: the calibration's relative image residual.",
         "",
-        "| geometry | instrument | pupil calibration | all-zero | NVP | Explicit | Triplane | NVP − all-zero | "
+        "| geometry | instrument | pupil calibrated on | all-zero | NVP | Explicit | Triplane | NVP − all-zero | "
         "NVP − Explicit | NVP − matched | pupil error (rad) | residual |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_key = {(r["geometry"], r["instrument"], r["method"], r["calibration"]): r for r in rows}
-    for calibrated in (True, False):
+    for calibrated in CALIBRATIONS:
         for geometry in GEOMETRIES:
             matched = by_key.get((geometry, "matched", "nvp", calibrated))
             matched = matched if matched is not None and "error" not in matched else None
@@ -204,7 +251,7 @@ def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
                 cells = {m: by_key.get((geometry, instrument, m, calibrated)) for m in METHODS}
                 if cells["nvp"] is None:
                     continue
-                head = f"| {geometry} | {instrument} | {'yes' if calibrated else 'no'} |"
+                head = f"| {geometry} | {instrument} | {CALIBRATION_NAMES[calibrated]} |"
                 if any(c is not None and "error" in c for c in cells.values()):
                     errors = "; ".join(f"{m}: {c['error']}" for m, c in cells.items() if c is not None and "error" in c)
                     lines.append(f"{head} – | refused or failed: {errors} | | | | | | | |")

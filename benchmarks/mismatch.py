@@ -193,18 +193,19 @@ def run_mismatch(
     workers: int | None = None,
     progress=print,
     subset: dict[str, tuple[str, ...]] | None = None,
-    calibration: tuple[bool | str, ...] = (True, False),
+    calibration: tuple[bool | str, ...] | None = None,
     overrides: dict | None = None,
 ) -> list[dict]:
     """Reconstruct every (geometry, instrument, method, calibration) row in worker processes; one dict per row.
 
     ``subset`` (geometry → instrument names) overrides the default subset (``full``: all);
     ``calibration``: the ways the rows get their pupil (:data:`CALIBRATIONS`: on the frames,
-    ``"bead stack"``, none);
+    ``"bead stack"``, none; default: frames and none, ``full``: all three);
     ``overrides`` are :class:`~nvplive.recon.reconstructor.ReconConfig` fields for every row
     (recorded in each row as ``overrides``).
     """
     iterations = FULL_ITERATIONS if full else ITERATIONS
+    calibration = calibration if calibration is not None else (CALIBRATIONS if full else (True, False))
     chosen = subset if subset is not None else ({g: tuple(INSTRUMENTS) for g in GEOMETRIES} if full else SUBSET)
     tasks = [
         {

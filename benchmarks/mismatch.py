@@ -111,6 +111,7 @@ def stack_calibration(geometry_name: str, instrument_name: str, seed: int = 0):
     (no specimen): simulated like the frames (polychromatic, 0.2 µm bead, the instrument's
     pupil, source NA and sampling), fitted by :func:`~nvplive.recon.calibration.calibrate_bead_stack`
     with the stack's direction known, told λ, NA, n, the pixel size and the z step."""
+    from nvplive.acquisition.bead_stack import AUTO_EXPOSURE_FILL
     from nvplive.recon.calibration import calibrate_bead_stack
     from nvplive.recon.optics import Optics, VolumeGeometry
     from nvplive.recon.simulate import THICK_OPTICS, CameraModel, PartialCoherence, Simulator
@@ -126,7 +127,13 @@ def stack_calibration(geometry_name: str, instrument_name: str, seed: int = 0):
     sim = Simulator(optics, geometry, bead, coherence=PartialCoherence(3, 0.2, 2), camera=CameraModel(), seed=seed,
                     instrument=_instrument(INSTRUMENTS[instrument_name], optics),
                     relative_brightness=np.ones(len(bead)), background=np.full(len(bead), 5.0))
-    stack = sim.frames(np.zeros(geometry.shape_zyx, np.float32), np.random.default_rng(seed))
+    empty = np.zeros(geometry.shape_zyx, np.float32)
+    # the exposure the app's automatic exposure picks: the in-focus peak at AUTO_EXPOSURE_FILL
+    # of the camera's range (a saturated stack hides the peak the pupil's amplitude shapes)
+    full_scale = 2**sim.camera.bit_depth - 1 - sim.camera.offset
+    peak = float((sim.expected(empty) - sim.background[:, None, None]).max()) * sim.camera.gain
+    sim.relative_brightness = sim.relative_brightness * AUTO_EXPOSURE_FILL * full_scale / peak
+    stack = sim.frames(empty, np.random.default_rng(seed))
     return calibrate_bead_stack(stack, optics, dx, STACK_STEP_UM, z_direction=1)
 
 
@@ -158,10 +165,8 @@ def _reconstruct(task: dict) -> dict:
 
     optics, geometry, sources, truth, frames = _setup(task["geometry"], task["instrument"])
     stack = stack_calibration(task["geometry"], task["instrument"]) if task["calibration"] == "bead stack" else None
-    config = ReconConfig(
-        method=task["method"], iterations=task["iterations"], pupil_calibration=task["calibration"] is not False,
-        **task.get("overrides", {}),
-    )
+    settings = {"method": task["method"], "iterations": task["iterations"], "pupil_calibration": task["calibration"] is not False}
+    config = ReconConfig(**{**settings, **task.get("overrides", {})})
     # The reconstruction is told λ, NA, n (not the simulator's source NA or pupil), the
     # voxel size and the nominal bead positions; with "bead stack", the calibration on the
     # frames starts from the pupil fitted on the stack (`reconstruct --pupil FILE`).

@@ -375,7 +375,8 @@ def calibrate_stack(
         pupil=result.calibration.pupil,
         optics=optics,
         calibrated_from=f"{name} (z direction {result.z_direction:+d}"
-        + (", undetermined by the images)" if result.ambiguous else ")"),
+        + (", undetermined by the images" if result.ambiguous else "")
+        + (f"; {result.saturated_pixels} saturated pixels, amplitude unreliable)" if result.saturated_pixels else ")"),
         fitted_noll=tuple(result.calibration.noll),
         residual=result.residual,
         residual_before=result.residual_hard,

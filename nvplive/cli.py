@@ -318,6 +318,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             how += " (both directions fit alike: the even aberrations' sign follows this choice)"
         if result.noise is not None:
             how += f"; the stack's noise alone would leave {result.noise.residual_floor:.3f}"
+        if result.saturated_pixels:
+            print(f"warning: {result.saturated_pixels} pixels of {args.input.name} are at the camera's full scale; "
+                  "they are left out, but the clipped peak is what shapes the pupil's amplitude, so the fitted "
+                  "apodisation (and the even aberrations' sign) is unreliable: take the stack again with a shorter exposure.",
+                  file=sys.stderr)
     else:
         raise UsageError(f"{args.input} must be a recording (NAME.fdt) or a bead z-stack (.tif).")
     print(

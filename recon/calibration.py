@@ -891,6 +891,11 @@ class StackCalibration:
         noise: the stack's pixel noise (:func:`camera_noise`); its ``residual_floor`` is the
             residual the true image would leave, what ``residual`` is to be read against
             (None for pixels too coarse for the estimate).
+        saturated_pixels: pixels of the stack at the camera's full scale. They are left out of
+            the fit, but the peak they clip is what shapes the pupil's amplitude: on a simulated
+            stack with 14–64 saturated pixels per plane the fitted apodisation swung between
+            fits and the even aberrations' sign could flip (BENCHMARKS.md, "A pupil from a bead
+            z-stack"), so a saturated stack should be taken again with a shorter exposure.
     """
 
     calibration: PupilCalibration
@@ -899,6 +904,7 @@ class StackCalibration:
     residual: float
     ambiguous: bool = False
     noise: CameraNoise | None = None
+    saturated_pixels: int = 0
 
 
 def stack_model(
@@ -924,6 +930,7 @@ class StackViews:
         centre_um_xy: the bead's lateral start (the brightest plane's centroid, µm).
         noise: the stack's pixel noise (:func:`camera_noise`), None when its pixels sample the
             band too coarsely to leave frequencies beyond it.
+        saturated_pixels: pixels at the camera's full scale (the integer dtype's maximum).
     """
 
     model: ForwardModel
@@ -933,6 +940,7 @@ class StackViews:
     defocus_um: np.ndarray
     centre_um_xy: tuple[float, float]
     noise: CameraNoise | None
+    saturated_pixels: int = 0
 
     def sources(self, z_direction: int) -> np.ndarray:
         """Starting bead positions ``[Z, 3]`` (µm) for the planes stepping in ``z_direction``
@@ -981,7 +989,8 @@ def bead_stack_views(
         noise: CameraNoise | None = camera_noise(data, optics.wavelength_um - optics.emission_fwhm_um, optics.na, pixel_um, valid=valid)
     except ValueError:  # pixels too coarse to leave frequencies beyond the band, frames too small
         noise = None
-    return StackViews(model, band, data, valid, steps, (x0, y0), noise)
+    saturated = 0 if saturation is None else int((data >= saturation).sum())
+    return StackViews(model, band, data, valid, steps, (x0, y0), noise, saturated)
 
 
 def calibrate_bead_stack(
@@ -1037,7 +1046,8 @@ def calibrate_bead_stack(
             pixel_integration=pixel_integration, free_form=free_form,
             progress=substages(progress, f"z {direction:+d}, pupil", 2 * len(results) + 1, fits),
         )
-        results.append(StackCalibration(cal, direction, hard.residual, cal.residual, noise=views.noise))
+        results.append(StackCalibration(cal, direction, hard.residual, cal.residual, noise=views.noise,
+                                        saturated_pixels=views.saturated_pixels))
     best_fit = min(results, key=lambda r: r.residual)
     ambiguous = len(results) == 2 and abs(results[0].residual - results[1].residual) < 0.01 * best_fit.residual
     return replace(best_fit, ambiguous=ambiguous)

@@ -173,6 +173,7 @@ def test_calibrate_a_bead_z_stack(tmp_path: Path):
     out = nvplive("calibrate", "beads.tif", "--z-direction", "1", "--threads", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "7 planes, z direction +1" in out.stdout and "the stack's noise alone would leave" in out.stdout
+    assert "full scale" not in out.stderr  # no saturation warning for a stack that does not saturate
     doc = read_pupil_file(tmp_path / "beads.pupil.json")
     assert doc.method == "bead-z-stack" and doc.residual < doc.residual_before
     assert abs(doc.zernike_rad[11 - 2] - 0.4) < 0.1  # primary spherical

@@ -304,3 +304,23 @@ def test_a_bead_stack_calibration_reports_every_evaluation_and_stops_when_cancel
         calibrate_bead_stack(stack, optics, 0.1, 0.4, iterations=6, z_direction=1, progress=cancel_after)
     assert len(seen) == cancel_at < len(reports)
     assert seen == reports[:cancel_at]  # the same fit up to the cancel (deterministic)
+
+
+def test_a_saturated_bead_stack_is_counted_and_the_count_reaches_the_calibration():
+    """Pixels at the camera's full scale are left out of the fit and counted: the clipped peak
+    is what shapes the pupil's amplitude, so the user must learn of them (the CLI warns)."""
+    from nvplive.recon.calibration import bead_stack_views, stack_model
+
+    optics = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8, emission_fwhm_um=0.0)
+    model = stack_model(optics, (24, 24), 0.1, 2.0)
+    depths = model.geometry.focal_z_um - np.arange(-2, 3) * 0.4
+    sources = torch.tensor([[0.05, -0.03, z] for z in depths], dtype=torch.float64)
+    with torch.no_grad():
+        planes = camera_intensity(model, homogeneous_spectrum(model, sources)).numpy()
+    exposed = np.random.default_rng(0).poisson(planes / planes.max() * 2000.0 + 100.0)
+    assert bead_stack_views(exposed.astype(np.uint16), optics, 0.1, 0.4).saturated_pixels == 0
+    over = np.minimum(exposed * 40, 65535).astype(np.uint16)  # the in-focus peak clips at 16 bits
+    clipped = int((over == 65535).sum())
+    assert clipped > 0
+    assert bead_stack_views(over, optics, 0.1, 0.4).saturated_pixels == clipped
+    assert calibrate_bead_stack(over, optics, 0.1, 0.4, iterations=2, z_direction=1).saturated_pixels == clipped

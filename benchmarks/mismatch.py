@@ -86,13 +86,21 @@ def _instrument(spec: dict, optics):
     return Instrument("custom", pupil, source_na, 2, None)
 
 
+def _optics(geometry_name: str):
+    """The microscope of a geometry (:data:`GEOMETRIES`): the thick one's, or the default."""
+    from nvplive.recon.optics import Optics
+    from nvplive.recon.simulate import THICK_OPTICS
+
+    return THICK_OPTICS if GEOMETRIES[geometry_name]["thick"] else Optics()
+
+
 def _setup(geometry_name: str, instrument_name: str, seed: int = 0):
-    from nvplive.recon.optics import Optics, VolumeGeometry
+    from nvplive.recon.optics import VolumeGeometry
     from nvplive.recon.phantoms import make_phantom
-    from nvplive.recon.simulate import THICK_OPTICS, CameraModel, PartialCoherence, Simulator, default_sources, thick_sources
+    from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator, default_sources, thick_sources
 
     g = GEOMETRIES[geometry_name]
-    optics = THICK_OPTICS if g["thick"] else Optics()
+    optics = _optics(geometry_name)
     geometry = VolumeGeometry(g["shape_zyx"], g["voxel_um_zyx"])
     if g["thick"]:
         sources = thick_sources(geometry, VIEWS, seed=seed)
@@ -113,11 +121,11 @@ def stack_calibration(geometry_name: str, instrument_name: str, seed: int = 0):
     with the stack's direction known, told λ, NA, n, the pixel size and the z step."""
     from nvplive.acquisition.bead_stack import AUTO_EXPOSURE_FILL
     from nvplive.recon.calibration import calibrate_bead_stack
-    from nvplive.recon.optics import Optics, VolumeGeometry
-    from nvplive.recon.simulate import THICK_OPTICS, CameraModel, PartialCoherence, Simulator
+    from nvplive.recon.optics import VolumeGeometry
+    from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator
 
     g = GEOMETRIES[geometry_name]
-    optics = THICK_OPTICS if g["thick"] else Optics()
+    optics = _optics(geometry_name)
     dx = g["voxel_um_zyx"][2]
     # the focal plane below a two-slab empty volume, the bead from above it to below it
     focal = -(STACK_HALF_RANGE_UM + 0.1)

@@ -371,12 +371,13 @@ def calibrate_stack(
     result = calibrate_bead_stack(stack, optics, float(pixel_um), float(z_step_um), iterations=iterations,
                                   z_direction=z_direction, progress=fit_progress)
     progress(FIT_STEPS, FIT_STEPS, f"pupil fitted, residual {result.residual:.3f}")  # stages may converge before their budget
+    how = f"z direction {result.z_direction:+d}" + (", undetermined by the images" if result.ambiguous else "")
+    if result.saturated_pixels:
+        how += f"; {result.saturated_pixels} saturated pixels, amplitude unreliable"
     calibrated = CalibratedPupil(
         pupil=result.calibration.pupil,
         optics=optics,
-        calibrated_from=f"{name} (z direction {result.z_direction:+d}"
-        + (", undetermined by the images" if result.ambiguous else "")
-        + (f"; {result.saturated_pixels} saturated pixels, amplitude unreliable)" if result.saturated_pixels else ")"),
+        calibrated_from=f"{name} ({how})",
         fitted_noll=tuple(result.calibration.noll),
         residual=result.residual,
         residual_before=result.residual_hard,

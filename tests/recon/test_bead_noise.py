@@ -153,5 +153,10 @@ def test_a_free_form_map_too_coarse_for_its_projection_is_refused_before_any_fit
     model = stack_model(Optics(wavelength_um=0.6, n_medium=1.33, na=1.1), (16, 16), 0.09, 2.0, pad_yx=(8, 8))
     with pytest.raises(ValueError, match="fewer than the 22 terms"):
         calibrate_pupil(model, np.ones((2, 16, 16)), np.zeros((2, 3)), free_form=5)
+    # 9 × 9 is determined: the same answer on every call, to the least-squares solver's rounding
+    # (threaded BLAS may differ in the last bits: 1e-15 against -0.0 in one CI run)
     nine = project_free_form(PupilParameters(), np.zeros((9, 9)), np.full((9, 9), 0.0), noll=range(5, 23), apodisation_terms=2)
-    assert nine == project_free_form(PupilParameters(), np.zeros((9, 9)), np.zeros((9, 9)), noll=range(5, 23), apodisation_terms=2)
+    again = project_free_form(PupilParameters(), np.zeros((9, 9)), np.zeros((9, 9)), noll=range(5, 23), apodisation_terms=2)
+    np.testing.assert_allclose(nine.zernike_rad, again.zernike_rad, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(nine.apodisation, again.apodisation, rtol=0, atol=1e-12)
+    assert (nine.sine_condition, nine.source_edge_na) == (again.sine_condition, again.source_edge_na)

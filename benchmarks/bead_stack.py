@@ -10,6 +10,8 @@ every row (:func:`recon.calibration.calibrate_pupil` on :func:`recon.calibration
 
 - *hard*: the renderer's hard aperture (the issue's "before");
 - *zernike*: the product's calibration, Zernike Noll 5–22 and apodisation ``1 + a₁ρ² + a₂ρ⁴``;
+- *restart*: the same with the planes' positions restarted through the fitted pupil
+  (``calibrate_pupil``'s ``restart_positions``, on for FDT frames, off for a stack);
 - the same with one model term added: camera pixel integration, a finite bead, the emission
   band, more Zernike and apodisation terms;
 - *free-form*: a pixel-wise amplitude and phase map over the pupil on top of the Zernike one,
@@ -43,6 +45,7 @@ DEFAULT_STACK = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" /
 ROWS: dict[str, tuple[str, dict]] = {
     "hard": ("hard aperture", {"noll": (), "apodisation_terms": 0}),
     "zernike": ("Zernike Noll 5–22 + apodisation a₁ρ² + a₂ρ⁴ (product default)", {}),
+    "restart": ("+ the planes' positions restarted through the fitted pupil", {"restart_positions": True}),
     "pixel": ("+ camera pixel integration", {"pixel_integration": True}),
     "bead150": ("+ bead 0.15 µm", {"bead_diameter_um": 0.15}),
     "band30": ("+ emission band 30 nm FWHM (3 wavelengths)", {"emission_fwhm_um": 0.03}),
@@ -93,6 +96,7 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
         fwhm = keywords.pop("emission_fwhm_um", 0.0)
         problem = bead_stack_views(stack, optics(fwhm), pixel, step, pad_yx=pad_yx) if fwhm else views
         start = time.perf_counter()
+        keywords.setdefault("restart_positions", False)  # as calibrate_bead_stack
         cal = calibrate_pupil(problem.model, problem.frames, problem.sources(z_direction), valid=problem.valid,
                               axial="view", iterations=iterations, band=problem.band, **keywords)
         residual = cal.residual if cal.residual_free_form is None else cal.residual_free_form

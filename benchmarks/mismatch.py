@@ -154,14 +154,15 @@ def _run(task: dict) -> dict:
 
 
 def pupil_error_rad(found, truth, noll: tuple[int, ...]) -> float:
-    """RMS (rad) of the fitted minus the true Zernike coefficients over the ``noll`` indices."""
+    """The wavefront error (rad RMS over the pupil) of the fitted against the true pupil on the
+    ``noll`` indices: the norm of the Noll-normalised coefficients' difference."""
     from nvplive.recon.pupil import FIRST_NOLL
 
     def coefficient(p, j: int) -> float:
         k = j - FIRST_NOLL
         return p.zernike_rad[k] if 0 <= k < len(p.zernike_rad) else 0.0
 
-    return float(np.sqrt(np.mean([(coefficient(found, j) - coefficient(truth, j)) ** 2 for j in noll])))
+    return float(np.sqrt(np.sum([(coefficient(found, j) - coefficient(truth, j)) ** 2 for j in noll])))
 
 
 def _reconstruct(task: dict) -> dict:
@@ -249,11 +250,11 @@ def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
         "",
         f"Machine: {platform.node()} {platform.machine()} CPU, {os.cpu_count()} cores, one torch thread per worker; "
         f"cell phantom, {VIEWS} views, {rows[0]['iterations']} cold iterations, absolute-Δn PSNR (dB); "
-        f"wall time {seconds / 60:.1f} min. Pupil error: RMS of fitted − true Zernike coefficients over the "
-        "fitted Noll indices (rad); residual: the calibration's relative image residual.",
+        f"wall time {seconds / 60:.1f} min. Pupil error: the calibrated pupil's wavefront error against the true one "
+        "(rad RMS over the pupil, on the fitted Noll indices); residual: the calibration's relative image residual.",
         "",
         "| geometry | instrument | pupil calibrated on | all-zero | NVP | Explicit | Triplane | NVP − all-zero | "
-        "NVP − Explicit | NVP − matched | pupil error (rad) | residual |",
+        "NVP − Explicit | NVP − matched | wavefront error (rad RMS) | residual |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_key = {(r["geometry"], r["instrument"], r["method"], r["calibration"]): r for r in rows}

@@ -616,6 +616,7 @@ def calibrate_pupil(
     free_form: int = 0,
     free_form_smoothness: float = FREE_FORM_SMOOTHNESS,
     source_edge: bool = False,
+    restart_positions: bool = True,
 ) -> PupilCalibration:
     """Fit the detection pupil, the source positions and each view's brightness/background
     to images of point sources through a homogeneous medium.
@@ -630,6 +631,14 @@ def calibrate_pupil(
     the second everything, both at ``model``'s wavelength; with a ``band`` a third pass
     fits everything again through the band's renderers, from there. On FDT frames the specimen is weak: its images are dominated
     by this homogeneous part, so the pupil can be calibrated before the volume is known.
+
+    With ``restart_positions`` (``axial="view"``, a pupil fitted) every view's position is
+    then fitted again from its start through the fitted pupil, and a view whose image fits
+    better from there keeps the new position; if one does, the pupil is fitted again with
+    them. A view whose image the specimen distorts can pull its bead into a wrong minimum
+    (1.6 µm deep, 0.6 µm sideways) while the pupil is still far from right, and hold the
+    pupil off by 0.06 rad; restarted through the fitted pupil it finds the right one
+    (BENCHMARKS.md, "Pupil calibration").
 
     Degeneracies: piston, tip/tilt and defocus are not fitted (see :data:`DEFAULT_NOLL`);
     the lateral positions absorb tip/tilt and the axial positions defocus.
@@ -674,6 +683,9 @@ def calibrate_pupil(
             ``noll`` and ``apodisation_terms`` (:func:`project_free_form`).
         source_edge: also calibrate the source spectrum's edge (see above); a ``start``
             with ``source_edge_na`` is used as it is without it.
+        restart_positions: restart the positions through the fitted pupil (see above; stages
+            ``positions, restarted`` and the passes of everything again, skipped when no view
+            improves).
 
     Raises:
         ValueError: for an unknown ``axial`` mode, a Noll index below 2 or a free-form map smaller than 3.
@@ -759,7 +771,8 @@ def calibrate_pupil(
             loss = loss + free_form_smoothness * _smoothness((log_amplitude, map_phase), neighbours) * map_scale
         return loss, predicted, b, c
 
-    stages = 2 + (len(spectral) > 1) + (2 if free_form else 0)
+    restarting = restart_positions and axial == "view" and bool(noll or apodisation_terms)
+    stages = (2 + (len(spectral) > 1)) * (2 if restarting else 1) + (2 if free_form else 0)
 
     def fit(parameters: list[torch.Tensor], renderers: Sequence[PreparedRenderer], stage_index: int, stage: str) -> None:
         parameters = [p for p in parameters if p.requires_grad and p.numel()]
@@ -804,10 +817,9 @@ def calibrate_pupil(
                 edge.copy_(chosen)
     last = "all parameters, emission band" if len(spectral) > 1 else "all parameters"
 
-    def fit_all(with_edge: bool) -> int:
-        """The passes of everything (centre wavelength, then the band); returns the next stage."""
+    def fit_all(with_edge: bool, stage: int = 1) -> int:
+        """The passes of everything (centre wavelength, then the band) from ``stage``; returns the next stage."""
         edge.requires_grad_(with_edge)
-        stage = 1
         if len(spectral) > 1:
             fit([lateral, depth, free_z, apod, edge], centre, stage, "all parameters")
             stage += 1
@@ -826,6 +838,23 @@ def calibrate_pupil(
                 t.copy_(v)
         edge_active = False
         stage = fit_all(False)
+    if restarting:
+        # each view's position again from its start, through the fitted pupil; a view that
+        # lands lower keeps it, and then the pupil is fitted again with the new positions
+        def view_losses() -> torch.Tensor:
+            _, predicted, _, _ = evaluate()
+            return (weight * (predicted - target) ** 2).sum(dim=(1, 2))
+
+        with torch.no_grad():
+            kept = (view_losses(), lateral.detach().clone(), depth.detach().clone())
+            lateral.zero_()
+            depth.zero_()
+        fit([lateral, depth], band_all, stage, "positions, restarted")
+        with torch.no_grad():
+            better = view_losses() < kept[0]
+            lateral.copy_(torch.where(better[:, None], lateral, kept[1]))
+            depth.copy_(torch.where(better, depth, kept[2]))
+        stage = fit_all(source_edge and edge_active, stage + 1) if bool(better.any()) else stage + 2 + (len(spectral) > 1)
     maps, residual_free_form = None, None
     if free_form:
         use_map = True
@@ -1023,7 +1052,9 @@ def calibrate_bead_stack(
     Hot, dead and saturated pixels are left out (:func:`defective_pixels`).
     ``optics.emission_fwhm_um`` > 0 renders the emission band; ``bead_diameter_um``,
     ``pixel_integration`` and ``free_form`` as in :func:`calibrate_pupil` (the hard-aperture
-    residual keeps the coherent point source at the centre wavelength).
+    residual keeps the coherent point source at the centre wavelength). The planes' positions
+    are not restarted (``restart_positions``): their start, the stage's steps, is all there is
+    to restart from, and the real stack's figures in BENCHMARKS.md were measured without it.
     ``progress``: as for :func:`calibrate_pupil`, its stages numbered over the whole
     calibration (per direction: the hard aperture's fit, then the pupil's).
 
@@ -1043,7 +1074,7 @@ def calibrate_bead_stack(
         cal = calibrate_pupil(
             views.model, views.frames, sources, valid=views.valid, noll=noll, apodisation_terms=apodisation_terms,
             axial="view", iterations=iterations, start=start, band=views.band, bead_diameter_um=bead_diameter_um,
-            pixel_integration=pixel_integration, free_form=free_form,
+            pixel_integration=pixel_integration, free_form=free_form, restart_positions=False,
             progress=substages(progress, f"z {direction:+d}, pupil", 2 * len(results) + 1, fits),
         )
         results.append(StackCalibration(cal, direction, hard.residual, cal.residual, noise=views.noise,

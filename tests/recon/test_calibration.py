@@ -174,8 +174,10 @@ def test_pupil_calibration_recovers_zernike_coefficients_and_bead_depths():
     cal = calibrate_pupil(model, frames, nominal, iterations=80)
     found = np.array(cal.pupil.zernike_rad)
     fitted = [j - 2 for j in DEFAULT_NOLL]
-    error = np.sqrt(np.mean((found[fitted] - np.array(truth.zernike_rad)[fitted]) ** 2))
-    assert error < 0.03, error
+    # the issue's target: the wavefront error (RMS over the pupil, the norm of the Noll-normalised
+    # coefficients' difference) ≤ 0.05 rad, here of a 0.45 rad RMS pupil
+    wavefront_error = np.linalg.norm(found[fitted] - np.array(truth.zernike_rad)[fitted])
+    assert truth.aberration_rms_rad > 0.4 and wavefront_error < 0.05, wavefront_error
     assert abs(cal.pupil.apodisation[0] - truth.apodisation[0]) < 0.05
     assert np.abs(cal.sources_um_xyz[:, 2] - true[:, 2]).max() < 0.2
     assert np.abs(cal.sources_um_xyz[:, :2] - true[:, :2]).max() < 0.05
@@ -202,15 +204,16 @@ def test_reconstructor_calibrates_the_pupil_and_keeps_it_for_later_timepoints():
     rec = Reconstructor(SMALL_OPTICS, SMALL_GEOMETRY, true, config=ReconConfig(iterations=3, warm_budget=IterationBudget(2)), device="cpu")
     reports: list[tuple[int, int]] = []
     first = rec.cold_start(frames, callback=lambda done, total, _loss: reports.append((done, total)))
-    # the callback follows the calibration too: three stages (the last through the emission band)
-    # of 150 × 5/4 evaluations' budget each, then the volume's iterations
-    budget = 3 * (150 * 5 // 4)
+    # the callback follows the calibration too: three stages (the last through the emission band),
+    # the positions restarted and those three again (skipped when no view improves), of
+    # 150 × 5/4 evaluations' budget each, then the volume's iterations
+    budget = 6 * (150 * 5 // 4)
     calibrating = [done for done, total in reports if total == budget]
     assert calibrating and calibrating == sorted(calibrating) and calibrating[-1] > 2 * budget // 3
     assert reports[-1][1] == 3 and reports.index((calibrating[-1], budget)) < len(calibrating)
     fitted = [j - 2 for j in DEFAULT_NOLL]
     found = np.array(first.pupil.zernike_rad)[fitted]
-    assert np.sqrt(np.mean((found - np.array(truth.zernike_rad)[fitted]) ** 2)) < 0.05
+    assert np.linalg.norm(found - np.array(truth.zernike_rad)[fitted]) < 0.05  # wavefront error, rad RMS (0.030 measured)
     second = rec.warm_update(frames)
     assert second.pupil == first.pupil  # reused, not recalibrated
     off = Reconstructor(
@@ -324,3 +327,20 @@ def test_a_saturated_bead_stack_is_counted_and_the_count_reaches_the_calibration
     assert clipped > 0
     assert bead_stack_views(over, optics, 0.1, 0.4).saturated_pixels == clipped
     assert calibrate_bead_stack(over, optics, 0.1, 0.4, iterations=2, z_direction=1).saturated_pixels == clipped
+
+
+def test_a_bead_the_specimen_pulled_off_is_restarted_through_the_fitted_pupil():
+    """The issue's geometry with a cell in the way, 0.5 rad RMS of aberration (the benchmark's
+    seed 2): without the restart one bead ends 1.6 µm too deep and 0.6 µm aside and holds the
+    pupil 0.06 rad off; restarted through the fitted pupil it finds its place (BENCHMARKS.md)."""
+    from nvplive.benchmarks.pupil_calibration import issue_frames
+
+    model, frames, nominal, true, coefficients = issue_frames(2, 0.5)
+    cal = calibrate_pupil(model, frames, nominal, iterations=60)
+    fitted = [j - 2 for j in DEFAULT_NOLL]
+    wavefront_error = np.linalg.norm(np.array(cal.pupil.zernike_rad)[fitted] - coefficients[fitted])
+    # measured with 60 iterations: 0.027 rad, 0.014 µm, 0.20 µm (the cell's common shift);
+    # without the restart 0.104 rad, 0.65 µm, 1.65 µm
+    assert wavefront_error < 0.04, wavefront_error
+    assert np.abs(cal.sources_um_xyz[:, :2] - true[:, :2]).max() < 0.05
+    assert np.abs(cal.sources_um_xyz[:, 2] - true[:, 2]).max() < 0.3

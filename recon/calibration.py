@@ -393,6 +393,12 @@ class PupilCalibration:
 STOP_CHANGE = 1e-9
 
 
+#: A restarted view keeps its new position when its squared residual is lower by more than this
+#: fraction (a bead pulled into a wrong minimum fits far worse; the same minimum found again
+#: differs in the last digits and must not cost another pass of everything).
+RESTART_GAIN = 0.01
+
+
 def _relative_residual(predicted: torch.Tensor, measured: torch.Tensor, background: torch.Tensor, weight: torch.Tensor) -> float:
     num = (weight * (predicted - measured) ** 2).sum()
     den = (weight * (measured - background[:, None, None]) ** 2).sum().clamp_min(1e-30)
@@ -684,8 +690,8 @@ def calibrate_pupil(
         source_edge: also calibrate the source spectrum's edge (see above); a ``start``
             with ``source_edge_na`` is used as it is without it.
         restart_positions: restart the positions through the fitted pupil (see above; stages
-            ``positions, restarted`` and the passes of everything again, skipped when no view
-            improves).
+            ``positions, restarted`` at the centre wavelength and the passes of everything
+            again, skipped when no view's squared residual falls by more than :data:`RESTART_GAIN`).
 
     Raises:
         ValueError: for an unknown ``axial`` mode, a Noll index below 2 or a free-form map smaller than 3.
@@ -849,9 +855,9 @@ def calibrate_pupil(
             kept = (view_losses(), lateral.detach().clone(), depth.detach().clone())
             lateral.zero_()
             depth.zero_()
-        fit([lateral, depth], band_all, stage, "positions, restarted")
+        fit([lateral, depth], centre, stage, "positions, restarted")
         with torch.no_grad():
-            better = view_losses() < kept[0]
+            better = view_losses() < (1.0 - RESTART_GAIN) * kept[0]
             lateral.copy_(torch.where(better[:, None], lateral, kept[1]))
             depth.copy_(torch.where(better, depth, kept[2]))
         stage = fit_all(source_edge and edge_active, stage + 1) if bool(better.any()) else stage + 2 + (len(spectral) > 1)

@@ -205,11 +205,11 @@ def test_reconstructor_calibrates_the_pupil_and_keeps_it_for_later_timepoints():
     reports: list[tuple[int, int]] = []
     first = rec.cold_start(frames, callback=lambda done, total, _loss: reports.append((done, total)))
     # the callback follows the calibration too: three stages (the last through the emission band),
-    # the positions restarted and those three again (skipped when no view improves), of
+    # the positions restarted and those three again (skipped when no view improves, as here), of
     # 150 × 5/4 evaluations' budget each, then the volume's iterations
     budget = 6 * (150 * 5 // 4)
     calibrating = [done for done, total in reports if total == budget]
-    assert calibrating and calibrating == sorted(calibrating) and calibrating[-1] > 2 * budget // 3
+    assert calibrating and calibrating == sorted(calibrating) and calibrating[-1] > budget // 2
     assert reports[-1][1] == 3 and reports.index((calibrating[-1], budget)) < len(calibrating)
     fitted = [j - 2 for j in DEFAULT_NOLL]
     found = np.array(first.pupil.zernike_rad)[fitted]

@@ -94,9 +94,9 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
         label, keywords = ROWS[key]
         keywords = dict(keywords)
         fwhm = keywords.pop("emission_fwhm_um", 0.0)
+        keywords.setdefault("restart_positions", False)  # as calibrate_bead_stack
         problem = bead_stack_views(stack, optics(fwhm), pixel, step, pad_yx=pad_yx) if fwhm else views
         start = time.perf_counter()
-        keywords.setdefault("restart_positions", False)  # as calibrate_bead_stack
         cal = calibrate_pupil(problem.model, problem.frames, problem.sources(z_direction), valid=problem.valid,
                               axial="view", iterations=iterations, band=problem.band, **keywords)
         residual = cal.residual if cal.residual_free_form is None else cal.residual_free_form

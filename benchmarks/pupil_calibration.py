@@ -31,12 +31,17 @@ import numpy as np
 from . import publish
 
 
-def _errors(pupil, sources_um_xyz: np.ndarray, truth: np.ndarray, true_sources: np.ndarray, fitted: list[int]) -> dict:
-    """Wavefront error (rad RMS over the pupil, Noll 5–22), depth errors (max, median) and the largest lateral error (µm)."""
-    found = np.pad(np.array(pupil.zernike_rad), (0, len(truth)))[: len(truth)]
+def _errors(pupil, sources_um_xyz: np.ndarray, truth: np.ndarray, true_sources: np.ndarray) -> dict:
+    """Wavefront error (rad RMS over the pupil, Noll 5–22; :func:`.mismatch.pupil_error_rad`), depth
+    errors (max, median) and the largest lateral error (µm)."""
+    from nvplive.recon.calibration import DEFAULT_NOLL
+    from nvplive.recon.pupil import PupilParameters
+
+    from .mismatch import pupil_error_rad
+
     depth = np.abs(sources_um_xyz[:, 2] - true_sources[:, 2])
     return {
-        "wavefront_error_rms_rad": float(np.linalg.norm(found[fitted] - truth[fitted])),
+        "wavefront_error_rms_rad": pupil_error_rad(pupil, PupilParameters(tuple(truth)), DEFAULT_NOLL),
         "apodisation_a1": pupil.apodisation[0] if pupil.apodisation else 0.0,
         "depth_error_max_um": float(depth.max()), "depth_error_median_um": float(np.median(depth)),
         "lateral_error_max_um": float(np.abs(sources_um_xyz[:, :2] - true_sources[:, :2]).max()),
@@ -90,23 +95,22 @@ def measure(seed: int, rms_rad: float, iterations: int, phantom: str = "cell", j
     """
     import torch
 
-    from nvplive.recon.calibration import DEFAULT_NOLL, calibrate_pupil
+    from nvplive.recon.calibration import calibrate_pupil
     from nvplive.recon.reconstructor import Reconstructor
 
     model, frames, nominal, sources, coefficients = issue_frames(seed, rms_rad, phantom)
-    fitted = [j - 2 for j in DEFAULT_NOLL]
     start = time.perf_counter()
     cal = calibrate_pupil(model, frames, nominal, iterations=iterations)
     row = {
         "seed": seed, "phantom": phantom, "aberration_rms_rad": rms_rad,
-        **_errors(cal.pupil, cal.sources_um_xyz, coefficients, sources, fitted),
+        **_errors(cal.pupil, cal.sources_um_xyz, coefficients, sources),
         "residual_before": cal.residual_start, "residual_after": cal.residual,
         "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(),
     }
     if joint:
         start = time.perf_counter()
         result = Reconstructor(model.optics, model.geometry, nominal, device="cpu").cold_start(frames.astype(np.float32))
-        row["joint"] = {**_errors(result.pupil, result.sources_um_xyz, coefficients, sources, fitted),
+        row["joint"] = {**_errors(result.pupil, result.sources_um_xyz, coefficients, sources),
                         "seconds": time.perf_counter() - start}
     return row
 

@@ -778,7 +778,8 @@ def calibrate_pupil(
         return loss, predicted, b, c
 
     restarting = restart_positions and axial == "view" and bool(noll or apodisation_terms)
-    stages = (2 + (len(spectral) > 1)) * (2 if restarting else 1) + (2 if free_form else 0)
+    passes = 1 + (len(spectral) > 1)  # the passes of everything: centre wavelength (with a band), band
+    stages = (1 + passes) * (2 if restarting else 1) + (2 if free_form else 0)
 
     def fit(parameters: list[torch.Tensor], renderers: Sequence[PreparedRenderer], stage_index: int, stage: str) -> None:
         parameters = [p for p in parameters if p.requires_grad and p.numel()]
@@ -860,7 +861,7 @@ def calibrate_pupil(
             better = view_losses() < (1.0 - RESTART_GAIN) * kept[0]
             lateral.copy_(torch.where(better[:, None], lateral, kept[1]))
             depth.copy_(torch.where(better, depth, kept[2]))
-        stage = fit_all(source_edge and edge_active, stage + 1) if bool(better.any()) else stage + 2 + (len(spectral) > 1)
+        stage = fit_all(source_edge and edge_active, stage + 1) if bool(better.any()) else stage + 1 + passes
     maps, residual_free_form = None, None
     if free_form:
         use_map = True

@@ -149,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--warm-iterations", type=_positive_int, default=None, help="iterations per later timepoint")
     rec.add_argument("--tv", type=float, default=None, help="TV weight τ")
     rec.add_argument("--sparsity", type=float, default=None,
-                     help="weight σ of the mean |Δn| (ℓ1 sparsity prior; 0, off, by default; measured: 0.016–0.064 with --lr 0.01)")
-    rec.add_argument("--lr", type=float, default=None, help="learning rate of the representation (default 0.04)")
+                     help="weight σ of the mean |Δn| (ℓ1 sparsity prior; default 0.016, 0 turns it off; "
+                          "measured: 0.016–0.064 with --lr 0.01)")
+    rec.add_argument("--lr", type=float, default=None, help="cold-start learning rate of the representation (default 0.01; "
+                          "warm updates step at 4× it)")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     _threads_option(rec)
     rec.add_argument("--compile", default=None, choices=COMPILE_MODES, metavar="MODE",

@@ -117,12 +117,17 @@ class ReconConfig:
         warm_budget: the budget of a warm update: :class:`~nvplive.recon.loop.IterationBudget`
             (iterations, optional plateau stop) or :class:`~nvplive.recon.loop.LatencyBudget`
             (wall-clock seconds; the iteration count follows from the measured rate).
-        lr: learning rate of the representation (feature grid / planes; scaled for explicit).
+        lr: learning rate of the representation (feature grid / planes; scaled for explicit)
+            in a cold start.
+        warm_lr_factor: a warm update steps the representation at this factor × ``lr``
+            (:meth:`representation_lr`): it must catch up with the specimen's motion within
+            its budget, where a cold start with the sparsity prior converges to a better
+            volume at the smaller rate (BENCHMARKS.md, "Sparsity prior as the default").
         tv_weight: τ, weight of the total variation of Δn.
-        sparsity_weight: σ, weight of the mean |Δn| (ℓ1 sparsity; 0, off, by default). It keeps
+        sparsity_weight: σ, weight of the mean |Δn| (ℓ1 sparsity; 0 turns it off). It keeps
             Δn out of the medium around a specimen that fills a small part of the volume
-            (a thick volume's missing cone spreads it there); BENCHMARKS.md measures it with
-            ``lr`` 0.01 ("Sparsity prior").
+            (a thick volume's missing cone spreads it there); it needs the small cold ``lr``
+            (BENCHMARKS.md, "Sparsity prior" and "Sparsity prior as the default").
         nonnegative: impose Δn ≥ 0.
         coherence_mask: weight the image loss by the coherence mask.
         self_calibration: optimise source positions, brightness and background.
@@ -166,9 +171,10 @@ class ReconConfig:
     method: str = "nvp"
     iterations: int = 300
     warm_budget: WarmBudget = IterationBudget()
-    lr: float = 0.04
+    lr: float = 0.01
+    warm_lr_factor: float = 4.0
     tv_weight: float = 4e-3
-    sparsity_weight: float = 0.0
+    sparsity_weight: float = 0.016
     nonnegative: bool = True
     coherence_mask: bool = True
     self_calibration: bool = True
@@ -188,6 +194,10 @@ class ReconConfig:
     divergence_factor: float = 10.0
     seed: int = 0
     compile_mode: str | None = None
+
+    def representation_lr(self, warm: bool) -> float:
+        """The representation's learning rate in a warm update (``warm``) or a cold start."""
+        return self.lr * self.warm_lr_factor if warm else self.lr
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (saved with the volumes); :meth:`from_dict` reads it back."""
@@ -803,7 +813,7 @@ class Reconstructor:
                 plateau = plateau_detector.update(current)
                 if refine.due(it, plateau) and rep.refine():
                     rate_since, rate_it = time.perf_counter(), it
-                    opt = torch.optim.Adam(rep.parameter_groups(cfg.lr, warm))
+                    opt = torch.optim.Adam(rep.parameter_groups(cfg.representation_lr(warm), warm))
                     guard.keep(calibration_too=False)
                     refine.refined(it)
                     plateau_detector.reset()
@@ -877,8 +887,8 @@ class Reconstructor:
                     {"params": [st.log_brightness, st.background], "lr": cfg.lr_photometry},
                 ]
             )
-            opt = torch.optim.Adam(rep.parameter_groups(cfg.lr, warm))
-        _set_lr(opt, rep.parameter_groups(cfg.lr, warm))
+            opt = torch.optim.Adam(rep.parameter_groups(cfg.representation_lr(warm), warm))
+        _set_lr(opt, rep.parameter_groups(cfg.representation_lr(warm), warm))
         _set_lr(calib_opt, [{"lr": cfg.lr_sources_um}, {"lr": cfg.lr_photometry}])
         return opt, calib_opt
 

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weight σ of the mean |Δn| (ℓ1 sparsity prior; default 0.016, 0 turns it off; "
                           "measured: 0.016–0.064 with --lr 0.01)")
     rec.add_argument("--lr", type=float, default=None, help="cold-start learning rate of the representation (default 0.01; "
-                          "warm updates step at 4× it)")
+                          "warm updates step at 2× it)")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     _threads_option(rec)
     rec.add_argument("--compile", default=None, choices=COMPILE_MODES, metavar="MODE",

@@ -122,12 +122,13 @@ class ReconConfig:
         warm_lr_factor: a warm update steps the representation at this factor × ``lr``
             (:meth:`representation_lr`): it must catch up with the specimen's motion within
             its budget, where a cold start with the sparsity prior converges to a better
-            volume at the smaller rate (BENCHMARKS.md, "Sparsity prior as the default").
+            volume at the smaller rate (BENCHMARKS.md, "The sparsity prior as the default,
+            second try").
         tv_weight: τ, weight of the total variation of Δn.
         sparsity_weight: σ, weight of the mean |Δn| (ℓ1 sparsity; 0 turns it off). It keeps
             Δn out of the medium around a specimen that fills a small part of the volume
             (a thick volume's missing cone spreads it there); it needs the small cold ``lr``
-            (BENCHMARKS.md, "Sparsity prior" and "Sparsity prior as the default").
+            (BENCHMARKS.md, "Thick geometry" and "The sparsity prior as the default, second try").
         nonnegative: impose Δn ≥ 0.
         coherence_mask: weight the image loss by the coherence mask.
         self_calibration: optimise source positions, brightness and background.
@@ -172,7 +173,7 @@ class ReconConfig:
     iterations: int = 300
     warm_budget: WarmBudget = IterationBudget()
     lr: float = 0.01
-    warm_lr_factor: float = 4.0
+    warm_lr_factor: float = 2.0
     tv_weight: float = 4e-3
     sparsity_weight: float = 0.016
     nonnegative: bool = True

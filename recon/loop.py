@@ -8,6 +8,8 @@ along the way live here (docs/reconstruction.md, "Cold start, warm start, stoppi
 - :class:`PlateauDetector` and :func:`time_is_up`: when an update ends early;
 - :class:`DivergenceGuard`: a diverging update rolls back to its last good state;
 - :class:`RefineSchedule`: when a coarse-to-fine representation moves one level finer;
+- :class:`LearningRateDecay`: how a cold start's learning rate falls over its last iterations,
+  and :func:`adam_after_refinement`: the optimiser a refinement leaves;
 - :class:`CoherenceCache`: how long the coherence weights are reused.
 """
 
@@ -229,6 +231,49 @@ class RefineSchedule:
     def refined(self, iteration: int) -> None:
         """A refinement happened at ``iteration``: drop the scheduled ones up to it."""
         self.at = [r for r in self.at if r > iteration]
+
+
+@dataclass
+class LearningRateDecay:
+    """The factor on a cold start's representation learning rates at each iteration.
+
+    From the later of :data:`REFINE_WITHIN` × ``iterations`` and the last refinement
+    (:meth:`refined`), the rates fall geometrically, to ``fraction`` of themselves at the
+    last iteration. Before that, and in a warm update, the factor is 1; ``fraction`` 1 turns
+    the decay off. Without it, the fit goes on lowering the loss on noisy frames by moving Δn
+    along directions the few views barely see, and a cold start ends about 2 dB below its
+    peak (BENCHMARKS.md, "A cold start that decays its learning rate").
+    """
+
+    iterations: int
+    fraction: float
+    warm: bool = False
+
+    def __post_init__(self) -> None:
+        self.start = int(self.iterations * REFINE_WITHIN)
+
+    def refined(self, iteration: int) -> None:
+        """The representation moved one level finer at ``iteration``: the decay starts there at the earliest."""
+        self.start = max(self.start, iteration)
+
+    def factor(self, iteration: int) -> float:
+        """The factor on the rates at ``iteration`` (1-based), in (0, 1]."""
+        if self.warm or self.fraction == 1.0 or iteration <= self.start:
+            return 1.0
+        return self.fraction ** ((iteration - self.start) / max(self.iterations - self.start, 1))
+
+
+def adam_after_refinement(previous: torch.optim.Optimizer, groups: list[dict]) -> torch.optim.Adam:
+    """A new Adam over ``groups`` after a refinement replaced some parameters (the finer
+    grid): the parameters that stayed (feature planes, decoder) keep their moment estimates,
+    where fresh ones would take full-size first steps in every parameter and throw the fit
+    back (BENCHMARKS.md, "A cold start that decays its learning rate")."""
+    optimizer = torch.optim.Adam(groups)
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            if parameter in previous.state:
+                optimizer.state[parameter] = previous.state[parameter]
+    return optimizer
 
 
 class CoherenceCache:

@@ -38,10 +38,12 @@ from .loop import (
     CoherenceCache,
     DivergenceGuard,
     IterationBudget,
+    LearningRateDecay,
     PlateauDetector,
     RefineSchedule,
     StopPolicy,
     WarmBudget,
+    adam_after_refinement,
     time_is_up,
     warm_budget_from_dict,
 )
@@ -124,6 +126,10 @@ class ReconConfig:
             its budget, where a cold start with the sparsity prior converges to a better
             volume at the smaller rate (BENCHMARKS.md, "The sparsity prior as the default,
             second try").
+        lr_final_fraction: a cold start's representation learning rates fall geometrically
+            over its last 40 % of iterations (after the last refinement) to this fraction of
+            themselves (:class:`~nvplive.recon.loop.LearningRateDecay`; 1 turns it off). Warm
+            updates keep their rate.
         tv_weight: τ, weight of the total variation of Δn.
         sparsity_weight: σ, weight of the mean |Δn| (ℓ1 sparsity; 0 turns it off). It keeps
             Δn out of the medium around a specimen that fills a small part of the volume
@@ -174,6 +180,7 @@ class ReconConfig:
     warm_budget: WarmBudget = IterationBudget()
     lr: float = 0.01
     warm_lr_factor: float = 2.0
+    lr_final_fraction: float = 0.01
     tv_weight: float = 4e-3
     sparsity_weight: float = 0.016
     nonnegative: bool = True
@@ -762,6 +769,8 @@ class Reconstructor:
             calib = [*calib, *refined.parameters]
         levels = len(getattr(rep, "levels", [0]))
         refine = RefineSchedule(policy.iterations, levels, warm)
+        decay = LearningRateDecay(policy.iterations, cfg.lr_final_fraction, warm)
+        base_rates = [group["lr"] for group in opt.param_groups]
         plateau_detector = PlateauDetector(cfg.plateau_rel_tol)
         guard = DivergenceGuard(cfg.divergence_factor, rep, calib)
         losses_dev: list[torch.Tensor] = []
@@ -788,6 +797,9 @@ class Reconstructor:
             inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil,
                       cfg.sparsity_weight)
             loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)
+            factor = decay.factor(it)
+            for group, rate in zip(opt.param_groups, base_rates):
+                group["lr"] = rate * factor
             opt.step()
             rep.project()
             if cfg.self_calibration and (warm or it > cfg.calibration_warmup):
@@ -814,9 +826,11 @@ class Reconstructor:
                 plateau = plateau_detector.update(current)
                 if refine.due(it, plateau) and rep.refine():
                     rate_since, rate_it = time.perf_counter(), it
-                    opt = torch.optim.Adam(rep.parameter_groups(cfg.representation_lr(warm), warm))
+                    opt = adam_after_refinement(opt, rep.parameter_groups(cfg.representation_lr(warm), warm))
+                    base_rates = [group["lr"] for group in opt.param_groups]
                     guard.keep(calibration_too=False)
                     refine.refined(it)
+                    decay.refined(it)
                     plateau_detector.reset()
                     continue
                 if plateau and policy.stop_on_plateau:

@@ -12,9 +12,11 @@ from nvplive.recon.loop import (
     DivergenceGuard,
     IterationBudget,
     LatencyBudget,
+    LearningRateDecay,
     PlateauDetector,
     RefineSchedule,
     StopPolicy,
+    adam_after_refinement,
     time_is_up,
 )
 from nvplive.recon.methods import METHOD_LABELS, METHODS
@@ -112,6 +114,41 @@ def test_a_warm_update_or_a_single_level_never_refines():
     assert RefineSchedule(100, levels=2, warm=True).at == []
     assert not RefineSchedule(100, levels=2, warm=True).due(5, plateau=True)
     assert not RefineSchedule(100, levels=1, warm=False).due(5, plateau=True)
+
+
+def test_a_cold_start_decays_its_rate_geometrically_over_its_last_iterations():
+    decay = LearningRateDecay(100, fraction=0.01)
+    assert decay.start == 60  # REFINE_WITHIN of the iterations
+    assert [decay.factor(it) for it in (1, 30, 60)] == [1.0, 1.0, 1.0]
+    assert decay.factor(80) == pytest.approx(0.1)  # half way: √0.01
+    assert decay.factor(100) == pytest.approx(0.01)
+    factors = [decay.factor(it) for it in range(60, 101)]
+    assert all(b < a for a, b in zip(factors, factors[1:]))
+    decay.refined(70)  # a refinement after 60 %: the decay starts there
+    assert decay.factor(70) == 1.0 and decay.factor(85) == pytest.approx(0.1)
+    decay.refined(20)  # an earlier refinement does not move it back
+    assert decay.start == 70
+
+
+def test_a_warm_update_or_a_fraction_of_one_keeps_the_rate():
+    assert LearningRateDecay(100, fraction=0.01, warm=True).factor(100) == 1.0
+    assert LearningRateDecay(100, fraction=1.0).factor(100) == 1.0
+
+
+def test_a_refinement_keeps_the_moments_of_the_parameters_that_stay():
+    rep = NVP((8, 16, 16), features=4, hidden=8)
+    optimizer = torch.optim.Adam(rep.parameter_groups(0.01))
+    for _ in range(3):
+        optimizer.zero_grad()
+        (rep() ** 2).sum().backward()
+        optimizer.step()
+    old_grid = rep.grid
+    assert rep.refine()
+    refined = adam_after_refinement(optimizer, rep.parameter_groups(0.01))
+    kept = [*rep.planes, *rep.decoder.parameters()]
+    assert all(refined.state[p] is optimizer.state[p] for p in kept)
+    assert rep.grid not in refined.state and old_grid not in refined.state  # the finer grid starts afresh
+    assert [g["lr"] for g in refined.param_groups] == [g["lr"] for g in rep.parameter_groups(0.01)]
 
 
 # --- coherence weights ------------------------------------------------------------------------------

@@ -272,10 +272,10 @@ def _in_float64(model: ForwardModel) -> ForwardModel:
     return ForwardModel.build(model.optics, model.geometry, pad_yx=model.pad_yx, device=model.device, dtype=torch.float64)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
-    """Apply the learning rates of ``groups`` to the optimizer's groups, in order."""
+def _set_lr(optimizer: torch.optim.Optimizer, groups: list[dict], factor: float = 1.0) -> None:
+    """Apply the learning rates of ``groups``, times ``factor``, to the optimizer's groups, in order."""
     for group, wanted in zip(optimizer.param_groups, groups):
-        group["lr"] = wanted["lr"]
+        group["lr"] = wanted["lr"] * factor
 
 
 #: Environment variable that sets the CPU thread policy's thread count (``--threads`` wins over it).
@@ -770,7 +770,7 @@ class Reconstructor:
         levels = len(getattr(rep, "levels", [0]))
         refine = RefineSchedule(policy.iterations, levels, warm)
         decay = LearningRateDecay(policy.iterations, cfg.lr_final_fraction, warm)
-        base_rates = [group["lr"] for group in opt.param_groups]
+        base_rates = [{"lr": group["lr"]} for group in opt.param_groups]
         plateau_detector = PlateauDetector(cfg.plateau_rel_tol)
         guard = DivergenceGuard(cfg.divergence_factor, rep, calib)
         losses_dev: list[torch.Tensor] = []
@@ -797,9 +797,7 @@ class Reconstructor:
             inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil,
                       cfg.sparsity_weight)
             loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)
-            factor = decay.factor(it)
-            for group, rate in zip(opt.param_groups, base_rates):
-                group["lr"] = rate * factor
+            _set_lr(opt, base_rates, decay.factor(it))
             opt.step()
             rep.project()
             if cfg.self_calibration and (warm or it > cfg.calibration_warmup):
@@ -827,7 +825,7 @@ class Reconstructor:
                 if refine.due(it, plateau) and rep.refine():
                     rate_since, rate_it = time.perf_counter(), it
                     opt = adam_after_refinement(opt, rep.parameter_groups(cfg.representation_lr(warm), warm))
-                    base_rates = [group["lr"] for group in opt.param_groups]
+                    base_rates = [{"lr": group["lr"]} for group in opt.param_groups]
                     guard.keep(calibration_too=False)
                     refine.refined(it)
                     decay.refined(it)

@@ -166,9 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--no-pupil-refinement", action="store_true",
                      help="keep the calibrated pupil fixed while the volume is fitted "
                           "(default: its coefficients are refined jointly with the cold start)")
-    rec.add_argument("--source-calibration", action="store_true",
-                     help="calibrate the source spectrum's edge with the pupil (off by default: it assumes "
-                          "no light beyond the fitted edge; docs/reconstruction.md)")
+    rec.add_argument("--no-source-calibration", action="store_true",
+                     help="keep the renderer's source spectrum instead of calibrating its edge with the pupil "
+                          "(by default an edge is kept only where the frames show one inside the pupil; "
+                          "docs/reconstruction.md)")
+    # the default since 2026-11-30; still accepted so that older scripts run
+    rec.add_argument("--source-calibration", action="store_true", help=argparse.SUPPRESS)
     rec.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
                      help="reconstruct on Dask: 'local' starts a LocalCluster, an address (tcp://host:8786) uses a running scheduler")
     rec.add_argument("--workers", type=_positive_int, default=None,
@@ -263,8 +266,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         changes["warm_budget"] = IterationBudget(args.warm_iterations)
     if args.no_pupil_calibration:
         changes["pupil_calibration"] = False
-    if args.source_calibration:
-        changes["source_calibration"] = True
+    if args.no_source_calibration:
+        changes["source_calibration"] = False
     if args.no_pupil_refinement:
         changes["pupil_refinement"] = False
     config = replace(config, **changes)

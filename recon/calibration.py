@@ -354,6 +354,13 @@ FREE_FORM_SMOOTHNESS = 1e-3
 #: before it fits the edge continuously: the default spectrum reaches beyond the pupil,
 #: where the homogeneous image has no gradient, so the fit needs a start inside it.
 SOURCE_EDGE_SCAN: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
+#: A source edge found inside the pupil is kept only when it lowers the calibration's loss
+#: (the squared residual) by more than this fraction against the same fit without it.
+#: Inside the pupil the homogeneous image sees the product of the source spectrum and the
+#: apodisation, so an edge that only trades places with the apodisation fits as well as the
+#: default spectrum; an edge the frames do show (a spectrum cut at the NA) lowers it by 60 %
+#: (BENCHMARKS.md, "Source spectrum calibration on by default").
+SOURCE_EDGE_GAIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -653,10 +660,11 @@ def calibrate_pupil(
     images identify it (docs/physics.md, "Source spectrum"): after the positions, the
     spectrum cut at each of :data:`SOURCE_EDGE_SCAN` × NA is tried against the default;
     if one fits better, its edge ``(NA_in, NA_cut)`` is fitted with everything else in
-    the second pass (``PupilParameters.source_edge_na``). A homogeneous image shows the
-    spectrum only inside the pupil: an edge that ends up entirely outside it
-    (``NA_in ≥ NA``) is not identified, and the second pass is run again without it from
-    where it started, so the result is the calibration of the default spectrum. Beyond the NA the fitted
+    the second pass (``PupilParameters.source_edge_na``), and the second pass is run again
+    without it from where it started. A homogeneous image shows the spectrum only inside
+    the pupil: the edge is kept only when it ends up inside it (``NA_in < NA``) and lowers
+    the loss by more than :data:`SOURCE_EDGE_GAIN` against the fit without it; otherwise
+    the result is the calibration of the default spectrum. Beyond the NA the fitted
     raised cosine is an assumption (a monotone edge), not a measurement.
 
     Args:
@@ -834,17 +842,27 @@ def calibrate_pupil(
         return stage + 1
 
     scanned = edge_active and not start_edge
-    before = [t.detach().clone() for t in (lateral, depth, free_z, apod)]
+    if scanned:
+        stages += passes  # the passes again without the edge (below)
+    fitted = (lateral, depth, free_z, apod)
+    before = [t.detach().clone() for t in fitted]
     stage = fit_all(source_edge and edge_active)
-    # an edge wholly outside the pupil leaves the images unchanged: not identified
-    if scanned and float(torch.clamp(edge.detach(), 0.0, na_limit).min()) >= model.optics.na:
-        # the scan's edge left the pupil: fit again without it, so that the result is the
-        # calibration without a source edge, not one that took a detour through it
+    if scanned:
+        # the same fit without the edge, from where it started: an edge wholly outside the
+        # pupil leaves the images unchanged (not identified), and one inside must fit better
+        # than the default spectrum by SOURCE_EDGE_GAIN, not trade places with the apodisation
         with torch.no_grad():
-            for t, v in zip((lateral, depth, free_z, apod), before):
+            inside_pupil = float(torch.clamp(edge.detach(), 0.0, na_limit).min()) < model.optics.na
+            edge_fit = (float(evaluate()[0]), [t.detach().clone() for t in fitted])
+            for t, v in zip(fitted, before):
                 t.copy_(v)
         edge_active = False
         stage = fit_all(False)
+        with torch.no_grad():
+            if inside_pupil and edge_fit[0] < (1.0 - SOURCE_EDGE_GAIN) * float(evaluate()[0]):
+                for t, v in zip(fitted, edge_fit[1]):
+                    t.copy_(v)
+                edge_active = True
     if restarting:
         # each view's position again from its start, through the fitted pupil; a view that
         # lands lower keeps it, and then the pupil is fitted again with the new positions

@@ -115,12 +115,15 @@ def source_band(k_perp: torch.Tensor, k0: float, edge_na: torch.Tensor | Sequenc
     :func:`band_edge` with ``k_in = k0·NA_in`` and ``k_cut = k0·NA_cut``: 1 below the
     first, a raised cosine to 0 at the second. Differentiable in a tensor ``edge_na``
     (``[2]``) where ``k_perp`` falls inside the edge; the width is kept ≥ 10⁻⁶·k0.
+    The pair is read in either order (the edge runs from the smaller to the larger), so
+    that a fit whose two values cross describes the spectrum its sorted pair does
+    (:attr:`.pupil.PupilParameters.source_edge_na` stores it sorted).
     ``(NA_in, NA_cut)`` from :func:`source_band_limits` ``/ k0`` is the renderer's
     default; ``(0.88·NA, NA)`` the spectrum cut at the detection NA.
     """
     edge = torch.as_tensor(edge_na, dtype=k_perp.dtype, device=k_perp.device)
-    k_in = k0 * edge[0]
-    width = torch.clamp(k0 * (edge[1] - edge[0]), min=1e-6 * k0)
+    k_in = k0 * torch.minimum(edge[0], edge[1])
+    width = torch.clamp(k0 * (edge[1] - edge[0]).abs(), min=1e-6 * k0)
     t = torch.clamp((k_perp - k_in) / width, 0.0, 1.0)
     return 0.5 * (1.0 + torch.cos(math.pi * t))
 
@@ -130,7 +133,8 @@ def with_source_edge(model: ForwardModel, edge_na: torch.Tensor | Sequence[float
 
     ``None`` or empty returns ``model`` itself (the default band of
     :func:`source_band_limits`). A tensor ``edge_na`` keeps the returned model's
-    ``source_band`` and ``exit_source_band`` differentiable in it. The padding stays the
+    ``source_band`` and ``exit_source_band`` differentiable in it; like :func:`source_band`
+    it reads the pair in either order. The padding stays the
     one ``model`` was built with: it is sized for the default band, so an edge up to
     the default's ``NA_cut`` stays safe.
 
@@ -141,7 +145,7 @@ def with_source_edge(model: ForwardModel, edge_na: torch.Tensor | Sequence[float
     if edge_na is None or len(edge_na) == 0:
         return model
     limit = model.geometry.max_field_na(model.optics)
-    na_cut = float(torch.as_tensor(edge_na[1]).detach())
+    na_cut = float(torch.as_tensor(edge_na).detach().max())
     if na_cut > limit * (1.0 + 1e-6):  # an edge stored in float32 at the limit rounds above it
         raise GeometryError(f"Source spectrum: NA_cut {na_cut:.4g} exceeds what the voxel grid carries ({limit:.4g}).")
     k0 = model.optics.k0

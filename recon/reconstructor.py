@@ -152,11 +152,11 @@ class ReconConfig:
         lr_pupil_rad: learning rate of the refined pupil coefficients (rad per step).
         calibration_warmup: iterations before the source parameters are released.
         source_calibration: with ``pupil_calibration``, calibrate the source spectrum's
-            edge too where the frames identify it (inside the pupil;
-            :func:`.calibration.calibrate_pupil`, docs/physics.md "Source spectrum"). Off
-            by default: inside the pupil an edge is indistinguishable from apodisation, and
-            a fitted edge removes all light beyond the NA, which a real bead emits
-            (docs/reconstruction.md).
+            edge too where the frames identify it: inside the pupil, and lowering the
+            calibration's loss by more than :data:`.calibration.SOURCE_EDGE_GAIN` against
+            the default spectrum (:func:`.calibration.calibrate_pupil`, docs/physics.md
+            "Source spectrum"). A kept edge removes all light beyond the NA, so it is kept
+            only where the frames show a spectrum that ends there (docs/reconstruction.md).
         lr_sources_um: learning rate of the source positions (µm per step).
         lr_photometry: learning rate of log-brightness and background.
         coarse_to_fine: grow the NVP grid from coarse to voxel resolution.
@@ -190,7 +190,7 @@ class ReconConfig:
     pupil_refinement: bool = True
     lr_pupil_rad: float = 0.002
     calibration_warmup: int = 60
-    source_calibration: bool = False
+    source_calibration: bool = True
     lr_sources_um: float = 0.01
     lr_photometry: float = 0.005
     coarse_to_fine: bool = True

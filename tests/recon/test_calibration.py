@@ -247,9 +247,16 @@ def test_a_source_spectrum_cut_at_the_na_is_calibrated_and_the_default_kept():
     na = SMALL_OPTICS.na
     truth = ((1.0 - SOURCE_EDGE_WIDTH) * na, na)
     true = ring_sources(3, 1.5, 1.0, seed=6)
-    cut = calibrate_pupil(model, aberrated_frames(with_source_edge(model, truth), true, PupilParameters()), true,
-                          source_edge=True, iterations=30)
+    measured = aberrated_frames(with_source_edge(model, truth), true, PupilParameters())
+    cut = calibrate_pupil(model, measured, true, source_edge=True, iterations=30)
     assert np.allclose(cut.pupil.source_edge_na, truth, atol=0.02 * na), cut.pupil.source_edge_na
+    # the stored pupil, rendered as the reconstruction renders it, is the image the fit ended on
+    stored = with_source_edge(model, cut.pupil.source_edge_na)
+    image = camera_intensity(stored, homogeneous_spectrum(stored, torch.as_tensor(cut.sources_um_xyz)),
+                             pupil=pupil_on_grid(stored, cut.pupil)).numpy()
+    predicted = image * cut.brightness[:, None, None] + cut.background[:, None, None]
+    signal = np.asarray(measured) - cut.background[:, None, None]
+    assert np.sqrt(((predicted - measured) ** 2).sum() / (signal**2).sum()) == pytest.approx(cut.residual, rel=1e-4)
     frames = aberrated_frames(model, true, PupilParameters((), (-0.2,)), seed=7)
     default = calibrate_pupil(model, frames, true, source_edge=True, iterations=30)
     assert default.pupil.source_edge_na == ()

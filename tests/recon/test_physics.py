@@ -555,8 +555,12 @@ def test_a_source_edge_reproduces_the_default_band_and_is_a_raised_cosine():
     k = torch.tensor([0.5, 0.7, 0.75, 0.8, 0.9], dtype=torch.float64) * OPTICS.k0
     band = physics.source_band(k, OPTICS.k0, (0.7, 0.8))
     assert torch.allclose(band, torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0], dtype=torch.float64), atol=1e-12)
+    # a fit whose two values cross describes the spectrum of the sorted pair the pupil stores
+    assert torch.equal(physics.source_band(k, OPTICS.k0, (0.8, 0.7)), band)
     edge = torch.tensor([0.7, 0.8], dtype=torch.float64, requires_grad=True)
     physics.with_source_edge(model, edge).exit_source_band.sum().backward()
     assert edge.grad is not None and bool(torch.all(edge.grad > 0))  # a wider/later edge passes more light
     with pytest.raises(GeometryError, match="NA_cut"):
         physics.with_source_edge(model, (0.7, 1.3))
+    with pytest.raises(GeometryError, match="NA_cut"):
+        physics.with_source_edge(model, (1.3, 0.7))

@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--tv", type=float, default=None, help="TV weight τ")
     rec.add_argument("--sparsity", type=float, default=None,
                      help="weight σ of the mean |Δn| (ℓ1 sparsity prior; default 0.016, 0 turns it off; "
-                          "measured: 0.016–0.064 with --lr 0.01)")
+                          "measured: 0.016–0.064 with --lr 0.01; a quarter of it where the calibrated source "
+                          "spectrum ends inside the pupil)")
     rec.add_argument("--lr", type=float, default=None, help="cold-start learning rate of the representation (default 0.01; "
                           "warm updates step at 2× it)")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -135,6 +135,12 @@ class ReconConfig:
             Δn out of the medium around a specimen that fills a small part of the volume
             (a thick volume's missing cone spreads it there); it needs the small cold ``lr``
             (BENCHMARKS.md, "Thick geometry" and "The sparsity prior as the default, second try").
+        sparsity_source_edge_factor: σ is multiplied by this when the renderer's source
+            spectrum ends at an edge inside the pupil (``PupilParameters.source_edge_na``, a
+            calibrated or given one; :meth:`sparsity_for`). The specimen is then lit only by
+            the pupil's cone, its images carry less of Δn, and the full σ's shrinkage cost
+            the mismatch benchmark's "source NA = NA" row 3 dB (BENCHMARKS.md, "Source
+            spectrum calibration on by default").
         nonnegative: impose Δn ≥ 0.
         coherence_mask: weight the image loss by the coherence mask.
         self_calibration: optimise source positions, brightness and background.
@@ -183,6 +189,7 @@ class ReconConfig:
     lr_final_fraction: float = 0.01
     tv_weight: float = 4e-3
     sparsity_weight: float = 0.016
+    sparsity_source_edge_factor: float = 0.25
     nonnegative: bool = True
     coherence_mask: bool = True
     self_calibration: bool = True
@@ -206,6 +213,11 @@ class ReconConfig:
     def representation_lr(self, warm: bool) -> float:
         """The representation's learning rate in a warm update (``warm``) or a cold start."""
         return self.lr * self.warm_lr_factor if warm else self.lr
+
+    def sparsity_for(self, pupil: PupilParameters | None) -> float:
+        """σ, the ℓ1 prior's weight, for a renderer with ``pupil`` (see ``sparsity_source_edge_factor``)."""
+        edge = pupil is not None and bool(pupil.source_edge_na)
+        return self.sparsity_weight * (self.sparsity_source_edge_factor if edge else 1.0)
 
     def to_dict(self) -> dict:
         """The settings as a JSON-ready dict (saved with the volumes); :meth:`from_dict` reads it back."""
@@ -770,6 +782,7 @@ class Reconstructor:
         levels = len(getattr(rep, "levels", [0]))
         refine = RefineSchedule(policy.iterations, levels, warm)
         decay = LearningRateDecay(policy.iterations, cfg.lr_final_fraction, warm)
+        sparsity = cfg.sparsity_for(self.pupil)
         base_rates = [{"lr": group["lr"]} for group in opt.param_groups]
         plateau_detector = PlateauDetector(cfg.plateau_rel_tol)
         guard = DivergenceGuard(cfg.divergence_factor, rep, calib)
@@ -795,7 +808,7 @@ class Reconstructor:
                 refined.zero_grad()
                 pupil = refined.on(self.model)
             inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil,
-                      cfg.sparsity_weight)
+                      sparsity)
             loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)
             _set_lr(opt, base_rates, decay.factor(it))
             opt.step()

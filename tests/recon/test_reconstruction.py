@@ -336,6 +336,18 @@ def test_an_instrument_that_is_not_the_model_is_calibrated_and_beats_the_all_zer
     assert with_calibration > without + 1.0, (with_calibration, without, zero)
 
 
+def test_the_sparsity_prior_is_weaker_where_the_source_spectrum_ends_inside_the_pupil():
+    """σ is ``sparsity_source_edge_factor`` × itself for a pupil that carries a source edge (a
+    spectrum cut at the NA lights the specimen through the pupil's cone only), else unchanged."""
+    from nvplive.recon.pupil import PupilParameters
+
+    config = ReconConfig()
+    assert config.sparsity_for(None) == config.sparsity_for(PupilParameters((0.1,), (-0.1,))) == config.sparsity_weight
+    edge = PupilParameters(source_edge_na=(0.7, 0.8))
+    assert config.sparsity_for(edge) == pytest.approx(config.sparsity_weight * config.sparsity_source_edge_factor)
+    assert ReconConfig(sparsity_source_edge_factor=1.0).sparsity_for(edge) == config.sparsity_weight
+
+
 def test_the_sparsity_prior_keeps_dn_out_of_the_medium_around_a_thin_specimen():
     """A thin layer (2 of 8 slices) in a volume of medium: the ℓ1 prior (``sparsity_weight``)
     leaves less Δn in the slices the specimen does not fill."""

@@ -12,6 +12,7 @@ from nvplive.recon.calibration import (
     calibrate_bead_stack,
     calibrate_pupil,
     defective_pixels,
+    fit_gaussian,
     initial_sources,
     light_levels,
     refine_sources,
@@ -61,6 +62,27 @@ def test_a_disc_larger_than_the_field_is_accepted_and_registered():
     )
     assert np.hypot(*(found[0, :2].numpy() - true[0, :2])) < 0.05
     assert float(brightness[0]) > 0
+
+
+def test_a_spot_at_the_fields_edge_is_not_taken_for_the_bead():
+    """A bright feature running out of the field's corner (the edge of a disc or a specimen's
+    fringe) on a frame of light: a Gaussian fits it there, but a centre within
+    ``BORDER_PIXELS`` of the edge is not a bead's image, so the nominal position is kept; the
+    same spot well inside the field is taken."""
+    y, x = ISSUE_GEOMETRY.camera_coordinates_um()
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    nominal = np.array([[0.0, 0.0, -3.0]])
+
+    def frame(cy: float, cx: float) -> np.ndarray:
+        spot = 6000.0 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.5**2))
+        return (1000.0 + spot + np.random.default_rng(0).normal(0.0, 30.0, yy.shape))[None]
+
+    edge = 0.5 * len(x) * abs(x[1] - x[0]) - 0.02  # the spot's peak just inside the field's corner
+    fit = fit_gaussian(frame(edge, edge)[0], y, x)
+    assert fit.snr > 3.0 and fit.sigma_um < 1.0 and max(fit.x_um, fit.y_um) < edge  # a good fit, inside the field
+    np.testing.assert_allclose(initial_sources(frame(edge, edge), nominal, y, x), nominal)
+    found = initial_sources(frame(1.0, -1.5), nominal, y, x)
+    np.testing.assert_allclose(found[0, :2], [-1.5, 1.0], atol=0.05)  # (x, y)
 
 
 def test_a_dark_or_empty_view_is_still_refused_with_todays_message():

@@ -142,10 +142,11 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
     pupil = read_pupil(tmp_path / "scope.json")
     assert len(pupil.zernike_rad) == 21 and pupil.zernike_rad[:3] == (0.0, 0.0, 0.0)
     out = nvplive("reconstruct", str(simulated), "--pupil", str(tmp_path / "scope.json"), "--no-pupil-calibration",
-                  "--iterations", "3", "--warm-iterations", "2", "--device", "cpu", cwd=tmp_path)
+                  "--no-source-calibration", "--iterations", "3", "--warm-iterations", "2", "--device", "cpu", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     with Recording.open(simulated) as rec:
-        assert rec.volume_settings[0]["settings"]["pupil_calibration"] is False
+        settings = rec.volume_settings[0]["settings"]
+        assert settings["pupil_calibration"] is False and settings["source_calibration"] is False
 
 
 def test_calibrate_a_bead_z_stack(tmp_path: Path):

@@ -303,10 +303,13 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
 
 def calibrate_recording(
     path: str | Path, *, timepoint: int = 0, device: str = "auto", output: str | Path | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = _quiet, source_calibration: bool = True,
 ) -> tuple[PupilCalibration, Path]:
     """Calibrate the detection pupil on one timepoint's frames of a recording (no volume is
     fitted) and write it to ``output`` (default: the recording's own pupil.json).
+
+    With ``source_calibration`` (``ReconConfig.source_calibration``) the source spectrum's
+    edge is calibrated too, where the frames show one inside the pupil.
 
     The recording's pupil.json, when there is one, is the calibration's start.
     ``progress(done, total, message)`` follows the fit's evaluations and their budget.
@@ -321,7 +324,7 @@ def calibrate_recording(
         if not 0 <= timepoint < rec.n_timepoints:
             raise RecordingError(f"{path}: has no complete timepoint {timepoint} (it has {rec.n_timepoints}).")
         frames = rec.frames(timepoint)
-    reconstructor = reconstructor_for(meta, ReconConfig(), device, recording_pupil(path))
+    reconstructor = reconstructor_for(meta, ReconConfig(source_calibration=source_calibration), device, recording_pupil(path))
 
     def report(done: int, total: int, loss: float) -> None:
         progress(done, total, f"fitting the pupil, loss {loss:.4g}")

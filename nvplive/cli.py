@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--tv", type=float, default=None, help="TV weight τ")
     rec.add_argument("--sparsity", type=float, default=None,
                      help="weight σ of the mean |Δn| (ℓ1 sparsity prior; default 0.016, 0 turns it off; "
-                          "measured: 0.016–0.064 with --lr 0.01; a quarter of it where the calibrated source "
-                          "spectrum ends inside the pupil)")
+                          "measured: 0.016–0.064 with --lr 0.01; a quarter of it where the pupil's source "
+                          "spectrum, calibrated or from --pupil, ends inside the pupil)")
     rec.add_argument("--lr", type=float, default=None, help="cold-start learning rate of the representation (default 0.01; "
                           "warm updates step at 2× it)")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the calibrated pupil fixed while the volume is fitted "
                           "(default: its coefficients are refined jointly with the cold start)")
     rec.add_argument("--no-source-calibration", action="store_true",
-                     help="keep the renderer's source spectrum instead of calibrating its edge with the pupil "
-                          "(by default an edge is kept only where the frames show one inside the pupil; "
+                     help="with the pupil calibration: keep the renderer's source spectrum instead of calibrating its "
+                          "edge (by default an edge is kept only where the frames show one inside the pupil; "
                           "docs/reconstruction.md)")
     # the default since 2026-11-30; still accepted so that older scripts run
     rec.add_argument("--source-calibration", action="store_true", help=argparse.SUPPRESS)
@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="z-stack: +1 if later planes have the bead farther from the objective, -1 the other way "
                           "(default: fit both; the sign of even aberrations then rests on the better fit)")
     cal.add_argument("--timepoint", type=int, default=0, help="recording: the timepoint whose frames are fitted (default 0)")
+    cal.add_argument("--no-source-calibration", action="store_true",
+                     help="recording: keep the renderer's source spectrum instead of calibrating its edge with the pupil")
     cal.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     for name, what in (("wavelength-um", "emission wavelength λ (µm)"), ("na", "numerical aperture"),
                        ("n-medium", "medium refractive index"), ("pixel-size-um", "pixel size in the sample (µm)"),
@@ -309,7 +311,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.input.suffix == ".fdt":
         with ProgressBar("calibrate") as progress:
             calibration, written = calibrate_recording(args.input, timepoint=args.timepoint, device=args.device,
-                                                       output=args.output, progress=progress)
+                                                       output=args.output, progress=progress,
+                                                       source_calibration=not args.no_source_calibration)
         before, after = calibration.residual_start, calibration.residual
         how = f"{len(calibration.sources_um_xyz)} views"
     elif args.input.suffix.lower() in (".tif", ".tiff"):

@@ -48,7 +48,7 @@ DARK_FRACTION = 0.05
 #: A Gaussian fit centred within this many camera pixels of the field's edge is not a bead's
 #: image but the edge of something larger (a disc or a specimen's fringe running out of the
 #: field): on the thick realistic mismatch row such a fit put the centre bead 3.2 µm off, in
-#: the field's corner, and the reconstruction fell 7.5 dB below the all-zero volume.
+#: the field's corner, and the reconstruction fell 7.6 dB below the all-zero volume.
 BORDER_PIXELS = 3
 #: MAD → standard deviation of a normal distribution.
 _MAD_TO_SIGMA = 1.4826
@@ -185,10 +185,19 @@ def fit_gaussian(image: np.ndarray, y: np.ndarray, x: np.ndarray, valid: np.ndar
     return GaussianFit(float(cx), float(cy), float(s), float(a), float(c), float(a / noise))
 
 
-def _localised(fit: GaussianFit, min_snr: float, half_extent_um: float, border_um: float = 0.0) -> bool:
-    """A compact spot inside the field, its centre at least ``border_um`` from the field's
-    edge: the Gaussian fit can be trusted for the position."""
-    inside = max(abs(fit.x_um), abs(fit.y_um)) <= half_extent_um - border_um
+def _centre_range(centres: np.ndarray, border_pixels: int) -> tuple[float, float]:
+    """Where a trusted spot's centre may lie along one axis of pixel ``centres`` (µm): the
+    field (half a pixel beyond the outer centres) less ``border_pixels`` at each edge."""
+    step = abs(float(centres[1] - centres[0])) if len(centres) > 1 else 0.0
+    low, high = float(np.min(centres)) - 0.5 * step, float(np.max(centres)) + 0.5 * step
+    return low + border_pixels * step, high - border_pixels * step
+
+
+def _localised(fit: GaussianFit, min_snr: float, half_extent_um: float, y_range: tuple[float, float],
+               x_range: tuple[float, float]) -> bool:
+    """A compact spot narrower than the field, its centre within ``y_range`` and ``x_range``
+    (:func:`_centre_range`): the Gaussian fit can be trusted for the position."""
+    inside = y_range[0] <= fit.y_um <= y_range[1] and x_range[0] <= fit.x_um <= x_range[1]
     return fit.snr >= min_snr and fit.amplitude > 0 and inside and fit.sigma_um < half_extent_um
 
 
@@ -217,7 +226,7 @@ def initial_sources(
 
     A Gaussian fit is trusted when its signal-to-noise ratio is at least ``min_snr`` and
     it finds a spot narrower than the field with its centre inside, at least
-    :data:`BORDER_PIXELS` pixels from the edge. A view where it does
+    :data:`BORDER_PIXELS` pixels from each edge of the field. A view where it does
     not (a defocused disc larger than the field of view, an aberrated image) keeps its
     nominal lateral position when the frame shows light: its light level is at least
     ``DARK_FRACTION`` of the brightest view's and ``min_snr`` times its pixel noise (the
@@ -234,13 +243,13 @@ def initial_sources(
     out = np.array(nominal_um_xyz, dtype=np.float64).reshape(-1, 3).copy()
     images = np.asarray(images, dtype=np.float64)
     half = 0.5 * max(len(y) * abs(y[1] - y[0]) if len(y) > 1 else 0.0, len(x) * abs(x[1] - x[0]) if len(x) > 1 else 0.0)
-    border = BORDER_PIXELS * max(abs(y[1] - y[0]) if len(y) > 1 else 0.0, abs(x[1] - x[0]) if len(x) > 1 else 0.0)
+    y_range, x_range = _centre_range(np.asarray(y), BORDER_PIXELS), _centre_range(np.asarray(x), BORDER_PIXELS)
     levels, noise = light_levels(images, valid)
     brightest = float(levels.max()) if len(levels) else 0.0
     for v, image in enumerate(images):
         ok = None if valid is None else valid[v]
         fit = fit_gaussian(image, y, x, ok)
-        if _localised(fit, min_snr, half, border):
+        if _localised(fit, min_snr, half, y_range, x_range):
             out[v, 0], out[v, 1] = fit.x_um, fit.y_um
             continue
         # The pixel-to-pixel noise estimate also takes up fine fringes (a strongly aberrated
@@ -667,8 +676,8 @@ def calibrate_pupil(
     With ``source_edge`` the source's angular spectrum is calibrated too, as far as the
     images identify it (docs/physics.md, "Source spectrum"): after the positions, the
     spectrum cut at each of :data:`SOURCE_EDGE_SCAN` × NA is tried against the default;
-    if one fits better, its edge ``(NA_in, NA_cut)`` is fitted with everything else in
-    the second pass (``PupilParameters.source_edge_na``), and the second pass is run again
+    if one fits better (or ``start`` carries an edge), its edge ``(NA_in, NA_cut)`` is fitted
+    with everything else in the second pass (``PupilParameters.source_edge_na``), and the second pass is run again
     without it from where it started. A homogeneous image shows the spectrum only inside
     the pupil: the edge is kept only when it ends up inside it (``NA_in < NA``) and lowers
     the loss by more than :data:`SOURCE_EDGE_GAIN` against the fit without it; otherwise
@@ -704,7 +713,8 @@ def calibrate_pupil(
             step between neighbouring samples; the result's pupil is its projection on
             ``noll`` and ``apodisation_terms`` (:func:`project_free_form`).
         source_edge: also calibrate the source spectrum's edge (see above); a ``start``
-            with ``source_edge_na`` is used as it is without it.
+            pupil's ``source_edge_na`` is then fitted and tested against no edge like the
+            scan's, and without ``source_edge`` it is used as it is.
         restart_positions: restart the positions through the fitted pupil (see above; stages
             ``positions, restarted`` at the centre wavelength and the passes of everything
             again, skipped when no view's squared residual falls by more than :data:`RESTART_GAIN`).
@@ -795,7 +805,8 @@ def calibrate_pupil(
 
     restarting = restart_positions and axial == "view" and bool(noll or apodisation_terms)
     passes = 1 + (len(spectral) > 1)  # the passes of everything: centre wavelength (with a band), band
-    stages = (1 + passes) * (2 if restarting else 1) + (2 if free_form else 0)
+    # with source_edge, the passes of everything run again without the edge to test one (below)
+    stages = (1 + passes) * (2 if restarting else 1) + (2 if free_form else 0) + (passes if source_edge else 0)
 
     def fit(parameters: list[torch.Tensor], renderers: Sequence[PreparedRenderer], stage_index: int, stage: str) -> None:
         parameters = [p for p in parameters if p.requires_grad and p.numel()]
@@ -849,13 +860,11 @@ def calibrate_pupil(
         fit([lateral, depth, free_z, apod, edge], band_all, stage, last)
         return stage + 1
 
-    scanned = edge_active and not start_edge
-    if scanned:
-        stages += passes  # the passes again without the edge (below)
+    testing_edge = source_edge and edge_active  # the scan's edge or the start pupil's
     fitted = (lateral, depth, free_z, apod)
     before = [t.detach().clone() for t in fitted]
-    stage = fit_all(source_edge and edge_active)
-    if scanned:
+    stage = fit_all(testing_edge)
+    if testing_edge:
         # the same fit without the edge, from where it started: an edge wholly outside the
         # pupil leaves the images unchanged (not identified), and one inside must fit better
         # than the default spectrum by SOURCE_EDGE_GAIN, not trade places with the apodisation
@@ -865,12 +874,14 @@ def calibrate_pupil(
             for t, v in zip(fitted, before):
                 t.copy_(v)
         edge_active = False
-        stage = fit_all(False)
+        stage = fit_all(False, stage)
         with torch.no_grad():
             if inside_pupil and edge_fit[0] < (1.0 - SOURCE_EDGE_GAIN) * float(evaluate()[0]):
                 for t, v in zip(fitted, edge_fit[1]):
                     t.copy_(v)
                 edge_active = True
+    elif source_edge:
+        stage += passes  # no edge to test: the count skips the passes without one
     if restarting:
         # each view's position again from its start, through the fitted pupil; a view that
         # lands lower keeps it, and then the pupil is fitted again with the new positions

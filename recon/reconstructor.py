@@ -434,6 +434,7 @@ class Reconstructor:
         self._plain_model = ForwardModel.build(optics, geometry, source_depth_um=depth, device=self.device)
         self.model = self._plain_model
         self._spectral_models: list[tuple[ForwardModel, float]] | None = None
+        self._band_models: list[tuple[ForwardModel, float]] | None = None
         self._pupil: PupilParameters | None = None
         self.pupil = pupil
         self.calibration: PupilCalibration | None = None  # the last pupil calibration
@@ -543,10 +544,14 @@ class Reconstructor:
         # float64: the line search of the calibration needs the precision; the emission
         # band's renderers, so that the pupil does not take up what partial coherence washes out
         valid = None if self._valid is None else self._valid > 0
-        band = [(_in_float64(m), w) for m, w in self._spectral()] if self.optics.emission_fwhm_um > 0 else None
+        # the renderer's own source spectrum: the calibration applies the edge it fits or tests
+        band = [(_in_float64(m), w) for m, w in self._band()] if self.optics.emission_fwhm_um > 0 else None
         progress = None if callback is None else _calibration_progress(callback)
+        start_pupil = self.pupil
+        if start_pupil is not None and not self.config.source_calibration:
+            start_pupil = replace(start_pupil, source_edge_na=())  # the renderer's source spectrum, as asked
         self.calibration = calibrate_pupil(
-            _in_float64(self.model), measured, start, valid=valid, start=self.pupil, band=band,
+            _in_float64(self._plain_model), measured, start, valid=valid, start=start_pupil, band=band,
             progress=progress, source_edge=self.config.source_calibration,
         )
         self.pupil = self.calibration.pupil
@@ -654,7 +659,7 @@ class Reconstructor:
         self._plain_model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth, device=self.device)
         self.pupil = self.pupil  # the source edge onto the rebuilt model
         self._window = gaussian_window(device=self.device)
-        self._spectral_models = None
+        self._spectral_models = self._band_models = None
         self._seconds_per_iteration = None
         self._finish_seconds = 0.0
         if state is not None:
@@ -709,12 +714,18 @@ class Reconstructor:
         self.state.level = getattr(rep, "level", 0)
         self.state.resolution = rep.resolution
 
+    def _band(self) -> list[tuple[ForwardModel, float]]:
+        """Renderers at wavelengths sampling the emission band, with their weights, with the
+        renderer's own source spectrum (built once)."""
+        if self._band_models is None:
+            self._band_models = band_renderers(self.optics, self.geometry, COHERENCE_SAMPLES, pad_yx=self.model.pad_yx, device=self.device)
+        return self._band_models
+
     def _spectral(self) -> list[tuple[ForwardModel, float]]:
-        """Renderers at wavelengths sampling the emission band, with their weights (built once)."""
+        """:meth:`_band` with the pupil's source edge (built once per edge)."""
         if self._spectral_models is None:
             edge = () if self.pupil is None else self.pupil.source_edge_na
-            band = band_renderers(self.optics, self.geometry, COHERENCE_SAMPLES, pad_yx=self.model.pad_yx, device=self.device)
-            self._spectral_models = [(with_source_edge(m, edge), a) for m, a in band]
+            self._spectral_models = [(with_source_edge(m, edge), a) for m, a in self._band()]
         return self._spectral_models
 
     def _coherence_weights(

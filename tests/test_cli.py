@@ -135,8 +135,24 @@ def test_commands_use_the_live_cpu_thread_policy(simulated: Path, tmp_path: Path
         torch.set_num_threads(before)
 
 
+def test_the_older_source_calibration_flag_is_still_accepted(tmp_path: Path, capsys):
+    """``--source-calibration`` (opt-in before it became the default) still parses: the command
+    gets as far as the missing recording instead of an argument error."""
+    import torch
+
+    from nvplive.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["reconstruct", "--source-calibration", str(tmp_path / "missing.fdt")]) == 2
+        assert "missing.fdt" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, tmp_path: Path):
-    out = nvplive("calibrate", str(simulated), "-o", str(tmp_path / "scope.json"), "--device", "cpu", cwd=tmp_path)
+    out = nvplive("calibrate", str(simulated), "-o", str(tmp_path / "scope.json"), "--device", "cpu",
+                  "--no-source-calibration", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "calibrated the pupil on small.fdt (4 views)" in out.stdout
     pupil = read_pupil(tmp_path / "scope.json")

@@ -77,7 +77,7 @@ def test_a_spot_at_the_fields_edge_is_not_taken_for_the_bead():
         spot = 6000.0 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.5**2))
         return (1000.0 + spot + np.random.default_rng(0).normal(0.0, 30.0, yy.shape))[None]
 
-    edge = 0.5 * len(x) * abs(x[1] - x[0]) - 0.02  # the spot's peak just inside the field's corner
+    edge = 0.5 * len(x) * abs(x[1] - x[0]) - 0.02  # the spot's peak just beyond the field's corner (x[-1] + half a pixel)
     fit = fit_gaussian(frame(edge, edge)[0], y, x)
     assert fit.snr > 3.0 and fit.sigma_um < 1.0 and max(fit.x_um, fit.y_um) < edge  # a good fit, inside the field
     np.testing.assert_allclose(initial_sources(frame(edge, edge), nominal, y, x), nominal)

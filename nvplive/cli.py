@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--warm-iterations", type=_positive_int, default=None, help="iterations per later timepoint")
     rec.add_argument("--tv", type=float, default=None, help="TV weight τ")
     rec.add_argument("--sparsity", type=float, default=None,
-                     help="weight σ of the mean |Δn| (ℓ1 sparsity prior; default 0.016, 0 turns it off; "
+                     help="weight σ of the ℓ1 sparsity prior on Δn along the optical path (Σ|Δn|·dz per column over "
+                          "4 µm; default 0.016, 0 turns it off; "
                           "measured: 0.016–0.064 with --lr 0.01; a quarter of it where the pupil's source "
                           "spectrum, calibrated or from --pupil, ends inside the pupil)")
     rec.add_argument("--lr", type=float, default=None, help="cold-start learning rate of the representation (default 0.01; "

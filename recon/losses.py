@@ -1,4 +1,4 @@
-"""Image losses and total variation (docs/reconstruction.md, Loss); the coherence mask weights the image loss."""
+"""Image losses, total variation and the ℓ1 path prior (docs/reconstruction.md, Loss); the coherence mask weights the image loss."""
 
 from __future__ import annotations
 
@@ -82,3 +82,21 @@ def total_variation(volume: torch.Tensor) -> torch.Tensor:
     dy = (volume[:, 1:] - volume[:, :-1]).abs().mean()
     dx = (volume[:, :, 1:] - volume[:, :, :-1]).abs().mean()
     return dz + dy + dx
+
+
+#: The depth (µm) of a volume whose :func:`path_sparsity` is its plain mean ``|Δn|``: the
+#: mismatch and quality benchmarks' standard volume (16 slices of 0.25 µm), where the
+#: prior's weight σ was tuned (BENCHMARKS.md, "The ℓ1 prior per depth of optical path").
+SPARSITY_REFERENCE_DEPTH_UM = 4.0
+
+
+def path_sparsity(volume: torch.Tensor, dz_um: float) -> torch.Tensor:
+    """ℓ1 sparsity of Δn ``[Z, Y, X]`` along the optical path: the mean over ``(y, x)`` of
+    ``Σ_z |Δn|·dz``, divided by :data:`SPARSITY_REFERENCE_DEPTH_UM` (dimensionless, like Δn).
+
+    Each camera pixel measures the phase its column accumulates, so the prior is taken per
+    column, like the image loss per pixel: a volume padded with empty medium, or resampled
+    along z, keeps its value. A plain mean ``|Δn|`` over the voxels would weaken the prior in
+    proportion to the empty slices a deep volume adds, where the missing cone needs it most.
+    """
+    return volume.abs().sum(dim=0).mean() * (dz_um / SPARSITY_REFERENCE_DEPTH_UM)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy import ndimage
 
-from nvplive.recon.losses import gaussian_window, image_loss, ssim_map
+from nvplive.recon.losses import SPARSITY_REFERENCE_DEPTH_UM, gaussian_window, image_loss, path_sparsity, ssim_map
 
 
 def _reference_ssim_map(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
@@ -51,3 +52,18 @@ def test_losses_compute_in_the_predictions_dtype_whatever_the_measurement_and_ma
         assert loss.dtype == torch.float32
     assert float(image_loss(predicted32, measured64, mask64)) == float(same)
     assert ssim_map(predicted32, measured64, 1.0, gaussian_window(dtype=torch.float64)).dtype == torch.float32
+
+
+def test_the_path_sparsity_of_a_specimen_does_not_depend_on_the_empty_medium_around_it_nor_on_dz():
+    """``path_sparsity`` is Σ_z |Δn|·dz per column over 4 µm: padding the volume with empty
+    slices or sampling it twice as finely along z leaves it unchanged (a plain mean |Δn| would
+    fall by the padding's factor), and a 4 µm deep volume gives its mean |Δn|."""
+    rng = np.random.default_rng(0)
+    dn = torch.as_tensor(rng.normal(0.0, 0.01, (8, 6, 5)))
+    dz = SPARSITY_REFERENCE_DEPTH_UM / 8
+    assert float(path_sparsity(dn, dz)) == pytest.approx(float(dn.abs().mean()), rel=1e-12)
+    padded = torch.cat([torch.zeros(16, 6, 5, dtype=dn.dtype), dn, torch.zeros(8, 6, 5, dtype=dn.dtype)])
+    assert float(path_sparsity(padded, dz)) == pytest.approx(float(path_sparsity(dn, dz)), rel=1e-12)
+    assert float(padded.abs().mean()) == pytest.approx(float(dn.abs().mean()) / 4, rel=1e-12)
+    finer = dn.repeat_interleave(2, dim=0)
+    assert float(path_sparsity(finer, dz / 2)) == pytest.approx(float(path_sparsity(dn, dz)), rel=1e-12)

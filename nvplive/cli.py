@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -99,6 +100,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one sentence, exit 2
         raise UsageError(f"{self.prog}: {message}.")
@@ -147,13 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--method", choices=METHODS, default="nvp")
     rec.add_argument("--iterations", type=_positive_int, default=None, help="cold-start iterations")
     rec.add_argument("--warm-iterations", type=_positive_int, default=None, help="iterations per later timepoint")
-    rec.add_argument("--tv", type=float, default=None, help="TV weight τ")
-    rec.add_argument("--sparsity", type=float, default=None,
+    rec.add_argument("--tv", type=_non_negative, default=None, help="TV weight τ")
+    rec.add_argument("--sparsity", type=_non_negative, default=None,
                      help="weight σ of the ℓ1 sparsity prior on Δn along the optical path (Σ|Δn|·dz per column over "
                           "4 µm; default 0.016, 0 turns it off; "
                           "measured: 0.016–0.064 with --lr 0.01; a quarter of it where the pupil's source "
                           "spectrum, calibrated or from --pupil, ends inside the pupil)")
-    rec.add_argument("--lr", type=float, default=None, help="cold-start learning rate of the representation (default 0.01; "
+    rec.add_argument("--lr", type=_positive, default=None, help="cold-start learning rate of the representation (default 0.01; "
                           "warm updates step at 2× it)")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     _threads_option(rec)
@@ -196,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("wavelength-um", "emission wavelength λ (µm)"), ("na", "numerical aperture"),
                        ("n-medium", "medium refractive index"), ("pixel-size-um", "pixel size in the sample (µm)"),
                        ("z-step-um", "step between planes (µm)")):
-        cal.add_argument(f"--{name}", type=float, default=None, help=f"z-stack: {what} (default: STACK.json beside the stack)")
+        cal.add_argument(f"--{name}", type=_positive, default=None, help=f"z-stack: {what} (default: STACK.json beside the stack)")
     _threads_option(cal)
 
     ev = sub.add_parser("evaluate", help="score a reconstruction against ground truth")

@@ -52,7 +52,7 @@ from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render, with_source_edge
 from .progress import CalibrationProgress
 from .pupil import FIRST_NOLL, PupilParameters
-from .representations import Representation, representation_for
+from .representations import Representation, representation_class, representation_for
 from .simulate import band_renderers
 
 #: Fraction of a view's pixels at the camera's maximum above which the frames are refused
@@ -213,6 +213,26 @@ class ReconConfig:
     divergence_factor: float = 10.0
     seed: int = 0
     compile_mode: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse settings no fit can run with, before anything is allocated.
+
+        Raises:
+            ValueError: a rate, factor or budget ≤ 0 or not finite, a weight < 0 or not
+                finite, ``lr_final_fraction`` outside (0, 1], or an unknown method.
+        """
+        representation_class(self.method)
+        positive = ("lr", "warm_lr_factor", "divergence_factor", "iterations", "check_every", "features", "hidden")
+        non_negative = ("tv_weight", "sparsity_weight", "sparsity_source_edge_factor", "lr_pupil_rad", "lr_sources_um",
+                        "lr_photometry", "plateau_rel_tol", "calibration_warmup")
+        for name in positive + non_negative:
+            value = getattr(self, name)
+            low_ok = value > 0 if name in positive else value >= 0
+            if not (math.isfinite(value) and low_ok):
+                bound = "> 0" if name in positive else "≥ 0"
+                raise ValueError(f"Reconstruction setting {name} must be a finite number {bound}, got {value}.")
+        if not (0.0 < self.lr_final_fraction <= 1.0):
+            raise ValueError(f"Reconstruction setting lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction}.")
 
     def representation_lr(self, warm: bool) -> float:
         """The representation's learning rate in a warm update (``warm``) or a cold start."""

@@ -371,17 +371,22 @@ def make_representation(method: str, shape_zyx: tuple[int, int, int], **options:
     Raises:
         ValueError: an unknown method.
     """
-    return _representation_class(method)(shape_zyx, **options)
+    return representation_class(method)(shape_zyx, **options)
 
 
 def representation_for(config: RepresentationSettings, shape_zyx: tuple[int, int, int]) -> Representation:
     """The representation of ``config.method`` with the options it takes from ``config``
     (:meth:`Representation.options`). Raises ValueError for an unknown method."""
-    cls = _representation_class(config.method)
+    cls = representation_class(config.method)
     return cls(shape_zyx, **cls.options(config))
 
 
-def _representation_class(method: str) -> type[Representation]:
+def representation_class(method: str) -> type[Representation]:
+    """The representation class of ``method`` (:data:`~nvplive.recon.methods.METHODS`).
+
+    Raises:
+        ValueError: an unknown method.
+    """
     try:
         return REPRESENTATIONS[method]
     except KeyError:

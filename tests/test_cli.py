@@ -150,6 +150,21 @@ def test_the_older_source_calibration_flag_is_still_accepted(tmp_path: Path, cap
         torch.set_num_threads(before)
 
 
+def test_nonsense_fit_settings_are_refused_before_any_work(simulated: Path, tmp_path: Path, capsys):
+    """A negative or non-finite weight, or a learning rate ≤ 0, is refused at parsing, naming the
+    option, and the recording's volumes are not touched (they were replaced by a fit that ran
+    to the end, or refused only when the settings were saved)."""
+    from nvplive.cli import main
+
+    before = sorted(p.name for p in simulated.iterdir())
+    for option, value in (("--sparsity", "-1"), ("--tv", "-1"), ("--sparsity", "nan"), ("--tv", "inf"),
+                          ("--lr", "0"), ("--lr", "-0.01"), ("--lr", "inf")):
+        assert main(["reconstruct", str(simulated), option, value]) == 2
+        err = capsys.readouterr().err
+        assert f"argument {option}" in err and value in err, err
+    assert sorted(p.name for p in simulated.iterdir()) == before
+
+
 def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, tmp_path: Path):
     out = nvplive("calibrate", str(simulated), "-o", str(tmp_path / "scope.json"), "--device", "cpu",
                   "--no-source-calibration", cwd=tmp_path)

@@ -363,3 +363,17 @@ def test_the_sparsity_prior_keeps_dn_out_of_the_medium_around_a_thin_specimen():
         result = Reconstructor(OPTICS, SMALL, sources, config=config, device="cpu").cold_start(frames)
         outside[weight] = float(np.abs(result.dn[medium]).mean())
     assert outside[0.05] < 0.7 * outside[0.0], outside
+
+
+def test_the_reconstruction_settings_refuse_what_no_fit_can_run_with():
+    with pytest.raises(ValueError, match="sparsity_weight must be a finite number ≥ 0, got -1"):
+        ReconConfig(sparsity_weight=-1.0)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got 0"):
+        ReconConfig(lr=0.0)
+    with pytest.raises(ValueError, match="tv_weight must be a finite number ≥ 0, got nan"):
+        ReconConfig(tv_weight=float("nan"))
+    with pytest.raises(ValueError, match=r"lr_final_fraction must lie in \(0, 1\]"):
+        ReconConfig(lr_final_fraction=0.0)
+    with pytest.raises(ValueError, match="Unknown method 'voxels'"):
+        ReconConfig(method="voxels")
+    assert ReconConfig(sparsity_weight=0.0, tv_weight=0.0).sparsity_weight == 0.0

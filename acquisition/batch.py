@@ -75,6 +75,7 @@ class ChunkResult:
     device: str
     worker: str
     seconds: float
+    pupils: list[dict | None]  # the pupil each volume was rendered with (PupilParameters.to_dict(); None: the hard aperture)
 
 
 @dataclass
@@ -152,7 +153,7 @@ def reconstruct_chunk(
         worker = str(get_worker().address)
     except (ImportError, ValueError):
         worker = "local"
-    volumes, iterations, losses, flagged = [], [], [], []
+    volumes, iterations, losses, flagged, pupils = [], [], [], [], []
     with Recording.open(path) as rec:
         if not 0 <= start < stop <= rec.n_timepoints:
             raise RecordingError(f"{path}: timepoints {start}…{stop - 1} are out of range (it has {rec.n_timepoints}).")
@@ -161,6 +162,7 @@ def reconstruct_chunk(
         for t in range(start, stop):
             result = reconstructor.warm_update(rec.frames(t))
             volumes.append(result.dn)
+            pupils.append(None if result.pupil is None else result.pupil.to_dict())
             iterations.append(result.iterations)
             losses.append(result.loss)
             if result.flagged:
@@ -176,6 +178,7 @@ def reconstruct_chunk(
         device=str(reconstructor.device),
         worker=worker,
         seconds=time.perf_counter() - begin,
+        pupils=pupils,
     )
 
 
@@ -363,6 +366,7 @@ def reconstruct_distributed(
                             "iterations_run": chunk.iterations[i],
                             "chunk": [chunk.start, chunk.stop],
                             "worker": chunk.worker,
+                            "pupil": chunk.pupils[i],
                         }
                         writer.write_volume(t, chunk.volumes[i], config.method, settings)
                         written.add(t)

@@ -21,7 +21,7 @@ from nvplive.recon.capacity import check_memory, check_plausible
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
-from nvplive.recon.physics import ForwardModel, pupil_on_grid, render
+from nvplive.recon.physics import ForwardModel, pupil_on_grid, render, with_source_edge
 from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 from nvplive.recon.simulate import (
@@ -39,6 +39,7 @@ from nvplive.recon.simulate import (
 from .bead_stack import calibrate_stack
 from .pupil_file import recording_pupil, write_pupil
 from .recording import SUFFIX, CameraSettings, Recording, RecordingMeta, RecordingWriter
+from .recording_lock import RecordingLock
 from .recording_writer import store_pupil
 
 Progress = Callable[[int, int, str], None]
@@ -223,7 +224,8 @@ def reconstruct_recording(
                 progress(t * 1000 + int(1000 * it / max(total, 1)), n * 1000, f"timepoint {t + 1}/{n}, loss {loss:.4f}")
 
             result = reconstructor.warm_update(frames, callback=report)
-            writer.write_volume(t, result.dn, config.method, {**settings, "iterations_run": result.iterations})
+            used = None if result.pupil is None else result.pupil.to_dict()  # after the joint refinement
+            writer.write_volume(t, result.dn, config.method, {**settings, "iterations_run": result.iterations, "pupil": used})
             iterations.append(result.iterations)
             losses.append(result.loss)
             if result.flagged:
@@ -237,6 +239,15 @@ def reconstruct_recording(
                 fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
             )
     return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device))
+
+
+def volume_pupil(settings: dict, path: str | Path) -> PupilParameters | None:
+    """The pupil a volume was rendered with, from its stored ``settings`` (None: the hard
+    aperture); volumes written before the settings carried it: the recording's pupil.json."""
+    if "pupil" not in settings:
+        return recording_pupil(path)
+    stored = settings["pupil"]
+    return None if stored is None else PupilParameters.from_dict(stored)
 
 
 def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) -> dict:
@@ -277,14 +288,17 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             seed=seed,
             instrument=Instrument.from_dict(extra.get("simulated_instrument")),
         )
-        model = ForwardModel.build(meta.optics, meta.geometry, pad_yx=sim.pad_yx)
-        calibrated = recording_pupil(path)  # the reconstruction's pupil renders the held-out views
-        pupil = None if calibrated is None else pupil_on_grid(model, calibrated)
+        plain = ForwardModel.build(meta.optics, meta.geometry, pad_yx=sim.pad_yx)
+        settings = rec.volume_settings
         rows = []
         for t in common:
             truth, pred = rec.ground_truth(t), rec.volume(t)
             a, p = absolute_scores(pred, truth), published_scores(pred, truth)
             measured = sim.expected(truth)
+            # the pupil this volume was rendered with renders the held-out views
+            used = volume_pupil(settings[t]["settings"], path)
+            model = plain if used is None else with_source_edge(plain, used.source_edge_na)
+            pupil = None if used is None else pupil_on_grid(model, used)
             with torch.no_grad():
                 predicted = render(model, torch.as_tensor(pred), torch.as_tensor(held, dtype=torch.float32), pupil=pupil).numpy()
             rows.append((a.psnr_db, a.ssim, p.psnr_db, p.ssim, image_psnr(predicted, measured)))
@@ -315,7 +329,9 @@ def calibrate_recording(
     ``progress(done, total, message)`` follows the fit's evaluations and their budget.
 
     Raises:
-        RecordingError: the recording cannot be read or has no such timepoint.
+        RecordingError: the recording cannot be read or has no such timepoint; or the output
+            recording cannot be locked (RecordingLockedError: another process writes it),
+            refused before the fit.
         ReconstructionError: its frames show no source.
     """
     path = Path(path)
@@ -324,6 +340,10 @@ def calibrate_recording(
         if not 0 <= timepoint < rec.n_timepoints:
             raise RecordingError(f"{path}: has no complete timepoint {timepoint} (it has {rec.n_timepoints}).")
         frames = rec.frames(timepoint)
+    target = Path(output) if output is not None else path
+    if target.suffix == SUFFIX:
+        with RecordingLock(target):  # a recording another process writes is refused now, not after the fit
+            pass
     reconstructor = reconstructor_for(meta, ReconConfig(source_calibration=source_calibration), device, recording_pupil(path))
 
     def report(done: int, total: int, loss: float) -> None:
@@ -331,7 +351,6 @@ def calibrate_recording(
 
     calibration = reconstructor.calibrate(frames, callback=report)
     progress(1, 1, f"pupil fitted, residual {calibration.residual:.3f}")  # its stages may converge before their budget
-    target = Path(output) if output is not None else path
     store = store_pupil if target.suffix == SUFFIX else write_pupil  # into a recording: under its lock
     written = store(
         target, calibration.pupil, meta.optics, calibrated_from=f"frames of {path.name}, timepoint {timepoint}",

@@ -654,6 +654,8 @@ class ReconstructionWorker:
         flagged = bool(getattr(result, "flagged", False))
         message = str(getattr(result, "message", "") or "")
         settings = {**self.settings, "flagged": True, "message": message} if flagged else self.settings
+        if hasattr(result, "pupil"):  # the pupil this volume was rendered with (docs/format.md, volumes)
+            settings = {**settings, "pupil": None if result.pupil is None else result.pupil.to_dict()}
         if self.writer is not None:
             try:
                 self.writer.write_volume(t, dn, self.method, settings)

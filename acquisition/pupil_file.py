@@ -112,10 +112,41 @@ def read_pupil_file(path: str | os.PathLike) -> PupilFile:
 
 def read_pupil(path: str | os.PathLike) -> PupilParameters:
     """The pupil stored at ``path`` (see :func:`read_pupil_file`)."""
-    doc = read_pupil_file(path)
+    return _parameters(read_pupil_file(path))
+
+
+def _parameters(doc: PupilFile) -> PupilParameters:
+    """The pupil of a validated pupil file."""
     return PupilParameters(tuple(doc.zernike_rad), tuple(doc.apodisation), doc.sine_condition, tuple(doc.source_edge_na))
 
 
 def recording_pupil(recording: str | os.PathLike) -> PupilParameters | None:
     """The pupil stored in a recording folder, or None when it has none (older recordings)."""
     return read_pupil(recording) if (Path(recording) / PUPIL_FILE).is_file() else None
+
+
+#: Relative difference in λ, NA or n beyond which a pupil file belongs to other optics.
+OPTICS_TOLERANCE = 1e-3
+
+
+def pupil_for(doc: PupilFile, path: str | os.PathLike, optics: Optics, where: str) -> PupilParameters:
+    """The pupil of ``doc`` (read from ``path``, :func:`read_pupil_file`), for use with
+    ``optics`` (those of ``where``, a recording).
+
+    Its Zernike radians hold for the wavelength it was calibrated at, and its pupil
+    coordinate ρ is normalised by that NA, so a file calibrated for another λ, NA or
+    medium index is refused.
+
+    Raises:
+        RecordingError: its optics differ from ``optics`` by more than
+            :data:`OPTICS_TOLERANCE` (relative), naming both values.
+    """
+    theirs = doc.optics
+    for name, label, unit in (("wavelength_um", "λ", " µm"), ("na", "NA", ""), ("n_medium", "n", "")):
+        a, b = float(getattr(theirs, name)), float(getattr(optics, name))
+        if abs(a - b) > OPTICS_TOLERANCE * max(abs(a), abs(b)):
+            raise RecordingError(
+                f"{pupil_path(path)}: was calibrated for {label} {a:g}{unit}, but {where} was recorded at "
+                f"{label} {b:g}{unit}; calibrate the pupil for these optics (nvplive calibrate)."
+            )
+    return _parameters(doc)

@@ -303,9 +303,13 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     _use_threads(args)
     pupil = None
     if args.pupil is not None:
-        from nvplive.acquisition.pupil_file import read_pupil
+        from nvplive.acquisition.pupil_file import pupil_for, read_pupil_file
+        from nvplive.acquisition.recording import Recording
 
-        pupil = read_pupil(args.pupil)
+        doc = read_pupil_file(args.pupil)
+        with Recording.open(args.recording) as rec:
+            optics = rec.meta.optics
+        pupil = pupil_for(doc, args.pupil, optics, args.recording.name)
     if args.scheduler is None:
         if args.workers is not None or args.chunk_size is not None:
             raise UsageError("--workers and --chunk-size need --scheduler (local or the address of a Dask scheduler).")

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,44 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
     with Recording.open(simulated) as rec:
         settings = rec.volume_settings[0]["settings"]
         assert settings["pupil_calibration"] is False and settings["source_calibration"] is False
+
+
+def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_optics_are_refused(simulated: Path, tmp_path: Path):
+    """Each volume's settings carry its pupil, and ``evaluate`` renders the held-out views
+    through it: a later pupil.json (a new calibration) does not change the scores of volumes
+    already there. A pupil file calibrated for another λ is refused before any work, naming
+    both values."""
+    import shutil
+
+    from nvplive.acquisition.offline import evaluate_recording, volume_pupil
+    from nvplive.acquisition.pupil_file import write_pupil
+    from nvplive.acquisition.recording_writer import store_pupil
+    from nvplive.recon.pupil import PupilParameters
+
+    path = tmp_path / "copy.fdt"
+    shutil.copytree(simulated, path)
+    with Recording.open(path) as rec:
+        optics = rec.meta.optics
+    given = PupilParameters((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3), (-0.1,))
+    write_pupil(tmp_path / "given.json", given, optics, calibrated_from="test", method="frames")
+    out = nvplive("reconstruct", str(path), "--pupil", str(tmp_path / "given.json"), "--no-pupil-calibration",
+                  "--iterations", "3", "--warm-iterations", "2", "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    with Recording.open(path) as rec:
+        stored = [rec.volume_settings[t]["settings"] for t in rec.volume_timepoints]
+    assert all(volume_pupil(s, path) == given for s in stored)
+    first = evaluate_recording(path)
+    store_pupil(path, PupilParameters((0.0,) * 9 + (1.0,)), optics, calibrated_from="a later calibration", method="frames")
+    assert evaluate_recording(path) == first
+    assert volume_pupil({}, path) == read_pupil(path)  # volumes written before settings carried their pupil
+
+    other = replace(optics, wavelength_um=0.45)
+    write_pupil(tmp_path / "other.json", given, other, calibrated_from="test", method="frames")
+    before = (path / "volumes.ome.tif").stat().st_mtime_ns
+    out = nvplive("reconstruct", str(path), "--pupil", str(tmp_path / "other.json"), "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"was calibrated for λ 0.45 µm, but copy.fdt was recorded at λ {optics.wavelength_um:g} µm" in out.stderr
+    assert (path / "volumes.ome.tif").stat().st_mtime_ns == before
 
 
 def test_calibrate_a_bead_z_stack(tmp_path: Path):

@@ -398,3 +398,19 @@ def test_filelock_fallback_refuses_a_second_writer_and_frees_on_kill(tmp_path, m
     with RecordingLock(path) as lock:  # the dead holder's lock is taken over
         assert lock.stale["pid"] == child.pid
     assert (path / (LOCK_NAME + ".os")).exists()
+
+
+def test_calibrating_into_a_recording_being_written_is_refused_before_the_fit(tmp_path):
+    """``nvplive calibrate REC.fdt`` writes REC's pupil.json: while another writer holds the
+    recording, it is refused before the fit (it used to fit for minutes, then be refused)."""
+    from nvplive.acquisition.offline import calibrate_recording
+
+    path = tmp_path / "busy.fdt"
+    meta = make_meta()
+    writer = RecordingWriter(path, meta)
+    writer.write_timepoint(0, frames_of(0, meta), stamps_of(0, meta))
+    reported = []
+    with pytest.raises(RecordingLockedError, match="being written by process"):
+        calibrate_recording(path, device="cpu", progress=lambda *update: reported.append(update))
+    assert reported == [] and not (path / PUPIL_FILE).exists()
+    writer.close()

@@ -49,7 +49,7 @@ from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig
 
 from .offline import Progress, _quiet, reconstructor_for
-from .pupil_file import recording_pupil
+from .pupil_file import recording_pupil, volume_pupil_setting
 from .recording import Recording, RecordingWriter
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def reconstruct_chunk(
         for t in range(start, stop):
             result = reconstructor.warm_update(rec.frames(t))
             volumes.append(result.dn)
-            pupils.append(None if result.pupil is None else result.pupil.to_dict())
+            pupils.append(volume_pupil_setting(result.pupil))
             iterations.append(result.iterations)
             losses.append(result.loss)
             if result.flagged:

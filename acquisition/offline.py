@@ -37,7 +37,7 @@ from nvplive.recon.simulate import (
 )
 
 from .bead_stack import calibrate_stack
-from .pupil_file import recording_pupil, write_pupil
+from .pupil_file import recording_pupil, volume_pupil, volume_pupil_setting, write_pupil
 from .recording import SUFFIX, CameraSettings, Recording, RecordingMeta, RecordingWriter
 from .recording_lock import RecordingLock
 from .recording_writer import store_pupil
@@ -224,7 +224,7 @@ def reconstruct_recording(
                 progress(t * 1000 + int(1000 * it / max(total, 1)), n * 1000, f"timepoint {t + 1}/{n}, loss {loss:.4f}")
 
             result = reconstructor.warm_update(frames, callback=report)
-            used = None if result.pupil is None else result.pupil.to_dict()  # after the joint refinement
+            used = volume_pupil_setting(result.pupil)  # after the joint refinement
             writer.write_volume(t, result.dn, config.method, {**settings, "iterations_run": result.iterations, "pupil": used})
             iterations.append(result.iterations)
             losses.append(result.loss)
@@ -239,15 +239,6 @@ def reconstruct_recording(
                 fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
             )
     return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device))
-
-
-def volume_pupil(settings: dict, path: str | Path) -> PupilParameters | None:
-    """The pupil a volume was rendered with, from its stored ``settings`` (None: the hard
-    aperture); volumes written before the settings carried it: the recording's pupil.json."""
-    if "pupil" not in settings:
-        return recording_pupil(path)
-    stored = settings["pupil"]
-    return None if stored is None else PupilParameters.from_dict(stored)
 
 
 def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) -> dict:

@@ -40,6 +40,7 @@ from nvplive.errors import AcquisitionError, NvpLiveError
 from . import offline
 from .instrument import instrument_mismatches
 from .microscope import TIMESTAMP_SOURCE_KEY, FDTEngine, MicroscopeInfo, event_view_timepoint
+from .pupil_file import volume_pupil_setting
 from .recording import RecordingMeta
 
 logger = logging.getLogger("nvplive.acquisition")
@@ -655,7 +656,7 @@ class ReconstructionWorker:
         message = str(getattr(result, "message", "") or "")
         settings = {**self.settings, "flagged": True, "message": message} if flagged else self.settings
         if hasattr(result, "pupil"):  # the pupil this volume was rendered with (docs/format.md, volumes)
-            settings = {**settings, "pupil": None if result.pupil is None else result.pupil.to_dict()}
+            settings = {**settings, "pupil": volume_pupil_setting(result.pupil)}
         if self.writer is not None:
             try:
                 self.writer.write_volume(t, dn, self.method, settings)

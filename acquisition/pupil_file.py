@@ -13,6 +13,7 @@ writes pupil files elsewhere and refuses a recording folder.
 from __future__ import annotations
 
 import json
+import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -125,6 +126,21 @@ def recording_pupil(recording: str | os.PathLike) -> PupilParameters | None:
     return read_pupil(recording) if (Path(recording) / PUPIL_FILE).is_file() else None
 
 
+def volume_pupil_setting(pupil: PupilParameters | None) -> dict | None:
+    """A volume's ``settings.pupil``: the pupil it was rendered with (docs/format.md, volumes;
+    None: the hard aperture); :func:`volume_pupil` reads it back."""
+    return None if pupil is None else pupil.to_dict()
+
+
+def volume_pupil(settings: dict, recording: str | os.PathLike) -> PupilParameters | None:
+    """The pupil a volume was rendered with, from its stored ``settings`` (None: the hard
+    aperture); volumes written before the settings carried it: the recording's pupil.json."""
+    if "pupil" not in settings:
+        return recording_pupil(recording)
+    stored = settings["pupil"]
+    return None if stored is None else PupilParameters.from_dict(stored)
+
+
 #: Relative difference in λ, NA or n beyond which a pupil file belongs to other optics.
 OPTICS_TOLERANCE = 1e-3
 
@@ -141,10 +157,9 @@ def pupil_for(doc: PupilFile, path: str | os.PathLike, optics: Optics, where: st
         RecordingError: its optics differ from ``optics`` by more than
             :data:`OPTICS_TOLERANCE` (relative), naming both values.
     """
-    theirs = doc.optics
     for name, label, unit in (("wavelength_um", "λ", " µm"), ("na", "NA", ""), ("n_medium", "n", "")):
-        a, b = float(getattr(theirs, name)), float(getattr(optics, name))
-        if abs(a - b) > OPTICS_TOLERANCE * max(abs(a), abs(b)):
+        a, b = float(getattr(doc.optics, name)), float(getattr(optics, name))
+        if not math.isclose(a, b, rel_tol=OPTICS_TOLERANCE):
             raise RecordingError(
                 f"{pupil_path(path)}: was calibrated for {label} {a:g}{unit}, but {where} was recorded at "
                 f"{label} {b:g}{unit}; calibrate the pupil for these optics (nvplive calibrate)."

@@ -188,8 +188,8 @@ def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_opti
     both values."""
     import shutil
 
-    from nvplive.acquisition.offline import evaluate_recording, volume_pupil
-    from nvplive.acquisition.pupil_file import write_pupil
+    from nvplive.acquisition.offline import evaluate_recording
+    from nvplive.acquisition.pupil_file import volume_pupil, write_pupil
     from nvplive.acquisition.recording_writer import store_pupil
     from nvplive.recon.pupil import PupilParameters
 

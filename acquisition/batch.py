@@ -45,11 +45,12 @@ import torch
 
 from nvplive import __version__
 from nvplive.errors import NvpLiveError, ReconstructionError, RecordingError
+from nvplive.recon.calibration import PupilCalibration
 from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig
 
 from .offline import Progress, _quiet, reconstructor_for
-from .pupil_file import recording_pupil, volume_pupil_setting
+from .pupil_file import calibration_start, frames_origin, recording_pupil, volume_pupil_setting
 from .recording import Recording, RecordingWriter
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class ChunkResult:
     worker: str
     seconds: float
     pupils: list[dict | None]  # the pupil each volume was rendered with (PupilParameters.to_dict(); None: the hard aperture)
+    calibration: PupilCalibration | None = None  # the chunk's pupil calibration, when its cold start ran one
 
 
 @dataclass
@@ -179,6 +181,7 @@ def reconstruct_chunk(
         worker=worker,
         seconds=time.perf_counter() - begin,
         pupils=pupils,
+        calibration=reconstructor.calibration,
     )
 
 
@@ -255,6 +258,7 @@ def reconstruct_distributed(
     max_chunks_in_flight: int | None = None,
     progress: Progress = _quiet,
     pupil: PupilParameters | None = None,
+    pupil_from: str | None = None,
 ) -> BatchSummary:
     """Reconstruct every timepoint of a recording on a Dask cluster into ``volumes.ome.tif``.
 
@@ -273,6 +277,8 @@ def reconstruct_distributed(
         max_chunks_in_flight: chunks submitted beyond the next one to be written
             (default: twice the workers); bounds the results held by the client.
         progress: ``progress(done, total, message)``, per timepoint written.
+        pupil, pupil_from: the known pupil and where it came from (as for the serial
+            reconstruction); the pupil calibrated on timepoint 0 is written to pupil.json.
     """
     path = Path(path).resolve()
     if chunk_size is not None and chunk_size < 1:
@@ -308,7 +314,7 @@ def reconstruct_distributed(
         chunks = plan_chunks(n, chunk_size or math.ceil(n / n_workers))
         window = max(1, max_chunks_in_flight or 2 * n_workers)
         config_dict = config.to_dict()
-        known = pupil if pupil is not None else recording_pupil(path)
+        known, known_from = calibration_start(path, pupil, pupil_from)
         pupil_dict = None if pupil is None else pupil.to_dict()
         # The pupil is the instrument's: calibrated once, on timepoint 0 as the first chunk's
         # cold start does, and given to every later chunk as it is (as a serial run keeps it).
@@ -317,7 +323,6 @@ def reconstruct_distributed(
         if config.self_calibration and config.pupil_calibration and len(chunks) > 1:
             with Recording.open(path) as rec:
                 calibration = reconstructor_for(rec.meta, config, "cpu", known).calibrate(rec.frames(0))
-                optics = rec.meta.optics
             later_config, later_pupil = {**config_dict, "pupil_calibration": False}, calibration.pupil.to_dict()
         run_id = uuid.uuid4().hex[:8]
         start_time = time.perf_counter()
@@ -378,9 +383,11 @@ def reconstruct_distributed(
             if len(written) != n:
                 raise ReconstructionError(f"{path}: only {len(written)} of {n} timepoints were reconstructed.")
             writer.update_sources(done_chunks[-1].sources_um_xyz)
+            if calibration is None:  # one chunk: its cold start calibrated the pupil, if any did
+                calibration = done_chunks[0].calibration
             if calibration is not None:
                 writer.write_pupil(
-                    calibration.pupil, optics, calibrated_from=f"frames of {Path(path).name}, timepoint 0",
+                    calibration.pupil, writer.meta.optics, calibrated_from=frames_origin(path, 0, known_from),
                     method="frames", fitted_noll=calibration.noll, residual=calibration.residual,
                     residual_before=calibration.residual_start,
                 )

@@ -50,7 +50,7 @@ from nvplive.errors import ReconstructionError
 from nvplive.recon.loop import LatencyBudget
 from nvplive.recon.methods import METHODS
 from nvplive.recon.pupil import PupilParameters
-from nvplive.recon.reconstructor import ReconConfig, ReconResult, Reconstructor, select_device
+from nvplive.recon.reconstructor import Phase, ProgressCallback, ReconConfig, ReconResult, Reconstructor, select_device
 from nvplive.recon.simulate import Instrument, PartialCoherence
 
 from .microscope import MicroscopeInfo, build_demo_core, load_hardware_core, release_core
@@ -185,7 +185,7 @@ def lower_thread_priority(niceness: int) -> bool:
     return True
 
 
-ProgressHook = Callable[[int, int, float, bool], None]
+ProgressHook = Callable[[int, int, float, bool, str], None]
 
 
 class LiveReconstructor:
@@ -362,13 +362,13 @@ class LiveReconstructor:
             self._worker.method = self.inner.config.method
             self._worker.settings = self.settings()
 
-    def _callback(self, cold: bool) -> Callable[[int, int, float], None]:
-        def report(it: int, total: int, loss: float) -> None:
+    def _callback(self, cold: bool) -> ProgressCallback:
+        def report(it: int, total: int, loss: float, phase: Phase) -> None:
             if self._cancelled:
                 raise UpdateCancelled("the reconstruction was cancelled")
             hook = self.progress_hook
             if hook is not None:
-                hook(it, total, loss, cold)
+                hook(it, total, loss, cold, phase)
 
         return report
 
@@ -470,8 +470,10 @@ class LiveEvents(SignalGroup):
     frames = Signal(int, object)
     #: A timepoint is complete: ``(t, completed_s since the start, frames written so far)``.
     timepoint = Signal(int, float, int)
-    #: Reconstruction progress: ``(iteration, total, loss, cold start)`` (newest-only for views).
-    progress = Signal(int, int, float, bool)
+    #: Reconstruction progress: ``(done, total, loss, cold start, phase)`` (newest-only for
+    #: views); the phase (``"calibration"`` or ``"fit"``) says whether ``done`` counts the
+    #: pupil calibration's evaluations or the volume's iterations (:data:`.reconstructor.Phase`).
+    progress = Signal(int, int, float, bool, str)
     #: A volume was written: :class:`VolumeUpdate` (newest-only for views).
     volume = Signal(object)
     #: A volume was written: ``(t, latency_s, losses, warm)`` (every one, for traces).
@@ -693,8 +695,8 @@ class LiveSession:
             self.errors.append(message)
             _emit(self.events.truth_error, t, message)
 
-    def _on_progress(self, it: int, total: int, loss: float, cold: bool) -> None:
-        _emit(self.events.progress, it, total, loss, cold)
+    def _on_progress(self, it: int, total: int, loss: float, cold: bool, phase: str) -> None:
+        _emit(self.events.progress, it, total, loss, cold, phase)
 
     def _on_volume(self, t: int, dn: np.ndarray, result: Any) -> None:
         record = self.worker.records[-1] if self.worker.records else None

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
 from nvplive.recon.physics import ForwardModel, pupil_on_grid, render, with_source_edge
 from nvplive.recon.pupil import PupilParameters
-from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+from nvplive.recon.reconstructor import Phase, ProgressCallback, ReconConfig, Reconstructor
 from nvplive.recon.simulate import (
     THICK_OPTICS,
     THICK_SHAPE_ZYX,
@@ -37,10 +39,9 @@ from nvplive.recon.simulate import (
 )
 
 from .bead_stack import calibrate_stack
-from .pupil_file import recording_pupil, volume_pupil, volume_pupil_setting, write_pupil
+from .pupil_file import calibration_start, frames_origin, volume_pupil, volume_pupil_setting, write_pupil
 from .recording import SUFFIX, CameraSettings, Recording, RecordingMeta, RecordingWriter
-from .recording_lock import RecordingLock
-from .recording_writer import store_pupil
+from .recording_writer import pupil_store
 
 Progress = Callable[[int, int, str], None]
 
@@ -185,6 +186,26 @@ class ReconstructionSummary:
     device: str
 
 
+def _timepoint_progress(progress: Progress, t: int, n: int) -> ProgressCallback:
+    """Timepoint ``t`` of ``n`` as the share ``[t, t + 1)`` of ``progress(done, n·1000, message)``:
+    when the update calibrates the pupil first (a cold start), the calibration fills the first
+    half of the share and the volume's iterations the second, so that the bar never goes back."""
+    calibrated = False
+
+    def report(done: int, total: int, loss: float, phase: Phase) -> None:
+        nonlocal calibrated
+        fraction = min(done / max(total, 1), 1.0)
+        if phase == "calibration":
+            calibrated = True
+            share, message = 0.5 * fraction, f"timepoint {t + 1}/{n}, calibrating the pupil, loss {loss:.4g}"
+        else:
+            share = 0.5 + 0.5 * fraction if calibrated else fraction
+            message = f"timepoint {t + 1}/{n}, loss {loss:.4f}"
+        progress(t * 1000 + int(1000 * share), n * 1000, message)
+
+    return report
+
+
 def reconstruct_recording(
     path: str | Path,
     config: ReconConfig = ReconConfig(),
@@ -192,13 +213,15 @@ def reconstruct_recording(
     device: str = "auto",
     progress: Progress = _quiet,
     pupil: PupilParameters | None = None,
+    pupil_from: str | None = None,
 ) -> ReconstructionSummary:
     """Reconstruct every timepoint of a recording in order, warm-starting each from the previous.
 
-    The detection pupil is ``pupil`` (``reconstruct --pupil FILE``), else the recording's
-    own ``pupil.json``, else the hard aperture; with ``config.pupil_calibration`` it is
-    the calibration's start, and the calibrated pupil is written to the recording's
-    ``pupil.json`` (:mod:`acquisition.pupil_file`).
+    The detection pupil is ``pupil`` (``reconstruct --pupil FILE``; ``pupil_from`` names
+    where it came from), else the recording's own ``pupil.json``, else the hard aperture;
+    with ``config.pupil_calibration`` it is the calibration's start, and the calibrated pupil
+    is written to the recording's ``pupil.json`` (:mod:`acquisition.pupil_file`), its
+    ``calibrated_from`` naming that start.
 
     The first timepoint is a cold start; later ones are warm updates. The recording's
     lock is taken first (a recording another process writes is refused, naming it);
@@ -212,7 +235,7 @@ def reconstruct_recording(
         n = rec.n_timepoints
         if n == 0:
             raise RecordingError(f"{path}: has no complete timepoint to reconstruct.")
-        known = pupil if pupil is not None else recording_pupil(path)
+        known, known_from = calibration_start(path, pupil, pupil_from)
         reconstructor = reconstructor_for(meta, config, device, known)
         settings = {**config.to_dict(), "device": str(reconstructor.device)}
         start = time.perf_counter()
@@ -220,10 +243,7 @@ def reconstruct_recording(
         for t in range(n):
             frames = rec.frames(t)
 
-            def report(it: int, total: int, loss: float, t: int = t) -> None:
-                progress(t * 1000 + int(1000 * it / max(total, 1)), n * 1000, f"timepoint {t + 1}/{n}, loss {loss:.4f}")
-
-            result = reconstructor.warm_update(frames, callback=report)
+            result = reconstructor.warm_update(frames, callback=_timepoint_progress(progress, t, n))
             used = volume_pupil_setting(result.pupil)  # after the joint refinement
             writer.write_volume(t, result.dn, config.method, {**settings, "iterations_run": result.iterations, "pupil": used})
             iterations.append(result.iterations)
@@ -235,7 +255,7 @@ def reconstruct_recording(
         calibration = reconstructor.calibration
         if calibration is not None:
             writer.write_pupil(
-                calibration.pupil, meta.optics, calibrated_from=f"frames of {path.name}, timepoint 0", method="frames",
+                calibration.pupil, meta.optics, calibrated_from=frames_origin(path, 0, known_from), method="frames",
                 fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
             )
     return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device))
@@ -332,21 +352,22 @@ def calibrate_recording(
             raise RecordingError(f"{path}: has no complete timepoint {timepoint} (it has {rec.n_timepoints}).")
         frames = rec.frames(timepoint)
     target = Path(output) if output is not None else path
-    if target.suffix == SUFFIX:
-        with RecordingLock(target):  # a recording another process writes is refused now, not after the fit
-            pass
-    reconstructor = reconstructor_for(meta, ReconConfig(source_calibration=source_calibration), device, recording_pupil(path))
+    known, known_from = calibration_start(path)
+    reconstructor = reconstructor_for(meta, ReconConfig(source_calibration=source_calibration), device, known)
 
-    def report(done: int, total: int, loss: float) -> None:
+    def report(done: int, total: int, loss: float, _phase: Phase) -> None:
         progress(done, total, f"fitting the pupil, loss {loss:.4g}")
 
-    calibration = reconstructor.calibrate(frames, callback=report)
-    progress(1, 1, f"pupil fitted, residual {calibration.residual:.3f}")  # its stages may converge before their budget
-    store = store_pupil if target.suffix == SUFFIX else write_pupil  # into a recording: under its lock
-    written = store(
-        target, calibration.pupil, meta.optics, calibrated_from=f"frames of {path.name}, timepoint {timepoint}",
-        method="frames", fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
-    )
+    # into a recording: its lock is held from before the fit until the pupil is written, so that
+    # a recording another process writes is refused now, and no writer starts during the fit
+    slot = pupil_store(target) if target.suffix == SUFFIX else nullcontext(partial(write_pupil, target))
+    with slot as store:
+        calibration = reconstructor.calibrate(frames, callback=report)
+        progress(1, 1, f"pupil fitted, residual {calibration.residual:.3f}")  # its stages may converge before their budget
+        written = store(
+            calibration.pupil, meta.optics, calibrated_from=frames_origin(path, timepoint, known_from),
+            method="frames", fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
+        )
     return calibration, written
 
 

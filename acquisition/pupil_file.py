@@ -126,6 +126,32 @@ def recording_pupil(recording: str | os.PathLike) -> PupilParameters | None:
     return read_pupil(recording) if (Path(recording) / PUPIL_FILE).is_file() else None
 
 
+def calibration_start(
+    recording: str | os.PathLike, given: PupilParameters | None = None, given_from: str | None = None
+) -> tuple[PupilParameters | None, str]:
+    """The pupil a calibration on ``recording``'s frames starts from, and what it is (for the
+    new pupil file's ``calibrated_from``, :func:`frames_origin`): ``given`` (read from
+    ``given_from``, e.g. ``reconstruct --pupil FILE``), else the recording's own pupil.json,
+    else the hard aperture (None).
+
+    Raises:
+        RecordingError: the recording's pupil.json is unreadable or invalid.
+    """
+    if given is not None:
+        return given, given_from or "a given pupil"
+    target = Path(recording) / PUPIL_FILE
+    if not target.is_file():
+        return None, "the hard aperture"
+    doc = read_pupil_file(target)
+    return _parameters(doc), f"the recording's earlier pupil.json ({doc.method}, {doc.created})"
+
+
+def frames_origin(recording: str | os.PathLike, timepoint: int, start: str) -> str:
+    """The ``calibrated_from`` of a pupil calibrated on a recording's frames: the recording,
+    the timepoint and the pupil it started from (:func:`calibration_start`)."""
+    return f"frames of {Path(recording).name}, timepoint {timepoint}, starting from {start}"
+
+
 def volume_pupil_setting(pupil: PupilParameters | None) -> dict | None:
     """A volume's ``settings.pupil``: the pupil it was rendered with (docs/format.md, volumes;
     None: the hard aperture); :func:`volume_pupil` reads it back."""

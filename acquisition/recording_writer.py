@@ -8,7 +8,8 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -521,21 +522,45 @@ class RecordingWriter:
         self._truth_stack.finish(_truth_ome(name, self._meta, self._ground_truth) if self._ground_truth else None)
 
 
+#: ``store(pupil, optics, **provenance) -> Path``: writes a pupil file (:func:`pupil_store`).
+PupilStore = Callable[..., Path]
+
+
+@contextmanager
+def pupil_store(path: str | os.PathLike, *, durable: bool = True) -> Iterator[PupilStore]:
+    """Hold the lock of a recording no writer has open for as long as the block runs, and
+    give the function that writes its ``pupil.json`` (as :meth:`RecordingWriter.write_pupil`
+    does; ``provenance``: the keyword arguments of :func:`.pupil_file.pupil_document`).
+    ``nvplive calibrate REC.fdt`` fits inside the block, so that no other process starts to
+    write the recording before the fitted pupil is stored.
+
+    Raises:
+        RecordingError: ``path`` is not a recording, or the document is invalid or cannot be written.
+        RecordingLockedError: another process writes the recording (the message names it), on entry.
+    """
+    root = Path(path)
+    if root.suffix != SUFFIX or not (root / JSON_NAME).is_file():
+        raise RecordingError(f"{root}: not a recording folder (NAME{SUFFIX} with {JSON_NAME}).")
+
+    def store(pupil: PupilParameters, optics: Optics, **provenance: Any) -> Path:
+        return _write_pupil_document(root, pupil_document(pupil, optics, **provenance), durable)
+
+    with RecordingLock(root):
+        yield store
+
+
 def store_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics, *, durable: bool = True,
                 **provenance: Any) -> Path:
-    """Write the ``pupil.json`` of a recording no writer has open (``nvplive calibrate REC.fdt``)
-    under the recording's lock, as :meth:`RecordingWriter.write_pupil` does.
+    """Write the ``pupil.json`` of a recording no writer has open under the recording's lock
+    (:func:`pupil_store`, taken for this one write).
 
     Raises:
         RecordingError: ``path`` is not a recording, or the document is invalid or cannot be written.
         RecordingLockedError: another process writes the recording (the message names it).
     """
-    root = Path(path)
-    if root.suffix != SUFFIX or not (root / JSON_NAME).is_file():
-        raise RecordingError(f"{root}: not a recording folder (NAME{SUFFIX} with {JSON_NAME}).")
-    doc = pupil_document(pupil, optics, **provenance)
-    with RecordingLock(root):
-        return _write_pupil_document(root, doc, durable)
+    pupil_document(pupil, optics, **provenance)  # an invalid document is refused before the lock is taken
+    with pupil_store(path, durable=durable) as store:
+        return store(pupil, optics, **provenance)
 
 
 def _write_pupil_document(root: Path, doc: dict, durable: bool) -> Path:

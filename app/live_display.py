@@ -123,11 +123,14 @@ class LiveDisplay:
             f"t {update.t}: {update.method}, {'warm' if update.warm else 'cold'}, {update.iterations} it in "
             f"{update.seconds:.2f} s ({update.stopped_by})")
 
-    def show_progress(self, it: int, total: int, loss: float, cold: bool) -> None:
-        """The update in progress."""
+    def show_progress(self, it: int, total: int, loss: float, cold: bool, phase: str) -> None:
+        """The update in progress: the pupil calibration's evaluations, or the volume's iterations."""
+        update = "Cold start" if cold else "Warm update"
+        if phase == "calibration":
+            self.recon_panel.progress_label.setText(f"{update}: calibrating the pupil, evaluation {it}/{total} · loss {loss:.4g}")
+            return
         of = f"/{total}" if total < LATENCY_ITERATION_CAP else ""
-        self.recon_panel.progress_label.setText(
-            f"{'Cold start' if cold else 'Warm update'}: iteration {it}{of} · loss {loss:.4g}")
+        self.recon_panel.progress_label.setText(f"{update}: iteration {it}{of} · loss {loss:.4g}")
 
     # -- every event ----------------------------------------------------------------------------
     def _on_timepoint(self, t: int, completed_s: float, frames_written: int) -> None:

@@ -260,6 +260,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.out.suffix != ".fdt":
         raise UsageError(f"The output {args.out} must be a folder name ending in .fdt.")
+    if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
+        raise UsageError(f"{args.out} already exists; pass --overwrite to replace it, or choose another name.")
     with ProgressBar("simulate") as progress:
         path = simulate_recording(
             args.out,
@@ -301,7 +303,12 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         changes["pupil_refinement"] = False
     config = replace(config, **changes)
     _use_threads(args)
-    pupil = None
+    moot = [flag for flag, given in (("--no-source-calibration", args.no_source_calibration),
+                                     ("--no-pupil-refinement", args.no_pupil_refinement)) if given]
+    if args.no_pupil_calibration and moot:
+        print(f"nvplive: {' and '.join(moot)} {'have' if len(moot) > 1 else 'has'} no effect with --no-pupil-calibration: "
+              "the pupil (the file's, or the hard aperture) is used as it is, its source spectrum included.", file=sys.stderr)
+    pupil, pupil_from = None, None
     if args.pupil is not None:
         from nvplive.acquisition.pupil_file import pupil_for, read_pupil_file
         from nvplive.acquisition.recording import Recording
@@ -310,11 +317,14 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         with Recording.open(args.recording) as rec:
             optics = rec.meta.optics
         pupil = pupil_for(doc, args.pupil, optics, args.recording.name)
+        pupil_from = f"{args.pupil} ({doc.method}, {doc.created})"
     if args.scheduler is None:
         if args.workers is not None or args.chunk_size is not None:
             raise UsageError("--workers and --chunk-size need --scheduler (local or the address of a Dask scheduler).")
         with ProgressBar("reconstruct") as progress:
-            summary = reconstruct_recording(args.recording, config, device=args.device, progress=progress, pupil=pupil)
+            summary = reconstruct_recording(
+                args.recording, config, device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from
+            )
         where = summary.device
     else:
         from nvplive.acquisition.batch import reconstruct_distributed
@@ -322,7 +332,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         with ProgressBar("reconstruct") as progress:
             summary = reconstruct_distributed(
                 args.recording, config, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
-                device=args.device, progress=progress, pupil=pupil,
+                device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from,
             )
         where = f"{summary.workers} Dask worker(s) ({summary.device}, {len(summary.chunks)} chunk(s), scheduler {summary.scheduler})"
     print(

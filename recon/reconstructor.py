@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -61,21 +61,26 @@ SATURATION_LIMIT = 0.05
 #: Wavelengths sampling the emission band for the coherence weights.
 COHERENCE_SAMPLES = 3
 
-#: ``callback(done, total, loss)`` of an update: the volume fit's iteration, its planned
-#: iterations and the image loss; while a pupil calibration runs (:meth:`Reconstructor.calibrate`,
-#: a cold start's calibration) the calibration's evaluations, their budget and its loss
-#: (:class:`.progress.CalibrationProgress`). An exception it raises ends the update (cancel).
-ProgressCallback = Callable[[int, int, float], None]
+#: What an update is doing when it reports: fitting the pupil (:meth:`Reconstructor.calibrate`,
+#: a cold start's calibration) or fitting the volume.
+Phase = Literal["calibration", "fit"]
+
+#: ``callback(done, total, loss, phase)`` of an update. In the ``"fit"`` phase: the volume
+#: fit's iteration, its planned iterations and the image loss; in the ``"calibration"`` phase
+#: (a cold start calibrates before it fits, so its ``done`` starts again at the fit): the
+#: calibration's evaluations, their budget and its loss (:class:`.progress.CalibrationProgress`).
+#: An exception it raises ends the update (cancel).
+ProgressCallback = Callable[[int, int, float, Phase], None]
 
 log = logging.getLogger(__name__)
 
 
 def _calibration_progress(callback: ProgressCallback) -> Callable[[CalibrationProgress], None]:
-    """A calibration's progress as ``callback(evaluations, budget, loss)`` over all its stages."""
+    """A calibration's progress as ``callback(evaluations, budget, loss, "calibration")`` over all its stages."""
 
     def progress(state: CalibrationProgress) -> None:
         budget = state.max_evaluations
-        callback(state.stage_index * budget + state.evaluation, state.stages * budget, state.loss)
+        callback(state.stage_index * budget + state.evaluation, state.stages * budget, state.loss, "calibration")
 
     return progress
 
@@ -868,7 +873,7 @@ class Reconstructor:
                     # where their cost is counted before the iterations are planned.
                     mask = current_mask()
                 if callback is not None:
-                    callback(it, policy.iterations, window[-1])
+                    callback(it, policy.iterations, window[-1], "fit")
                 plateau = plateau_detector.update(current)
                 if refine.due(it, plateau) and rep.refine():
                     rate_since, rate_it = time.perf_counter(), it

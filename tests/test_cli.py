@@ -53,6 +53,8 @@ def test_simulate_is_deterministic_under_a_seed(simulated: Path, tmp_path: Path)
     assert out.returncode == 0, out.stderr
     with Recording.open(simulated) as a, Recording.open(tmp_path / "again.fdt") as b:
         assert np.array_equal(a.frames(0), b.frames(0))
+    again = nvplive("simulate", "--phantom", "cell", "--views", "4", "--timepoints", "1", "--shape", "8,24,24", "again.fdt", cwd=tmp_path)
+    assert again.returncode == 2 and "again.fdt already exists; pass --overwrite to replace it" in again.stderr
 
 
 def test_reconstruct_then_evaluate(simulated: Path):
@@ -61,11 +63,15 @@ def test_reconstruct_then_evaluate(simulated: Path):
     assert out.returncode == 0, out.stderr
     assert "reconstructed 2 timepoint(s)" in out.stdout
     assert THREADS_LINE.match(out.stderr.splitlines()[0]), out.stderr  # the thread policy, printed
+    shown = [int(m) for m in re.findall(r"^reconstruct\b.*?(\d+)%", out.stderr, re.MULTILINE)]
+    assert shown == sorted(shown) and shown[-1] == 100, out.stderr  # the calibration hands over to the fit, not back
+    assert "calibrating the pupil" in out.stderr
     with Recording.open(simulated) as rec:
         assert rec.volume_timepoints == (0, 1)
         assert rec.volume(0).shape == (8, 24, 24)
         assert rec.volume_settings[0]["method"] == "nvp"
-    assert read_pupil_file(simulated / "pupil.json").method == "frames"  # the calibrated pupil, stored
+    stored = read_pupil_file(simulated / "pupil.json")  # the calibrated pupil, stored
+    assert stored.method == "frames" and stored.calibrated_from == "frames of small.fdt, timepoint 0, starting from the hard aperture"
     ev = nvplive("evaluate", str(simulated), "--json", cwd=simulated.parent)
     assert ev.returncode == 0, ev.stderr
     scores = json.loads(ev.stdout)
@@ -176,6 +182,7 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
     out = nvplive("reconstruct", str(simulated), "--pupil", str(tmp_path / "scope.json"), "--no-pupil-calibration",
                   "--no-source-calibration", "--iterations", "3", "--warm-iterations", "2", "--device", "cpu", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    assert "--no-source-calibration has no effect with --no-pupil-calibration" in out.stderr  # said, not silently moot
     with Recording.open(simulated) as rec:
         settings = rec.volume_settings[0]["settings"]
         assert settings["pupil_calibration"] is False and settings["source_calibration"] is False

@@ -18,7 +18,7 @@ import pytest
 
 from nvplive.acquisition.batch import plan_chunks, reconstruct_distributed
 from nvplive.acquisition.offline import reconstruct_recording, reconstructor_for, simulate_recording
-from nvplive.acquisition.pupil_file import recording_pupil
+from nvplive.acquisition.pupil_file import read_pupil_file, recording_pupil
 from nvplive.acquisition.recording import Recording
 from nvplive.cli import main as cli_main
 from nvplive.errors import NvpLiveError
@@ -161,6 +161,19 @@ def test_several_chunks_written_in_order_within_the_tolerance(recording, serial,
     psnr_zero = np.mean([absolute_scores(np.zeros_like(g), g).psnr_db for g in truth])
     assert psnr_serial > psnr_zero  # the comparison is between real reconstructions
     assert psnr_batch >= psnr_serial - PSNR_DROP_DB
+
+
+def test_one_calibrated_chunk_writes_its_pupil_like_the_serial_reconstruction(recording, cluster, tmp_path):
+    """With one chunk the pupil is calibrated in the worker's cold start; it is still the
+    recording's pupil.json, with its provenance, as a serial run writes it."""
+    _, client = cluster
+    path = fresh_copy(recording, tmp_path)
+    reconstruct_distributed(path, CALIBRATED, scheduler=client, chunk_size=T, device="cpu")
+    with Recording.open(path) as rec:
+        used = rec.volume_settings[0]["settings"]["pupil"]
+    stored = read_pupil_file(path)
+    assert stored.method == "frames" and stored.calibrated_from == "frames of beating.fdt, timepoint 0, starting from the hard aperture"
+    assert used is not None and recording_pupil(path).aberration_rms_rad > 0
 
 
 def test_later_chunks_start_from_the_pupil_calibrated_on_timepoint_0(recording, cluster, tmp_path):

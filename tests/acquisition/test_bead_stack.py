@@ -93,7 +93,7 @@ def test_the_live_reconstructor_renders_through_a_new_pupil_from_a_cold_start(mi
     assert recon.pupil is None and recon.inner.pupil is None
     frames = microscope.scene.simulator().frames(np.zeros(SHAPE, np.float32), np.random.default_rng(0))
     colds: list[bool] = []
-    recon.progress_hook = lambda it, total, loss, cold: colds.append(cold)
+    recon.progress_hook = lambda it, total, loss, cold, phase: colds.append(cold)
     recon.warm_update(frames)
     recon.warm_update(frames)
     assert colds[0] and not colds[-1]

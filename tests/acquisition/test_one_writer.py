@@ -414,3 +414,29 @@ def test_calibrating_into_a_recording_being_written_is_refused_before_the_fit(tm
         calibrate_recording(path, device="cpu", progress=lambda *update: reported.append(update))
     assert reported == [] and not (path / PUPIL_FILE).exists()
     writer.close()
+
+
+def test_calibrating_a_recording_holds_its_lock_through_the_fit(tmp_path):
+    """While ``calibrate REC.fdt`` fits, REC is locked: a writer that starts then is refused
+    (not the calibration's write at the end). The calibration is cancelled there (its
+    callback raises): nothing is written and the lock is free again."""
+    from nvplive.acquisition.offline import calibrate_recording
+
+    path = tmp_path / "calibrated.fdt"
+    meta = make_meta()
+    with RecordingWriter(path, meta) as writer:
+        writer.write_timepoint(0, frames_of(0, meta), stamps_of(0, meta))
+    refusals: list[str] = []
+
+    def try_to_write(*_update) -> None:
+        with pytest.raises(RecordingLockedError) as refused:
+            RecordingLock(path).__enter__()
+        refusals.append(str(refused.value))
+        raise KeyboardInterrupt  # cancel: the user stops the fit
+
+    with pytest.raises(KeyboardInterrupt):
+        calibrate_recording(path, device="cpu", progress=try_to_write)
+    assert len(refusals) == 1 and "being written by process" in refusals[0]
+    assert not (path / PUPIL_FILE).exists()
+    with RecordingLock(path):
+        pass

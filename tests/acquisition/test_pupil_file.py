@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from nvplive.acquisition.pupil_file import PUPIL_FILE, read_pupil, read_pupil_file, recording_pupil, write_pupil
+from nvplive.acquisition.pupil_file import (
+    PUPIL_FILE,
+    calibration_start,
+    frames_origin,
+    pupil_document,
+    read_pupil,
+    read_pupil_file,
+    recording_pupil,
+    write_pupil,
+)
 from nvplive.errors import RecordingError
 from nvplive.recon.optics import Optics
 from nvplive.recon.pupil import PupilParameters
@@ -59,3 +68,16 @@ def test_the_source_spectrum_edge_round_trips_and_an_older_file_without_it_loads
     assert read_pupil(older).source_edge_na == ()  # the renderer's default source spectrum
     with pytest.raises(ValueError, match="source_edge_na"):
         PupilParameters(source_edge_na=(0.8, 0.7))
+
+
+def test_a_frame_calibration_names_the_pupil_it_started_from(tmp_path: Path):
+    """pupil.json's ``calibrated_from`` says which pupil a calibration on the frames began
+    with: a given file, the recording's earlier pupil.json, or the hard aperture."""
+    recording = tmp_path / "rec.fdt"
+    recording.mkdir()
+    assert calibration_start(recording) == (None, "the hard aperture")
+    assert frames_origin(recording, 0, "the hard aperture") == "frames of rec.fdt, timepoint 0, starting from the hard aperture"
+    assert calibration_start(recording, PUPIL, "scope.json (bead-z-stack, 2026-11-30)") == (PUPIL, "scope.json (bead-z-stack, 2026-11-30)")
+    doc = pupil_document(PUPIL, Optics(), calibrated_from="test", method="bead-z-stack", created="2026-11-30T10:00:00+00:00")
+    (recording / PUPIL_FILE).write_text(json.dumps(doc))
+    assert calibration_start(recording) == (PUPIL, "the recording's earlier pupil.json (bead-z-stack, 2026-11-30T10:00:00+00:00)")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -300,6 +300,12 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             instrument=Instrument.from_dict(extra.get("simulated_instrument")),
         )
         plain = ForwardModel.build(meta.optics, meta.geometry, pad_yx=sim.pad_yx)
+
+        @cache  # the warm timepoints share their pupil: one grid for them all
+        def renderer(used: PupilParameters | None) -> tuple[ForwardModel, torch.Tensor | None]:
+            model = plain if used is None else with_source_edge(plain, used.source_edge_na)
+            return model, None if used is None else pupil_on_grid(model, used)
+
         settings = rec.volume_settings
         rows = []
         for t in common:
@@ -307,9 +313,7 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             a, p = absolute_scores(pred, truth), published_scores(pred, truth)
             measured = sim.expected(truth)
             # the pupil this volume was rendered with renders the held-out views
-            used = volume_pupil(settings[t]["settings"], path)
-            model = plain if used is None else with_source_edge(plain, used.source_edge_na)
-            pupil = None if used is None else pupil_on_grid(model, used)
+            model, pupil = renderer(volume_pupil(settings[t]["settings"], path))
             with torch.no_grad():
                 predicted = render(model, torch.as_tensor(pred), torch.as_tensor(held, dtype=torch.float32), pupil=pupil).numpy()
             rows.append((a.psnr_db, a.ssim, p.psnr_db, p.ssim, image_psnr(predicted, measured)))

@@ -7,6 +7,7 @@ through a ``progress(done, total, message)`` callback.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -39,7 +40,7 @@ from nvplive.recon.simulate import (
 )
 
 from .bead_stack import calibrate_stack
-from .pupil_file import calibration_start, frames_origin, volume_pupil, volume_pupil_setting, write_pupil
+from .pupil_file import calibration_start, check_pupil_output, frames_origin, volume_pupil, volume_pupil_setting, write_pupil
 from .recording import SUFFIX, CameraSettings, Recording, RecordingMeta, RecordingWriter
 from .recording_writer import pupil_store
 
@@ -356,6 +357,8 @@ def calibrate_recording(
             raise RecordingError(f"{path}: has no complete timepoint {timepoint} (it has {rec.n_timepoints}).")
         frames = rec.frames(timepoint)
     target = Path(output) if output is not None else path
+    if target.suffix != SUFFIX:
+        check_pupil_output(target, path)
     known, known_from = calibration_start(path)
     reconstructor = reconstructor_for(meta, ReconConfig(source_calibration=source_calibration), device, known)
 
@@ -391,13 +394,17 @@ def calibrate_stack_file(
     ``progress``: see :func:`.bead_stack.calibrate_stack`.
 
     Raises:
-        RecordingError: the stack or its parameters cannot be read, or a parameter is missing.
+        RecordingError: the stack or its parameters cannot be read, a parameter is missing or
+            not a positive number, or the output is the stack (or its JSON) or cannot be
+            written; all before the fit.
     """
     import json
 
     import tifffile
 
     path = Path(path)
+    if not path.is_file():
+        raise RecordingError(f"{path}: no such bead z-stack file.")
     params: dict = {}
     beside = path.with_suffix(".json")
     if beside.is_file():
@@ -405,12 +412,20 @@ def calibrate_stack_file(
             params = json.loads(beside.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RecordingError(f"{beside}: not readable JSON ({exc}).") from None
+        if not isinstance(params, dict):
+            raise RecordingError(f"{beside}: must hold a JSON object of the stack's parameters ({', '.join(STACK_KEYS)}).")
     params.update({k: v for k, v in overrides.items() if v is not None})
-    missing = [k for k in STACK_KEYS if not isinstance(params.get(k), (int, float))]
+    missing = [k for k in STACK_KEYS if k not in params]
     if missing:
         raise RecordingError(
             f"{path}: the z-stack's {', '.join(missing)} must be given (options, or {beside.name} beside it)."
         )
+    for key in STACK_KEYS:
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            given = f"--{key.replace('_', '-')}" if overrides.get(key) is not None else str(beside)
+            raise RecordingError(f"{given}: the z-stack's {key} must be a positive number, got {json.dumps(value)}.")
+    target = check_pupil_output(output if output is not None else path.with_suffix(".pupil.json"), path, beside)
     try:
         stack = tifffile.imread(path)
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
@@ -422,7 +437,7 @@ def calibrate_stack_file(
                     emission_fwhm_um=0.0)
     result, _, written = calibrate_stack(
         stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), name=f"bead z-stack {path.name}",
-        iterations=iterations, z_direction=z_direction, output=output if output is not None else path.with_suffix(".pupil.json"),
+        iterations=iterations, z_direction=z_direction, output=target,
         progress=progress,
     )
     assert written is not None  # an output was given

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,27 @@ def write_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics,
     doc = pupil_document(pupil, optics, **provenance)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(target, doc, durable=True)
+    return target
+
+
+def check_pupil_output(path: str | os.PathLike, *inputs: str | os.PathLike) -> Path:
+    """The pupil file :func:`write_pupil` would write for ``path``, checked before a fit runs:
+    it is none of ``inputs`` (the data being fitted and its parameter file) and its folder
+    takes a new file (a temporary one is created there and removed).
+
+    Raises:
+        RecordingError: the output is one of the inputs, or cannot be written (naming why).
+    """
+    target = pupil_path(path)
+    for given in inputs:
+        if Path(given).exists() and target.exists() and target.resolve() == Path(given).resolve():
+            raise RecordingError(f"{target}: is the data being calibrated; choose another output for the pupil file.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise RecordingError(f"{target}: cannot be written ({exc.strerror or exc}); choose another output.") from None
     return target
 
 

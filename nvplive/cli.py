@@ -11,7 +11,10 @@ import argparse
 import json
 import math
 import os
+import shlex
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,10 @@ class UsageError(NvpLiveError):
     """A command-line argument that cannot be used."""
 
 
+#: Columns of a progress line written to a log file (stderr not a terminal).
+LOG_WIDTH = 160
+
+
 class ProgressBar:
     """A progress bar on stderr drawn by rich: label, bar, percentage, the step's message,
     elapsed and remaining time. When stderr is not a terminal (a log file, CI) it prints a
@@ -40,6 +47,8 @@ class ProgressBar:
 
     def __init__(self, label: str, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True, highlight=False)
+        if not self.console.is_terminal:  # a log file: whole lines, not cut to 80 columns
+            self.console.width = max(self.console.width, LOG_WIDTH)
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[message]}"),
             TimeElapsedColumn(), TextColumn("~"), TimeRemainingColumn(), console=self.console, auto_refresh=False,
@@ -154,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--phantom", choices=tuple(PHANTOMS), required=True)
     sim.add_argument("--views", type=_positive_int, default=7)
     sim.add_argument("--timepoints", type=_positive_int, default=1)
-    sim.add_argument("--shape", type=_shape, default=(32, 64, 64), help="Z,Y,X voxels (default 32,64,64)")
+    sim.add_argument("--shape", type=_shape, default=None, help="Z,Y,X voxels (default 32,64,64)")
     sim.add_argument("--voxel-um", type=_voxel, default=None, help="DZ,DY,DX voxel size in µm (default 0.25)")
     sim.add_argument("--seed", type=int, default=0, help="phantom, beads, noise and the realistic instrument's draw")
     sim.add_argument("--instrument", choices=("realistic", "matched"), default="realistic",
@@ -217,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--timepoint", type=int, default=0, help="recording: the timepoint whose frames are fitted (default 0)")
     cal.add_argument("--no-source-calibration", action="store_true",
                      help="recording: keep the renderer's source spectrum instead of calibrating its edge with the pupil")
-    cal.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    cal.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                     help="recording: where the calibration runs (a z-stack is fitted on the CPU)")
     for name, what in (("wavelength-um", "emission wavelength λ (µm)"), ("na", "numerical aperture"),
                        ("n-medium", "medium refractive index"), ("pixel-size-um", "pixel size in the sample (µm)"),
                        ("z-step-um", "step between planes (µm)")):
@@ -236,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mismatch", action="store_true",
                        help="quality: the instrument-mismatch table instead (simulated instrument ≠ model; "
                             "--full for the whole grid)")
-    bench.add_argument("--markdown", type=Path, default=None, help="append the table to this Markdown file")
+    bench.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="append the table to this Markdown file")
     bench.add_argument("--device", default=None, choices=("cpu", "cuda"),
                        help="speed: measure on this device only (default: the CPU, and CUDA when present)")
     _threads_option(bench)
@@ -260,6 +270,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.out.suffix != ".fdt":
         raise UsageError(f"The output {args.out} must be a folder name ending in .fdt.")
+    if args.thick and (args.shape is not None or args.voxel_um is not None):
+        print("nvplive: --thick sets the geometry (32×64×64 voxels of 0.5×0.16×0.16 µm); --shape and --voxel-um are not used.",
+              file=sys.stderr)
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
         raise UsageError(f"{args.out} already exists; pass --overwrite to replace it, or choose another name.")
     with ProgressBar("simulate") as progress:
@@ -268,7 +281,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             phantom=args.phantom,
             views=args.views,
             timepoints=args.timepoints,
-            shape_zyx=args.shape,
+            shape_zyx=args.shape or (32, 64, 64),
             voxel_um_zyx=args.voxel_um or DEFAULT_VOXEL_UM,
             seed=args.seed,
             overwrite=args.overwrite,
@@ -356,6 +369,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         before, after = calibration.residual_start, calibration.residual
         how = f"{len(calibration.sources_um_xyz)} views"
     elif args.input.suffix.lower() in (".tif", ".tiff"):
+        if args.device == "cuda":
+            raise UsageError("A bead z-stack is fitted on the CPU (a float64 fit); --device applies to a recording's frames.")
         with ProgressBar("calibrate") as progress:
             result, written = calibrate_stack_file(
                 args.input, output=args.output, wavelength_um=args.wavelength_um, na=args.na, n_medium=args.n_medium,
@@ -428,7 +443,9 @@ def _refuse_existing(out: Path) -> None:
     n = 2
     while (free := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
         n += 1
-    raise UsageError(f"{path} already exists from an earlier run; pass --out {free} or remove the old recording first.")
+    raise UsageError(
+        f"{path} already exists from an earlier run; pass --out {shlex.quote(str(free))} or remove the old recording first."
+    )
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
@@ -475,9 +492,20 @@ COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a job scheduler), handled as Ctrl-C is: the command
+    unwinds, so that its recording's lock is released and a half-done result is dropped."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``nvplive``; returns the exit status."""
+    """Entry point of ``nvplive``; returns the exit status (SIGINT 130, SIGTERM 143)."""
     debug = os.environ.get("NVPLIVE_DEBUG") == "1"
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
@@ -486,6 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"nvplive: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("nvplive: terminated.", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("nvplive: interrupted.", file=sys.stderr)
         return 130
@@ -499,6 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"nvplive: error: {numerics_failure(exc)}", file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def numerics_failure(exc: BaseException) -> str:

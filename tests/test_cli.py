@@ -96,7 +96,7 @@ def test_reconstruct_then_evaluate(simulated: Path):
         (("evaluate", "missing.fdt"), "missing.fdt"),
         (("reconstruct", "x.fdt", "--pupil", "nope.json"), "nope.json: no pupil file there"),
         (("calibrate", "x.txt"), "must be a recording (NAME.fdt) or a bead z-stack (.tif)"),
-        (("calibrate", "stack.tif"), "stack.tif: the z-stack's wavelength_um, na, n_medium, pixel_size_um, z_step_um must be given"),
+        (("calibrate", "stack.tif"), "stack.tif: no such bead z-stack file"),
     ],
 )
 def test_user_mistakes_are_one_sentence_without_traceback(tmp_path: Path, args, fragment):
@@ -255,3 +255,62 @@ def test_calibrate_a_bead_z_stack(tmp_path: Path):
     doc = read_pupil_file(tmp_path / "beads.pupil.json")
     assert doc.method == "bead-z-stack" and doc.residual < doc.residual_before
     assert abs(doc.zernike_rad[11 - 2] - 0.4) < 0.1  # primary spherical
+
+
+def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsys):
+    """What would fail or destroy data after a fit of minutes is refused before it: an output
+    that is the stack or its JSON, an output folder that takes no file, parameters that are
+    not positive numbers (a JSON true is no NA), and --device cuda (the stack is fitted on the CPU)."""
+    import torch
+
+    from nvplive.cli import main
+
+    stack = np.full((3, 16, 16), 100, np.uint16)
+    tifffile.imwrite(tmp_path / "beads.tif", stack, photometric="minisblack")
+    params = {"wavelength_um": 0.52, "na": 0.8, "n_medium": 1.333, "pixel_size_um": 0.1, "z_step_um": 0.4}
+    (tmp_path / "beads.json").write_text(json.dumps(params))
+    before = torch.get_num_threads()
+    cases = [
+        (["-o", str(tmp_path / "beads.tif")], "is the data being calibrated"),
+        (["-o", str(tmp_path / "beads.json")], "is the data being calibrated"),
+        (["-o", str(tmp_path / "beads.tif" / "p.json")], "cannot be written"),  # its folder is a file
+        (["--device", "cuda"], "fitted on the CPU"),
+    ]
+    try:
+        for extra, fragment in cases:
+            assert main(["calibrate", str(tmp_path / "beads.tif"), *extra]) == 2
+            assert fragment in capsys.readouterr().err, extra
+        (tmp_path / "beads.json").write_text(json.dumps({**params, "na": True}))
+        assert main(["calibrate", str(tmp_path / "beads.tif")]) == 2
+        assert "beads.json: the z-stack's na must be a positive number, got true" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(tifffile.imread(tmp_path / "beads.tif"), stack)
+    assert not (tmp_path / "beads.pupil.json").exists()
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_the_recording_as_it_was(simulated: Path, tmp_path: Path):
+    """``kill``/``timeout`` (SIGTERM) mid-reconstruction: the command says so, exits 143,
+    releases the recording's lock (no stale holder left) and keeps the volumes there were."""
+    import shutil
+    import signal
+    import time
+
+    from nvplive.acquisition.recording_lock import LOCK_NAME, lock_holder
+
+    path = tmp_path / "copy.fdt"
+    shutil.copytree(simulated, path)
+    with Recording.open(path) as rec:
+        before = rec.volume_timepoints
+    run = subprocess.Popen([sys.executable, "-m", "nvplive", "reconstruct", str(path), "--iterations", "3000", "--device", "cpu"],
+                           cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while lock_holder(path) is None and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143 and "nvplive: terminated." in err, err
+    assert lock_holder(path) is None and (path / LOCK_NAME).read_text() == ""  # released, not stale
+    with Recording.open(path) as rec:
+        assert rec.volume_timepoints == before and not rec.interrupted

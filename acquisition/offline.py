@@ -48,6 +48,8 @@ Progress = Callable[[int, int, str], None]
 
 #: Default voxel size (µm) of simulated recordings: fine enough for NA 0.8 at λ 0.6 µm.
 DEFAULT_VOXEL_UM = (0.25, 0.25, 0.25)
+#: Voxels ``(Z, Y, X)`` of a simulated recording unless told otherwise.
+DEFAULT_SHAPE_ZYX = (32, 64, 64)
 #: Time between timepoints of simulated time-lapses (s).
 DEFAULT_INTERVAL_S = 0.1
 #: Held-out views rendered for the image metric of ``evaluate``.
@@ -90,7 +92,7 @@ def simulate_recording(
     phantom: str,
     views: int,
     timepoints: int,
-    shape_zyx: tuple[int, int, int] = (32, 64, 64),
+    shape_zyx: tuple[int, int, int] = DEFAULT_SHAPE_ZYX,
     voxel_um_zyx: tuple[float, float, float] = DEFAULT_VOXEL_UM,
     seed: int = 0,
     optics: Optics | None = None,

@@ -266,7 +266,7 @@ def _use_threads(args: argparse.Namespace) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from nvplive.acquisition.offline import DEFAULT_VOXEL_UM, simulate_recording
+    from nvplive.acquisition.offline import DEFAULT_SHAPE_ZYX, DEFAULT_VOXEL_UM, simulate_recording
 
     if args.out.suffix != ".fdt":
         raise UsageError(f"The output {args.out} must be a folder name ending in .fdt.")
@@ -281,7 +281,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             phantom=args.phantom,
             views=args.views,
             timepoints=args.timepoints,
-            shape_zyx=args.shape or (32, 64, 64),
+            shape_zyx=args.shape or DEFAULT_SHAPE_ZYX,
             voxel_um_zyx=args.voxel_um or DEFAULT_VOXEL_UM,
             seed=args.seed,
             overwrite=args.overwrite,
@@ -531,8 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nvplive: error: {numerics_failure(exc)}", file=sys.stderr)
         return 2
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:  # None: a handler installed outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def numerics_failure(exc: BaseException) -> str:

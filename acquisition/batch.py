@@ -136,6 +136,7 @@ def worker_info(device: str = "auto") -> dict:
 def reconstruct_chunk(
     path: str, start: int, stop: int, config: dict, device: str = "auto", torch_threads: int | None = 1,
     pupil: dict | None = None,
+    calibration: PupilCalibration | None = None,
 ) -> ChunkResult:
     """Reconstruct timepoints ``start … stop − 1`` of the recording at ``path`` (runs on a worker).
 
@@ -143,6 +144,9 @@ def reconstruct_chunk(
     are read from the recording one timepoint at a time. ``torch_threads`` sets
     torch's intra-op threads in the worker process (None: leave as is). ``pupil``
     (``PupilParameters.to_dict()``) is the known pupil, else the recording's pupil.json.
+    ``calibration``: the pupil calibration of timepoint ``start``'s frames, already made
+    (by the client, :meth:`.Reconstructor.adopt_calibration`); the cold start fits the
+    volume from it instead of calibrating again.
     """
     begin = time.perf_counter()
     if torch_threads:
@@ -161,6 +165,8 @@ def reconstruct_chunk(
             raise RecordingError(f"{path}: timepoints {start}…{stop - 1} are out of range (it has {rec.n_timepoints}).")
         known = PupilParameters.from_dict(pupil) if pupil is not None else recording_pupil(path)
         reconstructor = reconstructor_for(rec.meta, cfg, dev, known)
+        if calibration is not None:
+            reconstructor.adopt_calibration(calibration)
         for t in range(start, stop):
             result = reconstructor.warm_update(rec.frames(t))
             volumes.append(result.dn)
@@ -316,8 +322,8 @@ def reconstruct_distributed(
         config_dict = config.to_dict()
         known, known_from = calibration_start(path, pupil, pupil_from)
         pupil_dict = None if pupil is None else pupil.to_dict()
-        # The pupil is the instrument's: calibrated once, on timepoint 0 as the first chunk's
-        # cold start does, and given to every later chunk as it is (as a serial run keeps it).
+        # The pupil is the instrument's: calibrated once, on timepoint 0, here; the first chunk's
+        # cold start adopts it and every later chunk is given it as it is (as a serial run keeps it).
         later_config, later_pupil = config_dict, pupil_dict
         calibration = None
         if config.self_calibration and config.pupil_calibration and len(chunks) > 1:
@@ -339,7 +345,7 @@ def reconstruct_distributed(
                 s, e = chunks[submitted]
                 future = client.submit(
                     reconstruct_chunk, str(path), s, e, config_dict if s == 0 else later_config, device, torch_threads,
-                    pupil_dict if s == 0 else later_pupil,
+                    pupil_dict if s == 0 else later_pupil, calibration if s == 0 else None,
                     key=f"nvplive-chunk-{run_id}-{s}-{e}", pure=False, retries=retries, priority=-submitted,
                 )
                 futures[future] = submitted

@@ -322,7 +322,7 @@ class CalibratedPupil:
         """
         doc = read_pupil_file(path)
         return cls(
-            pupil=PupilParameters(tuple(doc.zernike_rad), tuple(doc.apodisation), doc.sine_condition, tuple(doc.source_edge_na)),
+            pupil=PupilParameters.from_dict(doc.model_dump()),
             optics=doc.optics.optics(), calibrated_from=doc.calibrated_from, method=doc.method,
             fitted_noll=tuple(doc.fitted_noll), residual=doc.residual, residual_before=doc.residual_before,
             created=doc.created,

@@ -140,7 +140,7 @@ def read_pupil(path: str | os.PathLike) -> PupilParameters:
 
 def _parameters(doc: PupilFile) -> PupilParameters:
     """The pupil of a validated pupil file."""
-    return PupilParameters(tuple(doc.zernike_rad), tuple(doc.apodisation), doc.sine_condition, tuple(doc.source_edge_na))
+    return PupilParameters.from_dict(doc.model_dump())
 
 
 def recording_pupil(recording: str | os.PathLike) -> PupilParameters | None:

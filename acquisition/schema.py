@@ -236,6 +236,7 @@ class PupilFile(Section):
     apodisation: list[float] = []
     sine_condition: bool = False
     source_edge_na: list[float] = []
+    source_beyond_na: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
     optics: OpticsSection
     calibrated_from: str
     method: Literal["frames", "bead-z-stack"]

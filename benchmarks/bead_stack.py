@@ -17,8 +17,11 @@ every row (:func:`recon.calibration.calibrate_pupil` on :func:`recon.calibration
 - *free-form*: a pixel-wise amplitude and phase map over the pupil on top of the Zernike one,
   and its projection back to Zernike + apodisation (what ``pupil.json`` stores);
 - the *noise floor*: the residual the true image would leave given the stack's pixel noise
-  (:func:`recon.calibration.camera_noise`, from the spectrum beyond the optics' band), with
-  every row's *excess* ``√(residual² − floor²)``, the part of the residual the model leaves.
+  (:func:`recon.calibration.camera_noise`, from the spectrum beyond the optics' band). The
+  first row takes each plane's median as its background (no model); every fitted row has its
+  own floor, against the background that row fitted (the one its residual is measured from;
+  :meth:`recon.calibration.CameraNoise.expected_residual`), and its *excess*
+  ``√(residual² − floor²)``, the part of the residual the model leaves.
 
 ``--crop N`` fits the ``N × N`` pixels around the brightest pixel (the floor is that of the
 crop: a smaller crop holds less background noise for the same light); ``--pad P`` pads the
@@ -88,7 +91,7 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
     common = {"stack": path.name, "crop": f"{stack.shape[1]}×{stack.shape[2]}", "z_direction": z_direction,
               "iterations": iterations, "threads": torch.get_num_threads()}
     out = [{**common, "row": "noise", "model": "noise floor (pixel noise beyond the band, photon transfer)",
-            "residual": floor, "residual_whole_frame": whole.noise.residual_floor,
+            "residual": floor, "floor": floor, "residual_whole_frame": whole.noise.residual_floor,
             "gain_counts_per_electron": whole.noise.gain, "read_variance_counts2": whole.noise.read_variance}]
     for key in rows:
         label, keywords = ROWS[key]
@@ -100,9 +103,10 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
         cal = calibrate_pupil(problem.model, problem.frames, problem.sources(z_direction), valid=problem.valid,
                               axial="view", iterations=iterations, band=problem.band, **keywords)
         residual = cal.residual if cal.residual_free_form is None else cal.residual_free_form
+        own_floor = whole.noise.expected_residual(problem.frames, problem.valid, cal.background)
         out.append({
-            **common, "row": key, "model": label, "residual": residual,
-            "excess": math.sqrt(max(residual**2 - floor**2, 0.0)),
+            **common, "row": key, "model": label, "residual": residual, "floor": own_floor,
+            "excess": math.sqrt(max(residual**2 - own_floor**2, 0.0)),
             "residual_projected": cal.residual if cal.residual_free_form is not None else None,
             "aberration_rms_rad": cal.pupil.aberration_rms_rad, "zernike_rad": list(cal.pupil.zernike_rad),
             "apodisation": list(cal.pupil.apodisation),
@@ -115,21 +119,22 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
 def summary(rows: list[dict]) -> str:
     """The rows as a Markdown table."""
     lines = [
-        "| model | relative residual | excess over the noise floor | aberration RMS (rad) | apodisation | time (s) |",
-        "|---|---|---|---|---|---|",
+        "| model | relative residual | noise floor (against the row's background) | excess over it | aberration RMS (rad) | apodisation | time (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["row"] == "noise":
             lines.append(
                 f"| {r['model']}: gain {r['gain_counts_per_electron']:.2f} counts/e⁻, σ₀² {r['read_variance_counts2']:.1f} counts² "
-                f"(whole frame: {r['residual_whole_frame']:.3f}) | **{r['residual']:.3f}** | 0 | | | |"
+                f"(whole frame: {r['residual_whole_frame']:.3f}), against each plane's median | **{r['residual']:.3f}** | "
+                f"{r['floor']:.3f} | 0 | | | |"
             )
             continue
         residual = f"{r['residual']:.3f}"
         if r.get("residual_projected") is not None:
             residual += f" (projected to Zernike + apodisation: {r['residual_projected']:.3f})"
         lines.append(
-            f"| {r['model']} | {residual} | {r['excess']:.3f} | {r['aberration_rms_rad']:.3f} | "
+            f"| {r['model']} | {residual} | {r['floor']:.3f} | {r['excess']:.3f} | {r['aberration_rms_rad']:.3f} | "
             f"{', '.join(f'{a:+.2f}' for a in r['apodisation'])} | {r['seconds']:.0f} |"
         )
     first = rows[0]

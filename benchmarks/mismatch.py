@@ -199,6 +199,8 @@ def _reconstruct(task: dict) -> dict:
         row["pupil_error_rad"] = round(pupil_error_rad(calibration.pupil, true_pupil, calibration.noll), 4)
         row["pupil_residual"] = round(float(calibration.residual), 4)
         row["source_edge_na"] = [round(v, 4) for v in calibration.pupil.source_edge_na]
+    if rec.pupil is not None:  # after the joint refinement
+        row["source_beyond_na"] = round(rec.pupil.source_beyond_na, 3)
     return row
 
 

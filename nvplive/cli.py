@@ -204,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: its coefficients are refined jointly with the cold start)")
     rec.add_argument("--no-source-calibration", action="store_true",
                      help="with the pupil calibration: keep the renderer's source spectrum instead of calibrating its "
-                          "edge (by default an edge is kept only where the frames show one inside the pupil; "
-                          "docs/reconstruction.md)")
+                          "edge and fitting the light beyond the NA with the volume (by default an edge is kept only "
+                          "where the frames show one inside the pupil; docs/reconstruction.md)")
     # the default since 2026-11-30; still accepted so that older scripts run
     rec.add_argument("--source-calibration", action="store_true", help=argparse.SUPPRESS)
     rec.add_argument("--scheduler", default=None, metavar="local|ADDRESS",

@@ -625,7 +625,7 @@ def project_free_form(
         radial = torch.stack([torch.ones_like(rho_in)] + [rho_in ** (2 * k) for k in range(1, apodisation_terms + 1)], -1)
         fit = torch.linalg.lstsq(radial, amplitude[:, None]).solution[:, 0]
         apod = tuple(float(v) for v in fit[1:] / fit[0])
-    return PupilParameters(tuple(float(v) for v in keep), apod, pupil.sine_condition, pupil.source_edge_na)
+    return PupilParameters(tuple(float(v) for v in keep), apod, pupil.sine_condition, pupil.source_edge_na, pupil.source_beyond_na)
 
 
 def calibrate_pupil(
@@ -929,6 +929,8 @@ def calibrate_pupil(
         pupil = PupilParameters(
             tuple(float(v) for v in zernike), tuple(float(v) for v in apod.cpu().numpy()), sine,
             (na_in, max(na_cut, na_in + 1e-6)) if identified else (),
+            # the light beyond the NA: a homogeneous medium's images do not show it (the volume fit does)
+            start.source_beyond_na if start is not None and not identified else 1.0,
         )
         return PupilCalibration(
             pupil=pupil,
@@ -962,7 +964,8 @@ class StackCalibration:
         ambiguous: both directions were fitted and fit equally well (within 1 %): the
             sign of the even aberrations rests on the direction chosen.
         noise: the stack's pixel noise (:func:`camera_noise`); its ``residual_floor`` is the
-            residual the true image would leave, what ``residual`` is to be read against
+            residual the true image would leave against this fit's background
+            (:meth:`CameraNoise.expected_residual`), what ``residual`` is to be read against
             (None for pixels too coarse for the estimate).
         saturated_pixels: pixels of the stack at the camera's full scale. They are left out of
             the fit, but the peak they clip is what shapes the pupil's amplitude: on a simulated
@@ -1121,7 +1124,10 @@ def calibrate_bead_stack(
             pixel_integration=pixel_integration, free_form=free_form, restart_positions=False,
             progress=substages(progress, f"z {direction:+d}, pupil", 2 * len(results) + 1, fits),
         )
-        results.append(StackCalibration(cal, direction, hard.residual, cal.residual, noise=views.noise,
+        noise = views.noise
+        if noise is not None:  # the floor against the background the residual is measured from
+            noise = replace(noise, residual_floor=noise.expected_residual(views.frames, views.valid, cal.background))
+        results.append(StackCalibration(cal, direction, hard.residual, cal.residual, noise=noise,
                                         saturated_pixels=views.saturated_pixels))
     best_fit = min(results, key=lambda r: r.residual)
     ambiguous = len(results) == 2 and abs(results[0].residual - results[1].residual) < 0.01 * best_fit.residual
@@ -1149,15 +1155,27 @@ class CameraNoise:
     plane_variance: np.ndarray
     residual_floor: float
 
-    def expected_residual(self, frames: np.ndarray, valid: np.ndarray | None = None) -> float:
-        """The residual floor of other frames of the same camera (e.g. a crop of these):
-        ``√(Σ (σ₀² + G·(x − median)) / Σ (x − median)²)`` over the valid pixels, the
-        median taken per frame; ``x − median`` is an unbiased estimate of the signal."""
+    def expected_residual(
+        self, frames: np.ndarray, valid: np.ndarray | None = None, background: np.ndarray | None = None,
+    ) -> float:
+        """The residual floor of frames ``[Z, Y, X]`` of the same camera (these, or a crop of them):
+        ``√(Σ (σ₀² + G·(x − c)) / Σ (x − c)²)`` over the valid pixels, ``x − c`` an unbiased
+        estimate of the signal above the background ``c``.
+
+        ``c`` is ``background`` ``[Z]`` (counts; a fit's per-frame background, the one its
+        residual ``‖measured − background‖`` is measured against) or, without one, each
+        frame's median. On a tight crop that a defocused bead's disc fills, the median lies
+        above the background and the floor it gives is wrong (by a third in
+        ``test_the_floor_of_a_crop_filled_by_the_signal_is_measured_against_the_given_background``).
+        """
         data = np.asarray(frames, dtype=np.float64)
         data = data[None] if data.ndim == 2 else data
         ok = np.ones(data.shape, bool) if valid is None else np.broadcast_to(np.asarray(valid, bool), data.shape)
-        background = np.array([np.median(p[o]) if o.any() else np.median(p) for p, o in zip(data, ok)])
-        signal = (data - background[:, None, None])[ok]
+        if background is None:
+            level = np.array([np.median(p[o]) if o.any() else np.median(p) for p, o in zip(data, ok)])
+        else:
+            level = np.broadcast_to(np.asarray(background, dtype=np.float64), (len(data),))
+        signal = (data - level[:, None, None])[ok]
         noise = self.read_variance * signal.size + self.gain * signal.sum()
         return math.sqrt(max(noise, 0.0) / max(float((signal**2).sum()), 1e-30))
 

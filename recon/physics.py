@@ -29,6 +29,11 @@ from .pupil import PupilBasis, PupilParameters, aperture, coefficient_dtype, pup
 #: Relative width of the raised-cosine edge of the source band limit.
 SOURCE_EDGE_WIDTH = 0.12
 
+#: Relative width of the pupil's rim over which the light beyond the NA (``beyond_na`` of
+#: :func:`with_source_edge`) blends into the spectrum inside: the last 3 % of the NA
+#: (BENCHMARKS.md, "Light beyond the NA").
+SOURCE_RIM_WIDTH = 0.03
+
 #: Smallest width of the absorbing margin beyond the live region, in wavelengths in the
 #: medium: light of the wide source cone must fade over many lateral wavelengths or the
 #: window's edge diffracts it back (chosen in BENCHMARKS.md "Source NA").
@@ -128,22 +133,52 @@ def source_band(k_perp: torch.Tensor, k0: float, edge_na: torch.Tensor | Sequenc
     return 0.5 * (1.0 + torch.cos(math.pi * t))
 
 
-def with_source_edge(model: ForwardModel, edge_na: torch.Tensor | Sequence[float] | None) -> ForwardModel:
-    """``model`` with the source spectrum of :func:`source_band` for ``edge_na = (NA_in, NA_cut)``.
+def with_source_edge(
+    model: ForwardModel, edge_na: torch.Tensor | Sequence[float] | None, beyond_na: float | torch.Tensor = 1.0,
+) -> ForwardModel:
+    """``model`` with the source spectrum of :func:`source_band` for ``edge_na = (NA_in, NA_cut)``,
+    its part beyond the detection NA multiplied by ``beyond_na``.
 
-    ``None`` or empty returns ``model`` itself (the default band of
-    :func:`source_band_limits`). A tensor ``edge_na`` keeps the returned model's
-    ``source_band`` and ``exit_source_band`` differentiable in it; like :func:`source_band`
+    ``S(k⊥) = band(k⊥)·(1 − (1 − beyond_na)·(1 − R(k⊥)))`` with ``R`` the raised cosine from 1
+    at ``(1 − SOURCE_RIM_WIDTH)·k0·NA`` to 0 at ``k0·NA`` (:data:`SOURCE_RIM_WIDTH`): unchanged
+    inside the pupil's rim, ``beyond_na × band`` beyond the NA, a smooth blend across the rim.
+    ``beyond_na`` 0 is a spectrum that ends at the NA over a narrow edge (what another renderer,
+    or a source model cut at the objective's NA, makes); 1 a point source's whole spectrum.
+
+    ``None`` or empty ``edge_na`` keeps ``model``'s band (the default of
+    :func:`source_band_limits`); with ``beyond_na`` 1 too, ``model`` itself is returned.
+    Tensors ``edge_na`` and ``beyond_na`` (a scalar) keep the returned model's
+    ``source_band`` and ``exit_source_band`` differentiable in them; like :func:`source_band`
     it reads the pair in either order. The padding stays the
     one ``model`` was built with: it is sized for the default band, so an edge up to
-    the default's ``NA_cut`` stays safe.
+    the default's ``NA_cut`` stays safe. ``beyond_na`` is
+    :attr:`.pupil.PupilParameters.source_beyond_na`: light the pupil never passes in a
+    homogeneous medium, which only the specimen's scattering brings into it.
 
     Raises:
         GeometryError: when ``NA_cut`` exceeds what the voxel grid carries
             (:meth:`VolumeGeometry.max_field_na`).
     """
+    plain_beyond = not isinstance(beyond_na, torch.Tensor) and float(beyond_na) == 1.0
     if edge_na is None or len(edge_na) == 0:
-        return model
+        if plain_beyond:
+            return model
+        band, exit_band = model.source_band, model.exit_source_band
+    else:
+        band, exit_band = _edge_bands(model, edge_na)
+    if not plain_beyond:
+        beyond = torch.as_tensor(beyond_na, dtype=model.real_dtype, device=band.device)
+        rim = ((1.0 - SOURCE_RIM_WIDTH) * model.optics.na, model.optics.na)
+        k0 = model.optics.k0
+        outer = 1.0 - source_band(torch.sqrt(model.kx**2 + model.ky**2), k0, rim)
+        exit_outer = 1.0 - source_band(torch.sqrt(model.exit_kx**2 + model.exit_ky**2), k0, rim)
+        band = band * (1.0 + (beyond - 1.0) * outer)
+        exit_band = exit_band * (1.0 + (beyond - 1.0) * exit_outer)
+    return replace(model, source_band=band, exit_source_band=exit_band)
+
+
+def _edge_bands(model: ForwardModel, edge_na: torch.Tensor | Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`source_band` of ``edge_na`` on ``model``'s volume grid and exit grid (see :func:`with_source_edge`)."""
     limit = model.geometry.max_field_na(model.optics)
     na_cut = float(torch.as_tensor(edge_na).detach().max())
     if na_cut > limit * (1.0 + 1e-6):  # an edge stored in float32 at the limit rounds above it
@@ -153,7 +188,7 @@ def with_source_edge(model: ForwardModel, edge_na: torch.Tensor | Sequence[float
     exit_propagating = (model.exit_kz > 0).to(model.real_dtype)
     band = source_band(torch.sqrt(model.kx**2 + model.ky**2), k0, edge_na) * propagating
     exit_band = source_band(torch.sqrt(model.exit_kx**2 + model.exit_ky**2), k0, edge_na) * exit_propagating
-    return replace(model, source_band=band, exit_source_band=exit_band)
+    return band, exit_band
 
 
 def point_source_spectrum(

@@ -5,8 +5,10 @@ wave, propagated to the focal plane; see :mod:`.physics`) is multiplied by the
 pupil ``P(k⊥) = circ(|k⊥| ≤ k0·NA) · A(ρ) · S(ρ) · exp(i·φ(ρ, θ))`` with
 ``ρ = |k⊥|/(k0·NA)`` the normalised pupil radius and ``θ = atan2(ky, kx)``:
 
-- ``A(ρ) = 1 + Σ_k a_k·ρ^(2k)`` (k = 1, 2, …), a radial polynomial apodisation
-  (transmission falling toward the edge of a real objective's pupil);
+- ``A(ρ) = max(0, 1 + Σ_k a_k·ρ^(2k))`` (k = 1, 2, …), a radial polynomial apodisation
+  (transmission falling toward the edge of a real objective's pupil). It is an amplitude
+  transmission, so it is held at 0 where the polynomial would turn negative: a sign change
+  there would be a π phase step, which no objective's coating makes;
 - ``S(ρ) = (1 − (NA·ρ/n_medium)²)^(1/4) = sqrt(cos ϑ)`` optionally: the
   sine-condition (aplanatic) profile. An isotropic emitter's far field has the same
   amplitude in every direction ϑ; an aplanatic objective maps it to the pupil radius
@@ -90,7 +92,7 @@ class PupilParameters:
 
     Attributes:
         zernike_rad: aberration phase coefficients (radians) of Noll 2, 3, 4, …
-        apodisation: ``a_1, a_2, …`` of ``A(ρ) = 1 + Σ_k a_k·ρ^(2k)``.
+        apodisation: ``a_1, a_2, …`` of ``A(ρ) = max(0, 1 + Σ_k a_k·ρ^(2k))``.
         sine_condition: also apply the aplanatic ``sqrt(cos ϑ)`` profile.
         source_edge_na: ``(NA_in, NA_cut)`` of the source's angular spectrum, which
             falls as a raised cosine from 1 at ``k0·NA_in`` to 0 at ``k0·NA_cut``
@@ -99,18 +101,28 @@ class PupilParameters:
             function: the renderer applies it to the emitted field. It is stored with the
             pupil because a calibration finds it from the same images (docs/physics.md,
             "Source spectrum").
+        source_beyond_na: amplitude of the source's angular spectrum beyond the detection
+            NA (``|k⊥| > k0·NA``) relative to a point source's, in [0, 1]: 1 (the default) is
+            the full spectrum, 0 the spectrum cut at the NA. Only the specimen's scattering
+            shows that light, so the reconstruction fits it with the volume
+            (docs/reconstruction.md, "Light beyond the NA"); like ``source_edge_na`` it is
+            the renderer's, stored with the pupil.
     """
 
     zernike_rad: tuple[float, ...] = ()
     apodisation: tuple[float, ...] = ()
     sine_condition: bool = False
     source_edge_na: tuple[float, ...] = ()
+    source_beyond_na: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "zernike_rad", tuple(float(c) for c in self.zernike_rad))
         object.__setattr__(self, "apodisation", tuple(float(a) for a in self.apodisation))
         object.__setattr__(self, "sine_condition", bool(self.sine_condition))
         object.__setattr__(self, "source_edge_na", tuple(float(a) for a in self.source_edge_na))
+        object.__setattr__(self, "source_beyond_na", float(self.source_beyond_na))
+        if not 0.0 <= self.source_beyond_na <= 1.0:
+            raise ValueError(f"Pupil: source_beyond_na must be in [0, 1], got {self.source_beyond_na!r}.")
         for name in ("zernike_rad", "apodisation", "source_edge_na"):
             if not all(math.isfinite(v) for v in getattr(self, name)):
                 raise ValueError(f"Pupil: {name} must be finite numbers, got {getattr(self, name)!r}.")
@@ -126,8 +138,8 @@ class PupilParameters:
     def to_dict(self) -> dict[str, Any]:
         """The parameters as a JSON-ready dict (``pupil.json``); :meth:`from_dict` reads it back.
 
-        ``source_edge_na`` is written only when set, so that a pupil without it is the
-        same document as before the field existed.
+        ``source_edge_na`` and ``source_beyond_na`` are written only when set (not their
+        defaults), so that a pupil without them is the same document as before they existed.
         """
         data: dict[str, Any] = {
             "zernike_rad": list(self.zernike_rad),
@@ -137,6 +149,8 @@ class PupilParameters:
         }
         if self.source_edge_na:
             data["source_edge_na"] = list(self.source_edge_na)
+        if self.source_beyond_na != 1.0:
+            data["source_beyond_na"] = self.source_beyond_na
         return data
 
     @classmethod
@@ -150,6 +164,7 @@ class PupilParameters:
             apodisation=tuple(data.get("apodisation", ())),
             sine_condition=bool(data.get("sine_condition", False)),
             source_edge_na=tuple(data.get("source_edge_na", ())),
+            source_beyond_na=float(data.get("source_beyond_na", 1.0)),
         )
 
     def tensors(self, *, device=None, dtype=torch.float64) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -252,10 +267,11 @@ def pupil_from_basis(
 
     Args:
         zernike_rad: ``[J]`` coefficients (rad) of Noll 2 … J+1, or None.
-        apodisation: ``[K]`` coefficients ``a_1 … a_K`` of ``A(ρ) = 1 + Σ a_k ρ^(2k)``, or None.
+        apodisation: ``[K]`` coefficients ``a_1 … a_K`` of ``A(ρ) = max(0, 1 + Σ a_k ρ^(2k))``, or None.
 
     Returns:
-        Complex tensor in the basis's complex dtype; differentiable in the coefficients.
+        Complex tensor in the basis's complex dtype; differentiable in the coefficients
+        (not where ``A`` is held at 0).
 
     Raises:
         ValueError: when the coefficients outnumber the basis's terms.
@@ -265,7 +281,8 @@ def pupil_from_basis(
     if apodisation is not None and apodisation.numel():
         if apodisation.numel() != basis.powers.shape[-1]:
             raise ValueError(f"{apodisation.numel()} apodisation coefficients for a basis of {basis.powers.shape[-1]}.")
-        amplitude = amplitude * (1.0 + basis.powers @ apodisation.to(device=amplitude.device, dtype=real_dtype))
+        transmission = 1.0 + basis.powers @ apodisation.to(device=amplitude.device, dtype=real_dtype)
+        amplitude = amplitude * transmission.clamp_min(0.0)
     if basis.sine_profile is not None:
         amplitude = amplitude * basis.sine_profile
     if zernike_rad is None or not zernike_rad.numel():

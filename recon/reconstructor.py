@@ -172,6 +172,10 @@ class ReconConfig:
             the default spectrum (:func:`.calibration.calibrate_pupil`, docs/physics.md
             "Source spectrum"). A kept edge removes all light beyond the NA, so it is kept
             only where the frames show a spectrum that ends there (docs/reconstruction.md).
+            Without such an edge, and with ``pupil_refinement``, the light beyond the NA
+            (``PupilParameters.source_beyond_na``) is fitted with the cold start's volume.
+            Off: the renderer's whole spectrum (a start pupil's edge and light beyond the NA
+            are dropped).
         lr_sources_um: learning rate of the source positions (µm per step).
         lr_photometry: learning rate of log-brightness and background.
         coarse_to_fine: grow the NVP grid from coarse to voxel resolution.
@@ -376,11 +380,25 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def _source_spectrum(pupil: PupilParameters | None) -> tuple[tuple[float, ...], float]:
+    """``(source_edge_na, source_beyond_na)`` of ``pupil`` (None: the renderer's default spectrum)."""
+    return ((), 1.0) if pupil is None else (pupil.source_edge_na, pupil.source_beyond_na)
+
+
+#: Adam's step (per iteration) of :attr:`.pupil.PupilParameters.source_beyond_na` in the joint
+#: refinement: 240 iterations after the warm-up can take it from 1 to 0 (BENCHMARKS.md,
+#: "Light beyond the NA").
+LR_SOURCE_BEYOND_NA = 0.01
+
+
 class _PupilRefinement:
     """A pupil's Zernike coefficients of ``noll`` and its apodisation as trainable tensors
-    (Adam at ``lr`` rad per step); the other coefficients stay as they are."""
+    (Adam at ``lr`` rad per step); the other coefficients stay as they are. With
+    ``source``, and a source spectrum that reaches beyond the detection NA (no edge inside
+    the pupil), the amplitude of the light beyond the NA
+    (:attr:`.pupil.PupilParameters.source_beyond_na`) too, at :data:`LR_SOURCE_BEYOND_NA`."""
 
-    def __init__(self, pupil: PupilParameters, noll: Sequence[int], lr: float, model: ForwardModel) -> None:
+    def __init__(self, pupil: PupilParameters, noll: Sequence[int], lr: float, model: ForwardModel, *, source: bool) -> None:
         device, dtype = model.device, model.real_dtype
         n_terms = max([len(pupil.zernike_rad), *(j - FIRST_NOLL + 1 for j in noll)])
         fixed = list(pupil.zernike_rad) + [0.0] * (n_terms - len(pupil.zernike_rad))
@@ -390,8 +408,21 @@ class _PupilRefinement:
         self.source_edge_na = pupil.source_edge_na
         self.apodisation = torch.tensor(pupil.apodisation, dtype=dtype, device=device).requires_grad_(True)
         self.sine_condition = pupil.sine_condition
-        self.parameters = [p for p in (self.zernike, self.apodisation) if p.numel()]
-        self.optimizer = torch.optim.Adam(self.parameters, lr=lr) if self.parameters else None
+        edge_inside = bool(pupil.source_edge_na) and max(pupil.source_edge_na) <= model.optics.na
+        self.beyond_na = torch.tensor(pupil.source_beyond_na, dtype=dtype, device=device)
+        groups: list[dict[str, Any]] = [{"params": [p for p in (self.zernike, self.apodisation) if p.numel()]}]
+        if source and not edge_inside:
+            self.beyond_na.requires_grad_(True)
+            groups.append({"params": [self.beyond_na], "lr": LR_SOURCE_BEYOND_NA})
+        groups = [g for g in groups if g["params"]]
+        self.parameters = [p for g in groups for p in g["params"]]
+        self.optimizer = torch.optim.Adam(groups, lr=lr) if groups else None
+
+    def model(self, plain: ForwardModel) -> ForwardModel:
+        """``plain`` (a renderer without source edge) with the source spectrum, differentiable in
+        the light beyond the NA when that is refined."""
+        beyond = self.beyond_na.clamp(0.0, 1.0) if self.beyond_na.requires_grad else float(self.beyond_na)
+        return with_source_edge(plain, self.source_edge_na, beyond)
 
     def _zernike_full(self) -> torch.Tensor:
         return self.fixed.index_put((self.index,), self.zernike)
@@ -417,6 +448,7 @@ class _PupilRefinement:
                 tuple(float(v) for v in self.apodisation.cpu()),
                 self.sine_condition,
                 self.source_edge_na,
+                float(self.beyond_na.clamp(0.0, 1.0)),
             )
 
 
@@ -467,6 +499,7 @@ class Reconstructor:
         self._pupil: PupilParameters | None = None
         self.pupil = pupil
         self.calibration: PupilCalibration | None = None  # the last pupil calibration
+        self._calibrated_ahead = False  # the next cold start's frames were calibrated already (adopt_calibration)
         self.representation: Representation | None = None
         self.state: ReconState | None = None
         self._optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer] | None = None
@@ -485,16 +518,16 @@ class Reconstructor:
     @property
     def pupil(self) -> PupilParameters | None:
         """The detection pupil the renderer uses (None: the hard aperture), with the
-        source spectrum's edge it carries applied to :attr:`model` and the band's renderers."""
+        source spectrum it carries (edge, light beyond the NA) applied to :attr:`model` and
+        the band's renderers."""
         return self._pupil
 
     @pupil.setter
     def pupil(self, value: PupilParameters | None) -> None:
-        before = () if self._pupil is None else self._pupil.source_edge_na
+        before = _source_spectrum(self._pupil)
         self._pupil = value
-        edge = () if value is None else value.source_edge_na
-        self.model = with_source_edge(self._plain_model, edge)
-        if edge != before:
+        self.model = with_source_edge(self._plain_model, *_source_spectrum(value))
+        if _source_spectrum(value) != before:
             self._spectral_models = None
 
     @property
@@ -568,6 +601,21 @@ class Reconstructor:
         start = initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid)
         return self._calibrate_pupil(measured, start, callback)
 
+    def adopt_calibration(self, calibration: PupilCalibration) -> None:
+        """Take :meth:`calibrate`'s result for the next cold start's frames, made by another
+        reconstructor of the same recording and settings (a Dask client's), so that the cold
+        start fits the volume from it instead of calibrating the same frames again.
+
+        Raises:
+            ReconstructionError: without ``pupil_calibration`` and ``self_calibration`` in
+                the settings (the cold start would not use it).
+        """
+        if not (self.config.self_calibration and self.config.pupil_calibration):
+            raise ReconstructionError("A pupil calibration can only be adopted with pupil calibration and self-calibration on.")
+        self.calibration = calibration
+        self.pupil = calibration.pupil
+        self._calibrated_ahead = True
+
     def _calibrate_pupil(self, measured: torch.Tensor, start: np.ndarray, callback: ProgressCallback | None) -> PupilCalibration:
         """:func:`.calibration.calibrate_pupil` from ``start`` positions and the current pupil."""
         # float64: the line search of the calibration needs the precision; the emission
@@ -578,7 +626,7 @@ class Reconstructor:
         progress = None if callback is None else _calibration_progress(callback)
         start_pupil = self.pupil
         if start_pupil is not None and not self.config.source_calibration:
-            start_pupil = replace(start_pupil, source_edge_na=())  # the renderer's source spectrum, as asked
+            start_pupil = replace(start_pupil, source_edge_na=(), source_beyond_na=1.0)  # the renderer's source spectrum, as asked
         self.calibration = calibrate_pupil(
             _in_float64(self._plain_model), measured, start, valid=valid, start=start_pupil, band=band,
             progress=progress, source_edge=self.config.source_calibration,
@@ -594,7 +642,9 @@ class Reconstructor:
             valid = None if self._valid is None else self._valid.cpu().numpy() > 0
             start = initial_sources(measured.cpu().numpy(), self.nominal_sources, y, x, valid=valid)
             if cfg.pupil_calibration:
-                calibration = self._calibrate_pupil(measured, start, callback)
+                calibration = self.calibration if self._calibrated_ahead and self.calibration is not None else (
+                    self._calibrate_pupil(measured, start, callback))
+                self._calibrated_ahead = False
                 base_sources = torch.as_tensor(calibration.sources_um_xyz, dtype=torch.float32, device=self.device)
                 b0 = torch.as_tensor(calibration.brightness, dtype=torch.float32, device=self.device)
                 c0 = torch.as_tensor(calibration.background, dtype=torch.float32, device=self.device)
@@ -722,7 +772,8 @@ class Reconstructor:
         """The calibrated pupil's fitted coefficients as parameters of the volume fit (None without one)."""
         if self.pupil is None or self.calibration is None:
             return None
-        return _PupilRefinement(self.pupil, self.calibration.noll, self.config.lr_pupil_rad, self.model)
+        return _PupilRefinement(self.pupil, self.calibration.noll, self.config.lr_pupil_rad, self.model,
+                                source=self.config.source_calibration)
 
     def _pupil_on(self, model: ForwardModel) -> torch.Tensor | None:
         """The current pupil on ``model``'s grid (None: the hard aperture alone)."""
@@ -751,10 +802,10 @@ class Reconstructor:
         return self._band_models
 
     def _spectral(self) -> list[tuple[ForwardModel, float]]:
-        """:meth:`_band` with the pupil's source edge (built once per edge)."""
+        """:meth:`_band` with the pupil's source spectrum (built once per spectrum)."""
         if self._spectral_models is None:
-            edge = () if self.pupil is None else self.pupil.source_edge_na
-            self._spectral_models = [(with_source_edge(m, edge), a) for m, a in self._band()]
+            spectrum = _source_spectrum(self.pupil)
+            self._spectral_models = [(with_source_edge(m, *spectrum), a) for m, a in self._band()]
         return self._spectral_models
 
     def _coherence_weights(
@@ -813,6 +864,7 @@ class Reconstructor:
         refining = cfg.pupil_refinement and cfg.pupil_calibration and cfg.self_calibration and not warm
         refined = self._refined_pupil() if refining else None
         pupil = self._pupil_on(self.model)
+        model = self.model
         calib = [st.source_offset, st.log_brightness, st.background]
         for p in calib:
             p.requires_grad_(cfg.self_calibration)
@@ -847,7 +899,8 @@ class Reconstructor:
             if refined is not None:
                 refined.zero_grad()
                 pupil = refined.on(self.model)
-            inputs = (self.model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil,
+                model = refined.model(self._plain_model)
+            inputs = (model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil,
                       sparsity)
             loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)
             _set_lr(opt, base_rates, decay.factor(it))

@@ -193,6 +193,25 @@ def test_later_chunks_start_from_the_pupil_calibrated_on_timepoint_0(recording, 
     np.testing.assert_array_equal(volumes[3:], np.stack([reconstructor.warm_update(f).dn for f in frames]))
 
 
+def test_a_cold_start_adopts_a_calibration_of_its_frames_instead_of_calibrating_again(recording):
+    """What the Dask client hands the first chunk (several chunks): the cold start fits the
+    volume from the adopted calibration, with no calibration evaluations of its own, and ends
+    where a cold start that calibrates itself ends."""
+    with Recording.open(recording) as rec:
+        meta, frames = rec.meta, rec.frames(0)
+    calibration = reconstructor_for(meta, CALIBRATED, "cpu", None).calibrate(frames)
+    adopting = reconstructor_for(meta, CALIBRATED, "cpu", None)
+    adopting.adopt_calibration(calibration)
+    phases: list[str] = []
+    adopted = adopting.cold_start(frames, lambda done, total, loss, phase: phases.append(phase))
+    assert phases and set(phases) == {"fit"} and adopting.calibration is calibration
+    itself = reconstructor_for(meta, CALIBRATED, "cpu", None).cold_start(frames)
+    np.testing.assert_array_equal(adopted.dn, itself.dn)
+    assert adopted.pupil == itself.pupil  # the calibrated pupil after the joint refinement
+    with pytest.raises(NvpLiveError, match="only be adopted with pupil calibration"):
+        reconstructor_for(meta, CONFIG, "cpu", None).adopt_calibration(calibration)
+
+
 def kill_worker_of_first_chunk(client: distributed.Client, killed: dict, stop: threading.Event) -> None:
     """SIGKILL the worker process that reconstructs the first chunk, 0.1 s after it got it."""
     pids = client.run(os.getpid)

@@ -68,6 +68,16 @@ def test_the_source_spectrum_edge_round_trips_and_an_older_file_without_it_loads
     assert read_pupil(older).source_edge_na == ()  # the renderer's default source spectrum
     with pytest.raises(ValueError, match="source_edge_na"):
         PupilParameters(source_edge_na=(0.8, 0.7))
+    # the light beyond the NA likewise: stored when fitted, absent (the full spectrum, 1) before
+    dimmed = PupilParameters(PUPIL.zernike_rad, PUPIL.apodisation, source_beyond_na=0.45)
+    assert read_pupil(write_pupil(tmp_path / "dim.json", dimmed, Optics(), calibrated_from="test", method="frames")) == dimmed
+    assert "source_beyond_na" not in json.loads(older.read_text()) and read_pupil(older).source_beyond_na == 1.0
+    with pytest.raises(ValueError, match="source_beyond_na"):
+        PupilParameters(source_beyond_na=1.2)
+    doc = json.loads(older.read_text())
+    older.write_text(json.dumps({**doc, "source_beyond_na": -0.1}))
+    with pytest.raises(RecordingError, match="source_beyond_na"):
+        read_pupil(older)
 
 
 def test_a_frame_calibration_names_the_pupil_it_started_from(tmp_path: Path):

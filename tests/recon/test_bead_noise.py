@@ -42,6 +42,24 @@ def test_camera_noise_finds_the_gain_read_noise_and_residual_floor_of_poisson_fr
     assert noise.plane_variance.sum() == pytest.approx(mean_variance.sum(), rel=0.05)
 
 
+def test_the_floor_of_a_crop_filled_by_the_signal_is_measured_against_the_given_background():
+    """A crop that a wide spot fills: its median lies well above the background, so a
+    floor taken against the median is off; against the true background it is the
+    residual the true image leaves."""
+    rng = np.random.default_rng(1)
+    gain, offset = 2.0, 100.0
+    noise = camera_noise(gain * rng.poisson(band_limited_stack(rng) + 4.0) + offset, wavelength_um=0.6, na=1.0, pixel_um=0.1)
+    y = (np.arange(32) - 16) * 0.1
+    expected = 4.0 + 400.0 * np.exp(-(y[:, None] ** 2 + y[None, :] ** 2) / (2 * 1.2**2))[None].repeat(6, axis=0)
+    crop = gain * rng.poisson(expected) + offset
+    truth = gain * expected + offset
+    background = np.full(6, gain * 4.0 + offset)
+    realised = np.sqrt(((crop - truth) ** 2).sum() / ((crop - background[:, None, None]) ** 2).sum())
+
+    assert noise.expected_residual(crop, background=background) == pytest.approx(realised, rel=0.05)
+    assert abs(noise.expected_residual(crop) - realised) > 0.25 * realised  # the median's floor
+
+
 def test_camera_noise_refuses_frames_sampled_too_coarsely_for_a_band_beyond():
     with pytest.raises(ValueError, match="too coarsely"):
         camera_noise(np.ones((2, 32, 32)), wavelength_um=0.5, na=1.4, pixel_um=0.2)

@@ -289,6 +289,34 @@ def test_a_source_spectrum_cut_at_the_na_is_calibrated_and_the_default_kept():
     assert default.pupil == calibrate_pupil(model, frames, true, iterations=30).pupil
 
 
+def test_the_light_beyond_the_na_is_fitted_with_the_volume():
+    """Frames whose source spectrum ends at the NA over a narrow edge (3 %; another renderer's)
+    and a specimen that scatters: the homogeneous image barely shows the edge, so the
+    calibration keeps none, and the joint refinement lowers the light beyond the NA the
+    renderer assumes (``source_beyond_na``), where only the specimen's scattering shows it.
+    The pupil carries it to the warm updates; without source calibration it stays 1."""
+    from dataclasses import replace
+
+    model = ForwardModel.build(SMALL_OPTICS, SMALL_GEOMETRY, source_depth_um=3.0, dtype=torch.float64)
+    na = SMALL_OPTICS.na
+    true = ring_sources(5, 1.5, 1.2, seed=4)
+    dn = np.zeros(SMALL_GEOMETRY.shape_zyx, np.float32)
+    dn[4:8, 10:22, 10:22] = 0.02
+    dn[5:7, 14:18, 6:26] = 0.04
+    frames = aberrated_frames(with_source_edge(model, (0.97 * na, na)), true, PupilParameters(), dn=dn, seed=5)
+    config = ReconConfig(iterations=150, warm_budget=IterationBudget(2))
+    rec = Reconstructor(SMALL_OPTICS, SMALL_GEOMETRY, true, config=config, device="cpu")
+    first = rec.cold_start(frames)
+    assert rec.calibration is not None and rec.calibration.pupil.source_edge_na == ()  # nothing identified
+    assert first.pupil is not None and first.pupil.source_beyond_na < 0.6, first.pupil
+    assert rec.warm_update(frames).pupil == first.pupil
+    # without source calibration (the same calibration adopted, 20 refining iterations) it stays
+    kept = Reconstructor(SMALL_OPTICS, SMALL_GEOMETRY, true, device="cpu",
+                         config=replace(config, source_calibration=False, iterations=20, calibration_warmup=0))
+    kept.adopt_calibration(rec.calibration)
+    assert kept.cold_start(frames).pupil.source_beyond_na == 1.0
+
+
 def test_the_reconstructor_renders_with_the_pupils_source_edge():
     """A pupil with a source edge (a pupil file, a calibration) reshapes the source spectrum of
     every renderer the reconstruction uses; without one the renderer's default stays."""
@@ -302,6 +330,10 @@ def test_the_reconstructor_renders_with_the_pupils_source_edge():
     rec.pupil = PupilParameters()
     assert torch.equal(rec.model.source_band, plain.model.source_band)
     assert all(torch.equal(m.source_band, p.source_band) for (m, _), (p, _) in zip(rec._spectral(), plain._spectral()))
+    rec.pupil = PupilParameters(source_beyond_na=0.4)  # less light beyond the NA, everywhere
+    assert torch.equal(rec.model.source_band, with_source_edge(plain.model, (), 0.4).source_band)
+    assert all(torch.equal(m.source_band, with_source_edge(p, (), 0.4).source_band)
+               for (m, _), (p, _) in zip(rec._spectral(), plain._spectral()))
 
 
 def test_a_bead_stack_calibration_reports_every_evaluation_and_stops_when_cancelled():

@@ -564,3 +564,31 @@ def test_a_source_edge_reproduces_the_default_band_and_is_a_raised_cosine():
         physics.with_source_edge(model, (0.7, 1.3))
     with pytest.raises(GeometryError, match="NA_cut"):
         physics.with_source_edge(model, (1.3, 0.7))
+
+
+def test_the_light_beyond_the_na_is_scaled_and_the_light_inside_kept():
+    """``beyond_na`` multiplies the source spectrum beyond ``k0·NA`` (the default band's and
+    an edge's), leaves it inside the pupil's rim, blends across the rim, and is
+    differentiable."""
+    geometry = VolumeGeometry((2, 16, 16), (0.25, 0.25, 0.25))
+    model = physics.ForwardModel.build(OPTICS, geometry, source_depth_um=1.0, dtype=torch.float64)
+    k_perp = torch.sqrt(model.kx**2 + model.ky**2) / (OPTICS.k0 * OPTICS.na)
+    outer, inner = k_perp >= 1.0, k_perp <= 1.0 - physics.SOURCE_RIM_WIDTH
+    assert bool(outer.any()) and bool((model.source_band[outer] > 0).any())  # the default band reaches beyond
+    dim = physics.with_source_edge(model, (), 0.3)
+    assert torch.equal(dim.source_band[inner], model.source_band[inner])
+    assert torch.allclose(dim.source_band[outer], 0.3 * model.source_band[outer], atol=1e-15)
+    rim = ~outer & ~inner
+    ratio = dim.source_band[rim] / model.source_band[rim]
+    assert bool(rim.any()) and bool(((ratio > 0.3) & (ratio < 1.0)).all())
+    exit_outer = torch.sqrt(model.exit_kx**2 + model.exit_ky**2) >= OPTICS.k0 * OPTICS.na
+    assert torch.allclose(dim.exit_source_band[exit_outer], 0.3 * model.exit_source_band[exit_outer], atol=1e-15)
+    assert float(physics.with_source_edge(model, (), 0.0).source_band[outer].abs().max()) == 0.0
+    beyond = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    physics.with_source_edge(model, (), beyond).source_band.sum().backward()
+    expected = model.source_band[outer].sum() + (model.source_band[rim] * (1.0 - (ratio - 0.3) / 0.7)).sum()
+    assert beyond.grad is not None and float(beyond.grad) == pytest.approx(float(expected))
+    # an edge beyond the pupil, then the light beyond the NA scaled
+    k_in, k_cut = physics.source_band_limits(OPTICS, geometry)
+    edged = physics.with_source_edge(model, (k_in / OPTICS.k0, k_cut / OPTICS.k0), 0.3)
+    assert torch.allclose(edged.source_band, dim.source_band, atol=1e-12)

@@ -98,6 +98,19 @@ def test_pupil_function_against_its_definition():
     assert p.dtype == torch.complex128
 
 
+def test_an_apodisation_is_a_transmission_held_at_zero_never_a_phase_flip():
+    """``A = 1 − 1.5ρ²`` turns negative beyond ρ = 0.82: the pupil is dark there, not inverted."""
+    ky, kx = physics.frequency_grid(64, 64, 0.2, 0.2, dtype=torch.float64)
+    a = torch.tensor([-1.5], dtype=torch.float64, requires_grad=True)
+    p = pupil_function(ky, kx, OPTICS.k0, OPTICS.na, OPTICS.n_medium, None, a)
+    rho = (torch.sqrt(kx**2 + ky**2) / (OPTICS.k0 * OPTICS.na)).clamp(max=1.0)
+    hard = aperture(ky, kx, OPTICS.k0, OPTICS.na)
+    assert torch.allclose(p.real, hard * (1 - 1.5 * rho**2).clamp_min(0.0), atol=1e-12)
+    assert float(p.real.detach().min()) >= 0.0 and float(p.imag.detach().abs().max()) == 0.0
+    p.real.sum().backward()  # the gradient comes from where the pupil transmits
+    assert a.grad is not None and float(a.grad) == pytest.approx(float((hard * rho**2 * (rho**2 < 1 / 1.5)).sum()))
+
+
 @pytest.fixture(scope="module")
 def tiny_model() -> physics.ForwardModel:
     return physics.ForwardModel.build(OPTICS, VolumeGeometry((4, 12, 12), (0.25, 0.25, 0.25)), dtype=torch.float64)

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.pupil import SOURCE_RIM_WIDTH
 
 PositiveNumber = Annotated[float, Field(gt=0)]
 NonNegativeNumber = Annotated[float, Field(ge=0)]
@@ -237,6 +238,7 @@ class PupilFile(Section):
     sine_condition: bool = False
     source_edge_na: list[float] = []
     source_beyond_na: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    source_rim_width: Annotated[float, Field(gt=0.0, le=0.5)] = SOURCE_RIM_WIDTH
     optics: OpticsSection
     calibrated_from: str
     method: Literal["frames", "bead-z-stack"]

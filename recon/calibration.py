@@ -38,7 +38,7 @@ from .physics import (
     with_source_edge,
 )
 from .progress import CalibrationCallback, CalibrationProgress, report, substages
-from .pupil import FIRST_NOLL, PupilBasis, PupilParameters, pupil_from_basis, zernike
+from .pupil import FIRST_NOLL, SOURCE_RIM_WIDTH, PupilBasis, PupilParameters, pupil_from_basis, zernike
 from .simulate import band_renderers
 
 #: Robust signal-to-noise ratio beyond which a pixel's step from its neighbourhood is an outlier.
@@ -625,7 +625,7 @@ def project_free_form(
         radial = torch.stack([torch.ones_like(rho_in)] + [rho_in ** (2 * k) for k in range(1, apodisation_terms + 1)], -1)
         fit = torch.linalg.lstsq(radial, amplitude[:, None]).solution[:, 0]
         apod = tuple(float(v) for v in fit[1:] / fit[0])
-    return PupilParameters(tuple(float(v) for v in keep), apod, pupil.sine_condition, pupil.source_edge_na, pupil.source_beyond_na)
+    return replace(pupil, zernike_rad=tuple(float(v) for v in keep), apodisation=apod)
 
 
 def calibrate_pupil(
@@ -931,6 +931,7 @@ def calibrate_pupil(
             (na_in, max(na_cut, na_in + 1e-6)) if identified else (),
             # the light beyond the NA: a homogeneous medium's images do not show it (the volume fit does)
             start.source_beyond_na if start is not None and not identified else 1.0,
+            start.source_rim_width if start is not None and not identified else SOURCE_RIM_WIDTH,
         )
         return PupilCalibration(
             pupil=pupil,

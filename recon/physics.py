@@ -24,15 +24,10 @@ import torch.nn.functional as F
 from nvplive.errors import GeometryError
 
 from .optics import Optics, VolumeGeometry
-from .pupil import PupilBasis, PupilParameters, aperture, coefficient_dtype, pupil_basis, pupil_from_basis
+from .pupil import SOURCE_RIM_WIDTH, PupilBasis, PupilParameters, aperture, coefficient_dtype, pupil_basis, pupil_from_basis
 
 #: Relative width of the raised-cosine edge of the source band limit.
 SOURCE_EDGE_WIDTH = 0.12
-
-#: Relative width of the pupil's rim over which the light beyond the NA (``beyond_na`` of
-#: :func:`with_source_edge`) blends into the spectrum inside: the last 3 % of the NA
-#: (BENCHMARKS.md, "Light beyond the NA").
-SOURCE_RIM_WIDTH = 0.03
 
 #: Smallest width of the absorbing margin beyond the live region, in wavelengths in the
 #: medium: light of the wide source cone must fade over many lateral wavelengths or the
@@ -135,19 +130,21 @@ def source_band(k_perp: torch.Tensor, k0: float, edge_na: torch.Tensor | Sequenc
 
 def with_source_edge(
     model: ForwardModel, edge_na: torch.Tensor | Sequence[float] | None, beyond_na: float | torch.Tensor = 1.0,
+    rim_width: float | torch.Tensor = SOURCE_RIM_WIDTH,
 ) -> ForwardModel:
     """``model`` with the source spectrum of :func:`source_band` for ``edge_na = (NA_in, NA_cut)``,
     its part beyond the detection NA multiplied by ``beyond_na``.
 
     ``S(k⊥) = band(k⊥)·(1 − (1 − beyond_na)·(1 − R(k⊥)))`` with ``R`` the raised cosine from 1
-    at ``(1 − SOURCE_RIM_WIDTH)·k0·NA`` to 0 at ``k0·NA`` (:data:`SOURCE_RIM_WIDTH`): unchanged
-    inside the pupil's rim, ``beyond_na × band`` beyond the NA, a smooth blend across the rim.
+    at ``(1 − rim_width)·k0·NA`` to 0 at ``k0·NA`` (default :data:`.pupil.SOURCE_RIM_WIDTH`):
+    unchanged inside the pupil's rim, ``beyond_na × band`` beyond the NA, a smooth blend
+    across the rim.
     ``beyond_na`` 0 is a spectrum that ends at the NA over a narrow edge (what another renderer,
     or a source model cut at the objective's NA, makes); 1 a point source's whole spectrum.
 
     ``None`` or empty ``edge_na`` keeps ``model``'s band (the default of
     :func:`source_band_limits`); with ``beyond_na`` 1 too, ``model`` itself is returned.
-    Tensors ``edge_na`` and ``beyond_na`` (a scalar) keep the returned model's
+    Tensors ``edge_na``, ``beyond_na`` and ``rim_width`` (scalars) keep the returned model's
     ``source_band`` and ``exit_source_band`` differentiable in them; like :func:`source_band`
     it reads the pair in either order. The padding stays the
     one ``model`` was built with: it is sized for the default band, so an edge up to
@@ -168,7 +165,8 @@ def with_source_edge(
         band, exit_band = _edge_bands(model, edge_na)
     if not plain_beyond:
         beyond = torch.as_tensor(beyond_na, dtype=model.real_dtype, device=band.device)
-        rim = ((1.0 - SOURCE_RIM_WIDTH) * model.optics.na, model.optics.na)
+        width = torch.as_tensor(rim_width, dtype=model.real_dtype, device=band.device)
+        rim = torch.stack([(1.0 - width) * model.optics.na, torch.full_like(width, model.optics.na)])
         k0 = model.optics.k0
         outer = 1.0 - source_band(torch.sqrt(model.kx**2 + model.ky**2), k0, rim)
         exit_outer = 1.0 - source_band(torch.sqrt(model.exit_kx**2 + model.exit_ky**2), k0, rim)

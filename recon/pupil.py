@@ -86,6 +86,12 @@ def zernike(j: int, rho: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return math.sqrt(2 * (n + 1)) * radial * angular
 
 
+#: Relative width of the pupil's rim over which the light beyond the NA
+#: (:attr:`PupilParameters.source_beyond_na`) blends into the spectrum inside, where a
+#: refinement starts: the last 3 % of the NA (BENCHMARKS.md, "Light beyond the NA").
+SOURCE_RIM_WIDTH = 0.03
+
+
 @dataclass(frozen=True)
 class PupilParameters:
     """A pupil in a few numbers (what a calibration estimates and a pupil file stores).
@@ -107,6 +113,9 @@ class PupilParameters:
             shows that light, so the reconstruction fits it with the volume
             (docs/reconstruction.md, "Light beyond the NA"); like ``source_edge_na`` it is
             the renderer's, stored with the pupil.
+        source_rim_width: the width of the pupil's outer rim, relative to the NA, over which
+            the light beyond the NA blends into the spectrum inside (in (0, 0.5]); fitted
+            with ``source_beyond_na``.
     """
 
     zernike_rad: tuple[float, ...] = ()
@@ -114,6 +123,7 @@ class PupilParameters:
     sine_condition: bool = False
     source_edge_na: tuple[float, ...] = ()
     source_beyond_na: float = 1.0
+    source_rim_width: float = SOURCE_RIM_WIDTH
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "zernike_rad", tuple(float(c) for c in self.zernike_rad))
@@ -123,6 +133,9 @@ class PupilParameters:
         object.__setattr__(self, "source_beyond_na", float(self.source_beyond_na))
         if not 0.0 <= self.source_beyond_na <= 1.0:
             raise ValueError(f"Pupil: source_beyond_na must be in [0, 1], got {self.source_beyond_na!r}.")
+        object.__setattr__(self, "source_rim_width", float(self.source_rim_width))
+        if not 0.0 < self.source_rim_width <= 0.5:
+            raise ValueError(f"Pupil: source_rim_width must be in (0, 0.5], got {self.source_rim_width!r}.")
         for name in ("zernike_rad", "apodisation", "source_edge_na"):
             if not all(math.isfinite(v) for v in getattr(self, name)):
                 raise ValueError(f"Pupil: {name} must be finite numbers, got {getattr(self, name)!r}.")
@@ -138,8 +151,9 @@ class PupilParameters:
     def to_dict(self) -> dict[str, Any]:
         """The parameters as a JSON-ready dict (``pupil.json``); :meth:`from_dict` reads it back.
 
-        ``source_edge_na`` and ``source_beyond_na`` are written only when set (not their
-        defaults), so that a pupil without them is the same document as before they existed.
+        ``source_edge_na``, ``source_beyond_na`` and ``source_rim_width`` are written only when
+        set (not their defaults), so that a pupil without them is the same document as before
+        they existed.
         """
         data: dict[str, Any] = {
             "zernike_rad": list(self.zernike_rad),
@@ -151,6 +165,8 @@ class PupilParameters:
             data["source_edge_na"] = list(self.source_edge_na)
         if self.source_beyond_na != 1.0:
             data["source_beyond_na"] = self.source_beyond_na
+        if self.source_rim_width != SOURCE_RIM_WIDTH:
+            data["source_rim_width"] = self.source_rim_width
         return data
 
     @classmethod
@@ -165,6 +181,7 @@ class PupilParameters:
             sine_condition=bool(data.get("sine_condition", False)),
             source_edge_na=tuple(data.get("source_edge_na", ())),
             source_beyond_na=float(data.get("source_beyond_na", 1.0)),
+            source_rim_width=float(data.get("source_rim_width", SOURCE_RIM_WIDTH)),
         )
 
     def tensors(self, *, device=None, dtype=torch.float64) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -51,7 +51,7 @@ from .losses import gaussian_window, image_loss, path_sparsity, total_variation
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render, with_source_edge
 from .progress import CalibrationProgress
-from .pupil import FIRST_NOLL, PupilParameters
+from .pupil import FIRST_NOLL, SOURCE_RIM_WIDTH, PupilParameters
 from .representations import Representation, representation_class, representation_for
 from .simulate import band_renderers
 
@@ -380,23 +380,30 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def _source_spectrum(pupil: PupilParameters | None) -> tuple[tuple[float, ...], float]:
-    """``(source_edge_na, source_beyond_na)`` of ``pupil`` (None: the renderer's default spectrum)."""
-    return ((), 1.0) if pupil is None else (pupil.source_edge_na, pupil.source_beyond_na)
+def _source_spectrum(pupil: PupilParameters | None) -> tuple[tuple[float, ...], float, float]:
+    """``(source_edge_na, source_beyond_na, source_rim_width)`` of ``pupil`` (None: the
+    renderer's default spectrum)."""
+    pupil = pupil or PupilParameters()
+    return pupil.source_edge_na, pupil.source_beyond_na, pupil.source_rim_width
 
 
-#: Adam's step (per iteration) of :attr:`.pupil.PupilParameters.source_beyond_na` in the joint
-#: refinement: 240 iterations after the warm-up can take it from 1 to 0 (BENCHMARKS.md,
-#: "Light beyond the NA").
+#: Adam's steps (per iteration) of :attr:`.pupil.PupilParameters.source_beyond_na` and
+#: ``source_rim_width`` in the joint refinement: 240 iterations after the warm-up can take β
+#: from 1 to 0 and the rim across 0.24 of the NA (BENCHMARKS.md, "Light beyond the NA").
 LR_SOURCE_BEYOND_NA = 0.01
+LR_SOURCE_RIM = 0.001
+
+#: The range a refined rim width is held in (relative to the NA).
+SOURCE_RIM_RANGE = (0.005, 0.2)
 
 
 class _PupilRefinement:
     """A pupil's Zernike coefficients of ``noll`` and its apodisation as trainable tensors
     (Adam at ``lr`` rad per step); the other coefficients stay as they are. With
     ``source``, and a source spectrum that reaches beyond the detection NA (no edge inside
-    the pupil), the amplitude of the light beyond the NA
-    (:attr:`.pupil.PupilParameters.source_beyond_na`) too, at :data:`LR_SOURCE_BEYOND_NA`."""
+    the pupil), the amplitude of the light beyond the NA and the width of the rim it blends in
+    over (:attr:`.pupil.PupilParameters.source_beyond_na`, ``source_rim_width``) too, at
+    :data:`LR_SOURCE_BEYOND_NA` and :data:`LR_SOURCE_RIM`."""
 
     def __init__(self, pupil: PupilParameters, noll: Sequence[int], lr: float, model: ForwardModel, *, source: bool) -> None:
         device, dtype = model.device, model.real_dtype
@@ -409,20 +416,26 @@ class _PupilRefinement:
         self.apodisation = torch.tensor(pupil.apodisation, dtype=dtype, device=device).requires_grad_(True)
         self.sine_condition = pupil.sine_condition
         edge_inside = bool(pupil.source_edge_na) and max(pupil.source_edge_na) <= model.optics.na
+        self.start = pupil
         self.beyond_na = torch.tensor(pupil.source_beyond_na, dtype=dtype, device=device)
+        self.rim_width = torch.tensor(pupil.source_rim_width, dtype=dtype, device=device)
         groups: list[dict[str, Any]] = [{"params": [p for p in (self.zernike, self.apodisation) if p.numel()]}]
-        if source and not edge_inside:
+        self.refining_source = source and not edge_inside
+        if self.refining_source:
             self.beyond_na.requires_grad_(True)
+            self.rim_width.requires_grad_(True)
             groups.append({"params": [self.beyond_na], "lr": LR_SOURCE_BEYOND_NA})
+            groups.append({"params": [self.rim_width], "lr": LR_SOURCE_RIM})
         groups = [g for g in groups if g["params"]]
         self.parameters = [p for g in groups for p in g["params"]]
         self.optimizer = torch.optim.Adam(groups, lr=lr) if groups else None
 
     def model(self, plain: ForwardModel) -> ForwardModel:
         """``plain`` (a renderer without source edge) with the source spectrum, differentiable in
-        the light beyond the NA when that is refined."""
-        beyond = self.beyond_na.clamp(0.0, 1.0) if self.beyond_na.requires_grad else float(self.beyond_na)
-        return with_source_edge(plain, self.source_edge_na, beyond)
+        the light beyond the NA and the rim's width when they are refined."""
+        if not self.refining_source:
+            return with_source_edge(plain, self.source_edge_na, self.start.source_beyond_na, self.start.source_rim_width)
+        return with_source_edge(plain, self.source_edge_na, self.beyond_na.clamp(0.0, 1.0), self.rim_width.clamp(*SOURCE_RIM_RANGE))
 
     def _zernike_full(self) -> torch.Tensor:
         return self.fixed.index_put((self.index,), self.zernike)
@@ -448,7 +461,8 @@ class _PupilRefinement:
                 tuple(float(v) for v in self.apodisation.cpu()),
                 self.sine_condition,
                 self.source_edge_na,
-                float(self.beyond_na.clamp(0.0, 1.0)),
+                *((float(self.beyond_na.clamp(0.0, 1.0)), float(self.rim_width.clamp(*SOURCE_RIM_RANGE)))
+                  if self.refining_source else (self.start.source_beyond_na, self.start.source_rim_width)),
             )
 
 
@@ -626,7 +640,8 @@ class Reconstructor:
         progress = None if callback is None else _calibration_progress(callback)
         start_pupil = self.pupil
         if start_pupil is not None and not self.config.source_calibration:
-            start_pupil = replace(start_pupil, source_edge_na=(), source_beyond_na=1.0)  # the renderer's source spectrum, as asked
+            # the renderer's source spectrum, as asked
+            start_pupil = replace(start_pupil, source_edge_na=(), source_beyond_na=1.0, source_rim_width=SOURCE_RIM_WIDTH)
         self.calibration = calibrate_pupil(
             _in_float64(self._plain_model), measured, start, valid=valid, start=start_pupil, band=band,
             progress=progress, source_edge=self.config.source_calibration,

@@ -19,7 +19,7 @@ from nvplive.acquisition.pupil_file import (
 )
 from nvplive.errors import RecordingError
 from nvplive.recon.optics import Optics
-from nvplive.recon.pupil import PupilParameters
+from nvplive.recon.pupil import SOURCE_RIM_WIDTH, PupilParameters
 
 PUPIL = PupilParameters((0.0, 0.0, 0.0, 0.2, -0.1, 0.0, 0.0, 0.0, 0.0, 0.3), (-0.12, 0.01))
 
@@ -69,11 +69,14 @@ def test_the_source_spectrum_edge_round_trips_and_an_older_file_without_it_loads
     with pytest.raises(ValueError, match="source_edge_na"):
         PupilParameters(source_edge_na=(0.8, 0.7))
     # the light beyond the NA likewise: stored when fitted, absent (the full spectrum, 1) before
-    dimmed = PupilParameters(PUPIL.zernike_rad, PUPIL.apodisation, source_beyond_na=0.45)
+    dimmed = PupilParameters(PUPIL.zernike_rad, PUPIL.apodisation, source_beyond_na=0.45, source_rim_width=0.044)
     assert read_pupil(write_pupil(tmp_path / "dim.json", dimmed, Optics(), calibrated_from="test", method="frames")) == dimmed
     assert "source_beyond_na" not in json.loads(older.read_text()) and read_pupil(older).source_beyond_na == 1.0
+    assert "source_rim_width" not in json.loads(older.read_text()) and read_pupil(older).source_rim_width == SOURCE_RIM_WIDTH
     with pytest.raises(ValueError, match="source_beyond_na"):
         PupilParameters(source_beyond_na=1.2)
+    with pytest.raises(ValueError, match="source_rim_width"):
+        PupilParameters(source_rim_width=0.0)
     doc = json.loads(older.read_text())
     older.write_text(json.dumps({**doc, "source_beyond_na": -0.1}))
     with pytest.raises(RecordingError, match="source_beyond_na"):

@@ -293,9 +293,13 @@ def test_the_light_beyond_the_na_is_fitted_with_the_volume():
     """Frames whose source spectrum ends at the NA over a narrow edge (3 %; another renderer's)
     and a specimen that scatters: the homogeneous image barely shows the edge, so the
     calibration keeps none, and the joint refinement lowers the light beyond the NA the
-    renderer assumes (``source_beyond_na``), where only the specimen's scattering shows it.
-    The pupil carries it to the warm updates; without source calibration it stays 1."""
+    renderer assumes (``source_beyond_na``), where only the specimen's scattering shows it,
+    and the width of the rim it blends in over (``source_rim_width``) with it. The pupil
+    carries both to the warm updates; without source calibration they stay as they were."""
     from dataclasses import replace
+
+    from nvplive.recon.pupil import SOURCE_RIM_WIDTH
+    from nvplive.recon.reconstructor import SOURCE_RIM_RANGE
 
     model = ForwardModel.build(SMALL_OPTICS, SMALL_GEOMETRY, source_depth_um=3.0, dtype=torch.float64)
     na = SMALL_OPTICS.na
@@ -309,12 +313,15 @@ def test_the_light_beyond_the_na_is_fitted_with_the_volume():
     first = rec.cold_start(frames)
     assert rec.calibration is not None and rec.calibration.pupil.source_edge_na == ()  # nothing identified
     assert first.pupil is not None and first.pupil.source_beyond_na < 0.6, first.pupil
+    assert first.pupil.source_rim_width != SOURCE_RIM_WIDTH
+    assert SOURCE_RIM_RANGE[0] <= first.pupil.source_rim_width <= SOURCE_RIM_RANGE[1]
     assert rec.warm_update(frames).pupil == first.pupil
     # without source calibration (the same calibration adopted, 20 refining iterations) it stays
     kept = Reconstructor(SMALL_OPTICS, SMALL_GEOMETRY, true, device="cpu",
                          config=replace(config, source_calibration=False, iterations=20, calibration_warmup=0))
     kept.adopt_calibration(rec.calibration)
-    assert kept.cold_start(frames).pupil.source_beyond_na == 1.0
+    unchanged = kept.cold_start(frames).pupil
+    assert (unchanged.source_beyond_na, unchanged.source_rim_width) == (1.0, SOURCE_RIM_WIDTH)
 
 
 def test_the_reconstructor_renders_with_the_pupils_source_edge():

@@ -21,6 +21,7 @@ from scipy.special import j0
 from nvplive.errors import GeometryError
 from nvplive.recon import physics
 from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.pupil import SOURCE_RIM_WIDTH
 
 OPTICS = Optics(wavelength_um=0.6, n_medium=1.33, na=0.8)
 #: 24 slabs × 48 × 48 voxels of 0.25 µm: a 6 × 12 × 12 µm volume, field upsampled ×2.
@@ -573,7 +574,7 @@ def test_the_light_beyond_the_na_is_scaled_and_the_light_inside_kept():
     geometry = VolumeGeometry((2, 16, 16), (0.25, 0.25, 0.25))
     model = physics.ForwardModel.build(OPTICS, geometry, source_depth_um=1.0, dtype=torch.float64)
     k_perp = torch.sqrt(model.kx**2 + model.ky**2) / (OPTICS.k0 * OPTICS.na)
-    outer, inner = k_perp >= 1.0, k_perp <= 1.0 - physics.SOURCE_RIM_WIDTH
+    outer, inner = k_perp >= 1.0, k_perp <= 1.0 - SOURCE_RIM_WIDTH
     assert bool(outer.any()) and bool((model.source_band[outer] > 0).any())  # the default band reaches beyond
     dim = physics.with_source_edge(model, (), 0.3)
     assert torch.equal(dim.source_band[inner], model.source_band[inner])
@@ -588,6 +589,12 @@ def test_the_light_beyond_the_na_is_scaled_and_the_light_inside_kept():
     physics.with_source_edge(model, (), beyond).source_band.sum().backward()
     expected = model.source_band[outer].sum() + (model.source_band[rim] * (1.0 - (ratio - 0.3) / 0.7)).sum()
     assert beyond.grad is not None and float(beyond.grad) == pytest.approx(float(expected))
+    # the rim's width: differentiable, and a wider rim dims more of the light inside the NA
+    width = torch.tensor(SOURCE_RIM_WIDTH, dtype=torch.float64, requires_grad=True)
+    physics.with_source_edge(model, (), 0.3, width).source_band.sum().backward()
+    assert width.grad is not None and float(width.grad) < 0.0
+    wide = physics.with_source_edge(model, (), 0.3, 0.2).source_band
+    assert bool((wide <= dim.source_band + 1e-15).all()) and float(wide.sum()) < float(dim.source_band.sum())
     # an edge beyond the pupil, then the light beyond the NA scaled
     k_in, k_cut = physics.source_band_limits(OPTICS, geometry)
     edged = physics.with_source_edge(model, (k_in / OPTICS.k0, k_cut / OPTICS.k0), 0.3)

@@ -243,6 +243,14 @@ class ReconConfig:
         if not (0.0 < self.lr_final_fraction <= 1.0):
             raise ValueError(f"Reconstruction setting lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction}.")
 
+    def refines_source(self, pupil: PupilParameters, na: float) -> bool:
+        """Whether a cold start from the calibrated ``pupil`` fits the light beyond the NA with
+        the volume: with pupil refinement and source calibration, where the pupil carries no
+        source edge inside the detection ``na`` (such an edge removes that light)."""
+        edge_inside = bool(pupil.source_edge_na) and max(pupil.source_edge_na) <= na
+        return (self.pupil_refinement and self.pupil_calibration and self.self_calibration and self.source_calibration
+                and not edge_inside)
+
     def representation_lr(self, warm: bool) -> float:
         """The representation's learning rate in a warm update (``warm``) or a cold start."""
         return self.lr * self.warm_lr_factor if warm else self.lr
@@ -388,9 +396,11 @@ def _source_spectrum(pupil: PupilParameters | None) -> tuple[tuple[float, ...], 
 
 
 #: Adam's steps (per iteration) of :attr:`.pupil.PupilParameters.source_beyond_na` and
-#: ``source_rim_width`` in the joint refinement: 240 iterations after the warm-up can take β
-#: from 1 to 0 and the rim across 0.24 of the NA (BENCHMARKS.md, "Light beyond the NA").
-LR_SOURCE_BEYOND_NA = 0.01
+#: ``source_rim_width`` in the joint refinement. β reaches where it ends on the recordings
+#: measured (0.27–0.76) within about 25 iterations of the warm-up, before the volume settles on
+#: the start's spectrum (at 0.01 it took about 70, and the volume formed meanwhile stayed
+#: worse); the rim can cross 0.24 of the NA in 240 iterations (BENCHMARKS.md, "Light beyond the NA").
+LR_SOURCE_BEYOND_NA = 0.03
 LR_SOURCE_RIM = 0.001
 
 #: The range a refined rim width is held in (relative to the NA).
@@ -399,11 +409,10 @@ SOURCE_RIM_RANGE = (0.005, 0.2)
 
 class _PupilRefinement:
     """A pupil's Zernike coefficients of ``noll`` and its apodisation as trainable tensors
-    (Adam at ``lr`` rad per step); the other coefficients stay as they are. With
-    ``source``, and a source spectrum that reaches beyond the detection NA (no edge inside
-    the pupil), the amplitude of the light beyond the NA and the width of the rim it blends in
-    over (:attr:`.pupil.PupilParameters.source_beyond_na`, ``source_rim_width``) too, at
-    :data:`LR_SOURCE_BEYOND_NA` and :data:`LR_SOURCE_RIM`."""
+    (Adam at ``lr`` rad per step); the other coefficients stay as they are. With ``source``
+    (:meth:`ReconConfig.refines_source`), the amplitude of the light beyond the NA and the
+    width of the rim it blends in over (:attr:`.pupil.PupilParameters.source_beyond_na`,
+    ``source_rim_width``) too, at :data:`LR_SOURCE_BEYOND_NA` and :data:`LR_SOURCE_RIM`."""
 
     def __init__(self, pupil: PupilParameters, noll: Sequence[int], lr: float, model: ForwardModel, *, source: bool) -> None:
         device, dtype = model.device, model.real_dtype
@@ -412,15 +421,12 @@ class _PupilRefinement:
         self.fixed = torch.tensor(fixed, dtype=dtype, device=device)
         self.index = torch.tensor([j - FIRST_NOLL for j in noll], dtype=torch.long, device=device)
         self.zernike = self.fixed[self.index].clone().requires_grad_(True)
-        self.source_edge_na = pupil.source_edge_na
         self.apodisation = torch.tensor(pupil.apodisation, dtype=dtype, device=device).requires_grad_(True)
-        self.sine_condition = pupil.sine_condition
-        edge_inside = bool(pupil.source_edge_na) and max(pupil.source_edge_na) <= model.optics.na
         self.start = pupil
         self.beyond_na = torch.tensor(pupil.source_beyond_na, dtype=dtype, device=device)
         self.rim_width = torch.tensor(pupil.source_rim_width, dtype=dtype, device=device)
         groups: list[dict[str, Any]] = [{"params": [p for p in (self.zernike, self.apodisation) if p.numel()]}]
-        self.refining_source = source and not edge_inside
+        self.refining_source = source
         if self.refining_source:
             self.beyond_na.requires_grad_(True)
             self.rim_width.requires_grad_(True)
@@ -432,10 +438,10 @@ class _PupilRefinement:
 
     def model(self, plain: ForwardModel) -> ForwardModel:
         """``plain`` (a renderer without source edge) with the source spectrum, differentiable in
-        the light beyond the NA and the rim's width when they are refined."""
-        if not self.refining_source:
-            return with_source_edge(plain, self.source_edge_na, self.start.source_beyond_na, self.start.source_rim_width)
-        return with_source_edge(plain, self.source_edge_na, self.beyond_na.clamp(0.0, 1.0), self.rim_width.clamp(*SOURCE_RIM_RANGE))
+        the light beyond the NA and the rim's width (only called when :attr:`refining_source`;
+        otherwise the spectrum is the start pupil's, already in the reconstructor's model)."""
+        return with_source_edge(plain, self.start.source_edge_na, self.beyond_na.clamp(0.0, 1.0),
+                                self.rim_width.clamp(*SOURCE_RIM_RANGE))
 
     def _zernike_full(self) -> torch.Tensor:
         return self.fixed.index_put((self.index,), self.zernike)
@@ -443,7 +449,7 @@ class _PupilRefinement:
     def on(self, model: ForwardModel) -> torch.Tensor:
         """The pupil on ``model``'s grid, differentiable in the coefficients."""
         apodisation = self.apodisation if self.apodisation.numel() else None
-        return pupil_on_grid(model, (self._zernike_full(), apodisation), sine_condition=self.sine_condition)
+        return pupil_on_grid(model, (self._zernike_full(), apodisation), sine_condition=self.start.sine_condition)
 
     def zero_grad(self) -> None:
         if self.optimizer is not None:
@@ -455,15 +461,14 @@ class _PupilRefinement:
             self.optimizer.step()
 
     def parameters_now(self) -> PupilParameters:
+        """The start pupil with the refined values (those not refined exactly as they were)."""
         with torch.no_grad():
-            return PupilParameters(
-                tuple(float(v) for v in self._zernike_full().cpu()),
-                tuple(float(v) for v in self.apodisation.cpu()),
-                self.sine_condition,
-                self.source_edge_na,
-                *((float(self.beyond_na.clamp(0.0, 1.0)), float(self.rim_width.clamp(*SOURCE_RIM_RANGE)))
-                  if self.refining_source else (self.start.source_beyond_na, self.start.source_rim_width)),
-            )
+            now = replace(self.start, zernike_rad=tuple(float(v) for v in self._zernike_full().cpu()),
+                          apodisation=tuple(float(v) for v in self.apodisation.cpu()))
+            if self.refining_source:
+                now = replace(now, source_beyond_na=float(self.beyond_na.clamp(0.0, 1.0)),
+                              source_rim_width=float(self.rim_width.clamp(*SOURCE_RIM_RANGE)))
+            return now
 
 
 class Reconstructor:
@@ -538,11 +543,11 @@ class Reconstructor:
 
     @pupil.setter
     def pupil(self, value: PupilParameters | None) -> None:
-        before = _source_spectrum(self._pupil)
-        self._pupil = value
-        self.model = with_source_edge(self._plain_model, *_source_spectrum(value))
-        if _source_spectrum(value) != before:
+        spectrum = _source_spectrum(value)
+        if spectrum != _source_spectrum(self._pupil):
             self._spectral_models = None
+        self._pupil = value
+        self.model = with_source_edge(self._plain_model, *spectrum)
 
     @property
     def n_views(self) -> int:
@@ -788,7 +793,7 @@ class Reconstructor:
         if self.pupil is None or self.calibration is None:
             return None
         return _PupilRefinement(self.pupil, self.calibration.noll, self.config.lr_pupil_rad, self.model,
-                                source=self.config.source_calibration)
+                                source=self.config.refines_source(self.pupil, self.optics.na))
 
     def _pupil_on(self, model: ForwardModel) -> torch.Tensor | None:
         """The current pupil on ``model``'s grid (None: the hard aperture alone)."""
@@ -914,7 +919,8 @@ class Reconstructor:
             if refined is not None:
                 refined.zero_grad()
                 pupil = refined.on(self.model)
-                model = refined.model(self._plain_model)
+                if refined.refining_source:
+                    model = refined.model(self._plain_model)
             inputs = (model, rep, *source_parameters(), scale, target, mask, data_range, self._window, cfg.tv_weight, pupil,
                       sparsity)
             loss = self._loss_and_gradients(inputs, calib, final_resolution=getattr(rep, "level", 0) == levels - 1)

@@ -306,7 +306,7 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
 
         @cache  # the warm timepoints share their pupil: one grid for them all
         def renderer(used: PupilParameters | None) -> tuple[ForwardModel, torch.Tensor | None]:
-            model = plain if used is None else with_source_edge(plain, used.source_edge_na, used.source_beyond_na, used.source_rim_width)
+            model = plain if used is None else with_source_edge(plain, *used.source_spectrum)
             return model, None if used is None else pupil_on_grid(model, used)
 
         settings = rec.volume_settings

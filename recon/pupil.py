@@ -148,6 +148,13 @@ class PupilParameters:
         """RMS wavefront error over the pupil (rad): the norm of the Zernike coefficients."""
         return math.sqrt(sum(c * c for c in self.zernike_rad))
 
+    @property
+    def source_spectrum(self) -> tuple[tuple[float, ...], float, float]:
+        """``(source_edge_na, source_beyond_na, source_rim_width)``: the renderer's source
+        spectrum this pupil carries, the arguments of :func:`nvplive.recon.physics.with_source_edge`
+        after the model."""
+        return self.source_edge_na, self.source_beyond_na, self.source_rim_width
+
     def to_dict(self) -> dict[str, Any]:
         """The parameters as a JSON-ready dict (``pupil.json``); :meth:`from_dict` reads it back.
 

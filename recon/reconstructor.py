@@ -244,12 +244,12 @@ class ReconConfig:
             raise ValueError(f"Reconstruction setting lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction}.")
 
     def refines_source(self, pupil: PupilParameters, na: float) -> bool:
-        """Whether a cold start from the calibrated ``pupil`` fits the light beyond the NA with
-        the volume: with pupil refinement and source calibration, where the pupil carries no
-        source edge inside the detection ``na`` (such an edge removes that light)."""
+        """Whether the cold start's joint pupil refinement (``pupil_refinement``), starting from
+        the calibrated ``pupil``, fits the light beyond the NA too: with source calibration,
+        where the pupil carries no source edge inside the detection ``na`` (such an edge
+        removes that light)."""
         edge_inside = bool(pupil.source_edge_na) and max(pupil.source_edge_na) <= na
-        return (self.pupil_refinement and self.pupil_calibration and self.self_calibration and self.source_calibration
-                and not edge_inside)
+        return self.source_calibration and not edge_inside
 
     def representation_lr(self, warm: bool) -> float:
         """The representation's learning rate in a warm update (``warm``) or a cold start."""
@@ -389,10 +389,8 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _source_spectrum(pupil: PupilParameters | None) -> tuple[tuple[float, ...], float, float]:
-    """``(source_edge_na, source_beyond_na, source_rim_width)`` of ``pupil`` (None: the
-    renderer's default spectrum)."""
-    pupil = pupil or PupilParameters()
-    return pupil.source_edge_na, pupil.source_beyond_na, pupil.source_rim_width
+    """:attr:`.pupil.PupilParameters.source_spectrum` of ``pupil`` (None: the renderer's default spectrum)."""
+    return (pupil or PupilParameters()).source_spectrum
 
 
 #: Adam's steps (per iteration) of :attr:`.pupil.PupilParameters.source_beyond_na` and

@@ -12,7 +12,7 @@ every row (:func:`recon.calibration.calibrate_pupil` on :func:`recon.calibration
 - *zernike*: the product's calibration, Zernike Noll 5–22 and apodisation ``1 + a₁ρ² + a₂ρ⁴``;
 - *restart*: the same with the planes' positions restarted through the fitted pupil
   (``calibrate_pupil``'s ``restart_positions``, on for FDT frames, off for a stack);
-- the same with one model term added: camera pixel integration, a finite bead, the emission
+- the same with one model term added: a finite bead, the emission
   band, more Zernike and apodisation terms;
 - *free-form*: a pixel-wise amplitude and phase map over the pupil on top of the Zernike one,
   and its projection back to Zernike + apodisation (what ``pupil.json`` stores);
@@ -49,7 +49,6 @@ ROWS: dict[str, tuple[str, dict]] = {
     "hard": ("hard aperture", {"noll": (), "apodisation_terms": 0}),
     "zernike": ("Zernike Noll 5–22 + apodisation a₁ρ² + a₂ρ⁴ (product default)", {}),
     "restart": ("+ the planes' positions restarted through the fitted pupil", {"restart_positions": True}),
-    "pixel": ("+ camera pixel integration", {"pixel_integration": True}),
     "bead150": ("+ bead 0.15 µm", {"bead_diameter_um": 0.15}),
     "band30": ("+ emission band 30 nm FWHM (3 wavelengths)", {"emission_fwhm_um": 0.03}),
     "noll37": ("Zernike Noll 5–37 + apodisation to ρ⁸", {"noll": tuple(range(5, 38)), "apodisation_terms": 4}),

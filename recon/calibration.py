@@ -430,19 +430,15 @@ def _relative_residual(predicted: torch.Tensor, measured: torch.Tensor, backgrou
 
 
 def image_transfer(
-    shape_yx: tuple[int, int], pixel_um: float, *, bead_diameter_um: float = 0.0, pixel_integration: bool = False,
-    device=None, dtype=torch.float64,
+    shape_yx: tuple[int, int], pixel_um: float, *, bead_diameter_um: float = 0.0, device=None, dtype=torch.float64,
 ) -> torch.Tensor:
     """Transfer function ``[Y, X]`` (FFT order) that the camera frame's intensity spectrum is multiplied by
-    for what a point source imaged at pixel centres leaves out.
-
-    - a bead of ``bead_diameter_um``: an incoherent uniform sphere of radius ``a``, its image the
-      point image convolved with the sphere's projection, whose 2D Fourier transform is the
-      sphere's 3D one on ``k_z = 0``: ``3(sin u − u·cos u)/u³``, ``u = |k⊥|·a`` (the bead's
-      axial extent, small against the depth of field ``λ/(n − √(n² − NA²))``, is left out);
-    - ``pixel_integration``: the square pixel of side ``Δ`` integrates the intensity,
-      ``sinc(f_x·Δ)·sinc(f_y·Δ)`` with ``f = k/2π`` (only for a renderer that samples the
-      intensity at pixel centres, ``ForwardModel.upsample == 1``; a finer one already bins it).
+    for a bead of ``bead_diameter_um`` instead of a point source: an incoherent uniform sphere of
+    radius ``a``, its image the point image convolved with the sphere's projection, whose 2D
+    Fourier transform is the sphere's 3D one on ``k_z = 0``: ``3(sin u − u·cos u)/u³``,
+    ``u = |k⊥|·a`` (the bead's axial extent, small against the depth of field
+    ``λ/(n − √(n² − NA²))``, is left out). The camera pixel's integration is the renderer's own
+    (:func:`~nvplive.recon.physics.camera_intensity`).
 
     Args:
         shape_yx: camera frame size; pixel_um: camera pixel (µm).
@@ -457,8 +453,6 @@ def image_transfer(
         safe = torch.where(u > 1e-3, u, torch.ones_like(u))
         sphere = 3.0 * (torch.sin(safe) - safe * torch.cos(safe)) / safe**3
         transfer = transfer * torch.where(u > 1e-3, sphere, 1.0 - u**2 / 10.0)
-    if pixel_integration:
-        transfer = transfer * torch.sinc(ky * pixel_um / (2 * math.pi)) * torch.sinc(kx * pixel_um / (2 * math.pi))
     return transfer
 
 
@@ -642,7 +636,6 @@ def calibrate_pupil(
     iterations: int = 150,
     progress: CalibrationCallback | None = None,
     bead_diameter_um: float = 0.0,
-    pixel_integration: bool = False,
     free_form: int = 0,
     free_form_smoothness: float = FREE_FORM_SMOOTHNESS,
     source_edge: bool = False,
@@ -703,8 +696,7 @@ def calibrate_pupil(
             (stages ``positions``, ``all parameters``, with a ``band`` ``all parameters,
             emission band``, with ``free_form`` ``free-form pupil`` and ``positions,
             projected pupil``); returning False cancels.
-        bead_diameter_um, pixel_integration: the finite bead and the camera pixel's
-            integration (:func:`image_transfer`) in the model image.
+        bead_diameter_um: the finite bead (:func:`image_transfer`) in the model image.
         free_form: when > 0, a pass after the Zernike fit fits a free-form pupil on top of it
             (log-amplitude and phase maps of ``free_form × free_form`` samples over the pupil,
             :func:`free_form_on_grid`; Hanser et al. 2004, J. Microsc. 216:32, retrieve the
@@ -756,10 +748,10 @@ def calibrate_pupil(
     depth = torch.zeros({"view": len(base), "linear": 2}.get(axial, 1), device=device, dtype=dtype, requires_grad=axial != "none")
     spread = base[:, 2] - base[:, 2].mean()
     transfer = None
-    if bead_diameter_um > 0 or pixel_integration:
+    if bead_diameter_um > 0:
         transfer = image_transfer(
             model.geometry.camera_shape_yx, model.geometry.camera_pixel_um, bead_diameter_um=bead_diameter_um,
-            pixel_integration=pixel_integration and model.upsample == 1, device=device, dtype=dtype,
+            device=device, dtype=dtype,
         )
     size = max(int(free_form), 3)
     log_amplitude = torch.zeros(size, size, device=device, dtype=dtype, requires_grad=bool(free_form))
@@ -1082,7 +1074,6 @@ def calibrate_bead_stack(
     start: PupilParameters | None = None,
     z_direction: int | None = None,
     bead_diameter_um: float = 0.0,
-    pixel_integration: bool = False,
     free_form: int = 0,
     progress: CalibrationCallback | None = None,
 ) -> StackCalibration:
@@ -1098,8 +1089,8 @@ def calibrate_bead_stack(
     the images when the aberrations are even (defocus-like, astigmatism, spherical):
     their sign follows the direction chosen (``StackCalibration.ambiguous``).
     Hot, dead and saturated pixels are left out (:func:`defective_pixels`).
-    ``optics.emission_fwhm_um`` > 0 renders the emission band; ``bead_diameter_um``,
-    ``pixel_integration`` and ``free_form`` as in :func:`calibrate_pupil` (the hard-aperture
+    ``optics.emission_fwhm_um`` > 0 renders the emission band; ``bead_diameter_um``
+    and ``free_form`` as in :func:`calibrate_pupil` (the hard-aperture
     residual keeps the coherent point source at the centre wavelength). The planes' positions
     are not restarted (``restart_positions``): their start, the stage's steps, is all there is
     to restart from, and the real stack's figures in BENCHMARKS.md were measured without it.
@@ -1122,7 +1113,7 @@ def calibrate_bead_stack(
         cal = calibrate_pupil(
             views.model, views.frames, sources, valid=views.valid, noll=noll, apodisation_terms=apodisation_terms,
             axial="view", iterations=iterations, start=start, band=views.band, bead_diameter_um=bead_diameter_um,
-            pixel_integration=pixel_integration, free_form=free_form, restart_positions=False,
+            free_form=free_form, restart_positions=False,
             progress=substages(progress, f"z {direction:+d}, pupil", 2 * len(results) + 1, fits),
         )
         noise = views.noise

@@ -45,6 +45,12 @@ PUPIL_SIDE_LOBE_REACH = 14.0
 #: of view (see :func:`exit_padding`; the factor is chosen in BENCHMARKS.md).
 EXIT_PERIOD_FACTOR = 1.5
 
+#: Voxels of image kept on each side of the field of view while the camera pixel's
+#: integration is applied in the frequency domain (:func:`integrate_pixels`): the box's
+#: kernel on the band-limited samples falls off as 1/n², so what the FFT's period wraps
+#: round reaches the field of view 8 voxels on at well under 1 % of a pixel's own weight.
+PIXEL_INTEGRATION_MARGIN = 8
+
 
 def complex_dtype(real_dtype: torch.dtype) -> torch.dtype:
     """The complex dtype matching a real one (float32 → complex64, float64 → complex128)."""
@@ -354,7 +360,9 @@ class ForwardModel:
     source_band, slab_kernel``, and ``absorber`` in space) or ``[Ye, Xe]`` on the exit
     grid, the padded grid zero-padded by ``exit_pad_yx`` per side (``exit_ky,
     exit_kx, exit_kz, exit_source_band, exit_kernel, aperture, sample_shift``): the
-    focal-plane spectrum and the pupil live there.
+    focal-plane spectrum and the pupil live there. ``pixel_transfer`` ``[Yi, Xi]`` is the
+    camera pixel's integration on the image grid: the field of view plus ``pixel_margin_yx``
+    voxels per side, at ``upsample`` × the voxel sampling (:func:`integrate_pixels`).
     """
 
     optics: Optics
@@ -375,6 +383,8 @@ class ForwardModel:
     exit_kx: torch.Tensor
     exit_kz: torch.Tensor
     exit_source_band: torch.Tensor
+    pixel_margin_yx: tuple[int, int]
+    pixel_transfer: torch.Tensor
 
     @classmethod
     def build(
@@ -432,6 +442,11 @@ class ForwardModel:
         wy = absorbing_window(yp, live_y / dy, device=device, dtype=dtype) if pad_y else torch.ones(yp, device=device, dtype=dtype)
         wx = absorbing_window(xp, live_x / dx, device=device, dtype=dtype) if pad_x else torch.ones(xp, device=device, dtype=dtype)
         absorber = wy[:, None] * wx[None, :]
+        margin = (min(PIXEL_INTEGRATION_MARGIN, pad_y + exit_pad[0]), min(PIXEL_INTEGRATION_MARGIN, pad_x + exit_pad[1]))
+        pixel_transfer = pixel_integration_transfer(
+            (upsample * (ny + 2 * margin[0]), upsample * (nx + 2 * margin[1])), (dy / upsample, dx / upsample),
+            device=device, dtype=dtype,
+        )
         return cls(
             optics,
             geometry,
@@ -451,6 +466,8 @@ class ForwardModel:
             exit_kx,
             exit_kz,
             exit_source_band,
+            margin,
+            pixel_transfer,
         )
 
     def to(self, device: torch.device | str) -> ForwardModel:
@@ -549,10 +566,18 @@ def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor)
     return torch.fft.fft2(field) * model.exit_kernel
 
 
-def image_field(model: ForwardModel, spectrum: torch.Tensor) -> torch.Tensor:
-    """Field on the camera's field of view at ``upsample`` × the voxel sampling."""
-    ny, nx = model.geometry.shape_zyx[1:]
-    pad_y, pad_x = (p + e for p, e in zip(model.pad_yx, model.exit_pad_yx))
+def image_field(model: ForwardModel, spectrum: torch.Tensor, margin_yx: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """Field ``[V, s·(Ny + 2·my), s·(Nx + 2·mx)]`` on the camera's field of view and ``margin_yx``
+    voxels around it, at ``s = upsample`` × the voxel sampling (samples at the sub-pixels' centres).
+
+    Raises:
+        GeometryError: a margin wider than the exit grid's padding.
+    """
+    my, mx = margin_yx
+    if my > model.pad_yx[0] + model.exit_pad_yx[0] or mx > model.pad_yx[1] + model.exit_pad_yx[1]:
+        raise GeometryError(f"An image margin of {margin_yx} voxels is wider than the padding of the exit grid.")
+    ny, nx = model.geometry.shape_zyx[1] + 2 * my, model.geometry.shape_zyx[2] + 2 * mx
+    pad_y, pad_x = (p + e - m for p, e, m in zip(model.pad_yx, model.exit_pad_yx, margin_yx))
     s = model.upsample
     if s == 1:
         field = torch.fft.ifft2(spectrum)
@@ -655,18 +680,46 @@ def camera_intensity(
     """Pixel-integrated intensity ``[V, Yc, Xc]`` on the camera from the focal-plane spectrum ``[V, Ye, Xe]``.
 
     ``pupil`` (complex ``[Ye, Xe]``, see :func:`pupil_on_grid`) multiplies the spectrum
-    first; None leaves the hard aperture already in it.
+    first; None leaves the hard aperture already in it. Each camera pixel integrates the
+    intensity over its square (:func:`integrate_pixels`, then the mean over the
+    ``upsample × camera_binning`` samples it holds).
     """
     if pupil is not None:
         spectrum = spectrum * pupil
-    field = image_field(model, spectrum)
-    intensity = field.real**2 + field.imag**2
+    field = image_field(model, spectrum, model.pixel_margin_yx)
+    intensity = integrate_pixels(field.real**2 + field.imag**2, model.pixel_transfer, model.upsample, model.pixel_margin_yx)
     intensity = bin_intensity(intensity, model.upsample * model.geometry.camera_binning)
     if brightness is not None:
         intensity = intensity * _as_real(model, brightness)[:, None, None]
     if background is not None:
         intensity = intensity + _as_real(model, background)[:, None, None]
     return intensity
+
+
+def pixel_integration_transfer(
+    shape_yx: tuple[int, int], pitch_um_yx: tuple[float, float], *, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """Transfer ``sinc(f_y·Δy)·sinc(f_x·Δx)`` ``[Y, X]`` (FFT order, ``f`` in cycles/µm) of the
+    integral of an intensity over ``Δy × Δx`` rectangles centred on its samples of pitch ``Δ``.
+
+    Integrating over a square pixel of side Δ convolves the intensity with a box of width Δ,
+    whose Fourier transform is ``sinc(f·Δ) = sin(πfΔ)/(πfΔ)`` per axis. On samples of a
+    band-limited intensity (the image of a pupil of numerical aperture NA holds frequencies up
+    to 2·NA/λ, below the samples' Nyquist frequency 1/(2Δ) by :meth:`VolumeGeometry.check_sampling`)
+    the product with this transfer is the exact integral.
+    """
+    fy = torch.fft.fftfreq(int(shape_yx[0]), d=pitch_um_yx[0], device=device, dtype=dtype)
+    fx = torch.fft.fftfreq(int(shape_yx[1]), d=pitch_um_yx[1], device=device, dtype=dtype)
+    return torch.sinc(fy * pitch_um_yx[0])[:, None] * torch.sinc(fx * pitch_um_yx[1])[None, :]
+
+
+def integrate_pixels(intensity: torch.Tensor, transfer: torch.Tensor, upsample: int, margin_yx: tuple[int, int]) -> torch.Tensor:
+    """Each sample of ``intensity`` ``[..., Yi, Xi]`` integrated over its own square
+    (:func:`pixel_integration_transfer`), then the ``margin_yx`` voxels (``upsample`` samples
+    each) around the field of view cropped off: ``[..., Yi − 2·s·my, Xi − 2·s·mx]``."""
+    integrated = torch.fft.ifft2(torch.fft.fft2(intensity) * transfer).real
+    my, mx = upsample * margin_yx[0], upsample * margin_yx[1]
+    return integrated[..., my : integrated.shape[-2] - my, mx : integrated.shape[-1] - mx]
 
 
 def _as_real(model: ForwardModel, values: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ All functions are pure torch and differentiable in the coefficient tensors.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -154,6 +154,13 @@ class PupilParameters:
         spectrum this pupil carries, the arguments of :func:`nvplive.recon.physics.with_source_edge`
         after the model."""
         return self.source_edge_na, self.source_beyond_na, self.source_rim_width
+
+    def with_default_source_spectrum(self) -> PupilParameters:
+        """This pupil carrying the renderer's default source spectrum (the fields' defaults:
+        no edge of its own, a point source's whole spectrum beyond the NA)."""
+        default = PupilParameters()
+        return replace(self, source_edge_na=default.source_edge_na, source_beyond_na=default.source_beyond_na,
+                       source_rim_width=default.source_rim_width)
 
     def to_dict(self) -> dict[str, Any]:
         """The parameters as a JSON-ready dict (``pupil.json``); :meth:`from_dict` reads it back.

@@ -51,7 +51,7 @@ from .losses import gaussian_window, image_loss, path_sparsity, total_variation
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render, with_source_edge
 from .progress import CalibrationProgress
-from .pupil import FIRST_NOLL, SOURCE_RIM_WIDTH, PupilParameters
+from .pupil import FIRST_NOLL, PupilParameters
 from .representations import Representation, representation_class, representation_for
 from .simulate import band_renderers
 
@@ -644,7 +644,7 @@ class Reconstructor:
         start_pupil = self.pupil
         if start_pupil is not None and not self.config.source_calibration:
             # the renderer's source spectrum, as asked
-            start_pupil = replace(start_pupil, source_edge_na=(), source_beyond_na=1.0, source_rim_width=SOURCE_RIM_WIDTH)
+            start_pupil = start_pupil.with_default_source_spectrum()
         self.calibration = calibrate_pupil(
             _in_float64(self._plain_model), measured, start, valid=valid, start=start_pupil, band=band,
             progress=progress, source_edge=self.config.source_calibration,

@@ -77,6 +77,14 @@ def test_pupil_parameters_round_trip():
         PupilParameters(zernike_rad=(float("nan"),))
 
 
+def test_a_pupil_with_the_default_source_spectrum_keeps_its_pupil():
+    fitted = PupilParameters(zernike_rad=(0.0, 0.0, 0.1), apodisation=(-0.2,), source_edge_na=(0.7, 0.8),
+                             source_beyond_na=0.3, source_rim_width=0.06)
+    plain = fitted.with_default_source_spectrum()
+    assert plain.source_spectrum == PupilParameters().source_spectrum
+    assert (plain.zernike_rad, plain.apodisation) == (fitted.zernike_rad, fitted.apodisation)
+
+
 def test_pupil_function_against_its_definition():
     ky, kx = physics.frequency_grid(64, 64, 0.2, 0.2, dtype=torch.float64)
     k_cut = OPTICS.k0 * OPTICS.na

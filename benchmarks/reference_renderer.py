@@ -75,9 +75,13 @@ def _one_view(optics: Optics, geometry: VolumeGeometry, pad_yx, dn: torch.Tensor
         ey, ex = (s - 1) * yp, (s - 1) * xp
         big = F.pad(shifted, (ex // 2, ex - ex // 2, ey // 2, ey - ey // 2))
         fine = torch.fft.ifft2(torch.fft.ifftshift(big)) * s * s
-        fine = fine[s * py : s * (py + ny), s * px : s * (px + nx)]
     else:
-        fine = torch.fft.ifft2(spectrum)[py : py + ny, px : px + nx]
-    intensity = fine.abs() ** 2
+        fine = torch.fft.ifft2(spectrum)
+    # each sample's sub-pixel integrated (the box's sinc) on the whole periodic grid, then cropped
+    fy = torch.fft.fftfreq(fine.shape[0], d=dy / s, device=dev, dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(fine.shape[1], d=dx / s, device=dev, dtype=torch.float64)[None, :]
+    box = torch.sinc(fy * dy / s) * torch.sinc(fx * dx / s)
+    intensity = torch.fft.ifft2(torch.fft.fft2(fine.abs() ** 2) * box).real
+    intensity = intensity[s * py : s * (py + ny), s * px : s * (px + nx)]
     b = s * geometry.camera_binning
     return F.avg_pool2d(intensity[None, None], b)[0, 0].to(dn.dtype)

@@ -46,10 +46,11 @@ PUPIL_SIDE_LOBE_REACH = 14.0
 EXIT_PERIOD_FACTOR = 1.5
 
 #: Voxels of image kept on each side of the field of view while the camera pixel's
-#: integration is applied in the frequency domain (:func:`integrate_pixels`): the box's
-#: kernel on the band-limited samples falls off as 1/n², so what the FFT's period wraps
-#: round reaches the field of view 8 voxels on at well under 1 % of a pixel's own weight.
-PIXEL_INTEGRATION_MARGIN = 8
+#: integration is applied in the frequency domain (:func:`integrate_pixels`). The window is
+#: not periodic, so the circular product wraps its edges round; the box's kernel on the
+#: band-limited samples falls off as 1/n², and at 32 voxels a compact spot just outside the
+#: window leaves 2.5e-5 of the field's maximum in it (8 voxels: 6e-2; docs/physics.md).
+PIXEL_INTEGRATION_MARGIN = 32
 
 
 def complex_dtype(real_dtype: torch.dtype) -> torch.dtype:
@@ -682,7 +683,7 @@ def camera_intensity(
     ``pupil`` (complex ``[Ye, Xe]``, see :func:`pupil_on_grid`) multiplies the spectrum
     first; None leaves the hard aperture already in it. Each camera pixel integrates the
     intensity over its square (:func:`integrate_pixels`, then the mean over the
-    ``upsample × camera_binning`` samples it holds).
+    ``upsample·camera_binning`` samples per axis it holds).
     """
     if pupil is not None:
         spectrum = spectrum * pupil
@@ -700,13 +701,14 @@ def pixel_integration_transfer(
     shape_yx: tuple[int, int], pitch_um_yx: tuple[float, float], *, device=None, dtype=torch.float32
 ) -> torch.Tensor:
     """Transfer ``sinc(f_y·Δy)·sinc(f_x·Δx)`` ``[Y, X]`` (FFT order, ``f`` in cycles/µm) of the
-    integral of an intensity over ``Δy × Δx`` rectangles centred on its samples of pitch ``Δ``.
+    mean (integral ÷ area) of an intensity over ``Δy × Δx`` rectangles centred on its samples of
+    pitch ``Δ``.
 
-    Integrating over a square pixel of side Δ convolves the intensity with a box of width Δ,
+    Averaging over a square pixel of side Δ convolves the intensity with a box of width Δ,
     whose Fourier transform is ``sinc(f·Δ) = sin(πfΔ)/(πfΔ)`` per axis. On samples of a
     band-limited intensity (the image of a pupil of numerical aperture NA holds frequencies up
-    to 2·NA/λ, below the samples' Nyquist frequency 1/(2Δ) by :meth:`VolumeGeometry.check_sampling`)
-    the product with this transfer is the exact integral.
+    to 2·NA/λ, at most the samples' Nyquist frequency 1/(2Δ) by :meth:`VolumeGeometry.check_sampling`)
+    the product with this transfer on a periodic grid is the exact mean.
     """
     fy = torch.fft.fftfreq(int(shape_yx[0]), d=pitch_um_yx[0], device=device, dtype=dtype)
     fx = torch.fft.fftfreq(int(shape_yx[1]), d=pitch_um_yx[1], device=device, dtype=dtype)

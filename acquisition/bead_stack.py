@@ -351,9 +351,11 @@ def calibrate_stack(
     output: str | Path | None = None,
     progress: Progress = _quiet,
     cancel: threading.Event | None = None,
+    bead_diameter_um: float = 0.0,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """Calibrate the detection pupil on a bead z-stack ``[Z, Y, X]`` (raw counts) and, with
-    ``output``, write the pupil file; ``name`` says what the stack is (``calibrated_from``).
+    ``output``, write the pupil file; ``name`` says what the stack is (``calibrated_from``);
+    the bead is ``bead_diameter_um`` across (0: a point source).
 
     The one path of ``nvplive calibrate STACK.tif`` and the app's "Calibrate pupil"
     (:func:`~nvplive.recon.calibration.calibrate_bead_stack`). ``progress(done, total, message)``
@@ -369,7 +371,7 @@ def calibrate_stack(
         return cancel is None or not cancel.is_set()
 
     result = calibrate_bead_stack(stack, optics, float(pixel_um), float(z_step_um), iterations=iterations,
-                                  z_direction=z_direction, progress=fit_progress)
+                                  z_direction=z_direction, bead_diameter_um=bead_diameter_um, progress=fit_progress)
     progress(FIT_STEPS, FIT_STEPS, f"pupil fitted, residual {result.residual:.3f}")  # stages may converge before their budget
     how = f"z direction {result.z_direction:+d}" + (", undetermined by the images" if result.ambiguous else "")
     if result.saturated_pixels:

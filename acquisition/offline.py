@@ -335,13 +335,14 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
 
 def calibrate_recording(
     path: str | Path, *, timepoint: int = 0, device: str = "auto", output: str | Path | None = None,
-    progress: Progress = _quiet, source_calibration: bool = True,
+    progress: Progress = _quiet, source_calibration: bool = True, bead_diameter_um: float = 0.0,
 ) -> tuple[PupilCalibration, Path]:
     """Calibrate the detection pupil on one timepoint's frames of a recording (no volume is
     fitted) and write it to ``output`` (default: the recording's own pupil.json).
 
     With ``source_calibration`` (``ReconConfig.source_calibration``) the source spectrum's
-    edge is calibrated too, where the frames show one inside the pupil.
+    edge is calibrated too, where the frames show one inside the pupil; the beads are
+    ``bead_diameter_um`` across (``ReconConfig.bead_diameter_um``).
 
     The recording's pupil.json, when there is one, is the calibration's start.
     ``progress(done, total, message)`` follows the fit's evaluations and their budget.
@@ -362,7 +363,8 @@ def calibrate_recording(
     if target.suffix != SUFFIX:
         check_pupil_output(target, path)
     known, known_from = calibration_start(path)
-    reconstructor = reconstructor_for(meta, ReconConfig(source_calibration=source_calibration), device, known)
+    config = ReconConfig(source_calibration=source_calibration, bead_diameter_um=bead_diameter_um)
+    reconstructor = reconstructor_for(meta, config, device, known)
 
     def report(done: int, total: int, loss: float, _phase: Phase) -> None:
         progress(done, total, f"fitting the pupil, loss {loss:.4g}")
@@ -386,14 +388,14 @@ STACK_KEYS = ("wavelength_um", "na", "n_medium", "pixel_size_um", "z_step_um")
 
 def calibrate_stack_file(
     path: str | Path, *, output: str | Path | None = None, iterations: int = 150, z_direction: int | None = None,
-    progress: Progress = _quiet, **overrides: float | None,
+    progress: Progress = _quiet, bead_diameter_um: float = 0.0, **overrides: float | None,
 ) -> tuple[StackCalibration, Path]:
     """Calibrate the detection pupil on a bead z-stack TIFF (``[Z, Y, X]``) and write the pupil file.
 
     Its optics and sampling come from ``STACK.json`` beside it (keys :data:`STACK_KEYS`),
     each overridden by a keyword argument that is not None. ``output`` defaults to
     ``STACK.pupil.json`` beside the stack. ``z_direction``: see :func:`calibrate_bead_stack`;
-    ``progress``: see :func:`.bead_stack.calibrate_stack`.
+    ``progress`` and ``bead_diameter_um``: see :func:`.bead_stack.calibrate_stack`.
 
     Raises:
         RecordingError: the stack or its parameters cannot be read, a parameter is missing or
@@ -440,7 +442,7 @@ def calibrate_stack_file(
     result, _, written = calibrate_stack(
         stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), name=f"bead z-stack {path.name}",
         iterations=iterations, z_direction=z_direction, output=target,
-        progress=progress,
+        progress=progress, bead_diameter_um=bead_diameter_um,
     )
     assert written is not None  # an output was given
     return result, written

@@ -44,7 +44,8 @@ from . import publish
 
 DEFAULT_STACK = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "bead_zstack_na1.1_water.tif"
 
-#: Each row: what it is, and the keywords of ``calibrate_pupil`` (``emission_fwhm_um`` picks the band).
+#: Each row: what it is, and the keywords of ``calibrate_pupil`` (``emission_fwhm_um`` picks the band,
+#: ``bead_diameter_um`` the renderer's bead).
 ROWS: dict[str, tuple[str, dict]] = {
     "hard": ("hard aperture", {"noll": (), "apodisation_terms": 0}),
     "zernike": ("Zernike Noll 5–22 + apodisation a₁ρ² + a₂ρ⁴ (product default)", {}),
@@ -96,8 +97,11 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
         label, keywords = ROWS[key]
         keywords = dict(keywords)
         fwhm = keywords.pop("emission_fwhm_um", 0.0)
+        bead = keywords.pop("bead_diameter_um", 0.0)
         keywords.setdefault("restart_positions", False)  # as calibrate_bead_stack
-        problem = bead_stack_views(stack, optics(fwhm), pixel, step, pad_yx=pad_yx) if fwhm else views
+        problem = (
+            bead_stack_views(stack, optics(fwhm), pixel, step, pad_yx=pad_yx, bead_diameter_um=bead) if fwhm or bead else views
+        )
         start = time.perf_counter()
         cal = calibrate_pupil(problem.model, problem.frames, problem.sources(z_direction), valid=problem.valid,
                               axial="view", iterations=iterations, band=problem.band, **keywords)

@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "spectrum, calibrated or from --pupil, ends inside the pupil)")
     rec.add_argument("--lr", type=_positive, default=None, help="cold-start learning rate of the representation (default 0.01; "
                           "warm updates step at 2× it)")
+    _bead_diameter_option(rec)
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     _threads_option(rec)
     rec.add_argument("--compile", default=None, choices=COMPILE_MODES, metavar="MODE",
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recording: keep the renderer's source spectrum instead of calibrating its edge with the pupil")
     cal.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                      help="recording: where the calibration runs (a z-stack is fitted on the CPU)")
+    _bead_diameter_option(cal)
     for name, what in (("wavelength-um", "emission wavelength λ (µm)"), ("na", "numerical aperture"),
                        ("n-medium", "medium refractive index"), ("pixel-size-um", "pixel size in the sample (µm)"),
                        ("z-step-um", "step between planes (µm)")):
@@ -251,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speed: measure on this device only (default: the CPU, and CUDA when present)")
     _threads_option(bench)
     return parser
+
+
+def _bead_diameter_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bead-diameter", type=_non_negative, default=0.0, metavar="UM",
+                        help="the fluorescent beads' diameter in µm, as their supplier states it (default 0: point "
+                             "sources); the renderer images each bead as a uniform sphere of it")
 
 
 def _threads_option(parser: argparse.ArgumentParser) -> None:
@@ -306,6 +314,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         ("compile_mode", args.compile),
     )
     changes: dict[str, Any] = {k: v for k, v in options if v is not None}
+    changes["bead_diameter_um"] = args.bead_diameter
     if args.warm_iterations is not None:
         changes["warm_budget"] = IterationBudget(args.warm_iterations)
     if args.no_pupil_calibration:
@@ -365,7 +374,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         with ProgressBar("calibrate") as progress:
             calibration, written = calibrate_recording(args.input, timepoint=args.timepoint, device=args.device,
                                                        output=args.output, progress=progress,
-                                                       source_calibration=not args.no_source_calibration)
+                                                       source_calibration=not args.no_source_calibration,
+                                                       bead_diameter_um=args.bead_diameter)
         before, after = calibration.residual_start, calibration.residual
         how = f"{len(calibration.sources_um_xyz)} views"
     elif args.input.suffix.lower() in (".tif", ".tiff"):
@@ -375,6 +385,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             result, written = calibrate_stack_file(
                 args.input, output=args.output, wavelength_um=args.wavelength_um, na=args.na, n_medium=args.n_medium,
                 pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um, z_direction=args.z_direction, progress=progress,
+                bead_diameter_um=args.bead_diameter,
             )
         calibration, before, after = result.calibration, result.residual_hard, result.residual
         how = f"{len(calibration.sources_um_xyz)} planes, z direction {result.z_direction:+d}"

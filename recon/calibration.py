@@ -32,7 +32,6 @@ from .physics import (
     SOURCE_EDGE_WIDTH,
     ForwardModel,
     camera_intensity,
-    frequency_grid,
     homogeneous_spectrum,
     pupil_basis_on_grid,
     with_source_edge,
@@ -429,39 +428,6 @@ def _relative_residual(predicted: torch.Tensor, measured: torch.Tensor, backgrou
     return float(torch.sqrt(num / den))
 
 
-def image_transfer(
-    shape_yx: tuple[int, int], pixel_um: float, *, bead_diameter_um: float = 0.0, device=None, dtype=torch.float64,
-) -> torch.Tensor:
-    """Transfer function ``[Y, X]`` (FFT order) that the camera frame's intensity spectrum is multiplied by
-    for a bead of ``bead_diameter_um`` instead of a point source: an incoherent uniform sphere of
-    radius ``a``, its image the point image convolved with the sphere's projection, whose 2D
-    Fourier transform is the sphere's 3D one on ``k_z = 0``: ``3(sin u − u·cos u)/u³``,
-    ``u = |k⊥|·a`` (the bead's axial extent, small against the depth of field
-    ``λ/(n − √(n² − NA²))``, is left out). The camera pixel's integration is the renderer's own
-    (:func:`~nvplive.recon.physics.camera_intensity`).
-
-    Args:
-        shape_yx: camera frame size; pixel_um: camera pixel (µm).
-
-    Returns:
-        Real tensor, 1 at zero frequency.
-    """
-    ky, kx = frequency_grid(int(shape_yx[0]), int(shape_yx[1]), pixel_um, pixel_um, device=device, dtype=dtype)
-    transfer = torch.ones(int(shape_yx[0]), int(shape_yx[1]), device=device, dtype=dtype)
-    if bead_diameter_um > 0:
-        u = torch.sqrt(ky**2 + kx**2) * (0.5 * bead_diameter_um)
-        safe = torch.where(u > 1e-3, u, torch.ones_like(u))
-        sphere = 3.0 * (torch.sin(safe) - safe * torch.cos(safe)) / safe**3
-        transfer = transfer * torch.where(u > 1e-3, sphere, 1.0 - u**2 / 10.0)
-    return transfer
-
-
-def _apply_transfer(intensity: torch.Tensor, transfer: torch.Tensor | None) -> torch.Tensor:
-    if transfer is None:
-        return intensity
-    return torch.fft.ifft2(torch.fft.fft2(intensity) * transfer).real
-
-
 def free_form_grid(model: ForwardModel) -> torch.Tensor:
     """``[1, Ye, Xe, 2]`` normalised pupil coordinates ``(k_x, k_y)/(k0·NA)`` of ``model``'s
     exit grid, where :func:`free_form_on_grid` samples the free-form maps."""
@@ -532,7 +498,6 @@ def point_source_images(
     *,
     source_edge_na: torch.Tensor | None = None,
     free_form: tuple[torch.Tensor, torch.Tensor] | None = None,
-    transfer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The image model of a pupil calibration: camera images ``[V, Yc, Xc]`` of point sources
     through a homogeneous medium, in the renderer's units (``|E|²``, before each view's
@@ -541,8 +506,9 @@ def point_source_images(
     ``Σ_w a_w·|F⁻¹{Ê_w · P_w}|²`` over the band's renderers ``(m_w, a_w)`` (incoherent sum,
     partial coherence), ``Ê_w`` the focal-plane spectrum of each source
     (:func:`.physics.homogeneous_spectrum`), the pupil ``P_w`` from the coefficients
-    (:func:`.pupil.pupil_from_basis`) times the free-form factor (:func:`free_form_on_grid`),
-    the sum multiplied in Fourier space by ``transfer`` (:func:`image_transfer`).
+    (:func:`.pupil.pupil_from_basis`) times the free-form factor (:func:`free_form_on_grid`);
+    each renderer's camera integrates its pixels and a bead's extent (``bead_diameter_um``
+    of :meth:`.physics.ForwardModel.build`).
 
     Args:
         renderers: the band (:func:`prepare_renderer`), all of one camera grid.
@@ -551,7 +517,6 @@ def point_source_images(
         source_edge_na: ``(NA_in, NA_cut)`` of the source spectrum's edge
             (:func:`.physics.with_source_edge`, clamped to what the grid carries by the caller), or None.
         free_form: log-amplitude and phase maps ``[S, S]``, or None.
-        transfer: ``[Yc, Xc]`` transfer function in FFT order, or None.
     """
     images: list[torch.Tensor] = []
     for r in renderers:
@@ -560,7 +525,7 @@ def point_source_images(
         if free_form is not None:
             pupil = pupil * free_form_on_grid(r.free_form_grid, *free_form)
         images.append(r.weight * camera_intensity(m, homogeneous_spectrum(m, sources_um_xyz), pupil=pupil))
-    return _apply_transfer(torch.stack(images).sum(dim=0), transfer)
+    return torch.stack(images).sum(dim=0)
 
 
 def _check_free_form_samples(size: int, noll: Sequence[int], start_terms: int, apodisation_terms: int) -> None:
@@ -635,7 +600,6 @@ def calibrate_pupil(
     band: Sequence[tuple[ForwardModel, float]] | None = None,
     iterations: int = 150,
     progress: CalibrationCallback | None = None,
-    bead_diameter_um: float = 0.0,
     free_form: int = 0,
     free_form_smoothness: float = FREE_FORM_SMOOTHNESS,
     source_edge: bool = False,
@@ -696,7 +660,6 @@ def calibrate_pupil(
             (stages ``positions``, ``all parameters``, with a ``band`` ``all parameters,
             emission band``, with ``free_form`` ``free-form pupil`` and ``positions,
             projected pupil``); returning False cancels.
-        bead_diameter_um: the finite bead (:func:`image_transfer`) in the model image.
         free_form: when > 0, a pass after the Zernike fit fits a free-form pupil on top of it
             (log-amplitude and phase maps of ``free_form × free_form`` samples over the pupil,
             :func:`free_form_on_grid`; Hanser et al. 2004, J. Microsc. 216:32, retrieve the
@@ -747,12 +710,6 @@ def calibrate_pupil(
     lateral = torch.zeros(len(base), 2, device=device, dtype=dtype, requires_grad=True)
     depth = torch.zeros({"view": len(base), "linear": 2}.get(axial, 1), device=device, dtype=dtype, requires_grad=axial != "none")
     spread = base[:, 2] - base[:, 2].mean()
-    transfer = None
-    if bead_diameter_um > 0:
-        transfer = image_transfer(
-            model.geometry.camera_shape_yx, model.geometry.camera_pixel_um, bead_diameter_um=bead_diameter_um,
-            device=device, dtype=dtype,
-        )
     size = max(int(free_form), 3)
     log_amplitude = torch.zeros(size, size, device=device, dtype=dtype, requires_grad=bool(free_form))
     map_phase = torch.zeros(size, size, device=device, dtype=dtype, requires_grad=bool(free_form))
@@ -786,7 +743,7 @@ def calibrate_pupil(
         image = point_source_images(
             renderers, sources(), zernike_full() if n_terms else None, apod if apod.numel() else None,
             source_edge_na=torch.clamp(edge, 0.0, na_limit) if edge_active else None,
-            free_form=(log_amplitude, map_phase) if use_map else None, transfer=transfer,
+            free_form=(log_amplitude, map_phase) if use_map else None,
         )
         b, c = fit_brightness_background(image, target, weight)
         predicted = image * b[:, None, None] + c[:, None, None]
@@ -978,13 +935,14 @@ class StackCalibration:
 
 def stack_model(
     optics: Optics, shape_yx: tuple[int, int], pixel_um: float, depth_um: float, *, dtype=torch.float64,
-    pad_yx: tuple[int, int] | None = None,
+    pad_yx: tuple[int, int] | None = None, bead_diameter_um: float = 0.0,
 ) -> ForwardModel:
     """Renderer for single planes of a bead z-stack: an empty volume one plane thick,
     focused at its centre (``z = z_step/2``, here 0.5 µm), padded for a bead ``depth_um`` away
-    (or by ``pad_yx`` pixels per side)."""
+    (or by ``pad_yx`` pixels per side), of ``bead_diameter_um`` (:meth:`.physics.ForwardModel.build`)."""
     geometry = VolumeGeometry((1, int(shape_yx[0]), int(shape_yx[1])), (1.0, float(pixel_um), float(pixel_um)))
-    return ForwardModel.build(optics, geometry, source_depth_um=depth_um, dtype=dtype, pad_yx=pad_yx)
+    return ForwardModel.build(optics, geometry, source_depth_um=depth_um, dtype=dtype, pad_yx=pad_yx,
+                              bead_diameter_um=bead_diameter_um)
 
 
 @dataclass(frozen=True)
@@ -1022,12 +980,14 @@ class StackViews:
 
 def bead_stack_views(
     stack: np.ndarray, optics: Optics, pixel_um: float, z_step_um: float, *, pad_yx: tuple[int, int] | None = None,
+    bead_diameter_um: float = 0.0,
 ) -> StackViews:
     """Prepare a z-stack ``[Z, Y, X]`` of one bead (raw counts) for a pupil fit: defective
     pixels (:func:`defective_pixels`), the brightest plane (defocus 0) and the bead's
     centroid in it, the renderers (emission band when ``optics.emission_fwhm_um`` > 0, at
     :data:`EMISSION_SAMPLES` wavelengths, :func:`.simulate.band_renderers`) and the
-    pixel noise (:func:`camera_noise`, beyond the band of the shortest wavelength).
+    pixel noise (:func:`camera_noise`, beyond the band of the shortest wavelength); the
+    renderers image beads of ``bead_diameter_um``.
 
     Raises:
         ValueError: for a stack that is not 3D or a non-positive step or pixel size.
@@ -1050,10 +1010,11 @@ def bead_stack_views(
     x0 = float((plane.sum(0) * xs).sum() / plane.sum()) if plane.sum() > 0 else 0.0
     steps = (np.arange(n) - best) * z_step_um
     reach = float(np.abs(steps).max()) + 1.0
-    model = stack_model(optics, (ny, nx), pixel_um, reach, pad_yx=pad_yx)
+    model = stack_model(optics, (ny, nx), pixel_um, reach, pad_yx=pad_yx, bead_diameter_um=bead_diameter_um)
     band = None
     if optics.emission_fwhm_um > 0:
-        band = band_renderers(optics, model.geometry, EMISSION_SAMPLES, pad_yx=model.pad_yx, dtype=model.real_dtype)
+        band = band_renderers(optics, model.geometry, EMISSION_SAMPLES, pad_yx=model.pad_yx, dtype=model.real_dtype,
+                              bead_diameter_um=bead_diameter_um)
     try:
         noise: CameraNoise | None = camera_noise(data, optics.wavelength_um - optics.emission_fwhm_um, optics.na, pixel_um, valid=valid)
     except ValueError:  # pixels too coarse to leave frequencies beyond the band, frames too small
@@ -1089,9 +1050,10 @@ def calibrate_bead_stack(
     the images when the aberrations are even (defocus-like, astigmatism, spherical):
     their sign follows the direction chosen (``StackCalibration.ambiguous``).
     Hot, dead and saturated pixels are left out (:func:`defective_pixels`).
-    ``optics.emission_fwhm_um`` > 0 renders the emission band; ``bead_diameter_um``
-    and ``free_form`` as in :func:`calibrate_pupil` (the hard-aperture
-    residual keeps the coherent point source at the centre wavelength). The planes' positions
+    ``optics.emission_fwhm_um`` > 0 renders the emission band; ``bead_diameter_um`` > 0
+    images a bead of that diameter (:func:`bead_stack_views`); ``free_form`` as in
+    :func:`calibrate_pupil` (the hard-aperture residual keeps the coherent source at the
+    centre wavelength). The planes' positions
     are not restarted (``restart_positions``): their start, the stage's steps, is all there is
     to restart from, and the real stack's figures in BENCHMARKS.md were measured without it.
     ``progress``: as for :func:`calibrate_pupil`, its stages numbered over the whole
@@ -1101,7 +1063,7 @@ def calibrate_bead_stack(
         ValueError: for a stack that is not 3D or a non-positive step or pixel size.
         CalibrationCancelled: ``progress`` returned False (:mod:`.progress`).
     """
-    views = bead_stack_views(stack, optics, pixel_um, z_step_um)
+    views = bead_stack_views(stack, optics, pixel_um, z_step_um, bead_diameter_um=bead_diameter_um)
     results: list[StackCalibration] = []
     fits = 4 if z_direction is None else 2  # per direction: the hard aperture's, the pupil's
     for direction in (1, -1) if z_direction is None else (int(np.sign(z_direction)),):
@@ -1112,7 +1074,7 @@ def calibrate_bead_stack(
         )
         cal = calibrate_pupil(
             views.model, views.frames, sources, valid=views.valid, noll=noll, apodisation_terms=apodisation_terms,
-            axial="view", iterations=iterations, start=start, band=views.band, bead_diameter_um=bead_diameter_um,
+            axial="view", iterations=iterations, start=start, band=views.band,
             free_form=free_form, restart_positions=False,
             progress=substages(progress, f"z {direction:+d}, pupil", 2 * len(results) + 1, fits),
         )

@@ -361,9 +361,12 @@ class ForwardModel:
     source_band, slab_kernel``, and ``absorber`` in space) or ``[Ye, Xe]`` on the exit
     grid, the padded grid zero-padded by ``exit_pad_yx`` per side (``exit_ky,
     exit_kx, exit_kz, exit_source_band, exit_kernel, aperture, sample_shift``): the
-    focal-plane spectrum and the pupil live there. ``pixel_transfer`` ``[Yi, Xi]`` is the
-    camera pixel's integration on the image grid: the field of view plus ``pixel_margin_yx``
-    voxels per side, at ``upsample`` × the voxel sampling (:func:`integrate_pixels`).
+    focal-plane spectrum and the pupil live there. ``image_transfer`` ``[Yi, Xi]`` is what the
+    intensity's spectrum is multiplied by on the image grid (the field of view plus
+    ``pixel_margin_yx`` voxels per side, at ``upsample`` × the voxel sampling;
+    :func:`integrate_pixels`): the camera pixel's integration
+    (:func:`pixel_integration_transfer`) times, for beads of ``bead_diameter_um`` > 0, the
+    bead's projection (:func:`bead_transfer`).
     """
 
     optics: Optics
@@ -385,7 +388,8 @@ class ForwardModel:
     exit_kz: torch.Tensor
     exit_source_band: torch.Tensor
     pixel_margin_yx: tuple[int, int]
-    pixel_transfer: torch.Tensor
+    image_transfer: torch.Tensor
+    bead_diameter_um: float = 0.0
 
     @classmethod
     def build(
@@ -395,6 +399,7 @@ class ForwardModel:
         *,
         source_depth_um: float | None = None,
         pad_yx: tuple[int, int] | None = None,
+        bead_diameter_um: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> ForwardModel:
@@ -404,7 +409,16 @@ class ForwardModel:
             source_depth_um: deepest source distance below the bottom face (µm),
                 used to size the padding (default: half the volume depth).
             pad_yx: explicit lateral padding per side (pixels), overriding the default.
+            bead_diameter_um: the fluorescent beads' diameter (µm); 0 renders point sources,
+                more the point source's image convolved with the bead's projection
+                (:func:`bead_transfer`).
+
+        Raises:
+            GeometryError: a grid too coarse for the optics (:meth:`VolumeGeometry.check_sampling`),
+                a negative padding or a bead diameter that is negative or not finite.
         """
+        if not (math.isfinite(bead_diameter_um) and bead_diameter_um >= 0):
+            raise GeometryError(f"The bead diameter must be a finite number ≥ 0 µm, got {bead_diameter_um}.")
         upsample = geometry.check_sampling(optics)
         nz, ny, nx = geometry.shape_zyx
         dz, dy, dx = geometry.voxel_um_zyx
@@ -444,10 +458,11 @@ class ForwardModel:
         wx = absorbing_window(xp, live_x / dx, device=device, dtype=dtype) if pad_x else torch.ones(xp, device=device, dtype=dtype)
         absorber = wy[:, None] * wx[None, :]
         margin = (min(PIXEL_INTEGRATION_MARGIN, pad_y + exit_pad[0]), min(PIXEL_INTEGRATION_MARGIN, pad_x + exit_pad[1]))
-        pixel_transfer = pixel_integration_transfer(
-            (upsample * (ny + 2 * margin[0]), upsample * (nx + 2 * margin[1])), (dy / upsample, dx / upsample),
-            device=device, dtype=dtype,
-        )
+        image_shape = (upsample * (ny + 2 * margin[0]), upsample * (nx + 2 * margin[1]))
+        pitch = (dy / upsample, dx / upsample)
+        image_transfer = pixel_integration_transfer(image_shape, pitch, device=device, dtype=dtype)
+        if bead_diameter_um > 0:
+            image_transfer = image_transfer * bead_transfer(image_shape, pitch, bead_diameter_um, device=device, dtype=dtype)
         return cls(
             optics,
             geometry,
@@ -468,7 +483,8 @@ class ForwardModel:
             exit_kz,
             exit_source_band,
             margin,
-            pixel_transfer,
+            image_transfer,
+            float(bead_diameter_um),
         )
 
     def to(self, device: torch.device | str) -> ForwardModel:
@@ -683,12 +699,14 @@ def camera_intensity(
     ``pupil`` (complex ``[Ye, Xe]``, see :func:`pupil_on_grid`) multiplies the spectrum
     first; None leaves the hard aperture already in it. Each camera pixel integrates the
     intensity over its square (:func:`integrate_pixels`, then the mean over the
-    ``upsample·camera_binning`` samples per axis it holds).
+    ``upsample·camera_binning`` samples per axis it holds); for beads of
+    ``model.bead_diameter_um`` the intensity is first convolved with the bead's projection
+    (:func:`bead_transfer`, in the same product).
     """
     if pupil is not None:
         spectrum = spectrum * pupil
     field = image_field(model, spectrum, model.pixel_margin_yx)
-    intensity = integrate_pixels(field.real**2 + field.imag**2, model.pixel_transfer, model.upsample, model.pixel_margin_yx)
+    intensity = integrate_pixels(field.real**2 + field.imag**2, model.image_transfer, model.upsample, model.pixel_margin_yx)
     intensity = bin_intensity(intensity, model.upsample * model.geometry.camera_binning)
     if brightness is not None:
         intensity = intensity * _as_real(model, brightness)[:, None, None]
@@ -715,10 +733,33 @@ def pixel_integration_transfer(
     return torch.sinc(fy * pitch_um_yx[0])[:, None] * torch.sinc(fx * pitch_um_yx[1])[None, :]
 
 
+def bead_transfer(
+    shape_yx: tuple[int, int], pitch_um_yx: tuple[float, float], diameter_um: float, *, device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """Transfer ``[Y, X]`` (FFT order, samples of pitch ``pitch_um_yx`` µm) of a uniform
+    fluorescent sphere of ``diameter_um`` against a point source.
+
+    The sphere's emitters are mutually incoherent, so its image is the point source's image
+    averaged over their positions. Laterally that is a convolution with the sphere's
+    projection on the image plane, whose 2D Fourier transform is the sphere's 3D one on
+    ``k_z = 0`` (projection-slice theorem): ``3(sin u − u·cos u)/u³`` with ``u = 2π|f|·a``,
+    ``a`` the radius (Born & Wolf, *Principles of Optics*, §8.5 for the sphere's transform).
+    The axial spread (±a) is left out: it is small against the depth of field
+    ``λ/(n − √(n² − NA²))``. Shift-invariance through the specimen (the bead's image moves
+    with its emitter over ±a) is assumed, as for the bead's position.
+    """
+    fy = torch.fft.fftfreq(int(shape_yx[0]), d=pitch_um_yx[0], device=device, dtype=dtype)
+    fx = torch.fft.fftfreq(int(shape_yx[1]), d=pitch_um_yx[1], device=device, dtype=dtype)
+    u = 2.0 * math.pi * torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2) * (0.5 * diameter_um)
+    safe = torch.where(u > 1e-3, u, torch.ones_like(u))
+    return torch.where(u > 1e-3, 3.0 * (torch.sin(safe) - safe * torch.cos(safe)) / safe**3, 1.0 - u**2 / 10.0)
+
+
 def integrate_pixels(intensity: torch.Tensor, transfer: torch.Tensor, upsample: int, margin_yx: tuple[int, int]) -> torch.Tensor:
-    """Each sample of ``intensity`` ``[..., Yi, Xi]`` integrated over its own square
-    (:func:`pixel_integration_transfer`), then the ``margin_yx`` voxels (``upsample`` samples
-    each) around the field of view cropped off: ``[..., Yi − 2·s·my, Xi − 2·s·mx]``."""
+    """Each sample of ``intensity`` ``[..., Yi, Xi]`` multiplied in frequency by ``transfer``
+    (``ForwardModel.image_transfer``: integrated over its own square,
+    :func:`pixel_integration_transfer`, and a bead's extent), then the ``margin_yx`` voxels
+    (``upsample`` samples each) around the field of view cropped off: ``[..., Yi − 2·s·my, Xi − 2·s·mx]``."""
     integrated = torch.fft.ifft2(torch.fft.fft2(intensity) * transfer).real
     my, mx = upsample * margin_yx[0], upsample * margin_yx[1]
     return integrated[..., my : integrated.shape[-2] - my, mx : integrated.shape[-1] - mx]

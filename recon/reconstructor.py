@@ -187,6 +187,11 @@ class ReconConfig:
             non-finite loss or Δn) is a divergence: the update rolls back to the last good
             state and the result is flagged.
         seed: seeds the representation's initialisation.
+        bead_diameter_um: the fluorescent beads' diameter (µm, as the beads' supplier states
+            it): the renderer's image of a bead is the point source's convolved with the
+            bead's projection (:func:`.physics.bead_transfer`); 0 renders point sources.
+            A 0.2 µm bead lowers the image's contrast at the band's edge to 0.67, which the
+            pupil calibration cannot take up (BENCHMARKS.md, "The beads' size").
         compile_mode: ``None`` runs eagerly; otherwise the iteration's forward and backward
             pass run through ``torch.compile`` in this mode (``default``; ``reduce-overhead``
             adds CUDA graphs on CUDA) once the representation is at its final resolution.
@@ -221,6 +226,7 @@ class ReconConfig:
     plateau_rel_tol: float = 1e-3
     divergence_factor: float = 10.0
     seed: int = 0
+    bead_diameter_um: float = 0.0
     compile_mode: str | None = None
 
     def __post_init__(self) -> None:
@@ -233,7 +239,7 @@ class ReconConfig:
         representation_class(self.method)
         positive = ("lr", "warm_lr_factor", "divergence_factor", "iterations", "check_every", "features", "hidden")
         non_negative = ("tv_weight", "sparsity_weight", "sparsity_source_edge_factor", "lr_pupil_rad", "lr_sources_um",
-                        "lr_photometry", "plateau_rel_tol", "calibration_warmup")
+                        "lr_photometry", "plateau_rel_tol", "calibration_warmup", "bead_diameter_um")
         for name in positive + non_negative:
             value = getattr(self, name)
             low_ok = value > 0 if name in positive else value >= 0
@@ -322,7 +328,8 @@ def _state_on(state: ReconState, device: torch.device) -> ReconState:
 
 def _in_float64(model: ForwardModel) -> ForwardModel:
     """The same renderer (optics, geometry, padding, device) in float64."""
-    return ForwardModel.build(model.optics, model.geometry, pad_yx=model.pad_yx, device=model.device, dtype=torch.float64)
+    return ForwardModel.build(model.optics, model.geometry, pad_yx=model.pad_yx, bead_diameter_um=model.bead_diameter_um,
+                              device=model.device, dtype=torch.float64)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, groups: list[dict], factor: float = 1.0) -> None:
@@ -509,7 +516,8 @@ class Reconstructor:
         # implausible geometry and work that cannot fit are refused before anything large is allocated
         check_memory(optics, geometry, len(self.nominal_sources), depth, self.device, method=config.method,
                      sources_um_xyz=self.nominal_sources)
-        self._plain_model = ForwardModel.build(optics, geometry, source_depth_um=depth, device=self.device)
+        self._plain_model = ForwardModel.build(optics, geometry, source_depth_um=depth, bead_diameter_um=config.bead_diameter_um,
+                                               device=self.device)
         self.model = self._plain_model
         self._spectral_models: list[tuple[ForwardModel, float]] | None = None
         self._band_models: list[tuple[ForwardModel, float]] | None = None
@@ -553,7 +561,17 @@ class Reconstructor:
         return len(self.nominal_sources)
 
     def with_config(self, **changes: Any) -> None:
-        """Change settings between timepoints (e.g. from the GUI); the warm state is kept."""
+        """Change settings between timepoints (e.g. from the GUI); the warm state is kept.
+
+        Raises:
+            ValueError: a change of ``bead_diameter_um``, which the renderer is built for
+                (make a new reconstructor), or an invalid setting (:class:`ReconConfig`).
+        """
+        if changes.get("bead_diameter_um", self.config.bead_diameter_um) != self.config.bead_diameter_um:
+            raise ValueError(
+                f"The bead diameter is fixed for a reconstructor ({self.config.bead_diameter_um} µm; asked for "
+                f"{changes['bead_diameter_um']} µm): its renderer is built for it. Start a new reconstruction."
+            )
         self.config = replace(self.config, **changes)
 
     def reset(self) -> None:
@@ -753,7 +771,8 @@ class Reconstructor:
             torch.cuda.empty_cache()
         self.device = torch.device("cpu")
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
-        self._plain_model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth, device=self.device)
+        self._plain_model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth,
+                                               bead_diameter_um=self.config.bead_diameter_um, device=self.device)
         self.pupil = self.pupil  # the source edge onto the rebuilt model
         self._window = gaussian_window(device=self.device)
         self._spectral_models = self._band_models = None
@@ -816,7 +835,8 @@ class Reconstructor:
         """Renderers at wavelengths sampling the emission band, with their weights, with the
         renderer's own source spectrum (built once)."""
         if self._band_models is None:
-            self._band_models = band_renderers(self.optics, self.geometry, COHERENCE_SAMPLES, pad_yx=self.model.pad_yx, device=self.device)
+            self._band_models = band_renderers(self.optics, self.geometry, COHERENCE_SAMPLES, pad_yx=self.model.pad_yx,
+                                               bead_diameter_um=self.config.bead_diameter_um, device=self.device)
         return self._band_models
 
     def _spectral(self) -> list[tuple[ForwardModel, float]]:

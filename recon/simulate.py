@@ -170,6 +170,7 @@ def band_renderers(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     optics_at: Callable[[Optics], Optics] | None = None,
+    bead_diameter_um: float = 0.0,
 ) -> list[tuple[ForwardModel, float]]:
     """Renderers at wavelengths sampling the emission band, with their weights.
 
@@ -186,6 +187,7 @@ def band_renderers(
         device, dtype: where and in which real precision the kernels are built.
         optics_at: maps the optics at each wavelength to the renderer's (e.g. an
             instrument's source NA, :meth:`Instrument.render_optics`); default: as they are.
+        bead_diameter_um: the beads' diameter in every renderer (:meth:`.physics.ForwardModel.build`).
 
     Returns:
         ``[(ForwardModel, weight)]`` in order of wavelength, the weights summing to 1.
@@ -196,7 +198,11 @@ def band_renderers(
     wavelengths, weights = emission_wavelengths(optics, samples)
     at = optics_at or (lambda o: o)
     return [
-        (ForwardModel.build(at(optics.with_wavelength(float(w))), geometry, pad_yx=pad_yx, device=device, dtype=dtype), float(a))
+        (
+            ForwardModel.build(at(optics.with_wavelength(float(w))), geometry, pad_yx=pad_yx, bead_diameter_um=bead_diameter_um,
+                               device=device, dtype=dtype),
+            float(a),
+        )
         for w, a in zip(wavelengths, weights)
     ]
 

@@ -165,7 +165,7 @@ def test_nonsense_fit_settings_are_refused_before_any_work(simulated: Path, tmp_
 
     before = sorted(p.name for p in simulated.iterdir())
     for option, value in (("--sparsity", "-1"), ("--tv", "-1"), ("--sparsity", "nan"), ("--tv", "inf"),
-                          ("--lr", "0"), ("--lr", "-0.01"), ("--lr", "inf")):
+                          ("--lr", "0"), ("--lr", "-0.01"), ("--lr", "inf"), ("--bead-diameter", "-0.2")):
         assert main(["reconstruct", str(simulated), option, value]) == 2
         err = capsys.readouterr().err
         assert f"argument {option}" in err and value in err, err
@@ -180,12 +180,14 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
     pupil = read_pupil(tmp_path / "scope.json")
     assert len(pupil.zernike_rad) == 21 and pupil.zernike_rad[:3] == (0.0, 0.0, 0.0)
     out = nvplive("reconstruct", str(simulated), "--pupil", str(tmp_path / "scope.json"), "--no-pupil-calibration",
-                  "--no-source-calibration", "--iterations", "3", "--warm-iterations", "2", "--device", "cpu", cwd=tmp_path)
+                  "--no-source-calibration", "--bead-diameter", "0.2", "--iterations", "3", "--warm-iterations", "2",
+                  "--device", "cpu", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "--no-source-calibration has no effect with --no-pupil-calibration" in out.stderr  # said, not silently moot
     with Recording.open(simulated) as rec:
         settings = rec.volume_settings[0]["settings"]
         assert settings["pupil_calibration"] is False and settings["source_calibration"] is False
+        assert settings["bead_diameter_um"] == 0.2  # the renderer's beads, saved with the volumes
 
 
 def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_optics_are_refused(simulated: Path, tmp_path: Path):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nvplive.recon.calibration import camera_noise, image_transfer
+from nvplive.recon.calibration import camera_noise
+from nvplive.recon.physics import bead_transfer
 
 
 def band_limited_stack(rng: np.random.Generator, shape=(12, 64, 64), pixel_um=0.1) -> np.ndarray:
@@ -67,7 +68,7 @@ def test_camera_noise_refuses_frames_sampled_too_coarsely_for_a_band_beyond():
 
 def test_bead_transfer_is_the_spectrum_of_the_projected_sphere():
     n, pixel, diameter = 64, 0.05, 0.6
-    transfer = image_transfer((n, n), pixel, bead_diameter_um=diameter).numpy()
+    transfer = bead_transfer((n, n), (pixel, pixel), diameter, dtype=torch.float64).numpy()
     # the sphere projected on the plane, 8 × 8 sub-samples per pixel
     sub = 8
     s = (np.arange(n * sub) - n * sub / 2 + 0.5) * pixel / sub
@@ -80,7 +81,7 @@ def test_bead_transfer_is_the_spectrum_of_the_projected_sphere():
     box = np.sinc(np.fft.fftfreq(n, pixel)[:, None] * pixel) * np.sinc(np.fft.fftfreq(n, pixel)[None, :] * pixel)
     low = np.hypot(np.fft.fftfreq(n, pixel)[:, None], np.fft.fftfreq(n, pixel)[None, :]) < 1.2  # /µm
     np.testing.assert_allclose(spectrum[low], np.abs(transfer * box)[low], atol=0.01)
-    assert float(image_transfer((8, 8), 0.1)[0, 0]) == 1.0
+    assert float(bead_transfer((8, 8), (0.1, 0.1), 0.2)[0, 0]) == 1.0
 
 
 def test_a_free_form_pupil_of_zernike_maps_projects_back_to_its_coefficients_and_apodisation():
@@ -129,8 +130,9 @@ def test_the_bead_size_term_recovers_the_pupil_behind_a_large_bead():
     frames = np.random.default_rng(0).poisson(image * 2000 / image.mean(axis=(1, 2), keepdims=True) + 20).astype(float)
     errors, residuals = [], []
     for diameter in (0.0, 0.4):
-        cal = calibrate_pupil(model, frames, true + [0.05, -0.05, 0.2], noll=(5, 6, 7, 8, 11), apodisation_terms=1,
-                              iterations=20, bead_diameter_um=diameter)
+        bead = stack_model(model.optics, (24, 24), 0.09, 2.0, pad_yx=(24, 24), bead_diameter_um=diameter)
+        cal = calibrate_pupil(bead, frames, true + [0.05, -0.05, 0.2], noll=(5, 6, 7, 8, 11), apodisation_terms=1,
+                              iterations=20)
         errors.append(np.abs(np.array(cal.pupil.zernike_rad)[[3, 4, 9]] - zernike[[3, 4, 9]]).max())
         residuals.append(cal.residual)
     assert errors[1] < 0.05 and errors[1] < 0.5 * errors[0], errors

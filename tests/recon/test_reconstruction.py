@@ -376,4 +376,23 @@ def test_the_reconstruction_settings_refuse_what_no_fit_can_run_with():
         ReconConfig(lr_final_fraction=0.0)
     with pytest.raises(ValueError, match="Unknown method 'voxels'"):
         ReconConfig(method="voxels")
+    with pytest.raises(ValueError, match="bead_diameter_um must be a finite number ≥ 0, got -0.2"):
+        ReconConfig(bead_diameter_um=-0.2)
     assert ReconConfig(sparsity_weight=0.0, tv_weight=0.0).sparsity_weight == 0.0
+
+
+def test_the_beads_size_is_built_into_every_renderer_and_cannot_change_under_it():
+    """The reconstructor's renderers (the fit's, the float64 calibration's and the band's) all
+    image beads of the configured diameter; a change between timepoints is refused, naming both."""
+    from nvplive.recon.reconstructor import _in_float64
+
+    config = ReconConfig(iterations=5, bead_diameter_um=0.2)
+    rec = Reconstructor(OPTICS, SMALL, default_sources(SMALL, 4, seed=1), config=config, device="cpu")
+    models = [rec.model, _in_float64(rec.model), *(m for m, _ in rec._band())]
+    assert all(m.bead_diameter_um == 0.2 for m in models)
+    plain = Reconstructor(OPTICS, SMALL, default_sources(SMALL, 4, seed=1), config=ReconConfig(iterations=5), device="cpu")
+    assert float((rec.model.image_transfer - plain.model.image_transfer).abs().max()) > 0.05
+    with pytest.raises(ValueError, match=r"fixed for a reconstructor \(0.2 µm; asked for 0.3 µm\)"):
+        rec.with_config(bead_diameter_um=0.3)
+    rec.with_config(bead_diameter_um=0.2, lr=0.02)  # unchanged: accepted
+    assert rec.config.lr == 0.02

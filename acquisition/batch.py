@@ -393,7 +393,7 @@ def reconstruct_distributed(
                 calibration = done_chunks[0].calibration
             if calibration is not None:
                 writer.write_pupil(
-                    calibration.pupil, writer.meta.optics, calibrated_from=frames_origin(path, 0, known_from),
+                    calibration.pupil, writer.meta.optics, calibrated_from=frames_origin(path, 0, known_from, config.bead_diameter_um),
                     method="frames", fitted_noll=calibration.noll, residual=calibration.residual,
                     residual_before=calibration.residual_start,
                 )

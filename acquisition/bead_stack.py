@@ -374,6 +374,8 @@ def calibrate_stack(
                                   z_direction=z_direction, bead_diameter_um=bead_diameter_um, progress=fit_progress)
     progress(FIT_STEPS, FIT_STEPS, f"pupil fitted, residual {result.residual:.3f}")  # stages may converge before their budget
     how = f"z direction {result.z_direction:+d}" + (", undetermined by the images" if result.ambiguous else "")
+    if bead_diameter_um > 0:
+        how += f"; beads of {bead_diameter_um:g} µm"
     if result.saturated_pixels:
         how += f"; {result.saturated_pixels} saturated pixels, amplitude unreliable"
     calibrated = CalibratedPupil(
@@ -392,10 +394,10 @@ def calibrate_stack(
 
 def calibrate_bead_stack_acquired(
     bead: BeadStack, *, iterations: int = 150, output: str | Path | None = None, progress: Progress = _quiet,
-    cancel: threading.Event | None = None,
+    cancel: threading.Event | None = None, bead_diameter_um: float = 0.0,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """:func:`calibrate_stack` on an acquired :class:`BeadStack` (its optics, pixel, step and z direction)."""
     return calibrate_stack(
         bead.stack, bead.optics, bead.pixel_size_um, bead.z_step_um, name=bead.describe(), iterations=iterations,
-        z_direction=bead.z_direction, output=output, progress=progress, cancel=cancel,
+        z_direction=bead.z_direction, output=output, progress=progress, cancel=cancel, bead_diameter_um=bead_diameter_um,
     )

@@ -258,8 +258,8 @@ def reconstruct_recording(
         calibration = reconstructor.calibration
         if calibration is not None:
             writer.write_pupil(
-                calibration.pupil, meta.optics, calibrated_from=frames_origin(path, 0, known_from), method="frames",
-                fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
+                calibration.pupil, meta.optics, calibrated_from=frames_origin(path, 0, known_from, config.bead_diameter_um),
+                method="frames", fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
             )
     return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device))
 
@@ -302,10 +302,9 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             seed=seed,
             instrument=Instrument.from_dict(extra.get("simulated_instrument")),
         )
-        plain = ForwardModel.build(meta.optics, meta.geometry, pad_yx=sim.pad_yx)
-
-        @cache  # the warm timepoints share their pupil: one grid for them all
-        def renderer(used: PupilParameters | None) -> tuple[ForwardModel, torch.Tensor | None]:
+        @cache  # the warm timepoints share their pupil and beads: one grid for them all
+        def renderer(used: PupilParameters | None, bead_um: float) -> tuple[ForwardModel, torch.Tensor | None]:
+            plain = ForwardModel.build(meta.optics, meta.geometry, pad_yx=sim.pad_yx, bead_diameter_um=bead_um)
             model = plain if used is None else with_source_edge(plain, *used.source_spectrum)
             return model, None if used is None else pupil_on_grid(model, used)
 
@@ -315,8 +314,9 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             truth, pred = rec.ground_truth(t), rec.volume(t)
             a, p = absolute_scores(pred, truth), published_scores(pred, truth)
             measured = sim.expected(truth)
-            # the pupil this volume was rendered with renders the held-out views
-            model, pupil = renderer(volume_pupil(settings[t]["settings"], path))
+            # the pupil and beads this volume was rendered with render the held-out views
+            used = settings[t]["settings"]
+            model, pupil = renderer(volume_pupil(used, path), float(used.get("bead_diameter_um", 0.0)))
             with torch.no_grad():
                 predicted = render(model, torch.as_tensor(pred), torch.as_tensor(held, dtype=torch.float32), pupil=pupil).numpy()
             rows.append((a.psnr_db, a.ssim, p.psnr_db, p.ssim, image_psnr(predicted, measured)))
@@ -376,7 +376,7 @@ def calibrate_recording(
         calibration = reconstructor.calibrate(frames, callback=report)
         progress(1, 1, f"pupil fitted, residual {calibration.residual:.3f}")  # its stages may converge before their budget
         written = store(
-            calibration.pupil, meta.optics, calibrated_from=frames_origin(path, timepoint, known_from),
+            calibration.pupil, meta.optics, calibrated_from=frames_origin(path, timepoint, known_from, bead_diameter_um),
             method="frames", fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
         )
     return calibration, written

@@ -168,10 +168,12 @@ def calibration_start(
     return _parameters(doc), f"the recording's earlier pupil.json ({doc.method}, {doc.created})"
 
 
-def frames_origin(recording: str | os.PathLike, timepoint: int, start: str) -> str:
+def frames_origin(recording: str | os.PathLike, timepoint: int, start: str, bead_diameter_um: float = 0.0) -> str:
     """The ``calibrated_from`` of a pupil calibrated on a recording's frames: the recording,
-    the timepoint and the pupil it started from (:func:`calibration_start`)."""
-    return f"frames of {Path(recording).name}, timepoint {timepoint}, starting from {start}"
+    the timepoint, the pupil it started from (:func:`calibration_start`) and the beads' size
+    the renderer assumed, when not point sources (the apodisation depends on it)."""
+    beads = f", beads of {bead_diameter_um:g} µm" if bead_diameter_um > 0 else ""
+    return f"frames of {Path(recording).name}, timepoint {timepoint}, starting from {start}{beads}"
 
 
 def volume_pupil_setting(pupil: PupilParameters | None) -> dict | None:

@@ -114,11 +114,12 @@ def _setup(geometry_name: str, instrument_name: str, seed: int = 0):
     return optics, geometry, sources, truth, frames
 
 
-def stack_calibration(geometry_name: str, instrument_name: str, seed: int = 0):
+def stack_calibration(geometry_name: str, instrument_name: str, seed: int = 0, bead_diameter_um: float = 0.0):
     """The pupil a user would calibrate on a bead z-stack through the row's instrument
     (no specimen): simulated like the frames (polychromatic, 0.2 µm bead, the instrument's
     pupil, source NA and sampling), fitted by :func:`~nvplive.recon.calibration.calibrate_bead_stack`
-    with the stack's direction known, told λ, NA, n, the pixel size and the z step."""
+    with the stack's direction known, told λ, NA, n, the pixel size, the z step and
+    ``bead_diameter_um`` (the reconstruction's, as a user gives both the same)."""
     from nvplive.acquisition.bead_stack import AUTO_EXPOSURE_FILL
     from nvplive.recon.calibration import calibrate_bead_stack
     from nvplive.recon.optics import VolumeGeometry
@@ -142,7 +143,7 @@ def stack_calibration(geometry_name: str, instrument_name: str, seed: int = 0):
     peak = float((sim.expected(empty) - sim.background[:, None, None]).max()) * sim.camera.gain
     sim.relative_brightness = sim.relative_brightness * AUTO_EXPOSURE_FILL * full_scale / peak
     stack = sim.frames(empty, np.random.default_rng(seed))
-    return calibrate_bead_stack(stack, optics, dx, STACK_STEP_UM, z_direction=1)
+    return calibrate_bead_stack(stack, optics, dx, STACK_STEP_UM, z_direction=1, bead_diameter_um=bead_diameter_um)
 
 
 def _run(task: dict) -> dict:
@@ -173,7 +174,10 @@ def _reconstruct(task: dict) -> dict:
     from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
     optics, geometry, sources, truth, frames = _setup(task["geometry"], task["instrument"])
-    stack = stack_calibration(task["geometry"], task["instrument"]) if task["calibration"] == "bead stack" else None
+    bead = float(task.get("overrides", {}).get("bead_diameter_um", 0.0))
+    stack = (
+        stack_calibration(task["geometry"], task["instrument"], bead_diameter_um=bead) if task["calibration"] == "bead stack" else None
+    )
     settings = {"method": task["method"], "iterations": task["iterations"], "pupil_calibration": task["calibration"] is not False}
     config = ReconConfig(**{**settings, **task.get("overrides", {})})
     # The reconstruction is told λ, NA, n (not the simulator's source NA or pupil), the

@@ -188,6 +188,9 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
         settings = rec.volume_settings[0]["settings"]
         assert settings["pupil_calibration"] is False and settings["source_calibration"] is False
         assert settings["bead_diameter_um"] == 0.2  # the renderer's beads, saved with the volumes
+    from nvplive.acquisition.offline import evaluate_recording
+
+    assert np.isfinite(evaluate_recording(simulated)["heldout_image_psnr_db"])  # held-out views rendered with them
 
 
 def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_optics_are_refused(simulated: Path, tmp_path: Path):

@@ -90,6 +90,7 @@ def test_a_frame_calibration_names_the_pupil_it_started_from(tmp_path: Path):
     recording.mkdir()
     assert calibration_start(recording) == (None, "the hard aperture")
     assert frames_origin(recording, 0, "the hard aperture") == "frames of rec.fdt, timepoint 0, starting from the hard aperture"
+    assert frames_origin(recording, 2, "x", 0.2) == "frames of rec.fdt, timepoint 2, starting from x, beads of 0.2 µm"
     assert calibration_start(recording, PUPIL, "scope.json (bead-z-stack, 2026-11-30)") == (PUPIL, "scope.json (bead-z-stack, 2026-11-30)")
     doc = pupil_document(PUPIL, Optics(), calibrated_from="test", method="bead-z-stack", created="2026-11-30T10:00:00+00:00")
     (recording / PUPIL_FILE).write_text(json.dumps(doc))

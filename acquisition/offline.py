@@ -302,10 +302,13 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             seed=seed,
             instrument=Instrument.from_dict(extra.get("simulated_instrument")),
         )
+        @cache  # one renderer per bead diameter the volumes were fitted with
+        def plain(bead_um: float) -> ForwardModel:
+            return ForwardModel.build(meta.optics, meta.geometry, pad_yx=sim.pad_yx, bead_diameter_um=bead_um)
+
         @cache  # the warm timepoints share their pupil and beads: one grid for them all
         def renderer(used: PupilParameters | None, bead_um: float) -> tuple[ForwardModel, torch.Tensor | None]:
-            plain = ForwardModel.build(meta.optics, meta.geometry, pad_yx=sim.pad_yx, bead_diameter_um=bead_um)
-            model = plain if used is None else with_source_edge(plain, *used.source_spectrum)
+            model = plain(bead_um) if used is None else with_source_edge(plain(bead_um), *used.source_spectrum)
             return model, None if used is None else pupil_on_grid(model, used)
 
         settings = rec.volume_settings

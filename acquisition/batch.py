@@ -36,7 +36,7 @@ import math
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -319,6 +319,8 @@ def reconstruct_distributed(
         n_workers = len(infos)
         chunks = plan_chunks(n, chunk_size or math.ceil(n / n_workers))
         window = max(1, max_chunks_in_flight or 2 * n_workers)
+        if config.bead_diameter_um is None:  # the recording's beads, as the serial reconstruction takes them
+            config = replace(config, bead_diameter_um=writer.meta.bead_diameter_um)
         config_dict = config.to_dict()
         known, known_from = calibration_start(path, pupil, pupil_from)
         pupil_dict = None if pupil is None else pupil.to_dict()
@@ -393,8 +395,8 @@ def reconstruct_distributed(
                 calibration = done_chunks[0].calibration
             if calibration is not None:
                 writer.write_pupil(
-                    calibration.pupil, writer.meta.optics, calibrated_from=frames_origin(path, 0, known_from, config.bead_diameter_um),
-                    method="frames", fitted_noll=calibration.noll, residual=calibration.residual,
+                    calibration.pupil, writer.meta.optics, calibrated_from=frames_origin(path, 0, known_from),
+                    bead_diameter_um=config.bead_diameter_um, method="frames", fitted_noll=calibration.noll, residual=calibration.residual,
                     residual_before=calibration.residual_start,
                 )
         return BatchSummary(

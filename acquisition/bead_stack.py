@@ -103,6 +103,8 @@ class BeadStack:
         view, preset: the excited source and its preset; z_direction: see :class:`BeadStackPlan`.
         focus_device: the core's focus device; metadata: the focus where the stack started,
             the centre's offset from it and the exposure (ms).
+        bead_diameter_um: the beads' diameter as the microscope's settings state it (µm; 0:
+            point sources), which the calibration's renderer images.
     """
 
     stack: np.ndarray
@@ -115,6 +117,7 @@ class BeadStack:
     z_direction: int | None
     focus_device: str
     metadata: dict = field(default_factory=dict)
+    bead_diameter_um: float = 0.0
 
     def describe(self) -> str:
         """One line for people and for the pupil file's ``calibrated_from``."""
@@ -282,6 +285,7 @@ def acquire_bead_stack(
         z_step_um=float(steps.mean()),
         pixel_size_um=float(info.geometry.camera_pixel_um),
         optics=info.optics,
+        bead_diameter_um=info.bead_diameter_um,
         view=int(plan.view),
         preset=info.presets[plan.view],
         z_direction=plan.z_direction,
@@ -301,6 +305,8 @@ class CalibratedPupil:
         residual, residual_before: relative residual after the fit and with the hard aperture.
         ambiguous: the z direction was not known and the images could not tell it.
         created: when it was calibrated (ISO 8601, UTC; None: not known).
+        bead_diameter_um: the beads' diameter the calibration imaged (µm; None: not stated,
+            files written before 2026-12-01).
     """
 
     pupil: PupilParameters
@@ -312,6 +318,7 @@ class CalibratedPupil:
     residual_before: float | None = None
     ambiguous: bool = False
     created: str | None = None
+    bead_diameter_um: float | None = None
 
     @classmethod
     def read(cls, path: str | Path) -> CalibratedPupil:
@@ -325,14 +332,15 @@ class CalibratedPupil:
             pupil=PupilParameters.from_dict(doc.model_dump()),
             optics=doc.optics.optics(), calibrated_from=doc.calibrated_from, method=doc.method,
             fitted_noll=tuple(doc.fitted_noll), residual=doc.residual, residual_before=doc.residual_before,
-            created=doc.created,
+            created=doc.created, bead_diameter_um=doc.bead_diameter_um,
         )
 
     @property
     def provenance(self) -> dict[str, Any]:
         """What the pupil file records of it besides pupil and optics (:func:`.pupil_file.pupil_document`)."""
         return {"calibrated_from": self.calibrated_from, "method": self.method, "fitted_noll": self.fitted_noll,
-                "residual": self.residual, "residual_before": self.residual_before, "created": self.created}
+                "residual": self.residual, "residual_before": self.residual_before, "created": self.created,
+                "bead_diameter_um": self.bead_diameter_um}
 
     def write(self, path: str | Path) -> Path:
         """Write it as a pupil file (not into a recording: :meth:`.RecordingWriter.write_pupil` does that)."""
@@ -374,8 +382,6 @@ def calibrate_stack(
                                   z_direction=z_direction, bead_diameter_um=bead_diameter_um, progress=fit_progress)
     progress(FIT_STEPS, FIT_STEPS, f"pupil fitted, residual {result.residual:.3f}")  # stages may converge before their budget
     how = f"z direction {result.z_direction:+d}" + (", undetermined by the images" if result.ambiguous else "")
-    if bead_diameter_um > 0:
-        how += f"; beads of {bead_diameter_um:g} µm"
     if result.saturated_pixels:
         how += f"; {result.saturated_pixels} saturated pixels, amplitude unreliable"
     calibrated = CalibratedPupil(
@@ -387,6 +393,7 @@ def calibrate_stack(
         residual_before=result.residual_hard,
         ambiguous=result.ambiguous,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        bead_diameter_um=float(bead_diameter_um),
     )
     written = calibrated.write(output) if output is not None else None
     return result, calibrated, written
@@ -394,10 +401,11 @@ def calibrate_stack(
 
 def calibrate_bead_stack_acquired(
     bead: BeadStack, *, iterations: int = 150, output: str | Path | None = None, progress: Progress = _quiet,
-    cancel: threading.Event | None = None, bead_diameter_um: float = 0.0,
+    cancel: threading.Event | None = None,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
-    """:func:`calibrate_stack` on an acquired :class:`BeadStack` (its optics, pixel, step and z direction)."""
+    """:func:`calibrate_stack` on an acquired :class:`BeadStack` (its optics, pixel, step, z
+    direction and beads' diameter)."""
     return calibrate_stack(
         bead.stack, bead.optics, bead.pixel_size_um, bead.z_step_um, name=bead.describe(), iterations=iterations,
-        z_direction=bead.z_direction, output=output, progress=progress, cancel=cancel, bead_diameter_um=bead_diameter_um,
+        z_direction=bead.z_direction, output=output, progress=progress, cancel=cancel, bead_diameter_um=bead.bead_diameter_um,
     )

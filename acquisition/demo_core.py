@@ -134,6 +134,7 @@ def build_demo_core(
         optics=scene.optics,
         geometry=scene.geometry,
         sources_um_xyz=scene.sources_um_xyz.copy(),
+        bead_diameter_um=scene.coherence.bead_diameter_um,
         camera_model=scene.camera,
         exposure_ms=float(exposure_ms),
         scene=scene,

@@ -44,6 +44,7 @@ class HardwareSettings:
     hardware_sequencing: bool = True
     bit_depth: int | None = None
     prefer_instrument: bool = False
+    bead_diameter_um: float = 0.0
 
     @property
     def n_views(self) -> int:
@@ -99,6 +100,7 @@ def load_settings(path: str | Path) -> HardwareSettings:
         hardware_sequencing=doc.hardware_sequencing,
         bit_depth=camera.bit_depth,
         prefer_instrument=doc.prefer_instrument,
+        bead_diameter_um=doc.bead_diameter_um,
     )
 
 
@@ -192,6 +194,7 @@ def apply_settings(core: UniMMCore, settings: HardwareSettings, *, config_name: 
         overrides=overrides,
         settings_bit_depth=bit_depth,
         settings_roi=settings.roi,
+        bead_diameter_um=settings.bead_diameter_um,
     )
     info.refresh_instrument(core)
     engine = FDTEngine(core)

@@ -52,6 +52,8 @@ class MicroscopeInfo:
             choice, ``prefer_instrument``): ``{name: {"settings": …, "instrument": …}}``.
         settings_bit_depth, settings_roi: what the settings fix (``None``: the
             instrument's value is taken).
+        bead_diameter_um: the beads' diameter as the settings state it (µm; 0: point
+            sources); the recording and the reconstruction take it.
     """
 
     group: str
@@ -71,6 +73,7 @@ class MicroscopeInfo:
     overrides: dict = field(default_factory=dict)
     settings_bit_depth: int | None = None
     settings_roi: tuple[int, int, int, int] | None = None
+    bead_diameter_um: float = 0.0
 
     @property
     def hardware_triggered(self) -> bool:

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, partial
 from pathlib import Path
 
@@ -67,11 +67,13 @@ def recording_meta(
     sources_um_xyz: np.ndarray,
     extra: dict | None = None,
     instrument: dict | None = None,
+    bead_diameter_um: float = 0.0,
 ) -> RecordingMeta:
     """The recording header for a simulated or real FDT acquisition.
 
     ``instrument``: what the microscope reported (``InstrumentState.to_dict()`` plus
-    ``overrides``), ``None`` for recordings made without one.
+    ``overrides``), ``None`` for recordings made without one; ``bead_diameter_um``: the
+    beads' diameter as their supplier states it (0: point sources).
     """
     return RecordingMeta(
         optics=optics,
@@ -83,6 +85,7 @@ def recording_meta(
         sources_um_xyz=[list(map(float, s)) for s in sources_um_xyz],
         extra=extra or {},
         instrument=instrument,
+        bead_diameter_um=bead_diameter_um,
     )
 
 
@@ -109,7 +112,8 @@ def simulate_recording(
     model; "realistic": a pupil with apodisation and aberrations, a wider source cone and
     finer axial steps, drawn with ``seed``; or an :class:`Instrument`); it is written to
     ``extra["simulated_instrument"]`` with the ground truth, never to the optics the reconstruction
-    reads. ``thick`` selects the thick-specimen geometry (its optics, shape, voxel and
+    reads. The beads' diameter (``coherence.bead_diameter_um``) is on their label, so the
+    recording states it (``RecordingMeta.bead_diameter_um``). ``thick`` selects the thick-specimen geometry (its optics, shape, voxel and
     bead depths override ``optics``, ``shape_zyx`` and ``voxel_um_zyx``).
     """
     if thick:
@@ -147,7 +151,9 @@ def simulate_recording(
     }
     rng = np.random.default_rng(seed)
     path = Path(out)
-    with RecordingWriter(path, recording_meta(optics, geometry, camera, sources, extra), overwrite=overwrite) as writer:
+    # the beads' size is on their label, so the recording states it (the instrument's other details it does not)
+    meta = recording_meta(optics, geometry, camera, sources, extra, bead_diameter_um=coherence.bead_diameter_um)
+    with RecordingWriter(path, meta, overwrite=overwrite) as writer:
         for t in range(timepoints):
             t_s = t * interval_s
             dn = beating.at(t_s) if beating else static
@@ -161,8 +167,11 @@ def simulate_recording(
 def reconstructor_for(
     meta: RecordingMeta, config: ReconConfig, device: str = "auto", pupil: PupilParameters | None = None
 ) -> Reconstructor:
-    """A :class:`Reconstructor` set up for a recording's optics, geometry, camera and sources
-    (and a known ``pupil``, see :mod:`acquisition.pupil_file`)."""
+    """A :class:`Reconstructor` set up for a recording's optics, geometry, camera, sources and
+    beads (``config.bead_diameter_um`` None: the recording's; a number overrides it), and a
+    known ``pupil`` (see :mod:`acquisition.pupil_file`)."""
+    if config.bead_diameter_um is None:
+        config = replace(config, bead_diameter_um=meta.bead_diameter_um)
     return Reconstructor(
         meta.optics,
         meta.geometry,
@@ -240,6 +249,7 @@ def reconstruct_recording(
             raise RecordingError(f"{path}: has no complete timepoint to reconstruct.")
         known, known_from = calibration_start(path, pupil, pupil_from)
         reconstructor = reconstructor_for(meta, config, device, known)
+        config = reconstructor.config  # the beads' size resolved from the recording
         settings = {**config.to_dict(), "device": str(reconstructor.device)}
         start = time.perf_counter()
         iterations, losses, flagged = [], [], []
@@ -258,8 +268,9 @@ def reconstruct_recording(
         calibration = reconstructor.calibration
         if calibration is not None:
             writer.write_pupil(
-                calibration.pupil, meta.optics, calibrated_from=frames_origin(path, 0, known_from, config.bead_diameter_um),
-                method="frames", fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
+                calibration.pupil, meta.optics, calibrated_from=frames_origin(path, 0, known_from),
+                bead_diameter_um=config.bead_diameter_um, method="frames", fitted_noll=calibration.noll,
+                residual=calibration.residual, residual_before=calibration.residual_start,
             )
     return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device))
 
@@ -338,14 +349,14 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
 
 def calibrate_recording(
     path: str | Path, *, timepoint: int = 0, device: str = "auto", output: str | Path | None = None,
-    progress: Progress = _quiet, source_calibration: bool = True, bead_diameter_um: float = 0.0,
+    progress: Progress = _quiet, source_calibration: bool = True, bead_diameter_um: float | None = None,
 ) -> tuple[PupilCalibration, Path]:
     """Calibrate the detection pupil on one timepoint's frames of a recording (no volume is
     fitted) and write it to ``output`` (default: the recording's own pupil.json).
 
     With ``source_calibration`` (``ReconConfig.source_calibration``) the source spectrum's
     edge is calibrated too, where the frames show one inside the pupil; the beads are
-    ``bead_diameter_um`` across (``ReconConfig.bead_diameter_um``).
+    ``bead_diameter_um`` across (``ReconConfig.bead_diameter_um``; None: the recording's).
 
     The recording's pupil.json, when there is one, is the calibration's start.
     ``progress(done, total, message)`` follows the fit's evaluations and their budget.
@@ -379,8 +390,9 @@ def calibrate_recording(
         calibration = reconstructor.calibrate(frames, callback=report)
         progress(1, 1, f"pupil fitted, residual {calibration.residual:.3f}")  # its stages may converge before their budget
         written = store(
-            calibration.pupil, meta.optics, calibrated_from=frames_origin(path, timepoint, known_from, bead_diameter_um),
-            method="frames", fitted_noll=calibration.noll, residual=calibration.residual, residual_before=calibration.residual_start,
+            calibration.pupil, meta.optics, calibrated_from=frames_origin(path, timepoint, known_from),
+            bead_diameter_um=reconstructor.config.bead_diameter_um, method="frames", fitted_noll=calibration.noll,
+            residual=calibration.residual, residual_before=calibration.residual_start,
         )
     return calibration, written
 
@@ -391,14 +403,15 @@ STACK_KEYS = ("wavelength_um", "na", "n_medium", "pixel_size_um", "z_step_um")
 
 def calibrate_stack_file(
     path: str | Path, *, output: str | Path | None = None, iterations: int = 150, z_direction: int | None = None,
-    progress: Progress = _quiet, bead_diameter_um: float = 0.0, **overrides: float | None,
+    progress: Progress = _quiet, bead_diameter_um: float | None = None, **overrides: float | None,
 ) -> tuple[StackCalibration, Path]:
     """Calibrate the detection pupil on a bead z-stack TIFF (``[Z, Y, X]``) and write the pupil file.
 
     Its optics and sampling come from ``STACK.json`` beside it (keys :data:`STACK_KEYS`),
     each overridden by a keyword argument that is not None. ``output`` defaults to
     ``STACK.pupil.json`` beside the stack. ``z_direction``: see :func:`calibrate_bead_stack`;
-    ``progress`` and ``bead_diameter_um``: see :func:`.bead_stack.calibrate_stack`.
+    ``progress`` and ``bead_diameter_um``: see :func:`.bead_stack.calibrate_stack` (None: the
+    optional key ``bead_diameter_um`` of ``STACK.json``, else 0, a point source).
 
     Raises:
         RecordingError: the stack or its parameters cannot be read, a parameter is missing or
@@ -432,6 +445,11 @@ def calibrate_stack_file(
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             given = f"--{key.replace('_', '-')}" if overrides.get(key) is not None else str(beside)
             raise RecordingError(f"{given}: the z-stack's {key} must be a positive number, got {json.dumps(value)}.")
+    if bead_diameter_um is None:
+        bead_diameter_um = params.get("bead_diameter_um", 0.0)
+        if isinstance(bead_diameter_um, bool) or not isinstance(bead_diameter_um, (int, float)) \
+                or not math.isfinite(bead_diameter_um) or bead_diameter_um < 0:
+            raise RecordingError(f"{beside}: the beads' bead_diameter_um must be a number ≥ 0, got {json.dumps(bead_diameter_um)}.")
     target = check_pupil_output(output if output is not None else path.with_suffix(".pupil.json"), path, beside)
     try:
         stack = tifffile.imread(path)
@@ -445,7 +463,7 @@ def calibrate_stack_file(
     result, _, written = calibrate_stack(
         stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), name=f"bead z-stack {path.name}",
         iterations=iterations, z_direction=z_direction, output=target,
-        progress=progress, bead_diameter_um=bead_diameter_um,
+        progress=progress, bead_diameter_um=float(bead_diameter_um),
     )
     assert written is not None  # an output was given
     return result, written

@@ -53,7 +53,8 @@ def recording_meta(info: MicroscopeInfo, extra: Mapping | None = None) -> Record
     instrument = None
     if info.instrument is not None:
         instrument = {**info.instrument.to_dict(), "overrides": dict(info.overrides)}
-    return offline.recording_meta(info.optics, info.geometry, info.camera_model, info.sources_um_xyz, more, instrument)
+    return offline.recording_meta(info.optics, info.geometry, info.camera_model, info.sources_um_xyz, more, instrument,
+                                  bead_diameter_um=info.bead_diameter_um)
 
 
 #: Keys of Micro-Manager's per-image metadata that the recording leaves out (kept elsewhere).

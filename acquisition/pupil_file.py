@@ -47,6 +47,7 @@ def pupil_document(
     residual: float | None = None,
     residual_before: float | None = None,
     created: str | None = None,
+    bead_diameter_um: float | None = None,
 ) -> dict:
     """The pupil file's document for ``pupil`` (validated).
 
@@ -55,6 +56,8 @@ def pupil_document(
         fitted_noll: the fitted Noll indices; residual, residual_before: the fit's relative
             residual after and with the starting (hard-aperture) pupil.
         created: when it was calibrated (ISO 8601); None: now (UTC).
+        bead_diameter_um: the beads' diameter the calibration's renderer imaged (µm; 0: point
+            sources); the fitted apodisation depends on it (:func:`bead_mismatch`).
 
     Raises:
         RecordingError: when the document is invalid (e.g. a non-finite coefficient).
@@ -70,6 +73,7 @@ def pupil_document(
         "fitted_noll": [int(j) for j in fitted_noll],
         "residual": None if residual is None else float(residual),
         "residual_before": None if residual_before is None else float(residual_before),
+        **({} if bead_diameter_um is None else {"bead_diameter_um": float(bead_diameter_um)}),
     }
     validate(PupilFile, doc, PUPIL_FILE, RecordingError)
     return doc
@@ -168,12 +172,28 @@ def calibration_start(
     return _parameters(doc), f"the recording's earlier pupil.json ({doc.method}, {doc.created})"
 
 
-def frames_origin(recording: str | os.PathLike, timepoint: int, start: str, bead_diameter_um: float = 0.0) -> str:
+def frames_origin(recording: str | os.PathLike, timepoint: int, start: str) -> str:
     """The ``calibrated_from`` of a pupil calibrated on a recording's frames: the recording,
-    the timepoint, the pupil it started from (:func:`calibration_start`) and the beads' size
-    the renderer assumed, when not point sources (the apodisation depends on it)."""
-    beads = f", beads of {bead_diameter_um:g} µm" if bead_diameter_um > 0 else ""
-    return f"frames of {Path(recording).name}, timepoint {timepoint}, starting from {start}{beads}"
+    the timepoint and the pupil it started from (:func:`calibration_start`)."""
+    return f"frames of {Path(recording).name}, timepoint {timepoint}, starting from {start}"
+
+
+def bead_mismatch(doc: PupilFile, path: str | os.PathLike, bead_diameter_um: float) -> str | None:
+    """A warning when the pupil file ``doc`` (read from ``path``) was calibrated with beads of
+    another diameter than ``bead_diameter_um`` (µm) that a reconstruction images, else None
+    (also for files that do not state their beads, written before 2026-12-01).
+
+    A bead's extent lowers its image's contrast at the band's edge, and a calibration that
+    assumes smaller beads takes part of that loss up as apodisation; the pupil then still
+    serves as the start of a calibration on the frames, which fits it again.
+    """
+    if doc.bead_diameter_um is None or math.isclose(doc.bead_diameter_um, bead_diameter_um, abs_tol=1e-6):
+        return None
+    return (
+        f"{pupil_path(path)} was calibrated with beads of {doc.bead_diameter_um:g} µm, but the reconstruction images beads "
+        f"of {bead_diameter_um:g} µm: its apodisation holds for the former (calibrate the pupil again, or give the same "
+        "bead diameter)."
+    )
 
 
 def volume_pupil_setting(pupil: PupilParameters | None) -> dict | None:

@@ -228,6 +228,9 @@ class RecordingMeta:
         instrument: what the microscope reported when the acquisition started
             (pixel size, binning, bit depth, ROI, exposure, trigger mode and the
             values where the instrument won over the settings), or None.
+        bead_diameter_um: the fluorescent beads' diameter (µm) as their supplier states
+            it; 0: point sources (recordings written before it existed read as 0).
+            The reconstruction renders each bead as a uniform sphere of it.
     """
 
     optics: Optics
@@ -237,6 +240,7 @@ class RecordingMeta:
     extra: dict = field(default_factory=dict)
     refined_sources_um_xyz: Sequence[Sequence[float]] | None = None
     instrument: dict | None = None
+    bead_diameter_um: float = 0.0
 
     def __post_init__(self) -> None:
         for name, cls in (("optics", Optics), ("geometry", VolumeGeometry), ("camera", CameraSettings)):
@@ -260,6 +264,12 @@ class RecordingMeta:
             instrument = _json_normalise(self.instrument, "RecordingMeta: instrument")
             checked = validate(InstrumentSection, instrument, "RecordingMeta", RecordingError, prefix="instrument")
             object.__setattr__(self, "instrument", checked.model_dump())
+        bead = _finite_float(self.bead_diameter_um)
+        if bead is None or bead < 0:
+            raise RecordingError(
+                f"RecordingMeta: bead_diameter_um must be a finite number ≥ 0 µm, got {_show(self.bead_diameter_um)}."
+            )
+        object.__setattr__(self, "bead_diameter_um", bead)
         problem = _camera_mismatch(self.camera, self.geometry)
         if problem:
             raise RecordingError(f"RecordingMeta: {problem}.")
@@ -331,6 +341,7 @@ def _document(
         "ground_truth": ground_truth,
         "extra": meta.extra,
         **({} if meta.instrument is None else {"instrument": meta.instrument}),
+        **({} if meta.bead_diameter_um == 0 else {"bead_diameter_um": meta.bead_diameter_um}),
     }
 
 
@@ -386,6 +397,7 @@ def _parse_meta(doc: dict, check: _Checker) -> tuple[RecordingMeta, str, bool]:
         extra=header.extra,
         refined_sources_um_xyz=refined or None,
         instrument=None if header.instrument is None else header.instrument.model_dump(),
+        bead_diameter_um=header.bead_diameter_um,
     )
     return meta, header.created, header.closed
 
@@ -514,15 +526,7 @@ def _load_state(root: Path) -> _State:
             seen.add(t)
 
     if refined != meta.refined_sources_um_xyz:
-        meta = RecordingMeta(
-            optics=meta.optics,
-            geometry=meta.geometry,
-            camera=meta.camera,
-            sources_um_xyz=meta.sources_um_xyz,
-            extra=meta.extra,
-            refined_sources_um_xyz=refined,
-            instrument=meta.instrument,
-        )
+        meta = replace(meta, refined_sources_um_xyz=refined)
     return _State(meta, created, closed, journal_present, timepoints, volumes, ground_truth, volumes_file)
 
 

@@ -136,6 +136,7 @@ class HardwareSettingsFile(Section):
     roi: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=4, max_length=4)] | None = None
     hardware_sequencing: bool = True
     prefer_instrument: bool = False
+    bead_diameter_um: NonNegativeNumber = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareSettingsFile:
@@ -192,6 +193,7 @@ class RecordingHeader(Section):
     ground_truth: list[Any]
     extra: dict[str, Any]
     instrument: InstrumentSection | None = None
+    bead_diameter_um: NonNegativeNumber = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> RecordingHeader:
@@ -246,6 +248,7 @@ class PupilFile(Section):
     fitted_noll: list[Annotated[int, Field(ge=2)]] = []
     residual: NonNegativeNumber | None = None
     residual_before: NonNegativeNumber | None = None
+    bead_diameter_um: NonNegativeNumber | None = None
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -347,8 +347,9 @@ def write_recording(path, name, variant, seed):
             "background_e": 0.0, "read_noise_e": 0.0,
         },
     }
+    # the beads' size is on their label: the recording states it, as the lab's settings file would
     meta = RecordingMeta(optics=optics, geometry=geometry, camera=camera,
-                         sources_um_xyz=sources.tolist(), extra=extra)
+                         sources_um_xyz=sources.tolist(), extra=extra, bead_diameter_um=BEAD_DIAMETER)
     with RecordingWriter(path, meta, overwrite=True) as w:
         w.write_timepoint(0, frames, [0.011 * v for v in range(len(sources))],
                           [{"exposure_ms": 10.0} for _ in sources])

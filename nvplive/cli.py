@@ -256,9 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _bead_diameter_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bead-diameter", type=_non_negative, default=0.0, metavar="UM",
-                        help="the fluorescent beads' diameter in µm, as their supplier states it (default 0: point "
-                             "sources); the renderer images each bead as a uniform sphere of it")
+    parser.add_argument("--bead-diameter", type=_non_negative, default=None, metavar="UM",
+                        help="the fluorescent beads' diameter in µm, as their supplier states it (default: the "
+                             "recording's bead_diameter_um, or STACK.json's; 0 where it states none: point sources); "
+                             "the renderer images each bead as a uniform sphere of it")
 
 
 def _threads_option(parser: argparse.ArgumentParser) -> None:
@@ -314,7 +315,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         ("compile_mode", args.compile),
     )
     changes: dict[str, Any] = {k: v for k, v in options if v is not None}
-    changes["bead_diameter_um"] = args.bead_diameter
+    changes["bead_diameter_um"] = args.bead_diameter  # None: the recording's
     if args.warm_iterations is not None:
         changes["warm_budget"] = IterationBudget(args.warm_iterations)
     if args.no_pupil_calibration:
@@ -330,16 +331,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     if args.no_pupil_calibration and moot:
         print(f"nvplive: {' and '.join(moot)} {'have' if len(moot) > 1 else 'has'} no effect with --no-pupil-calibration: "
               "the pupil (the file's, or the hard aperture) is used as it is, its source spectrum included.", file=sys.stderr)
-    pupil, pupil_from = None, None
-    if args.pupil is not None:
-        from nvplive.acquisition.pupil_file import pupil_for, read_pupil_file
-        from nvplive.acquisition.recording import Recording
-
-        doc = read_pupil_file(args.pupil)
-        with Recording.open(args.recording) as rec:
-            optics = rec.meta.optics
-        pupil = pupil_for(doc, args.pupil, optics, args.recording.name)
-        pupil_from = f"{args.pupil} ({doc.method}, {doc.created})"
+    pupil, pupil_from = _given_pupil(args.recording, args.pupil, args.bead_diameter)
     if args.scheduler is None:
         if args.workers is not None or args.chunk_size is not None:
             raise UsageError("--workers and --chunk-size need --scheduler (local or the address of a Dask scheduler).")
@@ -364,6 +356,28 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     if summary.flagged:
         print(f"warning: timepoints {summary.flagged} diverged and were rolled back", file=sys.stderr)
     return 0
+
+
+def _given_pupil(recording: Path, pupil_file: Path | None, bead_diameter_um: float | None) -> tuple[Any, str | None]:
+    """``reconstruct``'s pupil: ``--pupil FILE``'s (checked against the recording's optics), else
+    None (the recording's own pupil.json, else the hard aperture), and where it came from; warns
+    when that pupil was calibrated with other beads than the reconstruction images."""
+    from nvplive.acquisition.pupil_file import PUPIL_FILE, bead_mismatch, pupil_for, read_pupil_file
+    from nvplive.acquisition.recording import Recording
+
+    source = pupil_file if pupil_file is not None else recording / PUPIL_FILE
+    doc = read_pupil_file(source) if pupil_file is not None or source.is_file() else None
+    with Recording.open(recording) as rec:
+        meta = rec.meta
+    if doc is None:
+        return None, None
+    beads = meta.bead_diameter_um if bead_diameter_um is None else bead_diameter_um
+    problem = bead_mismatch(doc, source, beads)
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+    if pupil_file is None:
+        return None, None
+    return pupil_for(doc, pupil_file, meta.optics, recording.name), f"{pupil_file} ({doc.method}, {doc.created})"
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:

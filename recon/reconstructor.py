@@ -189,7 +189,10 @@ class ReconConfig:
         seed: seeds the representation's initialisation.
         bead_diameter_um: the fluorescent beads' diameter (µm, as the beads' supplier states
             it): the renderer's image of a bead is the point source's convolved with the
-            bead's projection (:func:`.physics.bead_transfer`); 0 renders point sources.
+            bead's projection (:func:`.physics.bead_transfer`); 0 renders point sources;
+            None: as the data states (a recording's ``bead_diameter_um``, which
+            ``acquisition.offline.reconstructor_for`` puts here), point sources where nothing
+            states it. A reconstructor's :attr:`Reconstructor.config` holds the number used.
             A 0.2 µm bead lowers the image's contrast at the band's edge to 0.67, which the
             pupil calibration cannot take up (BENCHMARKS.md, "The beads' size").
         compile_mode: ``None`` runs eagerly; otherwise the iteration's forward and backward
@@ -226,7 +229,7 @@ class ReconConfig:
     plateau_rel_tol: float = 1e-3
     divergence_factor: float = 10.0
     seed: int = 0
-    bead_diameter_um: float = 0.0
+    bead_diameter_um: float | None = None
     compile_mode: str | None = None
 
     def __post_init__(self) -> None:
@@ -242,6 +245,8 @@ class ReconConfig:
                         "lr_photometry", "plateau_rel_tol", "calibration_warmup", "bead_diameter_um")
         for name in positive + non_negative:
             value = getattr(self, name)
+            if value is None and name == "bead_diameter_um":
+                continue
             low_ok = value > 0 if name in positive else value >= 0
             if not (math.isfinite(value) and low_ok):
                 bound = "> 0" if name in positive else "≥ 0"
@@ -506,7 +511,8 @@ class Reconstructor:
     ) -> None:
         self.optics = optics
         self.geometry = geometry
-        self.config = config
+        bead_um = 0.0 if config.bead_diameter_um is None else config.bead_diameter_um  # None: nothing states it
+        self.config = replace(config, bead_diameter_um=bead_um)
         self.device = select_device(device)
         self.nominal_sources = np.asarray(sources_um_xyz, dtype=np.float64).reshape(-1, 3)
         self.camera_offset = float(camera_offset)
@@ -516,7 +522,7 @@ class Reconstructor:
         # implausible geometry and work that cannot fit are refused before anything large is allocated
         check_memory(optics, geometry, len(self.nominal_sources), depth, self.device, method=config.method,
                      sources_um_xyz=self.nominal_sources)
-        self._plain_model = ForwardModel.build(optics, geometry, source_depth_um=depth, bead_diameter_um=config.bead_diameter_um,
+        self._plain_model = ForwardModel.build(optics, geometry, source_depth_um=depth, bead_diameter_um=bead_um,
                                                device=self.device)
         self.model = self._plain_model
         self._spectral_models: list[tuple[ForwardModel, float]] | None = None
@@ -564,10 +570,12 @@ class Reconstructor:
         """Change settings between timepoints (e.g. from the GUI); the warm state is kept.
 
         Raises:
-            ValueError: a change of ``bead_diameter_um``, which the renderer is built for
-                (make a new reconstructor), or an invalid setting (:class:`ReconConfig`).
+            ValueError: a change of ``bead_diameter_um`` (None keeps it), which the renderer is
+                built for (make a new reconstructor), or an invalid setting (:class:`ReconConfig`).
         """
-        if changes.get("bead_diameter_um", self.config.bead_diameter_um) != self.config.bead_diameter_um:
+        if changes.get("bead_diameter_um") is None:
+            changes.pop("bead_diameter_um", None)
+        elif changes["bead_diameter_um"] != self.config.bead_diameter_um:
             raise ValueError(
                 f"The bead diameter is fixed for a reconstructor ({self.config.bead_diameter_um} µm; asked for "
                 f"{changes['bead_diameter_um']} µm): its renderer is built for it. Start a new reconstruction."
@@ -772,7 +780,7 @@ class Reconstructor:
         self.device = torch.device("cpu")
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
         self._plain_model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth,
-                                               bead_diameter_um=self.config.bead_diameter_um, device=self.device)
+                                               bead_diameter_um=self._plain_model.bead_diameter_um, device=self.device)
         self.pupil = self.pupil  # the source edge onto the rebuilt model
         self._window = gaussian_window(device=self.device)
         self._spectral_models = self._band_models = None
@@ -836,7 +844,7 @@ class Reconstructor:
         renderer's own source spectrum (built once)."""
         if self._band_models is None:
             self._band_models = band_renderers(self.optics, self.geometry, COHERENCE_SAMPLES, pad_yx=self.model.pad_yx,
-                                               bead_diameter_um=self.config.bead_diameter_um, device=self.device)
+                                               bead_diameter_um=self._plain_model.bead_diameter_um, device=self.device)
         return self._band_models
 
     def _spectral(self) -> list[tuple[ForwardModel, float]]:

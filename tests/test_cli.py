@@ -70,8 +70,11 @@ def test_reconstruct_then_evaluate(simulated: Path):
         assert rec.volume_timepoints == (0, 1)
         assert rec.volume(0).shape == (8, 24, 24)
         assert rec.volume_settings[0]["method"] == "nvp"
+        # the simulated beads' size is on their label, so the recording states it and the renderer images it
+        assert rec.meta.bead_diameter_um == 0.2 and rec.volume_settings[0]["settings"]["bead_diameter_um"] == 0.2
     stored = read_pupil_file(simulated / "pupil.json")  # the calibrated pupil, stored
     assert stored.method == "frames" and stored.calibrated_from == "frames of small.fdt, timepoint 0, starting from the hard aperture"
+    assert stored.bead_diameter_um == 0.2
     ev = nvplive("evaluate", str(simulated), "--json", cwd=simulated.parent)
     assert ev.returncode == 0, ev.stderr
     scores = json.loads(ev.stdout)
@@ -180,14 +183,16 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
     pupil = read_pupil(tmp_path / "scope.json")
     assert len(pupil.zernike_rad) == 21 and pupil.zernike_rad[:3] == (0.0, 0.0, 0.0)
     out = nvplive("reconstruct", str(simulated), "--pupil", str(tmp_path / "scope.json"), "--no-pupil-calibration",
-                  "--no-source-calibration", "--bead-diameter", "0.2", "--iterations", "3", "--warm-iterations", "2",
+                  "--no-source-calibration", "--bead-diameter", "0.3", "--iterations", "3", "--warm-iterations", "2",
                   "--device", "cpu", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "--no-source-calibration has no effect with --no-pupil-calibration" in out.stderr  # said, not silently moot
+    # the pupil was calibrated on the recording's own beads (0.2 µm): other beads are warned of
+    assert "scope.json was calibrated with beads of 0.2 µm, but the reconstruction images beads of 0.3 µm" in out.stderr
     with Recording.open(simulated) as rec:
         settings = rec.volume_settings[0]["settings"]
         assert settings["pupil_calibration"] is False and settings["source_calibration"] is False
-        assert settings["bead_diameter_um"] == 0.2  # the renderer's beads, saved with the volumes
+        assert settings["bead_diameter_um"] == 0.3  # the renderer's beads (the option's over the recording's), saved
     from nvplive.acquisition.offline import evaluate_recording
 
     assert np.isfinite(evaluate_recording(simulated)["heldout_image_psnr_db"])  # held-out views rendered with them

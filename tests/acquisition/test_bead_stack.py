@@ -70,6 +70,7 @@ def test_bead_stack_through_the_mda_has_the_planned_focus_and_calibrates_the_ins
     for j, c in ZERNIKE.items():
         assert found[j - 2] == pytest.approx(c, abs=0.1)
     assert calibrated.residual < 0.5 * calibrated.residual_before
+    assert calibrated.bead_diameter_um == bead.bead_diameter_um == info.bead_diameter_um > 0  # the scene's beads, imaged
     assert result.z_direction == 1
     assert read_pupil(written) == calibrated.pupil
     doc = read_pupil_file(written)

@@ -130,6 +130,7 @@ def test_property_value_not_allowed_is_named(tmp_path, scene):
         ({"volume": {"shape_zyx": [16, 32, 32], "voxel_um_zyx": [0.25, 0.2, 0.25]}},
          'field "volume": Volume: camera pixels are square'),
         ({"camera_model": {"bit_depth": 20}}, 'field "camera_model.bit_depth"'),
+        ({"bead_diameter_um": -0.2}, 'field "bead_diameter_um": Input should be greater than or equal to 0'),
     ],
 )
 def test_invalid_settings_files_are_refused_with_the_field(tmp_path, change, needle):
@@ -165,7 +166,7 @@ def test_complete_configuration_acquires(tmp_path, scene, form, sequencing):
         cfg = _cfg(tmp_path, WITH_SELECTOR.split("#py ConfigGroup")[0])
         selection = {"device": "LEDs", "property": "Label", "values": ["Source-2", "Source-1", "Source-0"]}
         presets = ["View-0", "View-1", "View-2"]
-    settings = _settings(tmp_path, selection, **({} if sequencing else {"hardware_sequencing": False}))
+    settings = _settings(tmp_path, selection, bead_diameter_um=0.2, **({} if sequencing else {"hardware_sequencing": False}))
     core, info = load_hardware_core(cfg, settings)
     # the LED selector of the .cfg steps on camera triggers, so the settings decide
     assert info.extra["hardware_triggered"] is sequencing
@@ -184,6 +185,7 @@ def test_complete_configuration_acquires(tmp_path, scene, form, sequencing):
     excited = [0, 1, 2] if form == "group" else [2, 1, 0]  # the settings' mapping view → source
     with open_recording(writer.path) as rec:
         assert rec.n_timepoints == 2 and rec.meta.extra["settings_file"] == str(settings)
+        assert rec.meta.bead_diameter_um == 0.2  # the settings' beads, which the reconstruction images
         for t in range(2):
             meta = rec.frame_metadata(t)
             assert [m["hardware_triggered"] for m in meta] == [sequencing] * 3

@@ -9,6 +9,7 @@ import pytest
 
 from nvplive.acquisition.pupil_file import (
     PUPIL_FILE,
+    bead_mismatch,
     calibration_start,
     frames_origin,
     pupil_document,
@@ -37,6 +38,18 @@ def test_a_pupil_file_round_trips(tmp_path: Path):
     recording = tmp_path / "rec.fdt"
     recording.mkdir()
     assert recording_pupil(recording) is None  # an older recording has none
+
+
+def test_a_pupil_file_states_its_beads_and_other_beads_are_warned_of(tmp_path: Path):
+    """The beads a pupil was calibrated with are recorded; a reconstruction imaging other beads
+    is warned (naming both), the same beads are not, nor is a file that does not state them."""
+    written = write_pupil(tmp_path / "p.json", PUPIL, Optics(), calibrated_from="test", method="frames", bead_diameter_um=0.2)
+    doc = read_pupil_file(written)
+    assert doc.bead_diameter_um == 0.2
+    assert bead_mismatch(doc, written, 0.2) is None
+    assert "calibrated with beads of 0.2 µm, but the reconstruction images beads of 0 µm" in bead_mismatch(doc, written, 0.0)
+    older = read_pupil_file(write_pupil(tmp_path / "old.json", PUPIL, Optics(), calibrated_from="test", method="frames"))
+    assert older.bead_diameter_um is None and bead_mismatch(older, tmp_path / "old.json", 0.5) is None
 
 
 @pytest.mark.parametrize(
@@ -90,7 +103,6 @@ def test_a_frame_calibration_names_the_pupil_it_started_from(tmp_path: Path):
     recording.mkdir()
     assert calibration_start(recording) == (None, "the hard aperture")
     assert frames_origin(recording, 0, "the hard aperture") == "frames of rec.fdt, timepoint 0, starting from the hard aperture"
-    assert frames_origin(recording, 2, "x", 0.2) == "frames of rec.fdt, timepoint 2, starting from x, beads of 0.2 µm"
     assert calibration_start(recording, PUPIL, "scope.json (bead-z-stack, 2026-11-30)") == (PUPIL, "scope.json (bead-z-stack, 2026-11-30)")
     doc = pupil_document(PUPIL, Optics(), calibrated_from="test", method="bead-z-stack", created="2026-11-30T10:00:00+00:00")
     (recording / PUPIL_FILE).write_text(json.dumps(doc))

@@ -133,6 +133,25 @@ def test_round_trip_frames_volumes_truth_and_metadata(recording, meta):
     assert doc["views"][1]["source_um_xyz"] == [0.5, -0.25, -6.0]
 
 
+def test_the_beads_size_is_stored_and_older_recordings_read_as_point_sources(tmp_path, meta):
+    """``bead_diameter_um`` (an optional addition to format v1) round-trips; a recording that
+    does not state it (written before it existed, or point sources) reads as 0; a negative one
+    is refused."""
+    from dataclasses import replace
+
+    beads = replace(meta, bead_diameter_um=0.2)
+    write_recording(tmp_path / "beads.fdt", beads, n=1, volumes=(), truth=False)
+    assert json.loads((tmp_path / "beads.fdt" / JSON_NAME).read_text())["bead_diameter_um"] == 0.2
+    with open_recording(tmp_path / "beads.fdt") as rec:
+        assert rec.meta == beads and rec.meta.bead_diameter_um == 0.2
+    write_recording(tmp_path / "points.fdt", meta, n=1, volumes=(), truth=False)
+    assert "bead_diameter_um" not in json.loads((tmp_path / "points.fdt" / JSON_NAME).read_text())
+    with open_recording(tmp_path / "points.fdt") as rec:
+        assert rec.meta.bead_diameter_um == 0.0
+    with pytest.raises(RecordingError, match="bead_diameter_um must be a finite number ≥ 0 µm, got -0.2"):
+        replace(meta, bead_diameter_um=-0.2)
+
+
 def test_refined_sources_keep_the_nominal_ones(tmp_path, meta):
     path = tmp_path / "refined.fdt"
     with RecordingWriter(path, meta) as writer:

@@ -395,4 +395,6 @@ def test_the_beads_size_is_built_into_every_renderer_and_cannot_change_under_it(
     with pytest.raises(ValueError, match=r"fixed for a reconstructor \(0.2 µm; asked for 0.3 µm\)"):
         rec.with_config(bead_diameter_um=0.3)
     rec.with_config(bead_diameter_um=0.2, lr=0.02)  # unchanged: accepted
-    assert rec.config.lr == 0.02
+    rec.with_config(bead_diameter_um=None)  # None: as it is
+    assert rec.config.lr == 0.02 and rec.config.bead_diameter_um == 0.2
+    assert ReconConfig().bead_diameter_um is None and plain.config.bead_diameter_um == 0.0  # nothing states it: points

@@ -178,21 +178,20 @@ def frames_origin(recording: str | os.PathLike, timepoint: int, start: str) -> s
     return f"frames of {Path(recording).name}, timepoint {timepoint}, starting from {start}"
 
 
-def bead_mismatch(doc: PupilFile, path: str | os.PathLike, bead_diameter_um: float) -> str | None:
-    """A warning when the pupil file ``doc`` (read from ``path``) was calibrated with beads of
-    another diameter than ``bead_diameter_um`` (µm) that a reconstruction images, else None
-    (also for files that do not state their beads, written before 2026-12-01).
+def bead_mismatch(calibrated_um: float | None, imaged_um: float, what: str) -> str | None:
+    """A warning when the pupil ``what`` (e.g. a file's path) was calibrated with beads of
+    ``calibrated_um`` (µm; None: not stated, files written before 2026-12-01) and a
+    reconstruction images beads of another diameter ``imaged_um``, else None.
 
     A bead's extent lowers its image's contrast at the band's edge, and a calibration that
-    assumes smaller beads takes part of that loss up as apodisation; the pupil then still
-    serves as the start of a calibration on the frames, which fits it again.
+    assumes smaller beads takes part of that loss up as apodisation, so the pupil's
+    apodisation holds for its own beads.
     """
-    if doc.bead_diameter_um is None or math.isclose(doc.bead_diameter_um, bead_diameter_um, abs_tol=1e-6):
+    if calibrated_um is None or math.isclose(calibrated_um, imaged_um, abs_tol=1e-6):
         return None
     return (
-        f"{pupil_path(path)} was calibrated with beads of {doc.bead_diameter_um:g} µm, but the reconstruction images beads "
-        f"of {bead_diameter_um:g} µm: its apodisation holds for the former (calibrate the pupil again, or give the same "
-        "bead diameter)."
+        f"{what} was calibrated with beads of {calibrated_um:g} µm, but the reconstruction images beads of "
+        f"{imaged_um:g} µm: its apodisation holds for the former (give the same bead diameter, or calibrate the pupil again)."
     )
 
 

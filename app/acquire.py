@@ -32,6 +32,7 @@ from nvplive.acquisition.recording import Recording
 
 from .model import DEMO_SOURCE
 from .paths import default_data_dir
+from .pupil import warn_of_other_beads
 from .workers import remove_scratch_recording
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ def microscope_ready(window: MainWindow, microscope: Microscope, recon: LiveReco
         for signal in (events.pixelSizeChanged, events.roiSet, events.propertyChanged, events.systemConfigurationLoaded):
             window.bridge.latest(signal, lambda *_: show_instrument(window), owner=microscope.core)
     window.microscope = microscope
+    warn_of_other_beads(window)
     if recon is not window.reconstructor:
         window.reconstructor = recon
         window.live.clear_losses()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from PySide6 import QtWidgets
 
 from nvplive.acquisition.bead_stack import BeadStackPlan, CalibratedPupil
-from nvplive.acquisition.pupil_file import write_pupil
+from nvplive.acquisition.pupil_file import bead_mismatch, write_pupil
 from nvplive.errors import NvpLiveError
 
 from .actions import ask_save
@@ -138,6 +138,19 @@ def use_pupil(window: MainWindow, calibrated: CalibratedPupil | None, origin: st
             window.report_error("Pupil", f"Could not keep the pupil for the next session in {path}: {exc}", box=False)
     window.model.pupil.origin = origin
     window.model.pupil.calibrated = calibrated
+    warn_of_other_beads(window)
+
+
+def warn_of_other_beads(window: MainWindow) -> None:
+    """Say in the activity log when the model's pupil was calibrated with other beads than the
+    loaded microscope's settings state (its apodisation holds for its own beads)."""
+    calibrated = window.model.pupil.calibrated
+    if calibrated is None or window.microscope is None:
+        return
+    beads = window.microscope.info.bead_diameter_um
+    problem = bead_mismatch(calibrated.bead_diameter_um, beads, "The pupil")
+    if problem:
+        window.acquisition_panel.log(f"{problem} The microscope's settings state {beads:g} µm.", "warning")
 
 
 def restore_pupil(window: MainWindow) -> None:

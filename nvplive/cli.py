@@ -325,16 +325,16 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     if args.no_pupil_refinement:
         changes["pupil_refinement"] = False
     config = replace(config, **changes)
+    if args.scheduler is None and (args.workers is not None or args.chunk_size is not None):
+        raise UsageError("--workers and --chunk-size need --scheduler (local or the address of a Dask scheduler).")
     _use_threads(args)
     moot = [flag for flag, given in (("--no-source-calibration", args.no_source_calibration),
                                      ("--no-pupil-refinement", args.no_pupil_refinement)) if given]
     if args.no_pupil_calibration and moot:
         print(f"nvplive: {' and '.join(moot)} {'have' if len(moot) > 1 else 'has'} no effect with --no-pupil-calibration: "
               "the pupil (the file's, or the hard aperture) is used as it is, its source spectrum included.", file=sys.stderr)
-    pupil, pupil_from = _given_pupil(args.recording, args.pupil, args.bead_diameter)
+    pupil, pupil_from = _given_pupil(args.recording, args.pupil, config)
     if args.scheduler is None:
-        if args.workers is not None or args.chunk_size is not None:
-            raise UsageError("--workers and --chunk-size need --scheduler (local or the address of a Dask scheduler).")
         with ProgressBar("reconstruct") as progress:
             summary = reconstruct_recording(
                 args.recording, config, device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from
@@ -358,26 +358,26 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _given_pupil(recording: Path, pupil_file: Path | None, bead_diameter_um: float | None) -> tuple[Any, str | None]:
+def _given_pupil(recording: Path, pupil_file: Path | None, config: Any) -> tuple[Any, str | None]:
     """``reconstruct``'s pupil: ``--pupil FILE``'s (checked against the recording's optics), else
     None (the recording's own pupil.json, else the hard aperture), and where it came from; warns
-    when that pupil was calibrated with other beads than the reconstruction images."""
+    when that pupil was calibrated with other beads than the reconstruction (``config``) images."""
     from nvplive.acquisition.pupil_file import PUPIL_FILE, bead_mismatch, pupil_for, read_pupil_file
     from nvplive.acquisition.recording import Recording
 
     source = pupil_file if pupil_file is not None else recording / PUPIL_FILE
-    doc = read_pupil_file(source) if pupil_file is not None or source.is_file() else None
+    if pupil_file is None and not source.is_file():
+        return None, None
+    doc = read_pupil_file(source)
     with Recording.open(recording) as rec:
         meta = rec.meta
-    if doc is None:
-        return None, None
-    beads = meta.bead_diameter_um if bead_diameter_um is None else bead_diameter_um
-    problem = bead_mismatch(doc, source, beads)
+    pupil = None if pupil_file is None else pupil_for(doc, pupil_file, meta.optics, recording.name)  # other optics: refused
+    beads = meta.bead_diameter_um if config.bead_diameter_um is None else config.bead_diameter_um
+    problem = bead_mismatch(doc.bead_diameter_um, beads, str(source))
     if problem:
-        print(f"warning: {problem}", file=sys.stderr)
-    if pupil_file is None:
-        return None, None
-    return pupil_for(doc, pupil_file, meta.optics, recording.name), f"{pupil_file} ({doc.method}, {doc.created})"
+        again = " This run calibrates the pupil on the frames again, starting from it." if config.pupil_calibration else ""
+        print(f"warning: {problem}{again}", file=sys.stderr)
+    return pupil, None if pupil_file is None else f"{pupil_file} ({doc.method}, {doc.created})"
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:

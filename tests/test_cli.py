@@ -198,7 +198,8 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
     assert np.isfinite(evaluate_recording(simulated)["heldout_image_psnr_db"])  # held-out views rendered with them
 
 
-def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_optics_are_refused(simulated: Path, tmp_path: Path):
+def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_optics_are_refused(simulated: Path, tmp_path: Path,
+                                                                                                capsys):
     """Each volume's settings carry its pupil, and ``evaluate`` renders the held-out views
     through it: a later pupil.json (a new calibration) does not change the scores of volumes
     already there. A pupil file calibrated for another λ is refused before any work, naming
@@ -208,7 +209,9 @@ def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_opti
     from nvplive.acquisition.offline import evaluate_recording
     from nvplive.acquisition.pupil_file import volume_pupil, write_pupil
     from nvplive.acquisition.recording_writer import store_pupil
+    from nvplive.cli import _given_pupil
     from nvplive.recon.pupil import PupilParameters
+    from nvplive.recon.reconstructor import ReconConfig
 
     path = tmp_path / "copy.fdt"
     shutil.copytree(simulated, path)
@@ -226,6 +229,10 @@ def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_opti
     store_pupil(path, PupilParameters((0.0,) * 9 + (1.0,)), optics, calibrated_from="a later calibration", method="frames")
     assert evaluate_recording(path) == first
     assert volume_pupil({}, path) == read_pupil(path)  # volumes written before settings carried their pupil
+    # the recording's own pupil.json, calibrated with other beads than the recording's (0.2 µm): warned of
+    store_pupil(path, given, optics, calibrated_from="other beads", method="frames", bead_diameter_um=0.5)
+    assert _given_pupil(path, None, ReconConfig()) == (None, None)
+    assert "pupil.json was calibrated with beads of 0.5 µm, but the reconstruction images beads of 0.2 µm" in capsys.readouterr().err
 
     other = replace(optics, wavelength_um=0.45)
     write_pupil(tmp_path / "other.json", given, other, calibrated_from="test", method="frames")
@@ -256,7 +263,7 @@ def test_calibrate_a_bead_z_stack(tmp_path: Path):
     counts = np.random.default_rng(0).poisson(planes / planes.max() * 2000.0 + 100.0).astype(np.uint16)
     tifffile.imwrite(tmp_path / "beads.tif", counts)
     (tmp_path / "beads.json").write_text(json.dumps(
-        {"wavelength_um": 0.52, "na": 0.8, "n_medium": 1.333, "pixel_size_um": 0.1, "z_step_um": 0.4}
+        {"wavelength_um": 0.52, "na": 0.8, "n_medium": 1.333, "pixel_size_um": 0.1, "z_step_um": 0.4, "bead_diameter_um": 0.05}
     ))
     out = nvplive("calibrate", "beads.tif", "--z-direction", "1", "--threads", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -264,6 +271,7 @@ def test_calibrate_a_bead_z_stack(tmp_path: Path):
     assert "full scale" not in out.stderr  # no saturation warning for a stack that does not saturate
     doc = read_pupil_file(tmp_path / "beads.pupil.json")
     assert doc.method == "bead-z-stack" and doc.residual < doc.residual_before
+    assert doc.bead_diameter_um == 0.05  # STACK.json's beads, imaged by the fit and recorded
     assert abs(doc.zernike_rad[11 - 2] - 0.4) < 0.1  # primary spherical
 
 
@@ -293,6 +301,9 @@ def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsy
         (tmp_path / "beads.json").write_text(json.dumps({**params, "na": True}))
         assert main(["calibrate", str(tmp_path / "beads.tif")]) == 2
         assert "beads.json: the z-stack's na must be a positive number, got true" in capsys.readouterr().err
+        (tmp_path / "beads.json").write_text(json.dumps({**params, "bead_diameter_um": -0.1}))
+        assert main(["calibrate", str(tmp_path / "beads.tif")]) == 2
+        assert "beads.json: the beads' bead_diameter_um must be a number ≥ 0, got -0.1" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(tifffile.imread(tmp_path / "beads.tif"), stack)

@@ -4,6 +4,7 @@ reconstruction, and a worker is killed (SIGKILL) while it reconstructs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -163,19 +164,6 @@ def test_several_chunks_written_in_order_within_the_tolerance(recording, serial,
     assert psnr_batch >= psnr_serial - PSNR_DROP_DB
 
 
-def test_one_calibrated_chunk_writes_its_pupil_like_the_serial_reconstruction(recording, cluster, tmp_path):
-    """With one chunk the pupil is calibrated in the worker's cold start; it is still the
-    recording's pupil.json, with its provenance, as a serial run writes it."""
-    _, client = cluster
-    path = fresh_copy(recording, tmp_path)
-    reconstruct_distributed(path, CALIBRATED, scheduler=client, chunk_size=T, device="cpu")
-    with Recording.open(path) as rec:
-        used = rec.volume_settings[0]["settings"]["pupil"]
-    stored = read_pupil_file(path)
-    assert stored.method == "frames" and stored.calibrated_from == "frames of beating.fdt, timepoint 0, starting from the hard aperture"
-    assert used is not None and recording_pupil(path).aberration_rms_rad > 0
-
-
 def test_later_chunks_start_from_the_pupil_calibrated_on_timepoint_0(recording, cluster, tmp_path):
     """With pupil calibration the pupil fitted on timepoint 0 is the recording's pupil.json
     and every later chunk's pupil, used as it is: the second chunk equals an in-process chain
@@ -248,18 +236,27 @@ def test_a_worker_killed_mid_run_has_its_chunk_redone(recording, chunked_referen
     np.testing.assert_array_equal(volumes, chunked_reference(3))
 
 
-def test_cli_reconstruct_on_a_local_cluster(recording, serial, tmp_path, capsys):
+def test_cli_reconstruct_on_a_local_cluster_calibrates_in_its_one_chunk(recording, tmp_path, capsys):
+    """``reconstruct --scheduler local`` with one worker: one chunk, whose cold start calibrates
+    the pupil; it is still the recording's pupil.json, with its provenance, as a serial run
+    writes it, and the recording's beads (0.2 µm here) are imaged and recorded."""
     path = fresh_copy(recording, tmp_path)
+    doc = json.loads((path / "recording.json").read_text())
+    (path / "recording.json").write_text(json.dumps({**doc, "bead_diameter_um": 0.2}))  # as a settings file states it
     status = cli_main([
         "reconstruct", str(path), "--scheduler", "local", "--workers", "1", "--iterations", str(CONFIG.iterations),
-        "--warm-iterations", str(CONFIG.warm_budget.iterations), "--device", "cpu", "--no-pupil-calibration",
+        "--warm-iterations", str(CONFIG.warm_budget.iterations), "--device", "cpu",
     ])
     out = capsys.readouterr()
     assert status == 0, out.err
     assert f"reconstructed {T} timepoint(s) with nvp on 1 Dask worker(s) (cpu, 1 chunk(s)" in out.out
-    timepoints, volumes, _ = stored(path)
+    timepoints, _, settings = stored(path)
     assert timepoints == tuple(range(T))
-    np.testing.assert_array_equal(volumes, serial)
+    assert all(settings[t]["settings"]["bead_diameter_um"] == 0.2 for t in timepoints)
+    assert settings[0]["settings"]["pupil"] is not None and recording_pupil(path).aberration_rms_rad > 0
+    pupil = read_pupil_file(path)
+    assert pupil.method == "frames" and pupil.calibrated_from == "frames of beating.fdt, timepoint 0, starting from the hard aperture"
+    assert pupil.bead_diameter_um == 0.2
 
 
 def test_cli_refuses_batch_options_without_a_scheduler(recording, capsys):

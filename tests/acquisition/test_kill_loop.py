@@ -15,7 +15,7 @@ from nvplive.acquisition.recording import Recording
 
 SHAPE = (8, 24, 24)
 VIEWS = 3
-BUDGET_S = 55.0
+BUDGET_S = 45.0
 
 DEMO_SCRIPT = textwrap.dedent(
     """

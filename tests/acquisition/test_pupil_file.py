@@ -46,10 +46,12 @@ def test_a_pupil_file_states_its_beads_and_other_beads_are_warned_of(tmp_path: P
     written = write_pupil(tmp_path / "p.json", PUPIL, Optics(), calibrated_from="test", method="frames", bead_diameter_um=0.2)
     doc = read_pupil_file(written)
     assert doc.bead_diameter_um == 0.2
-    assert bead_mismatch(doc, written, 0.2) is None
-    assert "calibrated with beads of 0.2 µm, but the reconstruction images beads of 0 µm" in bead_mismatch(doc, written, 0.0)
+    assert bead_mismatch(doc.bead_diameter_um, 0.2, "p.json") is None
+    assert bead_mismatch(doc.bead_diameter_um, 0.0, "p.json") == (
+        "p.json was calibrated with beads of 0.2 µm, but the reconstruction images beads of 0 µm: its apodisation holds "
+        "for the former (give the same bead diameter, or calibrate the pupil again).")
     older = read_pupil_file(write_pupil(tmp_path / "old.json", PUPIL, Optics(), calibrated_from="test", method="frames"))
-    assert older.bead_diameter_um is None and bead_mismatch(older, tmp_path / "old.json", 0.5) is None
+    assert older.bead_diameter_um is None and bead_mismatch(older.bead_diameter_um, 0.5, "old.json") is None
 
 
 @pytest.mark.parametrize(

@@ -437,7 +437,7 @@ def test_a_loaded_pupil_is_kept_for_the_next_session_until_cleared(make_window, 
     truth = PupilParameters((0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3), (-0.1,))
     optics = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8)
     source = write_pupil(tmp_path / "scope.json", truth, optics, calibrated_from="bead z-stack of scope A",
-                         method="bead-z-stack", residual=0.05, residual_before=0.2)
+                         method="bead-z-stack", residual=0.05, residual_before=0.2, bead_diameter_um=0.5)
     created = read_pupil_file(source).created
     window = make_window(timepoints=2, interval_s=0.0)
     assert window.model.pupil.calibrated is None and not window.pupil_view.clear_button.isVisible()
@@ -458,6 +458,9 @@ def test_a_loaded_pupil_is_kept_for_the_next_session_until_cleared(make_window, 
     again.prepare_microscope()
     qtbot.waitUntil(lambda: not again.loading and again.reconstructor is not None, timeout=30_000)
     assert again.reconstructor.pupil == truth  # in use by the live reconstruction
+    beads = again.microscope.info.bead_diameter_um  # the demo's; the pupil was calibrated with other beads: said
+    assert f"The pupil was calibrated with beads of 0.5 µm, but the reconstruction images beads of {beads:g} µm" in \
+        again.acquisition_panel.activity.toPlainText()
     again.acquisition_panel.source_combo.setCurrentIndex(again.acquisition_panel.source_combo.findData("hardware"))
     assert again.model.acquisition.source == "hardware" and again.model.pupil.calibrated is None  # another instrument
     again.acquisition_panel.source_combo.setCurrentIndex(again.acquisition_panel.source_combo.findData("demo"))

@@ -773,6 +773,7 @@ class Reconstructor:
         self._coherence.weights = None
         self.representation, self.state, self._optimizers = None, None, None
         previous = self.device
+        bead_um = self._plain_model.bead_diameter_um  # the renderer is rebuilt for the same beads
         self.model = self._plain_model = None  # type: ignore[assignment]
         gc.collect()
         if previous.type == "cuda":
@@ -780,7 +781,7 @@ class Reconstructor:
         self.device = torch.device("cpu")
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
         self._plain_model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth,
-                                               bead_diameter_um=self._plain_model.bead_diameter_um, device=self.device)
+                                               bead_diameter_um=bead_um, device=self.device)
         self.pupil = self.pupil  # the source edge onto the rebuilt model
         self._window = gaussian_window(device=self.device)
         self._spectral_models = self._band_models = None

@@ -119,15 +119,18 @@ def test_out_of_memory_in_a_cold_start_falls_back_and_gives_the_same_result(fram
 
 
 def test_out_of_memory_in_a_warm_update_keeps_the_warm_state(frames, monkeypatch):
-    rec = _reconstructor()
+    """The update runs again on the CPU from the warm state, through a renderer rebuilt for the
+    same beads (the twin's first loss is matched only with them)."""
+    rec = _reconstructor(bead_diameter_um=0.2)
     rec.cold_start(frames[0])
-    twin = _reconstructor()
+    twin = _reconstructor(bead_diameter_um=0.2)
     twin.cold_start(frames[0])
     expected = twin.warm_update(frames[1])
     calls = _oom_once(monkeypatch)
     result = rec.warm_update(frames[1])
     assert len(calls) == 2 and result.warm
     assert "out of memory" in result.message.lower()
+    assert rec.model.bead_diameter_um == 0.2
     assert result.losses[0] == pytest.approx(expected.losses[0], rel=1e-5)  # it started from the warm state
     assert not result.flagged and result.loss < 1.5 * expected.loss
     follow = rec.warm_update(frames[2])  # and it goes on normally

@@ -36,7 +36,7 @@ import math
 import os
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,7 @@ from nvplive.recon.calibration import PupilCalibration
 from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import ReconConfig
 
-from .offline import Progress, _quiet, reconstructor_for
+from .offline import Progress, _quiet, config_for, reconstructor_for
 from .pupil_file import calibration_start, frames_origin, recording_pupil, volume_pupil_setting
 from .recording import Recording, RecordingWriter
 
@@ -319,8 +319,7 @@ def reconstruct_distributed(
         n_workers = len(infos)
         chunks = plan_chunks(n, chunk_size or math.ceil(n / n_workers))
         window = max(1, max_chunks_in_flight or 2 * n_workers)
-        if config.bead_diameter_um is None:  # the recording's beads, as the serial reconstruction takes them
-            config = replace(config, bead_diameter_um=writer.meta.bead_diameter_um)
+        config = config_for(writer.meta, config)
         config_dict = config.to_dict()
         known, known_from = calibration_start(path, pupil, pupil_from)
         pupil_dict = None if pupil is None else pupil.to_dict()

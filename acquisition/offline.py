@@ -8,6 +8,7 @@ through a ``progress(done, total, message)`` callback.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -40,7 +41,17 @@ from nvplive.recon.simulate import (
 )
 
 from .bead_stack import calibrate_stack
-from .pupil_file import calibration_start, check_pupil_output, frames_origin, volume_pupil, volume_pupil_setting, write_pupil
+from .pupil_file import (
+    PUPIL_FILE,
+    bead_mismatch,
+    calibration_start,
+    check_pupil_output,
+    frames_origin,
+    read_pupil_file,
+    volume_pupil,
+    volume_pupil_setting,
+    write_pupil,
+)
 from .recording import SUFFIX, CameraSettings, Recording, RecordingMeta, RecordingWriter
 from .recording_writer import pupil_store
 
@@ -164,14 +175,42 @@ def simulate_recording(
     return path
 
 
+def config_for(meta: RecordingMeta, config: ReconConfig) -> ReconConfig:
+    """``config`` with what it leaves to the recording filled in from ``meta``: the beads'
+    diameter (``config.bead_diameter_um`` None: the recording's; a number overrides it).
+    Every reconstruction of a recording, serial or distributed, resolves its settings here."""
+    if config.bead_diameter_um is None:
+        config = replace(config, bead_diameter_um=meta.bead_diameter_um)
+    return config
+
+
+def other_beads_warning(recording: str | os.PathLike, config: ReconConfig, pupil_file: str | os.PathLike | None = None) -> str | None:
+    """The warning a reconstruction of ``recording`` with ``config`` owes its user when the pupil
+    it starts from — ``pupil_file`` (e.g. ``reconstruct --pupil FILE``), else the recording's own
+    pupil.json — was calibrated with other beads than it images (:func:`config_for`), else None
+    (no such file, or the same beads, or a file that does not state its beads).
+
+    Raises:
+        RecordingError: the recording or the pupil file is unreadable or invalid.
+    """
+    source = Path(pupil_file) if pupil_file is not None else Path(recording) / PUPIL_FILE
+    if pupil_file is None and not source.is_file():
+        return None
+    doc = read_pupil_file(source)
+    with Recording.open(recording) as rec:
+        beads = config_for(rec.meta, config).bead_diameter_um
+    problem = bead_mismatch(doc.bead_diameter_um, beads, str(source))
+    if problem and config.pupil_calibration:
+        problem += " This run calibrates the pupil on the frames again, starting from it."
+    return problem
+
+
 def reconstructor_for(
     meta: RecordingMeta, config: ReconConfig, device: str = "auto", pupil: PupilParameters | None = None
 ) -> Reconstructor:
     """A :class:`Reconstructor` set up for a recording's optics, geometry, camera, sources and
-    beads (``config.bead_diameter_um`` None: the recording's; a number overrides it), and a
-    known ``pupil`` (see :mod:`acquisition.pupil_file`)."""
-    if config.bead_diameter_um is None:
-        config = replace(config, bead_diameter_um=meta.bead_diameter_um)
+    beads (:func:`config_for`), and a known ``pupil`` (see :mod:`acquisition.pupil_file`)."""
+    config = config_for(meta, config)
     return Reconstructor(
         meta.optics,
         meta.geometry,

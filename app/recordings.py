@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING
 from PySide6 import QtCore, QtWidgets
 
 from nvplive.acquisition.recording import Recording
+from nvplive.errors import NvpLiveError
 
 from .workers import OfflineReconstruction
 
 if TYPE_CHECKING:
+    from nvplive.recon.reconstructor import ReconConfig
+
     from .main_window import MainWindow
 
 logger = logging.getLogger("nvplive.app")
@@ -121,8 +124,23 @@ def reconstruct_recording(window: MainWindow, path: str | Path | None = None) ->
     timeline.set_offline_running(True)
     window.statusBar().showMessage(f"Reconstructing {path} ({config.method} on {device})…")
     window.acquisition_panel.log(f"Offline reconstruction of {path.name} started ({config.method}, {device})")
+    warn_of_other_beads_in(window, path, config)
     window.update_actions()
     return True
+
+
+def warn_of_other_beads_in(window: MainWindow, path: Path, config: ReconConfig) -> None:
+    """Say in the activity log when the recording's own pupil.json, which the offline
+    reconstruction starts from, was calibrated with other beads than it images (an unreadable
+    file is the reconstruction's own error to report)."""
+    from nvplive.acquisition.offline import other_beads_warning
+
+    try:
+        warning = other_beads_warning(path, config)
+    except NvpLiveError:
+        return
+    if warning:
+        window.acquisition_panel.log(warning, "warning")
 
 
 def cancel_offline(window: MainWindow) -> None:

@@ -362,22 +362,20 @@ def _given_pupil(recording: Path, pupil_file: Path | None, config: Any) -> tuple
     """``reconstruct``'s pupil: ``--pupil FILE``'s (checked against the recording's optics), else
     None (the recording's own pupil.json, else the hard aperture), and where it came from; warns
     when that pupil was calibrated with other beads than the reconstruction (``config``) images."""
-    from nvplive.acquisition.pupil_file import PUPIL_FILE, bead_mismatch, pupil_for, read_pupil_file
+    from nvplive.acquisition.offline import other_beads_warning
+    from nvplive.acquisition.pupil_file import pupil_for, read_pupil_file
     from nvplive.acquisition.recording import Recording
 
-    source = pupil_file if pupil_file is not None else recording / PUPIL_FILE
-    if pupil_file is None and not source.is_file():
-        return None, None
-    doc = read_pupil_file(source)
-    with Recording.open(recording) as rec:
-        meta = rec.meta
-    pupil = None if pupil_file is None else pupil_for(doc, pupil_file, meta.optics, recording.name)  # other optics: refused
-    beads = meta.bead_diameter_um if config.bead_diameter_um is None else config.bead_diameter_um
-    problem = bead_mismatch(doc.bead_diameter_um, beads, str(source))
-    if problem:
-        again = " This run calibrates the pupil on the frames again, starting from it." if config.pupil_calibration else ""
-        print(f"warning: {problem}{again}", file=sys.stderr)
-    return pupil, None if pupil_file is None else f"{pupil_file} ({doc.method}, {doc.created})"
+    pupil = origin = None
+    if pupil_file is not None:
+        doc = read_pupil_file(pupil_file)
+        with Recording.open(recording) as rec:
+            pupil = pupil_for(doc, pupil_file, rec.meta.optics, recording.name)  # other optics: refused
+        origin = f"{pupil_file} ({doc.method}, {doc.created})"
+    warning = other_beads_warning(recording, config, pupil_file)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return pupil, origin
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:

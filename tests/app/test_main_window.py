@@ -254,12 +254,21 @@ def test_broken_recording_shows_an_error_and_the_app_keeps_working(make_window, 
 
 
 def test_offline_reconstruction_exports_and_replay(make_window, qtbot, tmp_path, stats):
+    from nvplive.acquisition.recording_writer import store_pupil
+    from nvplive.recon.pupil import PupilParameters
+
     path = _tiny_recording(tmp_path / "offline.fdt", timepoints=3)
+    with open_recording(path) as rec:
+        optics, beads = rec.meta.optics, rec.meta.bead_diameter_um
+    # the recording's own pupil.json, which the run starts from, was calibrated with other beads: said
+    store_pupil(path, PupilParameters(), optics, calibrated_from="other beads", method="frames", bead_diameter_um=0.5)
     window = make_window()
     assert window.open_recording(path)
     progress: list[int] = []
     window.timeline.progress.valueChanged.connect(progress.append)
     assert window.reconstruct_recording() is True
+    assert f"pupil.json was calibrated with beads of 0.5 µm, but the reconstruction images beads of {beads:g} µm" in \
+        window.acquisition_panel.activity_text()
     assert window.timeline.progress.isVisible() and window.timeline.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: window.offline is not None and not window.offline.running
                     and not window.timeline.cancel_button.isEnabled(), timeout=90_000)

@@ -4,8 +4,9 @@ The frames are simulated with an :class:`~nvplive.recon.simulate.Instrument` the
 reconstruction is not told (pupil apodisation, spherical aberration, source NA,
 a drawn realistic objective; polychromatic light, 0.2 µm beads, two propagation
 steps per voxel for the non-matched rows) and reconstructed with the default
-model (hard aperture, default source NA), told only λ, NA, n, the voxel size and
-the nominal bead positions. Every row carries the all-zero volume's absolute-Δn
+model (hard aperture, default source NA), told only λ, NA, n, the voxel size, the
+nominal bead positions and the beads' diameter (:data:`BEAD_DIAMETER_UM`: on their label, and
+a recording states it). Every row carries the all-zero volume's absolute-Δn
 PSNR, the floor a reconstruction must beat. Two geometries, both scaled down so
 that the grid runs on two CPU cores: the standard one (beads 6 µm below a 4 µm
 volume, 0.25 µm voxels, λ 0.6, n 1.33) and a thick one (12 µm volume of
@@ -56,6 +57,10 @@ SUBSET = {
 }
 METHODS = ("nvp", "explicit", "triplane")
 #: The ways a row gets its pupil (see the module docstring), in the table's order.
+#: Diameter of the simulated beads (µm, two emitters each), told to the reconstruction and the
+#: stack's calibration (a row's ``overrides`` may tell another, e.g. 0: point sources, as the
+#: tables measured before 2026-12-01 did).
+BEAD_DIAMETER_UM = 0.2
 CALIBRATIONS = (True, "bead stack", False)
 CALIBRATION_NAMES = {True: "frames", "bead stack": "bead z-stack", False: "none"}
 #: The simulated bead z-stack: one bead from STACK_HALF_RANGE_UM above the focal plane to as far
@@ -108,7 +113,7 @@ def _setup(geometry_name: str, instrument_name: str, seed: int = 0):
         sources = default_sources(geometry, VIEWS, depth_um=1.5 * geometry.extent_um_zyx[0], seed=seed)
     truth = make_phantom("cell", geometry.shape_zyx, geometry.voxel_um_zyx, seed=seed)
     instrument = _instrument(INSTRUMENTS[instrument_name], optics)
-    sim = Simulator(optics, geometry, sources, coherence=PartialCoherence(3, 0.2, 2), camera=CameraModel(), seed=seed,
+    sim = Simulator(optics, geometry, sources, coherence=PartialCoherence(3, BEAD_DIAMETER_UM, 2), camera=CameraModel(), seed=seed,
                     instrument=instrument)
     frames = sim.frames(truth, np.random.default_rng(seed))
     return optics, geometry, sources, truth, frames
@@ -133,7 +138,7 @@ def stack_calibration(geometry_name: str, instrument_name: str, seed: int = 0, b
     geometry = VolumeGeometry((2, STACK_FIELD, STACK_FIELD), g["voxel_um_zyx"], focal_plane_z_um=focal)
     heights = np.arange(STACK_HALF_RANGE_UM, -STACK_HALF_RANGE_UM - STACK_STEP_UM / 2, -STACK_STEP_UM)
     bead = np.stack([np.zeros_like(heights), np.zeros_like(heights), focal + heights], 1)
-    sim = Simulator(optics, geometry, bead, coherence=PartialCoherence(3, 0.2, 2), camera=CameraModel(), seed=seed,
+    sim = Simulator(optics, geometry, bead, coherence=PartialCoherence(3, BEAD_DIAMETER_UM, 2), camera=CameraModel(), seed=seed,
                     instrument=_instrument(INSTRUMENTS[instrument_name], optics),
                     relative_brightness=np.ones(len(bead)), background=np.full(len(bead), 5.0))
     empty = np.zeros(geometry.shape_zyx, np.float32)
@@ -174,14 +179,15 @@ def _reconstruct(task: dict) -> dict:
     from nvplive.recon.reconstructor import ReconConfig, Reconstructor
 
     optics, geometry, sources, truth, frames = _setup(task["geometry"], task["instrument"])
-    bead = float(task.get("overrides", {}).get("bead_diameter_um", 0.0))
+    bead = float(task.get("overrides", {}).get("bead_diameter_um", BEAD_DIAMETER_UM))
     stack = (
         stack_calibration(task["geometry"], task["instrument"], bead_diameter_um=bead) if task["calibration"] == "bead stack" else None
     )
-    settings = {"method": task["method"], "iterations": task["iterations"], "pupil_calibration": task["calibration"] is not False}
+    settings = {"method": task["method"], "iterations": task["iterations"], "pupil_calibration": task["calibration"] is not False,
+                "bead_diameter_um": bead}
     config = ReconConfig(**{**settings, **task.get("overrides", {})})
     # The reconstruction is told λ, NA, n (not the simulator's source NA or pupil), the
-    # voxel size and the nominal bead positions; with "bead stack", the calibration on the
+    # voxel size, the nominal bead positions and the beads' diameter; with "bead stack", the calibration on the
     # frames starts from the pupil fitted on the stack (`reconstruct --pupil FILE`).
     rec = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=config, device="cpu",
                         pupil=None if stack is None else stack.calibration.pupil)
@@ -255,7 +261,8 @@ def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
         f"### Instrument mismatch ({time.strftime('%Y-%m-%d')}, `nvplive bench quality --mismatch{' --full' if full else ''}`)",
         "",
         f"Machine: {platform.node()} {platform.machine()} CPU, {os.cpu_count()} cores, one torch thread per worker; "
-        f"cell phantom, {VIEWS} views, {rows[0]['iterations']} cold iterations, absolute-Δn PSNR (dB); "
+        f"cell phantom, {VIEWS} views, {rows[0]['iterations']} cold iterations, beads of {BEAD_DIAMETER_UM:g} µm told to the "
+        "reconstruction, absolute-Δn PSNR (dB); "
         f"wall time {seconds / 60:.1f} min. Pupil error: the calibrated pupil's wavefront error against the true one "
         "(rad RMS over the pupil, on the fitted Noll indices); residual: the calibration's relative image residual.",
         "",

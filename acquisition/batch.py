@@ -47,7 +47,7 @@ from nvplive import __version__
 from nvplive.errors import NvpLiveError, ReconstructionError, RecordingError
 from nvplive.recon.calibration import PupilCalibration
 from nvplive.recon.pupil import PupilParameters
-from nvplive.recon.reconstructor import ReconConfig
+from nvplive.recon.reconstructor import ReconConfig, cpu_threads
 
 from .offline import Progress, _quiet, config_for, reconstructor_for
 from .pupil_file import calibration_start, frames_origin, recording_pupil, volume_pupil_setting
@@ -85,7 +85,8 @@ class BatchSummary:
     """The outcome of :func:`reconstruct_distributed` (the fields of the serial summary plus the chunks)."""
 
     timepoints: int
-    seconds: float
+    seconds: float  # the whole call's wall time
+    startup_seconds: float  # the part of it until the workers answered (starting a LocalCluster)
     iterations: list[int]
     losses: list[float]
     flagged: list[int]
@@ -201,17 +202,25 @@ def _import_distributed() -> Any:
     return distributed
 
 
-def default_local_workers() -> int:
-    """Workers of a LocalCluster when not given: one per GPU, else one per CPU core."""
+def default_local_workers(threads: int | None = None) -> int:
+    """Workers of a LocalCluster when not given: one per GPU, else as many single-threaded
+    workers as the CPU thread policy gives threads (:func:`~nvplive.recon.reconstructor.cpu_threads`
+    of ``threads``: ``--threads``, ``$NVPLIVE_THREADS``, else all cores but one).
+
+    Raises:
+        ReconstructionError: ``threads`` or ``$NVPLIVE_THREADS`` is not a positive integer.
+    """
     if torch.cuda.is_available():
         return torch.cuda.device_count()
-    return max(1, os.cpu_count() or 1)
+    return cpu_threads(threads)[0]
 
 
 def connect(
-    scheduler: str | Client, workers: int | None = None, *, timeout_s: float = CONNECT_TIMEOUT_S
+    scheduler: str | Client, workers: int | None = None, *, timeout_s: float = CONNECT_TIMEOUT_S,
+    threads: int | None = None,
 ) -> tuple[Client, list[Any]]:
-    """A client for ``scheduler``: ``local`` (a new LocalCluster of ``workers`` processes), an address, or a Client.
+    """A client for ``scheduler``: ``local`` (a new LocalCluster of ``workers`` processes,
+    default :func:`default_local_workers` of ``threads``), an address, or a Client.
 
     Returns ``(client, owned)``: ``owned`` lists what this call started (client,
     LocalCluster), for the caller to close in that order; empty for a given Client.
@@ -223,7 +232,7 @@ def connect(
     if not isinstance(scheduler, str) or not scheduler:
         raise NvpLiveError(f"The scheduler must be 'local' or an address like tcp://host:8786, got {scheduler!r}.")
     if scheduler == "local":
-        n = workers or default_local_workers()
+        n = workers or default_local_workers(threads)
         cluster = distributed.LocalCluster(
             n_workers=n,
             threads_per_worker=1,
@@ -265,6 +274,7 @@ def reconstruct_distributed(
     progress: Progress = _quiet,
     pupil: PupilParameters | None = None,
     pupil_from: str | None = None,
+    threads: int | None = None,
 ) -> BatchSummary:
     """Reconstruct every timepoint of a recording on a Dask cluster into ``volumes.ome.tif``.
 
@@ -273,8 +283,9 @@ def reconstruct_distributed(
         config: reconstruction settings (as for the serial reconstruction).
         scheduler: ``local`` (a LocalCluster of ``workers`` processes, closed at the
             end), the address of a running scheduler, or a ``distributed.Client``.
-        workers: LocalCluster size (default: one per GPU, else one per core); with
-            an address, the number of workers to wait for.
+        workers: LocalCluster size (default :func:`default_local_workers` of ``threads``:
+            one per GPU, else one single-threaded worker per thread of the CPU thread
+            policy); with an address, the number of workers to wait for.
         chunk_size: timepoints per task (default: the timepoints spread evenly over
             the workers, i.e. the fewest cold starts that keep every worker busy).
         device: ``auto`` (each worker uses its GPU, see :func:`worker_device`), ``cpu`` or ``cuda``.
@@ -285,7 +296,12 @@ def reconstruct_distributed(
         progress: ``progress(done, total, message)``, per timepoint written.
         pupil, pupil_from: the known pupil and where it came from (as for the serial
             reconstruction); the pupil calibrated on timepoint 0 is written to pupil.json.
+        threads: the CPU thread request (``--threads``) that sizes a LocalCluster.
+
+    The summary's ``seconds`` is the whole call's wall time, ``startup_seconds`` the part
+    of it until the workers answered.
     """
+    begin = time.perf_counter()
     path = Path(path).resolve()
     if chunk_size is not None and chunk_size < 1:
         raise NvpLiveError(f"The chunk size must be at least 1 timepoint, got {chunk_size}.")
@@ -296,7 +312,7 @@ def reconstruct_distributed(
         if n == 0:
             raise RecordingError(f"{path}: has no complete timepoint to reconstruct.")
         distributed = _import_distributed()
-        client, owned = connect(scheduler, workers)
+        client, owned = connect(scheduler, workers, threads=threads)
     except BaseException:
         writer.abandon()
         raise
@@ -317,6 +333,7 @@ def reconstruct_distributed(
                 "install the same version on every worker."
             )
         n_workers = len(infos)
+        startup_seconds = time.perf_counter() - begin
         chunks = plan_chunks(n, chunk_size or math.ceil(n / n_workers))
         window = max(1, max_chunks_in_flight or 2 * n_workers)
         config = config_for(writer.meta, config)
@@ -332,7 +349,6 @@ def reconstruct_distributed(
                 calibration = reconstructor_for(rec.meta, config, "cpu", known).calibrate(rec.frames(0))
             later_config, later_pupil = {**config_dict, "pupil_calibration": False}, calibration.pupil.to_dict()
         run_id = uuid.uuid4().hex[:8]
-        start_time = time.perf_counter()
         held: dict[int, ChunkResult] = {}
         done_chunks: list[ChunkResult] = []
         written: set[int] = set()
@@ -400,7 +416,8 @@ def reconstruct_distributed(
                 )
         return BatchSummary(
             timepoints=n,
-            seconds=time.perf_counter() - start_time,
+            seconds=time.perf_counter() - begin,
+            startup_seconds=startup_seconds,
             iterations=[i for c in done_chunks for i in c.iterations],
             losses=[v for c in done_chunks for v in c.losses],
             flagged=[t for c in done_chunks for t in c.flagged],

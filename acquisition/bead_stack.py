@@ -29,10 +29,10 @@ import useq
 from nvplive.errors import AcquisitionError
 from nvplive.recon.calibration import StackCalibration, calibrate_bead_stack
 from nvplive.recon.optics import Optics
-from nvplive.recon.progress import CalibrationProgress
+from nvplive.recon.progress import STACK_ITERATIONS, CalibrationProgress
 from nvplive.recon.pupil import PupilParameters
 
-from .engine import FDT_METADATA_KEY
+from .engine import FDT_METADATA_KEY, quiet_cancel_notice
 from .microscope_info import MicroscopeInfo
 from .pupil_file import read_pupil_file, write_pupil
 
@@ -194,7 +194,8 @@ def _run(
     mda.events.frameReady.connect(on_frame)
     mda.events.eventStarted.connect(on_started)
     try:
-        mda.run(sequence)
+        with quiet_cancel_notice():
+            mda.run(sequence)
     except Exception as exc:
         errors.append(str(exc) if isinstance(exc, AcquisitionError) else f"The bead z-stack failed: {exc}")
     finally:
@@ -354,16 +355,18 @@ def calibrate_stack(
     z_step_um: float,
     *,
     name: str,
-    iterations: int = 150,
+    iterations: int = STACK_ITERATIONS,
     z_direction: int | None = None,
     output: str | Path | None = None,
     progress: Progress = _quiet,
     cancel: threading.Event | None = None,
     bead_diameter_um: float = 0.0,
+    pad_px: int | None = None,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """Calibrate the detection pupil on a bead z-stack ``[Z, Y, X]`` (raw counts) and, with
     ``output``, write the pupil file; ``name`` says what the stack is (``calibrated_from``);
-    the bead is ``bead_diameter_um`` across (0: a point source).
+    the bead is ``bead_diameter_um`` across (0: a point source); ``iterations`` per L-BFGS
+    pass and the renderer's padding ``pad_px`` as :func:`~nvplive.recon.calibration.calibrate_bead_stack`.
 
     The one path of ``nvplive calibrate STACK.tif`` and the app's "Calibrate pupil"
     (:func:`~nvplive.recon.calibration.calibrate_bead_stack`). ``progress(done, total, message)``
@@ -379,7 +382,8 @@ def calibrate_stack(
         return cancel is None or not cancel.is_set()
 
     result = calibrate_bead_stack(stack, optics, float(pixel_um), float(z_step_um), iterations=iterations,
-                                  z_direction=z_direction, bead_diameter_um=bead_diameter_um, progress=fit_progress)
+                                  z_direction=z_direction, bead_diameter_um=bead_diameter_um, pad_px=pad_px,
+                                  progress=fit_progress)
     progress(FIT_STEPS, FIT_STEPS, f"pupil fitted, residual {result.residual:.3f}")  # stages may converge before their budget
     how = f"z direction {result.z_direction:+d}" + (", undetermined by the images" if result.ambiguous else "")
     if result.saturated_pixels:
@@ -400,7 +404,7 @@ def calibrate_stack(
 
 
 def calibrate_bead_stack_acquired(
-    bead: BeadStack, *, iterations: int = 150, output: str | Path | None = None, progress: Progress = _quiet,
+    bead: BeadStack, *, iterations: int = STACK_ITERATIONS, output: str | Path | None = None, progress: Progress = _quiet,
     cancel: threading.Event | None = None,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """:func:`calibrate_stack` on an acquired :class:`BeadStack` (its optics, pixel, step, z

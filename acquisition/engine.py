@@ -8,6 +8,7 @@ that was not selected raises :class:`~nvplive.errors.AcquisitionError` (docs/acq
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -240,6 +241,27 @@ class FDTEngine(MDAEngine):
             meta["hardware_triggered"] = False
             meta[TIMESTAMP_SOURCE_KEY] = "host"
             yield img, sub_event, meta
+
+
+class _CancelNotice(logging.Filter):
+    """Drops pymmcore-plus's "MDA Canceled: <the whole sequence>" warning: a cancel is ours
+    (Stop, a closed window, SIGTERM), and the acquisition reports it in one line itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Everything but the cancel notice passes."""
+        return not str(record.msg).startswith("MDA Canceled")
+
+
+@contextlib.contextmanager
+def quiet_cancel_notice() -> Iterator[None]:
+    """While an acquisition of ours runs (``mda.run``): its cancel notice is not logged (:class:`_CancelNotice`)."""
+    notice = _CancelNotice()
+    log = logging.getLogger(PYMMCORE_PLUS_LOGGER)
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
 
 
 class _SnapFailure(logging.Filter):

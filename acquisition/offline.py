@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from nvplive.errors import NvpLiveError, RecordingError
-from nvplive.recon.calibration import PupilCalibration, StackCalibration
+from nvplive.recon.calibration import PupilCalibration, StackCalibration, crop_around_peak
 from nvplive.recon.capacity import check_memory, check_plausible
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
 from nvplive.recon.physics import ForwardModel, pupil_on_grid, render, with_source_edge
+from nvplive.recon.progress import STACK_ITERATIONS
 from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import Phase, ProgressCallback, ReconConfig, Reconstructor
 from nvplive.recon.simulate import (
@@ -441,16 +442,20 @@ STACK_KEYS = ("wavelength_um", "na", "n_medium", "pixel_size_um", "z_step_um")
 
 
 def calibrate_stack_file(
-    path: str | Path, *, output: str | Path | None = None, iterations: int = 150, z_direction: int | None = None,
-    progress: Progress = _quiet, bead_diameter_um: float | None = None, **overrides: float | None,
+    path: str | Path, *, output: str | Path | None = None, iterations: int = STACK_ITERATIONS,
+    z_direction: int | None = None, progress: Progress = _quiet, bead_diameter_um: float | None = None,
+    crop_px: int | None = None, pad_px: int | None = None, **overrides: float | None,
 ) -> tuple[StackCalibration, Path]:
     """Calibrate the detection pupil on a bead z-stack TIFF (``[Z, Y, X]``) and write the pupil file.
 
     Its optics and sampling come from ``STACK.json`` beside it (keys :data:`STACK_KEYS`),
     each overridden by a keyword argument that is not None. ``output`` defaults to
-    ``STACK.pupil.json`` beside the stack. ``z_direction``: see :func:`calibrate_bead_stack`;
-    ``progress`` and ``bead_diameter_um``: see :func:`.bead_stack.calibrate_stack` (None: the
-    optional key ``bead_diameter_um`` of ``STACK.json``, else 0, a point source).
+    ``STACK.pupil.json`` in the current folder (the stack's own folder may be a shared,
+    read-only data folder). ``z_direction``: see :func:`calibrate_bead_stack`;
+    ``progress``, ``iterations``, ``pad_px`` and ``bead_diameter_um``: see
+    :func:`.bead_stack.calibrate_stack` (``bead_diameter_um`` None: the optional key
+    ``bead_diameter_um`` of ``STACK.json``, else 0, a point source). ``crop_px``: fit only the
+    ``crop_px × crop_px`` pixels around the brightest one (faster, and less background noise).
 
     Raises:
         RecordingError: the stack or its parameters cannot be read, a parameter is missing or
@@ -489,7 +494,7 @@ def calibrate_stack_file(
         if isinstance(bead_diameter_um, bool) or not isinstance(bead_diameter_um, (int, float)) \
                 or not math.isfinite(bead_diameter_um) or bead_diameter_um < 0:
             raise RecordingError(f"{beside}: the beads' bead_diameter_um must be a number ≥ 0, got {json.dumps(bead_diameter_um)}.")
-    target = check_pupil_output(output if output is not None else path.with_suffix(".pupil.json"), path, beside)
+    target = check_pupil_output(output if output is not None else Path.cwd() / path.with_suffix(".pupil.json").name, path, beside)
     try:
         stack = tifffile.imread(path)
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
@@ -497,12 +502,14 @@ def calibrate_stack_file(
     stack = np.squeeze(stack)
     if stack.ndim != 3:
         raise RecordingError(f"{path}: a bead z-stack must have 3 axes (Z, Y, X), this one has shape {stack.shape}.")
+    if crop_px is not None:
+        stack = crop_around_peak(stack, crop_px)
     optics = Optics(wavelength_um=float(params["wavelength_um"]), n_medium=float(params["n_medium"]), na=float(params["na"]),
                     emission_fwhm_um=0.0)
     result, _, written = calibrate_stack(
         stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), name=f"bead z-stack {path.name}",
         iterations=iterations, z_direction=z_direction, output=target,
-        progress=progress, bead_diameter_um=float(bead_diameter_um),
+        progress=progress, bead_diameter_um=float(bead_diameter_um), pad_px=pad_px,
     )
     assert written is not None  # an output was given
     return result, written

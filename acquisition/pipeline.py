@@ -38,6 +38,7 @@ from psygnal import Signal
 from nvplive.errors import AcquisitionError, NvpLiveError
 
 from . import offline
+from .engine import quiet_cancel_notice
 from .instrument import instrument_mismatches
 from .microscope import TIMESTAMP_SOURCE_KEY, FDTEngine, MicroscopeInfo, event_view_timepoint
 from .pupil_file import volume_pupil_setting
@@ -314,7 +315,8 @@ class FDTAcquisition:
         failure: str | None = None
         try:
             self._t0 = time.perf_counter()
-            mda.run(self.sequence)
+            with quiet_cancel_notice():
+                mda.run(self.sequence)
         except Exception as exc:
             failure = str(exc) if isinstance(exc, AcquisitionError) else f"Acquisition failed: {exc}"
         finally:

@@ -224,13 +224,17 @@ def pupil_for(doc: PupilFile, path: str | os.PathLike, optics: Optics, where: st
 
     Raises:
         RecordingError: its optics differ from ``optics`` by more than
-            :data:`OPTICS_TOLERANCE` (relative), naming both values.
+            :data:`OPTICS_TOLERANCE` (relative), naming both values of every one that differs.
     """
+    calibrated, recorded = [], []
     for name, label, unit in (("wavelength_um", "λ", " µm"), ("na", "NA", ""), ("n_medium", "n", "")):
         a, b = float(getattr(doc.optics, name)), float(getattr(optics, name))
         if not math.isclose(a, b, rel_tol=OPTICS_TOLERANCE):
-            raise RecordingError(
-                f"{pupil_path(path)}: was calibrated for {label} {a:g}{unit}, but {where} was recorded at "
-                f"{label} {b:g}{unit}; calibrate the pupil for these optics (nvplive calibrate)."
-            )
+            calibrated.append(f"{label} {a:g}{unit}")
+            recorded.append(f"{label} {b:g}{unit}")
+    if calibrated:
+        raise RecordingError(
+            f"{pupil_path(path)}: was calibrated for {', '.join(calibrated)}, but {where} was recorded at "
+            f"{', '.join(recorded)}; calibrate the pupil for these optics (nvplive calibrate)."
+        )
     return _parameters(doc)

@@ -45,6 +45,23 @@ _REPR_LIMIT = 60
 # --------------------------------------------------------------------------- helpers
 
 
+def require_recording_folder(root: Path) -> None:
+    """Refuse a path that is not a folder, in one sentence saying which it is.
+
+    Raises:
+        RecordingError: ``root`` does not exist ("no such recording folder"), or is a file or
+            something else (a recording is a folder ``NAME.fdt`` holding recording.json).
+    """
+    if root.is_dir():
+        return
+    if root.exists():
+        raise RecordingError(
+            f"{root}: not a recording folder (a recording is a folder NAME{SUFFIX} holding {JSON_NAME}; "
+            "a bead z-stack .tif is calibrated with nvplive calibrate)."
+        )
+    raise RecordingError(f"{root}: no such recording folder.")
+
+
 def _show(value: Any) -> str:
     """Short repr of a (possibly huge) value for error messages."""
     text = repr(value)

@@ -31,6 +31,7 @@ from .recording_format import (
     _truth_ome,
     _volumes_ome,
     atomic_write_json,
+    require_recording_folder,
 )
 from .recording_lock import RecordingLock, lock_holder
 from .tiff_pages import _PageReader, _PageStack
@@ -57,8 +58,7 @@ class Recording:
         root = Path(path)
         if root.name == JSON_NAME and root.is_file():
             root = root.parent
-        if not root.is_dir():
-            raise RecordingError(f"{root}: no such recording folder.")
+        require_recording_folder(root)
         self._root = root
         state = _load_state(root)
         self._state = state
@@ -279,8 +279,7 @@ def recover_recording(path: str | os.PathLike, *, durable: bool = True) -> bool:
     writer died is taken over.
     """
     root = Path(path)
-    if not root.is_dir():
-        raise RecordingError(f"{root}: no such recording folder.")
+    require_recording_folder(root)
     with RecordingLock(root):
         return _recover_locked(root, durable)
 

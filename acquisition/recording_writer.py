@@ -43,6 +43,7 @@ from .recording_format import (
     _utc_now,
     _volumes_ome,
     atomic_write_json,
+    require_recording_folder,
 )
 from .recording_lock import RecordingLock
 from .recording_reader import Recording, _recover_locked
@@ -112,8 +113,7 @@ class RecordingWriter:
         cannot be written through this writer.
         """
         root = Path(path)
-        if not root.is_dir():
-            raise RecordingError(f"{root}: no such recording folder.")
+        require_recording_folder(root)
         lock = RecordingLock(root).acquire()
         try:
             with Recording.open(root) as rec:

@@ -108,17 +108,18 @@ def _install_description(path: Path, text: bytes, durable: bool) -> None:
             os.fsync(f.fileno())
 
 
-class _DropWarnings(logging.Filter):
+class _DropRecords(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR
+        return False
 
 
 @contextlib.contextmanager
 def _quiet_tifffile() -> Iterator[None]:
-    """Silence tifffile's warnings while it parses our pages: damage is reported as a RecordingError
-    (or, for a damaged OME-XML tail, recovered), not as log lines around the one-sentence message."""
+    """Silence tifffile's log lines (warnings and errors) while it parses our pages: damage is
+    reported as a RecordingError (or, for a damaged OME-XML tail, recovered), not as log lines
+    before the one-sentence message."""
     log = logging.getLogger("tifffile")
-    drop = _DropWarnings()
+    drop = _DropRecords()
     log.addFilter(drop)
     try:
         yield

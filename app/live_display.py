@@ -60,6 +60,9 @@ class LiveDisplay:
         self.stats = LiveStats()
         self.session: LiveSession | None = None
         self.losses: list[float] = []
+        #: The update in progress: its loss at every iteration reported so far (iterations whose
+        #: reports were coalesced take the next one's value), drawn after ``losses`` until the update ends.
+        self.update_losses: list[float] = []
         self.error_shown = False
         self.paused = False
 
@@ -91,6 +94,7 @@ class LiveDisplay:
     def clear_losses(self) -> None:
         """A new reconstructor: its loss trace starts empty."""
         self.losses = []
+        self.update_losses = []
         self.recon_panel.loss_plot.clear_data()
 
     def _drawing(self) -> bool:
@@ -131,6 +135,16 @@ class LiveDisplay:
             return
         of = f"/{total}" if total < LATENCY_ITERATION_CAP else ""
         self.recon_panel.progress_label.setText(f"{update}: iteration {it}{of} · loss {loss:.4g}")
+        self._trace_update(it, loss)
+
+    def _trace_update(self, it: int, loss: float) -> None:
+        """Draw the update in progress up to iteration ``it`` (a cold start of minutes on a CPU
+        shows its loss falling, not an empty plot); its own losses replace it when it ends."""
+        if it < len(self.update_losses):  # a new update began
+            self.update_losses = []
+        self.update_losses.extend([loss] * (it - len(self.update_losses)))
+        plot = self.recon_panel.loss_plot
+        plot.set_data((self.losses + self.update_losses)[-plot.max_points:])
 
     # -- every event ----------------------------------------------------------------------------
     def _on_timepoint(self, t: int, completed_s: float, frames_written: int) -> None:
@@ -143,10 +157,11 @@ class LiveDisplay:
         self.stats.volume(latency_s)
         if warm and np.isfinite(latency_s):  # the plot shows warm-update latency; cold starts go to the log
             self.recon_panel.latency_plot.append(latency_s)
+        self.update_losses = []
+        plot = self.recon_panel.loss_plot
         if losses:
-            plot = self.recon_panel.loss_plot
             self.losses = (self.losses + list(losses))[-plot.max_points:]
-            plot.set_data(self.losses)
+        plot.set_data(self.losses)
 
     def _on_skipped(self, _t: int, total: int) -> None:
         self.stats.skipped = total

@@ -57,21 +57,12 @@ ROWS: dict[str, tuple[str, dict]] = {
 }
 
 
-def crop_around_peak(stack: np.ndarray, size: int) -> np.ndarray:
-    """The ``size × size`` pixels of every plane around the stack's brightest pixel (clipped to the frame)."""
-    _, y, x = np.unravel_index(int(np.argmax(stack)), stack.shape)
-    ny, nx = stack.shape[1:]
-    y0 = int(np.clip(y - size // 2, 0, max(ny - size, 0)))
-    x0 = int(np.clip(x - size // 2, 0, max(nx - size, 0)))
-    return stack[:, y0 : y0 + size, x0 : x0 + size]
-
-
 def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_direction: int, rows: list[str]) -> list[dict]:
     """One row per model: residual, excess over the noise floor, the pupil, the time."""
     import tifffile
     import torch
 
-    from nvplive.recon.calibration import bead_stack_views, calibrate_pupil
+    from nvplive.recon.calibration import bead_stack_views, calibrate_pupil, crop_around_peak
     from nvplive.recon.optics import Optics
 
     params = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))

@@ -99,14 +99,22 @@ def _voxel(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1, "a positive integer")
+
+
+def _non_negative_int(text: str) -> int:
+    return _integer(text, 0, "an integer ≥ 0")
 
 
 def _finite(text: str) -> float:
@@ -135,12 +143,16 @@ def _positive(text: str) -> float:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one sentence, exit 2
+        if message.endswith("expected one argument"):  # e.g. --shape -8,16,16: argparse takes "-8,…" for an option
+            option = message.split()[1].rstrip(":")
+            message += f" (a value that starts with '-' is given as {option}=VALUE)"
         raise UsageError(f"{self.prog}: {message}.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``nvplive`` argument parser with its sub-commands."""
     from nvplive.recon.phantoms import PHANTOMS  # numpy only
+    from nvplive.recon.progress import STACK_ITERATIONS  # torch-free
 
     parser = _Parser(prog="nvplive", description="Live 3D refractive index by fluorescence diffraction tomography.")
     parser.add_argument("--version", action="version", version=f"nvp-live {__version__}")
@@ -160,9 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--settings", type=Path, default=None, help="FDT settings file (source selection, nominal positions)")
 
     sim = sub.add_parser("simulate", help="simulate an FDT recording of a phantom")
-    sim.add_argument("--phantom", choices=tuple(PHANTOMS), required=True)
-    sim.add_argument("--views", type=_positive_int, default=7)
-    sim.add_argument("--timepoints", type=_positive_int, default=1)
+    sim.add_argument("--phantom", choices=tuple(PHANTOMS), required=True,
+                     help="the specimen: a round cell, a slab of tissue, or a beating cardiomyocyte (changes over time)")
+    sim.add_argument("--views", type=_positive_int, default=7, help="beads excited one at a time, one frame each (default 7)")
+    sim.add_argument("--timepoints", type=_positive_int, default=1, help="timepoints, 0.1 s apart (default 1)")
     sim.add_argument("--shape", type=_shape, default=None, help="Z,Y,X voxels (default 32,64,64)")
     sim.add_argument("--voxel-um", type=_voxel, default=None, help="DZ,DY,DX voxel size in µm (default 0.25)")
     sim.add_argument("--seed", type=int, default=0, help="phantom, beads, noise and the realistic instrument's draw")
@@ -174,13 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="thick-specimen geometry: 32×64×64 voxels of 0.5×0.16×0.16 µm, λ 0.52, n 1.333, NA 0.8, "
                           "beads 2–4 µm below (overrides --shape/--voxel-um)")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing recording")
+    _threads_option(sim)
     sim.add_argument("out", type=Path, metavar="OUT.fdt")
 
     rec = sub.add_parser("reconstruct", help="reconstruct every timepoint of a recording")
     rec.add_argument("recording", type=Path, metavar="IN.fdt")
     rec.add_argument("--method", choices=METHODS, default="nvp")
-    rec.add_argument("--iterations", type=_positive_int, default=None, help="cold-start iterations")
-    rec.add_argument("--warm-iterations", type=_positive_int, default=None, help="iterations per later timepoint")
+    rec.add_argument("--iterations", type=_positive_int, default=None,
+                     help="iterations of the first timepoint, fitted from scratch (default 300)")
+    rec.add_argument("--warm-iterations", type=_positive_int, default=None,
+                     help="at most this many iterations per later timepoint, each started from the one before and "
+                          "ended early when its loss stops improving (default 40)")
     rec.add_argument("--tv", type=_non_negative, default=None, help="TV weight τ")
     rec.add_argument("--sparsity", type=_non_negative, default=None,
                      help="weight σ of the ℓ1 sparsity prior on Δn along the optical path (Σ|Δn|·dz per column over "
@@ -212,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
                      help="reconstruct on Dask: 'local' starts a LocalCluster, an address (tcp://host:8786) uses a running scheduler")
     rec.add_argument("--workers", type=_positive_int, default=None,
-                     help="with --scheduler local: worker processes (default one per GPU, else per core); "
+                     help="with --scheduler local: worker processes (default one per GPU, else one single-threaded "
+                          "worker per --threads thread: all cores but one); "
                           "with an address: workers to wait for")
     rec.add_argument("--chunk-size", type=_positive_int, default=None,
                      help="with --scheduler: timepoints per task, each chunk's first one cold-started (default: spread over the workers)")
@@ -220,10 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="calibrate the detection pupil on a recording's frames or a bead z-stack")
     cal.add_argument("input", type=Path, metavar="REC.fdt|STACK.tif")
     cal.add_argument("-o", "--output", type=Path, default=None, metavar="pupil.json",
-                     help="where to write the pupil (default: REC.fdt/pupil.json, or STACK.pupil.json beside the stack)")
+                     help="where to write the pupil (default: REC.fdt/pupil.json, or STACK.pupil.json in the current folder)")
     cal.add_argument("--z-direction", type=int, choices=(1, -1), default=None,
                      help="z-stack: +1 if later planes have the bead farther from the objective, -1 the other way "
                           "(default: fit both; the sign of even aberrations then rests on the better fit)")
+    cal.add_argument("--iterations", type=_positive_int, default=None,
+                     help=f"z-stack: L-BFGS iterations per pass (default {STACK_ITERATIONS})")
+    cal.add_argument("--crop", type=_positive_int, default=None, metavar="N",
+                     help="z-stack: fit the N×N pixels around the brightest one (default: the whole frame; "
+                          "64 on a 128×128 stack is ≈3× faster and leaves less background noise)")
+    cal.add_argument("--pad", type=_non_negative_int, default=None, metavar="PIXELS",
+                     help="z-stack: the renderer's padding per side (default: the bead's defocused disc at the "
+                          "farthest plane; BENCHMARKS.md measures what less costs)")
     cal.add_argument("--timepoint", type=int, default=0, help="recording: the timepoint whose frames are fitted (default 0)")
     cal.add_argument("--no-source-calibration", action="store_true",
                      help="recording: keep the renderer's source spectrum instead of calibrating its edge with the pupil")
@@ -284,6 +310,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
         raise UsageError(f"{args.out} already exists; pass --overwrite to replace it, or choose another name.")
+    _use_threads(args)
     with ProgressBar("simulate") as progress:
         path = simulate_recording(
             args.out,
@@ -306,6 +333,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from nvplive.acquisition.offline import reconstruct_recording
+    from nvplive.acquisition.pupil_file import calibration_start
     from nvplive.recon.loop import IterationBudget
     from nvplive.recon.reconstructor import ReconConfig
 
@@ -334,6 +362,11 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         print(f"nvplive: {' and '.join(moot)} {'have' if len(moot) > 1 else 'has'} no effect with --no-pupil-calibration: "
               "the pupil (the file's, or the hard aperture) is used as it is, its source spectrum included.", file=sys.stderr)
     pupil, pupil_from = _given_pupil(args.recording, args.pupil, config)
+    start = calibration_start(args.recording, pupil, pupil_from)[1] if args.recording.is_dir() else None
+    if start is not None:
+        calibrated = config.self_calibration and config.pupil_calibration
+        how = "calibrated on timepoint 0's frames, starting from" if calibrated else "used as it is:"
+        print(f"nvplive: the detection pupil is {how} {start}", file=sys.stderr, flush=True)
     if args.scheduler is None:
         with ProgressBar("reconstruct") as progress:
             summary = reconstruct_recording(
@@ -346,11 +379,14 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         with ProgressBar("reconstruct") as progress:
             summary = reconstruct_distributed(
                 args.recording, config, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
-                device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from,
+                device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from, threads=args.threads,
             )
         where = f"{summary.workers} Dask worker(s) ({summary.device}, {len(summary.chunks)} chunk(s), scheduler {summary.scheduler})"
+    took = f"{summary.seconds:.1f} s"
+    if args.scheduler is not None:
+        took += f" ({summary.startup_seconds:.1f} s of it reaching the workers)"
     print(
-        f"reconstructed {summary.timepoints} timepoint(s) with {args.method} on {where} in {summary.seconds:.1f} s"
+        f"reconstructed {summary.timepoints} timepoint(s) with {args.method} on {where} in {took}"
         f"; final loss {summary.losses[-1]:.4f}"
     )
     if summary.flagged:
@@ -380,16 +416,24 @@ def _given_pupil(recording: Path, pupil_file: Path | None, config: Any) -> tuple
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.offline import calibrate_recording, calibrate_stack_file
+    from nvplive.acquisition.pupil_file import calibration_start
+    from nvplive.recon.progress import STACK_ITERATIONS
 
     _use_threads(args)
     if args.input.suffix == ".fdt":
+        stack_only = [flag for flag, value in (("--iterations", args.iterations), ("--crop", args.crop), ("--pad", args.pad),
+                                               ("--z-direction", args.z_direction)) if value is not None]
+        if stack_only:
+            verb = "apply" if len(stack_only) > 1 else "applies"
+            raise UsageError(f"{' and '.join(stack_only)} {verb} to a bead z-stack (.tif), not to a recording's frames.")
+        start = calibration_start(args.input)[1] if args.input.is_dir() else "the hard aperture"
         with ProgressBar("calibrate") as progress:
             calibration, written = calibrate_recording(args.input, timepoint=args.timepoint, device=args.device,
                                                        output=args.output, progress=progress,
                                                        source_calibration=not args.no_source_calibration,
                                                        bead_diameter_um=args.bead_diameter)
         before, after = calibration.residual_start, calibration.residual
-        how = f"{len(calibration.sources_um_xyz)} views"
+        how = f"{len(calibration.sources_um_xyz)} views, starting from {start}"
     elif args.input.suffix.lower() in (".tif", ".tiff"):
         if args.device == "cuda":
             raise UsageError("A bead z-stack is fitted on the CPU (a float64 fit); --device applies to a recording's frames.")
@@ -397,7 +441,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             result, written = calibrate_stack_file(
                 args.input, output=args.output, wavelength_um=args.wavelength_um, na=args.na, n_medium=args.n_medium,
                 pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um, z_direction=args.z_direction, progress=progress,
-                bead_diameter_um=args.bead_diameter,
+                bead_diameter_um=args.bead_diameter, crop_px=args.crop, pad_px=args.pad,
+                iterations=args.iterations or STACK_ITERATIONS,
             )
         calibration, before, after = result.calibration, result.residual_hard, result.residual
         how = f"{len(calibration.sources_um_xyz)} planes, z direction {result.z_direction:+d}"
@@ -432,7 +477,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{scores['recording']}: {scores['method']}, {scores['timepoints']} timepoint(s)")
         print(f"  Δn absolute:  PSNR {a['psnr_db']:.2f} dB  SSIM {a['ssim']:.3f}")
         print(f"  Δn published: PSNR {p['psnr_db']:.2f} dB  SSIM {p['ssim']:.3f}")
-        print(f"  held-out views ({scores['heldout_views']}): image PSNR {scores['heldout_image_psnr_db']:.2f} dB")
+        print(f"  held-out views ({scores['heldout_views']} beads the recording did not use, imaged through the truth "
+              f"and through the volume): image PSNR {scores['heldout_image_psnr_db']:.2f} dB")
     return 0
 
 

@@ -41,7 +41,9 @@ setup_python() {
     if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
         "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
     fi
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
+    # setuptools' editable-install banner (a folder named like the package: this checkout is it) is noise here
+    PYTHONWARNINGS="ignore:Editable installation" \
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
     "$VENV/bin/python" -c "import nvplive.recon.physics, PySide6, vispy, pymmcore_plus" \
         || { echo "dev.sh: the environment in $VENV is incomplete" >&2; exit 1; }
 }

@@ -13,6 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+#: L-BFGS iterations per pass of a bead z-stack's calibration (``nvplive calibrate STACK.tif``,
+#: the app's "Calibrate pupil"): on the measured stack 30 and 40 iterations leave the same
+#: residual (BENCHMARKS.md, "The real bead stack"). Here, torch-free, for the command line's help.
+STACK_ITERATIONS = 40
+
 
 class CalibrationCancelled(Exception):
     """A pupil calibration was stopped by its ``progress`` callback (no result)."""

@@ -100,6 +100,10 @@ def test_reconstruct_then_evaluate(simulated: Path):
         (("reconstruct", "x.fdt", "--pupil", "nope.json"), "nope.json: no pupil file there"),
         (("calibrate", "x.txt"), "must be a recording (NAME.fdt) or a bead z-stack (.tif)"),
         (("calibrate", "stack.tif"), "stack.tif: no such bead z-stack file"),
+        (("calibrate", "x.fdt", "--crop", "64"), "--crop applies to a bead z-stack (.tif), not to a recording's frames"),
+        (("evaluate", "/dev/null"), "/dev/null: not a recording folder (a recording is a folder NAME.fdt"),
+        (("simulate", "--phantom", "cell", "--shape", "-8,16,16", "x.fdt"),
+         "argument --shape: expected one argument (a value that starts with '-' is given as --shape=VALUE)"),
     ],
 )
 def test_user_mistakes_are_one_sentence_without_traceback(tmp_path: Path, args, fragment):
@@ -179,7 +183,7 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
     out = nvplive("calibrate", str(simulated), "-o", str(tmp_path / "scope.json"), "--device", "cpu",
                   "--no-source-calibration", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "calibrated the pupil on small.fdt (4 views)" in out.stdout
+    assert "calibrated the pupil on small.fdt (4 views, starting from the recording's earlier pupil.json (frames, " in out.stdout
     pupil = read_pupil(tmp_path / "scope.json")
     assert len(pupil.zernike_rad) == 21 and pupil.zernike_rad[:3] == (0.0, 0.0, 0.0)
     out = nvplive("reconstruct", str(simulated), "--pupil", str(tmp_path / "scope.json"), "--no-pupil-calibration",
@@ -234,12 +238,13 @@ def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_opti
     assert _given_pupil(path, None, ReconConfig()) == (None, None)
     assert "pupil.json was calibrated with beads of 0.5 µm, but the reconstruction images beads of 0.2 µm" in capsys.readouterr().err
 
-    other = replace(optics, wavelength_um=0.45)
+    other = replace(optics, wavelength_um=0.45, na=optics.na + 0.1)
     write_pupil(tmp_path / "other.json", given, other, calibrated_from="test", method="frames")
     before = (path / "volumes.ome.tif").stat().st_mtime_ns
     out = nvplive("reconstruct", str(path), "--pupil", str(tmp_path / "other.json"), "--device", "cpu", cwd=tmp_path)
     assert out.returncode == 2
-    assert f"was calibrated for λ 0.45 µm, but copy.fdt was recorded at λ {optics.wavelength_um:g} µm" in out.stderr
+    assert (f"was calibrated for λ 0.45 µm, NA {other.na:g}, but copy.fdt was recorded at λ {optics.wavelength_um:g} µm, "
+            f"NA {optics.na:g};") in out.stderr  # every value that differs, both sides
     assert (path / "volumes.ome.tif").stat().st_mtime_ns == before
 
 
@@ -261,18 +266,26 @@ def test_calibrate_a_bead_z_stack(tmp_path: Path):
     with torch.no_grad():
         planes = camera_intensity(model, homogeneous_spectrum(model, sources), pupil=pupil_on_grid(model, truth)).numpy()
     counts = np.random.default_rng(0).poisson(planes / planes.max() * 2000.0 + 100.0).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "beads.tif", counts)
-    (tmp_path / "beads.json").write_text(json.dumps(
+    data = tmp_path / "data"  # a data folder: the pupil file goes to the current folder, not beside the stack
+    data.mkdir()
+    tifffile.imwrite(data / "beads.tif", counts)
+    (data / "beads.json").write_text(json.dumps(
         {"wavelength_um": 0.52, "na": 0.8, "n_medium": 1.333, "pixel_size_um": 0.1, "z_step_um": 0.4, "bead_diameter_um": 0.05}
     ))
-    out = nvplive("calibrate", "beads.tif", "--z-direction", "1", "--threads", "1", cwd=tmp_path)
+    out = nvplive("calibrate", "data/beads.tif", "--z-direction", "1", "--threads", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "7 planes, z direction +1" in out.stdout and "the stack's noise alone would leave" in out.stdout
     assert "full scale" not in out.stderr  # no saturation warning for a stack that does not saturate
+    assert sorted(p.name for p in data.iterdir()) == ["beads.json", "beads.tif"]
     doc = read_pupil_file(tmp_path / "beads.pupil.json")
     assert doc.method == "bead-z-stack" and doc.residual < doc.residual_before
     assert doc.bead_diameter_um == 0.05  # STACK.json's beads, imaged by the fit and recorded
     assert abs(doc.zernike_rad[11 - 2] - 0.4) < 0.1  # primary spherical
+    # the 32 × 32 pixels around the bead, 10 iterations per pass: a faster fit, still the spherical term's sign and size
+    out = nvplive("calibrate", "data/beads.tif", "--z-direction", "1", "--crop", "32", "--iterations", "10",
+                  "--pad", "12", "-o", "cropped.json", "--threads", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert abs(read_pupil_file(tmp_path / "cropped.json").zernike_rad[11 - 2] - 0.4) < 0.15
 
 
 def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsys):

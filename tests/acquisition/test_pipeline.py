@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 import threading
 import time
@@ -155,13 +156,17 @@ def test_live_reconstruction_with_the_real_reconstructor(tmp_path):
         assert np.isfinite(rec.volume(4)).all() and np.abs(rec.volume(4)).max() > 0
 
 
-def test_stop_mid_timepoint_finishes_that_timepoint(tmp_path):
+def test_stop_mid_timepoint_finishes_that_timepoint(tmp_path, caplog):
+    """...and the stop is ours to report: pymmcore-plus's "MDA Canceled: <the whole sequence>"
+    warning is not logged."""
     core, info, scene, writer = _setup(tmp_path, views=3)
     acq = FDTAcquisition(core, info, writer, timepoints=20, interval_s=0.0)
     events = _capture(acq)
     acq.frame_written.connect(lambda t, v, f: acq.stop() if (t, v) == (2, 0) else None)
+    caplog.set_level(logging.DEBUG, logger="pymmcore-plus")
     summary = acq.run()
     assert summary.status == "stopped" and summary.error is None
+    assert not [r for r in caplog.records if "Canceled" in r.getMessage()]
     assert summary.timepoints_complete == 3 and summary.frames_written == 9
     assert [(t, v) for t, v, _ in events["frames"]][-3:] == [(2, 0), (2, 1), (2, 2)]
     with open_recording(writer.path) as rec:  # still open for writing: read as a crash would leave it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -341,9 +342,12 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
-def test_reader_rejects_damage_with_a_message_naming_the_file(recording, name):
+def test_reader_rejects_damage_with_a_message_naming_the_file(recording, name, caplog):
+    """One sentence naming the file, and nothing from tifffile around it (its warnings and
+    errors while it parses a damaged file are dropped)."""
     damage, file_name, match = CORRUPTIONS[name]
     damage(recording)
+    caplog.set_level(logging.DEBUG, logger="tifffile")
     with pytest.raises(RecordingError, match=match) as info:
         with open_recording(recording) as rec:
             for t in range(rec.n_timepoints):
@@ -351,6 +355,7 @@ def test_reader_rejects_damage_with_a_message_naming_the_file(recording, name):
     message = str(info.value)
     assert file_name in message and str(recording) in message
     assert "\n" not in message
+    assert not [r for r in caplog.records if r.name == "tifffile"]
 
 
 # --------------------------------------------------------------------------- crash safety

@@ -165,6 +165,23 @@ def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, 
     assert not window.errors
 
 
+def test_the_loss_plot_follows_an_update_in_progress(make_window):
+    """A cold start of minutes on a CPU draws its loss as it falls (finding: the plot stayed
+    empty at iteration 60/120); the finished update's own losses then replace that trace."""
+    window = make_window()
+    live, plot = window.live, window.recon_panel.loss_plot
+    live.clear_losses()
+    live.show_progress(7, 10, 3.0, True, "calibration")  # the pupil's evaluations are not iterations
+    assert plot.values.size == 0
+    live.show_progress(5, 120, 1.0, True, "volume")
+    live.show_progress(12, 120, 0.5, True, "volume")  # reports 6–11 were coalesced: drawn at the newest value
+    assert plot.values.tolist() == [1.0] * 5 + [0.5] * 7
+    live._on_reconstructed(0, float("nan"), [2.0] * 20, False)
+    assert plot.values.tolist() == [2.0] * 20
+    live.show_progress(3, 40, 0.25, False, "volume")  # the next (warm) update, after the first
+    assert plot.values.tolist() == [2.0] * 20 + [0.25] * 3
+
+
 def test_controls_change_what_the_worker_uses(make_window, qtbot):
     window = make_window(timepoints=0, interval_s=0.3)  # continuous until Stop
     window.start_acquisition(record=False)

@@ -215,6 +215,23 @@ def default_local_workers(threads: int | None = None) -> int:
     return cpu_threads(threads)[0]
 
 
+def torch_worker_environ() -> dict:
+    """The environment Dask's nanny gives a worker process, without its
+    ``MALLOC_TRIM_THRESHOLD_`` of 64 KiB.
+
+    Dask sets it to hand freed memory back to the system at once; torch frees and allocates
+    megabytes per iteration, so every allocation faulted fresh pages in: a one-worker
+    reconstruction spent 200 s in the kernel and took 307 s where the serial run took 50 s
+    (65 s without it; BENCHMARKS.md, "Batch reconstruction on Dask"). The other variables
+    (one OpenMP/BLAS thread per worker) stay.
+    """
+    import dask
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return environ
+
+
 def connect(
     scheduler: str | Client, workers: int | None = None, *, timeout_s: float = CONNECT_TIMEOUT_S,
     threads: int | None = None,
@@ -232,14 +249,17 @@ def connect(
     if not isinstance(scheduler, str) or not scheduler:
         raise NvpLiveError(f"The scheduler must be 'local' or an address like tcp://host:8786, got {scheduler!r}.")
     if scheduler == "local":
+        import dask
+
         n = workers or default_local_workers(threads)
-        cluster = distributed.LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",  # a free port: several clusters may run on one machine
-            silence_logs=logging.ERROR,
-        )
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": torch_worker_environ()}):
+            cluster = distributed.LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",  # a free port: several clusters may run on one machine
+                silence_logs=logging.ERROR,
+            )
         try:
             client = distributed.Client(cluster)
         except BaseException:

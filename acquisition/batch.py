@@ -47,7 +47,7 @@ from nvplive import __version__
 from nvplive.errors import NvpLiveError, ReconstructionError, RecordingError
 from nvplive.recon.calibration import PupilCalibration
 from nvplive.recon.pupil import PupilParameters
-from nvplive.recon.reconstructor import ReconConfig, cpu_threads
+from nvplive.recon.reconstructor import ALLOCATOR_ENV, ReconConfig, cpu_threads
 
 from .offline import Progress, _quiet, config_for, reconstructor_for
 from .pupil_file import calibration_start, frames_origin, recording_pupil, volume_pupil_setting
@@ -216,19 +216,20 @@ def default_local_workers(threads: int | None = None) -> int:
 
 
 def torch_worker_environ() -> dict:
-    """The environment Dask's nanny gives a worker process, without its
+    """The environment Dask's nanny gives a worker process, with nvp-live's allocator settings
+    (:data:`~nvplive.recon.reconstructor.ALLOCATOR_ENV`) instead of Dask's
     ``MALLOC_TRIM_THRESHOLD_`` of 64 KiB.
 
     Dask sets it to hand freed memory back to the system at once; torch frees and allocates
     megabytes per iteration, so every allocation faulted fresh pages in: a one-worker
     reconstruction spent 200 s in the kernel and took 307 s where the serial run took 50 s
-    (65 s without it; BENCHMARKS.md, "Batch reconstruction on Dask"). The other variables
-    (one OpenMP/BLAS thread per worker) stay.
+    (BENCHMARKS.md, "Batch reconstruction on Dask"). The other variables (one OpenMP/BLAS
+    thread per worker) stay.
     """
     import dask
 
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    environ.update(ALLOCATOR_ENV)
     return environ
 
 
@@ -252,6 +253,9 @@ def connect(
         import dask
 
         n = workers or default_local_workers(threads)
+        # the nanny takes a variable of this process's environment over its configuration's
+        # (and leaves its own there: Dask's trim, after a cluster started with Dask's defaults)
+        os.environ.update(ALLOCATOR_ENV)
         with dask.config.set({"distributed.nanny.pre-spawn-environ": torch_worker_environ()}):
             cluster = distributed.LocalCluster(
                 n_workers=n,

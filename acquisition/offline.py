@@ -316,7 +316,9 @@ def reconstruct_recording(
 
 
 def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) -> dict:
-    """Δn PSNR/SSIM (absolute and published protocols) and held-out-view image PSNR.
+    """Δn PSNR/SSIM (absolute and published protocols) and held-out-view image PSNR; with the
+    absolute PSNR the all-zero volume's (``absolute.all_zero_psnr_db``), the floor a
+    reconstruction has to beat.
 
     Scores are averaged over the timepoints that have both a reconstruction and
     ground truth. Held-out views: beads at positions not used in the recording are
@@ -373,14 +375,15 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             model, pupil = renderer(volume_pupil(used, path), float(used.get("bead_diameter_um", 0.0)))
             with torch.no_grad():
                 predicted = render(model, torch.as_tensor(pred), torch.as_tensor(held, dtype=torch.float32), pupil=pupil).numpy()
-            rows.append((a.psnr_db, a.ssim, p.psnr_db, p.ssim, image_psnr(predicted, measured)))
+            zero = absolute_scores(np.zeros_like(truth), truth)
+            rows.append((a.psnr_db, a.ssim, p.psnr_db, p.ssim, image_psnr(predicted, measured), zero.psnr_db))
         m = np.mean(np.array(rows), axis=0)
         method = rec.volume_settings.get(common[0], {}).get("method", "unknown")
     return {
         "recording": str(path),
         "method": method,
         "timepoints": len(common),
-        "absolute": {"psnr_db": float(m[0]), "ssim": float(m[1])},
+        "absolute": {"psnr_db": float(m[0]), "ssim": float(m[1]), "all_zero_psnr_db": float(m[5])},
         "published": {"psnr_db": float(m[2]), "ssim": float(m[3])},
         "heldout_image_psnr_db": float(m[4]),
         "heldout_views": heldout_views,
@@ -390,9 +393,11 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
 def calibrate_recording(
     path: str | Path, *, timepoint: int = 0, device: str = "auto", output: str | Path | None = None,
     progress: Progress = _quiet, source_calibration: bool = True, bead_diameter_um: float | None = None,
+    overwrite: bool = False,
 ) -> tuple[PupilCalibration, Path]:
     """Calibrate the detection pupil on one timepoint's frames of a recording (no volume is
-    fitted) and write it to ``output`` (default: the recording's own pupil.json).
+    fitted) and write it to ``output`` (default: the recording's own pupil.json, replaced; a
+    pupil file ``output`` that exists only with ``overwrite``).
 
     With ``source_calibration`` (``ReconConfig.source_calibration``) the source spectrum's
     edge is calibrated too, where the frames show one inside the pupil; the beads are
@@ -415,7 +420,7 @@ def calibrate_recording(
         frames = rec.frames(timepoint)
     target = Path(output) if output is not None else path
     if target.suffix != SUFFIX:
-        check_pupil_output(target, path)
+        check_pupil_output(target, path, overwrite=overwrite)
     known, known_from = calibration_start(path)
     config = ReconConfig(source_calibration=source_calibration, bead_diameter_um=bead_diameter_um)
     reconstructor = reconstructor_for(meta, config, device, known)
@@ -439,12 +444,14 @@ def calibrate_recording(
 
 #: Keys of the JSON file beside a bead z-stack (``STACK.json``) that :func:`calibrate_stack_file` reads.
 STACK_KEYS = ("wavelength_um", "na", "n_medium", "pixel_size_um", "z_step_um")
+#: The smallest crop of a bead z-stack (``calibrate --crop``): the in-focus spot and its first rings.
+MIN_CROP_PX = 16
 
 
 def calibrate_stack_file(
     path: str | Path, *, output: str | Path | None = None, iterations: int = STACK_ITERATIONS,
     z_direction: int | None = None, progress: Progress = _quiet, bead_diameter_um: float | None = None,
-    crop_px: int | None = None, pad_px: int | None = None, **overrides: float | None,
+    crop_px: int | None = None, pad_px: int | None = None, overwrite: bool = False, **overrides: float | None,
 ) -> tuple[StackCalibration, Path]:
     """Calibrate the detection pupil on a bead z-stack TIFF (``[Z, Y, X]``) and write the pupil file.
 
@@ -455,7 +462,9 @@ def calibrate_stack_file(
     ``progress``, ``iterations``, ``pad_px`` and ``bead_diameter_um``: see
     :func:`.bead_stack.calibrate_stack` (``bead_diameter_um`` None: the optional key
     ``bead_diameter_um`` of ``STACK.json``, else 0, a point source). ``crop_px``: fit only the
-    ``crop_px × crop_px`` pixels around the brightest one (faster, and less background noise).
+    ``crop_px × crop_px`` pixels around the brightest one (faster, and less background noise;
+    at least :data:`MIN_CROP_PX` and at most the frame). An ``output`` that exists is replaced
+    only with ``overwrite``.
 
     Raises:
         RecordingError: the stack or its parameters cannot be read, a parameter is missing or
@@ -494,7 +503,8 @@ def calibrate_stack_file(
         if isinstance(bead_diameter_um, bool) or not isinstance(bead_diameter_um, (int, float)) \
                 or not math.isfinite(bead_diameter_um) or bead_diameter_um < 0:
             raise RecordingError(f"{beside}: the beads' bead_diameter_um must be a number ≥ 0, got {json.dumps(bead_diameter_um)}.")
-    target = check_pupil_output(output if output is not None else Path.cwd() / path.with_suffix(".pupil.json").name, path, beside)
+    target = check_pupil_output(output if output is not None else Path.cwd() / path.with_suffix(".pupil.json").name, path, beside,
+                                overwrite=overwrite)
     try:
         stack = tifffile.imread(path)
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
@@ -503,6 +513,11 @@ def calibrate_stack_file(
     if stack.ndim != 3:
         raise RecordingError(f"{path}: a bead z-stack must have 3 axes (Z, Y, X), this one has shape {stack.shape}.")
     if crop_px is not None:
+        if not MIN_CROP_PX <= crop_px <= min(stack.shape[1:]):
+            raise RecordingError(
+                f"{path}: a crop of {crop_px}×{crop_px} pixels must be at least {MIN_CROP_PX} and at most its "
+                f"{stack.shape[1]}×{stack.shape[2]} frames."
+            )
         stack = crop_around_peak(stack, crop_px)
     optics = Optics(wavelength_um=float(params["wavelength_um"]), n_medium=float(params["n_medium"]), na=float(params["na"]),
                     emission_fwhm_um=0.0)

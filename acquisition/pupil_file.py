@@ -100,20 +100,25 @@ def write_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics,
     return target
 
 
-def check_pupil_output(path: str | os.PathLike, *inputs: str | os.PathLike) -> Path:
+def check_pupil_output(path: str | os.PathLike, *inputs: str | os.PathLike, overwrite: bool = False) -> Path:
     """The pupil file :func:`write_pupil` would write for ``path``, checked before a fit runs:
-    it is none of ``inputs`` (the data being fitted and its parameter file) and its folder
-    takes a new file (a temporary one is created there and removed).
+    it is none of ``inputs`` (the data being fitted and its parameter file), it does not exist
+    yet unless ``overwrite``, and its folder exists and takes a new file (a temporary one is
+    created there and removed; a mistyped folder is not created).
 
     Raises:
-        RecordingError: the output is one of the inputs, or cannot be written (naming why).
+        RecordingError: the output is one of the inputs, exists, or cannot be written (naming why).
     """
     target = pupil_path(path)
     for given in inputs:
         if Path(given).exists() and target.exists() and target.resolve() == Path(given).resolve():
             raise RecordingError(f"{target}: is the data being calibrated; choose another output for the pupil file.")
+    if target.exists() and not overwrite:
+        raise RecordingError(f"{target}: already exists; replace it with nvplive calibrate --overwrite, or choose another output.")
+    if not target.parent.is_dir():
+        why = "is not a folder" if target.parent.exists() else "does not exist"
+        raise RecordingError(f"{target}: cannot be written: {target.parent} {why}; choose another output.")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".probe"):
             pass
     except OSError as exc:
@@ -132,7 +137,11 @@ def read_pupil_file(path: str | os.PathLike) -> PupilFile:
         data = json.loads(target.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecordingError(f"{target}: no pupil file there.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise RecordingError(
+            f"{target}: not a pupil file (not text; a pupil file is the JSON that nvplive calibrate writes)."
+        ) from None
+    except (OSError, json.JSONDecodeError) as exc:
         raise RecordingError(f"{target}: not a readable pupil file ({exc}).") from None
     return validate(PupilFile, data, str(target), RecordingError)
 

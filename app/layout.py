@@ -19,6 +19,15 @@ def scrolling(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
     return area
 
 
+def full_width(widget: QtWidgets.QWidget) -> int:
+    """The width a dock needs to show ``widget`` uncut: a :func:`scrolling` area's panel at its
+    minimum width beside the vertical scroll bar (the area scrolls only vertically)."""
+    if isinstance(widget, QtWidgets.QScrollArea) and widget.widget() is not None:
+        bar = widget.verticalScrollBar().sizeHint().width()
+        return widget.widget().minimumSizeHint().width() + bar + 2 * widget.frameWidth() + 4
+    return widget.minimumSizeHint().width()
+
+
 def build_docks(window: QtWidgets.QMainWindow, widgets: dict[str, QtWidgets.QWidget],
                 view_menu: QtWidgets.QMenu) -> dict[str, QtWidgets.QDockWidget]:
     """One dock per entry of :data:`DOCKS` holding ``widgets[key]``; each listed in ``view_menu``."""
@@ -67,7 +76,7 @@ def size_docks(window: QtWidgets.QMainWindow, docks: dict[str, QtWidgets.QDockWi
     """Share the window: the acquisition panel a fifth of the width, the 3D view most of the rest."""
     d = docks
     width, height = max(window.width(), 1000), max(window.height(), 600)
-    left = max(290, int(0.2 * width))
+    left = max(full_width(d["acquisition"].widget()), int(0.2 * width))
     rest = width - left
     window.resizeDocks([d["acquisition"], d["volume"], d["frames"]], [left, int(0.58 * rest), int(0.42 * rest)],
                        QtCore.Qt.Orientation.Horizontal)

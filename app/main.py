@@ -37,7 +37,7 @@ def run_app(
     import torch
     import vispy
 
-    from nvplive.recon.reconstructor import live_cpu_threads
+    from nvplive.recon.reconstructor import live_cpu_threads, tune_allocator
 
     vispy.use("pyside6")
     from PySide6 import QtCore, QtWidgets
@@ -56,6 +56,7 @@ def run_app(
     log_file = setup_logging()
     logger.info("nvp-live starting (demo=%s, device=%s, log=%s)", demo, device, log_file)
     torch.set_num_threads(live_cpu_threads())
+    tune_allocator()
     # The GUI thread makes many short GIL-releasing calls (OpenGL through ctypes); with the
     # default 5 ms switch interval each one can wait 5 ms behind a Python-heavy worker thread.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

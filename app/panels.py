@@ -210,6 +210,7 @@ class AcquisitionPanel(QtWidgets.QWidget):
                                       "software: a source switch and a snap per view")
         for label in (self.pixel_label, self.bit_depth_label, self.trigger_label):
             label.setObjectName("readout")
+            label.setWordWrap(True)  # a long readout wraps instead of widening the dock past the window
 
         layout.addWidget(_section("Time-lapse"))
         form = _form(layout)

@@ -72,6 +72,9 @@ def _ticks(lo: float, hi: float) -> np.ndarray:
     return np.arange(first, hi + 1e-9 * step, step)
 
 
+#: The 3D view's note before its first volume.
+NO_VOLUME_YET = "No volume yet (a cold start takes a while: see the Reconstruction panel)"
+
 class VolumeView(QtWidgets.QWidget):
     """Live Δn volume: 3D rendering, RI colorbar and three orthogonal slices.
 
@@ -148,6 +151,11 @@ class VolumeView(QtWidgets.QWidget):
         for line in self._plane_lines.values():
             # Slice outlines stay visible through the rendered volume in every mode.
             line.set_gl_state("translucent", depth_test=False)
+        #: Said on the canvas until the first volume arrives (a cold start takes minutes on a CPU).
+        self.placeholder = scene.visuals.Text(
+            text=NO_VOLUME_YET, pos=(12, 16), color=style.MUTED, font_size=9.0,
+            anchor_x="left", anchor_y="center", parent=self.canvas.scene,
+        )
         top.addWidget(self.canvas.native, 1)
         top.addLayout(cbar_column)
         cbar_column.setSpacing(0)
@@ -278,6 +286,7 @@ class VolumeView(QtWidgets.QWidget):
         else:
             self._update_slice_images()
         self._has_data = True
+        self.placeholder.visible = False
         self._apply_clim()
         self.canvas.update()
 

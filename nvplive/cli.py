@@ -149,6 +149,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}.")
 
 
+def _command(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    """A sub-command whose one-line summary heads both ``nvplive --help`` and its own ``--help``."""
+    return sub.add_parser(name, help=summary, description=summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nvplive`` argument parser with its sub-commands."""
     from nvplive.recon.phantoms import PHANTOMS  # numpy only
@@ -158,27 +163,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nvp-live {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    demo = sub.add_parser("demo", help="the app on a simulated microscope (beating cardiomyocyte)")
+    demo = _command(sub, "demo", "the app on a simulated microscope (beating cardiomyocyte)")
     demo.add_argument("--headless", action="store_true", help="no window: acquire + reconstruct live and write the recording")
     demo.add_argument(
         "--timepoints", type=_positive_int, default=None, help="number of timepoints (default: 20 headless, endless in the app)"
     )
     demo.add_argument("--out", type=Path, default=None, help="folder for the recording (default: ./nvplive-demo)")
-    demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                      help="where the reconstruction runs: auto (the GPU when there is one, else the CPU), cpu or cuda (default auto)")
     _threads_option(demo)
 
-    app = sub.add_parser("app", help="the app on real hardware")
+    app = _command(sub, "app", "the app on real hardware")
     app.add_argument("--mm-config", type=Path, default=None, help="Micro-Manager configuration file (.cfg)")
     app.add_argument("--settings", type=Path, default=None, help="FDT settings file (source selection, nominal positions)")
 
-    sim = sub.add_parser("simulate", help="simulate an FDT recording of a phantom")
+    sim = _command(sub, "simulate", "simulate an FDT recording of a phantom")
     sim.add_argument("--phantom", choices=tuple(PHANTOMS), required=True,
                      help="the specimen: a round cell, a slab of tissue, or a beating cardiomyocyte (changes over time)")
     sim.add_argument("--views", type=_positive_int, default=7, help="beads excited one at a time, one frame each (default 7)")
     sim.add_argument("--timepoints", type=_positive_int, default=1, help="timepoints, 0.1 s apart (default 1)")
     sim.add_argument("--shape", type=_shape, default=None, help="Z,Y,X voxels (default 32,64,64)")
     sim.add_argument("--voxel-um", type=_voxel, default=None, help="DZ,DY,DX voxel size in µm (default 0.25)")
-    sim.add_argument("--seed", type=int, default=0, help="phantom, beads, noise and the realistic instrument's draw")
+    sim.add_argument("--seed", type=int, default=0,
+                     help="random seed of the phantom, the beads, the noise and the realistic instrument's draw (default 0)")
     sim.add_argument("--instrument", choices=("realistic", "matched"), default="realistic",
                      help="the simulated microscope: realistic (default: pupil apodisation and aberrations, wider "
                           "source cone, finer axial steps; recorded with the ground truth) or matched (the "
@@ -188,17 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "beads 2–4 µm below (overrides --shape/--voxel-um)")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing recording")
     _threads_option(sim)
-    sim.add_argument("out", type=Path, metavar="OUT.fdt")
+    sim.add_argument("out", type=Path, metavar="OUT.fdt", help="the recording folder to write (a name ending in .fdt)")
 
-    rec = sub.add_parser("reconstruct", help="reconstruct every timepoint of a recording")
-    rec.add_argument("recording", type=Path, metavar="IN.fdt")
-    rec.add_argument("--method", choices=METHODS, default="nvp")
+    rec = _command(sub, "reconstruct", "reconstruct every timepoint of a recording")
+    rec.add_argument("recording", type=Path, metavar="IN.fdt", help="the recording folder; its volumes are replaced at the end")
+    rec.add_argument("--method", choices=METHODS, default="nvp",
+                     help="nvp (neural volumetric prior, default), explicit (one value per voxel) or triplane")
     rec.add_argument("--iterations", type=_positive_int, default=None,
                      help="iterations of the first timepoint, fitted from scratch (default 300)")
     rec.add_argument("--warm-iterations", type=_positive_int, default=None,
                      help="at most this many iterations per later timepoint, each started from the one before and "
                           "ended early when its loss stops improving (default 40)")
-    rec.add_argument("--tv", type=_non_negative, default=None, help="TV weight τ")
+    rec.add_argument("--tv", type=_non_negative, default=None,
+                     help="weight τ of the total-variation prior (smooth Δn with sharp edges; default 0.004, 0 turns it off)")
     rec.add_argument("--sparsity", type=_non_negative, default=None,
                      help="weight σ of the ℓ1 sparsity prior on Δn along the optical path (Σ|Δn|·dz per column over "
                           "4 µm; default 0.016, 0 turns it off; "
@@ -207,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--lr", type=_positive, default=None, help="cold-start learning rate of the representation (default 0.01; "
                           "warm updates step at 2× it)")
     _bead_diameter_option(rec)
-    rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                     help="where the reconstruction runs: auto (the GPU when there is one, else the CPU), cpu or cuda (default auto)")
     _threads_option(rec)
     rec.add_argument("--compile", default=None, choices=COMPILE_MODES, metavar="MODE",
                      help=f"run iterations through torch.compile in this mode ({', '.join(COMPILE_MODES)}); "
@@ -235,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--chunk-size", type=_positive_int, default=None,
                      help="with --scheduler: timepoints per task, each chunk's first one cold-started (default: spread over the workers)")
 
-    cal = sub.add_parser("calibrate", help="calibrate the detection pupil on a recording's frames or a bead z-stack")
+    cal = _command(sub, "calibrate", "calibrate the detection pupil on a recording's frames or a bead z-stack")
     cal.add_argument("input", type=Path, metavar="REC.fdt|STACK.tif")
     cal.add_argument("-o", "--output", type=Path, default=None, metavar="pupil.json",
                      help="where to write the pupil (default: REC.fdt/pupil.json, or STACK.pupil.json in the current folder)")
@@ -250,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--pad", type=_non_negative_int, default=None, metavar="PIXELS",
                      help="z-stack: the renderer's padding per side (default: the bead's defocused disc at the "
                           "farthest plane; BENCHMARKS.md measures what less costs)")
-    cal.add_argument("--timepoint", type=int, default=0, help="recording: the timepoint whose frames are fitted (default 0)")
+    cal.add_argument("--timepoint", type=int, default=None, help="recording: the timepoint whose frames are fitted (default 0)")
+    cal.add_argument("--overwrite", action="store_true",
+                     help="replace an existing pupil file given by -o or the stack's default one (a recording's own "
+                          "pupil.json is replaced without it, as reconstruct does)")
     cal.add_argument("--no-source-calibration", action="store_true",
                      help="recording: keep the renderer's source spectrum instead of calibrating its edge with the pupil")
     cal.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -262,13 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
         cal.add_argument(f"--{name}", type=_positive, default=None, help=f"z-stack: {what} (default: STACK.json beside the stack)")
     _threads_option(cal)
 
-    ev = sub.add_parser("evaluate", help="score a reconstruction against ground truth")
-    ev.add_argument("recording", type=Path, metavar="IN.fdt")
+    ev = _command(sub, "evaluate", "score a reconstruction against ground truth")
+    ev.add_argument("recording", type=Path, metavar="IN.fdt", help="a simulated recording (with ground truth) that has volumes")
     ev.add_argument("--json", action="store_true", help="print the scores as JSON")
     _threads_option(ev)
 
-    bench = sub.add_parser("bench", help="quality and speed benchmarks (results and targets: BENCHMARKS.md)")
-    bench.add_argument("kind", choices=("quality", "speed"))
+    bench = _command(sub, "bench", "quality and speed benchmarks (results and targets: BENCHMARKS.md)")
+    bench.add_argument("kind", choices=("quality", "speed"),
+                       help="quality (Δn PSNR per method and specimen) or speed (iterations per second)")
     bench.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the result rows as JSON")
     bench.add_argument("--full", action="store_true", help="the full (GPU) size")
     bench.add_argument("--mismatch", action="store_true",
@@ -333,7 +347,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from nvplive.acquisition.offline import reconstruct_recording
-    from nvplive.acquisition.pupil_file import calibration_start
+    from nvplive.acquisition.pupil_file import calibration_start, pupil_path
     from nvplive.recon.loop import IterationBudget
     from nvplive.recon.reconstructor import ReconConfig
 
@@ -362,11 +376,13 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         print(f"nvplive: {' and '.join(moot)} {'have' if len(moot) > 1 else 'has'} no effect with --no-pupil-calibration: "
               "the pupil (the file's, or the hard aperture) is used as it is, its source spectrum included.", file=sys.stderr)
     pupil, pupil_from = _given_pupil(args.recording, args.pupil, config)
-    start = calibration_start(args.recording, pupil, pupil_from)[1] if args.recording.is_dir() else None
-    if start is not None:
-        calibrated = config.self_calibration and config.pupil_calibration
-        how = "calibrated on timepoint 0's frames, starting from" if calibrated else "used as it is:"
-        print(f"nvplive: the detection pupil is {how} {start}", file=sys.stderr, flush=True)
+    # read before the run replaces the recording's pupil.json, said after it succeeded
+    start = calibration_start(args.recording, pupil, pupil_from)[1] if args.recording.is_dir() else "the hard aperture"
+    if config.self_calibration and config.pupil_calibration:
+        pupil_line = (f"the detection pupil: calibrated on timepoint 0's frames, starting from {start}; "
+                      f"written to {pupil_path(args.recording)}")
+    else:
+        pupil_line = f"the detection pupil: {start}, as it is"
     if args.scheduler is None:
         with ProgressBar("reconstruct") as progress:
             summary = reconstruct_recording(
@@ -389,6 +405,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         f"reconstructed {summary.timepoints} timepoint(s) with {args.method} on {where} in {took}"
         f"; final loss {summary.losses[-1]:.4f}"
     )
+    print(pupil_line)
     if summary.flagged:
         print(f"warning: timepoints {summary.flagged} diverged and were rolled back", file=sys.stderr)
     return 0
@@ -414,34 +431,41 @@ def _given_pupil(recording: Path, pupil_file: Path | None, config: Any) -> tuple
     return pupil, origin
 
 
+def _refuse_options(flags: list[str], what: str) -> None:
+    """Refuse options given for the other kind of input, naming them."""
+    if flags:
+        raise UsageError(f"{' and '.join(flags)} {'apply' if len(flags) > 1 else 'applies'} to {what}.")
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from nvplive.acquisition.offline import calibrate_recording, calibrate_stack_file
+    from nvplive.acquisition.offline import STACK_KEYS, calibrate_recording, calibrate_stack_file
     from nvplive.acquisition.pupil_file import calibration_start
     from nvplive.recon.progress import STACK_ITERATIONS
 
     _use_threads(args)
+    stack_only = [f"--{name.replace('_', '-')}" for name in (*STACK_KEYS, "iterations", "crop", "pad", "z_direction")
+                  if getattr(args, name) is not None]
+    recording_only = [flag for flag, given in (("--timepoint", args.timepoint is not None),
+                                               ("--no-source-calibration", args.no_source_calibration)) if given]
     if args.input.suffix == ".fdt":
-        stack_only = [flag for flag, value in (("--iterations", args.iterations), ("--crop", args.crop), ("--pad", args.pad),
-                                               ("--z-direction", args.z_direction)) if value is not None]
-        if stack_only:
-            verb = "apply" if len(stack_only) > 1 else "applies"
-            raise UsageError(f"{' and '.join(stack_only)} {verb} to a bead z-stack (.tif), not to a recording's frames.")
+        _refuse_options(stack_only, "a bead z-stack (.tif), not to a recording's frames")
         start = calibration_start(args.input)[1] if args.input.is_dir() else "the hard aperture"
         with ProgressBar("calibrate") as progress:
-            calibration, written = calibrate_recording(args.input, timepoint=args.timepoint, device=args.device,
+            calibration, written = calibrate_recording(args.input, timepoint=args.timepoint or 0, device=args.device,
                                                        output=args.output, progress=progress,
                                                        source_calibration=not args.no_source_calibration,
-                                                       bead_diameter_um=args.bead_diameter)
+                                                       bead_diameter_um=args.bead_diameter, overwrite=args.overwrite)
         before, after = calibration.residual_start, calibration.residual
         how = f"{len(calibration.sources_um_xyz)} views, starting from {start}"
     elif args.input.suffix.lower() in (".tif", ".tiff"):
         if args.device == "cuda":
             raise UsageError("A bead z-stack is fitted on the CPU (a float64 fit); --device applies to a recording's frames.")
+        _refuse_options(recording_only, "a recording's frames (REC.fdt), not to a bead z-stack")
         with ProgressBar("calibrate") as progress:
             result, written = calibrate_stack_file(
                 args.input, output=args.output, wavelength_um=args.wavelength_um, na=args.na, n_medium=args.n_medium,
                 pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um, z_direction=args.z_direction, progress=progress,
-                bead_diameter_um=args.bead_diameter, crop_px=args.crop, pad_px=args.pad,
+                bead_diameter_um=args.bead_diameter, crop_px=args.crop, pad_px=args.pad, overwrite=args.overwrite,
                 iterations=args.iterations or STACK_ITERATIONS,
             )
         calibration, before, after = result.calibration, result.residual_hard, result.residual
@@ -459,7 +483,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.input} must be a recording (NAME.fdt) or a bead z-stack (.tif).")
     print(
         f"calibrated the pupil on {args.input.name} ({how}): aberration {calibration.pupil.aberration_rms_rad:.3f} rad RMS, "
-        f"apodisation {', '.join(f'{a:+.3f}' for a in calibration.pupil.apodisation) or 'none'}; "
+        f"apodisation {', '.join(f'{a:+.3f}' for a in calibration.pupil.apodisation) or 'none'} "
+        "(the pupil's amplitude 1 + a₁ρ² + a₂ρ⁴ … over the aperture's radius ρ); "
         f"relative residual {before:.3f} before, {after:.3f} after; wrote {written}"
     )
     return 0
@@ -475,10 +500,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         a, p = scores["absolute"], scores["published"]
         print(f"{scores['recording']}: {scores['method']}, {scores['timepoints']} timepoint(s)")
-        print(f"  Δn absolute:  PSNR {a['psnr_db']:.2f} dB  SSIM {a['ssim']:.3f}")
+        print(f"  Δn absolute:  PSNR {a['psnr_db']:.2f} dB  SSIM {a['ssim']:.3f}  (the all-zero volume: {a['all_zero_psnr_db']:.2f} dB)")
         print(f"  Δn published: PSNR {p['psnr_db']:.2f} dB  SSIM {p['ssim']:.3f}")
         print(f"  held-out views ({scores['heldout_views']} beads the recording did not use, imaged through the truth "
               f"and through the volume): image PSNR {scores['heldout_image_psnr_db']:.2f} dB")
+        print("  (higher is better; absolute: Δn against the truth, peak = the truth's Δn range; published: each volume "
+              "scaled to [0, 1] first, as the FDT papers score)")
     return 0
 
 

@@ -46,6 +46,7 @@ setup_python() {
         "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
     "$VENV/bin/python" -c "import nvplive.recon.physics, PySide6, vispy, pymmcore_plus" \
         || { echo "dev.sh: the environment in $VENV is incomplete" >&2; exit 1; }
+    echo "dev.sh: $VENV is ready ($("$VENV/bin/nvplive" --version), torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))"
 }
 
 with_display() {

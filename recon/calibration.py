@@ -767,6 +767,10 @@ def calibrate_pupil(
         )
         evaluations = 0
 
+        # L-BFGS evaluates once before its first iteration, so a tiny budget (max_eval 1 for
+        # max_iter 1) is exceeded by one: the budget reported is what it can really use.
+        budget = max(opt.defaults["max_eval"], opt.defaults["max_iter"] + 1)
+
         def closure() -> torch.Tensor:
             nonlocal evaluations
             opt.zero_grad(set_to_none=True)
@@ -774,7 +778,7 @@ def calibrate_pupil(
             loss.backward()
             evaluations += 1
             if progress is not None:
-                state = CalibrationProgress(stage, stage_index, stages, evaluations, opt.defaults["max_eval"], float(loss.detach()))
+                state = CalibrationProgress(stage, stage_index, stages, evaluations, budget, float(loss.detach()))
                 report(progress, state)
             return loss
 
@@ -1108,8 +1112,8 @@ def calibrate_bead_stack(
             views.model, views.frames, sources, valid=views.valid, noll=(), apodisation_terms=0, axial="view",
             iterations=iterations, progress=substages(progress, f"z {direction:+d}, hard aperture", 2 * len(results), fits),
         )
-        cal = calibrate_pupil(
-            views.model, views.frames, sources, valid=views.valid, noll=noll, apodisation_terms=apodisation_terms,
+        cal = calibrate_pupil(  # from the hard aperture's positions: its first pass would find them again
+            views.model, views.frames, hard.sources_um_xyz, valid=views.valid, noll=noll, apodisation_terms=apodisation_terms,
             axial="view", iterations=iterations, start=start, band=views.band,
             free_form=free_form, restart_positions=False,
             progress=substages(progress, f"z {direction:+d}, pupil", 2 * len(results) + 1, fits),

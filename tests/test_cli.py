@@ -16,6 +16,7 @@ import tifffile
 
 from nvplive.acquisition.pupil_file import read_pupil, read_pupil_file
 from nvplive.acquisition.recording import Recording
+from nvplive.recon.metrics import absolute_scores
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 #: The CPU thread policy's line that reconstruct, evaluate, demo and bench print first (issue 16 finding 6).
@@ -62,6 +63,8 @@ def test_reconstruct_then_evaluate(simulated: Path):
     out = nvplive("reconstruct", str(simulated), "--iterations", "20", "--warm-iterations", "5", "--device", "cpu", cwd=simulated.parent)
     assert out.returncode == 0, out.stderr
     assert "reconstructed 2 timepoint(s)" in out.stdout
+    assert (f"the detection pupil: calibrated on timepoint 0's frames, starting from the hard aperture; written to "
+            f"{simulated / 'pupil.json'}") in out.stdout  # which pupil, said after the run
     assert THREADS_LINE.match(out.stderr.splitlines()[0]), out.stderr  # the thread policy, printed
     shown = [int(m) for m in re.findall(r"^reconstruct\b.*?(\d+)%", out.stderr, re.MULTILINE)]
     assert shown == sorted(shown) and shown[-1] == 100, out.stderr  # the calibration hands over to the fit, not back
@@ -82,6 +85,12 @@ def test_reconstruct_then_evaluate(simulated: Path):
     for protocol in ("absolute", "published"):
         assert np.isfinite(scores[protocol]["psnr_db"]) and -1 <= scores[protocol]["ssim"] <= 1
     assert np.isfinite(scores["heldout_image_psnr_db"])
+    with Recording.open(simulated) as rec:  # the floor to beat, beside the score
+        truth = rec.ground_truth(0)
+    zero = absolute_scores(np.zeros_like(truth), truth).psnr_db
+    assert scores["absolute"]["all_zero_psnr_db"] == pytest.approx(zero, abs=3)  # the mean over both timepoints
+    ev = nvplive("evaluate", str(simulated), cwd=simulated.parent)
+    assert "(the all-zero volume: " in ev.stdout and "higher is better" in ev.stdout
 
 
 @pytest.mark.parametrize(
@@ -101,6 +110,8 @@ def test_reconstruct_then_evaluate(simulated: Path):
         (("calibrate", "x.txt"), "must be a recording (NAME.fdt) or a bead z-stack (.tif)"),
         (("calibrate", "stack.tif"), "stack.tif: no such bead z-stack file"),
         (("calibrate", "x.fdt", "--crop", "64"), "--crop applies to a bead z-stack (.tif), not to a recording's frames"),
+        (("calibrate", "x.fdt", "--na", "0.8", "--pad", "8"), "--na and --pad apply to a bead z-stack (.tif)"),
+        (("reconstruct", "x.fdt", "--pupil", "/bin/sh"), "not a pupil file (not text;"),
         (("evaluate", "/dev/null"), "/dev/null: not a recording folder (a recording is a folder NAME.fdt"),
         (("simulate", "--phantom", "cell", "--shape", "-8,16,16", "x.fdt"),
          "argument --shape: expected one argument (a value that starts with '-' is given as --shape=VALUE)"),
@@ -290,8 +301,10 @@ def test_calibrate_a_bead_z_stack(tmp_path: Path):
 
 def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsys):
     """What would fail or destroy data after a fit of minutes is refused before it: an output
-    that is the stack or its JSON, an output folder that takes no file, parameters that are
-    not positive numbers (a JSON true is no NA), and --device cuda (the stack is fitted on the CPU)."""
+    that is the stack or its JSON, an output folder that takes no file or does not exist (a
+    typo is not created), an earlier pupil file (without --overwrite), parameters that are not
+    positive numbers (a JSON true is no NA), a crop larger than the frames, a recording's option
+    (--timepoint), and --device cuda (the stack is fitted on the CPU)."""
     import torch
 
     from nvplive.cli import main
@@ -305,8 +318,13 @@ def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsy
         (["-o", str(tmp_path / "beads.tif")], "is the data being calibrated"),
         (["-o", str(tmp_path / "beads.json")], "is the data being calibrated"),
         (["-o", str(tmp_path / "beads.tif" / "p.json")], "cannot be written"),  # its folder is a file
+        (["-o", str(tmp_path / "typo" / "p.json")], f"cannot be written: {tmp_path / 'typo'} does not exist"),  # not created
+        (["-o", str(tmp_path / "earlier.json")], "earlier.json: already exists; replace it with nvplive calibrate --overwrite"),
         (["--device", "cuda"], "fitted on the CPU"),
+        (["--crop", "500", "-o", str(tmp_path / "p.json")], "a crop of 500×500 pixels must be at least 16 and at most its 16×16 frames"),
+        (["--timepoint", "2"], "--timepoint applies to a recording's frames (REC.fdt), not to a bead z-stack"),
     ]
+    (tmp_path / "earlier.json").write_text("{}")
     try:
         for extra, fragment in cases:
             assert main(["calibrate", str(tmp_path / "beads.tif"), *extra]) == 2
@@ -320,7 +338,8 @@ def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsy
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(tifffile.imread(tmp_path / "beads.tif"), stack)
-    assert not (tmp_path / "beads.pupil.json").exists()
+    assert not (tmp_path / "beads.pupil.json").exists() and not (tmp_path / "typo").exists()
+    assert (tmp_path / "earlier.json").read_text() == "{}"  # an earlier pupil file is kept
 
 
 def test_sigterm_unwinds_like_ctrl_c_and_leaves_the_recording_as_it_was(simulated: Path, tmp_path: Path):
@@ -348,3 +367,16 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_the_recording_as_it_was(simulate
     assert lock_holder(path) is None and (path / LOCK_NAME).read_text() == ""  # released, not stale
     with Recording.open(path) as rec:
         assert rec.volume_timepoints == before and not rec.interrupted
+
+
+def test_the_cpu_policy_tunes_glibcs_allocator_for_torch():
+    """Every command applies it (``use_cpu_threads``): on glibc, mallopt accepts each setting of
+    ``ALLOCATOR_ENV`` (a 16×32×32 reconstruction: 50.8 s → 36.6 s, BENCHMARKS.md "Allocator")."""
+    import platform
+
+    from nvplive.recon.reconstructor import ALLOCATOR_ENV, tune_allocator
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt only")
+    assert set(ALLOCATOR_ENV) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"}
+    assert tune_allocator() is True

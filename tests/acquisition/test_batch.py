@@ -27,7 +27,7 @@ from nvplive.cli import main as cli_main
 from nvplive.errors import NvpLiveError
 from nvplive.recon.loop import IterationBudget
 from nvplive.recon.metrics import absolute_scores
-from nvplive.recon.reconstructor import ReconConfig
+from nvplive.recon.reconstructor import ALLOCATOR_ENV, ReconConfig
 from nvplive.recon.simulate import PartialCoherence
 
 T = 6
@@ -274,12 +274,16 @@ def test_cli_refuses_batch_options_without_a_scheduler(recording, capsys):
 
 def test_a_local_cluster_starts_its_workers_without_dasks_memory_trim():
     """Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536``: torch's workers then faulted pages
-    in all the time (a one-worker run 307 s against 50 s serial). Our LocalCluster's workers do
-    not get it; the one-thread settings for OpenMP/BLAS stay."""
+    in all the time (a one-worker run 307 s against 50 s serial). Our LocalCluster's workers get
+    nvp-live's allocator settings instead, also after a cluster with Dask's own (its nanny
+    leaves them in this process's environment); the one-thread settings for OpenMP/BLAS stay."""
+    names = (*ALLOCATOR_ENV, "OMP_NUM_THREADS")
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0")  # Dask's defaults
+    cluster.close()
     client, owned = connect("local", 1)
     try:
-        environ = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")})
+        environ = client.run(lambda: {k: os.environ.get(k) for k in names})
     finally:
         for thing in owned:
             thing.close()
-    assert list(environ.values()) == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}]
+    assert list(environ.values()) == [{**ALLOCATOR_ENV, "OMP_NUM_THREADS": "1"}]

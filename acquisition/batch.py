@@ -215,24 +215,6 @@ def default_local_workers(threads: int | None = None) -> int:
     return cpu_threads(threads)[0]
 
 
-def torch_worker_environ() -> dict:
-    """The environment Dask's nanny gives a worker process, with nvp-live's allocator settings
-    (:data:`~nvplive.recon.reconstructor.ALLOCATOR_ENV`) instead of Dask's
-    ``MALLOC_TRIM_THRESHOLD_`` of 64 KiB.
-
-    Dask sets it to hand freed memory back to the system at once; torch frees and allocates
-    megabytes per iteration, so every allocation faulted fresh pages in: a one-worker
-    reconstruction spent 200 s in the kernel and took 307 s where the serial run took 50 s
-    (BENCHMARKS.md, "Batch reconstruction on Dask"). The other variables (one OpenMP/BLAS
-    thread per worker) stay.
-    """
-    import dask
-
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    environ.update(ALLOCATOR_ENV)
-    return environ
-
-
 def connect(
     scheduler: str | Client, workers: int | None = None, *, timeout_s: float = CONNECT_TIMEOUT_S,
     threads: int | None = None,
@@ -250,20 +232,20 @@ def connect(
     if not isinstance(scheduler, str) or not scheduler:
         raise NvpLiveError(f"The scheduler must be 'local' or an address like tcp://host:8786, got {scheduler!r}.")
     if scheduler == "local":
-        import dask
-
         n = workers or default_local_workers(threads)
-        # the nanny takes a variable of this process's environment over its configuration's
-        # (and leaves its own there: Dask's trim, after a cluster started with Dask's defaults)
+        # The workers inherit this process's environment, and Dask's nanny takes a variable set
+        # there over its own configuration: nvp-live's allocator (ALLOCATOR_ENV) instead of Dask's
+        # MALLOC_TRIM_THRESHOLD_ of 64 KiB, with which every torch allocation faulted fresh pages
+        # in (a one-worker run took 307 s where the serial run took 50 s; BENCHMARKS.md, "Batch
+        # reconstruction on Dask"). Set each time: a nanny leaves Dask's value here.
         os.environ.update(ALLOCATOR_ENV)
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": torch_worker_environ()}):
-            cluster = distributed.LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=":0",  # a free port: several clusters may run on one machine
-                silence_logs=logging.ERROR,
-            )
+        cluster = distributed.LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # a free port: several clusters may run on one machine
+            silence_logs=logging.ERROR,
+        )
         try:
             client = distributed.Client(cluster)
         except BaseException:

@@ -262,7 +262,7 @@ def _nice_fft_size(n: int) -> int:
         m += 2
 
 
-def _cone_tan(n_medium: float, na: float) -> float:
+def cone_tan(n_medium: float, na: float) -> float:
     """Tan of the half-angle of the cone of numerical aperture ``na`` in a medium ``n_medium``."""
     return na / math.sqrt(n_medium**2 - na**2)
 
@@ -283,7 +283,7 @@ def live_half_width_um(optics: Optics, geometry: VolumeGeometry) -> tuple[float,
     dz, dy, dx = geometry.voxel_um_zyx
     height = max(geometry.focal_z_um, nz * dz - geometry.focal_z_um, 0.0)
     # Beyond the geometric cone, the hard pupil's image keeps side lobes over several λ/NA.
-    reach = height * _cone_tan(optics.n_medium, optics.na) + PUPIL_SIDE_LOBE_REACH * optics.wavelength_um / optics.na
+    reach = height * cone_tan(optics.n_medium, optics.na) + PUPIL_SIDE_LOBE_REACH * optics.wavelength_um / optics.na
     return 0.5 * ny * dy + reach, 0.5 * nx * dx + reach
 
 
@@ -311,9 +311,9 @@ def default_padding(
     """
     _nz, ny, nx = geometry.shape_zyx
     dz, dy, dx = geometry.voxel_um_zyx
-    tan_pupil = _cone_tan(optics.n_medium, optics.na)
+    tan_pupil = cone_tan(optics.n_medium, optics.na)
     k_in, k_cut = source_band_limits(optics, geometry)
-    tan_source = _cone_tan(optics.n_medium, k_cut / optics.k0)
+    tan_source = cone_tan(optics.n_medium, k_cut / optics.k0)
     edge_reach = 2.0 * math.pi / max(k_cut - k_in, 1e-6)
     depth = max(source_depth_um, 0.0)
     lives = live_half_width_um(optics, geometry)

@@ -73,9 +73,16 @@ class Recording:
                 {"C": n_views, "T": len(state.timepoints)},
             )
             yx = meta.geometry.shape_zyx[1:]
-            self._volumes = self._reader(
-                state.volumes_file, len(state.volumes) * z, yx, np.float32, {"Z": z, "T": len(state.volumes)}
-            )
+            volumes_path = root / state.volumes_file
+            self._missing_volumes: str | None = None
+            if state.volumes and not volumes_path.exists():
+                # derived data deleted by hand: the frames stay readable and a reconstruction rewrites it
+                self._missing_volumes = (
+                    f"{volumes_path}: file is missing, but {JSON_NAME} lists {len(state.volumes)} reconstructed "
+                    "volume(s) in it; `nvplive reconstruct` writes them again from the frames."
+                )
+            stored = 0 if self._missing_volumes else len(state.volumes)
+            self._volumes = self._reader(state.volumes_file, stored * z, yx, np.float32, {"Z": z, "T": stored})
             self._truth = self._reader(
                 GROUND_TRUTH_NAME, len(state.ground_truth) * z, yx, np.float32, {"Z": z, "T": len(state.ground_truth)}
             )
@@ -160,6 +167,16 @@ class Recording:
         return tuple(e["timepoint"] for e in self._state.volumes)
 
     @property
+    def missing_volumes(self) -> str | None:
+        """Why the volumes that recording.json lists cannot be read (their file is missing), or None.
+
+        Such a recording still opens: its frames are intact, :meth:`volume` raises
+        :class:`RecordingError` with this text, and an offline reconstruction
+        (:meth:`RecordingWriter.replace_volumes`) writes the volumes again.
+        """
+        return self._missing_volumes
+
+    @property
     def volume_settings(self) -> dict[int, dict]:
         """For each reconstructed timepoint: ``{"method": str, "settings": dict}``."""
         return {e["timepoint"]: {"method": e["method"], "settings": e["settings"]} for e in self._state.volumes}
@@ -207,10 +224,15 @@ class Recording:
         return json.loads(json.dumps(self._state.timepoints[self._check_t(t)]["frames"]))
 
     def volume(self, t: int) -> np.ndarray | None:
-        """Reconstructed Δn float32 [Z, Y, X] of timepoint ``t``, or None if it was not reconstructed."""
+        """Reconstructed Δn float32 [Z, Y, X] of timepoint ``t``, or None if it was not reconstructed.
+
+        Raises RecordingError if it was, but its file is missing (:attr:`missing_volumes`).
+        """
         index = self._volume_index.get(self._check_t(t))
         if index is None:
             return None
+        if self._missing_volumes:
+            raise RecordingError(self._missing_volumes)
         z = self.volume_shape[0]
         return self._volumes.read(index * z, z)
 

@@ -44,7 +44,9 @@ def open_recording(window: MainWindow, path: str | Path | None = None) -> bool:
     path = Path(path)
     try:
         with Recording.open(path) as rec:
-            n, meta, volumes = rec.n_timepoints, rec.meta, len(rec.volume_timepoints)
+            n, meta = rec.n_timepoints, rec.meta
+            volumes = "volumes missing (Reconstruct… writes them again)" if rec.missing_volumes else (
+                f"{len(rec.volume_timepoints)} volumes")
             truth, interrupted, writer = rec.has_ground_truth, rec.interrupted, rec.writer
     except Exception as exc:
         window.report_error("Could not open the recording", exc)
@@ -57,7 +59,7 @@ def open_recording(window: MainWindow, path: str | Path | None = None) -> bool:
     timeline.stop_playing()
     timeline.set_count(n)
     timeline.show_timepoint(0)
-    notes = [f"{n} timepoints", f"{meta.n_views} views", f"{volumes} volumes"]
+    notes = [f"{n} timepoints", f"{meta.n_views} views", volumes]
     notes += ["ground truth"] if truth else []
     if writer is not None:  # open: another process writes it (docs/format.md, "One writer")
         notes.append(f"being written by process {writer.get('pid', '?')}")

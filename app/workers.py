@@ -143,7 +143,10 @@ class RecordingLoader:
                 return
             t = min(max(t, 0), rec.n_timepoints - 1)
             frames = rec.frames(t)
-            dn = rec.ground_truth(t) if kind == "truth" else rec.volume(t)
+            if kind == "truth":
+                dn = rec.ground_truth(t)
+            else:  # volumes whose file was deleted: the frames are still shown
+                dn = None if rec.missing_volumes else rec.volume(t)
             stamps = rec.timestamps(t)
             item = ReplayItem(
                 path=path,

@@ -538,6 +538,23 @@ def test_replace_volumes_for_offline_reconstruction(recording, meta):
         np.testing.assert_array_equal(rec.ground_truth(2), volume_of(2, meta, salt=5000))
 
 
+def test_a_volumes_file_deleted_by_hand_leaves_the_frames_readable_and_is_written_again(recording, meta):
+    (recording / VOLUMES_NAME).unlink()
+    with open_recording(recording) as rec:
+        assert "volumes.ome.tif: file is missing" in rec.missing_volumes
+        assert "nvplive reconstruct" in rec.missing_volumes
+        np.testing.assert_array_equal(rec.frames(2), frames_of(2, meta))
+        np.testing.assert_array_equal(rec.ground_truth(2), volume_of(2, meta, salt=5000))
+        assert rec.volume(1) is None  # never reconstructed
+        with pytest.raises(RecordingError, match="file is missing"):
+            rec.volume(2)
+    with RecordingWriter.replace_volumes(recording) as writer:
+        writer.write_volume(1, volume_of(1, meta, salt=3), "nvp", {})
+    with open_recording(recording) as rec:
+        assert rec.missing_volumes is None and rec.volume_timepoints == (1,)
+        np.testing.assert_array_equal(rec.volume(1), volume_of(1, meta, salt=3))
+
+
 # --------------------------------------------------------------------------- fuzzing
 
 

@@ -272,6 +272,24 @@ def test_broken_recording_shows_an_error_and_the_app_keeps_working(make_window, 
         np.testing.assert_array_equal(window.frames_view._frames, rec.frames(2))
 
 
+def test_a_recording_whose_volumes_file_was_deleted_opens_and_replays_its_frames(make_window, qtbot, tmp_path):
+    from nvplive.acquisition.recording_writer import RecordingWriter
+
+    path = _tiny_recording(tmp_path / "pruned.fdt")
+    with RecordingWriter.replace_volumes(path) as writer:
+        for t in range(3):
+            writer.write_volume(t, np.zeros(SHAPE, np.float32), "nvp", {})
+    (path / "volumes.ome.tif").unlink()
+    window = make_window()
+    assert window.open_recording(path) is True
+    assert "volumes missing (Reconstruct… writes them again)" in window.acquisition_panel.activity_text()
+    window.timeline.slider.setValue(1)
+    qtbot.waitUntil(lambda: window.model.view.frames_t == 1, timeout=10_000)
+    with open_recording(path) as rec:
+        np.testing.assert_array_equal(window.frames_view._frames, rec.frames(1))
+    assert not window.errors
+
+
 def test_offline_reconstruction_exports_and_replay(make_window, qtbot, tmp_path, stats):
     from nvplive.acquisition.recording_writer import store_pupil
     from nvplive.recon.pupil import PupilParameters

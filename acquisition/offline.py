@@ -324,7 +324,8 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
     ground truth. Held-out views: beads at positions not used in the recording are
     simulated (partially coherent, noise-free) through the truth and rendered
     (coherent) through the reconstruction; their images are compared after a
-    per-view gain and offset fit.
+    per-view gain and offset fit. ``pupil`` says which detection pupil the volumes were
+    rendered with (and so render the held-out views).
     """
     path = Path(path)
     with Recording.open(path) as rec:
@@ -379,12 +380,18 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             rows.append((a.psnr_db, a.ssim, p.psnr_db, p.ssim, image_psnr(predicted, measured), zero.psnr_db))
         m = np.mean(np.array(rows), axis=0)
         method = rec.volume_settings.get(common[0], {}).get("method", "unknown")
+        pupils = {t: volume_pupil(settings[t]["settings"], path) for t in common}
+        first = pupils[common[0]]
+        pupil = "the hard aperture" if first is None else first.summary
+        if any(p != first for p in pupils.values()):
+            pupil = f"at timepoint {common[0]} {pupil}; it differs at later timepoints (refined with each volume)"
     return {
         "recording": str(path),
         "method": method,
         "timepoints": len(common),
         "absolute": {"psnr_db": float(m[0]), "ssim": float(m[1]), "all_zero_psnr_db": float(m[5])},
         "published": {"psnr_db": float(m[2]), "ssim": float(m[3])},
+        "pupil": pupil,
         "heldout_image_psnr_db": float(m[4]),
         "heldout_views": heldout_views,
     }

@@ -482,8 +482,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         raise UsageError(f"{args.input} must be a recording (NAME.fdt) or a bead z-stack (.tif).")
     print(
-        f"calibrated the pupil on {args.input.name} ({how}): aberration {calibration.pupil.aberration_rms_rad:.3f} rad RMS, "
-        f"apodisation {', '.join(f'{a:+.3f}' for a in calibration.pupil.apodisation) or 'none'} "
+        f"calibrated the pupil on {args.input.name} ({how}): {calibration.pupil.summary} "
         "(the pupil's amplitude 1 + a₁ρ² + a₂ρ⁴ … over the aperture's radius ρ); "
         f"relative residual {before:.3f} before, {after:.3f} after; wrote {written}"
     )
@@ -502,6 +501,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{scores['recording']}: {scores['method']}, {scores['timepoints']} timepoint(s)")
         print(f"  Δn absolute:  PSNR {a['psnr_db']:.2f} dB  SSIM {a['ssim']:.3f}  (the all-zero volume: {a['all_zero_psnr_db']:.2f} dB)")
         print(f"  Δn published: PSNR {p['psnr_db']:.2f} dB  SSIM {p['ssim']:.3f}")
+        print(f"  the volumes were rendered with the detection pupil: {scores['pupil']}")
         print(f"  held-out views ({scores['heldout_views']} beads the recording did not use, imaged through the truth "
               f"and through the volume): image PSNR {scores['heldout_image_psnr_db']:.2f} dB")
         print("  (higher is better; absolute: Δn against the truth, peak = the truth's Δn range; published: each volume "

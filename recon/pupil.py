@@ -149,6 +149,12 @@ class PupilParameters:
         return math.sqrt(sum(c * c for c in self.zernike_rad))
 
     @property
+    def summary(self) -> str:
+        """One line for people: the RMS aberration and the apodisation coefficients."""
+        apodisation = ", ".join(f"{a:+.3f}" for a in self.apodisation) or "none"
+        return f"aberration {self.aberration_rms_rad:.3f} rad RMS, apodisation {apodisation}"
+
+    @property
     def source_spectrum(self) -> tuple[tuple[float, ...], float, float]:
         """``(source_edge_na, source_beyond_na, source_rim_width)``: the renderer's source
         spectrum this pupil carries, the arguments of :func:`nvplive.recon.physics.with_source_edge`

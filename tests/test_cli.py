@@ -91,6 +91,7 @@ def test_reconstruct_then_evaluate(simulated: Path):
     assert scores["absolute"]["all_zero_psnr_db"] == pytest.approx(zero, abs=3)  # the mean over both timepoints
     ev = nvplive("evaluate", str(simulated), cwd=simulated.parent)
     assert "(the all-zero volume: " in ev.stdout and "higher is better" in ev.stdout
+    assert "the volumes were rendered with the detection pupil: " in ev.stdout and "rad RMS" in ev.stdout
 
 
 @pytest.mark.parametrize(
@@ -241,6 +242,7 @@ def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_opti
         stored = [rec.volume_settings[t]["settings"] for t in rec.volume_timepoints]
     assert all(volume_pupil(s, path) == given for s in stored)
     first = evaluate_recording(path)
+    assert first["pupil"] == "aberration 0.300 rad RMS, apodisation -0.100"  # the volumes' pupil, named
     store_pupil(path, PupilParameters((0.0,) * 9 + (1.0,)), optics, calibrated_from="a later calibration", method="frames")
     assert evaluate_recording(path) == first
     assert volume_pupil({}, path) == read_pupil(path)  # volumes written before settings carried their pupil

@@ -153,10 +153,10 @@ class LiveDisplay:
         if self.view.following:
             self.timeline.show_timepoint(t)
 
-    def _on_reconstructed(self, _t: int, latency_s: float, losses: list[float], warm: bool) -> None:
+    def _on_reconstructed(self, t: int, latency_s: float, losses: list[float], warm: bool) -> None:
         self.stats.volume(latency_s)
         if warm and np.isfinite(latency_s):  # the plot shows warm-update latency; cold starts go to the log
-            self.recon_panel.latency_plot.append(latency_s)
+            self.recon_panel.latency_plot.append(latency_s, x=t)  # at its timepoint: skipped ones leave a gap
         self.update_losses = []
         plot = self.recon_panel.loss_plot
         if losses:

@@ -9,14 +9,22 @@ from PySide6 import QtCore
 from . import style
 
 
+class CountAxis(pg.AxisItem):
+    """An axis of counts (iterations, timepoints): ticks only at whole numbers."""
+
+    def tickSpacing(self, minVal: float, maxVal: float, size: float):  # noqa: N802, N803 (pyqtgraph's names)
+        levels = [(spacing, offset) for spacing, offset in super().tickSpacing(minVal, maxVal, size) if spacing >= 1]
+        return levels or [(1.0, 0.0)]
+
+
 class _TracePlot(pg.PlotWidget):
     """A PlotWidget holding one growing trace (bounded to ``max_points``)."""
 
     def __init__(self, title: str, x_label: str, y_label: str, color: str, max_points: int, parent=None) -> None:
-        super().__init__(parent=parent, background=style.BACKGROUND)
+        super().__init__(parent=parent, background=style.BACKGROUND, axisItems={"bottom": CountAxis("bottom")})
         self.max_points = int(max_points)
         self._values = np.zeros(0, dtype=float)
-        self._x0 = 0
+        self._xs = np.zeros(0, dtype=float)
         item = self.getPlotItem()
         style.style_plot_item(item)
         item.setTitle(title, color=style.FOREGROUND, size="9pt")
@@ -26,16 +34,21 @@ class _TracePlot(pg.PlotWidget):
         self.curve = item.plot(pen=pg.mkPen(color, width=1.6))
         self.setMinimumHeight(120)
 
-    def append(self, value: float) -> None:
-        """Add one value at the end of the trace."""
+    def append(self, value: float, x: float | None = None) -> None:
+        """Add one value at the end of the trace, at ``x`` (default: one after the last)."""
+        if x is None:
+            x = self._xs[-1] + 1 if self._xs.size else 0
         self._values = np.append(self._values, float(value))
+        self._xs = np.append(self._xs, float(x))
         self._trim()
         self._redraw()
 
-    def set_data(self, values) -> None:
-        """Replace the whole trace."""
+    def set_data(self, values, x=None) -> None:
+        """Replace the whole trace (``x``: where each value is; default 0, 1, 2, …)."""
         self._values = np.asarray(values, dtype=float).ravel().copy()
-        self._x0 = 0
+        self._xs = np.arange(self._values.size, dtype=float) if x is None else np.asarray(x, dtype=float).ravel().copy()
+        if self._xs.shape != self._values.shape:
+            raise ValueError(f"{self._xs.size} x positions for {self._values.size} values")
         self._trim()
         self._redraw()
 
@@ -49,13 +62,13 @@ class _TracePlot(pg.PlotWidget):
         return self._values.copy()
 
     def _x(self) -> np.ndarray:
-        return np.arange(self._x0, self._x0 + self._values.size, dtype=float)
+        return self._xs
 
     def _trim(self) -> None:
         extra = self._values.size - self.max_points
         if extra > 0:
             self._values = self._values[extra:]
-            self._x0 += extra
+            self._xs = self._xs[extra:]
 
     def _redraw(self) -> None:
         self.curve.setData(self._x(), self._values)

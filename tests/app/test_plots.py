@@ -59,6 +59,13 @@ def test_latency_plot(qtbot, to_array):
     np.testing.assert_allclose(y, [0.8, 0.7, 0.9, 0.75])
     np.testing.assert_array_equal(x, [0, 1, 2, 3])
     assert w.target_line.value() == 1.0 and w.target_line.isVisible()
+    w.append(0.6, x=7)  # the live loop skipped to timepoint 7: drawn at 7
+    np.testing.assert_array_equal(w.curve.getData()[0], [0, 1, 2, 3, 7])
     w.set_target(None)
     assert not w.target_line.isVisible()
+    # three timepoints on the axis: ticks at whole timepoints only, never 0.5
+    axis = w.getPlotItem().getAxis("bottom")
+    (x0, x1), _ = w.getPlotItem().vb.viewRange()
+    ticks = [value for level in axis.tickValues(x0, x1, axis.width()) for value in level[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
     assert to_array(w.grab())[..., :3].std() > 5

@@ -12,7 +12,7 @@ from . import style
 class CountAxis(pg.AxisItem):
     """An axis of counts (iterations, timepoints): ticks only at whole numbers."""
 
-    def tickSpacing(self, minVal: float, maxVal: float, size: float):  # noqa: N802, N803 (pyqtgraph's names)
+    def tickSpacing(self, minVal: float, maxVal: float, size: float):
         levels = [(spacing, offset) for spacing, offset in super().tickSpacing(minVal, maxVal, size) if spacing >= 1]
         return levels or [(1.0, 0.0)]
 

@@ -24,6 +24,7 @@ from pymmcore_plus.mda import MDAEngine, SkipEvent
 from nvplive.errors import AcquisitionError
 
 from .devices import source_labels
+from .log_filter import log_filter
 
 #: Default name of the config group whose presets select the excited source.
 SOURCE_GROUP = "FDT-Source"
@@ -231,7 +232,7 @@ class FDTEngine(MDAEngine):
         """The stock engine's snap (SLM image, shutter and multi-camera handling included),
         made strict: a snap that fails raises :class:`AcquisitionError` with the camera's message."""
         t, view = event_view_timepoint(event)
-        with _SnapFailure() as failure:
+        with log_filter(PYMMCORE_PLUS_LOGGER, _SnapFailure()) as failure:
             payloads = list(super().exec_single_event(event))
         if not payloads:  # the stock engine logs a failed snap and yields nothing
             fault = self.camera_fault() if self.camera_fault is not None else None
@@ -243,30 +244,20 @@ class FDTEngine(MDAEngine):
             yield img, sub_event, meta
 
 
-class _CancelNotice(logging.Filter):
-    """Drops pymmcore-plus's "MDA Canceled: <the whole sequence>" warning: a cancel is ours
-    (Stop, a closed window, SIGTERM), and the acquisition reports it in one line itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Everything but the cancel notice passes."""
-        return not str(record.msg).startswith("MDA Canceled")
+def _not_cancel_notice(record: logging.LogRecord) -> bool:
+    """Everything but pymmcore-plus's "MDA Canceled: <the whole sequence>" warning passes: a
+    cancel is ours (Stop, a closed window, SIGTERM), and the acquisition reports it in one line itself."""
+    return not str(record.msg).startswith("MDA Canceled")
 
 
-@contextlib.contextmanager
-def quiet_cancel_notice() -> Iterator[None]:
-    """While an acquisition of ours runs (``mda.run``): its cancel notice is not logged (:class:`_CancelNotice`)."""
-    notice = _CancelNotice()
-    log = logging.getLogger(PYMMCORE_PLUS_LOGGER)
-    log.addFilter(notice)
-    try:
-        yield
-    finally:
-        log.removeFilter(notice)
+def quiet_cancel_notice() -> contextlib.AbstractContextManager:
+    """While an acquisition of ours runs (``mda.run``): its cancel notice is not logged."""
+    return log_filter(PYMMCORE_PLUS_LOGGER, _not_cancel_notice)
 
 
 class _SnapFailure(logging.Filter):
     """Takes the stock engine's "Failed to snap image" warning of this thread off the
-    ``pymmcore-plus`` logger while active and keeps its message: the engine raises it instead."""
+    ``pymmcore-plus`` logger (:func:`log_filter`) and keeps its message: the engine raises it instead."""
 
     PREFIX = "Failed to snap image. "
 
@@ -282,10 +273,3 @@ class _SnapFailure(logging.Filter):
             self.message = text.removeprefix(self.PREFIX)
             return False
         return True
-
-    def __enter__(self) -> _SnapFailure:
-        logging.getLogger(PYMMCORE_PLUS_LOGGER).addFilter(self)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        logging.getLogger(PYMMCORE_PLUS_LOGGER).removeFilter(self)

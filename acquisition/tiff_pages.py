@@ -5,12 +5,10 @@ description with one pointer update, and reading pages back (docs/format.md, cra
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import struct
 import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import tifffile
 
 from nvplive.errors import RecordingError
 
+from .log_filter import log_filter
 from .recording_format import _PLACEHOLDER, JSON_NAME
 
 
@@ -108,23 +107,11 @@ def _install_description(path: Path, text: bytes, durable: bool) -> None:
             os.fsync(f.fileno())
 
 
-class _DropRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
-@contextlib.contextmanager
-def _quiet_tifffile() -> Iterator[None]:
+def _quiet_tifffile() -> contextlib.AbstractContextManager:
     """Silence tifffile's log lines (warnings and errors) while it parses our pages: damage is
     reported as a RecordingError (or, for a damaged OME-XML tail, recovered), not as log lines
     before the one-sentence message."""
-    log = logging.getLogger("tifffile")
-    drop = _DropRecords()
-    log.addFilter(drop)
-    try:
-        yield
-    finally:
-        log.removeFilter(drop)
+    return log_filter("tifffile", lambda record: False)
 
 
 class _PageReader:

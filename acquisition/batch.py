@@ -94,6 +94,7 @@ class BatchSummary:
     scheduler: str
     workers: int
     chunks: list[dict] = field(default_factory=list)  # start, stop, worker, device, seconds per chunk
+    pupil_start: str = "the hard aperture"  # the pupil the run started from (calibration_start's words)
 
 
 def plan_chunks(n_timepoints: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -434,6 +435,7 @@ def reconstruct_distributed(
                 {"start": c.start, "stop": c.stop, "worker": c.worker, "device": c.device, "seconds": c.seconds}
                 for c in done_chunks
             ],
+            pupil_start=known_from,
         )
     finally:
         writer.abandon()  # no-op after a successful run; otherwise the previous volumes stay

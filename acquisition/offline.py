@@ -228,7 +228,8 @@ def reconstructor_for(
 @dataclass
 class ReconstructionSummary:
     """What :func:`reconstruct_recording` did: timepoints, wall time (s), iterations and
-    final loss per timepoint, the rolled-back (flagged) timepoints, and the device."""
+    final loss per timepoint, the rolled-back (flagged) timepoints, the device, and the pupil
+    the run started from (:func:`~nvplive.acquisition.pupil_file.calibration_start`'s words)."""
 
     timepoints: int
     seconds: float
@@ -236,6 +237,7 @@ class ReconstructionSummary:
     losses: list[float]
     flagged: list[int]
     device: str
+    pupil_start: str = "the hard aperture"
 
 
 def _timepoint_progress(progress: Progress, t: int, n: int) -> ProgressCallback:
@@ -312,7 +314,8 @@ def reconstruct_recording(
                 bead_diameter_um=config.bead_diameter_um, method="frames", fitted_noll=calibration.noll,
                 residual=calibration.residual, residual_before=calibration.residual_start,
             )
-    return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device))
+    return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device),
+                                 known_from)
 
 
 def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) -> dict:

@@ -347,7 +347,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from nvplive.acquisition.offline import reconstruct_recording
-    from nvplive.acquisition.pupil_file import calibration_start, pupil_path
+    from nvplive.acquisition.pupil_file import pupil_path
     from nvplive.recon.loop import IterationBudget
     from nvplive.recon.reconstructor import ReconConfig
 
@@ -376,13 +376,6 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         print(f"nvplive: {' and '.join(moot)} {'have' if len(moot) > 1 else 'has'} no effect with --no-pupil-calibration: "
               "the pupil (the file's, or the hard aperture) is used as it is, its source spectrum included.", file=sys.stderr)
     pupil, pupil_from = _given_pupil(args.recording, args.pupil, config)
-    # read before the run replaces the recording's pupil.json, said after it succeeded
-    start = calibration_start(args.recording, pupil, pupil_from)[1] if args.recording.is_dir() else "the hard aperture"
-    if config.self_calibration and config.pupil_calibration:
-        pupil_line = (f"the detection pupil: calibrated on timepoint 0's frames, starting from {start}; "
-                      f"written to {pupil_path(args.recording)}")
-    else:
-        pupil_line = f"the detection pupil: {start}, as it is"
     if args.scheduler is None:
         with ProgressBar("reconstruct") as progress:
             summary = reconstruct_recording(
@@ -405,7 +398,11 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         f"reconstructed {summary.timepoints} timepoint(s) with {args.method} on {where} in {took}"
         f"; final loss {summary.losses[-1]:.4f}"
     )
-    print(pupil_line)
+    if config.self_calibration and config.pupil_calibration:
+        print(f"the detection pupil: calibrated on timepoint 0's frames, starting from {summary.pupil_start}; "
+              f"written to {pupil_path(args.recording)}")
+    else:
+        print(f"the detection pupil: {summary.pupil_start}, as it is")
     if summary.flagged:
         print(f"warning: timepoints {summary.flagged} diverged and were rolled back", file=sys.stderr)
     return 0

@@ -202,6 +202,7 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
                   "--no-source-calibration", "--bead-diameter", "0.3", "--iterations", "3", "--warm-iterations", "2",
                   "--device", "cpu", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    assert f"the detection pupil: {tmp_path / 'scope.json'} (frames, " in out.stdout and ", as it is" in out.stdout
     assert "--no-source-calibration has no effect with --no-pupil-calibration" in out.stderr  # said, not silently moot
     # the pupil was calibrated on the recording's own beads (0.2 µm): other beads are warned of
     assert "scope.json was calibrated with beads of 0.2 µm, but the reconstruction images beads of 0.3 µm" in out.stderr

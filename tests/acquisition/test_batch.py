@@ -132,6 +132,7 @@ def test_one_chunk_on_a_scheduler_address_equals_the_serial_reconstruction(recor
     np.testing.assert_array_equal(volumes, serial)
     assert summary.timepoints == T and summary.workers == 2 and len(summary.chunks) == 1
     assert summary.iterations[0] == CONFIG.iterations and summary.device == "cpu"
+    assert summary.pupil_start == "the hard aperture"  # what the run started from, for the closing line
     assert seen == [T]
     assert settings[T - 1]["settings"]["chunk"] == [0, T]
     assert settings[T - 1]["settings"]["worker"] == summary.chunks[0]["worker"]

@@ -34,8 +34,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,6 +141,7 @@ def reconstruct_chunk(
     path: str, start: int, stop: int, config: dict, device: str = "auto", torch_threads: int | None = 1,
     pupil: dict | None = None,
     calibration: PupilCalibration | None = None,
+    progress_topic: str | None = None,
 ) -> ChunkResult:
     """Reconstruct timepoints ``start … stop − 1`` of the recording at ``path`` (runs on a worker).
 
@@ -148,19 +151,22 @@ def reconstruct_chunk(
     (``PupilParameters.to_dict()``) is the known pupil, else the recording's pupil.json.
     ``calibration``: the pupil calibration of timepoint ``start``'s frames, already made
     (by the client, :meth:`.Reconstructor.adopt_calibration`); the cold start fits the
-    volume from it instead of calibrating again.
+    volume from it instead of calibrating again. ``progress_topic``: each timepoint done is
+    sent to the client as an event ``{"t": t}`` on this Dask topic (on a worker only).
     """
     begin = time.perf_counter()
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
     cfg = ReconConfig.from_dict(config)
     dev = worker_device(device)
+    dask_worker: Any = None
     try:
         from distributed import get_worker
 
-        worker = str(get_worker().address)
+        dask_worker = get_worker()
     except (ImportError, ValueError):
-        worker = "local"
+        pass
+    worker = "local" if dask_worker is None else str(dask_worker.address)
     volumes, iterations, losses, flagged, pupils = [], [], [], [], []
     with Recording.open(path) as rec:
         if not 0 <= start < stop <= rec.n_timepoints:
@@ -177,6 +183,8 @@ def reconstruct_chunk(
             losses.append(result.loss)
             if result.flagged:
                 flagged.append(t)
+            if progress_topic is not None and dask_worker is not None:
+                dask_worker.log_event(progress_topic, {"t": t})
     return ChunkResult(
         start=start,
         stop=stop,
@@ -300,7 +308,8 @@ def reconstruct_distributed(
         retries: retries of a chunk whose task raised an exception.
         max_chunks_in_flight: chunks submitted beyond the next one to be written
             (default: twice the workers); bounds the results held by the client.
-        progress: ``progress(done, total, message)``, per timepoint written.
+        progress: ``progress(done, total, message)``, per timepoint reconstructed on a worker
+            (an event from the worker, so a long chunk shows its progress) and per chunk written.
         pupil, pupil_from: the known pupil and where it came from (as for the serial
             reconstruction); the pupil calibrated on timepoint 0 is written to pupil.json.
         threads: the CPU thread request (``--threads``) that sizes a LocalCluster.
@@ -324,6 +333,8 @@ def reconstruct_distributed(
         writer.abandon()
         raise
     futures: dict[Any, int] = {}
+    listening: set[str] = set()  # the progress topic while this run follows it
+    report_lock = threading.Lock()  # progress events arrive on the client's event-loop thread
     try:
         try:
             infos = client.run(worker_info, device)
@@ -352,6 +363,7 @@ def reconstruct_distributed(
         later_config, later_pupil = config_dict, pupil_dict
         calibration = None
         if config.self_calibration and config.pupil_calibration and len(chunks) > 1:
+            progress(0, n, "calibrating the pupil on timepoint 0's frames")
             with Recording.open(path) as rec:
                 calibration = reconstructor_for(rec.meta, config, "cpu", known).calibrate(rec.frames(0))
             later_config, later_pupil = {**config_dict, "pupil_calibration": False}, calibration.pupil.to_dict()
@@ -359,6 +371,19 @@ def reconstruct_distributed(
         held: dict[int, ChunkResult] = {}
         done_chunks: list[ChunkResult] = []
         written: set[int] = set()
+        reconstructed: set[int] = set()  # on a worker, from its events or its chunk's result
+
+        def report(timepoints: Iterable[int]) -> None:
+            with report_lock:
+                if topic not in listening:  # an event after the run ended
+                    return
+                reconstructed.update(timepoints)
+                progress(len(reconstructed), n, f"{len(reconstructed)}/{n} timepoints reconstructed, {len(written)} "
+                         f"written ({next_chunk}/{len(chunks)} chunks)")
+
+        topic = f"nvplive-progress-{run_id}"
+        client.subscribe_topic(topic, lambda event: report([int(event[1]["t"])]))
+        listening.add(topic)
         next_chunk = 0  # the next chunk to be written
         submitted = 0
         pending = distributed.as_completed()
@@ -369,7 +394,7 @@ def reconstruct_distributed(
                 s, e = chunks[submitted]
                 future = client.submit(
                     reconstruct_chunk, str(path), s, e, config_dict if s == 0 else later_config, device, torch_threads,
-                    pupil_dict if s == 0 else later_pupil, calibration if s == 0 else None,
+                    pupil_dict if s == 0 else later_pupil, calibration if s == 0 else None, topic,
                     key=f"nvplive-chunk-{run_id}-{s}-{e}", pure=False, retries=retries, priority=-submitted,
                 )
                 futures[future] = submitted
@@ -408,7 +433,7 @@ def reconstruct_distributed(
                     chunk.volumes = np.empty((0,), np.float32)  # written: drop the data, keep the record
                     done_chunks.append(chunk)
                     next_chunk += 1
-                    progress(len(written), n, f"{len(written)}/{n} timepoints ({next_chunk}/{len(chunks)} chunks)")
+                    report(range(chunk.start, chunk.stop))
                 submit_more()
             if len(written) != n:
                 raise ReconstructionError(f"{path}: only {len(written)} of {n} timepoints were reconstructed.")
@@ -438,6 +463,10 @@ def reconstruct_distributed(
             pupil_start=known_from,
         )
     finally:
+        with report_lock:
+            for topic in listening:
+                client.unsubscribe_topic(topic)
+            listening.clear()
         writer.abandon()  # no-op after a successful run; otherwise the previous volumes stay
         for future in list(futures):
             future.cancel()

@@ -251,7 +251,8 @@ def _timepoint_progress(progress: Progress, t: int, n: int) -> ProgressCallback:
         fraction = min(done / max(total, 1), 1.0)
         if phase == "calibration":
             calibrated = True
-            share, message = 0.5 * fraction, f"timepoint {t + 1}/{n}, calibrating the pupil, loss {loss:.4g}"
+            # no loss number here: the calibration's misfit is on another scale than the fit's loss
+            share, message = 0.5 * fraction, f"timepoint {t + 1}/{n}, calibrating the pupil"
         else:
             share = 0.5 + 0.5 * fraction if calibrated else fraction
             message = f"timepoint {t + 1}/{n}, loss {loss:.4f}"

@@ -69,6 +69,8 @@ def test_reconstruct_then_evaluate(simulated: Path):
     shown = [int(m) for m in re.findall(r"^reconstruct\b.*?(\d+)%", out.stderr, re.MULTILINE)]
     assert shown == sorted(shown) and shown[-1] == 100, out.stderr  # the calibration hands over to the fit, not back
     assert "calibrating the pupil" in out.stderr
+    # one number called loss, on one scale: the calibration's misfit is not shown as a loss
+    assert not re.search(r"calibrating the pupil.*loss", out.stderr), out.stderr
     with Recording.open(simulated) as rec:
         assert rec.volume_timepoints == (0, 1)
         assert rec.volume(0).shape == (8, 24, 24)

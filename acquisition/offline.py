@@ -28,7 +28,7 @@ from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
 from nvplive.recon.physics import ForwardModel, pupil_on_grid, render, with_source_edge
 from nvplive.recon.progress import STACK_ITERATIONS
 from nvplive.recon.pupil import PupilParameters
-from nvplive.recon.reconstructor import Phase, ProgressCallback, ReconConfig, Reconstructor
+from nvplive.recon.reconstructor import Phase, ProgressCallback, ReconConfig, Reconstructor, check_frame_size
 from nvplive.recon.simulate import (
     THICK_OPTICS,
     THICK_SHAPE_ZYX,
@@ -135,6 +135,7 @@ def simulate_recording(
     if views < 1 or timepoints < 1:
         raise NvpLiveError(f"Need at least one view and one timepoint, got {views} views and {timepoints} timepoints.")
     geometry = VolumeGeometry(tuple(shape_zyx), tuple(voxel_um_zyx))
+    check_frame_size(geometry)  # a recording no reconstruction could use is refused before any work
     check_plausible(optics, geometry)
     geometry.camera_pixel_um  # noqa: B018 (refuses rectangular camera pixels before anything is rendered)
     sources = thick_sources(geometry, views, seed=seed) if thick else default_sources(geometry, views, seed=seed)

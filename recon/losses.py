@@ -6,7 +6,11 @@ import torch
 import torch.nn.functional as F
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5, *, device=None, dtype=torch.float32) -> torch.Tensor:
+#: Taps of SSIM's Gaussian window (Wang et al. 2004): frames need at least this many pixels per side.
+SSIM_WINDOW = 11
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = 1.5, *, device=None, dtype=torch.float32) -> torch.Tensor:
     """Normalised 1D Gaussian ``[size]`` (pixels); SSIM's 2D window is its outer product."""
     x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from nvplive.errors import ReconstructionError
+from nvplive.errors import GeometryError, ReconstructionError
 
 from .calibration import (
     PupilCalibration,
@@ -47,7 +47,7 @@ from .loop import (
     time_is_up,
     warm_budget_from_dict,
 )
-from .losses import gaussian_window, image_loss, path_sparsity, total_variation
+from .losses import SSIM_WINDOW, gaussian_window, image_loss, path_sparsity, total_variation
 from .optics import Optics, VolumeGeometry
 from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render, with_source_edge
 from .progress import CalibrationProgress
@@ -373,8 +373,24 @@ def cpu_threads(requested: int | None = None) -> tuple[int, str]:
     else:
         return max(1, cores - 1), f"all {cores} cores but one, as the live app; --threads N or {THREADS_ENV} to change"
     if value < 1:
-        raise ReconstructionError(f"The number of CPU threads must be positive, got {value}.")
+        raise ReconstructionError(f"The number of CPU threads ({why}) must be positive, got {value}.")
+    if value > cores:
+        why += f"; more than this machine's {cores} cores, so the threads share them and each runs slower"
     return value, why
+
+
+def check_frame_size(geometry: VolumeGeometry) -> None:
+    """Refuse frames (the volume's Y×X) smaller than the image loss's SSIM window.
+
+    Raises:
+        GeometryError: Y or X below :data:`.losses.SSIM_WINDOW` pixels, naming both.
+    """
+    ny, nx = geometry.shape_zyx[1:]
+    if min(ny, nx) < SSIM_WINDOW:
+        raise GeometryError(
+            f"Frames of {ny}×{nx} pixels are smaller than the image loss's {SSIM_WINDOW}-pixel SSIM window; "
+            f"a reconstruction needs at least {SSIM_WINDOW}×{SSIM_WINDOW}."
+        )
 
 
 def live_cpu_threads() -> int:
@@ -555,6 +571,7 @@ class Reconstructor:
         self.saturation_level = None if saturation_level is None else int(saturation_level)
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
         # implausible geometry and work that cannot fit are refused before anything large is allocated
+        check_frame_size(geometry)
         check_memory(optics, geometry, len(self.nominal_sources), depth, self.device, method=config.method,
                      sources_um_xyz=self.nominal_sources)
         self._plain_model = ForwardModel.build(optics, geometry, source_depth_um=depth, bead_diameter_um=bead_um,

@@ -153,14 +153,36 @@ def test_commands_use_the_live_cpu_thread_policy(simulated: Path, tmp_path: Path
         assert f"nvplive: {max(1, cores - 1)} CPU thread" in capsys.readouterr().err
         monkeypatch.setenv("NVPLIVE_THREADS", "3")
         assert main(["reconstruct", str(tmp_path / "missing.fdt")]) == 2
-        assert torch.get_num_threads() == 3 and "3 CPU threads (set by NVPLIVE_THREADS)" in capsys.readouterr().err
+        assert torch.get_num_threads() == 3 and "3 CPU threads (set by NVPLIVE_THREADS" in capsys.readouterr().err
         assert main(["reconstruct", "--threads", "2", str(tmp_path / "missing.fdt")]) == 2
-        assert torch.get_num_threads() == 2 and "2 CPU threads (set by --threads)" in capsys.readouterr().err
+        assert torch.get_num_threads() == 2 and "2 CPU threads (set by --threads" in capsys.readouterr().err
         monkeypatch.setenv("NVPLIVE_THREADS", "many")
         assert main(["evaluate", str(simulated)]) == 2
         assert capsys.readouterr().err.strip() == "nvplive: error: NVPLIVE_THREADS must be a positive number of threads, got 'many'."
+        monkeypatch.setenv("NVPLIVE_THREADS", "0")  # the variable named, as for 'many'
+        assert main(["evaluate", str(simulated)]) == 2
+        assert "The number of CPU threads (set by NVPLIVE_THREADS) must be positive, got 0." in capsys.readouterr().err
+        monkeypatch.delenv("NVPLIVE_THREADS")
+        assert main(["evaluate", "--threads", str(cores + 1), str(tmp_path / "missing.fdt")]) == 2
+        assert f"more than this machine's {cores} cores" in capsys.readouterr().err  # oversubscription said
     finally:
         torch.set_num_threads(before)
+
+
+def test_frames_smaller_than_the_ssim_window_are_refused_before_any_work(tmp_path: Path, capsys):
+    """A recording of 8×8-pixel frames was written, and its reconstruction then failed inside
+    the loss's convolution; now simulate refuses it in one sentence, and so would the reconstruction."""
+    from nvplive.cli import main
+    from nvplive.errors import GeometryError
+    from nvplive.recon.optics import Optics, VolumeGeometry
+    from nvplive.recon.reconstructor import Reconstructor
+
+    assert main(["simulate", "--phantom", "cell", "--shape", "4,8,8", str(tmp_path / "tiny.fdt")]) == 2
+    assert ("Frames of 8×8 pixels are smaller than the image loss's 11-pixel SSIM window; a reconstruction needs at "
+            "least 11×11.") in capsys.readouterr().err
+    assert not (tmp_path / "tiny.fdt").exists()
+    with pytest.raises(GeometryError, match="at least 11×11"):
+        Reconstructor(Optics(), VolumeGeometry((4, 12, 10), (0.25,) * 3), np.zeros((3, 3)), device="cpu")
 
 
 def test_the_older_source_calibration_flag_is_still_accepted(tmp_path: Path, capsys):

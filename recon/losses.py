@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 #: Taps of SSIM's Gaussian window (Wang et al. 2004): frames need at least this many pixels per side.
 SSIM_WINDOW = 11
 

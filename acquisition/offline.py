@@ -329,8 +329,10 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
     ground truth. Held-out views: beads at positions not used in the recording are
     simulated (partially coherent, noise-free) through the truth and rendered
     (coherent) through the reconstruction; their images are compared after a
-    per-view gain and offset fit. ``pupil`` says which detection pupil the volumes were
-    rendered with (and so render the held-out views).
+    per-view gain and offset fit. ``pupil`` is the detection pupil the volumes were rendered
+    with (and so render the held-out views): at the first scored timepoint, its ``summary`` in
+    words, its Zernike coefficients (rad, Noll 2, 3, …) and apodisation, and whether every
+    scored volume used the same one (the joint refinement changes it per timepoint).
     """
     path = Path(path)
     with Recording.open(path) as rec:
@@ -387,9 +389,13 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
         method = rec.volume_settings.get(common[0], {}).get("method", "unknown")
         pupils = {t: volume_pupil(settings[t]["settings"], path) for t in common}
         first = pupils[common[0]]
-        pupil = "the hard aperture" if first is None else first.summary
-        if any(p != first for p in pupils.values()):
-            pupil = f"at timepoint {common[0]} {pupil}; it differs at later timepoints (refined with each volume)"
+        pupil = {
+            "summary": "the hard aperture" if first is None else first.summary,
+            "zernike_rad": [] if first is None else list(first.zernike_rad),
+            "apodisation": [] if first is None else list(first.apodisation),
+            "timepoint": common[0],
+            "same_at_every_timepoint": all(p == first for p in pupils.values()),
+        }
     return {
         "recording": str(path),
         "method": method,
@@ -428,7 +434,9 @@ def calibrate_recording(
     with Recording.open(path) as rec:
         meta = rec.meta
         if not 0 <= timepoint < rec.n_timepoints:
-            raise RecordingError(f"{path}: has no complete timepoint {timepoint} (it has {rec.n_timepoints}).")
+            n = rec.n_timepoints
+            held = "none" if n == 0 else "timepoint 0" if n == 1 else f"timepoints 0 to {n - 1}"
+            raise RecordingError(f"{path}: has no complete timepoint {timepoint} (it has {held}).")
         frames = rec.frames(timepoint)
     target = Path(output) if output is not None else path
     if target.suffix != SUFFIX:
@@ -437,8 +445,10 @@ def calibrate_recording(
     config = ReconConfig(source_calibration=source_calibration, bead_diameter_um=bead_diameter_um)
     reconstructor = reconstructor_for(meta, config, device, known)
 
-    def report(done: int, total: int, loss: float, _phase: Phase) -> None:
-        progress(done, total, f"fitting the pupil, loss {loss:.4g}")
+    def report(done: int, total: int, _loss: float, _phase: Phase) -> None:
+        # no loss number: each stage (positions, then the pupil; the source scan's passes) starts
+        # from its own misfit, so the number jumped back up between stages
+        progress(done, total, "fitting the pupil")
 
     # into a recording: its lock is held from before the fit until the pupil is written, so that
     # a recording another process writes is refused now, and no writer starts during the fit

@@ -141,8 +141,13 @@ def read_pupil_file(path: str | os.PathLike) -> PupilFile:
         raise RecordingError(
             f"{target}: not a pupil file (not text; a pupil file is the JSON that nvplive calibrate writes)."
         ) from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RecordingError(f"{target}: not a readable pupil file ({exc}).") from None
+    except json.JSONDecodeError as exc:
+        raise RecordingError(
+            f"{target}: not a pupil file (not JSON at line {exc.lineno}, column {exc.colno}; a pupil file is the JSON "
+            "that nvplive calibrate writes)."
+        ) from None
+    except OSError as exc:
+        raise RecordingError(f"{target}: cannot be read ({exc.strerror or exc}).") from None
     return validate(PupilFile, data, str(target), RecordingError)
 
 

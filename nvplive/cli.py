@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --scheduler: timepoints per task, each chunk's first one cold-started (default: spread over the workers)")
 
     cal = _command(sub, "calibrate", "calibrate the detection pupil on a recording's frames or a bead z-stack")
-    cal.add_argument("input", type=Path, metavar="REC.fdt|STACK.tif")
+    cal.add_argument("input", type=Path, metavar="REC.fdt|STACK.tif",
+                     help="a recording (its frames of one timepoint) or a bead z-stack (a TIFF, parameters in STACK.json beside it)")
     cal.add_argument("-o", "--output", type=Path, default=None, metavar="pupil.json",
                      help="where to write the pupil (default: REC.fdt/pupil.json, or STACK.pupil.json in the current folder)")
     cal.add_argument("--z-direction", type=int, choices=(1, -1), default=None,
@@ -434,6 +435,10 @@ def _refuse_options(flags: list[str], what: str) -> None:
         raise UsageError(f"{' and '.join(flags)} {'apply' if len(flags) > 1 else 'applies'} to {what}.")
 
 
+#: A calibration that lowers the relative residual by less than this is said to have gained nothing.
+NO_GAIN_RESIDUAL = 0.001
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.offline import STACK_KEYS, calibrate_recording, calibrate_stack_file
     from nvplive.acquisition.pupil_file import calibration_start
@@ -454,6 +459,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                                                        bead_diameter_um=args.bead_diameter, overwrite=args.overwrite)
         before, after = calibration.residual_start, calibration.residual
         how = f"{len(calibration.sources_um_xyz)} views, starting from {start}"
+        residuals = f"relative residual {before:.3f} with the pupil it started from, {after:.3f} calibrated"
     elif args.input.suffix.lower() in (".tif", ".tiff"):
         if args.device == "cuda":
             raise UsageError("A bead z-stack is fitted on the CPU (a float64 fit); --device applies to a recording's frames.")
@@ -469,8 +475,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         how = f"{len(calibration.sources_um_xyz)} planes, z direction {result.z_direction:+d}"
         if result.ambiguous:
             how += " (both directions fit alike: the even aberrations' sign follows this choice)"
+        residuals = (f"relative residual {before:.3f} with the hard aperture (the planes' positions fitted as long), "
+                     f"{after:.3f} calibrated")
         if result.noise is not None:
-            how += f"; the stack's noise alone would leave {result.noise.residual_floor:.3f}"
+            residuals += f" (the stack's noise alone would leave {result.noise.residual_floor:.3f})"
         if result.saturated_pixels:
             print(f"warning: {result.saturated_pixels} pixels of {args.input.name} are at the camera's full scale; "
                   "they are left out, but the clipped peak is what shapes the pupil's amplitude, so the fitted "
@@ -481,8 +489,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(
         f"calibrated the pupil on {args.input.name} ({how}): {calibration.pupil.summary} "
         "(the pupil's amplitude 1 + a₁ρ² + a₂ρ⁴ … over the aperture's radius ρ); "
-        f"relative residual {before:.3f} before, {after:.3f} after; wrote {written}"
+        f"{residuals}; wrote {written}"
     )
+    if after > before - NO_GAIN_RESIDUAL:
+        print(f"warning: the calibration did not lower the residual ({before:.3f} → {after:.3f}), so the pupil written is "
+              "no better than its start; give it more --iterations, or check that the input shows a bead.", file=sys.stderr)
     return 0
 
 
@@ -498,7 +509,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{scores['recording']}: {scores['method']}, {scores['timepoints']} timepoint(s)")
         print(f"  Δn absolute:  PSNR {a['psnr_db']:.2f} dB  SSIM {a['ssim']:.3f}  (the all-zero volume: {a['all_zero_psnr_db']:.2f} dB)")
         print(f"  Δn published: PSNR {p['psnr_db']:.2f} dB  SSIM {p['ssim']:.3f}")
-        print(f"  the volumes were rendered with the detection pupil: {scores['pupil']}")
+        pupil = scores["pupil"]
+        changes = "" if pupil["same_at_every_timepoint"] else \
+            f" at timepoint {pupil['timepoint']}; later volumes refined it (each volume's own is in its settings)"
+        print(f"  the volumes were rendered with the detection pupil: {pupil['summary']}{changes}")
         print(f"  held-out views ({scores['heldout_views']} beads the recording did not use, imaged through the truth "
               f"and through the volume): image PSNR {scores['heldout_image_psnr_db']:.2f} dB")
         print("  (higher is better; absolute: Δn against the truth, peak = the truth's Δn range; published: each volume "

@@ -150,8 +150,10 @@ class PupilParameters:
 
     @property
     def summary(self) -> str:
-        """One line for people: the RMS aberration and the apodisation coefficients."""
-        apodisation = ", ".join(f"{a:+.3f}" for a in self.apodisation) or "none"
+        """One line for people: the RMS aberration and the apodisation coefficients, named as
+        in the amplitude ``1 + a₁ρ² + a₂ρ⁴ …``."""
+        digits = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+        apodisation = ", ".join(f"a{str(i).translate(digits)} {a:+.3f}" for i, a in enumerate(self.apodisation, 1)) or "none"
         return f"aberration {self.aberration_rms_rad:.3f} rad RMS, apodisation {apodisation}"
 
     @property

@@ -115,6 +115,7 @@ def test_reconstruct_then_evaluate(simulated: Path):
         (("calibrate", "x.fdt", "--crop", "64"), "--crop applies to a bead z-stack (.tif), not to a recording's frames"),
         (("calibrate", "x.fdt", "--na", "0.8", "--pad", "8"), "--na and --pad apply to a bead z-stack (.tif)"),
         (("reconstruct", "x.fdt", "--pupil", "/bin/sh"), "not a pupil file (not text;"),
+        (("reconstruct", "x.fdt", "--pupil", "/etc/os-release"), "not a pupil file (not JSON at line 1, column 1;"),
         (("evaluate", "/dev/null"), "/dev/null: not a recording folder (a recording is a folder NAME.fdt"),
         (("simulate", "--phantom", "cell", "--shape", "-8,16,16", "x.fdt"),
          "argument --shape: expected one argument (a value that starts with '-' is given as --shape=VALUE)"),
@@ -267,7 +268,8 @@ def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_opti
         stored = [rec.volume_settings[t]["settings"] for t in rec.volume_timepoints]
     assert all(volume_pupil(s, path) == given for s in stored)
     first = evaluate_recording(path)
-    assert first["pupil"] == "aberration 0.300 rad RMS, apodisation -0.100"  # the volumes' pupil, named
+    assert first["pupil"]["summary"] == "aberration 0.300 rad RMS, apodisation a₁ -0.100"  # the volumes' pupil, named
+    assert first["pupil"]["zernike_rad"] == list(given.zernike_rad) and first["pupil"]["same_at_every_timepoint"]
     store_pupil(path, PupilParameters((0.0,) * 9 + (1.0,)), optics, calibrated_from="a later calibration", method="frames")
     assert evaluate_recording(path) == first
     assert volume_pupil({}, path) == read_pupil(path)  # volumes written before settings carried their pupil
@@ -313,6 +315,8 @@ def test_calibrate_a_bead_z_stack(tmp_path: Path):
     out = nvplive("calibrate", "data/beads.tif", "--z-direction", "1", "--threads", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "7 planes, z direction +1" in out.stdout and "the stack's noise alone would leave" in out.stdout
+    assert re.search(r"relative residual 0\.\d+ with the hard aperture .*, 0\.\d+ calibrated \(the stack's noise", out.stdout)
+    assert "apodisation a₁ " in out.stdout and "did not lower the residual" not in out.stderr
     assert "full scale" not in out.stderr  # no saturation warning for a stack that does not saturate
     assert sorted(p.name for p in data.iterdir()) == ["beads.json", "beads.tif"]
     doc = read_pupil_file(tmp_path / "beads.pupil.json")
@@ -324,6 +328,11 @@ def test_calibrate_a_bead_z_stack(tmp_path: Path):
                   "--pad", "12", "-o", "cropped.json", "--threads", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert abs(read_pupil_file(tmp_path / "cropped.json").zernike_rad[11 - 2] - 0.4) < 0.15
+    # one iteration per pass leaves the pupil where it started: written, but said
+    out = nvplive("calibrate", "data/beads.tif", "--z-direction", "1", "--crop", "32", "--iterations", "1",
+                  "--pad", "12", "-o", "one.json", "--threads", "1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "warning: the calibration did not lower the residual" in out.stderr, out.stdout
 
 
 def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsys):

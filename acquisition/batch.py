@@ -37,7 +37,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,9 +48,9 @@ from nvplive import __version__
 from nvplive.errors import NvpLiveError, ReconstructionError, RecordingError
 from nvplive.recon.calibration import PupilCalibration
 from nvplive.recon.pupil import PupilParameters
-from nvplive.recon.reconstructor import ALLOCATOR_ENV, ReconConfig, cpu_threads
+from nvplive.recon.reconstructor import ALLOCATOR_ENV, ProgressCallback, ReconConfig, cpu_threads
 
-from .offline import Progress, _quiet, config_for, reconstructor_for
+from .offline import Progress, _quiet, config_for, reconstructor_for, timepoint_progress
 from .pupil_file import calibration_start, frames_origin, recording_pupil, volume_pupil_setting
 from .recording import Recording, RecordingWriter
 
@@ -137,6 +136,24 @@ def worker_info(device: str = "auto") -> dict:
     return {"nvplive": __version__, "torch": torch.__version__, "device": worker_device(device), "pid": os.getpid()}
 
 
+#: Least time (s) between two progress events of a worker's timepoint in progress.
+PROGRESS_EVENT_S = 0.5
+
+
+def _progress_events(dask_worker: Any, topic: str, t: int, n: int) -> ProgressCallback:
+    """The reconstruction callback of timepoint ``t`` (of ``n``) on a worker: its share done and
+    the serial progress line's message, sent as events on ``topic``, throttled."""
+    last = [-math.inf]
+
+    def send(done: int, _total: int, message: str = "") -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVENT_S:
+            last[0] = now
+            dask_worker.log_event(topic, {"t": t, "fraction": min(max(done / 1000 - t, 0.0), 0.999), "message": message})
+
+    return timepoint_progress(send, t, n)
+
+
 def reconstruct_chunk(
     path: str, start: int, stop: int, config: dict, device: str = "auto", torch_threads: int | None = 1,
     pupil: dict | None = None,
@@ -151,8 +168,10 @@ def reconstruct_chunk(
     (``PupilParameters.to_dict()``) is the known pupil, else the recording's pupil.json.
     ``calibration``: the pupil calibration of timepoint ``start``'s frames, already made
     (by the client, :meth:`.Reconstructor.adopt_calibration`); the cold start fits the
-    volume from it instead of calibrating again. ``progress_topic``: each timepoint done is
-    sent to the client as an event ``{"t": t}`` on this Dask topic (on a worker only).
+    volume from it instead of calibrating again. ``progress_topic``: where each timepoint is
+    (its share done, as the serial reconstruction's progress line counts it) is sent to the
+    client as events ``{"t": t, "fraction": f, "message": str}`` on this Dask topic, at most
+    every :data:`PROGRESS_EVENT_S` seconds and when the timepoint is done (on a worker only).
     """
     begin = time.perf_counter()
     if torch_threads:
@@ -175,16 +194,18 @@ def reconstruct_chunk(
         reconstructor = reconstructor_for(rec.meta, cfg, dev, known)
         if calibration is not None:
             reconstructor.adopt_calibration(calibration)
+        events = progress_topic is not None and dask_worker is not None
         for t in range(start, stop):
-            result = reconstructor.warm_update(rec.frames(t))
+            callback = _progress_events(dask_worker, progress_topic, t, rec.n_timepoints) if events else None
+            result = reconstructor.warm_update(rec.frames(t), callback=callback)
             volumes.append(result.dn)
             pupils.append(volume_pupil_setting(result.pupil))
             iterations.append(result.iterations)
             losses.append(result.loss)
             if result.flagged:
                 flagged.append(t)
-            if progress_topic is not None and dask_worker is not None:
-                dask_worker.log_event(progress_topic, {"t": t})
+            if events:
+                dask_worker.log_event(progress_topic, {"t": t, "fraction": 1.0, "message": f"timepoint {t + 1} done"})
     return ChunkResult(
         start=start,
         stop=stop,
@@ -308,8 +329,9 @@ def reconstruct_distributed(
         retries: retries of a chunk whose task raised an exception.
         max_chunks_in_flight: chunks submitted beyond the next one to be written
             (default: twice the workers); bounds the results held by the client.
-        progress: ``progress(done, total, message)``, per timepoint reconstructed on a worker
-            (an event from the worker, so a long chunk shows its progress) and per chunk written.
+        progress: ``progress(done, total, message)`` in thousandths of a timepoint, as the
+            serial reconstruction counts: from the workers' events while a timepoint is
+            reconstructed (so a long chunk shows its progress) and per chunk written.
         pupil, pupil_from: the known pupil and where it came from (as for the serial
             reconstruction); the pupil calibrated on timepoint 0 is written to pupil.json.
         threads: the CPU thread request (``--threads``) that sizes a LocalCluster.
@@ -363,7 +385,7 @@ def reconstruct_distributed(
         later_config, later_pupil = config_dict, pupil_dict
         calibration = None
         if config.self_calibration and config.pupil_calibration and len(chunks) > 1:
-            progress(0, n, "calibrating the pupil on timepoint 0's frames")
+            progress(0, 1000 * n, "calibrating the pupil on timepoint 0's frames (before the chunks start)")
             with Recording.open(path) as rec:
                 calibration = reconstructor_for(rec.meta, config, "cpu", known).calibrate(rec.frames(0))
             later_config, later_pupil = {**config_dict, "pupil_calibration": False}, calibration.pupil.to_dict()
@@ -371,18 +393,25 @@ def reconstruct_distributed(
         held: dict[int, ChunkResult] = {}
         done_chunks: list[ChunkResult] = []
         written: set[int] = set()
-        reconstructed: set[int] = set()  # on a worker, from its events or its chunk's result
+        shares: dict[int, float] = {}  # each timepoint's share done on a worker (1: reconstructed)
 
-        def report(timepoints: Iterable[int]) -> None:
+        def report(updates: dict[int, float], message: str = "") -> None:
             with report_lock:
                 if topic not in listening:  # an event after the run ended
                     return
-                reconstructed.update(timepoints)
-                progress(len(reconstructed), n, f"{len(reconstructed)}/{n} timepoints reconstructed, {len(written)} "
-                         f"written ({next_chunk}/{len(chunks)} chunks)")
+                for t, share in updates.items():
+                    shares[t] = max(shares.get(t, 0.0), share)
+                finished = sum(1 for share in shares.values() if share >= 1.0)
+                done = int(1000 * sum(shares.values()))
+                progress(done, 1000 * n, f"{message + '; ' if message else ''}{finished}/{n} timepoints reconstructed, "
+                         f"{len(written)} written ({next_chunk}/{len(chunks)} chunks)")
+
+        def on_event(event: tuple[float, dict]) -> None:
+            msg = event[1]
+            report({int(msg["t"]): float(msg["fraction"])}, str(msg.get("message", "")))
 
         topic = f"nvplive-progress-{run_id}"
-        client.subscribe_topic(topic, lambda event: report([int(event[1]["t"])]))
+        client.subscribe_topic(topic, on_event)
         listening.add(topic)
         next_chunk = 0  # the next chunk to be written
         submitted = 0
@@ -433,7 +462,7 @@ def reconstruct_distributed(
                     chunk.volumes = np.empty((0,), np.float32)  # written: drop the data, keep the record
                     done_chunks.append(chunk)
                     next_chunk += 1
-                    report(range(chunk.start, chunk.stop))
+                    report(dict.fromkeys(range(chunk.start, chunk.stop), 1.0))
                 submit_more()
             if len(written) != n:
                 raise ReconstructionError(f"{path}: only {len(written)} of {n} timepoints were reconstructed.")

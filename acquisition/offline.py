@@ -241,7 +241,7 @@ class ReconstructionSummary:
     pupil_start: str = "the hard aperture"
 
 
-def _timepoint_progress(progress: Progress, t: int, n: int) -> ProgressCallback:
+def timepoint_progress(progress: Progress, t: int, n: int) -> ProgressCallback:
     """Timepoint ``t`` of ``n`` as the share ``[t, t + 1)`` of ``progress(done, n·1000, message)``:
     when the update calibrates the pupil first (a cold start), the calibration fills the first
     half of the share and the volume's iterations the second, so that the bar never goes back."""
@@ -300,7 +300,7 @@ def reconstruct_recording(
         for t in range(n):
             frames = rec.frames(t)
 
-            result = reconstructor.warm_update(frames, callback=_timepoint_progress(progress, t, n))
+            result = reconstructor.warm_update(frames, callback=timepoint_progress(progress, t, n))
             used = volume_pupil_setting(result.pupil)  # after the joint refinement
             writer.write_volume(t, result.dn, config.method, {**settings, "iterations_run": result.iterations, "pupil": used})
             iterations.append(result.iterations)

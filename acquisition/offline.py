@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nvplive.errors import NvpLiveError, RecordingError
+from nvplive.errors import GeometryError, NvpLiveError, RecordingError
 from nvplive.recon.calibration import PupilCalibration, StackCalibration, crop_around_peak
 from nvplive.recon.capacity import check_memory, check_plausible
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
@@ -334,8 +334,8 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
     words, its Zernike coefficients (rad, Noll 2, 3, …) and apodisation, and whether every
     scored volume used the same one (the joint refinement changes it per timepoint).
     """
-    path = Path(path)
     with Recording.open(path) as rec:
+        path = rec.path  # the folder, also when its recording.json was named
         if rec.n_timepoints == 0:
             raise RecordingError(
                 f"{path}: holds no complete timepoint (its acquisition stopped before the first one was written), so "
@@ -541,8 +541,13 @@ def calibrate_stack_file(
                 f"{stack.shape[1]}×{stack.shape[2]} frames."
             )
         stack = crop_around_peak(stack, crop_px)
-    optics = Optics(wavelength_um=float(params["wavelength_um"]), n_medium=float(params["n_medium"]), na=float(params["na"]),
-                    emission_fwhm_um=0.0)
+    try:
+        optics = Optics(wavelength_um=float(params["wavelength_um"]), n_medium=float(params["n_medium"]),
+                        na=float(params["na"]), emission_fwhm_um=0.0)
+    except GeometryError as exc:  # an NA beyond the medium's index: say where the values came from
+        given = [f"--{k.replace('_', '-')}" for k in ("na", "n_medium", "wavelength_um") if overrides.get(k) is not None]
+        source = " and ".join(given) if given else str(beside)
+        raise RecordingError(f"{source}: the z-stack's optics are impossible: {str(exc).removeprefix('Optics: ')}") from None
     result, _, written = calibrate_stack(
         stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), name=f"bead z-stack {path.name}",
         iterations=iterations, z_direction=z_direction, output=target,

@@ -571,7 +571,6 @@ class Reconstructor:
         self.saturation_level = None if saturation_level is None else int(saturation_level)
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
         # implausible geometry and work that cannot fit are refused before anything large is allocated
-        check_frame_size(geometry)
         check_memory(optics, geometry, len(self.nominal_sources), depth, self.device, method=config.method,
                      sources_um_xyz=self.nominal_sources)
         self._plain_model = ForwardModel.build(optics, geometry, source_depth_um=depth, bead_diameter_um=bead_um,
@@ -731,6 +730,7 @@ class Reconstructor:
         return self.calibration
 
     def _cold_start(self, frames: np.ndarray, callback: ProgressCallback | None) -> ReconResult:
+        check_frame_size(self.geometry)  # before the pupil calibration's minutes, not after them
         cfg = self.config
         measured, scale = self._measured(frames)
         if cfg.self_calibration:
@@ -787,6 +787,7 @@ class Reconstructor:
     def _warm_update(self, frames: np.ndarray, callback: ProgressCallback | None) -> ReconResult:
         if self.state is None or self.representation is None:
             return self._cold_start(frames, callback)
+        check_frame_size(self.geometry)
         measured, scale = self._measured(frames)
         policy = StopPolicy.warm(self.config.warm_budget, self.config.check_every)
         return self._optimise(measured, scale, policy, warm=True, callback=callback)

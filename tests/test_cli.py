@@ -91,7 +91,8 @@ def test_reconstruct_then_evaluate(simulated: Path):
         truth = rec.ground_truth(0)
     zero = absolute_scores(np.zeros_like(truth), truth).psnr_db
     assert scores["absolute"]["all_zero_psnr_db"] == pytest.approx(zero, abs=3)  # the mean over both timepoints
-    ev = nvplive("evaluate", str(simulated), cwd=simulated.parent)
+    ev = nvplive("evaluate", str(simulated / "recording.json"), cwd=simulated.parent)  # its JSON named: the folder
+    assert ev.stdout.startswith(f"{simulated}: nvp, 2 timepoint(s)"), ev.stdout
     assert "(the all-zero volume: " in ev.stdout and "higher is better" in ev.stdout
     assert "the volumes were rendered with the detection pupil: " in ev.stdout and "rad RMS" in ev.stdout
 
@@ -172,7 +173,8 @@ def test_commands_use_the_live_cpu_thread_policy(simulated: Path, tmp_path: Path
 
 def test_frames_smaller_than_the_ssim_window_are_refused_before_any_work(tmp_path: Path, capsys):
     """A recording of 8×8-pixel frames was written, and its reconstruction then failed inside
-    the loss's convolution; now simulate refuses it in one sentence, and so would the reconstruction."""
+    the loss's convolution; now simulate refuses it in one sentence, and so does a reconstruction
+    before it starts (a calibration alone, which needs no SSIM, still runs on such frames)."""
     from nvplive.cli import main
     from nvplive.errors import GeometryError
     from nvplive.recon.optics import Optics, VolumeGeometry
@@ -182,8 +184,9 @@ def test_frames_smaller_than_the_ssim_window_are_refused_before_any_work(tmp_pat
     assert ("Frames of 8×8 pixels are smaller than the image loss's 11-pixel SSIM window; a reconstruction needs at "
             "least 11×11.") in capsys.readouterr().err
     assert not (tmp_path / "tiny.fdt").exists()
-    with pytest.raises(GeometryError, match="at least 11×11"):
-        Reconstructor(Optics(), VolumeGeometry((4, 12, 10), (0.25,) * 3), np.zeros((3, 3)), device="cpu")
+    reconstructor = Reconstructor(Optics(), VolumeGeometry((4, 12, 10), (0.25,) * 3), np.zeros((3, 3)), device="cpu")
+    with pytest.raises(GeometryError, match="at least 11×11"):  # before the pupil calibration, not after its minutes
+        reconstructor.cold_start(np.zeros((3, 12, 10), np.uint16))
 
 
 def test_the_older_source_calibration_flag_is_still_accepted(tmp_path: Path, capsys):
@@ -359,6 +362,8 @@ def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsy
         (["--device", "cuda"], "fitted on the CPU"),
         (["--crop", "500", "-o", str(tmp_path / "p.json")], "a crop of 500×500 pixels must be at least 16 and at most its 16×16 frames"),
         (["--timepoint", "2"], "--timepoint applies to a recording's frames (REC.fdt), not to a bead z-stack"),
+        (["--na", "2", "-o", str(tmp_path / "p.json")],
+         "--na: the z-stack's optics are impossible: NA 2.0 must be smaller than the medium index 1.333."),
     ]
     (tmp_path / "earlier.json").write_text("{}")
     try:

@@ -355,7 +355,7 @@ def reconstruct_distributed(
         writer.abandon()
         raise
     futures: dict[Any, int] = {}
-    listening: set[str] = set()  # the progress topic while this run follows it
+    listening: str | None = None  # the progress topic while this run follows it
     report_lock = threading.Lock()  # progress events arrive on the client's event-loop thread
     try:
         try:
@@ -397,7 +397,7 @@ def reconstruct_distributed(
 
         def report(updates: dict[int, float], message: str = "") -> None:
             with report_lock:
-                if topic not in listening:  # an event after the run ended
+                if listening is None:  # an event after the run ended
                     return
                 for t, share in updates.items():
                     shares[t] = max(shares.get(t, 0.0), share)
@@ -412,7 +412,7 @@ def reconstruct_distributed(
 
         topic = f"nvplive-progress-{run_id}"
         client.subscribe_topic(topic, on_event)
-        listening.add(topic)
+        listening = topic
         next_chunk = 0  # the next chunk to be written
         submitted = 0
         pending = distributed.as_completed()
@@ -493,9 +493,9 @@ def reconstruct_distributed(
         )
     finally:
         with report_lock:
-            for topic in listening:
-                client.unsubscribe_topic(topic)
-            listening.clear()
+            if listening is not None:
+                client.unsubscribe_topic(listening)
+            listening = None
         writer.abandon()  # no-op after a successful run; otherwise the previous volumes stay
         for future in list(futures):
             future.cancel()

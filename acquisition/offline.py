@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nvplive.errors import GeometryError, NvpLiveError, RecordingError
-from nvplive.recon.calibration import PupilCalibration, StackCalibration, crop_around_peak
+from nvplive.recon.calibration import DEFAULT_NOLL, PupilCalibration, StackCalibration, crop_around_peak
 from nvplive.recon.capacity import check_memory, check_plausible
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
@@ -241,10 +241,17 @@ class ReconstructionSummary:
     pupil_start: str = "the hard aperture"
 
 
+#: The share of a cold start's time that its pupil calibration takes, for the progress bar's
+#: remaining-time estimate: 23–37 s of cold starts of 175–380 s at 32×64×64 (BENCHMARKS.md: the
+#: pupil calibration table, and "Speed at today's code").
+CALIBRATION_SHARE = 0.1
+
+
 def timepoint_progress(progress: Progress, t: int, n: int) -> ProgressCallback:
     """Timepoint ``t`` of ``n`` as the share ``[t, t + 1)`` of ``progress(done, n·1000, message)``:
     when the update calibrates the pupil first (a cold start), the calibration fills the first
-    half of the share and the volume's iterations the second, so that the bar never goes back."""
+    :data:`CALIBRATION_SHARE` of the share and the volume's iterations the rest, so that the
+    bar never goes back and moves at about one speed through both."""
     calibrated = False
 
     def report(done: int, total: int, loss: float, phase: Phase) -> None:
@@ -253,9 +260,9 @@ def timepoint_progress(progress: Progress, t: int, n: int) -> ProgressCallback:
         if phase == "calibration":
             calibrated = True
             # no loss number here: the calibration's misfit is on another scale than the fit's loss
-            share, message = 0.5 * fraction, f"timepoint {t + 1}/{n}, calibrating the pupil"
+            share, message = CALIBRATION_SHARE * fraction, f"timepoint {t + 1}/{n}, calibrating the pupil"
         else:
-            share = 0.5 + 0.5 * fraction if calibrated else fraction
+            share = CALIBRATION_SHARE + (1.0 - CALIBRATION_SHARE) * fraction if calibrated else fraction
             message = f"timepoint {t + 1}/{n}, loss {loss:.4f}"
         progress(t * 1000 + int(1000 * share), n * 1000, message)
 
@@ -332,7 +339,11 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
     per-view gain and offset fit. ``pupil`` is the detection pupil the volumes were rendered
     with (and so render the held-out views): at the first scored timepoint, its ``summary`` in
     words, its Zernike coefficients (rad, Noll 2, 3, …) and apodisation, and whether every
-    scored volume used the same one (the joint refinement changes it per timepoint).
+    scored volume used the same one (the joint refinement changes it per timepoint). For a
+    recording of the simulator, ``pupil`` also holds the instrument's own pupil
+    (``true_summary``) and the RMS wavefront error between the two (``wavefront_error_rad``,
+    rad, over Noll 5–22, :data:`~nvplive.recon.calibration.DEFAULT_NOLL`: tip, tilt and defocus
+    are the beads' positions, not the pupil's).
     """
     with Recording.open(path) as rec:
         path = rec.path  # the folder, also when its recording.json was named
@@ -396,6 +407,10 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             "timepoint": common[0],
             "same_at_every_timepoint": all(p == first for p in pupils.values()),
         }
+        if "simulated_instrument" in extra:
+            true_pupil = Instrument.from_dict(extra["simulated_instrument"]).pupil
+            pupil["true_summary"] = true_pupil.summary
+            pupil["wavefront_error_rad"] = (first or PupilParameters()).wavefront_error_rad(true_pupil, DEFAULT_NOLL)
     return {
         "recording": str(path),
         "method": method,

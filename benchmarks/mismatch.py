@@ -159,18 +159,6 @@ def _run(task: dict) -> dict:
         return {**{k: task[k] for k in TASK_KEYS}, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def pupil_error_rad(found, truth, noll: tuple[int, ...]) -> float:
-    """The wavefront error (rad RMS over the pupil) of the fitted against the true pupil on the
-    ``noll`` indices: the norm of the Noll-normalised coefficients' difference."""
-    from nvplive.recon.pupil import FIRST_NOLL
-
-    def coefficient(p, j: int) -> float:
-        k = j - FIRST_NOLL
-        return p.zernike_rad[k] if 0 <= k < len(p.zernike_rad) else 0.0
-
-    return float(np.sqrt(np.sum([(coefficient(found, j) - coefficient(truth, j)) ** 2 for j in noll])))
-
-
 def _reconstruct(task: dict) -> dict:
     import torch
 
@@ -202,11 +190,11 @@ def _reconstruct(task: dict) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
     }
     if stack is not None:
-        row["stack_pupil_error_rad"] = round(pupil_error_rad(stack.calibration.pupil, true_pupil, stack.calibration.noll), 4)
+        row["stack_pupil_error_rad"] = round(stack.calibration.pupil.wavefront_error_rad(true_pupil, stack.calibration.noll), 4)
         row["stack_apodisation"] = [round(v, 4) for v in stack.calibration.pupil.apodisation]
     calibration = rec.calibration
     if calibration is not None:
-        row["pupil_error_rad"] = round(pupil_error_rad(calibration.pupil, true_pupil, calibration.noll), 4)
+        row["pupil_error_rad"] = round(calibration.pupil.wavefront_error_rad(true_pupil, calibration.noll), 4)
         row["pupil_residual"] = round(float(calibration.residual), 4)
         row["source_edge_na"] = [round(v, 4) for v in calibration.pupil.source_edge_na]
     if rec.pupil is not None:  # after the joint refinement

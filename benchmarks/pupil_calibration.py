@@ -32,16 +32,15 @@ from . import publish
 
 
 def _errors(pupil, sources_um_xyz: np.ndarray, truth: np.ndarray, true_sources: np.ndarray) -> dict:
-    """Wavefront error (rad RMS over the pupil, Noll 5–22; :func:`.mismatch.pupil_error_rad`), depth
-    errors (max, median) and the largest lateral error (µm)."""
+    """Wavefront error (rad RMS over the pupil on the calibration's Noll terms;
+    :meth:`~nvplive.recon.pupil.PupilParameters.wavefront_error_rad`), depth errors (max,
+    median) and the largest lateral error (µm)."""
     from nvplive.recon.calibration import DEFAULT_NOLL
     from nvplive.recon.pupil import PupilParameters
 
-    from .mismatch import pupil_error_rad
-
     depth = np.abs(sources_um_xyz[:, 2] - true_sources[:, 2])
     return {
-        "wavefront_error_rms_rad": pupil_error_rad(pupil, PupilParameters(tuple(truth)), DEFAULT_NOLL),
+        "wavefront_error_rms_rad": pupil.wavefront_error_rad(PupilParameters(tuple(truth)), DEFAULT_NOLL),
         "apodisation_a1": pupil.apodisation[0] if pupil.apodisation else 0.0,
         "depth_error_max_um": float(depth.max()), "depth_error_median_um": float(np.median(depth)),
         "lateral_error_max_um": float(np.abs(sources_um_xyz[:, :2] - true_sources[:, :2]).max()),

@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("input", type=Path, metavar="REC.fdt|STACK.tif",
                      help="a recording (its frames of one timepoint) or a bead z-stack (a TIFF, parameters in STACK.json beside it)")
     cal.add_argument("-o", "--output", type=Path, default=None, metavar="pupil.json",
-                     help="where to write the pupil (default: REC.fdt/pupil.json, or STACK.pupil.json in the current folder)")
+                     help="where to write the pupil: a file, or a folder to hold pupil.json (default: REC.fdt/pupil.json, "
+                          "or STACK.pupil.json in the current folder)")
     cal.add_argument("--z-direction", type=int, choices=(1, -1), default=None,
                      help="z-stack: +1 if later planes have the bead farther from the objective, -1 the other way "
                           "(default: fit both; the sign of even aberrations then rests on the better fit)")
@@ -513,6 +514,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         changes = "" if pupil["same_at_every_timepoint"] else \
             f" at timepoint {pupil['timepoint']}; later volumes refined it (each volume's own is in its settings)"
         print(f"  the volumes were rendered with the detection pupil: {pupil['summary']}{changes}")
+        if "true_summary" in pupil:
+            print(f"  the simulated instrument's pupil: {pupil['true_summary']}; wavefront error "
+                  f"{pupil['wavefront_error_rad']:.3f} rad RMS (Noll 5–22)")
         print(f"  held-out views ({scores['heldout_views']} beads the recording did not use, imaged through the truth "
               f"and through the volume): image PSNR {scores['heldout_image_psnr_db']:.2f} dB")
         print("  (higher is better; absolute: Δn against the truth, peak = the truth's Δn range; published: each volume "

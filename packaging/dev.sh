@@ -2,7 +2,8 @@
 # Set up a development environment for nvp-live and run the demo or the tests.
 #
 #   bash packaging/dev.sh demo [ARGS...]   set up, then start `nvplive demo ARGS...`
-#   bash packaging/dev.sh test [ARGS...]   set up, then run the test suite under a virtual display
+#   bash packaging/dev.sh test [ARGS...]   set up, then run the test suite under a virtual display, in two
+#                                          processes (NVPLIVE_TEST_WORKERS=N for another number)
 #                                          (it includes tests/test_guardrails.py: ruff, mypy, import contracts)
 #   bash packaging/dev.sh lint             set up, then run only the guard-rails (before landing)
 #   bash packaging/dev.sh setup            set up only
@@ -68,7 +69,9 @@ case "$MODE" in
     test)
         export NVPLIVE_FORCE_XVFB=1
         set +e
-        with_display "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+        # one test process per core (each test runs torch on one thread: tests/conftest.py);
+        # whole files per process, so a file's module fixtures are built once
+        with_display "$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "${NVPLIVE_TEST_WORKERS:-2}" --dist loadfile "$@"
         rc=$?
         set -e
         if [ $rc -eq 5 ]; then

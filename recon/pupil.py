@@ -26,6 +26,7 @@ All functions are pure torch and differentiable in the coefficient tensors.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -147,6 +148,19 @@ class PupilParameters:
     def aberration_rms_rad(self) -> float:
         """RMS wavefront error over the pupil (rad): the norm of the Zernike coefficients."""
         return math.sqrt(sum(c * c for c in self.zernike_rad))
+
+    def wavefront_error_rad(self, truth: PupilParameters, noll: Sequence[int]) -> float:
+        """The RMS wavefront error over the pupil (rad) of this pupil against ``truth`` on the
+        Noll indices ``noll``: the norm of the coefficients' difference (Noll's normalisation
+        makes each term's RMS over the unit disc 1, so the norm is the RMS of the phase
+        difference they span). A term a pupil does not carry counts as 0.
+        """
+
+        def coefficient(p: PupilParameters, j: int) -> float:
+            k = j - FIRST_NOLL
+            return p.zernike_rad[k] if 0 <= k < len(p.zernike_rad) else 0.0
+
+        return math.sqrt(sum((coefficient(self, j) - coefficient(truth, j)) ** 2 for j in noll))
 
     @property
     def summary(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ import tifffile
 from nvplive.acquisition.pupil_file import read_pupil, read_pupil_file
 from nvplive.acquisition.recording import Recording
 from nvplive.recon.metrics import absolute_scores
+from nvplive.recon.simulate import Instrument
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 #: The CPU thread policy's line that reconstruct, evaluate, demo and bench print first (issue 16 finding 6).
@@ -273,6 +275,13 @@ def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_opti
     first = evaluate_recording(path)
     assert first["pupil"]["summary"] == "aberration 0.300 rad RMS, apodisation a₁ -0.100"  # the volumes' pupil, named
     assert first["pupil"]["zernike_rad"] == list(given.zernike_rad) and first["pupil"]["same_at_every_timepoint"]
+    # against the simulated instrument's own pupil (the recording's ground truth): named, and the error on Noll 5-22
+    with Recording.open(path) as rec:
+        true_pupil = Instrument.from_dict(rec.meta.extra["simulated_instrument"]).pupil
+    assert first["pupil"]["true_summary"] == true_pupil.summary and true_pupil.aberration_rms_rad > 0
+    given_c = list(given.zernike_rad) + [0.0] * 21
+    expected = math.sqrt(sum((given_c[j - 2] - true_pupil.zernike_rad[j - 2]) ** 2 for j in range(5, 23)))
+    assert first["pupil"]["wavefront_error_rad"] == pytest.approx(expected)
     store_pupil(path, PupilParameters((0.0,) * 9 + (1.0,)), optics, calibrated_from="a later calibration", method="frames")
     assert evaluate_recording(path) == first
     assert volume_pupil({}, path) == read_pupil(path)  # volumes written before settings carried their pupil

@@ -125,8 +125,11 @@ def simulate_recording(
     finer axial steps, drawn with ``seed``; or an :class:`Instrument`); it is written to
     ``extra["simulated_instrument"]`` with the ground truth, never to the optics the reconstruction
     reads. The beads' diameter (``coherence.bead_diameter_um``) is on their label, so the
-    recording states it (``RecordingMeta.bead_diameter_um``). ``thick`` selects the thick-specimen geometry (its optics, shape, voxel and
-    bead depths override ``optics``, ``shape_zyx`` and ``voxel_um_zyx``).
+    recording states it (``RecordingMeta.bead_diameter_um``). The recording's bead positions
+    (``sources_um_xyz``) are those a user would state (:meth:`Instrument.nominal_sources`: the
+    true ones for "matched"); the true ones are in ``extra["true_sources_um_xyz"]``. ``thick``
+    selects the thick-specimen geometry (its optics, shape, voxel and bead depths override
+    ``optics``, ``shape_zyx`` and ``voxel_um_zyx``).
     """
     if thick:
         optics, shape_zyx, voxel_um_zyx = THICK_OPTICS, THICK_SHAPE_ZYX, THICK_VOXEL_UM_ZYX
@@ -165,7 +168,9 @@ def simulate_recording(
     rng = np.random.default_rng(seed)
     path = Path(out)
     # the beads' size is on their label, so the recording states it (the instrument's other details it does not)
-    meta = recording_meta(optics, geometry, camera, sources, extra, bead_diameter_um=coherence.bead_diameter_um)
+    # the bead positions the reconstruction is told are what a user would state: off by the instrument's error
+    nominal = instrument.nominal_sources(sources, seed)
+    meta = recording_meta(optics, geometry, camera, nominal, extra, bead_diameter_um=coherence.bead_diameter_um)
     with RecordingWriter(path, meta, overwrite=overwrite) as writer:
         for t in range(timepoints):
             t_s = t * interval_s
@@ -343,7 +348,11 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
     recording of the simulator, ``pupil`` also holds the instrument's own pupil
     (``true_summary``) and the RMS wavefront error between the two (``wavefront_error_rad``,
     rad, over Noll 5–22, :data:`~nvplive.recon.calibration.DEFAULT_NOLL`: tip, tilt and defocus
-    are the beads' positions, not the pupil's).
+    are the beads' positions, not the pupil's). ``beads`` (None where the recording does not
+    hold the true positions) compares the bead positions with the simulator's true ones: the
+    largest lateral and depth errors (µm) of the positions the recording states (``nominal_*``)
+    and of those the last reconstruction refined (``used_*``; the nominal ones when it refined
+    none, ``refined`` False).
     """
     with Recording.open(path) as rec:
         path = rec.path  # the folder, also when its recording.json was named
@@ -411,6 +420,15 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             true_pupil = Instrument.from_dict(extra["simulated_instrument"]).pupil
             pupil["true_summary"] = true_pupil.summary
             pupil["wavefront_error_rad"] = (first or PupilParameters()).wavefront_error_rad(true_pupil, DEFAULT_NOLL)
+        beads = None
+        if "true_sources_um_xyz" in extra:
+            true_sources = np.asarray(extra["true_sources_um_xyz"], dtype=np.float64)
+            refined = meta.refined_sources_um_xyz
+            beads = {"refined": refined is not None}
+            for name, positions in (("nominal", meta.sources_um_xyz), ("used", refined or meta.sources_um_xyz)):
+                error = np.asarray(positions, dtype=np.float64) - true_sources
+                beads[f"{name}_lateral_error_max_um"] = float(np.abs(error[:, :2]).max())
+                beads[f"{name}_depth_error_max_um"] = float(np.abs(error[:, 2]).max())
     return {
         "recording": str(path),
         "method": method,
@@ -418,6 +436,7 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
         "absolute": {"psnr_db": float(m[0]), "ssim": float(m[1]), "all_zero_psnr_db": float(m[5])},
         "published": {"psnr_db": float(m[2]), "ssim": float(m[3])},
         "pupil": pupil,
+        "beads": beads,
         "heldout_image_psnr_db": float(m[4]),
         "heldout_views": heldout_views,
     }

@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="random seed of the phantom, the beads, the noise and the realistic instrument's draw (default 0)")
     sim.add_argument("--instrument", choices=("realistic", "matched"), default="realistic",
                      help="the simulated microscope: realistic (default: pupil apodisation and aberrations, wider "
-                          "source cone, finer axial steps; recorded with the ground truth) or matched (the "
-                          "reconstruction's own model)")
+                          "source cone, finer axial steps, the bead positions stated with a user's errors; recorded "
+                          "with the ground truth) or matched (the reconstruction's own model, the true positions)")
     sim.add_argument("--thick", action="store_true",
                      help="thick-specimen geometry: 32×64×64 voxels of 0.5×0.16×0.16 µm, λ 0.52, n 1.333, NA 0.8, "
                           "beads 2–4 µm below (overrides --shape/--voxel-um)")
@@ -517,6 +517,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if "true_summary" in pupil:
             print(f"  the simulated instrument's pupil: {pupil['true_summary']}; wavefront error "
                   f"{pupil['wavefront_error_rad']:.3f} rad RMS (Noll 5–22)")
+        beads = scores["beads"]
+        if beads is not None:
+            used = "as refined by the reconstruction" if beads["refined"] else "as stated in the recording"
+            print(f"  bead positions {used}: off the true ones by up to {beads['used_lateral_error_max_um']:.3f} µm laterally "
+                  f"and {beads['used_depth_error_max_um']:.3f} µm in depth (as stated: "
+                  f"{beads['nominal_lateral_error_max_um']:.3f} and {beads['nominal_depth_error_max_um']:.3f} µm)")
         print(f"  held-out views ({scores['heldout_views']} beads the recording did not use, imaged through the truth "
               f"and through the volume): image PSNR {scores['heldout_image_psnr_db']:.2f} dB")
         print("  (higher is better; absolute: Δn against the truth, peak = the truth's Δn range; published: each volume "

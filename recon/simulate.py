@@ -30,6 +30,14 @@ from .pupil import PupilParameters, noll_to_nm
 #: voxel grid carries): beyond the renderer's default, so the two never coincide.
 REALISTIC_SOURCE_NA_FRACTION = 0.98
 
+#: Standard deviations (lateral, axial; µm) of the error in the bead positions a user states
+#: to a realistic instrument's reconstruction (:meth:`Instrument.nominal_sources`).
+REALISTIC_BEAD_POSITION_ERROR_UM = (0.1, 0.3)
+
+#: Second element of the seed of the nominal positions' draw, so that it is independent of
+#: the other draws made with the recording's seed.
+NOMINAL_SOURCES_STREAM = 7211
+
 
 @dataclass(frozen=True)
 class Instrument:
@@ -42,6 +50,10 @@ class Instrument:
         source_na: band limit of the emitted spectrum (None: the renderer's default).
         steps_per_voxel: propagation steps per voxel along z (Δn piecewise constant).
         seed: the draw that made a realistic instrument (None for explicit ones).
+        bead_position_error_um: standard deviations (lateral, axial; µm) of the error of the
+            bead positions the user states (:meth:`nominal_sources`): beads are found in a
+            widefield image (laterally to about a tenth of a micrometre) and their depth from
+            the focus drive's reading of the bead layer (to a few tenths).
     """
 
     name: str = "matched"
@@ -49,17 +61,25 @@ class Instrument:
     source_na: float | None = None
     steps_per_voxel: int = 1
     seed: int | None = None
+    bead_position_error_um: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps_per_voxel, int) or self.steps_per_voxel < 1:
             raise GeometryError(f"Instrument: steps_per_voxel must be a positive integer, got {self.steps_per_voxel!r}.")
+        error = tuple(float(e) for e in self.bead_position_error_um)
+        if len(error) != 2 or not all(math.isfinite(e) and e >= 0.0 for e in error):
+            raise GeometryError(
+                f"Instrument: bead_position_error_um must be two standard deviations ≥ 0 (lateral, axial; µm), got {error!r}."
+            )
+        object.__setattr__(self, "bead_position_error_um", error)
 
     @classmethod
     def realistic(cls, optics: Optics, *, seed: int = 0, max_rms_rad: float = 0.5) -> Instrument:
         """A plausible objective: edge transmission 80–100 % (radial apodisation), Zernike
         phase Noll 4–22 with a primary-spherical bias and a 1/n fall-off, scaled to an RMS
         drawn in [0.4, 1]·``max_rms_rad``; the source spectrum to 0.98·n_medium; two
-        propagation steps per voxel."""
+        propagation steps per voxel; bead positions stated to 0.1 µm laterally and 0.3 µm in
+        depth (standard deviations, :data:`REALISTIC_BEAD_POSITION_ERROR_UM`)."""
         rng = np.random.default_rng(seed)
         zernike = np.zeros(21)  # Noll 2..22
         for j in range(4, 23):
@@ -70,7 +90,8 @@ class Instrument:
         zernike *= rms / np.linalg.norm(zernike)
         edge_loss = rng.uniform(0.0, 0.2)
         pupil = PupilParameters(zernike_rad=tuple(zernike.tolist()), apodisation=(-edge_loss,))
-        return cls("realistic", pupil, REALISTIC_SOURCE_NA_FRACTION * optics.n_medium, 2, seed)
+        return cls("realistic", pupil, REALISTIC_SOURCE_NA_FRACTION * optics.n_medium, 2, seed,
+                   REALISTIC_BEAD_POSITION_ERROR_UM)
 
     @classmethod
     def named(cls, name: str, optics: Optics, *, seed: int = 0) -> Instrument:
@@ -89,6 +110,7 @@ class Instrument:
             "source_na": self.source_na,
             "steps_per_voxel": self.steps_per_voxel,
             "seed": self.seed,
+            "bead_position_error_um": list(self.bead_position_error_um),
         }
 
     @classmethod
@@ -102,7 +124,20 @@ class Instrument:
             source_na=data.get("source_na"),
             steps_per_voxel=int(data.get("steps_per_voxel", 1)),
             seed=data.get("seed"),
+            bead_position_error_um=tuple(data.get("bead_position_error_um", (0.0, 0.0))),
         )
+
+    def nominal_sources(self, sources_um_xyz: np.ndarray, seed: int) -> np.ndarray:
+        """The bead positions ``[V, 3]`` (µm) a user would state for the true ``sources_um_xyz``:
+        each off by a normal draw of :attr:`bead_position_error_um` (x and y alike, then z),
+        drawn with ``seed``; the true positions themselves when both are 0."""
+        lateral, axial = self.bead_position_error_um
+        sources = np.asarray(sources_um_xyz, dtype=np.float64)
+        if lateral == 0.0 and axial == 0.0:
+            return sources.copy()
+        rng = np.random.default_rng([seed, NOMINAL_SOURCES_STREAM])
+        scale = np.array([lateral, lateral, axial])
+        return sources + rng.normal(size=sources.shape) * scale
 
     def render_optics(self, optics: Optics, geometry: VolumeGeometry) -> Optics:
         """``optics`` with this instrument's source NA (lowered to what the grid carries)."""

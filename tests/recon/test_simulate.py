@@ -52,7 +52,26 @@ def test_simulate_records_the_instrument_beside_the_ground_truth(tmp_path, thick
         meta = rec.meta
         assert meta.optics.na_source is None  # the reconstruction is told λ, NA, n only
         assert Instrument.from_dict(meta.extra["simulated_instrument"]) == Instrument.realistic(meta.optics, seed=3)
+        true_sources = np.array(meta.extra["true_sources_um_xyz"])
+        # the reconstruction is told the bead positions a user would state, not the true ones
+        error = np.array(meta.sources_um_xyz) - true_sources
+        assert np.all(error != 0.0) and np.abs(error[:, :2]).max() < 0.5 and np.abs(error[:, 2]).max() < 1.5
         if thick:
             assert meta.geometry.extent_um_zyx[0] >= 12.0
-            depths = -np.array(meta.sources_um_xyz)[:, 2]
+            depths = -true_sources[:, 2]
             assert np.all((depths >= 2.0) & (depths <= 4.0))
+
+
+def test_nominal_bead_positions_are_off_by_the_instruments_error():
+    """A realistic instrument's stated bead positions are off by draws of (0.1, 0.3) µm
+    (lateral, axial); the matched instrument and recordings from before the field state the
+    true ones."""
+    truth = np.zeros((4000, 3))
+    realistic = Instrument.realistic(OPTICS, seed=2)
+    error = realistic.nominal_sources(truth, seed=5) - truth
+    np.testing.assert_allclose(error.std(axis=0), [0.1, 0.1, 0.3], rtol=0.05)
+    np.testing.assert_array_equal(realistic.nominal_sources(truth, seed=5), realistic.nominal_sources(truth, seed=5))
+    assert Instrument.from_dict(realistic.to_dict()) == realistic
+    old = {k: v for k, v in realistic.to_dict().items() if k != "bead_position_error_um"}
+    assert Instrument.from_dict(old).bead_position_error_um == (0.0, 0.0)
+    np.testing.assert_array_equal(Instrument().nominal_sources(truth + 1.0, seed=5), truth + 1.0)

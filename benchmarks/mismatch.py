@@ -68,7 +68,7 @@ CALIBRATION_NAMES = {True: "frames", "bead stack": "bead z-stack", False: "none"
 STACK_HALF_RANGE_UM = 2.0
 STACK_STEP_UM = 0.5
 STACK_FIELD = 64
-TASK_KEYS = ("geometry", "instrument", "method", "iterations", "calibration")
+TASK_KEYS = ("geometry", "instrument", "method", "iterations", "calibration", "position_error_um")
 
 
 def _instrument(spec: dict, optics):
@@ -165,8 +165,10 @@ def _reconstruct(task: dict) -> dict:
     torch.set_num_threads(1)
     from nvplive.recon.metrics import absolute_scores
     from nvplive.recon.reconstructor import ReconConfig, Reconstructor
+    from nvplive.recon.simulate import stated_positions
 
     optics, geometry, sources, truth, frames = _setup(task["geometry"], task["instrument"])
+    nominal = stated_positions(sources, tuple(task["position_error_um"]), seed=0)
     bead = float(task.get("overrides", {}).get("bead_diameter_um", BEAD_DIAMETER_UM))
     stack = (
         stack_calibration(task["geometry"], task["instrument"], bead_diameter_um=bead) if task["calibration"] == "bead stack" else None
@@ -175,9 +177,10 @@ def _reconstruct(task: dict) -> dict:
                 "bead_diameter_um": bead}
     config = ReconConfig(**{**settings, **task.get("overrides", {})})
     # The reconstruction is told λ, NA, n (not the simulator's source NA or pupil), the
-    # voxel size, the nominal bead positions and the beads' diameter; with "bead stack", the calibration on the
-    # frames starts from the pupil fitted on the stack (`reconstruct --pupil FILE`).
-    rec = Reconstructor(optics, geometry, sources, camera_offset=100.0, config=config, device="cpu",
+    # voxel size, the nominal bead positions (off the true ones by the task's errors) and the beads' diameter;
+    # with "bead stack", the calibration on the frames starts from the pupil fitted on the stack
+    # (`reconstruct --pupil FILE`).
+    rec = Reconstructor(optics, geometry, nominal, camera_offset=100.0, config=config, device="cpu",
                         pupil=None if stack is None else stack.calibration.pupil)
     start = time.perf_counter()
     result = rec.cold_start(frames)
@@ -209,6 +212,7 @@ def run_mismatch(
     subset: dict[str, tuple[str, ...]] | None = None,
     calibration: tuple[bool | str, ...] | None = None,
     overrides: dict | None = None,
+    position_error_um: tuple[float, float] | None = None,
 ) -> list[dict]:
     """Reconstruct every (geometry, instrument, method, calibration) row in worker processes; one dict per row.
 
@@ -216,15 +220,23 @@ def run_mismatch(
     ``calibration``: the ways the rows get their pupil (:data:`CALIBRATIONS`: on the frames,
     ``"bead stack"``, none; default: frames and none, ``full``: all three);
     ``overrides`` are :class:`~nvplive.recon.reconstructor.ReconConfig` fields for every row
-    (recorded in each row as ``overrides``).
+    (recorded in each row as ``overrides``). The reconstructions are told bead positions off
+    the true ones by normal draws of ``position_error_um`` (lateral, axial standard deviations,
+    µm; :func:`~nvplive.recon.simulate.stated_positions`; default: a realistic instrument's,
+    :data:`~nvplive.recon.simulate.REALISTIC_BEAD_POSITION_ERROR_UM`), as a user states them;
+    ``(0, 0)`` gives them the true ones, as every table before 2026-12-02 did.
     """
+    from nvplive.recon.simulate import REALISTIC_BEAD_POSITION_ERROR_UM
+
+    if position_error_um is None:
+        position_error_um = REALISTIC_BEAD_POSITION_ERROR_UM
     iterations = FULL_ITERATIONS if full else ITERATIONS
     calibration = calibration if calibration is not None else (CALIBRATIONS if full else (True, False))
     chosen = subset if subset is not None else ({g: tuple(INSTRUMENTS) for g in GEOMETRIES} if full else SUBSET)
     tasks = [
         {
             "geometry": geometry, "instrument": instrument, "method": method, "iterations": iterations,
-            "calibration": calibrated, "overrides": dict(overrides or {}),
+            "calibration": calibrated, "overrides": dict(overrides or {}), "position_error_um": tuple(position_error_um),
         }
         for calibrated in calibration
         for geometry in chosen
@@ -250,7 +262,9 @@ def markdown_table(rows: list[dict], seconds: float, full: bool) -> str:
         "",
         f"Machine: {platform.node()} {platform.machine()} CPU, {os.cpu_count()} cores, one torch thread per worker; "
         f"cell phantom, {VIEWS} views, {rows[0]['iterations']} cold iterations, beads of {BEAD_DIAMETER_UM:g} µm told to the "
-        "reconstruction, absolute-Δn PSNR (dB); "
+        "reconstruction, bead positions told off the true ones by normal draws of "
+        f"{rows[0]['position_error_um'][0]:g} µm laterally and {rows[0]['position_error_um'][1]:g} µm in depth "
+        "(standard deviations), absolute-Δn PSNR (dB); "
         f"wall time {seconds / 60:.1f} min. Pupil error: the calibrated pupil's wavefront error against the true one "
         "(rad RMS over the pupil, on the fitted Noll indices); residual: the calibration's relative image residual.",
         "",

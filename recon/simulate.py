@@ -128,16 +128,9 @@ class Instrument:
         )
 
     def nominal_sources(self, sources_um_xyz: np.ndarray, seed: int) -> np.ndarray:
-        """The bead positions ``[V, 3]`` (µm) a user would state for the true ``sources_um_xyz``:
-        each off by a normal draw of :attr:`bead_position_error_um` (x and y alike, then z),
-        drawn with ``seed``; the true positions themselves when both are 0."""
-        lateral, axial = self.bead_position_error_um
-        sources = np.asarray(sources_um_xyz, dtype=np.float64)
-        if lateral == 0.0 and axial == 0.0:
-            return sources.copy()
-        rng = np.random.default_rng([seed, NOMINAL_SOURCES_STREAM])
-        scale = np.array([lateral, lateral, axial])
-        return sources + rng.normal(size=sources.shape) * scale
+        """The bead positions ``[V, 3]`` (µm) a user would state for the true ``sources_um_xyz``
+        through this instrument (:func:`stated_positions` with :attr:`bead_position_error_um`)."""
+        return stated_positions(sources_um_xyz, self.bead_position_error_um, seed)
 
     def render_optics(self, optics: Optics, geometry: VolumeGeometry) -> Optics:
         """``optics`` with this instrument's source NA (lowered to what the grid carries)."""
@@ -155,6 +148,19 @@ class Instrument:
         nz, ny, nx = geometry.shape_zyx
         dz, dy, dx = geometry.voxel_um_zyx
         return VolumeGeometry((nz * s, ny, nx), (dz / s, dy, dx), geometry.focal_z_um, geometry.camera_binning)
+
+
+def stated_positions(sources_um_xyz: np.ndarray, error_um: tuple[float, float], seed: int) -> np.ndarray:
+    """The bead positions ``[V, 3]`` (µm) a user would state for the true ``sources_um_xyz``
+    ``[V, 3]``: each off by a normal draw with the standard deviations ``error_um`` (lateral for
+    x and y alike, axial for z), drawn with ``seed`` (a stream of its own); the true positions
+    themselves when both are 0."""
+    lateral, axial = error_um
+    sources = np.asarray(sources_um_xyz, dtype=np.float64)
+    if lateral == 0.0 and axial == 0.0:
+        return sources.copy()
+    rng = np.random.default_rng([seed, NOMINAL_SOURCES_STREAM])
+    return sources + rng.normal(size=sources.shape) * np.array([lateral, lateral, axial])
 
 
 @dataclass(frozen=True)

@@ -346,9 +346,10 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
     words, its Zernike coefficients (rad, Noll 2, 3, …) and apodisation, and whether every
     scored volume used the same one (the joint refinement changes it per timepoint). For a
     recording of the simulator, ``pupil`` also holds the instrument's own pupil
-    (``true_summary``) and the RMS wavefront error between the two (``wavefront_error_rad``,
-    rad, over Noll 5–22, :data:`~nvplive.recon.calibration.DEFAULT_NOLL`: tip, tilt and defocus
-    are the beads' positions, not the pupil's). ``beads`` (None where the recording does not
+    (``true_summary``, ``true_zernike_rad``, ``true_apodisation``) and the RMS wavefront error
+    between the two phases (``wavefront_error_rad``, rad, over Noll 5–22,
+    :data:`~nvplive.recon.calibration.DEFAULT_NOLL`: tip, tilt and defocus are the beads'
+    positions, not the pupil's; the apodisation is compared by its coefficients). ``beads`` (None where the recording does not
     hold the true positions) compares the bead positions with the simulator's true ones: the
     largest lateral and depth errors (µm) of the positions the recording states (``nominal_*``)
     and of those the last reconstruction refined (``used_*``; the nominal ones when it refined
@@ -410,7 +411,7 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
         pupils = {t: volume_pupil(settings[t]["settings"], path) for t in common}
         first = pupils[common[0]]
         pupil = {
-            "summary": "the hard aperture" if first is None else first.summary,
+            "summary": (first or PupilParameters()).summary,
             "zernike_rad": [] if first is None else list(first.zernike_rad),
             "apodisation": [] if first is None else list(first.apodisation),
             "timepoint": common[0],
@@ -419,6 +420,8 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
         if "simulated_instrument" in extra:
             true_pupil = Instrument.from_dict(extra["simulated_instrument"]).pupil
             pupil["true_summary"] = true_pupil.summary
+            pupil["true_zernike_rad"] = list(true_pupil.zernike_rad)
+            pupil["true_apodisation"] = list(true_pupil.apodisation)
             pupil["wavefront_error_rad"] = (first or PupilParameters()).wavefront_error_rad(true_pupil, DEFAULT_NOLL)
         beads = None
         if "true_sources_um_xyz" in extra:

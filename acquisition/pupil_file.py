@@ -102,17 +102,24 @@ def write_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics,
 
 def check_pupil_output(path: str | os.PathLike, *inputs: str | os.PathLike, overwrite: bool = False) -> Path:
     """The pupil file :func:`write_pupil` would write for ``path``, checked before a fit runs:
-    it is none of ``inputs`` (the data being fitted and its parameter file), it does not exist
+    it is none of ``inputs`` (the data being fitted and its parameter file), it is not inside a
+    recording folder (a recording's pupil.json is written under its lock), it does not exist
     yet unless ``overwrite``, and its folder exists and takes a new file (a temporary one is
     created there and removed; a mistyped folder is not created).
 
     Raises:
-        RecordingError: the output is one of the inputs, exists, or cannot be written (naming why).
+        RecordingError: the output is one of the inputs, is inside a recording, exists, or cannot
+            be written (naming why).
     """
     target = pupil_path(path)
     for given in inputs:
         if Path(given).exists() and target.exists() and target.resolve() == Path(given).resolve():
             raise RecordingError(f"{target}: is the data being calibrated; choose another output for the pupil file.")
+    if target.parent.suffix == SUFFIX:
+        raise RecordingError(
+            f"{target}: is inside the recording {target.parent}, whose files only nvplive writes; choose a path outside "
+            f"it (calibrating a recording's frames, -o {target.parent} replaces that recording's own pupil.json)."
+        )
     if target.exists() and not overwrite:
         raise RecordingError(f"{target}: already exists; replace it with nvplive calibrate --overwrite, or choose another output.")
     if not target.parent.is_dir():
@@ -148,6 +155,11 @@ def read_pupil_file(path: str | os.PathLike) -> PupilFile:
         ) from None
     except OSError as exc:
         raise RecordingError(f"{target}: cannot be read ({exc.strerror or exc}).") from None
+    if not isinstance(data, dict) or "format" not in data:
+        raise RecordingError(
+            f"{target}: not a pupil file (JSON without the \"format\": \"nvp-live-pupil\" field; a pupil file is the "
+            "JSON that nvplive calibrate writes)."
+        )
     return validate(PupilFile, data, str(target), RecordingError)
 
 

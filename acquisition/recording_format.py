@@ -46,13 +46,18 @@ _REPR_LIMIT = 60
 
 
 def require_recording_folder(root: Path) -> None:
-    """Refuse a path that is not a folder, in one sentence saying which it is.
+    """Refuse a path that is not a recording folder, in one sentence saying what it is, before
+    anything (a lock file included) is written there.
 
     Raises:
-        RecordingError: ``root`` does not exist ("no such recording folder"), or is a file or
-            something else (a recording is a folder ``NAME.fdt`` holding recording.json).
+        RecordingError: ``root`` does not exist ("no such recording folder"), is a file or
+            something else, or is a folder without recording.json (a recording is a folder
+            ``NAME.fdt`` holding recording.json; a new one is built elsewhere and moved in
+            whole, so a folder without it is none).
     """
     if root.is_dir():
+        if not (root / JSON_NAME).is_file():
+            raise RecordingError(f"{root / JSON_NAME}: file is missing; {root} is not an nvp-live recording.")
         return
     if root.exists():
         raise RecordingError(

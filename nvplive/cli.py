@@ -15,6 +15,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,15 @@ class UsageError(NvpLiveError):
 LOG_WIDTH = 160
 
 
+#: Longest pause (s) between two plain progress lines when stderr is not a terminal.
+PLAIN_LINE_S = 30.0
+
+
 class ProgressBar:
     """A progress bar on stderr drawn by rich: label, bar, percentage, the step's message,
     elapsed and remaining time. When stderr is not a terminal (a log file, CI) it prints a
-    plain line every 10 % instead. Use as a context manager so that the bar is closed when
+    plain line every 10 % instead, and at least every :data:`PLAIN_LINE_S` seconds (a pupil
+    calibration can hold one tenth for minutes). Use as a context manager so that the bar is closed when
     the command ends or fails; the instance is the ``progress(done, total, message)``
     callback of the long-running commands."""
 
@@ -55,6 +61,7 @@ class ProgressBar:
         )
         self._task = self._progress.add_task(label, total=None, message="")
         self._shown_tenth = -1
+        self._shown_at = time.monotonic()
 
     def __enter__(self) -> ProgressBar:
         if self.console.is_terminal:
@@ -72,8 +79,9 @@ class ProgressBar:
             self._progress.refresh()
             return
         tenth = 10 * done // max(total, 1)
-        if tenth != self._shown_tenth or done >= total:
-            self._shown_tenth = tenth
+        now = time.monotonic()
+        if tenth != self._shown_tenth or done >= total or now - self._shown_at >= PLAIN_LINE_S:
+            self._shown_tenth, self._shown_at = tenth, now
             self.console.print(self._progress.get_renderable())
 
 
@@ -111,6 +119,14 @@ def _integer(text: str, minimum: int, what: str) -> int:
 
 def _positive_int(text: str) -> int:
     return _integer(text, 1, "a positive integer")
+
+
+def _pupil_output(text: str) -> Path:
+    """``-o``: a pupil file, or a folder; a path ending in a separator must be a folder that exists
+    (``Path`` drops the separator, and the pupil would be written as a file of that name)."""
+    if text.endswith(("/", os.sep)) and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such folder (create it first, or drop the trailing / to name a file)")
+    return Path(text)
 
 
 def _non_negative_int(text: str) -> int:
@@ -248,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal = _command(sub, "calibrate", "calibrate the detection pupil on a recording's frames or a bead z-stack")
     cal.add_argument("input", type=Path, metavar="REC.fdt|STACK.tif",
                      help="a recording (its frames of one timepoint) or a bead z-stack (a TIFF, parameters in STACK.json beside it)")
-    cal.add_argument("-o", "--output", type=Path, default=None, metavar="pupil.json",
+    cal.add_argument("-o", "--output", type=_pupil_output, default=None, metavar="pupil.json",
                      help="where to write the pupil: a file, or a folder to hold pupil.json (default: REC.fdt/pupil.json, "
                           "or STACK.pupil.json in the current folder)")
     cal.add_argument("--z-direction", type=int, choices=(1, -1), default=None,
@@ -318,6 +334,7 @@ def _use_threads(args: argparse.Namespace) -> None:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.offline import DEFAULT_SHAPE_ZYX, DEFAULT_VOXEL_UM, simulate_recording
+    from nvplive.recon.losses import SSIM_WINDOW
 
     if args.out.suffix != ".fdt":
         raise UsageError(f"The output {args.out} must be a folder name ending in .fdt.")
@@ -326,6 +343,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
         raise UsageError(f"{args.out} already exists; pass --overwrite to replace it, or choose another name.")
+    if args.shape is not None and not args.thick and min(args.shape[1:]) < SSIM_WINDOW:
+        raise UsageError(f"--shape {','.join(map(str, args.shape))}: Y and X must be at least {SSIM_WINDOW}, so that the "
+                         f"recording can be reconstructed (the image loss compares {SSIM_WINDOW}×{SSIM_WINDOW}-pixel windows).")
     _use_threads(args)
     with ProgressBar("simulate") as progress:
         path = simulate_recording(
@@ -452,7 +472,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                                                ("--no-source-calibration", args.no_source_calibration)) if given]
     if args.input.suffix == ".fdt":
         _refuse_options(stack_only, "a bead z-stack (.tif), not to a recording's frames")
-        start = calibration_start(args.input)[1] if args.input.is_dir() else "the hard aperture"
+        known, start = calibration_start(args.input) if args.input.is_dir() else (None, "the hard aperture")
+        no_gain = (("note", "the pupil it started from was already calibrated, so there was little left to gain") if known is not None
+                   else ("warning", "the pupil written is no better than the hard aperture; check that the frames show the beads"))
         with ProgressBar("calibrate") as progress:
             calibration, written = calibrate_recording(args.input, timepoint=args.timepoint or 0, device=args.device,
                                                        output=args.output, progress=progress,
@@ -473,6 +495,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                 iterations=args.iterations or STACK_ITERATIONS,
             )
         calibration, before, after = result.calibration, result.residual_hard, result.residual
+        no_gain = ("warning", "the pupil written is no better than the hard aperture; give it more --iterations, or check that "
+                   "the stack shows a bead")
         how = f"{len(calibration.sources_um_xyz)} planes, z direction {result.z_direction:+d}"
         if result.ambiguous:
             how += " (both directions fit alike: the even aberrations' sign follows this choice)"
@@ -493,8 +517,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         f"{residuals}; wrote {written}"
     )
     if after > before - NO_GAIN_RESIDUAL:
-        print(f"warning: the calibration did not lower the residual ({before:.3f} → {after:.3f}), so the pupil written is "
-              "no better than its start; give it more --iterations, or check that the input shows a bead.", file=sys.stderr)
+        level, why = no_gain
+        print(f"{level}: the calibration did not lower the residual ({before:.3f} → {after:.3f}): {why}.", file=sys.stderr)
     return 0
 
 
@@ -516,7 +540,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  the volumes were rendered with the detection pupil: {pupil['summary']}{changes}")
         if "true_summary" in pupil:
             print(f"  the simulated instrument's pupil: {pupil['true_summary']}; wavefront error "
-                  f"{pupil['wavefront_error_rad']:.3f} rad RMS (Noll 5–22)")
+                  f"{pupil['wavefront_error_rad']:.3f} rad RMS between the two phases (Noll 5–22: tip, tilt and defocus "
+                  "are the beads' positions; the apodisation not included)")
         beads = scores["beads"]
         if beads is not None:
             used = "as refined by the reconstruction" if beads["refined"] else "as stated in the recording"

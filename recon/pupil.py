@@ -164,8 +164,11 @@ class PupilParameters:
 
     @property
     def summary(self) -> str:
-        """One line for people: the RMS aberration and the apodisation coefficients, named as
-        in the amplitude ``1 + a₁ρ² + a₂ρ⁴ …``."""
+        """One line for people: the RMS aberration (all Zernike terms) and the apodisation
+        coefficients, named as in the amplitude ``1 + a₁ρ² + a₂ρ⁴ …``; "the hard aperture" for
+        a pupil without either."""
+        if not any(self.zernike_rad) and not any(self.apodisation) and not self.sine_condition:
+            return "the hard aperture (no aberration, no apodisation)"
         digits = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
         apodisation = ", ".join(f"a{str(i).translate(digits)} {a:+.3f}" for i, a in enumerate(self.apodisation, 1)) or "none"
         return f"aberration {self.aberration_rms_rad:.3f} rad RMS, apodisation {apodisation}"

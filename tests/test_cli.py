@@ -99,6 +99,12 @@ def test_reconstruct_then_evaluate(simulated: Path):
     assert "the volumes were rendered with the detection pupil: " in ev.stdout and "rad RMS" in ev.stdout
 
 
+def test_a_json_file_that_is_not_a_pupil_file_is_named_so(tmp_path: Path):
+    (tmp_path / "junk.json").write_text(json.dumps({"settings": 1}))
+    out = nvplive("reconstruct", "x.fdt", "--pupil", "junk.json", cwd=tmp_path)
+    assert out.returncode == 2 and 'junk.json: not a pupil file (JSON without the "format": "nvp-live-pupil" field;' in out.stderr
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -183,8 +189,13 @@ def test_frames_smaller_than_the_ssim_window_are_refused_before_any_work(tmp_pat
     from nvplive.recon.reconstructor import Reconstructor
 
     assert main(["simulate", "--phantom", "cell", "--shape", "4,8,8", str(tmp_path / "tiny.fdt")]) == 2
-    assert ("Frames of 8×8 pixels are smaller than the image loss's 11-pixel SSIM window; a reconstruction needs at "
-            "least 11×11.") in capsys.readouterr().err
+    assert ("--shape 4,8,8: Y and X must be at least 11, so that the recording can be reconstructed (the image loss "
+            "compares 11×11-pixel windows).") in capsys.readouterr().err  # the option named, as the user gave it
+    assert not (tmp_path / "tiny.fdt").exists()
+    from nvplive.acquisition.offline import simulate_recording
+
+    with pytest.raises(GeometryError, match="Frames of 8×8 pixels are smaller than the image loss's 11-pixel SSIM window"):
+        simulate_recording(tmp_path / "tiny.fdt", phantom="cell", views=3, timepoints=1, shape_zyx=(4, 8, 8))
     assert not (tmp_path / "tiny.fdt").exists()
     reconstructor = Reconstructor(Optics(), VolumeGeometry((4, 12, 10), (0.25,) * 3), np.zeros((3, 3)), device="cpu")
     with pytest.raises(GeometryError, match="at least 11×11"):  # before the pupil calibration, not after its minutes
@@ -243,6 +254,23 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
     from nvplive.acquisition.offline import evaluate_recording
 
     assert np.isfinite(evaluate_recording(simulated)["heldout_image_psnr_db"])  # held-out views rendered with them
+
+
+def test_calibrate_refuses_an_output_inside_a_recording_or_a_missing_folder_before_the_fit(simulated: Path, tmp_path: Path):
+    """A pupil file inside a recording (its frames, or a new name there) is refused in one
+    sentence before the fit, naming -o REC.fdt, also with --overwrite; ``-o new/`` is a folder
+    that does not exist, not a file named ``new``."""
+    frames = simulated / "frames.ome.tif"
+    before = frames.stat().st_mtime_ns
+    for extra in ([], ["--overwrite"]):
+        out = nvplive("calibrate", str(simulated), "-o", str(frames), *extra, "--device", "cpu", cwd=tmp_path)
+        assert out.returncode == 2 and f"is inside the recording {simulated}" in out.stderr, out.stderr
+        assert f"-o {simulated} replaces that recording's own pupil.json" in out.stderr
+        assert "fitting the pupil" not in out.stderr  # refused before the fit, not after it
+    assert frames.stat().st_mtime_ns == before
+    out = nvplive("calibrate", str(simulated), "-o", "new/", "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 2 and "new/: no such folder" in out.stderr, out.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_optics_are_refused(simulated: Path, tmp_path: Path,
@@ -430,3 +458,24 @@ def test_the_cpu_policy_tunes_glibcs_allocator_for_torch():
         pytest.skip("glibc's mallopt only")
     assert set(ALLOCATOR_ENV) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"}
     assert tune_allocator() is True
+
+
+def test_plain_progress_lines_every_tenth_and_during_a_long_tenth(monkeypatch):
+    """In a log file the bar prints a line per tenth, and also when a tenth lasts longer than
+    PLAIN_LINE_S (a pupil calibration can hold one for minutes)."""
+    import io
+
+    from rich.console import Console
+
+    from nvplive import cli
+
+    def lines(pause_s: float) -> list[str]:
+        monkeypatch.setattr(cli, "PLAIN_LINE_S", pause_s)
+        out = io.StringIO()
+        with cli.ProgressBar("fit", Console(file=out, force_terminal=False, width=120)) as bar:
+            for done in (0, 1, 2, 3, 50, 100):
+                bar(done, 100, f"step {done}")
+        return [line for line in out.getvalue().splitlines() if line.strip()]
+
+    assert [re.search(r"\d+%", line).group() for line in lines(1e9)] == ["0%", "50%", "100%"]  # a line per tenth reached
+    assert len(lines(0.0)) == 6  # a long tenth still shows that work goes on

@@ -440,3 +440,18 @@ def test_calibrating_a_recording_holds_its_lock_through_the_fit(tmp_path):
     assert not (path / PUPIL_FILE).exists()
     with RecordingLock(path):
         pass
+
+
+def test_a_folder_that_is_not_a_recording_is_refused_and_left_as_it_was(tmp_path, capsys):
+    """reconstruct, and the recovery, on a plain folder (no recording.json) refuse in one
+    sentence and write nothing there: no lock file is left behind in someone's data folder."""
+    from nvplive.cli import main
+
+    plain = tmp_path / "data"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("mine")
+    assert main(["reconstruct", str(plain), "--device", "cpu"]) == 2
+    assert f"{plain / 'recording.json'}: file is missing; {plain} is not an nvp-live recording." in capsys.readouterr().err
+    with pytest.raises(RecordingError, match="is not an nvp-live recording"):
+        recover_recording(plain)
+    assert sorted(p.name for p in plain.iterdir()) == ["notes.txt"]

@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--method", choices=METHODS, default="nvp",
                      help="nvp (neural volumetric prior, default), explicit (one value per voxel) or triplane")
     rec.add_argument("--iterations", type=_positive_int, default=None,
-                     help="iterations of the first timepoint, fitted from scratch (default 300)")
+                     help="iterations of the first timepoint's volume, fitted from scratch (default 300); the pupil "
+                          "calibration before it has its own budget (--no-pupil-calibration or --pupil FILE to skip or "
+                          "shorten it)")
     rec.add_argument("--warm-iterations", type=_positive_int, default=None,
                      help="at most this many iterations per later timepoint, each started from the one before and "
                           "ended early when its loss stops improving (default 40)")

@@ -118,7 +118,7 @@ def check_pupil_output(path: str | os.PathLike, *inputs: str | os.PathLike, over
     if target.parent.suffix == SUFFIX:
         raise RecordingError(
             f"{target}: is inside the recording {target.parent}, whose files only nvplive writes; choose a path outside "
-            f"it (calibrating a recording's frames, -o {target.parent} replaces that recording's own pupil.json)."
+            f"it (a recording's own pupil.json is written by calibrating its frames: nvplive calibrate {target.parent})."
         )
     if target.exists() and not overwrite:
         raise RecordingError(f"{target}: already exists; replace it with nvplive calibrate --overwrite, or choose another output.")

@@ -56,7 +56,11 @@ def require_recording_folder(root: Path) -> None:
             whole, so a folder without it is none).
     """
     if root.is_dir():
-        if not (root / JSON_NAME).is_file():
+        try:
+            holds_json = (root / JSON_NAME).is_file()
+        except OSError as exc:
+            raise RecordingError(f"{root}: cannot be read ({exc.strerror or exc}).") from None
+        if not holds_json:
             raise RecordingError(f"{root / JSON_NAME}: file is missing; {root} is not an nvp-live recording.")
         return
     if root.exists():

@@ -514,8 +514,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         raise UsageError(f"{args.input} must be a recording (NAME.fdt) or a bead z-stack (.tif).")
     print(
-        f"calibrated the pupil on {args.input.name} ({how}): {calibration.pupil.summary} "
-        "(the pupil's amplitude 1 + a₁ρ² + a₂ρ⁴ … over the aperture's radius ρ); "
+        f"calibrated the pupil on {args.input.name} ({how}): {calibration.pupil.summary}"
+        f"{' (the amplitude 1 + a₁ρ² + a₂ρ⁴ … over the aperture radius ρ)' if calibration.pupil.apodisation else ''}; "
         f"{residuals}; wrote {written}"
     )
     if after > before - NO_GAIN_RESIDUAL:

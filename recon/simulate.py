@@ -30,8 +30,8 @@ from .pupil import PupilParameters, noll_to_nm
 #: voxel grid carries): beyond the renderer's default, so the two never coincide.
 REALISTIC_SOURCE_NA_FRACTION = 0.98
 
-#: Standard deviations (lateral, axial; µm) of the error in the bead positions a user states
-#: to a realistic instrument's reconstruction (:meth:`Instrument.nominal_sources`).
+#: Standard deviations (per bead, common to the bead layer in z; µm) of the error in the bead
+#: positions a user states to a realistic instrument's reconstruction (:func:`stated_positions`).
 REALISTIC_BEAD_POSITION_ERROR_UM = (0.1, 0.3)
 
 #: Second element of the seed of the nominal positions' draw, so that it is independent of
@@ -50,10 +50,10 @@ class Instrument:
         source_na: band limit of the emitted spectrum (None: the renderer's default).
         steps_per_voxel: propagation steps per voxel along z (Δn piecewise constant).
         seed: the draw that made a realistic instrument (None for explicit ones).
-        bead_position_error_um: standard deviations (lateral, axial; µm) of the error of the
-            bead positions the user states (:meth:`nominal_sources`): beads are found in a
-            widefield image (laterally to about a tenth of a micrometre) and their depth from
-            the focus drive's reading of the bead layer (to a few tenths).
+        bead_position_error_um: standard deviations (per bead, common to the bead layer in
+            z; µm) of the error of the bead positions the user states (:func:`stated_positions`):
+            beads are found in a widefield image (to about a tenth of a micrometre each) and
+            their layer's depth from the focus drive's reading (to a few tenths).
     """
 
     name: str = "matched"
@@ -69,7 +69,7 @@ class Instrument:
         error = tuple(float(e) for e in self.bead_position_error_um)
         if len(error) != 2 or not all(math.isfinite(e) and e >= 0.0 for e in error):
             raise GeometryError(
-                f"Instrument: bead_position_error_um must be two standard deviations ≥ 0 (lateral, axial; µm), got {error!r}."
+                f"Instrument: bead_position_error_um must be two standard deviations ≥ 0 (per bead, bead layer; µm), got {error!r}."
             )
         object.__setattr__(self, "bead_position_error_um", error)
 
@@ -78,8 +78,8 @@ class Instrument:
         """A plausible objective: edge transmission 80–100 % (radial apodisation), Zernike
         phase Noll 4–22 with a primary-spherical bias and a 1/n fall-off, scaled to an RMS
         drawn in [0.4, 1]·``max_rms_rad``; the source spectrum to 0.98·n_medium; two
-        propagation steps per voxel; bead positions stated to 0.1 µm laterally and 0.3 µm in
-        depth (standard deviations, :data:`REALISTIC_BEAD_POSITION_ERROR_UM`)."""
+        propagation steps per voxel; bead positions stated to 0.1 µm each and their layer's depth
+        to 0.3 µm (standard deviations, :data:`REALISTIC_BEAD_POSITION_ERROR_UM`)."""
         rng = np.random.default_rng(seed)
         zernike = np.zeros(21)  # Noll 2..22
         for j in range(4, 23):
@@ -152,15 +152,22 @@ class Instrument:
 
 def stated_positions(sources_um_xyz: np.ndarray, error_um: tuple[float, float], seed: int) -> np.ndarray:
     """The bead positions ``[V, 3]`` (µm) a user would state for the true ``sources_um_xyz``
-    ``[V, 3]``: each off by a normal draw with the standard deviations ``error_um`` (lateral for
-    x and y alike, axial for z), drawn with ``seed`` (a stream of its own); the true positions
-    themselves when both are 0."""
-    lateral, axial = error_um
+    ``[V, 3]``, with ``error_um = (per_bead, layer)`` standard deviations: each bead off by its
+    own normal draw of ``per_bead`` in x, y and z (where a widefield image puts it), and every
+    bead off by one common draw of ``layer`` in z (the focus drive's reading of the bead
+    layer). A bead below the volume (z ≤ 0) is never stated inside it: its stated z is at most
+    0. Drawn with ``seed`` (a stream of its own); the true positions themselves when both are 0.
+    """
+    per_bead, layer = error_um
     sources = np.asarray(sources_um_xyz, dtype=np.float64)
-    if lateral == 0.0 and axial == 0.0:
+    if per_bead == 0.0 and layer == 0.0:
         return sources.copy()
     rng = np.random.default_rng([seed, NOMINAL_SOURCES_STREAM])
-    return sources + rng.normal(size=sources.shape) * np.array([lateral, lateral, axial])
+    stated = sources + rng.normal(size=sources.shape) * per_bead
+    stated[:, 2] += rng.normal() * layer
+    below = sources[:, 2] <= 0.0
+    stated[below, 2] = np.minimum(stated[below, 2], 0.0)
+    return stated
 
 
 @dataclass(frozen=True)

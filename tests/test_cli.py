@@ -258,14 +258,14 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, 
 
 def test_calibrate_refuses_an_output_inside_a_recording_or_a_missing_folder_before_the_fit(simulated: Path, tmp_path: Path):
     """A pupil file inside a recording (its frames, or a new name there) is refused in one
-    sentence before the fit, naming -o REC.fdt, also with --overwrite; ``-o new/`` is a folder
+    sentence before the fit, naming how that recording's pupil.json is written, also with --overwrite; ``-o new/`` is a folder
     that does not exist, not a file named ``new``."""
     frames = simulated / "frames.ome.tif"
     before = frames.stat().st_mtime_ns
     for extra in ([], ["--overwrite"]):
         out = nvplive("calibrate", str(simulated), "-o", str(frames), *extra, "--device", "cpu", cwd=tmp_path)
         assert out.returncode == 2 and f"is inside the recording {simulated}" in out.stderr, out.stderr
-        assert f"-o {simulated} replaces that recording's own pupil.json" in out.stderr
+        assert f"a recording's own pupil.json is written by calibrating its frames: nvplive calibrate {simulated}" in out.stderr
         assert "fitting the pupil" not in out.stderr  # refused before the fit, not after it
     assert frames.stat().st_mtime_ns == before
     out = nvplive("calibrate", str(simulated), "-o", "new/", "--device", "cpu", cwd=tmp_path)

@@ -51,6 +51,11 @@ class DemoTimepoint:
     iterations: int | None = None
     loss: float | None = None
     flagged: bool = False
+    stopped_by: str = ""
+
+
+#: What ended a warm update, in the report's words (:attr:`.pipeline.VolumeRecord.stopped_by`).
+STOP_WORDS = {"iterations": "iteration budget", "plateau": "loss plateau", "time": "time budget", "diverged": "diverged"}
 
 
 @dataclass
@@ -94,20 +99,28 @@ class DemoResult:
             f"Acquisition: {self.acquisition.status}, {self.acquisition.timepoints_complete}/"
             f"{self.acquisition.timepoints_requested} timepoints, interval {self.interval_s:.3f} s"
             + (f" — {self.acquisition.error}" if self.acquisition.error else ""),
-            "   t  sample_t[s]  acquire[s]  recon latency[s]  recon[s]  iterations",
+            "   t  sample_t[s]  acquire[s]  recon latency[s]  recon[s]  iterations  stopped by",
         ]
         for tp in self.timepoints:
             if tp.reconstructed:
-                recon = f"{tp.latency_s:16.3f}  {tp.recon_seconds:8.3f}  {tp.iterations:10d}" + ("  flagged" if tp.flagged else "")
+                recon = (f"{tp.latency_s:16.3f}  {tp.recon_seconds:8.3f}  {tp.iterations:10d}  "
+                         f"{STOP_WORDS.get(tp.stopped_by, tp.stopped_by)}" + ("  flagged" if tp.flagged else ""))
             else:
-                recon = f"{'skipped':>16}  {'':8}  {'':10}"
-            lines.append(f"{tp.t:4d}  {tp.sample_time_s:11.3f}  {tp.acquisition_s:10.3f}  {recon}")
+                recon = f"{'skipped':>16}"
+            lines.append(f"{tp.t:4d}  {tp.sample_time_s:11.3f}  {tp.acquisition_s:10.3f}  {recon}".rstrip())
         lines.append(
             f"Reconstructed {len(self.reconstructed)}, skipped {self.skipped}"
             + (f", flagged {len(self.flagged)}" if self.flagged else "")
             + (f", failed {len(self.reconstruction_errors)}" if self.reconstruction_errors else "")
             + f"; total {self.seconds:.1f} s."
         )
+        late = [tp.t for tp in self.timepoints if self.interval_s > 0 and tp.acquisition_s > self.interval_s]
+        if late:
+            lines.append(
+                f"Acquisition took longer than the {self.interval_s:.3f} s interval at {len(late)} of "
+                f"{len(self.timepoints)} timepoints (the simulated camera renders on this machine's CPU: a busy "
+                "machine, or a larger volume, needs a longer interval)."
+            )
         return "\n".join(lines)
 
 
@@ -165,7 +178,8 @@ def run_headless_demo(
         reconstructor_factory: ``info -> reconstructor`` with ``warm_update(frames)``;
             default: the app's live reconstructor with :data:`LIVE_CONFIG` on ``device``.
         progress: called with one line of text per event (timepoint acquired,
-            volume reconstructed, timepoint skipped, errors).
+            volume reconstructed, timepoint skipped, errors); the summary is
+            :meth:`DemoResult.report`, for the caller to show.
         overwrite: replace an existing recording; durable: fsync as it writes.
 
     Raises:
@@ -208,6 +222,7 @@ def run_headless_demo(
                 iterations=None if vol is None else vol.iterations,
                 loss=None if vol is None else vol.loss,
                 flagged=vol is not None and vol.flagged,
+                stopped_by="" if vol is None else vol.stopped_by,
             )
         )
     result = DemoResult(
@@ -221,8 +236,6 @@ def run_headless_demo(
         seconds=time.perf_counter() - begin,
         extra={"phantom_renders": scene.phantom_renders},
     )
-    for line in result.report().splitlines():
-        say(line)
     return result
 
 

@@ -486,6 +486,8 @@ class VolumeRecord:
         iterations, loss: from the reconstructor's result.
         flagged: the update diverged and was rolled back to the last good state (the
             volume written is that state); message: the reconstructor's note.
+        stopped_by: what ended the update ("iterations", "plateau", "time", "diverged";
+            "" when the reconstructor does not say).
     """
 
     t: int
@@ -495,6 +497,7 @@ class VolumeRecord:
     loss: float
     flagged: bool = False
     message: str = ""
+    stopped_by: str = ""
 
 
 class UpdateCancelled(NvpLiveError):
@@ -677,6 +680,7 @@ class ReconstructionWorker:
                 loss=float(getattr(result, "loss", float("nan"))),
                 flagged=flagged,
                 message=message,
+                stopped_by=str(getattr(result, "stopped_by", "")),
             )
         )
         if flagged:

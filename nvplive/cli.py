@@ -567,6 +567,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         result = run_headless_demo(
             out, timepoints=args.timepoints or 20, device=args.device, progress=lambda line: print(line, file=sys.stderr, flush=True)
         )
+        print(result.report())  # the summary to stdout (the events went to stderr as they happened)
         return 0 if result.acquisition.status == "completed" else 1
     from nvplive.app.main import run_app
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from acq_helpers import FAST, SHAPE, VOXEL
 
-from nvplive.acquisition.demo import default_reconstructor_factory, run_headless_demo
+from nvplive.acquisition.demo import STOP_WORDS, default_reconstructor_factory, run_headless_demo
 from nvplive.acquisition.microscope import build_demo_core
 from nvplive.acquisition.recording import open_recording
 from nvplive.errors import RecordingError
@@ -44,6 +46,10 @@ def test_headless_demo_writes_frames_truth_and_live_volumes(tmp_path):
     assert sample_times == sorted(set(sample_times))
     assert any("t=3 reconstructed" in line for line in lines)
     assert "Reconstructed" in result.report() and "skipped" in result.report()
+    # each update says what ended it; an acquisition slower than its interval is said
+    assert all(tp.stopped_by in STOP_WORDS for tp in result.timepoints if tp.reconstructed)
+    assert "stopped by" in result.report()
+    assert "Acquisition took longer than the 0.000 s interval at 4 of 4 timepoints" in replace(result, interval_s=1e-9).report()
 
     phantom = Cardiomyocyte(SHAPE, VOXEL, seed=3)
     with open_recording(result.path) as rec:

@@ -114,10 +114,10 @@ class DemoResult:
             + (f", failed {len(self.reconstruction_errors)}" if self.reconstruction_errors else "")
             + f"; total {self.seconds:.1f} s."
         )
-        late = [tp.t for tp in self.timepoints if self.interval_s > 0 and tp.acquisition_s > self.interval_s]
+        late = sum(1 for tp in self.timepoints if self.interval_s > 0 and tp.acquisition_s > self.interval_s)
         if late:
             lines.append(
-                f"Acquisition took longer than the {self.interval_s:.3f} s interval at {len(late)} of "
+                f"Acquisition took longer than the {self.interval_s:.3f} s interval at {late} of "
                 f"{len(self.timepoints)} timepoints (the simulated camera renders on this machine's CPU: a busy "
                 "machine, or a larger volume, needs a longer interval)."
             )

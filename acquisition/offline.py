@@ -38,6 +38,7 @@ from nvplive.recon.simulate import (
     PartialCoherence,
     Simulator,
     default_sources,
+    stated_positions,
     thick_sources,
 )
 
@@ -126,10 +127,11 @@ def simulate_recording(
     ``extra["simulated_instrument"]`` with the ground truth, never to the optics the reconstruction
     reads. The beads' diameter (``coherence.bead_diameter_um``) is on their label, so the
     recording states it (``RecordingMeta.bead_diameter_um``). The recording's bead positions
-    (``sources_um_xyz``) are those a user would state (:meth:`Instrument.nominal_sources`: the
-    true ones for "matched"); the true ones are in ``extra["true_sources_um_xyz"]``. ``thick``
-    selects the thick-specimen geometry (its optics, shape, voxel and bead depths override
-    ``optics``, ``shape_zyx`` and ``voxel_um_zyx``).
+    (``sources_um_xyz``) are those a user would state
+    (:func:`~nvplive.recon.simulate.stated_positions` with the instrument's
+    ``bead_position_error_um``: the true ones for "matched"); the true ones are in
+    ``extra["true_sources_um_xyz"]``. ``thick`` selects the thick-specimen geometry (its optics,
+    shape, voxel and bead depths override ``optics``, ``shape_zyx`` and ``voxel_um_zyx``).
     """
     if thick:
         optics, shape_zyx, voxel_um_zyx = THICK_OPTICS, THICK_SHAPE_ZYX, THICK_VOXEL_UM_ZYX
@@ -169,7 +171,7 @@ def simulate_recording(
     path = Path(out)
     # the beads' size is on their label, so the recording states it (the instrument's other details it does not)
     # the bead positions the reconstruction is told are what a user would state: off by the instrument's error
-    nominal = instrument.nominal_sources(sources, seed)
+    nominal = stated_positions(sources, instrument.bead_position_error_um, seed)
     meta = recording_meta(optics, geometry, camera, nominal, extra, bead_diameter_um=coherence.bead_diameter_um)
     with RecordingWriter(path, meta, overwrite=overwrite) as writer:
         for t in range(timepoints):
@@ -349,11 +351,11 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
     (``true_summary``, ``true_zernike_rad``, ``true_apodisation``) and the RMS wavefront error
     between the two phases (``wavefront_error_rad``, rad, over Noll 5–22,
     :data:`~nvplive.recon.calibration.DEFAULT_NOLL`: tip, tilt and defocus are the beads'
-    positions, not the pupil's; the apodisation is compared by its coefficients). ``beads`` (None where the recording does not
-    hold the true positions) compares the bead positions with the simulator's true ones: the
-    largest lateral and depth errors (µm) of the positions the recording states (``nominal_*``)
-    and of those the last reconstruction refined (``used_*``; the nominal ones when it refined
-    none, ``refined`` False).
+    positions, not the pupil's; the apodisation is compared by its coefficients). ``beads``
+    (None where the recording does not hold the true positions) compares the bead positions
+    with the simulator's true ones: the largest lateral and depth errors (µm) of the positions
+    the recording states (``nominal_*``) and of those the last reconstruction refined
+    (``used_*``; the nominal ones when it refined none, ``refined`` False).
     """
     with Recording.open(path) as rec:
         path = rec.path  # the folder, also when its recording.json was named

@@ -47,9 +47,9 @@ class ProgressBar:
     """A progress bar on stderr drawn by rich: label, bar, percentage, the step's message,
     elapsed and remaining time. When stderr is not a terminal (a log file, CI) it prints a
     plain line every 10 % instead, and at least every :data:`PLAIN_LINE_S` seconds (a pupil
-    calibration can hold one tenth for minutes). Use as a context manager so that the bar is closed when
-    the command ends or fails; the instance is the ``progress(done, total, message)``
-    callback of the long-running commands."""
+    calibration can hold one tenth for minutes). Use as a context manager so that the bar is
+    closed when the command ends or fails; the instance is the ``progress(done, total,
+    message)`` callback of the long-running commands."""
 
     def __init__(self, label: str, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True, highlight=False)

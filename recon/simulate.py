@@ -127,11 +127,6 @@ class Instrument:
             bead_position_error_um=tuple(data.get("bead_position_error_um", (0.0, 0.0))),
         )
 
-    def nominal_sources(self, sources_um_xyz: np.ndarray, seed: int) -> np.ndarray:
-        """The bead positions ``[V, 3]`` (µm) a user would state for the true ``sources_um_xyz``
-        through this instrument (:func:`stated_positions` with :attr:`bead_position_error_um`)."""
-        return stated_positions(sources_um_xyz, self.bead_position_error_um, seed)
-
     def render_optics(self, optics: Optics, geometry: VolumeGeometry) -> Optics:
         """``optics`` with this instrument's source NA (lowered to what the grid carries)."""
         if self.source_na is None:

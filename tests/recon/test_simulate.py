@@ -9,7 +9,7 @@ from nvplive.acquisition.offline import simulate_recording
 from nvplive.acquisition.recording import Recording
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.pupil import PupilParameters
-from nvplive.recon.simulate import Instrument, PartialCoherence, Simulator, default_sources
+from nvplive.recon.simulate import Instrument, PartialCoherence, Simulator, default_sources, stated_positions
 
 OPTICS = Optics()
 GEOMETRY = VolumeGeometry((8, 24, 24), (0.25, 0.25, 0.25))
@@ -65,17 +65,19 @@ def test_simulate_records_the_instrument_beside_the_ground_truth(tmp_path, thick
 def test_nominal_bead_positions_are_off_by_the_instruments_error():
     """A realistic instrument's stated bead positions are off by 0.1 µm per bead (x, y, z) and
     by one draw of 0.3 µm for the whole bead layer (z); a bead below the volume is never stated
-    inside it. The matched instrument and recordings from before the field state the true ones."""
+    inside it. The matched instrument and recordings from before the field state the true ones
+    (:func:`stated_positions` with the instrument's ``bead_position_error_um``)."""
     truth = np.zeros((4000, 3)) - [0.0, 0.0, 5.0]
     realistic = Instrument.realistic(OPTICS, seed=2)
-    error = realistic.nominal_sources(truth, seed=5) - truth
+    error = stated_positions(truth, realistic.bead_position_error_um, seed=5) - truth
     np.testing.assert_allclose(error.std(axis=0), [0.1, 0.1, 0.1], rtol=0.05)
-    layers = [realistic.nominal_sources(truth[:50], seed=s)[:, 2].mean() + 5.0 for s in range(400)]
+    layers = [stated_positions(truth[:50], realistic.bead_position_error_um, seed=s)[:, 2].mean() + 5.0 for s in range(400)]
     assert 0.27 < np.std(layers) < 0.36  # √(0.3² + 0.1²/50): the layer's draw dominates
-    np.testing.assert_array_equal(realistic.nominal_sources(truth, seed=5), realistic.nominal_sources(truth, seed=5))
-    shallow = realistic.nominal_sources(np.zeros((4000, 3)) - [0.0, 0.0, 0.05], seed=5)
+    error_um = realistic.bead_position_error_um
+    np.testing.assert_array_equal(stated_positions(truth, error_um, seed=5), stated_positions(truth, error_um, seed=5))
+    shallow = stated_positions(np.zeros((4000, 3)) - [0.0, 0.0, 0.05], realistic.bead_position_error_um, seed=5)
     assert shallow[:, 2].max() == 0.0  # at the volume's bottom at most, never inside it
     assert Instrument.from_dict(realistic.to_dict()) == realistic
     old = {k: v for k, v in realistic.to_dict().items() if k != "bead_position_error_um"}
     assert Instrument.from_dict(old).bead_position_error_um == (0.0, 0.0)
-    np.testing.assert_array_equal(Instrument().nominal_sources(truth + 1.0, seed=5), truth + 1.0)
+    np.testing.assert_array_equal(stated_positions(truth + 1.0, Instrument().bead_position_error_um, seed=5), truth + 1.0)

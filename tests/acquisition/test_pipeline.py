@@ -99,14 +99,23 @@ def test_mailbox_keeps_only_the_newest_pending_timepoint():
 
 def test_acquisition_faster_than_reconstruction_loses_nothing_on_disk(tmp_path):
     core, info, scene, writer = _setup(tmp_path, views=3)
-    recon = MeanBackProjection(info.geometry.shape_zyx, scene.camera.offset, sleep_s=0.25)
+    gate = threading.Event()  # holds the first reconstruction until the acquisition has ended
+    recon = MeanBackProjection(info.geometry.shape_zyx, scene.camera.offset, gate=gate)
     acq = FDTAcquisition(core, info, writer, timepoints=8, interval_s=0.0)
     worker = ReconstructionWorker(recon, writer)
     acq.timepoint_complete.connect(worker.submit)
+
+    def taken(t, frames) -> None:  # the worker has taken t=0 before t=1 is acquired
+        deadline = time.monotonic() + 10
+        while t == 0 and not recon.started and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    acq.timepoint_complete.connect(taken)
     events = _capture(acq)
     worker.start()
-    summary = acq.run()
-    acquired_s = time.perf_counter()
+    summary = acq.run()  # returns while the worker is still held on its first update: it never waited
+    assert len(recon.started) == 1
+    gate.set()
     assert worker.finish(timeout=30)
     writer.close()
 
@@ -120,8 +129,6 @@ def test_acquisition_faster_than_reconstruction_loses_nothing_on_disk(tmp_path):
     assert sorted(set(worker.reconstructed) | set(worker.skipped_timepoints)) == list(range(8))
     assert not set(worker.reconstructed) & set(worker.skipped_timepoints)
     assert worker.reconstructed == sorted(worker.reconstructed)
-    # the acquisition never waited: it finished long before the 8 × 0.25 s of reconstructions
-    assert acquired_s - recon.started[0] < 0.25 * len(worker.reconstructed)
     with open_recording(writer.path) as rec:
         assert rec.n_timepoints == 8 and not rec.interrupted
         for t, v, frame in events["frames"]:
@@ -178,11 +185,11 @@ def test_stop_mid_timepoint_finishes_that_timepoint(tmp_path, caplog):
 
 def test_stop_while_waiting_between_timepoints_ends_promptly(tmp_path):
     core, info, scene, writer = _setup(tmp_path, views=2)
-    acq = FDTAcquisition(core, info, writer, timepoints=10, interval_s=1.0)
+    acq = FDTAcquisition(core, info, writer, timepoints=10, interval_s=60.0)
     stopped_at = []
 
     def stop_soon(t, frames):
-        if t == 1:
+        if t == 0:
             stopped_at.append(time.perf_counter())
             threading.Timer(0.2, acq.stop).start()  # from another thread, during the wait
 
@@ -190,11 +197,11 @@ def test_stop_while_waiting_between_timepoints_ends_promptly(tmp_path):
     acq.start()
     summary = acq.wait(30)
     assert summary is not None and summary.status == "stopped"
-    assert time.perf_counter() - stopped_at[0] < 0.75  # did not wait for the next interval
-    assert summary.timepoints_complete == 2 and summary.frames_written == 4
+    assert time.perf_counter() - stopped_at[0] < 30.0  # did not wait out the 60 s interval
+    assert summary.timepoints_complete == 1 and summary.frames_written == 2
     writer.close()
     with open_recording(writer.path) as rec:
-        assert rec.n_timepoints == 2
+        assert rec.n_timepoints == 1
 
 
 def test_stop_right_after_start_takes_no_frame(tmp_path):

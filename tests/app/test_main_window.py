@@ -221,7 +221,7 @@ def test_controls_change_what_the_worker_uses(make_window, qtbot):
     n = len(worker.records)
     qtbot.waitUntil(lambda: len(worker.records) >= n + 2, timeout=60_000)
     assert worker.reconstructor.config.warm_budget == LatencyBudget(0.25)  # checks every iteration
-    assert worker.records[-1].seconds < 0.25 + 1.0
+    assert worker.records[-1].stopped_by == "time"  # its clock ended it (test_reliability times the plan)
 
     # A device this machine does not have is refused with a message; the worker keeps its device.
     if not torch.cuda.is_available():

@@ -3,8 +3,6 @@ timepoint; running out of memory falls back to the CPU with a clear message."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -144,48 +142,75 @@ def test_out_of_memory_again_after_the_fallback_is_a_clear_error(frames, monkeyp
         rec.cold_start(frames[0])
 
 
-def test_time_budget_holds_when_the_machine_slows_down(frames, monkeypatch):
+class SimulatedClock:
+    """A clock that moves only when told: each iteration's render (with gradients) takes
+    ``per_iteration`` seconds, and :meth:`advance` adds any other work's time. The budget's
+    decisions then depend on the simulated times only, never on this machine's load."""
+
+    def __init__(self, per_iteration: float) -> None:
+        self.now = 0.0
+        self.per_iteration = per_iteration
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clocked(monkeypatch):
+    """A reconstructor on a :class:`SimulatedClock` (0.06 s per iteration) and the clock."""
+    import nvplive.recon.reconstructor as reconstructor_module
+
+    clock = SimulatedClock(0.06)
+    original = reconstructor_module.render
+
+    def timed_render(*args, **kwargs):
+        if torch.is_grad_enabled():  # the iterations' renders, not the coherence weights' (no_grad)
+            clock.advance(clock.per_iteration)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(reconstructor_module, "render", timed_render)
+    rec = Reconstructor(OPTICS, GEOMETRY, SOURCES, config=CONFIG, device="cpu", clock=clock)
+    return rec, clock
+
+
+def test_time_budget_holds_when_the_machine_slows_down(frames, clocked):
     """A warm update under a time budget plans each iteration from the slower of the last
     update's rate and its own, so a machine that slows down (other work on the cores) does
     not push the update one slow iteration past its budget."""
-    import nvplive.recon.reconstructor as reconstructor_module
-
-    rec = _reconstructor()
+    rec, clock = clocked
     rec.cold_start(frames[0])
     rec.with_config(warm_budget=LatencyBudget(1.0, max_iterations=200))
-    rec.warm_update(frames[1])  # learns this machine's (fast) rate
-    original = reconstructor_module.render
-
-    def slow_render(*args, **kwargs):
-        if torch.is_grad_enabled():  # the iterations' renders, not the coherence weights' (no_grad)
-            time.sleep(0.35)  # every iteration now takes ~0.35 s longer
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(reconstructor_module, "render", slow_render)
+    fast = rec.warm_update(frames[1])  # learns this machine's rate: 0.06 s per iteration
+    assert fast.stopped_by == "time" and fast.iterations == 16 and fast.seconds == pytest.approx(0.96)
+    clock.per_iteration = 0.4  # every iteration now takes 0.4 s
     result = rec.warm_update(frames[2])
-    # two ~0.4 s iterations fit; planning from the old rate would start a third (ending ≥ 1.1 s)
-    assert result.stopped_by == "time" and result.iterations in (1, 2)
-    assert result.seconds < 1.0, result.seconds
+    # two 0.4 s iterations fit; planning from the old rate would start a third (ending at 1.2 s)
+    assert result.stopped_by == "time" and result.iterations == 2
+    assert result.seconds == pytest.approx(0.8)
 
 
-def test_time_budget_leaves_room_for_the_result(frames):
+def test_time_budget_leaves_room_for_the_result(frames, clocked):
     """The budget reserves the time the last update took from its loop's end to its result
     (decoding Δn, copies to the host), so a slow finish does not push the update past it."""
-    rec = _reconstructor()
+    rec, clock = clocked
     rec.cold_start(frames[0])
     rec.with_config(warm_budget=LatencyBudget(1.0, max_iterations=200))
     store = rec._store_representation
 
     def slow_store() -> None:
-        time.sleep(0.4)  # the finish now takes ~0.4 s
+        clock.advance(0.42)  # the finish now takes 0.42 s
         store()
 
     rec._store_representation = slow_store
-    first = rec.warm_update(frames[1])  # planned without knowing: overshoots by about the finish
+    first = rec.warm_update(frames[1])  # planned without knowing: overshoots by the finish
     second = rec.warm_update(frames[2])
-    assert first.seconds > 1.0, first.seconds
-    assert second.stopped_by == "time" and second.seconds < 1.0, second.seconds
-    assert second.iterations < first.iterations
+    assert first.stopped_by == "time" and first.seconds == pytest.approx(0.96 + 0.42)
+    # nine iterations (0.54 s), then the 0.42 s finish: a tenth would end the update at 1.02 s
+    assert second.stopped_by == "time" and second.iterations == 9
+    assert second.seconds == pytest.approx(0.96)
 
 
 @pytest.mark.parametrize("time_budget_s, refreshes", [(None, 1), (30.0, 0)], ids=["no-budget", "time-budget"])

@@ -248,30 +248,24 @@ class ReconstructionSummary:
     pupil_start: str = "the hard aperture"
 
 
-#: The share of a cold start's time that its pupil calibration takes, for the progress bar's
-#: remaining-time estimate: 23–37 s of cold starts of 175–380 s at 32×64×64 (BENCHMARKS.md: the
-#: pupil calibration table, and "Speed at today's code").
-CALIBRATION_SHARE = 0.1
-
-
 def timepoint_progress(progress: Progress, t: int, n: int) -> ProgressCallback:
-    """Timepoint ``t`` of ``n`` as the share ``[t, t + 1)`` of ``progress(done, n·1000, message)``:
-    when the update calibrates the pupil first (a cold start), the calibration fills the first
-    :data:`CALIBRATION_SHARE` of the share and the volume's iterations the rest, so that the
-    bar never goes back and moves at about one speed through both."""
-    calibrated = False
+    """Timepoint ``t`` of ``n`` as the share ``[t, t + 1)`` of ``progress(done, n·1000, message)``,
+    filled by the volume's iterations.
+
+    A cold start's pupil calibration comes first; it leaves the bar where it is and says how far
+    it has come in the message (its evaluations against their budget). Its length cannot be
+    known in advance (a stage ends when it converges, often well inside its budget), so it
+    gives the remaining-time estimate nothing to extrapolate from: that estimate then follows
+    the iterations alone, and the bar never goes back.
+    """
 
     def report(done: int, total: int, loss: float, phase: Phase) -> None:
-        nonlocal calibrated
-        fraction = min(done / max(total, 1), 1.0)
         if phase == "calibration":
-            calibrated = True
             # no loss number here: the calibration's misfit is on another scale than the fit's loss
-            share, message = CALIBRATION_SHARE * fraction, f"timepoint {t + 1}/{n}, calibrating the pupil"
-        else:
-            share = CALIBRATION_SHARE + (1.0 - CALIBRATION_SHARE) * fraction if calibrated else fraction
-            message = f"timepoint {t + 1}/{n}, loss {loss:.4f}"
-        progress(t * 1000 + int(1000 * share), n * 1000, message)
+            progress(t * 1000, n * 1000, f"timepoint {t + 1}/{n}, calibrating the pupil (evaluation {done}, at most {total})")
+            return
+        fraction = min(done / max(total, 1), 1.0)
+        progress(t * 1000 + int(1000 * fraction), n * 1000, f"timepoint {t + 1}/{n}, loss {loss:.4f}")
 
     return report
 

@@ -479,3 +479,19 @@ def test_plain_progress_lines_every_tenth_and_during_a_long_tenth(monkeypatch):
 
     assert [re.search(r"\d+%", line).group() for line in lines(1e9)] == ["0%", "50%", "100%"]  # a line per tenth reached
     assert len(lines(0.0)) == 6  # a long tenth still shows that work goes on
+
+
+def test_a_cold_start_calibration_holds_the_bar_and_counts_its_evaluations():
+    """The calibration's length is not known in advance, so it does not move the bar (the
+    remaining-time estimate then follows the iterations alone); its message counts evaluations."""
+    from nvplive.acquisition.offline import timepoint_progress
+
+    shown: list[tuple[int, int, str]] = []
+    report = timepoint_progress(lambda done, total, message: shown.append((done, total, message)), 1, 3)
+    report(12, 160, 3.5, "calibration")
+    report(80, 160, 2.0, "calibration")
+    report(150, 300, 0.0123, "fit")
+    report(300, 300, 0.0101, "fit")
+    assert [(done, total) for done, total, _ in shown] == [(1000, 3000), (1000, 3000), (1500, 3000), (2000, 3000)]
+    assert shown[0][2] == "timepoint 2/3, calibrating the pupil (evaluation 12, at most 160)"
+    assert shown[2][2] == "timepoint 2/3, loss 0.0123"

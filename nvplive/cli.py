@@ -334,6 +334,22 @@ def _use_threads(args: argparse.Namespace) -> None:
     print(f"nvplive: {use_cpu_threads(args.threads)}", file=sys.stderr, flush=True)
 
 
+def _what_is_there(path: Path) -> str:
+    """`` (a recording of 2 complete timepoints, interrupted)`` for a recording at ``path``, so that
+    a user who stopped a run sees why the name is taken; empty for anything else."""
+    from nvplive.acquisition.recording import Recording
+
+    try:
+        with Recording.open(path) as rec:
+            n, writer, interrupted = rec.n_timepoints, rec.writer, rec.interrupted
+    except (NvpLiveError, OSError, ValueError):
+        return ""
+    what = f"a recording of {n} complete timepoint{'' if n == 1 else 's'}"
+    if writer is not None:
+        return f" ({what}, being written now by process {writer.get('pid')})"
+    return f" ({what}, interrupted: its writer did not finish)" if interrupted else f" ({what})"
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.offline import DEFAULT_SHAPE_ZYX, DEFAULT_VOXEL_UM, simulate_recording
     from nvplive.recon.losses import SSIM_WINDOW
@@ -344,7 +360,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print("nvplive: --thick sets the geometry (32×64×64 voxels of 0.5×0.16×0.16 µm); --shape and --voxel-um are not used.",
               file=sys.stderr)
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
-        raise UsageError(f"{args.out} already exists; pass --overwrite to replace it, or choose another name.")
+        raise UsageError(f"{args.out} already exists{_what_is_there(args.out)}; pass --overwrite to replace it, or choose "
+                         "another name.")
     if args.shape is not None and not args.thick and min(args.shape[1:]) < SSIM_WINDOW:
         raise UsageError(f"--shape {','.join(map(str, args.shape))}: Y and X must be at least {SSIM_WINDOW}, so that the "
                          f"recording can be reconstructed (the image loss compares {SSIM_WINDOW}×{SSIM_WINDOW}-pixel windows).")

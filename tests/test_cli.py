@@ -57,7 +57,7 @@ def test_simulate_is_deterministic_under_a_seed(simulated: Path, tmp_path: Path)
     with Recording.open(simulated) as a, Recording.open(tmp_path / "again.fdt") as b:
         assert np.array_equal(a.frames(0), b.frames(0))
     again = nvplive("simulate", "--phantom", "cell", "--views", "4", "--timepoints", "1", "--shape", "8,24,24", "again.fdt", cwd=tmp_path)
-    assert again.returncode == 2 and "again.fdt already exists; pass --overwrite to replace it" in again.stderr
+    assert again.returncode == 2 and "again.fdt already exists (a recording of 1 complete timepoint); pass --overwrite to replace it" in again.stderr
 
 
 def test_reconstruct_then_evaluate(simulated: Path):

@@ -79,6 +79,17 @@ def pupil_document(
     return doc
 
 
+def _refuse_inside_recording(target: Path) -> None:
+    """Raise :class:`RecordingError` if the pupil file ``target`` is inside a recording folder: a
+    recording's pupil.json is written by its writer, under its lock (:func:`.recording_writer.store_pupil`)."""
+    if target.parent.suffix == SUFFIX:
+        raise RecordingError(
+            f"{target}: is inside the recording {target.parent}, whose files only nvplive writes (under its lock); "
+            f"choose a path outside it (a recording's own pupil.json is written by calibrating its frames: nvplive "
+            f"calibrate {target.parent})."
+        )
+
+
 def write_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics, **provenance: Any) -> Path:
     """Write ``pupil`` to the file ``path`` (a folder: its pupil.json), atomically and durably
     (:func:`.recording_format.atomic_write_json`); ``provenance``:
@@ -89,11 +100,7 @@ def write_pupil(path: str | os.PathLike, pupil: PupilParameters, optics: Optics,
             a recording's pupil.json is written by its writer (:func:`.recording_writer.store_pupil`).
     """
     target = pupil_path(path)
-    if target.parent.suffix == SUFFIX:
-        raise RecordingError(
-            f"{target}: is inside a recording; its pupil.json is written under the recording's lock "
-            "(RecordingWriter.write_pupil or store_pupil)."
-        )
+    _refuse_inside_recording(target)
     doc = pupil_document(pupil, optics, **provenance)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(target, doc, durable=True)
@@ -115,11 +122,7 @@ def check_pupil_output(path: str | os.PathLike, *inputs: str | os.PathLike, over
     for given in inputs:
         if Path(given).exists() and target.exists() and target.resolve() == Path(given).resolve():
             raise RecordingError(f"{target}: is the data being calibrated; choose another output for the pupil file.")
-    if target.parent.suffix == SUFFIX:
-        raise RecordingError(
-            f"{target}: is inside the recording {target.parent}, whose files only nvplive writes; choose a path outside "
-            f"it (a recording's own pupil.json is written by calibrating its frames: nvplive calibrate {target.parent})."
-        )
+    _refuse_inside_recording(target)
     if target.exists() and not overwrite:
         raise RecordingError(f"{target}: already exists; replace it with nvplive calibrate --overwrite, or choose another output.")
     if not target.parent.is_dir():

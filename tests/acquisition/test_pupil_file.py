@@ -109,3 +109,15 @@ def test_a_frame_calibration_names_the_pupil_it_started_from(tmp_path: Path):
     doc = pupil_document(PUPIL, Optics(), calibrated_from="test", method="bead-z-stack", created="2026-11-30T10:00:00+00:00")
     (recording / PUPIL_FILE).write_text(json.dumps(doc))
     assert calibration_start(recording) == (PUPIL, "the recording's earlier pupil.json (bead-z-stack, 2026-11-30T10:00:00+00:00)")
+
+
+def test_write_pupil_refuses_a_path_inside_a_recording_with_the_users_words(tmp_path):
+    """One check, one message, whether the command line checks before the fit or the API writes."""
+    from nvplive.acquisition.pupil_file import check_pupil_output
+
+    inside = tmp_path / "run.fdt" / "mine.json"
+    inside.parent.mkdir()
+    for attempt in (lambda: write_pupil(inside, PUPIL, Optics(), calibrated_from="test", method="frames"), lambda: check_pupil_output(inside)):
+        with pytest.raises(RecordingError, match=r"is inside the recording .*run\.fdt.*nvplive calibrate"):
+            attempt()
+    assert not inside.exists()

@@ -352,7 +352,9 @@ def _what_is_there(path: Path) -> str:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.offline import DEFAULT_SHAPE_ZYX, DEFAULT_VOXEL_UM, simulate_recording
-    from nvplive.recon.losses import SSIM_WINDOW
+    from nvplive.errors import GeometryError
+    from nvplive.recon.optics import VolumeGeometry
+    from nvplive.recon.reconstructor import check_frame_size
 
     if args.out.suffix != ".fdt":
         raise UsageError(f"The output {args.out} must be a folder name ending in .fdt.")
@@ -362,9 +364,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
         raise UsageError(f"{args.out} already exists{_what_is_there(args.out)}; pass --overwrite to replace it, or choose "
                          "another name.")
-    if args.shape is not None and not args.thick and min(args.shape[1:]) < SSIM_WINDOW:
-        raise UsageError(f"--shape {','.join(map(str, args.shape))}: Y and X must be at least {SSIM_WINDOW}, so that the "
-                         f"recording can be reconstructed (the image loss compares {SSIM_WINDOW}×{SSIM_WINDOW}-pixel windows).")
+    if args.shape is not None and not args.thick:
+        try:  # the check simulate_recording makes, named by the option that set the size
+            check_frame_size(VolumeGeometry(args.shape, args.voxel_um or DEFAULT_VOXEL_UM))
+        except GeometryError as exc:
+            raise UsageError(f"--shape {','.join(map(str, args.shape))}: {exc}") from None
     _use_threads(args)
     with ProgressBar("simulate") as progress:
         path = simulate_recording(

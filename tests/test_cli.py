@@ -189,8 +189,8 @@ def test_frames_smaller_than_the_ssim_window_are_refused_before_any_work(tmp_pat
     from nvplive.recon.reconstructor import Reconstructor
 
     assert main(["simulate", "--phantom", "cell", "--shape", "4,8,8", str(tmp_path / "tiny.fdt")]) == 2
-    assert ("--shape 4,8,8: Y and X must be at least 11, so that the recording can be reconstructed (the image loss "
-            "compares 11×11-pixel windows).") in capsys.readouterr().err  # the option named, as the user gave it
+    assert ("--shape 4,8,8: Frames of 8×8 pixels are smaller than the image loss's 11-pixel SSIM window; a "
+            "reconstruction needs at least 11×11.") in capsys.readouterr().err  # the option named, as the user gave it
     assert not (tmp_path / "tiny.fdt").exists()
     from nvplive.acquisition.offline import simulate_recording
 

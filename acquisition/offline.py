@@ -54,7 +54,7 @@ from .pupil_file import (
     volume_pupil_setting,
     write_pupil,
 )
-from .recording import SUFFIX, CameraSettings, Recording, RecordingMeta, RecordingWriter
+from .recording import JSON_NAME, SUFFIX, CameraSettings, Recording, RecordingMeta, RecordingWriter
 from .recording_writer import pupil_store
 
 Progress = Callable[[int, int, str], None]
@@ -102,6 +102,23 @@ def recording_meta(
     )
 
 
+def _refuse_replacing_a_measurement(path: Path) -> None:
+    """Raise :class:`RecordingError` if ``path`` is a recording that was not simulated: a
+    simulation never replaces a measurement, even with ``overwrite``."""
+    if not (path / JSON_NAME).is_file():
+        return
+    try:
+        with Recording.open(path) as rec:
+            simulated = rec.meta.extra.get("simulated") is True
+    except RecordingError:
+        return  # not a readable recording: the writer's own checks decide
+    if not simulated:
+        raise RecordingError(
+            f"{path}: is a measured recording, not a simulated one; a simulation never replaces a measurement, even "
+            "with --overwrite. Remove it yourself if it is to go, or choose another name."
+        )
+
+
 def simulate_recording(
     out: str | Path,
     *,
@@ -135,6 +152,8 @@ def simulate_recording(
     """
     if thick:
         optics, shape_zyx, voxel_um_zyx = THICK_OPTICS, THICK_SHAPE_ZYX, THICK_VOXEL_UM_ZYX
+    if overwrite:
+        _refuse_replacing_a_measurement(Path(out))
     optics = optics or Optics()
     coherence = coherence or PartialCoherence()
     if views < 1 or timepoints < 1:

@@ -83,15 +83,20 @@ class RecordingWriter:
         # the writer leaves either no recording or one that opens (at worst a hidden staging folder).
         # The lock is taken in the staging folder, so the recording is never visible unlocked.
         staging = root.with_name(f".{root.name}.creating-{os.getpid()}")
+        blocking = next((p for p in root.parents if p.exists() or p.is_symlink()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise RecordingError(f"{root}: cannot be created: {blocking} is a file, not a folder; choose another place.")
+        lock: RecordingLock | None = None
         try:
             staging.mkdir(parents=True)
-            self._lock = RecordingLock(staging).acquire()
+            self._lock = lock = RecordingLock(staging).acquire()
             doc = _document(meta, created=self._created, closed=False, timepoints=[], volumes=[], ground_truth=[])
             atomic_write_json(staging / JSON_NAME, doc, durable)
             os.rename(staging, root)
             self._lock.moved(root)
         except OSError as exc:
-            self._lock.release()
+            if lock is not None:
+                lock.release()
             shutil.rmtree(staging, ignore_errors=True)
             raise RecordingError(f"{root}: cannot create the recording folder ({exc.strerror or exc}).") from None
         if durable:
@@ -572,13 +577,27 @@ def _write_pupil_document(root: Path, doc: dict, durable: bool) -> Path:
     return target
 
 
+#: The files a recording folder holds that nvp-live writes (and their ``.tmp`` siblings while
+#: one is replaced); hidden names are its own too (the lock, staging files).
+_OWN_FILES = frozenset({JSON_NAME, JOURNAL_NAME, FRAMES_NAME, VOLUMES_NAME, VOLUMES_PENDING_NAME, GROUND_TRUTH_NAME, PUPIL_FILE})
+
+
 def _remove_recording(root: Path) -> None:
-    """Delete an existing recording (never anything that does not look like one)."""
+    """Delete an existing recording (never anything that does not look like one, and never a
+    file nvp-live did not write: a user's own files in the folder stop the removal)."""
     if not root.is_dir() or root.is_symlink():
         raise RecordingError(f"{root}: exists and is not a recording folder; refusing to replace it.")
     if any(root.iterdir()) and not (root / JSON_NAME).is_file():
         raise RecordingError(
             f"{root}: exists and holds no {JSON_NAME}; refusing to delete a folder that is not a recording."
+        )
+    foreign = sorted(p.name for p in root.iterdir()
+                     if not (p.name.startswith(".") or p.name in _OWN_FILES or p.name.removesuffix(".tmp") in _OWN_FILES))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RecordingError(
+            f"{root}: holds files nvp-live did not write ({shown}); refusing to delete them with the recording. "
+            "Move them out first, or choose another name."
         )
     with RecordingLock(root):  # never delete a recording that a live process is writing
         try:

@@ -361,6 +361,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.thick and (args.shape is not None or args.voxel_um is not None):
         print("nvplive: --thick sets the geometry (32×64×64 voxels of 0.5×0.16×0.16 µm); --shape and --voxel-um are not used.",
               file=sys.stderr)
+    if not args.out.absolute().parent.is_dir():
+        raise UsageError(f"{args.out}: the folder {args.out.parent} does not exist (or is not a folder); create it first, "
+                         "or choose another place.")
     if (args.out.exists() or args.out.is_symlink()) and not args.overwrite:
         raise UsageError(f"{args.out} already exists{_what_is_there(args.out)}; pass --overwrite to replace it, or choose "
                          "another name.")

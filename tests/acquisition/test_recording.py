@@ -222,6 +222,30 @@ def test_overwrite_rules(tmp_path, meta):
         RecordingWriter(tmp_path / "noext", meta)
 
 
+def test_overwrite_never_deletes_a_users_own_files(tmp_path, meta):
+    """A file the user put into a recording folder stops its replacement, naming it; the
+    recording's own files (its pupil and volumes included) do not."""
+    path = tmp_path / "run.fdt"
+    write_recording(path, meta, n=1, truth=False)
+    (path / "pupil.json").write_text("{}")
+    (path / "my_analysis.csv").write_text("t,dn\n")
+    with pytest.raises(RecordingError, match=r"holds files nvp-live did not write \(my_analysis\.csv\).*Move them out"):
+        RecordingWriter(path, meta, overwrite=True)
+    assert (path / "my_analysis.csv").exists()
+    with open_recording(path) as rec:
+        assert rec.n_timepoints == 1
+    (path / "my_analysis.csv").unlink()
+    with RecordingWriter(path, meta, overwrite=True):
+        pass
+    assert not (path / "pupil.json").exists()
+
+
+def test_a_recording_under_a_file_is_refused_in_one_sentence(tmp_path, meta):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    with pytest.raises(RecordingError, match=r"cannot be created: .*notes\.txt is a file, not a folder"):
+        RecordingWriter(tmp_path / "notes.txt" / "run.fdt", meta)
+
+
 @pytest.mark.parametrize(
     "action, match",
     [
@@ -663,3 +687,16 @@ def test_fuzzed_recordings_raise_only_recording_error(fuzz_bases, base_index, mu
                     rec.volume(item.index), rec.ground_truth(item.index)
         except RecordingError as exc:
             assert "\n" not in str(exc) and scratch in str(exc)
+
+
+def test_a_simulation_never_replaces_a_measured_recording(tmp_path, meta):
+    """``simulate --overwrite`` on a measured recording (no ``simulated`` mark) is refused
+    before anything is rendered; the measurement stays as it was."""
+    from nvplive.acquisition.offline import simulate_recording
+
+    path = tmp_path / "real.fdt"
+    write_recording(path, meta, n=1, truth=False)
+    with pytest.raises(RecordingError, match="is a measured recording, not a simulated one.*even with --overwrite"):
+        simulate_recording(path, phantom="cell", views=3, timepoints=1, shape_zyx=(4, 12, 12), overwrite=True)
+    with open_recording(path) as rec:
+        np.testing.assert_array_equal(rec.frames(0), frames_of(0, meta))

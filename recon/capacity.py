@@ -102,12 +102,13 @@ def padded_shape_yx(optics: Optics, geometry: VolumeGeometry, source_depth_um: f
 
 
 def estimated_bytes(optics: Optics, geometry: VolumeGeometry, n_views: int, source_depth_um: float, *,
-                    method: str | None) -> int:
-    """Peak memory (bytes) of a reconstruction with ``method`` (None: a simulation/rendering without gradients)."""
+                    method: str | None, voxels_per_slab: int = 1) -> int:
+    """Peak memory (bytes) of a reconstruction with ``method`` (None: a simulation/rendering without
+    gradients) whose renderer steps ``voxels_per_slab`` voxels at a time (a field per slab and view)."""
     yp, xp = padded_shape_yx(optics, geometry, source_depth_um)
     upsample = geometry.check_sampling(optics)
-    nz = geometry.shape_zyx[0]
-    field = n_views * nz * yp * xp * 8 * upsample**2 / 4
+    slabs = max(1, geometry.shape_zyx[0] // voxels_per_slab)
+    field = n_views * slabs * yp * xp * 8 * upsample**2 / 4
     if method is None:
         return int(_OVERHEAD_BYTES + field)
     decoder = _DECODER_BYTES_PER_VOXEL * math.prod(geometry.shape_zyx) if method in ("nvp", "triplane") else 0
@@ -133,7 +134,7 @@ def _gb(n: float) -> str:
 
 def check_memory(optics: Optics, geometry: VolumeGeometry, n_views: int, source_depth_um: float,
                  device: torch.device | str, *, method: str | None, what: str = "Reconstructing",
-                 sources_um_xyz=None) -> int:
+                 sources_um_xyz=None, voxels_per_slab: int = 1) -> int:
     """Refuse work that cannot fit in ``device``'s free memory; returns the estimate (bytes).
 
     Runs :func:`check_plausible` first. On a GPU the host's memory counts too (the
@@ -144,7 +145,7 @@ def check_memory(optics: Optics, geometry: VolumeGeometry, n_views: int, source_
         ReconstructionError: the estimate exceeds the free memory (one sentence with both figures).
     """
     check_plausible(optics, geometry, sources_um_xyz)
-    need = estimated_bytes(optics, geometry, n_views, source_depth_um, method=method)
+    need = estimated_bytes(optics, geometry, n_views, source_depth_um, method=method, voxels_per_slab=voxels_per_slab)
     device = torch.device(device)
     free = free_bytes(device)
     where = "on the GPU" if device.type == "cuda" else "in the computer's memory"
@@ -156,6 +157,6 @@ def check_memory(optics: Optics, geometry: VolumeGeometry, n_views: int, source_
         nz, ny, nx = geometry.shape_zyx
         raise ReconstructionError(
             f"{what} {nz}×{ny}×{nx} voxels with {n_views} views needs about {_gb(need)} (a padded {yp}×{xp} field per "
-            f"slice and view), but only {_gb(free)} is free {where}; use fewer slices, a smaller field or fewer views."
+            f"slab and view), but only {_gb(free)} is free {where}; use fewer slices, a smaller field or fewer views."
         )
     return need

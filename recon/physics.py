@@ -287,6 +287,14 @@ def live_half_width_um(optics: Optics, geometry: VolumeGeometry) -> tuple[float,
     return 0.5 * ny * dy + reach, 0.5 * nx * dx + reach
 
 
+def slab_voxels(geometry: VolumeGeometry, max_slab_um: float) -> int:
+    """Voxels per propagation step for slabs at most ``max_slab_um`` thick: the largest divisor
+    of Nz whose slab fits (1 where a voxel is already thicker, or ``max_slab_um`` is 0)."""
+    nz, dz = geometry.shape_zyx[0], geometry.voxel_um_zyx[0]
+    fits = max(1, int(max_slab_um / dz + 1e-9))
+    return max(k for k in range(1, min(fits, nz) + 1) if nz % k == 0)
+
+
 def default_padding(
     optics: Optics,
     geometry: VolumeGeometry,
@@ -366,7 +374,9 @@ class ForwardModel:
     ``pixel_margin_yx`` voxels per side, at ``upsample`` × the voxel sampling;
     :func:`integrate_pixels`): the camera pixel's integration
     (:func:`pixel_integration_transfer`) times, for beads of ``bead_diameter_um`` > 0, the
-    bead's projection (:func:`bead_transfer`).
+    bead's projection (:func:`bead_transfer`). Light crosses the volume in slabs of
+    ``voxels_per_slab`` voxels (:attr:`slab_um` thick): one phase screen of their mean Δn and
+    one propagation step each (:func:`multislice`).
     """
 
     optics: Optics
@@ -390,6 +400,7 @@ class ForwardModel:
     pixel_margin_yx: tuple[int, int]
     image_transfer: torch.Tensor
     bead_diameter_um: float = 0.0
+    voxels_per_slab: int = 1
 
     @classmethod
     def build(
@@ -400,6 +411,7 @@ class ForwardModel:
         source_depth_um: float | None = None,
         pad_yx: tuple[int, int] | None = None,
         bead_diameter_um: float = 0.0,
+        voxels_per_slab: int = 1,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> ForwardModel:
@@ -412,15 +424,20 @@ class ForwardModel:
             bead_diameter_um: the fluorescent beads' diameter (µm); 0 renders point sources,
                 more the point source's image convolved with the bead's projection
                 (:func:`bead_transfer`).
+            voxels_per_slab: voxels along z that one propagation step crosses (a divisor of Nz;
+                :func:`slab_voxels` chooses it for a slab thickness).
 
         Raises:
             GeometryError: a grid too coarse for the optics (:meth:`VolumeGeometry.check_sampling`),
-                a negative padding or a bead diameter that is negative or not finite.
+                a negative padding, a bead diameter that is negative or not finite, or a
+                ``voxels_per_slab`` that does not divide Nz.
         """
         if not (math.isfinite(bead_diameter_um) and bead_diameter_um >= 0):
             raise GeometryError(f"The bead diameter must be a finite number ≥ 0 µm, got {bead_diameter_um}.")
         upsample = geometry.check_sampling(optics)
         nz, ny, nx = geometry.shape_zyx
+        if not (isinstance(voxels_per_slab, int) and voxels_per_slab >= 1 and nz % voxels_per_slab == 0):
+            raise GeometryError(f"voxels_per_slab must be a positive divisor of the volume's {nz} slices, got {voxels_per_slab!r}.")
         dz, dy, dx = geometry.voxel_um_zyx
         if source_depth_um is None:
             source_depth_um = 0.5 * nz * dz
@@ -435,15 +452,16 @@ class ForwardModel:
         k_perp = torch.sqrt(kx**2 + ky**2)
         k_in, k_cut = source_band_limits(optics, geometry)
         source_band = band_edge(k_perp, k_cut, k_in) * propagating.to(dtype)
-        slab_kernel = propagation_kernel(kz, propagating, dz)
+        slab_um = voxels_per_slab * dz
+        slab_kernel = propagation_kernel(kz, propagating, slab_um)
         exit_pad = exit_padding((yp, xp)) if (pad_y or pad_x) else (0, 0)
         ye, xe = yp + 2 * exit_pad[0], xp + 2 * exit_pad[1]
         exit_ky, exit_kx = frequency_grid(ye, xe, dy, dx, device=device, dtype=dtype)
         exit_kz, exit_propagating = axial_wavenumber(exit_ky, exit_kx, optics.km)
         exit_source_band = band_edge(torch.sqrt(exit_kx**2 + exit_ky**2), k_cut, k_in) * exit_propagating.to(dtype)
-        # Each slab acts at its centre plane (k + ½)·dz (symmetric split step), so the
+        # Each slab acts at its centre plane (k + ½)·slab (symmetric split step), so the
         # last one is followed by the distance from the top slab's centre to z_f.
-        exit_distance = geometry.focal_z_um - (nz - 0.5) * dz
+        exit_distance = geometry.focal_z_um - nz * dz + 0.5 * slab_um
         # The pupil's edge is decided in float64 so that float32 and float64 models agree.
         ky64, kx64 = frequency_grid(ye, xe, dy, dx, dtype=torch.float64)
         hard_aperture = aperture(ky64, kx64, optics.k0, optics.na).to(device=device, dtype=dtype)
@@ -485,6 +503,7 @@ class ForwardModel:
             margin,
             image_transfer,
             float(bead_diameter_um),
+            voxels_per_slab,
         )
 
     def to(self, device: torch.device | str) -> ForwardModel:
@@ -503,6 +522,11 @@ class ForwardModel:
         return self.kz.dtype
 
     @property
+    def slab_um(self) -> float:
+        """Thickness of one propagation step (µm): ``voxels_per_slab`` voxels."""
+        return self.voxels_per_slab * self.geometry.voxel_um_zyx[0]
+
+    @property
     def padded_shape_yx(self) -> tuple[int, int]:
         """``(Yp, Xp)``: the slabs' grid."""
         return tuple(self.kz.shape)  # type: ignore[return-value]
@@ -514,10 +538,10 @@ class ForwardModel:
 
 
 def source_field(model: ForwardModel, sources_xyz: torch.Tensor) -> torch.Tensor:
-    """Field ``[V, Yp, Xp]`` of each view's source on the centre plane ``z = dz/2`` of slab 0."""
-    dz, dy, dx = model.geometry.voxel_um_zyx
+    """Field ``[V, Yp, Xp]`` of each view's source on the centre plane ``z = slab/2`` of slab 0."""
+    _, dy, dx = model.geometry.voxel_um_zyx
     spectrum = point_source_spectrum(
-        model.ky, model.kx, model.kz, model.source_band, _as_real(model, sources_xyz), 0.5 * dz, dy, dx
+        model.ky, model.kx, model.kz, model.source_band, _as_real(model, sources_xyz), 0.5 * model.slab_um, dy, dx
     )
     return torch.fft.ifft2(spectrum)
 
@@ -530,7 +554,7 @@ def homogeneous_spectrum(model: ForwardModel, sources_xyz: torch.Tensor) -> torc
     """
     nz = model.geometry.shape_zyx[0]
     dz, dy, dx = model.geometry.voxel_um_zyx
-    top = (nz - 0.5) * dz
+    top = nz * dz - 0.5 * model.slab_um
     spectrum = point_source_spectrum(
         model.exit_ky, model.exit_kx, model.exit_kz, model.exit_source_band, _as_real(model, sources_xyz), top, dy, dx
     )
@@ -539,6 +563,11 @@ def homogeneous_spectrum(model: ForwardModel, sources_xyz: torch.Tensor) -> torc
 
 def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor) -> torch.Tensor:
     """Propagate each source's field through Δn; return the pupil-filtered spectrum at the focal plane.
+
+    Split-step (thin-slab) propagation: each slab of ``model.voxels_per_slab`` voxels is one
+    phase screen ``exp(i·k0·⟨Δn⟩·slab)`` of its voxels' mean Δn followed by one angular-spectrum
+    step of the slab's thickness (Goodman, *Introduction to Fourier Optics*, §3.10; the
+    symmetric split of each slab puts its screen at its centre plane).
 
     Args:
         dn: ``[Nz, Ny, Nx]`` refractive-index contrast (real, or complex for absorption).
@@ -550,13 +579,16 @@ def multislice(model: ForwardModel, dn: torch.Tensor, sources_xyz: torch.Tensor)
     nz, ny, nx = model.geometry.shape_zyx
     if tuple(dn.shape) != (nz, ny, nx):
         raise GeometryError(f"Δn has shape {tuple(dn.shape)}, expected {(nz, ny, nx)}.")
-    dz = model.geometry.voxel_um_zyx[0]
+    per_slab, dz = model.voxels_per_slab, model.slab_um
+    nz //= per_slab
     pad_y, pad_x = model.pad_yx
     sources_xyz = _as_real(model, sources_xyz)
     if dn.is_complex():
         dn = dn.to(complex_dtype(model.real_dtype))
     else:
         dn = _as_real(model, dn)
+    if per_slab > 1:
+        dn = dn.reshape(nz, per_slab, ny, nx).mean(1)
     dn_pad = F.pad(dn, (pad_x, pad_x, pad_y, pad_y)) if (pad_x or pad_y) else dn
     slabs = transmission(dn_pad, model.optics.k0, dz) * model.absorber
     # A source inside the volume only sees the slabs above it (docs/physics.md, Steps); below it

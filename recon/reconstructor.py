@@ -49,7 +49,15 @@ from .loop import (
 )
 from .losses import SSIM_WINDOW, gaussian_window, image_loss, path_sparsity, total_variation
 from .optics import Optics, VolumeGeometry
-from .physics import ForwardModel, camera_intensity, homogeneous_spectrum, pupil_on_grid, render, with_source_edge
+from .physics import (
+    ForwardModel,
+    camera_intensity,
+    homogeneous_spectrum,
+    pupil_on_grid,
+    render,
+    slab_voxels,
+    with_source_edge,
+)
 from .progress import CalibrationProgress
 from .pupil import FIRST_NOLL, PupilParameters
 from .representations import Representation, representation_class, representation_for
@@ -195,6 +203,13 @@ class ReconConfig:
             states it. A reconstructor's :attr:`Reconstructor.config` holds the number used.
             A 0.2 µm bead lowers the image's contrast at the band's edge to 0.67, which the
             pupil calibration cannot take up (BENCHMARKS.md, "The beads' size").
+        max_slab_um: the thickest slab (µm) the renderer crosses in one propagation step: a
+            whole number of voxels dividing Nz (:func:`.physics.slab_voxels`), Δn averaged
+            over them; 0 (or voxels thicker than it): one step per voxel. Each step is two FFTs
+            per view and direction, most of an iteration's time: 0.5 µm slabs on 0.25 µm voxels
+            halve it at the same Δn quality in every row measured (BENCHMARKS.md, "Slabs of two
+            voxels"; docs/physics.md for the image's accuracy). Fixed for a reconstructor,
+            like the beads' diameter.
         compile_mode: ``None`` runs eagerly; otherwise the iteration's forward and backward
             pass run through ``torch.compile`` in this mode (``default``; ``reduce-overhead``
             adds CUDA graphs on CUDA) once the representation is at its final resolution.
@@ -230,6 +245,7 @@ class ReconConfig:
     divergence_factor: float = 10.0
     seed: int = 0
     bead_diameter_um: float | None = None
+    max_slab_um: float = 0.5
     compile_mode: str | None = None
 
     def __post_init__(self) -> None:
@@ -242,7 +258,7 @@ class ReconConfig:
         representation_class(self.method)
         positive = ("lr", "warm_lr_factor", "divergence_factor", "iterations", "check_every", "features", "hidden")
         non_negative = ("tv_weight", "sparsity_weight", "sparsity_source_edge_factor", "lr_pupil_rad", "lr_sources_um",
-                        "lr_photometry", "plateau_rel_tol", "calibration_warmup", "bead_diameter_um")
+                        "lr_photometry", "plateau_rel_tol", "calibration_warmup", "bead_diameter_um", "max_slab_um")
         for name in positive + non_negative:
             value = getattr(self, name)
             if value is None and name == "bead_diameter_um":
@@ -334,6 +350,7 @@ def _state_on(state: ReconState, device: torch.device) -> ReconState:
 def _in_float64(model: ForwardModel) -> ForwardModel:
     """The same renderer (optics, geometry, padding, device) in float64."""
     return ForwardModel.build(model.optics, model.geometry, pad_yx=model.pad_yx, bead_diameter_um=model.bead_diameter_um,
+                              voxels_per_slab=model.voxels_per_slab,
                               device=model.device, dtype=torch.float64)
 
 
@@ -575,10 +592,11 @@ class Reconstructor:
         self.saturation_level = None if saturation_level is None else int(saturation_level)
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
         # implausible geometry and work that cannot fit are refused before anything large is allocated
+        per_slab = slab_voxels(geometry, config.max_slab_um)
         check_memory(optics, geometry, len(self.nominal_sources), depth, self.device, method=config.method,
-                     sources_um_xyz=self.nominal_sources)
+                     sources_um_xyz=self.nominal_sources, voxels_per_slab=per_slab)
         self._plain_model = ForwardModel.build(optics, geometry, source_depth_um=depth, bead_diameter_um=bead_um,
-                                               device=self.device)
+                                               voxels_per_slab=per_slab, device=self.device)
         self.model = self._plain_model
         self._spectral_models: list[tuple[ForwardModel, float]] | None = None
         self._band_models: list[tuple[ForwardModel, float]] | None = None
@@ -625,9 +643,15 @@ class Reconstructor:
         """Change settings between timepoints (e.g. from the GUI); the warm state is kept.
 
         Raises:
-            ValueError: a change of ``bead_diameter_um`` (None keeps it), which the renderer is
-                built for (make a new reconstructor), or an invalid setting (:class:`ReconConfig`).
+            ValueError: a change of ``bead_diameter_um`` (None keeps it) or ``max_slab_um``, which
+                the renderer is built for (make a new reconstructor), or an invalid setting
+                (:class:`ReconConfig`).
         """
+        if "max_slab_um" in changes and changes["max_slab_um"] != self.config.max_slab_um:
+            raise ValueError(
+                f"The slab thickness is fixed for a reconstructor ({self.config.max_slab_um} µm; asked for "
+                f"{changes['max_slab_um']} µm): its renderer is built for it. Start a new reconstruction."
+            )
         if changes.get("bead_diameter_um") is None:
             changes.pop("bead_diameter_um", None)
         elif changes["bead_diameter_um"] != self.config.bead_diameter_um:
@@ -830,15 +854,16 @@ class Reconstructor:
         self._coherence.weights = None
         self.representation, self.state, self._optimizers = None, None, None
         previous = self.device
-        bead_um = self._plain_model.bead_diameter_um  # the renderer is rebuilt for the same beads
+        # the renderer is rebuilt for the same beads and slabs
+        bead_um, per_slab = self._plain_model.bead_diameter_um, self._plain_model.voxels_per_slab
         self.model = self._plain_model = None  # type: ignore[assignment]
         gc.collect()
         if previous.type == "cuda":
             torch.cuda.empty_cache()
         self.device = torch.device("cpu")
         depth = float(max(0.0, -self.nominal_sources[:, 2].min()) + 1.0)
-        self._plain_model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth,
-                                               bead_diameter_um=bead_um, device=self.device)
+        self._plain_model = ForwardModel.build(self.optics, self.geometry, source_depth_um=depth, bead_diameter_um=bead_um,
+                                               voxels_per_slab=per_slab, device=self.device)
         self.pupil = self.pupil  # the source edge onto the rebuilt model
         self._window = gaussian_window(device=self.device)
         self._spectral_models = self._band_models = None
@@ -902,7 +927,8 @@ class Reconstructor:
         renderer's own source spectrum (built once)."""
         if self._band_models is None:
             self._band_models = band_renderers(self.optics, self.geometry, COHERENCE_SAMPLES, pad_yx=self.model.pad_yx,
-                                               bead_diameter_um=self._plain_model.bead_diameter_um, device=self.device)
+                                               bead_diameter_um=self._plain_model.bead_diameter_um,
+                                               voxels_per_slab=self._plain_model.voxels_per_slab, device=self.device)
         return self._band_models
 
     def _spectral(self) -> list[tuple[ForwardModel, float]]:

@@ -214,6 +214,7 @@ def band_renderers(
     dtype: torch.dtype = torch.float32,
     optics_at: Callable[[Optics], Optics] | None = None,
     bead_diameter_um: float = 0.0,
+    voxels_per_slab: int = 1,
 ) -> list[tuple[ForwardModel, float]]:
     """Renderers at wavelengths sampling the emission band, with their weights.
 
@@ -230,7 +231,8 @@ def band_renderers(
         device, dtype: where and in which real precision the kernels are built.
         optics_at: maps the optics at each wavelength to the renderer's (e.g. an
             instrument's source NA, :meth:`Instrument.render_optics`); default: as they are.
-        bead_diameter_um: the beads' diameter in every renderer (:meth:`.physics.ForwardModel.build`).
+        bead_diameter_um, voxels_per_slab: the beads' diameter and the voxels per propagation
+            step in every renderer (:meth:`.physics.ForwardModel.build`).
 
     Returns:
         ``[(ForwardModel, weight)]`` in order of wavelength, the weights summing to 1.
@@ -243,7 +245,7 @@ def band_renderers(
     return [
         (
             ForwardModel.build(at(optics.with_wavelength(float(w))), geometry, pad_yx=pad_yx, bead_diameter_um=bead_diameter_um,
-                               device=device, dtype=dtype),
+                               voxels_per_slab=voxels_per_slab, device=device, dtype=dtype),
             float(a),
         )
         for w, a in zip(wavelengths, weights)

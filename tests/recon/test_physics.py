@@ -449,6 +449,43 @@ def test_born_error_scales_with_dn_squared(born_setup):
     assert errors[1] / errors[0] == pytest.approx(2.0, rel=0.1)
 
 
+def test_slabs_of_two_voxels_match_first_order_born(born_setup):
+    """Propagating two voxels per step (their mean Δn, one 0.5 µm step) keeps the weak object's
+    field within the same bound of the single-scattering sum as one step per voxel (measured
+    0.29 % against 0.17 %; four voxels per step: 3 %)."""
+    model, src, blob, homogeneous = born_setup
+    coarse = physics.ForwardModel.build(OPTICS, model.geometry, dtype=torch.float64, voxels_per_slab=2)
+    assert coarse.slab_um == 0.5 and coarse.pad_yx == model.pad_yx
+    # without Δn the steps are exact: only the margin's absorber, met at half as many planes, differs
+    assert rel_l2(_voxel_grid_field(coarse, np.zeros_like(blob), src), homogeneous) < 1e-5
+    change = _voxel_grid_field(coarse, 1e-4 * blob, src) - homogeneous
+    reference = born_focal_field(model, 1e-4 * blob, src, n_points=3)
+    assert rel_l2(change, reference) < 0.02
+
+
+def test_slabs_of_several_voxels_are_the_coarser_grid_of_their_mean():
+    """A model stepping k voxels at a time renders exactly what a model of k-times thicker
+    voxels renders for the k-voxel means of Δn (same extent, focal plane and padding)."""
+    geometry = VolumeGeometry((12, 24, 24), (0.25, 0.25, 0.25))
+    thick = VolumeGeometry((4, 24, 24), (0.75, 0.25, 0.25), focal_plane_z_um=geometry.focal_z_um)
+    coarse = physics.ForwardModel.build(OPTICS, geometry, dtype=torch.float64, voxels_per_slab=3, source_depth_um=2.0)
+    reference = physics.ForwardModel.build(OPTICS, thick, dtype=torch.float64, pad_yx=coarse.pad_yx)
+    dn = 0.03 * torch.rand(geometry.shape_zyx, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    src = sources((0.3, -0.4, -1.2), (-0.8, 0.5, -2.0))
+    np.testing.assert_allclose(physics.render(coarse, dn, src).numpy(),
+                               physics.render(reference, dn.reshape(4, 3, 24, 24).mean(1), src).numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_slab_voxels_divide_the_volume_and_a_wrong_count_is_refused():
+    assert physics.slab_voxels(VolumeGeometry((16, 24, 24), (0.25,) * 3), 0.5) == 2
+    assert physics.slab_voxels(VolumeGeometry((16, 24, 24), (0.25,) * 3), 0.0) == 1
+    assert physics.slab_voxels(VolumeGeometry((15, 24, 24), (0.25,) * 3), 0.5) == 1  # 2 does not divide 15
+    assert physics.slab_voxels(VolumeGeometry((15, 24, 24), (0.25,) * 3), 0.8) == 3
+    assert physics.slab_voxels(VolumeGeometry((16, 24, 24), (0.5, 0.16, 0.16)), 0.5) == 1
+    with pytest.raises(GeometryError, match="voxels_per_slab must be a positive divisor of the volume's 15 slices, got 2"):
+        physics.ForwardModel.build(OPTICS, VolumeGeometry((15, 24, 24), (0.25,) * 3), voxels_per_slab=2)
+
+
 # --- 5. gradients -----------------------------------------------------------------------------
 
 
@@ -490,6 +527,17 @@ def test_render_gradient_in_absorbing_dn(tiny_model):
         return physics.render(tiny_model, dn, src, brightness, background)
 
     assert torch.autograd.gradcheck(images, (absorbing,), eps=1e-6, atol=1e-7, rtol=1e-4, fast_mode=True)
+
+
+def test_render_gradient_with_slabs_of_two_voxels(tiny_model):
+    """Stepping two voxels at a time stays differentiable in every input (gradcheck's fast mode)."""
+    coarse = physics.ForwardModel.build(OPTICS, tiny_model.geometry, dtype=torch.float64, voxels_per_slab=2)
+    inputs = tuple(t.clone().requires_grad_() for t in _tiny_inputs(coarse))
+
+    def images(dn, src, brightness, background):
+        return physics.render(coarse, dn, src, brightness, background)
+
+    assert torch.autograd.gradcheck(images, inputs, eps=1e-6, atol=1e-7, rtol=1e-4, fast_mode=True)
 
 
 # --- 6. padding ------------------------------------------------------------------------------

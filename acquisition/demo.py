@@ -119,7 +119,7 @@ class DemoResult:
             lines.append(
                 f"Acquisition took longer than the {self.interval_s:.3f} s interval at {late} of "
                 f"{len(self.timepoints)} timepoints (the simulated camera renders on this machine's CPU: a busy "
-                "machine, or a larger volume, needs a longer interval)."
+                "machine, or a larger volume, needs a longer interval: nvplive demo --headless --interval S)."
             )
         return "\n".join(lines)
 
@@ -281,7 +281,8 @@ def _run(session: LiveSession, say: Callable[[str], None], views: int, timepoint
             while not session.wait_closed(0.2):
                 pass
         except KeyboardInterrupt:
-            say("Interrupted: finishing the current timepoint.")
+            say("Interrupted: stopping the acquisition; the recording keeps every complete timepoint, the "
+                "reconstruction in progress is cancelled (nvplive reconstruct can redo the volumes).")
             session.stop()
             session.wait_closed()
     finally:

@@ -356,7 +356,9 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
     ground truth. Held-out views: beads at positions not used in the recording are
     simulated (partially coherent, noise-free) through the truth and rendered
     (coherent) through the reconstruction; their images are compared after a
-    per-view gain and offset fit. ``pupil`` is the detection pupil the volumes were rendered
+    per-view gain and offset fit (``heldout_image_psnr_db``), and so are the images rendered
+    through the all-zero volume (``heldout_all_zero_image_psnr_db``: the homogeneous part alone,
+    which dominates a weak specimen's images, scores high on its own). ``pupil`` is the detection pupil the volumes were rendered
     with (and so render the held-out views): at the first scored timepoint, its ``summary`` in
     words, its Zernike coefficients (rad, Noll 2, 3, …) and apodisation, and whether every
     scored volume used the same one (the joint refinement changes it per timepoint). For a
@@ -418,9 +420,12 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             used = settings[t]["settings"]
             model, pupil = renderer(volume_pupil(used, path), float(used.get("bead_diameter_um", 0.0)))
             with torch.no_grad():
-                predicted = render(model, torch.as_tensor(pred), torch.as_tensor(held, dtype=torch.float32), pupil=pupil).numpy()
+                held_t = torch.as_tensor(held, dtype=torch.float32)
+                predicted = render(model, torch.as_tensor(pred), held_t, pupil=pupil).numpy()
+                empty = render(model, torch.zeros(pred.shape), held_t, pupil=pupil).numpy()
             zero = absolute_scores(np.zeros_like(truth), truth)
-            rows.append((a.psnr_db, a.ssim, p.psnr_db, p.ssim, image_psnr(predicted, measured), zero.psnr_db))
+            rows.append((a.psnr_db, a.ssim, p.psnr_db, p.ssim, image_psnr(predicted, measured), zero.psnr_db,
+                         image_psnr(empty, measured)))
         m = np.mean(np.array(rows), axis=0)
         method = rec.volume_settings.get(common[0], {}).get("method", "unknown")
         pupils = {t: volume_pupil(settings[t]["settings"], path) for t in common}
@@ -456,6 +461,7 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
         "pupil": pupil,
         "beads": beads,
         "heldout_image_psnr_db": float(m[4]),
+        "heldout_all_zero_image_psnr_db": float(m[6]),
         "heldout_views": heldout_views,
     }
 

@@ -163,6 +163,12 @@ def read_pupil_file(path: str | os.PathLike) -> PupilFile:
             f"{target}: not a pupil file (JSON without the \"format\": \"nvp-live-pupil\" field; a pupil file is the "
             "JSON that nvplive calibrate writes)."
         )
+    if data["format"] != "nvp-live-pupil":
+        hint = f" (a recording's own is its pupil.json: --pupil {target.parent})" if target.parent.suffix == SUFFIX else ""
+        raise RecordingError(
+            f"{target}: not a pupil file but a {data['format']!r} document; a pupil file is the JSON that nvplive "
+            f"calibrate writes{hint}."
+        )
     return validate(PupilFile, data, str(target), RecordingError)
 
 

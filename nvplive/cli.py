@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--timepoints", type=_positive_int, default=None, help="number of timepoints (default: 20 headless, endless in the app)"
     )
     demo.add_argument("--out", type=Path, default=None, help="folder for the recording (default: ./nvplive-demo)")
+    demo.add_argument("--interval", type=_non_negative, default=None, metavar="S",
+                      help="with --headless: seconds between timepoints (default: what the simulated camera keeps up "
+                           "with on this machine; the app has its own field)")
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                       help="where the reconstruction runs: auto (the GPU when there is one, else the CPU), cpu or cuda (default auto)")
     _threads_option(demo)
@@ -234,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--lr", type=_positive, default=None, help="cold-start learning rate of the representation (default 0.01; "
                           "warm updates step at 2× it)")
     _bead_diameter_option(rec)
+    rec.add_argument("--slab-um", type=_non_negative, default=None, metavar="UM",
+                     help="thickest slab of the volume that light crosses in one propagation step, in µm: whole voxels "
+                          "that divide its depth, Δn averaged over them (default 0.5: two 0.25 µm voxels, twice as fast "
+                          "as one step per voxel at the same measured quality; 0: one step per voxel; docs/physics.md)")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                      help="where the reconstruction runs: auto (the GPU when there is one, else the CPU), cpu or cuda (default auto)")
     _threads_option(rec)
@@ -334,16 +341,25 @@ def _use_threads(args: argparse.Namespace) -> None:
     print(f"nvplive: {use_cpu_threads(args.threads)}", file=sys.stderr, flush=True)
 
 
-def _what_is_there(path: Path) -> str:
-    """`` (a recording of 2 complete timepoints, interrupted)`` for a recording at ``path``, so that
-    a user who stopped a run sees why the name is taken; empty for anything else."""
+def _recording_state(path: Path) -> tuple[int, dict | None, bool] | None:
+    """``(complete timepoints, the live writer or None, interrupted)`` of the recording at ``path``;
+    None when there is no readable recording."""
     from nvplive.acquisition.recording import Recording
 
     try:
         with Recording.open(path) as rec:
-            n, writer, interrupted = rec.n_timepoints, rec.writer, rec.interrupted
+            return rec.n_timepoints, rec.writer, rec.interrupted
     except (NvpLiveError, OSError, ValueError):
+        return None
+
+
+def _what_is_there(path: Path) -> str:
+    """`` (a recording of 2 complete timepoints, interrupted …)`` for a recording at ``path``, so that
+    a user who stopped a run sees why the name is taken; empty for anything else."""
+    state = _recording_state(path)
+    if state is None:
         return ""
+    n, writer, interrupted = state
     what = f"a recording of {n} complete timepoint{'' if n == 1 else 's'}"
     if writer is not None:
         return f" ({what}, being written now by process {writer.get('pid')})"
@@ -373,20 +389,27 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         except GeometryError as exc:
             raise UsageError(f"--shape {','.join(map(str, args.shape))}: {exc}") from None
     _use_threads(args)
-    with ProgressBar("simulate") as progress:
-        path = simulate_recording(
-            args.out,
-            phantom=args.phantom,
-            views=args.views,
-            timepoints=args.timepoints,
-            shape_zyx=args.shape or DEFAULT_SHAPE_ZYX,
-            voxel_um_zyx=args.voxel_um or DEFAULT_VOXEL_UM,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            progress=progress,
-            instrument=args.instrument,
-            thick=args.thick,
-        )
+    try:
+        with ProgressBar("simulate") as progress:
+            path = simulate_recording(
+                args.out,
+                phantom=args.phantom,
+                views=args.views,
+                timepoints=args.timepoints,
+                shape_zyx=args.shape or DEFAULT_SHAPE_ZYX,
+                voxel_um_zyx=args.voxel_um or DEFAULT_VOXEL_UM,
+                seed=args.seed,
+                overwrite=args.overwrite,
+                progress=progress,
+                instrument=args.instrument,
+                thick=args.thick,
+            )
+    except KeyboardInterrupt:
+        kept = _what_is_there(args.out)
+        if kept:  # the writer closed the recording with the timepoints done so far
+            print(f"nvplive: {args.out} kept{kept}, of the {args.timepoints} asked for; simulate it again with "
+                  "--overwrite for all of them.", file=sys.stderr)
+        raise
     print(f"wrote {path}")
     return 0
 
@@ -402,7 +425,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     config = ReconConfig(method=args.method)
     options = (
         ("iterations", args.iterations), ("tv_weight", args.tv), ("sparsity_weight", args.sparsity), ("lr", args.lr),
-        ("compile_mode", args.compile),
+        ("compile_mode", args.compile), ("max_slab_um", args.slab_um),
     )
     changes: dict[str, Any] = {k: v for k, v in options if v is not None}
     changes["bead_diameter_um"] = args.bead_diameter  # None: the recording's
@@ -424,21 +447,30 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         print(f"nvplive: {' and '.join(moot)} {'have' if len(moot) > 1 else 'has'} no effect with --no-pupil-calibration: "
               "the pupil (the file's, or the hard aperture) is used as it is, its source spectrum included.", file=sys.stderr)
     pupil, pupil_from = _given_pupil(args.recording, args.pupil, config)
-    if args.scheduler is None:
-        with ProgressBar("reconstruct") as progress:
-            summary = reconstruct_recording(
-                args.recording, config, device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from
-            )
-        where = summary.device
-    else:
-        from nvplive.acquisition.batch import reconstruct_distributed
+    state = _recording_state(args.recording)
+    if state is not None and state[2] and state[1] is None:
+        print(f"nvplive: note: {args.recording} was interrupted (its writer did not finish); it is closed with its "
+              f"{state[0]} complete timepoint(s) before the reconstruction starts.", file=sys.stderr)
+    try:
+        if args.scheduler is None:
+            with ProgressBar("reconstruct") as progress:
+                summary = reconstruct_recording(
+                    args.recording, config, device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from
+                )
+            where = summary.device
+        else:
+            from nvplive.acquisition.batch import reconstruct_distributed
 
-        with ProgressBar("reconstruct") as progress:
-            summary = reconstruct_distributed(
-                args.recording, config, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
-                device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from, threads=args.threads,
-            )
-        where = f"{summary.workers} Dask worker(s) ({summary.device}, {len(summary.chunks)} chunk(s), scheduler {summary.scheduler})"
+            with ProgressBar("reconstruct") as progress:
+                summary = reconstruct_distributed(
+                    args.recording, config, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
+                    device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from, threads=args.threads,
+                )
+            where = (f"{summary.workers} Dask worker(s) ({summary.device}, {len(summary.chunks)} chunk(s), "
+                     f"scheduler {summary.scheduler})")
+    except KeyboardInterrupt:
+        print(f"nvplive: {args.recording}'s previous volumes (if any) are kept as they were.", file=sys.stderr)
+        raise
     took = f"{summary.seconds:.1f} s"
     if args.scheduler is not None:
         took += f" ({summary.startup_seconds:.1f} s of it reaching the workers)"
@@ -453,6 +485,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         print(f"the detection pupil: {summary.pupil_start}, as it is")
     if summary.flagged:
         print(f"warning: timepoints {summary.flagged} diverged and were rolled back", file=sys.stderr)
+    print(f"the volumes: {args.recording / 'volumes.ome.tif'}; score them against ground truth with nvplive evaluate "
+          f"{shlex.quote(str(args.recording))} (simulated recordings)")
     return 0
 
 
@@ -548,6 +582,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``evaluate`` says a reconstruction recovers little of the specimen when its absolute Δn PSNR is
+#: less than this above the all-zero volume's (the issue-13 target for a good one is 6 dB).
+LITTLE_GAIN_DB = 3.0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.offline import evaluate_recording
 
@@ -559,6 +598,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         a, p = scores["absolute"], scores["published"]
         print(f"{scores['recording']}: {scores['method']}, {scores['timepoints']} timepoint(s)")
         print(f"  Δn absolute:  PSNR {a['psnr_db']:.2f} dB  SSIM {a['ssim']:.3f}  (the all-zero volume: {a['all_zero_psnr_db']:.2f} dB)")
+        gain = a["psnr_db"] - a["all_zero_psnr_db"]
+        if gain < LITTLE_GAIN_DB:
+            print(f"  note: {gain:+.2f} dB over the all-zero volume: the volumes recover little of the specimen "
+                  f"(under {LITTLE_GAIN_DB:g} dB; docs/reconstruction.md, \"Reading the scores\")")
         print(f"  Δn published: PSNR {p['psnr_db']:.2f} dB  SSIM {p['ssim']:.3f}")
         pupil = scores["pupil"]
         changes = "" if pupil["same_at_every_timepoint"] else \
@@ -575,13 +618,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                   f"and {beads['used_depth_error_max_um']:.3f} µm in depth (as stated: "
                   f"{beads['nominal_lateral_error_max_um']:.3f} and {beads['nominal_depth_error_max_um']:.3f} µm)")
         print(f"  held-out views ({scores['heldout_views']} beads the recording did not use, imaged through the truth "
-              f"and through the volume): image PSNR {scores['heldout_image_psnr_db']:.2f} dB")
+              f"and through the volume): image PSNR {scores['heldout_image_psnr_db']:.2f} dB (through the all-zero "
+              f"volume: {scores['heldout_all_zero_image_psnr_db']:.2f} dB)")
         print("  (higher is better; absolute: Δn against the truth, peak = the truth's Δn range; published: each volume "
               "scaled to [0, 1] first, as the FDT papers score)")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.interval is not None and not args.headless:
+        raise UsageError("--interval is for --headless; in the app, set the interval in the acquisition panel.")
     if args.headless:
         from nvplive.acquisition.demo import run_headless_demo
 
@@ -589,7 +635,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         _refuse_existing(out)
         _use_threads(args)
         result = run_headless_demo(
-            out, timepoints=args.timepoints or 20, device=args.device, progress=lambda line: print(line, file=sys.stderr, flush=True)
+            out, timepoints=args.timepoints or 20, device=args.device, interval_s=args.interval,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
         print(result.report())  # the summary to stdout (the events went to stderr as they happened)
         return 0 if result.acquisition.status == "completed" else 1

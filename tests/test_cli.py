@@ -88,7 +88,7 @@ def test_reconstruct_then_evaluate(simulated: Path):
     assert scores["timepoints"] == 2 and scores["method"] == "nvp"
     for protocol in ("absolute", "published"):
         assert np.isfinite(scores[protocol]["psnr_db"]) and -1 <= scores[protocol]["ssim"] <= 1
-    assert np.isfinite(scores["heldout_image_psnr_db"])
+    assert np.isfinite(scores["heldout_image_psnr_db"]) and np.isfinite(scores["heldout_all_zero_image_psnr_db"])
     with Recording.open(simulated) as rec:  # the floor to beat, beside the score
         truth = rec.ground_truth(0)
     zero = absolute_scores(np.zeros_like(truth), truth).psnr_db
@@ -96,6 +96,9 @@ def test_reconstruct_then_evaluate(simulated: Path):
     ev = nvplive("evaluate", str(simulated / "recording.json"), cwd=simulated.parent)  # its JSON named: the folder
     assert ev.stdout.startswith(f"{simulated}: nvp, 2 timepoint(s)"), ev.stdout
     assert "(the all-zero volume: " in ev.stdout and "higher is better" in ev.stdout
+    assert "(through the all-zero volume: " in ev.stdout  # the held-out images' floor too
+    little = scores["absolute"]["psnr_db"] - scores["absolute"]["all_zero_psnr_db"] < 3.0
+    assert ("the volumes recover little of the specimen" in ev.stdout) == little, ev.stdout
     assert "the volumes were rendered with the detection pupil: " in ev.stdout and "rad RMS" in ev.stdout
 
 

@@ -121,3 +121,11 @@ def test_write_pupil_refuses_a_path_inside_a_recording_with_the_users_words(tmp_
         with pytest.raises(RecordingError, match=r"is inside the recording .*run\.fdt.*nvplive calibrate"):
             attempt()
     assert not inside.exists()
+
+
+def test_a_recordings_json_given_as_a_pupil_file_points_to_its_pupil(tmp_path):
+    doc = tmp_path / "cell.fdt" / "recording.json"
+    doc.parent.mkdir()
+    doc.write_text(json.dumps({"format": "nvp-live-recording", "version": 1}))
+    with pytest.raises(RecordingError, match=r"not a pupil file but a 'nvp-live-recording' document.*--pupil .*cell\.fdt\)"):
+        read_pupil_file(doc)

@@ -259,6 +259,7 @@ def on_acquisition_finished(window: MainWindow, _summary: AcquisitionSummary) ->
     """The acquisition ended; the reconstruction finishes what is waiting."""
     window.acquisition_panel.state_label.setText("Acquisition ended; finishing the reconstruction…")
     window.update_actions()
+    window.update_mode_label()
 
 def session_closed(window: MainWindow, end: SessionEnd) -> None:
     """The session closed its recording: report how it ended; the timeline replays it."""

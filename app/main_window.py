@@ -411,8 +411,10 @@ class MainWindow(QtWidgets.QMainWindow):
         )
 
     def update_mode_label(self) -> None:
-        if self.session is not None:
+        if self.acquiring:
             mode, color = ("● RECORDING", "#ff4d5e") if self.session_record else ("● LIVE", "#3cff8f")
+        elif self.session is not None:  # the acquisition ended; the last timepoints are being reconstructed
+            mode, color = "acquisition ended · reconstructing", style.MUTED
         else:
             mode, color = "idle", style.MUTED
         source = "Simulated microscope" if self.model.acquisition.source == DEMO_SOURCE else "Micro-Manager"

@@ -269,7 +269,7 @@ def test_the_recordings_pupil_is_written_only_by_its_writer(tmp_path):
     meta = make_meta()
     pupil = PupilParameters((0.0, 0.0, 0.0, 0.2, -0.1), (-0.1,))
     writer = RecordingWriter(path, meta)
-    with pytest.raises(RecordingError, match="inside a recording"):
+    with pytest.raises(RecordingError, match="is inside the recording .*whose files only nvplive writes"):
         write_pupil(path, pupil, meta.optics, calibrated_from="test", method="frames")
     with pytest.raises(RecordingLockedError, match="being written by process"):
         store_pupil(path, pupil, meta.optics, calibrated_from="test", method="frames")

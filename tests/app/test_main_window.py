@@ -104,6 +104,7 @@ def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, 
     pictures: dict[int, np.ndarray] = {}
     busy: list[tuple[float, float]] = []  # the test's own snapshot renders (GUI thread)
     frames_seen: set[int] = set()
+    finishing: list[str] = []  # the header after the acquisition ended, before the session closed
     deadline = time.perf_counter() + 90
     while (window.session is not None or window.loading) and time.perf_counter() < deadline:
         qtbot.wait(20)
@@ -116,8 +117,12 @@ def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, 
             busy.append((start, time.perf_counter()))
         if len(pictures) >= 3 and len(frames_seen) >= 4 and window.acquiring:
             window.stop_acquisition()
+        if window.session is not None and window.acquisition_panel.state_label.text().startswith("Acquisition ended"):
+            finishing.append(window.mode_label.text())  # ended, the last volumes still coming
     probe.stop()
     assert window.session is None, "the acquisition did not finish"
+    assert not any("RECORDING" in text for text in finishing), finishing
+    assert "RECORDING" not in window.mode_label.text() and "idle" in window.mode_label.text()
     summary = window.last_session_end.summary
     assert summary.status == "stopped"
     intervals = list(zip(ticks[:-1], ticks[1:]))

@@ -281,10 +281,16 @@ def _run(session: LiveSession, say: Callable[[str], None], views: int, timepoint
             while not session.wait_closed(0.2):
                 pass
         except KeyboardInterrupt:
-            say("Interrupted: stopping the acquisition; the recording keeps every complete timepoint, the "
-                "reconstruction in progress is cancelled (nvplive reconstruct can redo the volumes).")
+            say("Interrupted: the acquisition stops after the timepoint in progress and the reconstruction finishes "
+                "what is waiting (Ctrl+C again cancels it); the recording keeps every complete timepoint.")
             session.stop()
-            session.wait_closed()
+            try:
+                while not session.wait_closed(0.2):
+                    pass
+            except KeyboardInterrupt:
+                say(f"Interrupted again: reconstruction cancelled; the recording {path} keeps its complete timepoints "
+                    f"(nvplive reconstruct {path} fits their volumes).")
+                raise
     finally:
         if not session.closed:
             session.shutdown(timeout=60)

@@ -48,6 +48,8 @@ def _timeit(fn, repeats: int, sync) -> float:
 def _measure(shape: tuple[int, int, int], device: str, full: bool, queue, threads: int = 1) -> None:
     try:
         queue.put(_measure_inner(shape, device, full, threads))
+    except KeyboardInterrupt:  # Ctrl+C reaches the worker too: the parent says it, once
+        return
     except Exception as exc:  # reported as a row, the benchmark goes on
         queue.put({"shape_zyx": list(shape), "views": VIEWS, "device": device, "error": f"{type(exc).__name__}: {exc}"})
 
@@ -245,8 +247,15 @@ def run_speed(full: bool = False, progress=print, device: str | None = None, thr
         for shape in SHAPES:
             queue = ctx.Queue()
             proc = ctx.Process(target=_measure, args=(shape, device, full, queue, threads))
+            print(f"bench speed: measuring {'×'.join(map(str, shape))} on {device} (minutes per size)…", file=sys.stderr,
+                  flush=True)
             proc.start()
-            row = queue.get()
+            try:
+                row = queue.get()
+            except KeyboardInterrupt:
+                proc.terminate()
+                proc.join()
+                raise
             proc.join()
             rows.append(row)
             progress(json.dumps(row))

@@ -63,7 +63,7 @@ from .pipeline import (
     _emit,
     recording_meta,
 )
-from .recording import RecordingWriter
+from .recording import LOG_NAME, RecordingWriter
 
 logger = logging.getLogger("nvplive.acquisition")
 
@@ -568,7 +568,7 @@ class LiveSession:
         self._log_handler: logging.Handler | None = None
         try:
             if log_file:
-                handler = logging.FileHandler(self.path / "nvplive.log", encoding="utf-8")
+                handler = logging.FileHandler(self.path / LOG_NAME, encoding="utf-8")
                 handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
                 logging.getLogger("nvplive").addHandler(handler)
                 self._log_handler = handler

@@ -7,6 +7,7 @@ through a ``progress(done, total, message)`` callback.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -103,19 +104,22 @@ def recording_meta(
 
 
 def _refuse_replacing_a_measurement(path: Path) -> None:
-    """Raise :class:`RecordingError` if ``path`` is a recording that was not simulated: a
-    simulation never replaces a measurement, even with ``overwrite``."""
-    if not (path / JSON_NAME).is_file():
+    """Raise :class:`RecordingError` unless ``path`` holds no recording or one the simulator wrote
+    (``extra.simulated`` true in its recording.json, read as plain JSON so that a damaged or newer
+    recording counts too): a simulation never replaces a measurement, even with ``overwrite``."""
+    doc = path / JSON_NAME
+    if not doc.is_file():
         return
     try:
-        with Recording.open(path) as rec:
-            simulated = rec.meta.extra.get("simulated") is True
-    except RecordingError:
-        return  # not a readable recording: the writer's own checks decide
+        extra = json.loads(doc.read_text(encoding="utf-8")).get("extra") or {}
+        simulated = isinstance(extra, dict) and extra.get("simulated") is True
+    except (OSError, ValueError, AttributeError):
+        simulated = False  # unreadable: it may be a measurement
     if not simulated:
         raise RecordingError(
-            f"{path}: is a measured recording, not a simulated one; a simulation never replaces a measurement, even "
-            "with --overwrite. Remove it yourself if it is to go, or choose another name."
+            f"{path}: is a measured recording (or one whose recording.json does not say it was simulated); a "
+            "simulation never replaces a measurement, even with --overwrite. Remove it yourself if it is to go, or "
+            "choose another name."
         )
 
 
@@ -321,7 +325,8 @@ def reconstruct_recording(
         known, known_from = calibration_start(path, pupil, pupil_from)
         reconstructor = reconstructor_for(meta, config, device, known)
         config = reconstructor.config  # the beads' size resolved from the recording
-        settings = {**config.to_dict(), "device": str(reconstructor.device)}
+        settings = {**config.to_dict(), "device": str(reconstructor.device),
+                    "voxels_per_slab": reconstructor.model.voxels_per_slab}  # what max_slab_um gave this volume
         start = time.perf_counter()
         iterations, losses, flagged = [], [], []
         for t in range(n):
@@ -356,7 +361,8 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
     ground truth. Held-out views: beads at positions not used in the recording are
     simulated (partially coherent, noise-free) through the truth and rendered
     (coherent) through the reconstruction; their images are compared after a
-    per-view gain and offset fit (``heldout_image_psnr_db``), and so are the images rendered
+    per-view gain and offset fit (``heldout_image_psnr_db``; rendered one propagation step per voxel,
+    the most accurate renderer, whatever slabs the fit used), and so are the images rendered
     through the all-zero volume (``heldout_all_zero_image_psnr_db``: the homogeneous part alone,
     which dominates a weak specimen's images, scores high on its own). ``pupil`` is the detection pupil the volumes were rendered
     with (and so render the held-out views): at the first scored timepoint, its ``summary`` in

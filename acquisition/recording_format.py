@@ -36,6 +36,8 @@ VOLUMES_NAME = "volumes.ome.tif"
 GROUND_TRUTH_NAME = "ground_truth.ome.tif"
 #: New volumes of an offline reconstruction until the run completes (docs/format.md, "Replacing the volumes").
 VOLUMES_PENDING_NAME = "volumes.ome.tif.new"
+#: The live session's log, for people (docs/format.md, "Layout"; not read back).
+LOG_NAME = "nvplive.log"
 
 #: ImageDescription of a TIFF's first page until the OME-XML replaces it on close.
 _PLACEHOLDER = b"nvp-live recording in progress or interrupted: recording.json lists the complete pages"

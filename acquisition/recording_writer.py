@@ -26,6 +26,7 @@ from .recording_format import (
     GROUND_TRUTH_NAME,
     JOURNAL_NAME,
     JSON_NAME,
+    LOG_NAME,
     SUFFIX,
     VOLUMES_NAME,
     VOLUMES_PENDING_NAME,
@@ -577,29 +578,36 @@ def _write_pupil_document(root: Path, doc: dict, durable: bool) -> Path:
     return target
 
 
-#: The files a recording folder holds that nvp-live writes (and their ``.tmp`` siblings while
-#: one is replaced); hidden names are its own too (the lock, staging files).
-_OWN_FILES = frozenset({JSON_NAME, JOURNAL_NAME, FRAMES_NAME, VOLUMES_NAME, VOLUMES_PENDING_NAME, GROUND_TRUTH_NAME, PUPIL_FILE})
+#: The files a recording folder holds that nvp-live writes (docs/format.md, "Layout"; with their
+#: ``.tmp`` and ``.recover.tmp`` siblings while one is replaced or recovered); hidden names are its
+#: own too (the lock, staging files).
+_OWN_FILES = frozenset({JSON_NAME, JOURNAL_NAME, FRAMES_NAME, VOLUMES_NAME, VOLUMES_PENDING_NAME, GROUND_TRUTH_NAME, PUPIL_FILE,
+                        LOG_NAME})
+
+
+def _own_file(name: str) -> bool:
+    """Whether nvp-live writes a file of this name in a recording folder (:data:`_OWN_FILES`)."""
+    return name.startswith(".") or name.removesuffix(".tmp").removesuffix(".recover") in _OWN_FILES
 
 
 def _remove_recording(root: Path) -> None:
-    """Delete an existing recording (never anything that does not look like one, and never a
-    file nvp-live did not write: a user's own files in the folder stop the removal)."""
+    """Delete an existing recording (never anything that does not look like one, never one that a
+    live process writes, and never a file nvp-live did not write: a user's own files in the folder
+    stop the removal)."""
     if not root.is_dir() or root.is_symlink():
         raise RecordingError(f"{root}: exists and is not a recording folder; refusing to replace it.")
     if any(root.iterdir()) and not (root / JSON_NAME).is_file():
         raise RecordingError(
             f"{root}: exists and holds no {JSON_NAME}; refusing to delete a folder that is not a recording."
         )
-    foreign = sorted(p.name for p in root.iterdir()
-                     if not (p.name.startswith(".") or p.name in _OWN_FILES or p.name.removesuffix(".tmp") in _OWN_FILES))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise RecordingError(
-            f"{root}: holds files nvp-live did not write ({shown}); refusing to delete them with the recording. "
-            "Move them out first, or choose another name."
-        )
     with RecordingLock(root):  # never delete a recording that a live process is writing
+        foreign = sorted(p.name for p in root.iterdir() if not _own_file(p.name))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise RecordingError(
+                f"{root}: holds files nvp-live did not write ({shown}); refusing to delete them with the recording. "
+                "Move them out first, or choose another name."
+            )
         try:
             shutil.rmtree(root)
         except OSError as exc:

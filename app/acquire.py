@@ -223,6 +223,7 @@ def start_session(window: MainWindow, record: bool) -> None:
         return
     window.session = session
     window.session_record = record
+    window.acquisition_ended = False
     calibrated = window.model.pupil.calibrated
     if calibrated is not None:  # the recording reconstructs offline through the same pupil
         try:
@@ -257,6 +258,7 @@ def stop_acquisition(window: MainWindow) -> None:
 
 def on_acquisition_finished(window: MainWindow, _summary: AcquisitionSummary) -> None:
     """The acquisition ended; the reconstruction finishes what is waiting."""
+    window.acquisition_ended = True  # the thread that emitted this may still be alive: say so by the event
     window.acquisition_panel.state_label.setText("Acquisition ended; finishing the reconstruction…")
     window.update_actions()
     window.update_mode_label()

@@ -101,6 +101,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.reconstructor: LiveReconstructor | None = None
         self.session: LiveSession | None = None
         self.session_record = False
+        self.acquisition_ended = False  # the session's acquisition reported its end (its volumes may still come)
         self.offline: OfflineReconstruction | None = None
         self.pupil_task: PupilCalibrationTask | None = None
         #: "Calibrate pupil": the z-stack (None: ``pupil.bead_stack_plan``'s default) and the fit's iterations.
@@ -411,7 +412,7 @@ class MainWindow(QtWidgets.QMainWindow):
         )
 
     def update_mode_label(self) -> None:
-        if self.acquiring:
+        if self.session is not None and not self.acquisition_ended:
             mode, color = ("● RECORDING", "#ff4d5e") if self.session_record else ("● LIVE", "#3cff8f")
         elif self.session is not None:  # the acquisition ended; the last timepoints are being reconstructed
             mode, color = "acquisition ended · reconstructing", style.MUTED

@@ -239,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     _bead_diameter_option(rec)
     rec.add_argument("--slab-um", type=_non_negative, default=None, metavar="UM",
                      help="thickest slab of the volume that light crosses in one propagation step, in µm: whole voxels "
-                          "that divide its depth, Δn averaged over them (default 0.5: two 0.25 µm voxels, twice as fast "
-                          "as one step per voxel at the same measured quality; 0: one step per voxel; docs/physics.md)")
+                          "that divide its depth, Δn averaged over them (default 0.5: two 0.25 µm voxels, 1.5× as fast as "
+                          "one step per voxel, the same NVP quality measured; 0: one step per voxel; at most 1; "
+                          "docs/physics.md)")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                      help="where the reconstruction runs: auto (the GPU when there is one, else the CPU), cpu or cuda (default auto)")
     _threads_option(rec)
@@ -341,14 +342,14 @@ def _use_threads(args: argparse.Namespace) -> None:
     print(f"nvplive: {use_cpu_threads(args.threads)}", file=sys.stderr, flush=True)
 
 
-def _recording_state(path: Path) -> tuple[int, dict | None, bool] | None:
-    """``(complete timepoints, the live writer or None, interrupted)`` of the recording at ``path``;
-    None when there is no readable recording."""
+def _recording_state(path: Path) -> tuple[int, dict | None, bool, str] | None:
+    """``(complete timepoints, the live writer or None, interrupted, created)`` of the recording at
+    ``path``; None when there is no readable recording."""
     from nvplive.acquisition.recording import Recording
 
     try:
         with Recording.open(path) as rec:
-            return rec.n_timepoints, rec.writer, rec.interrupted
+            return rec.n_timepoints, rec.writer, rec.interrupted, rec.created
     except (NvpLiveError, OSError, ValueError):
         return None
 
@@ -359,7 +360,7 @@ def _what_is_there(path: Path) -> str:
     state = _recording_state(path)
     if state is None:
         return ""
-    n, writer, interrupted = state
+    n, writer, interrupted, _ = state
     what = f"a recording of {n} complete timepoint{'' if n == 1 else 's'}"
     if writer is not None:
         return f" ({what}, being written now by process {writer.get('pid')})"
@@ -389,6 +390,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         except GeometryError as exc:
             raise UsageError(f"--shape {','.join(map(str, args.shape))}: {exc}") from None
     _use_threads(args)
+    before = _recording_state(args.out)  # with --overwrite: the recording being replaced
     try:
         with ProgressBar("simulate") as progress:
             path = simulate_recording(
@@ -405,8 +407,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 thick=args.thick,
             )
     except KeyboardInterrupt:
-        kept = _what_is_there(args.out)
-        if kept:  # the writer closed the recording with the timepoints done so far
+        after = _recording_state(args.out)
+        kept = _what_is_there(args.out) if after is not None and (before is None or after[3] != before[3]) else ""
+        if kept:  # the writer closed the new recording with the timepoints done so far
             print(f"nvplive: {args.out} kept{kept}, of the {args.timepoints} asked for; simulate it again with "
                   "--overwrite for all of them.", file=sys.stderr)
         raise

@@ -300,6 +300,7 @@ def default_padding(
     geometry: VolumeGeometry,
     source_depth_um: float,
     margin_wavelengths: float = ABSORBER_MARGIN_WAVELENGTHS,
+    voxels_per_slab: int = 1,
 ) -> tuple[int, int]:
     """Lateral padding (pixels per side, y and x) so that nothing wraps into the image.
 
@@ -311,7 +312,7 @@ def default_padding(
     (ii) the periodic copies of the pupil-filtered source field, P away, cannot reach
         the field of view at the focal plane: ``P ≥ 2W + (z_f − z_s)·tan θ_NA``;
     (iii) the source field is synthesised in one step on the first slab's centre plane
-        ``z_0 = dz/2``, without absorption on the way up; the copies' light, which
+        ``z_0 = slab/2`` (a slab of ``voxels_per_slab`` voxels), without absorption on the way up; the copies' light, which
         travels at up to the source band's angle θ_src, must land beyond the middle of
         the absorbing margin there (where the window is ≤ ½ and light travels inward):
         ``P ≥ 2·(W + (z_0 − z_s)·tan θ_src + 2π/Δk_edge)``, the last term the spatial
@@ -330,7 +331,7 @@ def default_padding(
         half_fov = 0.5 * n * d
         margin = max(8 * d, 0.15 * live, margin_wavelengths * optics.wavelength_um / optics.n_medium)
         copies = 2.0 * half_fov + (geometry.focal_z_um + depth) * tan_pupil
-        synthesis = 2.0 * (half_fov + (0.5 * dz + depth) * tan_source + edge_reach)
+        synthesis = 2.0 * (half_fov + (0.5 * voxels_per_slab * dz + depth) * tan_source + edge_reach)
         period = max(copies, synthesis, 2.0 * (live + margin))
         total = _nice_fft_size(max(n + 2, int(math.ceil(period / d))))
         if (total - n) % 2:
@@ -442,7 +443,7 @@ class ForwardModel:
         if source_depth_um is None:
             source_depth_um = 0.5 * nz * dz
         if pad_yx is None:
-            pad_yx = default_padding(optics, geometry, source_depth_um)
+            pad_yx = default_padding(optics, geometry, source_depth_um, voxels_per_slab=voxels_per_slab)
         pad_y, pad_x = (int(p) for p in pad_yx)
         if pad_y < 0 or pad_x < 0:
             raise GeometryError(f"Padding must be non-negative, got {pad_yx}.")

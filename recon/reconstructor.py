@@ -68,6 +68,8 @@ from .simulate import band_renderers
 SATURATION_LIMIT = 0.05
 #: Wavelengths sampling the emission band for the coherence weights.
 COHERENCE_SAMPLES = 3
+#: The thickest propagation slab a reconstruction accepts (µm; ``ReconConfig.max_slab_um``).
+MAX_SLAB_UM = 1.0
 
 #: What an update is doing when it reports: fitting the pupil (:meth:`Reconstructor.calibrate`,
 #: a cold start's calibration) or fitting the volume.
@@ -207,9 +209,10 @@ class ReconConfig:
             whole number of voxels dividing Nz (:func:`.physics.slab_voxels`), Δn averaged
             over them; 0 (or voxels thicker than it): one step per voxel. Each step is two FFTs
             per view and direction, most of an iteration's time: 0.5 µm slabs on 0.25 µm voxels
-            halve it at the same Δn quality in every row measured (BENCHMARKS.md, "Slabs of two
-            voxels"; docs/physics.md for the image's accuracy). Fixed for a reconstructor,
-            like the beads' diameter.
+            make an iteration 1.54× faster at 32×64×64, NVP and Explicit within ±0.1 dB of one
+            step per voxel, Triplane 0.24 dB below (BENCHMARKS.md, "Slabs of two voxels";
+            docs/physics.md for the image's accuracy). At most :data:`MAX_SLAB_UM`. Fixed for a
+            reconstructor, like the beads' diameter.
         compile_mode: ``None`` runs eagerly; otherwise the iteration's forward and backward
             pass run through ``torch.compile`` in this mode (``default``; ``reduce-overhead``
             adds CUDA graphs on CUDA) once the representation is at its final resolution.
@@ -253,7 +256,8 @@ class ReconConfig:
 
         Raises:
             ValueError: a rate, factor or budget ≤ 0 or not finite, a weight < 0 or not
-                finite, ``lr_final_fraction`` outside (0, 1], or an unknown method.
+                finite, ``lr_final_fraction`` outside (0, 1], ``max_slab_um`` above
+                :data:`MAX_SLAB_UM`, or an unknown method.
         """
         representation_class(self.method)
         positive = ("lr", "warm_lr_factor", "divergence_factor", "iterations", "check_every", "features", "hidden")
@@ -269,6 +273,9 @@ class ReconConfig:
                 raise ValueError(f"Reconstruction setting {name} must be a finite number {bound}, got {value}.")
         if not (0.0 < self.lr_final_fraction <= 1.0):
             raise ValueError(f"Reconstruction setting lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction}.")
+        if self.max_slab_um > MAX_SLAB_UM:
+            raise ValueError(f"Reconstruction setting max_slab_um must be at most {MAX_SLAB_UM:g} µm (1 µm slabs already "
+                             f"misrender a weak specimen by 3–10 %, docs/physics.md), got {self.max_slab_um:g}.")
 
     def refines_source(self, pupil: PupilParameters, na: float) -> bool:
         """Whether the cold start's joint pupil refinement (``pupil_refinement``), starting from

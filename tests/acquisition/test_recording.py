@@ -228,6 +228,8 @@ def test_overwrite_never_deletes_a_users_own_files(tmp_path, meta):
     path = tmp_path / "run.fdt"
     write_recording(path, meta, n=1, truth=False)
     (path / "pupil.json").write_text("{}")
+    (path / "nvplive.log").write_text("the live session's log\n")  # the app's Live/Record writes it
+    (path / "frames.ome.tif.recover.tmp").write_bytes(b"")  # a recovery that was killed leaves it
     (path / "my_analysis.csv").write_text("t,dn\n")
     with pytest.raises(RecordingError, match=r"holds files nvp-live did not write \(my_analysis\.csv\).*Move them out"):
         RecordingWriter(path, meta, overwrite=True)
@@ -696,7 +698,7 @@ def test_a_simulation_never_replaces_a_measured_recording(tmp_path, meta):
 
     path = tmp_path / "real.fdt"
     write_recording(path, meta, n=1, truth=False)
-    with pytest.raises(RecordingError, match="is a measured recording, not a simulated one.*even with --overwrite"):
+    with pytest.raises(RecordingError, match=r"is a measured recording \(or one whose recording.json does not say it was simulated\).*even with --overwrite"):
         simulate_recording(path, phantom="cell", views=3, timepoints=1, shape_zyx=(4, 12, 12), overwrite=True)
     with open_recording(path) as rec:
         np.testing.assert_array_equal(rec.frames(0), frames_of(0, meta))

@@ -33,6 +33,10 @@ _MODE_LABELS = {"mip": "MIP", "translucent": "Translucent", "iso": "Isosurface"}
 _MODE_ALIASES = {"isosurface": "iso", "maximum": "mip", "max": "mip"}
 
 
+#: The colour limits' upper Δn before any volume is shown (a living cell's range; RI n_medium … +0.05).
+EMPTY_CLIM_DN = 0.05
+
+
 @dataclass(frozen=True)
 class VolumeGeometry:
     """Voxel grid of a Δn volume: shape (Nz, Ny, Nx) and voxel size (dz, dy, dx) in µm."""
@@ -91,7 +95,8 @@ class VolumeView(QtWidgets.QWidget):
         self._dn = np.zeros((2, 2, 2), np.float32)
         self._geom = VolumeGeometry((2, 2, 2), (1.0, 1.0, 1.0))
         self._n_medium = 1.333
-        self._clim = (0.0, 1.0)
+        # before any volume: a cell's range of Δn, so the empty view's colour bar and iso value are plausible
+        self._clim = (0.0, EMPTY_CLIM_DN)
         self._auto_clim = True
         self._threshold: float | None = None
         self._mode = "mip"
@@ -165,7 +170,7 @@ class VolumeView(QtWidgets.QWidget):
         self._cbar_widget.setBackground(style.BACKGROUND)
         self._cbar_widget.setFixedWidth(92)
         self.colorbar = pg.ColorBarItem(
-            values=(self._n_medium, self._n_medium + 1.0),
+            values=(self._n_medium, self._n_medium + EMPTY_CLIM_DN),
             colorMap=style.ri_colormap_pg(),
             label="RI",
             interactive=False,

@@ -171,3 +171,11 @@ def test_nice_step():
     assert nice_step(9.6) == 2.0
     assert nice_step(0.37) == pytest.approx(0.1)
     assert nice_step(130) == 50
+
+
+def test_an_empty_view_shows_a_cells_range_of_refractive_index(view):
+    """Before any volume the colour bar spans the medium to +0.05 (a living cell's Δn), and the
+    iso value lies inside it (it showed 1.333–2.333 and an iso RI of 1.833 to a first user)."""
+    lo, hi = view.ri_range()
+    assert (lo, hi) == pytest.approx((1.333, 1.383))
+    assert lo <= view.iso_spin.value() <= hi

@@ -444,6 +444,8 @@ from nvplive.acquisition.recording import RecordingWriter
 meta = make_meta(shape=(2, 64, 64))
 writer = RecordingWriter(sys.argv[1], meta)
 
+first = threading.Event()  # the first volume is written before timepoint 1 (the kill comes after >= 2)
+
 def reconstruct():
     done = -1
     while True:
@@ -451,6 +453,7 @@ def reconstruct():
         if latest > done:
             done = latest
             writer.write_volume(done, volume_of(done, meta), "nvp", {"t": done})
+            first.set()
         else:
             time.sleep(0.002)
 
@@ -460,6 +463,8 @@ while True:
     info = [{"t": t, "view": v} for v in range(meta.n_views)]
     writer.write_timepoint(t, frames_of(t, meta), stamps_of(t, meta), info)
     print(t, flush=True)
+    if t == 0:
+        first.wait(30)
     t += 1
 """
 

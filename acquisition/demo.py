@@ -24,7 +24,7 @@ from nvplive.recon.reconstructor import ReconConfig
 from nvplive.recon.simulate import PartialCoherence
 
 from .devices import SimulatedScene
-from .live import LIVE_CONFIG, DemoOptions, LiveSession, live_reconstructor, load_demo_microscope
+from .live import LIVE_CONFIG, DemoOptions, LiveSession, live_reconstructor, load_demo_microscope, new_recording_path
 from .microscope import MicroscopeInfo
 from .pipeline import AcquisitionSummary, VolumeRecord
 from .recording import SUFFIX
@@ -125,9 +125,11 @@ class DemoResult:
 
 
 def recording_path(out: Path) -> Path:
-    """The recording a demo writes for ``out``: ``out`` itself if it ends in .fdt, else ``out/demo.fdt``."""
+    """The recording a demo writes for ``out``: ``out`` itself if it ends in .fdt, else a new
+    ``demo-YYYYmmdd-HHMMSS.fdt`` in the folder ``out`` (:func:`.live.new_recording_path`), so
+    that a second run never meets the first one's recording."""
     out = Path(out)
-    return out if out.suffix == SUFFIX else out / f"demo{SUFFIX}"
+    return out if out.suffix == SUFFIX else new_recording_path(out, "demo")
 
 
 def auto_interval(scene: SimulatedScene, views: int, exposure_ms: float) -> float:
@@ -164,7 +166,8 @@ def run_headless_demo(
     """Acquire on the simulated microscope with live reconstruction; write the recording.
 
     Args:
-        out: the recording folder (``*.fdt``) or a directory to put ``demo.fdt`` in.
+        out: the recording folder (``*.fdt``) or a directory to put a new
+            ``demo-YYYYmmdd-HHMMSS.fdt`` in (:func:`recording_path`).
         timepoints: number of timepoints; views: sources per timepoint.
         shape, voxel_um: the simulated and reconstructed volume (voxels ZYX, µm).
         interval_s: time between timepoints (s); ``None`` picks one the simulator keeps
@@ -280,9 +283,11 @@ def _run(session: LiveSession, say: Callable[[str], None], views: int, timepoint
         try:
             while not session.wait_closed(0.2):
                 pass
-        except KeyboardInterrupt:
-            say("Interrupted: the acquisition stops after the timepoint in progress and the reconstruction finishes "
-                "what is waiting (Ctrl+C again cancels it); the recording keeps every complete timepoint.")
+        except KeyboardInterrupt as interrupt:
+            # SIGTERM arrives as a KeyboardInterrupt subclass (nvplive.cli.Terminated); name what the user did
+            again = "Ctrl+C" if type(interrupt) is KeyboardInterrupt else "another stop signal"
+            say(f"Interrupted: the acquisition stops after the timepoint in progress and the reconstruction finishes "
+                f"what is waiting ({again} cancels it); the recording keeps every complete timepoint.")
             session.stop()
             try:
                 while not session.wait_closed(0.2):

@@ -63,7 +63,7 @@ from .pipeline import (
     _emit,
     recording_meta,
 )
-from .recording import LOG_NAME, RecordingWriter
+from .recording import LOG_NAME, SUFFIX, RecordingWriter
 
 logger = logging.getLogger("nvplive.acquisition")
 
@@ -135,6 +135,18 @@ class Microscope:
             release_core(self.core)
         except Exception:
             logger.exception("Unloading the devices of %s failed", self.label)
+
+
+def new_recording_path(folder: Path, prefix: str) -> Path:
+    """A recording name in ``folder`` that no earlier session took: ``PREFIX-YYYYmmdd-HHMMSS.fdt``
+    at the local time, with ``-2``, ``-3`` … when that second's name is taken."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = Path(folder) / f"{prefix}-{stamp}{SUFFIX}"
+    n = 1
+    while target.exists() or target.is_symlink():
+        n += 1
+        target = Path(folder) / f"{prefix}-{stamp}-{n}{SUFFIX}"
+    return target
 
 
 def load_demo_microscope(views: int, exposure_ms: float, options: DemoOptions = DemoOptions()) -> Microscope:

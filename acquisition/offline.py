@@ -352,7 +352,7 @@ def reconstruct_recording(
                                  known_from)
 
 
-def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) -> dict:
+def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS, progress: Progress = _quiet) -> dict:
     """Δn PSNR/SSIM (absolute and published protocols) and held-out-view image PSNR; with the
     absolute PSNR the all-zero volume's (``absolute.all_zero_psnr_db``), the floor a
     reconstruction has to beat.
@@ -418,7 +418,8 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
 
         settings = rec.volume_settings
         rows = []
-        for t in common:
+        for i, t in enumerate(common):
+            progress(i, len(common), f"timepoint {t}")
             truth, pred = rec.ground_truth(t), rec.volume(t)
             a, p = absolute_scores(pred, truth), published_scores(pred, truth)
             measured = sim.expected(truth)
@@ -432,6 +433,7 @@ def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS) 
             zero = absolute_scores(np.zeros_like(truth), truth)
             rows.append((a.psnr_db, a.ssim, p.psnr_db, p.ssim, image_psnr(predicted, measured), zero.psnr_db,
                          image_psnr(empty, measured)))
+        progress(len(common), len(common), "")
         m = np.mean(np.array(rows), axis=0)
         method = rec.volume_settings.get(common[0], {}).get("method", "unknown")
         pupils = {t: volume_pupil(settings[t]["settings"], path) for t in common}

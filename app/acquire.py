@@ -9,7 +9,6 @@ its methods. Loading runs in a worker thread; the session itself is the Qt-free
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from nvplive.acquisition.live import (
     live_reconstructor,
     load_demo_microscope,
     load_hardware_microscope,
+    new_recording_path,
     suggested_demo_interval,
 )
 from nvplive.acquisition.pipeline import AcquisitionSummary
@@ -181,14 +181,7 @@ def recording_target(window: MainWindow, record: bool) -> Path:
         target, window.out = window.out, None  # the command line's exact name is used once
         return target
     folder = Path(window.model.acquisition.save_dir or default_data_dir() / "recordings").expanduser()
-    prefix = "demo" if window.microscope is not None and window.microscope.demo else "fdt"
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = folder / f"{prefix}-{stamp}.fdt"
-    n = 1
-    while target.exists():
-        n += 1
-        target = folder / f"{prefix}-{stamp}-{n}.fdt"
-    return target
+    return new_recording_path(folder, "demo" if window.microscope is not None and window.microscope.demo else "fdt")
 
 def start_session(window: MainWindow, record: bool) -> None:
     """Start a live session on the loaded microscope (errors are reported)."""

@@ -6,6 +6,10 @@ live with the app's default settings (32×64×64 voxels, 7 views, 1 s latency bu
 run, and reports every warm update from the reconstruction worker's records: time inside
 ``warm_update``, frames-complete-to-volume-written latency and iterations. This is the
 headless demo's measurement with the window's rendering competing for the cores.
+
+It also measures the GUI thread's responsiveness: the gaps between the ticks of a 10 ms
+``QTimer`` over the whole run (a GUI thread that waited on the camera or the reconstruction
+would show gaps of seconds). The tests check where the work runs, not how long it takes.
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from pathlib import Path
 
 from . import publish
 
+#: Interval of the probe timer whose tick gaps measure the GUI thread's responsiveness (ms).
+PROBE_INTERVAL_MS = 10
 
-def measure(seconds: float, device: str = "cpu") -> list[dict]:
-    """Run the app's demo for ``seconds`` and return one row per reconstructed timepoint."""
+
+def measure(seconds: float, device: str = "cpu") -> tuple[list[dict], list[float]]:
+    """Run the app's demo for ``seconds``; returns one row per reconstructed timepoint and the
+    gaps (s) between consecutive ticks of a :data:`PROBE_INTERVAL_MS` timer on the GUI thread."""
     import torch
     import vispy
 
@@ -40,6 +48,11 @@ def measure(seconds: float, device: str = "cpu") -> list[dict]:
         window.resize(1280, 800)
         window.show()
         _spin(app, 1.0)
+        ticks: list[float] = []
+        probe = QtCore.QTimer()
+        probe.setInterval(PROBE_INTERVAL_MS)
+        probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
+        probe.start()
         window.start_acquisition(record=False)
         records = []
         deadline = time.perf_counter() + seconds
@@ -51,12 +64,14 @@ def measure(seconds: float, device: str = "cpu") -> list[dict]:
         end = time.perf_counter() + 60
         while window.session is not None and time.perf_counter() < end:
             _spin(app, 0.05)
+        probe.stop()
         window.close()
         _spin(app, 0.2)
-    return [
+    rows = [
         {"t": r.t, "warm": i > 0, "seconds": round(r.seconds, 3), "latency_s": round(r.latency_s, 3), "iterations": r.iterations}
         for i, r in enumerate(records)
     ]
+    return rows, [b - a for a, b in zip(ticks[:-1], ticks[1:])]
 
 
 def _spin(app, seconds: float) -> None:
@@ -67,10 +82,21 @@ def _spin(app, seconds: float) -> None:
         time.sleep(0.01)
 
 
-def summary(rows: list[dict], seconds: float) -> str:
-    """The Markdown summary of the warm updates' latencies (BENCHMARKS.md)."""
+def responsiveness(gaps: list[float]) -> str:
+    """One Markdown line on the GUI thread's timer-tick gaps (s)."""
+    if not gaps:
+        return "GUI thread: the probe timer never ticked twice."
+    ms = sorted(1000.0 * g for g in gaps)
+    p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
+    return (f"GUI thread: gaps between ticks of a {PROBE_INTERVAL_MS} ms timer over {len(ms)} intervals: "
+            f"max {ms[-1]:.0f} ms, 99th percentile {p99:.0f} ms, median {statistics.median(ms):.0f} ms.")
+
+
+def summary(rows: list[dict], seconds: float, gaps: list[float] = ()) -> str:
+    """The Markdown summary of the warm updates' latencies and the GUI thread's tick gaps (BENCHMARKS.md)."""
     warm = [r for r in rows if r["warm"]]
-    lines = [f"### App warm-update latency ({time.strftime('%Y-%m-%d')}, `python -m nvplive.benchmarks.app_latency`)", ""]
+    lines = [f"### App warm-update latency ({time.strftime('%Y-%m-%d')}, `python -m nvplive.benchmarks.app_latency`)", "",
+             responsiveness(list(gaps)), ""]
     if not warm:
         return "\n".join(lines + [f"No warm update within {seconds:.0f} s (cold start only)."]) + "\n"
     inside = [r["seconds"] for r in warm]
@@ -100,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")
     parser.add_argument("--markdown", type=Path, default=None, metavar="FILE")
     args = parser.parse_args(argv)
-    rows = measure(args.seconds, args.device)
-    publish(summary(rows, args.seconds), rows, args.json, args.markdown)
+    rows, gaps = measure(args.seconds, args.device)
+    publish(summary(rows, args.seconds, gaps), rows, args.json, args.markdown)
     return 0
 
 

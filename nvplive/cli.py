@@ -51,8 +51,9 @@ class ProgressBar:
     closed when the command ends or fails; the instance is the ``progress(done, total,
     message)`` callback of the long-running commands."""
 
-    def __init__(self, label: str, console: Console | None = None) -> None:
+    def __init__(self, label: str, console: Console | None = None, *, note: str = "") -> None:
         self.console = console or Console(stderr=True, highlight=False)
+        self._note = note  # printed above the bar at the first step: the work has begun
         if not self.console.is_terminal:  # a log file: whole lines, not cut to 80 columns
             self.console.width = max(self.console.width, LOG_WIDTH)
         self._progress = Progress(
@@ -74,6 +75,9 @@ class ProgressBar:
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         """Show ``done`` of ``total`` steps with an optional message."""
+        if self._note:
+            self.console.print(self._note, markup=False, soft_wrap=True)
+            self._note = ""
         self._progress.update(self._task, completed=done, total=max(total, 1), message=message)
         if self.console.is_terminal:
             self._progress.refresh()
@@ -184,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--timepoints", type=_positive_int, default=None, help="number of timepoints (default: 20 headless, endless in the app)"
     )
-    demo.add_argument("--out", type=Path, default=None, help="folder for the recording (default: ./nvplive-demo)")
+    demo.add_argument("--out", type=Path, default=None,
+                      help="with --headless: a folder for a new demo-DATE-TIME.fdt recording (default: ./nvplive-demo), "
+                           "or the recording's own NAME.fdt")
     demo.add_argument("--interval", type=_non_negative, default=None, metavar="S",
                       help="with --headless: seconds between timepoints (default: what the simulated camera keeps up "
                            "with on this machine; the app has its own field)")
@@ -335,11 +341,17 @@ def _threads_option(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: $NVPLIVE_THREADS, else all cores but one, as the live app)")
 
 
-def _use_threads(args: argparse.Namespace) -> None:
-    """Apply the CPU thread policy (recon.reconstructor.cpu_threads) and say what it chose."""
+def _use_threads(args: argparse.Namespace) -> str:
+    """Apply the CPU thread policy (recon.reconstructor.cpu_threads); returns the line that says
+    what it chose, for the command to print when its work starts (a :class:`ProgressBar`'s
+    ``note``), so that a refusal before it is one line."""
     from nvplive.recon.reconstructor import use_cpu_threads
 
-    print(f"nvplive: {use_cpu_threads(args.threads)}", file=sys.stderr, flush=True)
+    return f"nvplive: {use_cpu_threads(args.threads)}"
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _recording_state(path: Path) -> tuple[int, dict | None, bool, str] | None:
@@ -389,10 +401,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             check_frame_size(VolumeGeometry(args.shape, args.voxel_um or DEFAULT_VOXEL_UM))
         except GeometryError as exc:
             raise UsageError(f"--shape {','.join(map(str, args.shape))}: {exc}") from None
-    _use_threads(args)
+    threads = _use_threads(args)
     before = _recording_state(args.out)  # with --overwrite: the recording being replaced
     try:
-        with ProgressBar("simulate") as progress:
+        with ProgressBar("simulate", note=threads) as progress:
             path = simulate_recording(
                 args.out,
                 phantom=args.phantom,
@@ -443,20 +455,20 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     config = replace(config, **changes)
     if args.scheduler is None and (args.workers is not None or args.chunk_size is not None):
         raise UsageError("--workers and --chunk-size need --scheduler (local or the address of a Dask scheduler).")
-    _use_threads(args)
     moot = [flag for flag, given in (("--no-source-calibration", args.no_source_calibration),
                                      ("--no-pupil-refinement", args.no_pupil_refinement)) if given]
     if args.no_pupil_calibration and moot:
         print(f"nvplive: {' and '.join(moot)} {'have' if len(moot) > 1 else 'has'} no effect with --no-pupil-calibration: "
               "the pupil (the file's, or the hard aperture) is used as it is, its source spectrum included.", file=sys.stderr)
     pupil, pupil_from = _given_pupil(args.recording, args.pupil, config)
+    threads = _use_threads(args)
     state = _recording_state(args.recording)
     if state is not None and state[2] and state[1] is None:
         print(f"nvplive: note: {args.recording} was interrupted (its writer did not finish); it is closed with its "
               f"{state[0]} complete timepoint(s) before the reconstruction starts.", file=sys.stderr)
     try:
         if args.scheduler is None:
-            with ProgressBar("reconstruct") as progress:
+            with ProgressBar("reconstruct", note=threads) as progress:
                 summary = reconstruct_recording(
                     args.recording, config, device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from
                 )
@@ -464,7 +476,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         else:
             from nvplive.acquisition.batch import reconstruct_distributed
 
-            with ProgressBar("reconstruct") as progress:
+            with ProgressBar("reconstruct", note=threads) as progress:
                 summary = reconstruct_distributed(
                     args.recording, config, scheduler=args.scheduler, workers=args.workers, chunk_size=args.chunk_size,
                     device=args.device, progress=progress, pupil=pupil, pupil_from=pupil_from, threads=args.threads,
@@ -528,17 +540,17 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.pupil_file import calibration_start
     from nvplive.recon.progress import STACK_ITERATIONS
 
-    _use_threads(args)
     stack_only = [f"--{name.replace('_', '-')}" for name in (*STACK_KEYS, "iterations", "crop", "pad", "z_direction")
                   if getattr(args, name) is not None]
     recording_only = [flag for flag, given in (("--timepoint", args.timepoint is not None),
                                                ("--no-source-calibration", args.no_source_calibration)) if given]
     if args.input.suffix == ".fdt":
         _refuse_options(stack_only, "a bead z-stack (.tif), not to a recording's frames")
+        threads = _use_threads(args)
         known, start = calibration_start(args.input) if args.input.is_dir() else (None, "the hard aperture")
         no_gain = (("note", "the pupil it started from was already calibrated, so there was little left to gain") if known is not None
                    else ("warning", "the pupil written is no better than the hard aperture; check that the frames show the beads"))
-        with ProgressBar("calibrate") as progress:
+        with ProgressBar("calibrate", note=threads) as progress:
             calibration, written = calibrate_recording(args.input, timepoint=args.timepoint or 0, device=args.device,
                                                        output=args.output, progress=progress,
                                                        source_calibration=not args.no_source_calibration,
@@ -550,7 +562,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         if args.device == "cuda":
             raise UsageError("A bead z-stack is fitted on the CPU (a float64 fit); --device applies to a recording's frames.")
         _refuse_options(recording_only, "a recording's frames (REC.fdt), not to a bead z-stack")
-        with ProgressBar("calibrate") as progress:
+        threads = _use_threads(args)
+        with ProgressBar("calibrate", note=threads) as progress:
             result, written = calibrate_stack_file(
                 args.input, output=args.output, wavelength_um=args.wavelength_um, na=args.na, n_medium=args.n_medium,
                 pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um, z_direction=args.z_direction, progress=progress,
@@ -593,8 +606,9 @@ LITTLE_GAIN_DB = 3.0
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.offline import evaluate_recording
 
-    _use_threads(args)
-    scores = evaluate_recording(args.recording)
+    threads = _use_threads(args)
+    with ProgressBar("evaluate", note=threads) as progress:
+        scores = evaluate_recording(args.recording, progress=progress)
     if args.json:
         print(json.dumps(scores, indent=2))
     else:
@@ -632,13 +646,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.interval is not None and not args.headless:
         raise UsageError("--interval is for --headless; in the app, set the interval in the acquisition panel.")
     if args.headless:
-        from nvplive.acquisition.demo import run_headless_demo
+        from nvplive.acquisition.demo import recording_path, run_headless_demo
 
-        out = args.out or Path("nvplive-demo")
-        _refuse_existing(out)
-        _use_threads(args)
+        path = recording_path(args.out or Path("nvplive-demo"))
+        _refuse_existing(path)
+        _say(_use_threads(args))
         result = run_headless_demo(
-            out, timepoints=args.timepoints or 20, device=args.device, interval_s=args.interval,
+            path, timepoints=args.timepoints or 20, device=args.device, interval_s=args.interval,
             progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
         print(result.report())  # the summary to stdout (the events went to stderr as they happened)
@@ -652,11 +666,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_app(demo=True, timepoints=args.timepoints, out=args.out, device=args.device)
 
 
-def _refuse_existing(out: Path) -> None:
-    """The demo never replaces an earlier result: say so, and name a free ``--out``, before starting."""
-    from nvplive.acquisition.demo import recording_path
-
-    path = recording_path(out)
+def _refuse_existing(path: Path) -> None:
+    """The demo never replaces an earlier recording ``path`` (a ``--out NAME.fdt`` given twice):
+    say so, and name a free ``--out``, before starting."""
     if not (path.exists() or path.is_symlink()):
         return
     n = 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -137,8 +138,8 @@ def test_user_mistakes_are_one_sentence_without_traceback(tmp_path: Path, args, 
     out = nvplive(*args, cwd=tmp_path)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip() and not THREADS_LINE.match(line)]
-    assert len(lines) == 1 and lines[0].startswith("nvplive: error:")
+    lines = [line for line in out.stderr.splitlines() if line.strip()]  # no thread-policy line before a refusal
+    assert len(lines) == 1 and lines[0].startswith("nvplive: error:"), lines
     assert fragment in lines[0]
 
 
@@ -153,7 +154,7 @@ def test_commands_use_the_live_cpu_thread_policy(simulated: Path, tmp_path: Path
     """Finding 6: reconstruct left torch at its default thread count (18x slower on a loaded 2-core machine)."""
     import torch
 
-    from nvplive.cli import main
+    from nvplive.cli import _use_threads, main
     from nvplive.recon.reconstructor import cpu_threads, live_cpu_threads
 
     cores = os.cpu_count() or 2
@@ -161,14 +162,19 @@ def test_commands_use_the_live_cpu_thread_policy(simulated: Path, tmp_path: Path
     assert cpu_threads()[0] == live_cpu_threads() == max(1, cores - 1)
     before = torch.get_num_threads()
     try:
+        # the policy is applied before the command reads anything; it is said when the work starts
+        # (the first progress step), so that a refusal stays one line
         assert main(["evaluate", str(tmp_path / "missing.fdt")]) == 2
         assert torch.get_num_threads() == max(1, cores - 1)
-        assert f"nvplive: {max(1, cores - 1)} CPU thread" in capsys.readouterr().err
+        assert capsys.readouterr().err.count("\n") == 1
+        assert _use_threads(argparse.Namespace(threads=None)).startswith(f"nvplive: {max(1, cores - 1)} CPU thread")
         monkeypatch.setenv("NVPLIVE_THREADS", "3")
         assert main(["reconstruct", str(tmp_path / "missing.fdt")]) == 2
-        assert torch.get_num_threads() == 3 and "3 CPU threads (set by NVPLIVE_THREADS" in capsys.readouterr().err
+        assert torch.get_num_threads() == 3 and "CPU thread" not in capsys.readouterr().err
+        assert "3 CPU threads (set by NVPLIVE_THREADS" in _use_threads(argparse.Namespace(threads=None))
         assert main(["reconstruct", "--threads", "2", str(tmp_path / "missing.fdt")]) == 2
-        assert torch.get_num_threads() == 2 and "2 CPU threads (set by --threads" in capsys.readouterr().err
+        assert torch.get_num_threads() == 2 and "CPU thread" not in capsys.readouterr().err
+        assert "2 CPU threads (set by --threads" in _use_threads(argparse.Namespace(threads=2))
         monkeypatch.setenv("NVPLIVE_THREADS", "many")
         assert main(["evaluate", str(simulated)]) == 2
         assert capsys.readouterr().err.strip() == "nvplive: error: NVPLIVE_THREADS must be a positive number of threads, got 'many'."
@@ -176,8 +182,7 @@ def test_commands_use_the_live_cpu_thread_policy(simulated: Path, tmp_path: Path
         assert main(["evaluate", str(simulated)]) == 2
         assert "The number of CPU threads (set by NVPLIVE_THREADS) must be positive, got 0." in capsys.readouterr().err
         monkeypatch.delenv("NVPLIVE_THREADS")
-        assert main(["evaluate", "--threads", str(cores + 1), str(tmp_path / "missing.fdt")]) == 2
-        assert f"more than this machine's {cores} cores" in capsys.readouterr().err  # oversubscription said
+        assert f"more than this machine's {cores} cores" in _use_threads(argparse.Namespace(threads=cores + 1))  # oversubscription said
     finally:
         torch.set_num_threads(before)
 
@@ -448,6 +453,40 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_the_recording_as_it_was(simulate
     assert lock_holder(path) is None and (path / LOCK_NAME).read_text() == ""  # released, not stale
     with Recording.open(path) as rec:
         assert rec.volume_timepoints == before and not rec.interrupted
+
+
+def test_sigterm_stops_the_headless_demo_in_its_own_words(tmp_path: Path):
+    """A stop signal (``kill``) to ``demo --headless``: the first stops the acquisition and says
+    that another stop signal (not Ctrl+C) cancels what is waiting; the second does; exit 143."""
+    import signal
+    import time
+
+    out = tmp_path / "demo.fdt"
+    run = subprocess.Popen([sys.executable, "-m", "nvplive", "demo", "--headless", "--out", str(out), "--timepoints", "1000",
+                            "--interval", "0.5", "--device", "cpu"],
+                           cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    assert run.stderr is not None
+
+    def read_until(word: str) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(word in line for line in lines):
+            line = run.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+        assert any(word in line for line in lines), lines
+
+    read_until("t=0 acquired")  # the session runs
+    run.send_signal(signal.SIGTERM)
+    read_until("Interrupted:")
+    run.send_signal(signal.SIGTERM)
+    _, rest = run.communicate(timeout=120)
+    text = "".join(lines) + rest
+    assert "another stop signal cancels it" in text and "Ctrl+C" not in text, text
+    assert run.returncode == 143 and "nvplive: terminated." in text, text
+    with Recording.open(out) as rec:  # the recording keeps what it had, closed
+        assert not rec.interrupted
 
 
 def test_the_cpu_policy_tunes_glibcs_allocator_for_torch():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from acq_helpers import FAST, SHAPE, VOXEL
 
-from nvplive.acquisition.demo import STOP_WORDS, default_reconstructor_factory, run_headless_demo
+from nvplive.acquisition.demo import STOP_WORDS, default_reconstructor_factory, recording_path, run_headless_demo
 from nvplive.acquisition.microscope import build_demo_core
 from nvplive.acquisition.recording import open_recording
 from nvplive.errors import RecordingError
@@ -32,7 +33,7 @@ def test_headless_demo_writes_frames_truth_and_live_volumes(tmp_path):
         tmp_path, 4, views=3, shape=SHAPE, voxel_um=VOXEL, interval_s=0.15, exposure_ms=2.0, seed=3,
         coherence=FAST, reconstructor_factory=small_reconstructor, progress=lines.append, durable=False,
     )
-    assert result.path == tmp_path / "demo.fdt"
+    assert result.path.parent == tmp_path and re.fullmatch(r"demo-\d{8}-\d{6}\.fdt", result.path.name), result.path
     assert result.acquisition.status == "completed" and result.acquisition.timepoints_complete == 4
     assert [tp.t for tp in result.timepoints] == [0, 1, 2, 3]
     assert result.reconstructed[0] == 0 and result.reconstructed[-1] == 3
@@ -76,8 +77,16 @@ def test_headless_demo_writes_frames_truth_and_live_volumes(tmp_path):
 def test_demo_refuses_to_overwrite_an_existing_result(tmp_path):
     (tmp_path / "demo.fdt").mkdir()
     with pytest.raises(RecordingError, match="already exists"):
-        run_headless_demo(tmp_path, 1, views=3, shape=SHAPE, voxel_um=VOXEL, interval_s=0.0, coherence=FAST,
+        run_headless_demo(tmp_path / "demo.fdt", 1, views=3, shape=SHAPE, voxel_um=VOXEL, interval_s=0.0, coherence=FAST,
                           reconstructor_factory=small_reconstructor)
+
+
+def test_a_demo_folder_gets_a_new_recording_name_each_time(tmp_path):
+    first = recording_path(tmp_path)
+    first.mkdir()
+    second = recording_path(tmp_path)
+    assert second != first and second.parent == tmp_path and not second.exists()
+    assert recording_path(tmp_path / "mine.fdt") == tmp_path / "mine.fdt"  # a name given is used as it is
 
 
 def test_default_reconstructor_matches_the_microscope():

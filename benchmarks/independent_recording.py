@@ -217,8 +217,11 @@ def image_sources(grid, lam, dn_sub, srcs, variant, cam=NX, return_spectrum=Fals
     return (img, top) if return_spectrum else img
 
 
-def render_views(dn_sub, sources, variant, seed, grid=None, wavelengths=WAVELENGTHS, weights=WEIGHTS):
-    """Noise-free partially coherent images [V, Y, X] (arbitrary units)."""
+def render_views(dn_sub, sources, variant, seed, grid=None, wavelengths=None, weights=None):
+    """Noise-free partially coherent images [V, Y, X] (arbitrary units); the emission band
+    (``wavelengths``, ``weights``) is the objective's (:func:`use_objective`) unless given."""
+    wavelengths = WAVELENGTHS if wavelengths is None else wavelengths
+    weights = WEIGHTS if weights is None else weights
     grid = grid or Grid()
     rng = np.random.default_rng(seed)
     subs = np.concatenate([bead_subsources(s, rng) for s in sources])   # (V·4, 3)
@@ -229,6 +232,21 @@ def render_views(dn_sub, sources, variant, seed, grid=None, wavelengths=WAVELENG
         total = total + w * img.reshape(len(sources), per, NY, NX).mean(1)
         print(f"  λ = {lam:.3f} µm done", flush=True)
     return total
+
+
+#: Objectives besides the issue's (NA 0.8, λ 0.52 µm): "water1.1" is that of the measured bead
+#: z-stack in ../shared/data (NA 1.1 water immersion, emission 0.605 µm).
+OBJECTIVES = {"issue": (0.8, 0.52), "water1.1": (1.1, 0.605)}
+
+
+def use_objective(name):
+    """Set the detection NA, the centre wavelength and its 5-line emission band (FWHM 30 nm) for
+    every later rendering and the recording's optics."""
+    global NA, LAM0, WAVELENGTHS, WEIGHTS
+    NA, LAM0 = OBJECTIVES[name]
+    WAVELENGTHS = LAM0 + np.array([-0.02, -0.01, 0.0, 0.01, 0.02])
+    WEIGHTS = np.exp(-4 * math.log(2) * ((WAVELENGTHS - LAM0) / FWHM) ** 2)
+    WEIGHTS /= WEIGHTS.sum()
 
 
 # ------------------------------------------------------------------- specimens ----
@@ -335,7 +353,7 @@ def write_recording(path, name, variant, seed):
         "generator": "nvplive.benchmarks.independent_recording (numpy, not the reconstruction's renderer)",
         "true_sources_um_xyz": sources.tolist(),
         "independent_instrument": {   # for humans only; nothing the reconstruction is told
-            "variant": variant,
+            "variant": variant, "na": NA, "wavelength_um": LAM0,
             "source_spectrum": ("1/kz to 0.98·n_medium, cosine edge 0.96–0.98·n_medium" if variant == "A"
                                 else "1/kz, cosine edge from 0.97·NA to NA"),
             "pupil_apodisation_rho2": APODISATION_A if variant == "A" else 0.0,
@@ -365,7 +383,12 @@ def main():
     ap.add_argument("--specimen", choices=["disc_cell", "neurites"], required=True)
     ap.add_argument("--variant", choices=["A", "B"], required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--objective", choices=sorted(OBJECTIVES), default="issue",
+                    help="detection NA and wavelength: the issue's (0.8, 0.52 µm) or the measured bead stack's "
+                         "water objective (1.1, 0.605 µm)")
     a = ap.parse_args()
+    if a.objective != "issue":  # the issue's constants stay as they are: its recordings reproduce bit for bit
+        use_objective(a.objective)
     write_recording(a.out, a.specimen, a.variant, a.seed)
 
 

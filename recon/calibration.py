@@ -417,6 +417,14 @@ class PupilCalibration:
 STOP_CHANGE = 1e-9
 
 
+#: L-BFGS iterations, at most, of a pass through the emission band (it starts from the centre
+#: wavelength's optimum): each of its evaluations renders every wavelength of the band (3× the
+#: centre pass's cost), and on a strong specimen at NA 1.1 it ran its whole 150-iteration budget
+#: (167 evaluations, 11 of a cold start's 25 minutes; BENCHMARKS.md, "Independent recordings
+#: through a high-NA water objective").
+BAND_ITERATIONS = 40
+
+
 #: A restarted view keeps its new position when its squared residual is lower by more than this
 #: fraction (a bead pulled into a wrong minimum fits far worse; the same minimum found again
 #: differs in the last digits and must not cost another pass of everything).
@@ -656,7 +664,8 @@ def calibrate_pupil(
         band: renderers at wavelengths sampling the emission band and their weights: the
             model image is their weighted sum (partial coherence), so that the pupil does
             not take up the fringes a broad band washes out. Default: ``model`` alone.
-        iterations: L-BFGS iterations per pass.
+        iterations: L-BFGS iterations per pass (a pass through a ``band``: at most
+            :data:`BAND_ITERATIONS`).
         progress: called after every model evaluation with a :class:`.progress.CalibrationProgress`
             (stages ``positions``, ``all parameters``, with a ``band`` ``all parameters,
             emission band``, with ``free_form`` ``free-form pupil`` and ``positions,
@@ -758,12 +767,13 @@ def calibrate_pupil(
     # with source_edge, the passes of everything run again without the edge to test one (below)
     stages = (1 + passes) * (2 if restarting else 1) + (2 if free_form else 0) + (passes if source_edge else 0)
 
-    def fit(parameters: list[torch.Tensor], renderers: Sequence[PreparedRenderer], stage_index: int, stage: str) -> None:
+    def fit(parameters: list[torch.Tensor], renderers: Sequence[PreparedRenderer], stage_index: int, stage: str,
+            max_iter: int = iterations) -> None:
         parameters = [p for p in parameters if p.requires_grad and p.numel()]
         if not parameters:
             return
         opt = torch.optim.LBFGS(
-            parameters, lr=1.0, max_iter=iterations, history_size=30, line_search_fn="strong_wolfe",
+            parameters, lr=1.0, max_iter=max_iter, history_size=30, line_search_fn="strong_wolfe",
             tolerance_grad=1e-12, tolerance_change=STOP_CHANGE,
         )
         evaluations = 0
@@ -811,7 +821,9 @@ def calibrate_pupil(
         if len(spectral) > 1:
             fit([lateral, depth, free_z, apod, edge], centre, stage, "all parameters")
             stage += 1
-        fit([lateral, depth, free_z, apod, edge], band_all, stage, last)
+            fit([lateral, depth, free_z, apod, edge], band_all, stage, last, min(iterations, BAND_ITERATIONS))
+        else:
+            fit([lateral, depth, free_z, apod, edge], band_all, stage, last)
         return stage + 1
 
     testing_edge = source_edge and edge_active  # the scan's edge or the start pupil's

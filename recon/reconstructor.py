@@ -86,11 +86,17 @@ log = logging.getLogger(__name__)
 
 
 def _calibration_progress(callback: ProgressCallback) -> Callable[[CalibrationProgress], None]:
-    """A calibration's progress as ``callback(evaluations, budget, loss, "calibration")`` over all its stages."""
+    """A calibration's progress as ``callback(evaluations, budget, loss, "calibration")`` over all its
+    stages, each counted with the largest stage budget seen (the first stage's: a pass through the
+    emission band has a smaller one, :data:`.calibration.BAND_ITERATIONS`), so that the count
+    never goes back."""
+    largest = 0
 
     def progress(state: CalibrationProgress) -> None:
-        budget = state.max_evaluations
-        callback(state.stage_index * budget + state.evaluation, state.stages * budget, state.loss, "calibration")
+        nonlocal largest
+        largest = max(largest, state.max_evaluations)
+        callback(state.stage_index * largest + min(state.evaluation, largest), state.stages * largest, state.loss,
+                 "calibration")
 
     return progress
 

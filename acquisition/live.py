@@ -137,16 +137,21 @@ class Microscope:
             logger.exception("Unloading the devices of %s failed", self.label)
 
 
-def new_recording_path(folder: Path, prefix: str) -> Path:
-    """A recording name in ``folder`` that no earlier session took: ``PREFIX-YYYYmmdd-HHMMSS.fdt``
-    at the local time, with ``-2``, ``-3`` … when that second's name is taken."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = Path(folder) / f"{prefix}-{stamp}{SUFFIX}"
-    n = 1
+def free_path(path: Path) -> Path:
+    """``path`` if nothing (not even a dangling link) is there, else the first free
+    ``STEM-2.SUFFIX``, ``STEM-3.SUFFIX`` … beside it."""
+    path, n = Path(path), 1
+    target = path
     while target.exists() or target.is_symlink():
         n += 1
-        target = Path(folder) / f"{prefix}-{stamp}-{n}{SUFFIX}"
+        target = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return target
+
+
+def new_recording_path(folder: Path, prefix: str) -> Path:
+    """A recording name in ``folder`` that no earlier session took: ``PREFIX-YYYYmmdd-HHMMSS.fdt``
+    at the local time, with ``-2``, ``-3`` … when that second's name is taken (:func:`free_path`)."""
+    return free_path(Path(folder) / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}{SUFFIX}")
 
 
 def load_demo_microscope(views: int, exposure_ms: float, options: DemoOptions = DemoOptions()) -> Microscope:

@@ -350,10 +350,6 @@ def _use_threads(args: argparse.Namespace) -> str:
     return f"nvplive: {use_cpu_threads(args.threads)}"
 
 
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def _recording_state(path: Path) -> tuple[int, dict | None, bool, str] | None:
     """``(complete timepoints, the live writer or None, interrupted, created)`` of the recording at
     ``path``; None when there is no readable recording."""
@@ -650,7 +646,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         path = recording_path(args.out or Path("nvplive-demo"))
         _refuse_existing(path)
-        _say(_use_threads(args))
+        print(_use_threads(args), file=sys.stderr, flush=True)
         result = run_headless_demo(
             path, timepoints=args.timepoints or 20, device=args.device, interval_s=args.interval,
             progress=lambda line: print(line, file=sys.stderr, flush=True),
@@ -669,11 +665,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _refuse_existing(path: Path) -> None:
     """The demo never replaces an earlier recording ``path`` (a ``--out NAME.fdt`` given twice):
     say so, and name a free ``--out``, before starting."""
-    if not (path.exists() or path.is_symlink()):
+    from nvplive.acquisition.live import free_path
+
+    if (free := free_path(path)) == path:
         return
-    n = 2
-    while (free := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
-        n += 1
     raise UsageError(
         f"{path} already exists from an earlier run; pass --out {shlex.quote(str(free))} or remove the old recording first."
     )

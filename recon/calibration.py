@@ -818,12 +818,12 @@ def calibrate_pupil(
     def fit_all(with_edge: bool, stage: int = 1) -> int:
         """The passes of everything (centre wavelength, then the band) from ``stage``; returns the next stage."""
         edge.requires_grad_(with_edge)
+        band_iterations = iterations
         if len(spectral) > 1:
             fit([lateral, depth, free_z, apod, edge], centre, stage, "all parameters")
             stage += 1
-            fit([lateral, depth, free_z, apod, edge], band_all, stage, last, min(iterations, BAND_ITERATIONS))
-        else:
-            fit([lateral, depth, free_z, apod, edge], band_all, stage, last)
+            band_iterations = min(iterations, BAND_ITERATIONS)
+        fit([lateral, depth, free_z, apod, edge], band_all, stage, last, band_iterations)
         return stage + 1
 
     testing_edge = source_edge and edge_active  # the scan's edge or the start pupil's

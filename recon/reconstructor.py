@@ -95,8 +95,7 @@ def _calibration_progress(callback: ProgressCallback) -> Callable[[CalibrationPr
     def progress(state: CalibrationProgress) -> None:
         nonlocal largest
         largest = max(largest, state.max_evaluations)
-        callback(state.stage_index * largest + min(state.evaluation, largest), state.stages * largest, state.loss,
-                 "calibration")
+        callback(state.stage_index * largest + state.evaluation, state.stages * largest, state.loss, "calibration")
 
     return progress
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -41,6 +42,18 @@ def simulated(tmp_path_factory) -> Path:
     return root / "small.fdt"
 
 
+@pytest.fixture(scope="module")
+def reconstructed(simulated: Path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A copy of the simulated recording (which stays untouched, without a pupil, for the other
+    tests) and the ``reconstruct`` run at default pupil settings that filled it: volumes and a
+    pupil.json calibrated from its frames."""
+    path = tmp_path_factory.mktemp("reconstructed") / simulated.name
+    shutil.copytree(simulated, path)
+    assert not (path / "pupil.json").exists()  # a recording without a pupil (as every older one)
+    out = nvplive("reconstruct", str(path), "--iterations", "20", "--warm-iterations", "5", "--device", "cpu", cwd=path.parent)
+    return path, out
+
+
 def test_simulate_writes_a_valid_recording(simulated: Path):
     with Recording.open(simulated) as rec:
         assert rec.n_timepoints == 2 and rec.n_views == 4
@@ -61,9 +74,8 @@ def test_simulate_is_deterministic_under_a_seed(simulated: Path, tmp_path: Path)
     assert again.returncode == 2 and "again.fdt already exists (a recording of 1 complete timepoint); pass --overwrite to replace it" in again.stderr
 
 
-def test_reconstruct_then_evaluate(simulated: Path):
-    assert not (simulated / "pupil.json").exists()  # a recording without a pupil (as every older one)
-    out = nvplive("reconstruct", str(simulated), "--iterations", "20", "--warm-iterations", "5", "--device", "cpu", cwd=simulated.parent)
+def test_reconstruct_then_evaluate(reconstructed: tuple[Path, subprocess.CompletedProcess]):
+    simulated, out = reconstructed
     assert out.returncode == 0, out.stderr
     assert "reconstructed 2 timepoint(s)" in out.stdout
     assert (f"the detection pupil: calibrated on timepoint 0's frames, starting from the hard aperture; written to "
@@ -240,7 +252,12 @@ def test_nonsense_fit_settings_are_refused_before_any_work(simulated: Path, tmp_
     assert sorted(p.name for p in simulated.iterdir()) == before
 
 
-def test_calibrate_a_recording_then_reconstruct_with_its_pupil(simulated: Path, tmp_path: Path):
+def test_calibrate_a_recording_then_reconstruct_with_its_pupil(reconstructed: tuple[Path, subprocess.CompletedProcess],
+                                                               tmp_path: Path):
+    """Calibrated again from its frames, a recording's pupil starts from its earlier pupil.json;
+    the file written is used as given by a reconstruction of the same recording."""
+    simulated = tmp_path / "copy" / reconstructed[0].name
+    shutil.copytree(reconstructed[0], simulated)
     out = nvplive("calibrate", str(simulated), "-o", str(tmp_path / "scope.json"), "--device", "cpu",
                   "--no-source-calibration", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -287,8 +304,6 @@ def test_volumes_keep_the_pupil_they_were_rendered_with_and_pupils_of_other_opti
     through it: a later pupil.json (a new calibration) does not change the scores of volumes
     already there. A pupil file calibrated for another λ is refused before any work, naming
     both values."""
-    import shutil
-
     from nvplive.acquisition.offline import evaluate_recording
     from nvplive.acquisition.pupil_file import volume_pupil, write_pupil
     from nvplive.acquisition.recording_writer import store_pupil
@@ -431,7 +446,6 @@ def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsy
 def test_sigterm_unwinds_like_ctrl_c_and_leaves_the_recording_as_it_was(simulated: Path, tmp_path: Path):
     """``kill``/``timeout`` (SIGTERM) mid-reconstruction: the command says so, exits 143,
     releases the recording's lock (no stale holder left) and keeps the volumes there were."""
-    import shutil
     import signal
     import time
 

@@ -644,7 +644,8 @@ def calibrate_pupil(
     spectrum cut at each of :data:`SOURCE_EDGE_SCAN` × NA is tried against the default;
     if one fits better (or ``start`` carries an edge), its edge ``(NA_in, NA_cut)`` is fitted
     with everything else in the second pass (``PupilParameters.source_edge_na``), and the second pass is run again
-    without it from where it started. A homogeneous image shows the spectrum only inside
+    without it from where it started; the band's pass then runs once, with the edge or
+    without as the second pass chose. A homogeneous image shows the spectrum only inside
     the pupil: the edge is kept only when it ends up inside it (``NA_in < NA``) and lowers
     the loss by more than :data:`SOURCE_EDGE_GAIN` against the fit without it; otherwise
     the result is the calibration of the default spectrum. Beyond the NA the fitted
@@ -764,8 +765,8 @@ def calibrate_pupil(
 
     restarting = restart_positions and axial == "view" and bool(noll or apodisation_terms)
     passes = 1 + (len(spectral) > 1)  # the passes of everything: centre wavelength (with a band), band
-    # with source_edge, the passes of everything run again without the edge to test one (below)
-    stages = (1 + passes) * (2 if restarting else 1) + (2 if free_form else 0) + (passes if source_edge else 0)
+    # with source_edge, the first pass of everything runs again without the edge to test one (below)
+    stages = (1 + passes) * (2 if restarting else 1) + (2 if free_form else 0) + (1 if source_edge else 0)
 
     def fit(parameters: list[torch.Tensor], renderers: Sequence[PreparedRenderer], stage_index: int, stage: str,
             max_iter: int = iterations) -> None:
@@ -813,41 +814,49 @@ def calibrate_pupil(
             edge_active = best < float(loss)
             if edge_active:
                 edge.copy_(chosen)
-    last = "all parameters, emission band" if len(spectral) > 1 else "all parameters"
+    banded = len(spectral) > 1
+
+    def fit_pass(with_edge: bool, stage: int, through_band: bool = False) -> int:
+        """One pass of everything, at the centre wavelength or through the band, the edge fitted
+        or not; returns the next stage."""
+        edge.requires_grad_(with_edge)
+        parameters = [lateral, depth, free_z, apod, edge]
+        if through_band:
+            fit(parameters, band_all, stage, "all parameters, emission band", min(iterations, BAND_ITERATIONS))
+        else:
+            fit(parameters, centre, stage, "all parameters")
+        return stage + 1
 
     def fit_all(with_edge: bool, stage: int = 1) -> int:
         """The passes of everything (centre wavelength, then the band) from ``stage``; returns the next stage."""
-        edge.requires_grad_(with_edge)
-        band_iterations = iterations
-        if len(spectral) > 1:
-            fit([lateral, depth, free_z, apod, edge], centre, stage, "all parameters")
-            stage += 1
-            band_iterations = min(iterations, BAND_ITERATIONS)
-        fit([lateral, depth, free_z, apod, edge], band_all, stage, last, band_iterations)
-        return stage + 1
+        stage = fit_pass(with_edge, stage)
+        return fit_pass(with_edge, stage, through_band=True) if banded else stage
 
-    testing_edge = source_edge and edge_active  # the scan's edge or the start pupil's
-    fitted = (lateral, depth, free_z, apod)
-    before = [t.detach().clone() for t in fitted]
-    stage = fit_all(testing_edge)
-    if testing_edge:
-        # the same fit without the edge, from where it started: an edge wholly outside the
-        # pupil leaves the images unchanged (not identified), and one inside must fit better
-        # than the default spectrum by SOURCE_EDGE_GAIN, not trade places with the apodisation
+    if source_edge and edge_active:  # the scan's edge or the start pupil's, tested
+        # the centre wavelength's pass of everything with the edge, then the same pass without
+        # it from where it started: an edge wholly outside the pupil leaves the images
+        # unchanged (not identified), and one inside must fit better than the default spectrum
+        # by SOURCE_EDGE_GAIN, not trade places with the apodisation. The band's pass (3× a
+        # centre evaluation's cost) then runs once, with what the test chose.
+        fitted = (lateral, depth, free_z, apod)
+        before = [t.detach().clone() for t in fitted]
+        stage = fit_pass(True, 1)
         with torch.no_grad():
             inside_pupil = float(torch.clamp(edge.detach(), 0.0, na_limit).min()) < model.optics.na
-            edge_fit = (float(evaluate()[0]), [t.detach().clone() for t in fitted])
+            edge_fit = (float(evaluate(centre)[0]), [t.detach().clone() for t in fitted])
             for t, v in zip(fitted, before):
                 t.copy_(v)
         edge_active = False
-        stage = fit_all(False, stage)
+        stage = fit_pass(False, stage)
         with torch.no_grad():
-            if inside_pupil and edge_fit[0] < (1.0 - SOURCE_EDGE_GAIN) * float(evaluate()[0]):
+            if inside_pupil and edge_fit[0] < (1.0 - SOURCE_EDGE_GAIN) * float(evaluate(centre)[0]):
                 for t, v in zip(fitted, edge_fit[1]):
                     t.copy_(v)
                 edge_active = True
-    elif source_edge:
-        stage += passes  # no edge to test: the count skips the passes without one
+        if banded:
+            stage = fit_pass(edge_active, stage, through_band=True)
+    else:
+        stage = fit_all(False) + (1 if source_edge else 0)  # no edge to test: the count skips the pass without one
     if restarting:
         # each view's position again from its start, through the fitted pupil; a view that
         # lands lower keeps it, and then the pupil is fitted again with the new positions

@@ -227,11 +227,11 @@ def test_reconstructor_calibrates_the_pupil_and_keeps_it_for_later_timepoints():
     reports: list[tuple[int, int, str]] = []
     first = rec.cold_start(frames, callback=lambda done, total, _loss, phase: reports.append((done, total, phase)))
     # the callback follows the calibration too: three stages (the last through the emission band),
-    # the two passes of everything again without a source edge when one is tested, the positions
-    # restarted and those three again (each skipped when not needed, as here), counted with the
-    # first stage's budget of 150 × 5/4 evaluations each (a pass through the band has at most
-    # BAND_ITERATIONS), then the volume's iterations
-    budget = 8 * (150 * 5 // 4)
+    # the centre wavelength's pass of everything again without a source edge when one is tested,
+    # the positions restarted and the passes of everything again (each skipped when not needed,
+    # as here), counted with the first stage's budget of 150 × 5/4 evaluations each (a pass
+    # through the band has at most BAND_ITERATIONS), then the volume's iterations
+    budget = 7 * (150 * 5 // 4)
     calibrating = [done for done, total, phase in reports if phase == "calibration"]
     assert {total for _, total, phase in reports if phase == "calibration"} == {budget}
     assert calibrating and calibrating == sorted(calibrating) and calibrating[-1] > budget // 2

@@ -57,7 +57,7 @@ class ProgressBar:
     The remaining time is rich's: the steps still to go over the pace of the last 30 s. With
     ``whole_run_pace`` it is over the pace since the start instead, for work whose count jumps
     (a pupil calibration counts each stage's budget of evaluations and skips what a stage that
-    converges early leaves unused: over the last 30 s's pace the estimate swung by 8× from one
+    converges early leaves unused: over the last 30 s's pace the estimate swung by 26× from one
     evaluation to the next, over the whole run's by less than 2×; tests/test_cli.py)."""
 
     def __init__(self, label: str, console: Console | None = None, *, note: str = "", whole_run_pace: bool = False) -> None:

@@ -556,29 +556,32 @@ def test_a_cold_start_calibration_holds_the_bar_and_counts_its_evaluations():
 def test_a_calibrations_remaining_time_follows_the_whole_runs_pace():
     """``nvplive calibrate`` counts each stage's budget of evaluations and skips what a stage that
     converges early leaves unused. Over the last 30 s's pace (rich's default) such a jump swung
-    the remaining time by 8× from one evaluation to the next; over the whole run's pace it moves
+    the remaining time by 26× from one evaluation to the next; over the whole run's pace it moves
     by less than 2× (a jump still shortens it: how much of a stage's budget the later stages
     leave unused is not known in advance). The stages as the high-NA disc_cell's calibration ran
-    them (BENCHMARKS.md): evaluations and seconds per evaluation, a budget of 187 evaluations each."""
+    them (BENCHMARKS.md, "The source-edge test at the centre wavelength only": evaluations and
+    seconds of the first five of 7 stages, a budget of 150 × 5/4 evaluations each; the last two
+    were skipped)."""
     import io
 
     from rich.console import Console
 
     from nvplive.cli import ProgressBar
 
-    stages = ((11, 2.0), (170, 1.3), (40, 3.9), (60, 1.3), (11, 1.3), (48, 1.3), (40, 3.9))
+    ran = ((11, 23.9), (170, 219.8), (49, 67.5), (43, 161.0), (11, 15.9))
+    stages, budget = 7, 150 * 5 // 4
 
     def estimates(whole_run_pace: bool) -> list[float]:
         now = [0.0]
         console = Console(file=io.StringIO(), force_terminal=False, get_time=lambda: now[0])
         shown = []
         with ProgressBar("calibrate", console, whole_run_pace=whole_run_pace) as bar:
-            for stage, (n, dt) in enumerate(stages):
+            for stage, (n, seconds) in enumerate(ran):
                 for evaluation in range(1, n + 1):
-                    now[0] += dt
-                    bar(stage * 187 + evaluation, len(stages) * 187, "fitting the pupil")
+                    now[0] += seconds / n
+                    bar(stage * budget + evaluation, stages * budget, "fitting the pupil")
                     shown.append(bar._progress.tasks[0].time_remaining)
-        return shown[stages[0][0]:]  # from the second stage on: a pace to go by
+        return shown[ran[0][0]:]  # from the second stage on: a pace to go by
 
     def largest_swing(shown: list[float]) -> float:
         return max(max(a, b) / min(a, b) for a, b in zip(shown, shown[1:]))

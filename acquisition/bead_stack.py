@@ -105,6 +105,8 @@ class BeadStack:
             the centre's offset from it and the exposure (ms).
         bead_diameter_um: the beads' diameter as the microscope's settings state it (µm; 0:
             point sources), which the calibration's renderer images.
+        bit_depth: the camera's significant bits when the stack was taken (its full scale
+            is ``2**bit_depth − 1``; saturated pixels are left out of the fit).
     """
 
     stack: np.ndarray
@@ -118,6 +120,7 @@ class BeadStack:
     focus_device: str
     metadata: dict = field(default_factory=dict)
     bead_diameter_um: float = 0.0
+    bit_depth: int | None = None
 
     def describe(self) -> str:
         """One line for people and for the pupil file's ``calibrated_from``."""
@@ -287,6 +290,7 @@ def acquire_bead_stack(
         pixel_size_um=float(info.geometry.camera_pixel_um),
         optics=info.optics,
         bead_diameter_um=info.bead_diameter_um,
+        bit_depth=int(info.camera_model.bit_depth),
         view=int(plan.view),
         preset=info.presets[plan.view],
         z_direction=plan.z_direction,
@@ -362,11 +366,13 @@ def calibrate_stack(
     cancel: threading.Event | None = None,
     bead_diameter_um: float = 0.0,
     pad_px: int | None = None,
+    bit_depth: int | None = None,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """Calibrate the detection pupil on a bead z-stack ``[Z, Y, X]`` (raw counts) and, with
     ``output``, write the pupil file; ``name`` says what the stack is (``calibrated_from``);
     the bead is ``bead_diameter_um`` across (0: a point source); ``iterations`` per L-BFGS
-    pass and the renderer's padding ``pad_px`` as :func:`~nvplive.recon.calibration.calibrate_bead_stack`.
+    pass, the renderer's padding ``pad_px`` and the camera's ``bit_depth`` (its full scale;
+    None: the stack's integer type's) as :func:`~nvplive.recon.calibration.calibrate_bead_stack`.
 
     The one path of ``nvplive calibrate STACK.tif`` and the app's "Calibrate pupil"
     (:func:`~nvplive.recon.calibration.calibrate_bead_stack`). ``progress(done, total, message)``
@@ -383,7 +389,7 @@ def calibrate_stack(
 
     result = calibrate_bead_stack(stack, optics, float(pixel_um), float(z_step_um), iterations=iterations,
                                   z_direction=z_direction, bead_diameter_um=bead_diameter_um, pad_px=pad_px,
-                                  progress=fit_progress)
+                                  bit_depth=bit_depth, progress=fit_progress)
     progress(FIT_STEPS, FIT_STEPS, f"pupil fitted, residual {result.residual:.3f}")  # stages may converge before their budget
     how = f"z direction {result.z_direction:+d}" + (", undetermined by the images" if result.ambiguous else "")
     if result.saturated_pixels:
@@ -408,8 +414,9 @@ def calibrate_bead_stack_acquired(
     cancel: threading.Event | None = None,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """:func:`calibrate_stack` on an acquired :class:`BeadStack` (its optics, pixel, step, z
-    direction and beads' diameter)."""
+    direction, beads' diameter and the camera's bit depth)."""
     return calibrate_stack(
         bead.stack, bead.optics, bead.pixel_size_um, bead.z_step_um, name=bead.describe(), iterations=iterations,
         z_direction=bead.z_direction, output=output, progress=progress, cancel=cancel, bead_diameter_um=bead.bead_diameter_um,
+        bit_depth=bead.bit_depth,
     )

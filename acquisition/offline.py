@@ -16,12 +16,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import cache, partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from nvplive.errors import GeometryError, NvpLiveError, RecordingError
-from nvplive.recon.calibration import DEFAULT_NOLL, PupilCalibration, StackCalibration, crop_around_peak
+from nvplive.recon.calibration import DEFAULT_NOLL, PupilCalibration, StackCalibration, crop_around_peak, full_scale_counts
 from nvplive.recon.capacity import check_memory, check_plausible
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
@@ -530,8 +531,34 @@ def calibrate_recording(
     return calibration, written
 
 
-#: Keys of the JSON file beside a bead z-stack (``STACK.json``) that :func:`calibrate_stack_file` reads.
+#: Keys of the JSON file beside a bead z-stack (``STACK.json``) that :func:`calibrate_stack_file` needs.
 STACK_KEYS = ("wavelength_um", "na", "n_medium", "pixel_size_um", "z_step_um")
+#: Keys it reads when present: the beads' diameter (µm, default 0: point sources), the emission
+#: band's FWHM (µm, default 0: coherent at ``wavelength_um``) and the camera's significant bits
+#: (default: what the TIFF states, else its integer type's).
+STACK_OPTIONAL_KEYS = ("bead_diameter_um", "emission_fwhm_um", "bit_depth")
+
+
+def tiff_bit_depth(tif: Any) -> tuple[int, str] | None:
+    """The camera's significant bits as an open ``tifffile.TiffFile`` states them, and where:
+    the OME-XML ``Pixels/@SignificantBits``, else Micro-Manager's ``Summary/BitDepth``; None
+    when it states neither."""
+    from xml.etree import ElementTree
+
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ElementTree.fromstring(tif.ome_metadata)
+        except ElementTree.ParseError:
+            root = None
+        for element in () if root is None else root.iter():
+            bits = element.get("SignificantBits") if element.tag.rsplit("}", 1)[-1] == "Pixels" else None
+            if bits is not None and bits.isdigit():
+                return int(bits), "its OME metadata (SignificantBits)"
+    summary = (tif.micromanager_metadata or {}).get("Summary") if tif.is_micromanager else None
+    bits = summary.get("BitDepth") if isinstance(summary, dict) else None
+    if (isinstance(bits, int) and not isinstance(bits, bool)) or (isinstance(bits, str) and bits.isdigit()):
+        return int(bits), "its Micro-Manager metadata (BitDepth)"
+    return None
 #: The smallest crop of a bead z-stack (``calibrate --crop``): the in-focus spot and its first rings.
 MIN_CROP_PX = 16
 
@@ -539,12 +566,17 @@ MIN_CROP_PX = 16
 def calibrate_stack_file(
     path: str | Path, *, output: str | Path | None = None, iterations: int = STACK_ITERATIONS,
     z_direction: int | None = None, progress: Progress = _quiet, bead_diameter_um: float | None = None,
-    crop_px: int | None = None, pad_px: int | None = None, overwrite: bool = False, **overrides: float | None,
+    crop_px: int | None = None, pad_px: int | None = None, overwrite: bool = False, bit_depth: int | None = None,
+    **overrides: float | None,
 ) -> tuple[StackCalibration, Path]:
     """Calibrate the detection pupil on a bead z-stack TIFF (``[Z, Y, X]``) and write the pupil file.
 
-    Its optics and sampling come from ``STACK.json`` beside it (keys :data:`STACK_KEYS`),
-    each overridden by a keyword argument that is not None. ``output`` defaults to
+    Its optics and sampling come from ``STACK.json`` beside it (keys :data:`STACK_KEYS`, and
+    :data:`STACK_OPTIONAL_KEYS` when present), each overridden by a keyword argument that is
+    not None. The camera's full scale (saturated pixels are left out of the fit) comes from
+    the bit depth the TIFF states (:func:`tiff_bit_depth`); ``bit_depth`` or the JSON's, when
+    given, must agree with it, and stand alone when the TIFF states none (neither: the
+    integer type's maximum). ``output`` defaults to
     ``STACK.pupil.json`` in the current folder (the stack's own folder may be a shared,
     read-only data folder). ``z_direction``: see :func:`calibrate_bead_stack`;
     ``progress``, ``iterations``, ``pad_px`` and ``bead_diameter_um``: see
@@ -556,11 +588,10 @@ def calibrate_stack_file(
 
     Raises:
         RecordingError: the stack or its parameters cannot be read, a parameter is missing or
-            not a positive number, or the output is the stack (or its JSON) or cannot be
+            not a positive number, the bit depth given disagrees with the TIFF's or cannot
+            have written its pixels, or the output is the stack (or its JSON) or cannot be
             written; all before the fit.
     """
-    import json
-
     import tifffile
 
     path = Path(path)
@@ -588,15 +619,31 @@ def calibrate_stack_file(
             raise RecordingError(f"{given}: the z-stack's {key} must be a positive number, got {json.dumps(value)}.")
     if bead_diameter_um is None:
         bead_diameter_um = params.get("bead_diameter_um", 0.0)
-        if isinstance(bead_diameter_um, bool) or not isinstance(bead_diameter_um, (int, float)) \
-                or not math.isfinite(bead_diameter_um) or bead_diameter_um < 0:
-            raise RecordingError(f"{beside}: the beads' bead_diameter_um must be a number ≥ 0, got {json.dumps(bead_diameter_um)}.")
+    for key, value in (("bead_diameter_um", bead_diameter_um), ("emission_fwhm_um", params.get("emission_fwhm_um", 0.0))):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise RecordingError(f"{beside}: the z-stack's {key} must be a number ≥ 0, got {json.dumps(value)}.")
+    given_bits, bits_from = (bit_depth, "--bit-depth") if bit_depth is not None else (params.get("bit_depth"), str(beside))
+    if given_bits is not None and (isinstance(given_bits, bool) or not isinstance(given_bits, int) or given_bits < 1):
+        raise RecordingError(f"{bits_from}: the camera's bit_depth must be a whole number ≥ 1, got {json.dumps(given_bits)}.")
     target = check_pupil_output(output if output is not None else Path.cwd() / path.with_suffix(".pupil.json").name, path, beside,
                                 overwrite=overwrite)
     try:
-        stack = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            stack = tif.asarray()
+            stated_bits = tiff_bit_depth(tif)
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
         raise RecordingError(f"{path}: not a readable TIFF z-stack ({exc}).") from None
+    if stated_bits is not None and given_bits is not None and stated_bits[0] != given_bits:
+        raise RecordingError(
+            f"{path}: the camera's bit depth is {stated_bits[0]} in {stated_bits[1]}, but {bits_from} says {given_bits}; "
+            "the stack's own metadata is the camera's word: correct or remove the other."
+        )
+    bits = stated_bits[0] if stated_bits is not None else given_bits
+    try:
+        full_scale_counts(stack, bits)
+    except ValueError as exc:
+        where = stated_bits[1] if stated_bits is not None else bits_from
+        raise RecordingError(f"{path}: {str(exc).rstrip('.')} (bit depth from {where}).") from None
     stack = np.squeeze(stack)
     if stack.ndim != 3:
         raise RecordingError(f"{path}: a bead z-stack must have 3 axes (Z, Y, X), this one has shape {stack.shape}.")
@@ -609,7 +656,7 @@ def calibrate_stack_file(
         stack = crop_around_peak(stack, crop_px)
     try:
         optics = Optics(wavelength_um=float(params["wavelength_um"]), n_medium=float(params["n_medium"]),
-                        na=float(params["na"]), emission_fwhm_um=0.0)
+                        na=float(params["na"]), emission_fwhm_um=float(params.get("emission_fwhm_um", 0.0)))
     except GeometryError as exc:  # an NA beyond the medium's index: say where the values came from
         given = [f"--{k.replace('_', '-')}" for k in ("na", "n_medium", "wavelength_um") if overrides.get(k) is not None]
         source = " and ".join(given) if given else str(beside)
@@ -617,7 +664,7 @@ def calibrate_stack_file(
     result, _, written = calibrate_stack(
         stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), name=f"bead z-stack {path.name}",
         iterations=iterations, z_direction=z_direction, output=target,
-        progress=progress, bead_diameter_um=float(bead_diameter_um), pad_px=pad_px,
+        progress=progress, bead_diameter_um=float(bead_diameter_um), pad_px=pad_px, bit_depth=bits,
     )
     assert written is not None  # an output was given
     return result, written

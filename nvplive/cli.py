@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"z-stack: L-BFGS iterations per pass (default {STACK_ITERATIONS})")
     cal.add_argument("--crop", type=_positive_int, default=None, metavar="N",
                      help="z-stack: fit the N×N pixels around the brightest one (default: the whole frame; "
-                          "64 on a 128×128 stack is ≈3× faster and leaves less background noise)")
+                          "64 on a 128×128 stack is ≈1.7× faster and leaves less background noise)")
     cal.add_argument("--pad", type=_non_negative_int, default=None, metavar="PIXELS",
                      help="z-stack: the renderer's padding per side (default: the bead's defocused disc at the "
                           "farthest plane; BENCHMARKS.md measures what less costs)")
@@ -317,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("n-medium", "medium refractive index"), ("pixel-size-um", "pixel size in the sample (µm)"),
                        ("z-step-um", "step between planes (µm)")):
         cal.add_argument(f"--{name}", type=_positive, default=None, help=f"z-stack: {what} (default: STACK.json beside the stack)")
+    cal.add_argument("--bit-depth", type=_positive_int, default=None, metavar="BITS",
+                     help="z-stack: the camera's significant bits, whose full scale marks saturated pixels (default: "
+                          "what the TIFF's metadata states, else STACK.json's bit_depth, else the pixels' type; "
+                          "a value that disagrees with the TIFF's is refused)")
     _threads_option(cal)
 
     ev = _command(sub, "evaluate", "score a reconstruction against ground truth")
@@ -546,7 +550,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.pupil_file import calibration_start
     from nvplive.recon.progress import STACK_ITERATIONS
 
-    stack_only = [f"--{name.replace('_', '-')}" for name in (*STACK_KEYS, "iterations", "crop", "pad", "z_direction")
+    stack_only = [f"--{name.replace('_', '-')}" for name in (*STACK_KEYS, "iterations", "crop", "pad", "z_direction", "bit_depth")
                   if getattr(args, name) is not None]
     recording_only = [flag for flag, given in (("--timepoint", args.timepoint is not None),
                                                ("--no-source-calibration", args.no_source_calibration)) if given]
@@ -574,7 +578,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                 args.input, output=args.output, wavelength_um=args.wavelength_um, na=args.na, n_medium=args.n_medium,
                 pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um, z_direction=args.z_direction, progress=progress,
                 bead_diameter_um=args.bead_diameter, crop_px=args.crop, pad_px=args.pad, overwrite=args.overwrite,
-                iterations=args.iterations or STACK_ITERATIONS,
+                iterations=args.iterations or STACK_ITERATIONS, bit_depth=args.bit_depth,
             )
         calibration, before, after = result.calibration, result.residual_hard, result.residual
         no_gain = ("warning", "the pupil written is no better than the hard aperture; give it more --iterations, or check that "

@@ -1015,7 +1015,7 @@ class StackViews:
         centre_um_xy: the bead's lateral start (the brightest plane's centroid, µm).
         noise: the stack's pixel noise (:func:`camera_noise`), None when its pixels sample the
             band too coarsely to leave frequencies beyond it.
-        saturated_pixels: pixels at the camera's full scale (the integer dtype's maximum).
+        saturated_pixels: pixels at the camera's full scale (:func:`full_scale_counts`).
     """
 
     model: ForwardModel
@@ -1036,26 +1036,47 @@ class StackViews:
         return np.stack([np.full(n, x0), np.full(n, y0), focal - int(np.sign(z_direction)) * self.defocus_um], axis=1)
 
 
+def full_scale_counts(stack: np.ndarray, bit_depth: int | None = None) -> float | None:
+    """The count at which a camera's pixels saturate: ``2**bit_depth − 1`` for a camera of
+    ``bit_depth`` significant bits (a 12-bit camera stores 4095 at most in 16-bit words),
+    else the maximum of ``stack``'s integer type; None for floating-point frames (no full
+    scale is known).
+
+    Raises:
+        ValueError: a ``bit_depth`` below 1 or wider than ``stack``'s integer type.
+    """
+    dtype = np.asarray(stack).dtype
+    if not np.issubdtype(dtype, np.integer):
+        return None if bit_depth is None else float(2 ** int(bit_depth) - 1)
+    if bit_depth is None:
+        return float(np.iinfo(dtype).max)
+    if not 1 <= int(bit_depth) <= np.iinfo(dtype).bits:
+        raise ValueError(f"A camera of {bit_depth} bits cannot have written {dtype} frames.")
+    return float(2 ** int(bit_depth) - 1)
+
+
 def bead_stack_views(
     stack: np.ndarray, optics: Optics, pixel_um: float, z_step_um: float, *, pad_yx: tuple[int, int] | None = None,
-    bead_diameter_um: float = 0.0,
+    bead_diameter_um: float = 0.0, bit_depth: int | None = None,
 ) -> StackViews:
     """Prepare a z-stack ``[Z, Y, X]`` of one bead (raw counts) for a pupil fit: defective
-    pixels (:func:`defective_pixels`), the brightest plane (defocus 0) and the bead's
+    pixels (:func:`defective_pixels`; saturated at :func:`full_scale_counts` of the camera's
+    ``bit_depth``, None: the integer type's maximum), the brightest plane (defocus 0) and the bead's
     centroid in it, the renderers (emission band when ``optics.emission_fwhm_um`` > 0, at
     :data:`EMISSION_SAMPLES` wavelengths, :func:`.simulate.band_renderers`) and the
     pixel noise (:func:`camera_noise`, beyond the band of the shortest wavelength); the
     renderers image beads of ``bead_diameter_um``.
 
     Raises:
-        ValueError: for a stack that is not 3D or a non-positive step or pixel size.
+        ValueError: for a stack that is not 3D, a non-positive step or pixel size, or a
+            ``bit_depth`` the stack's integer type cannot hold.
     """
     data = np.asarray(stack, dtype=np.float64)
     if data.ndim != 3 or len(data) < 2:
         raise ValueError(f"A bead z-stack must be [Z, Y, X] with at least 2 planes, got shape {data.shape}.")
     if not (pixel_um > 0 and z_step_um > 0):
         raise ValueError(f"Pixel size and z step must be positive, got {pixel_um} and {z_step_um} µm.")
-    saturation = float(np.iinfo(np.asarray(stack).dtype).max) if np.issubdtype(np.asarray(stack).dtype, np.integer) else None
+    saturation = full_scale_counts(stack, bit_depth)
     bad = defective_pixels(data, peak_ratio=sharpest_peak_ratio(optics.wavelength_um, optics.na, pixel_um), saturation=saturation)
     valid = ~bad
     n = len(data)
@@ -1095,6 +1116,7 @@ def calibrate_bead_stack(
     bead_diameter_um: float = 0.0,
     free_form: int = 0,
     pad_px: int | None = None,
+    bit_depth: int | None = None,
     progress: CalibrationCallback | None = None,
 ) -> StackCalibration:
     """Fit the detection pupil to a z-stack ``[Z, Y, X]`` of one bead (raw counts; the
@@ -1108,7 +1130,9 @@ def calibrate_bead_stack(
     ``P*(−k)`` at ``−z`` give the same intensity, so the direction cannot be told from
     the images when the aberrations are even (defocus-like, astigmatism, spherical):
     their sign follows the direction chosen (``StackCalibration.ambiguous``).
-    Hot, dead and saturated pixels are left out (:func:`defective_pixels`).
+    Hot, dead and saturated pixels are left out (:func:`defective_pixels`); a camera of
+    ``bit_depth`` significant bits saturates at ``2**bit_depth − 1`` (None: the stack's
+    integer type's maximum, :func:`full_scale_counts`).
     ``optics.emission_fwhm_um`` > 0 renders the emission band; ``bead_diameter_um`` > 0
     images a bead of that diameter (:func:`bead_stack_views`); ``free_form`` as in
     :func:`calibrate_pupil` (the hard-aperture residual keeps the coherent source at the
@@ -1120,10 +1144,11 @@ def calibrate_bead_stack(
     renderer's padding per side (default :func:`stack_padding`).
 
     Raises:
-        ValueError: for a stack that is not 3D or a non-positive step or pixel size.
+        ValueError: for a stack that is not 3D, a non-positive step or pixel size, or a
+            ``bit_depth`` its integer type cannot hold.
         CalibrationCancelled: ``progress`` returned False (:mod:`.progress`).
     """
-    views = bead_stack_views(stack, optics, pixel_um, z_step_um, bead_diameter_um=bead_diameter_um,
+    views = bead_stack_views(stack, optics, pixel_um, z_step_um, bead_diameter_um=bead_diameter_um, bit_depth=bit_depth,
                              pad_yx=None if pad_px is None else (int(pad_px), int(pad_px)))
     results: list[StackCalibration] = []
     fits = 4 if z_direction is None else 2  # per direction: the hard aperture's, the pupil's

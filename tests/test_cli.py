@@ -403,7 +403,8 @@ def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsy
     that is the stack or its JSON, an output folder that takes no file or does not exist (a
     typo is not created), an earlier pupil file (without --overwrite), parameters that are not
     positive numbers (a JSON true is no NA), a crop larger than the frames, a recording's option
-    (--timepoint), and --device cuda (the stack is fitted on the CPU)."""
+    (--timepoint), --device cuda (the stack is fitted on the CPU), and a camera bit depth that
+    disagrees with the TIFF's own metadata (both values named) or cannot have written its pixels."""
     import torch
 
     from nvplive.cli import main
@@ -435,7 +436,21 @@ def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsy
         assert "beads.json: the z-stack's na must be a positive number, got true" in capsys.readouterr().err
         (tmp_path / "beads.json").write_text(json.dumps({**params, "bead_diameter_um": -0.1}))
         assert main(["calibrate", str(tmp_path / "beads.tif")]) == 2
-        assert "beads.json: the beads' bead_diameter_um must be a number ≥ 0, got -0.1" in capsys.readouterr().err
+        assert "beads.json: the z-stack's bead_diameter_um must be a number ≥ 0, got -0.1" in capsys.readouterr().err
+        (tmp_path / "beads.json").write_text(json.dumps({**params, "emission_fwhm_um": -0.01}))
+        assert main(["calibrate", str(tmp_path / "beads.tif")]) == 2
+        assert "beads.json: the z-stack's emission_fwhm_um must be a number ≥ 0, got -0.01" in capsys.readouterr().err
+        # the camera's bit depth: the TIFF's own word beats the settings, and a depth the pixels cannot hold is refused
+        (tmp_path / "beads.json").write_text(json.dumps({**params, "bit_depth": 12}))
+        tifffile.imwrite(tmp_path / "beads.tif", stack, ome=True, metadata={"axes": "ZYX", "SignificantBits": 14})
+        assert main(["calibrate", str(tmp_path / "beads.tif"), "-o", str(tmp_path / "p.json")]) == 2
+        assert ("the camera's bit depth is 14 in its OME metadata (SignificantBits), but "
+                f"{tmp_path / 'beads.json'} says 12") in capsys.readouterr().err
+        assert main(["calibrate", str(tmp_path / "beads.tif"), "--bit-depth", "10", "-o", str(tmp_path / "p.json")]) == 2
+        assert "bit depth is 14 in its OME metadata (SignificantBits), but --bit-depth says 10" in capsys.readouterr().err
+        tifffile.imwrite(tmp_path / "beads.tif", stack, photometric="minisblack")
+        assert main(["calibrate", str(tmp_path / "beads.tif"), "--bit-depth", "20", "-o", str(tmp_path / "p.json")]) == 2
+        assert "A camera of 20 bits cannot have written uint16 frames (bit depth from --bit-depth)" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(tifffile.imread(tmp_path / "beads.tif"), stack)

@@ -61,6 +61,7 @@ def test_bead_stack_through_the_mda_has_the_planned_focus_and_calibrates_the_ins
     peaks = bead.stack.reshape(len(bead.stack), -1).max(axis=1)
     assert abs(int(np.argmax(peaks)) - 3) <= 1  # in focus in the middle
     assert peaks.max() < 0.7 * 65535  # the automatic exposure does not saturate
+    assert bead.bit_depth == int(core.getImageBitDepth()) == info.camera_model.bit_depth  # the camera's full scale
 
     result, calibrated, written = calibrate_bead_stack_acquired(bead, iterations=20, output=tmp_path / "pupil.json")
     found = np.asarray(calibrated.pupil.zernike_rad)
@@ -108,3 +109,30 @@ def test_the_live_reconstructor_renders_through_a_new_pupil_from_a_cold_start(mi
     recon.request(device="auto")  # a rebuilt reconstructor keeps it
     recon.warm_update(frames)
     assert recon.inner.pupil == pupil
+
+
+def test_a_stack_files_bit_depth_is_the_tiffs_own_and_marks_its_saturated_pixels(tmp_path):
+    """``nvplive calibrate STACK.tif``'s path: a 12-bit camera's stack saved in 16-bit words
+    clips at 4095. The OME metadata's SignificantBits says so, with no bit_depth in
+    STACK.json, and the clipped pixels are counted (left out of the fit, warned about)."""
+    import json
+
+    import tifffile
+
+    from nvplive.acquisition.offline import calibrate_stack_file, tiff_bit_depth
+
+    # a bead's spot widening away from focus (the fit's image model is not needed to count clipping)
+    yy, xx = np.mgrid[-12:12, -12:12] * 0.1
+    widths = 0.15 + 0.3 * np.abs(np.arange(-2, 3))
+    spots = np.exp(-(yy**2 + xx**2)[None] / (2 * widths[:, None, None] ** 2)) / widths[:, None, None] ** 2
+    stack = np.minimum(np.random.default_rng(0).poisson(spots / spots.max() * 6000.0 + 100.0), 4095).astype(np.uint16)
+    clipped = int((stack == 4095).sum())
+    assert clipped > 0
+    params = {"wavelength_um": 0.52, "na": 0.8, "n_medium": 1.333, "pixel_size_um": 0.1, "z_step_um": 0.4}
+    (tmp_path / "beads.json").write_text(json.dumps(params))
+    tifffile.imwrite(tmp_path / "plain.tif", stack, photometric="minisblack")
+    with tifffile.TiffFile(tmp_path / "plain.tif") as tif:
+        assert tiff_bit_depth(tif) is None  # a TIFF that states nothing: the settings' or the type's
+    tifffile.imwrite(tmp_path / "beads.tif", stack, ome=True, metadata={"axes": "ZYX", "SignificantBits": 12})
+    result, written = calibrate_stack_file(tmp_path / "beads.tif", output=tmp_path / "pupil.json", iterations=1, z_direction=1)
+    assert result.saturated_pixels == clipped and written.is_file()

@@ -383,7 +383,8 @@ def test_a_bead_stack_calibration_reports_every_evaluation_and_stops_when_cancel
 
 def test_a_saturated_bead_stack_is_counted_and_the_count_reaches_the_calibration():
     """Pixels at the camera's full scale are left out of the fit and counted: the clipped peak
-    is what shapes the pupil's amplitude, so the user must learn of them (the CLI warns)."""
+    is what shapes the pupil's amplitude, so the user must learn of them (the CLI warns). The
+    full scale is the camera's bit depth when it is known (12 bits: 4095 in 16-bit words)."""
     from nvplive.recon.calibration import bead_stack_views, stack_model
 
     optics = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8, emission_fwhm_um=0.0)
@@ -399,6 +400,15 @@ def test_a_saturated_bead_stack_is_counted_and_the_count_reaches_the_calibration
     assert clipped > 0
     assert bead_stack_views(over, optics, 0.1, 0.4).saturated_pixels == clipped
     assert calibrate_bead_stack(over, optics, 0.1, 0.4, iterations=2, z_direction=1).saturated_pixels == clipped
+    # a 12-bit camera writes 16-bit words that clip at 4095, not at the type's 65535
+    twelve = np.minimum(exposed * 3, 4095).astype(np.uint16)
+    clipped = int((twelve == 4095).sum())
+    assert clipped > 0
+    assert bead_stack_views(twelve, optics, 0.1, 0.4).saturated_pixels == 0  # the type's full scale misses them
+    views = bead_stack_views(twelve, optics, 0.1, 0.4, bit_depth=12)
+    assert views.saturated_pixels == clipped and not views.valid[twelve == 4095].any()
+    with pytest.raises(ValueError, match="A camera of 17 bits cannot have written uint16 frames"):
+        bead_stack_views(twelve, optics, 0.1, 0.4, bit_depth=17)
 
 
 def test_a_bead_the_specimen_pulled_off_is_restarted_through_the_fitted_pupil():

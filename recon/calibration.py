@@ -298,21 +298,23 @@ def refine_sources(
     *,
     valid: torch.Tensor | None = None,
     pupil: torch.Tensor | None = None,
-    iterations: int = 100,
+    iterations: int = 200,
     lr_um: float = 0.02,
     tolerance_um: float = 0.005,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sub-pixel registration of each view's source against the unperturbed model image.
 
-    Lateral positions, brightness and background are fitted (least squares on the
-    normalised images, defective pixels — ``valid [V, Y, X]`` zero — left out) with the
-    homogeneous renderer through ``pupil`` (complex ``[Yp, Xp]``, None = hard aperture);
-    the axial position is kept. The specimen's weak modulation
-    barely moves this optimum, while the disk edge of a defocused bead pins the position
-    to a small fraction of a pixel.
+    Positions (lateral and axial), brightness and background are fitted (least squares on
+    the normalised images, defective pixels — ``valid [V, Y, X]`` zero — left out) with the
+    homogeneous renderer through ``pupil`` (complex ``[Yp, Xp]``, None = hard aperture).
+    The specimen's weak modulation barely moves this optimum, while the disk edge of a
+    defocused bead pins the lateral position to a small fraction of a pixel and the disc's
+    size and fringes its depth. A user states the beads' depths from the focus drive, off
+    by a few tenths of a µm; kept as stated, such errors cost the standard mismatch row 2–5 dB
+    (BENCHMARKS.md, "Bead depths in the registration").
 
-    The fit runs at most ``iterations`` Adam steps and stops early once no lateral
-    position moved more than ``tolerance_um`` over the last ten steps.
+    The fit runs at most ``iterations`` Adam steps (``lr_um`` per step for the positions)
+    and stops early once no coordinate moved more than ``tolerance_um`` over the last ten steps.
 
     Returns:
         ``(sources [V, 3], brightness [V], background [V])``.
@@ -321,7 +323,7 @@ def refine_sources(
     count = weight.sum(dim=(-2, -1)).clamp_min(1.0)
     scale = ((measured * weight).sum(dim=(-2, -1)) / count).clamp_min(1e-12)
     target = measured / scale[:, None, None]
-    shift = torch.zeros_like(sources_um_xyz[:, :2], requires_grad=True)
+    shift = torch.zeros_like(sources_um_xyz, requires_grad=True)
     with torch.no_grad():
         b0, c0 = fit_brightness_background(
             camera_intensity(model, homogeneous_spectrum(model, sources_um_xyz), pupil=pupil), measured, weight
@@ -332,8 +334,7 @@ def refine_sources(
     checkpoint = shift.detach().clone()
     for step in range(1, iterations + 1):
         opt.zero_grad(set_to_none=True)
-        src = torch.cat([sources_um_xyz[:, :2] + shift, sources_um_xyz[:, 2:]], dim=1)
-        image = camera_intensity(model, homogeneous_spectrum(model, src), pupil=pupil)
+        image = camera_intensity(model, homogeneous_spectrum(model, sources_um_xyz + shift), pupil=pupil)
         predicted = image * (b0 * torch.exp(log_b) / scale)[:, None, None] + c[:, None, None]
         loss = (weight * (predicted - target) ** 2).sum() / count.sum()
         loss.backward()
@@ -344,8 +345,7 @@ def refine_sources(
                 break
             checkpoint = shift.detach().clone()
     with torch.no_grad():
-        src = torch.cat([sources_um_xyz[:, :2] + shift, sources_um_xyz[:, 2:]], dim=1)
-        return src.detach(), (b0 * torch.exp(log_b)).detach(), (c * scale).detach()
+        return (sources_um_xyz + shift).detach(), (b0 * torch.exp(log_b)).detach(), (c * scale).detach()
 
 
 # -- pupil self-calibration ------------------------------------------------------------

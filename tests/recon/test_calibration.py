@@ -49,18 +49,19 @@ def issue_frames(sources: np.ndarray, seed: int = 0) -> np.ndarray:
 def test_a_disc_larger_than_the_field_is_accepted_and_registered():
     """The bead 3 µm below the volume, 11 µm below focus: its disc (radius ≈ 8 µm) overfills
     the 10 µm field, so no blob fit can find it; the nominal position is kept and the model
-    registration moves a 0.3 µm error back onto the bead."""
+    registration moves a 0.3 µm error back onto the bead, and a depth stated 0.3 µm off too."""
     true = np.array([[0.05, -0.04, -3.0]])
     frames = issue_frames(true).astype(np.float64) - 100.0
-    nominal = true + np.array([[0.3, -0.2, 0.0]])
+    nominal = true + np.array([[0.3, -0.2, 0.3]])
     model = ForwardModel.build(ISSUE_OPTICS, ISSUE_GEOMETRY, source_depth_um=4.0)
     y, x = ISSUE_GEOMETRY.camera_coordinates_um()
     start = initial_sources(frames, nominal, y, x)
     np.testing.assert_allclose(start, nominal)  # fallback: the nominal position
     found, brightness, _ = refine_sources(
-        model, torch.as_tensor(frames, dtype=torch.float32), torch.as_tensor(start, dtype=torch.float32), iterations=60
+        model, torch.as_tensor(frames, dtype=torch.float32), torch.as_tensor(start, dtype=torch.float32)
     )
     assert np.hypot(*(found[0, :2].numpy() - true[0, :2])) < 0.05
+    assert abs(float(found[0, 2]) - true[0, 2]) < 0.05
     assert float(brightness[0]) > 0
 
 

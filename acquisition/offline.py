@@ -622,9 +622,13 @@ def calibrate_stack_file(
     for key, value in (("bead_diameter_um", bead_diameter_um), ("emission_fwhm_um", params.get("emission_fwhm_um", 0.0))):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise RecordingError(f"{beside}: the z-stack's {key} must be a number ≥ 0, got {json.dumps(value)}.")
-    given_bits, bits_from = (bit_depth, "--bit-depth") if bit_depth is not None else (params.get("bit_depth"), str(beside))
-    if given_bits is not None and (isinstance(given_bits, bool) or not isinstance(given_bits, int) or given_bits < 1):
-        raise RecordingError(f"{bits_from}: the camera's bit_depth must be a whole number ≥ 1, got {json.dumps(given_bits)}.")
+    # every bit depth stated beside the stack, the option's first (it overrides the JSON's, as for the other parameters)
+    stated = [(value, where) for value, where in ((bit_depth, "--bit-depth"), (params.get("bit_depth"), str(beside)))
+              if value is not None]
+    for value, where in stated:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RecordingError(f"{where}: the camera's bit_depth must be a whole number ≥ 1, got {json.dumps(value)}.")
+    given_bits, bits_from = stated[0] if stated else (None, "")
     target = check_pupil_output(output if output is not None else Path.cwd() / path.with_suffix(".pupil.json").name, path, beside,
                                 overwrite=overwrite)
     try:
@@ -633,17 +637,18 @@ def calibrate_stack_file(
             stated_bits = tiff_bit_depth(tif)
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
         raise RecordingError(f"{path}: not a readable TIFF z-stack ({exc}).") from None
-    if stated_bits is not None and given_bits is not None and stated_bits[0] != given_bits:
-        raise RecordingError(
-            f"{path}: the camera's bit depth is {stated_bits[0]} in {stated_bits[1]}, but {bits_from} says {given_bits}; "
-            "the stack's own metadata is the camera's word: correct or remove the other."
-        )
+    for value, where in stated if stated_bits is not None else ():
+        if value != stated_bits[0]:
+            raise RecordingError(
+                f"{path}: the camera's bit depth is {stated_bits[0]} in {stated_bits[1]}, but {where} says {value}; "
+                "the stack's own metadata is the camera's word: correct or remove the other."
+            )
     bits = stated_bits[0] if stated_bits is not None else given_bits
     try:
         full_scale_counts(stack, bits)
     except ValueError as exc:
         where = stated_bits[1] if stated_bits is not None else bits_from
-        raise RecordingError(f"{path}: {str(exc).rstrip('.')} (bit depth from {where}).") from None
+        raise RecordingError(f"{path}: {exc} (bit depth from {where}).") from None
     stack = np.squeeze(stack)
     if stack.ndim != 3:
         raise RecordingError(f"{path}: a bead z-stack must have 3 axes (Z, Y, X), this one has shape {stack.shape}.")

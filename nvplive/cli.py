@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--bit-depth", type=_positive_int, default=None, metavar="BITS",
                      help="z-stack: the camera's significant bits, whose full scale marks saturated pixels (default: "
                           "what the TIFF's metadata states, else STACK.json's bit_depth, else the pixels' type; "
-                          "a value that disagrees with the TIFF's is refused)")
+                          "a value that disagrees with the TIFF's, or that counts in the stack exceed, is refused)")
     _threads_option(cal)
 
     ev = _command(sub, "evaluate", "score a reconstruction against ground truth")

@@ -1039,20 +1039,23 @@ class StackViews:
 def full_scale_counts(stack: np.ndarray, bit_depth: int | None = None) -> float | None:
     """The count at which a camera's pixels saturate: ``2**bit_depth − 1`` for a camera of
     ``bit_depth`` significant bits (a 12-bit camera stores 4095 at most in 16-bit words),
-    else the maximum of ``stack``'s integer type; None for floating-point frames (no full
-    scale is known).
+    else the maximum of ``stack``'s integer type; None for floating-point frames without a
+    ``bit_depth`` (no full scale is known, no pixel counts as saturated).
 
     Raises:
-        ValueError: a ``bit_depth`` below 1 or wider than ``stack``'s integer type.
+        ValueError: a ``bit_depth`` below 1 or wider than ``stack``'s integer type, or one
+            whose full scale the stack's counts exceed.
     """
-    dtype = np.asarray(stack).dtype
-    if not np.issubdtype(dtype, np.integer):
-        return None if bit_depth is None else float(2 ** int(bit_depth) - 1)
+    data = np.asarray(stack)
     if bit_depth is None:
-        return float(np.iinfo(dtype).max)
-    if not 1 <= int(bit_depth) <= np.iinfo(dtype).bits:
-        raise ValueError(f"A camera of {bit_depth} bits cannot have written {dtype} frames.")
-    return float(2 ** int(bit_depth) - 1)
+        return float(np.iinfo(data.dtype).max) if np.issubdtype(data.dtype, np.integer) else None
+    if int(bit_depth) < 1 or (np.issubdtype(data.dtype, np.integer) and int(bit_depth) > np.iinfo(data.dtype).bits):
+        raise ValueError(f"a camera of {bit_depth} bits cannot have written {data.dtype} frames")
+    full = float(2 ** int(bit_depth) - 1)
+    top = float(data.max()) if data.size else 0.0
+    if top > full:
+        raise ValueError(f"the frames hold counts up to {top:g}, above the full scale {full:g} of a camera of {bit_depth} bits")
+    return full
 
 
 def bead_stack_views(

@@ -64,6 +64,12 @@ class Optics:
             raise GeometryError(
                 f"Optics: emission_fwhm_um must be ≥ 0, got {self.emission_fwhm_um!r}."
             )
+        if self.emission_fwhm_um >= 0.5 * self.wavelength_um:
+            # the band's samples reach ±1.4 FWHM at 5 nodes: a band this wide has wavelengths ≤ 0
+            raise GeometryError(
+                f"Optics: emission_fwhm_um {self.emission_fwhm_um:g} must be below half the wavelength "
+                f"{self.wavelength_um:g} µm (an emission band is a few tens of nm wide)."
+            )
 
     @property
     def k0(self) -> float:

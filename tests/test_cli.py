@@ -448,9 +448,20 @@ def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsy
                 f"{tmp_path / 'beads.json'} says 12") in capsys.readouterr().err
         assert main(["calibrate", str(tmp_path / "beads.tif"), "--bit-depth", "10", "-o", str(tmp_path / "p.json")]) == 2
         assert "bit depth is 14 in its OME metadata (SignificantBits), but --bit-depth says 10" in capsys.readouterr().err
+        # an option that agrees with the TIFF does not hide a JSON that does not
+        assert main(["calibrate", str(tmp_path / "beads.tif"), "--bit-depth", "14", "-o", str(tmp_path / "p.json")]) == 2
+        assert f"bit depth is 14 in its OME metadata (SignificantBits), but {tmp_path / 'beads.json'} says 12" in capsys.readouterr().err
         tifffile.imwrite(tmp_path / "beads.tif", stack, photometric="minisblack")
         assert main(["calibrate", str(tmp_path / "beads.tif"), "--bit-depth", "20", "-o", str(tmp_path / "p.json")]) == 2
-        assert "A camera of 20 bits cannot have written uint16 frames (bit depth from --bit-depth)" in capsys.readouterr().err
+        assert "a camera of 20 bits cannot have written uint16 frames (bit depth from --bit-depth)" in capsys.readouterr().err
+        # counts above the stated full scale: the depth is wrong, not the pixels saturated
+        assert main(["calibrate", str(tmp_path / "beads.tif"), "--bit-depth", "6", "-o", str(tmp_path / "p.json")]) == 2
+        assert "the frames hold counts up to 100, above the full scale 63 of a camera of 6 bits (bit depth from --bit-depth)" \
+            in capsys.readouterr().err
+        (tmp_path / "beads.json").write_text(json.dumps({**params, "emission_fwhm_um": 3.0}))
+        assert main(["calibrate", str(tmp_path / "beads.tif"), "-o", str(tmp_path / "p.json")]) == 2
+        assert "beads.json: the z-stack's optics are impossible: emission_fwhm_um 3 must be below half the wavelength" \
+            in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(tifffile.imread(tmp_path / "beads.tif"), stack)

@@ -408,8 +408,10 @@ def test_a_saturated_bead_stack_is_counted_and_the_count_reaches_the_calibration
     assert bead_stack_views(twelve, optics, 0.1, 0.4).saturated_pixels == 0  # the type's full scale misses them
     views = bead_stack_views(twelve, optics, 0.1, 0.4, bit_depth=12)
     assert views.saturated_pixels == clipped and not views.valid[twelve == 4095].any()
-    with pytest.raises(ValueError, match="A camera of 17 bits cannot have written uint16 frames"):
+    with pytest.raises(ValueError, match="a camera of 17 bits cannot have written uint16 frames"):
         bead_stack_views(twelve, optics, 0.1, 0.4, bit_depth=17)
+    with pytest.raises(ValueError, match="counts up to 4095, above the full scale 2047 of a camera of 11 bits"):
+        bead_stack_views(twelve, optics, 0.1, 0.4, bit_depth=11)
 
 
 def test_a_bead_the_specimen_pulled_off_is_restarted_through_the_fitted_pupil():

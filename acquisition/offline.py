@@ -533,10 +533,6 @@ def calibrate_recording(
 
 #: Keys of the JSON file beside a bead z-stack (``STACK.json``) that :func:`calibrate_stack_file` needs.
 STACK_KEYS = ("wavelength_um", "na", "n_medium", "pixel_size_um", "z_step_um")
-#: Keys it reads when present: the beads' diameter (µm, default 0: point sources), the emission
-#: band's FWHM (µm, default 0: coherent at ``wavelength_um``) and the camera's significant bits
-#: (default: what the TIFF states, else its integer type's).
-STACK_OPTIONAL_KEYS = ("bead_diameter_um", "emission_fwhm_um", "bit_depth")
 
 
 def tiff_bit_depth(tif: Any) -> tuple[int, str] | None:
@@ -559,6 +555,8 @@ def tiff_bit_depth(tif: Any) -> tuple[int, str] | None:
     if (isinstance(bits, int) and not isinstance(bits, bool)) or (isinstance(bits, str) and bits.isdigit()):
         return int(bits), "its Micro-Manager metadata (BitDepth)"
     return None
+
+
 #: The smallest crop of a bead z-stack (``calibrate --crop``): the in-focus spot and its first rings.
 MIN_CROP_PX = 16
 
@@ -572,8 +570,9 @@ def calibrate_stack_file(
     """Calibrate the detection pupil on a bead z-stack TIFF (``[Z, Y, X]``) and write the pupil file.
 
     Its optics and sampling come from ``STACK.json`` beside it (keys :data:`STACK_KEYS`, and
-    :data:`STACK_OPTIONAL_KEYS` when present), each overridden by a keyword argument that is
-    not None. The camera's full scale (saturated pixels are left out of the fit) comes from
+    when present ``bead_diameter_um`` (µm, default 0: point sources), ``emission_fwhm_um``
+    (µm, default 0: coherent at ``wavelength_um``) and ``bit_depth``), each overridden by a
+    keyword argument that is not None. The camera's full scale (saturated pixels are left out of the fit) comes from
     the bit depth the TIFF states (:func:`tiff_bit_depth`); ``bit_depth`` or the JSON's, when
     given, must agree with it, and stand alone when the TIFF states none (neither: the
     integer type's maximum). ``output`` defaults to

@@ -310,8 +310,8 @@ def refine_sources(
     The specimen's weak modulation barely moves this optimum, while the disk edge of a
     defocused bead pins the lateral position to a small fraction of a pixel and the disc's
     size and fringes its depth. A user states the beads' depths from the focus drive, off
-    by a few tenths of a µm; kept as stated, such errors cost the standard mismatch row 2–5 dB
-    (BENCHMARKS.md, "Bead depths in the registration").
+    by a few tenths of a µm; kept as stated, such errors cost the standard mismatch rows up to
+    6.5 dB, 4.9 on the matched instrument (BENCHMARKS.md, "Bead depths in the registration").
 
     The fit runs at most ``iterations`` Adam steps (``lr_um`` per step for the positions)
     and stops early once no coordinate moved more than ``tolerance_um`` over the last ten steps.

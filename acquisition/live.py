@@ -78,11 +78,13 @@ RECONSTRUCTION_NICENESS = 5
 #: The live configuration (the app's defaults and the headless demo's): a 120-iteration
 #: cold start, then warm updates that run until a 1 s latency budget, checking the clock
 #: every iteration, with no plateau stop (the budget ends them). Quality settings stay
-#: ReconConfig's defaults, except the pupil calibration: on the CPU it holds the first live
-#: volume back by tens of seconds, so live sessions use the renderer's pupil (calibrate
-#: offline with ``nvplive calibrate``; docs/reconstruction.md). BENCHMARKS.md ("app
-#: latency") measures this configuration.
-LIVE_CONFIG = replace(ReconConfig(), iterations=120, warm_budget=LatencyBudget(seconds=1.0), pupil_calibration=False)
+#: ReconConfig's defaults, except the pupil calibration and the depth starts: on the CPU the
+#: calibration holds the first live volume back by tens of seconds, so live sessions use the
+#: renderer's pupil (calibrate offline with ``nvplive calibrate``; docs/reconstruction.md),
+#: and the cold start fits once from the registered depths (three starts triple it; a thick
+#: specimen gains from them offline). BENCHMARKS.md ("app latency") measures this configuration.
+LIVE_CONFIG = replace(ReconConfig(), iterations=120, warm_budget=LatencyBudget(seconds=1.0), pupil_calibration=False,
+                      depth_starts_um=(0.0,))
 
 
 # ---------------------------------------------------------------------------------------

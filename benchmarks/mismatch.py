@@ -195,6 +195,8 @@ def _reconstruct(task: dict) -> dict:
         "zero_psnr_db": round(float(absolute_scores(np.zeros_like(truth), truth).psnr_db), 3),
         "seconds": round(time.perf_counter() - start, 1),
     }
+    if result.message:
+        row["message"] = result.message
     if stack is not None:
         row["stack_pupil_error_rad"] = round(stack.calibration.pupil.wavefront_error_rad(true_pupil, stack.calibration.noll), 4)
         row["stack_apodisation"] = [round(v, 4) for v in stack.calibration.pupil.apodisation]

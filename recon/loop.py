@@ -276,6 +276,16 @@ def adam_after_refinement(previous: torch.optim.Optimizer, groups: list[dict]) -
     return optimizer
 
 
+def settled_loss(losses: Sequence[float], window: int, flagged: bool = False) -> float:
+    """The loss a fit ended at: the mean of its last ``window`` iterations' losses (one
+    iteration's loss jitters with the calibration's and the representation's steps); ``inf``
+    for a fit without losses or ``flagged`` as diverged, so that any settled fit beats it.
+    :meth:`.reconstructor.Reconstructor.cold_start` keeps the depth start with the lowest."""
+    if flagged or not losses:
+        return math.inf
+    return float(np.mean(losses[-max(1, window):]))
+
+
 class CoherenceCache:
     """The coherence weights of the current estimate, reused until they are
     ``refresh_iterations`` old (they age in iterations, whatever the check interval)."""

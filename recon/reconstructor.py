@@ -44,6 +44,7 @@ from .loop import (
     StopPolicy,
     WarmBudget,
     adam_after_refinement,
+    settled_loss,
     time_is_up,
     warm_budget_from_dict,
 )
@@ -70,6 +71,10 @@ SATURATION_LIMIT = 0.05
 COHERENCE_SAMPLES = 3
 #: The thickest propagation slab a reconstruction accepts (µm; ``ReconConfig.max_slab_um``).
 MAX_SLAB_UM = 1.0
+#: The largest common shift of the bead depths a cold start may start from (µm;
+#: ``ReconConfig.depth_starts_um``): the registration's depth error under a specimen is a
+#: tenth of that (BENCHMARKS.md, "Bead depths in the registration").
+MAX_DEPTH_START_UM = 1.0
 
 #: What an update is doing when it reports: fitting the pupil (:meth:`Reconstructor.calibrate`,
 #: a cold start's calibration) or fitting the volume.
@@ -96,6 +101,18 @@ def _calibration_progress(callback: ProgressCallback) -> Callable[[CalibrationPr
         nonlocal largest
         largest = max(largest, state.max_evaluations)
         callback(state.stage_index * largest + state.evaluation, state.stages * largest, state.loss, "calibration")
+
+    return progress
+
+
+def _nth_fit(callback: ProgressCallback | None, index: int, fits: int) -> ProgressCallback | None:
+    """``callback`` for the ``index``-th of ``fits`` successive fits of one cold start: their
+    iterations counted as one run, so that the count never goes back."""
+    if callback is None or fits == 1:
+        return callback
+
+    def progress(done: int, total: int, loss: float, phase: Phase) -> None:
+        callback(index * total + done, fits * total, loss, phase)
 
     return progress
 
@@ -191,6 +208,15 @@ class ReconConfig:
             (``PupilParameters.source_beyond_na``) is fitted with the cold start's volume.
             Off: the renderer's whole spectrum (a start pupil's edge and light beyond the NA
             are dropped).
+        depth_starts_um: the cold start fits the volume once from each of these common shifts
+            of the registered bead depths (µm, positive: shallower) and keeps the fit that
+            ends at the lowest loss (:func:`.loop.settled_loss`); each start costs a whole fit.
+            A registration through a homogeneous medium puts the beads 0.03–0.14 µm too deep
+            under a thick specimen (its optical path), and the joint refinement does not take
+            that back; from a start shallower than the truth it finds the depths (BENCHMARKS.md,
+            "Depth starts": thick rows +2.3 to +3.8 dB; the standard rows keep the unshifted
+            fit and score as before). ``(0.0,)``: one fit from the registered depths, a
+            third of the time (the live app's, for its first volume's latency).
         lr_sources_um: learning rate of the source positions (µm per step).
         lr_photometry: learning rate of log-brightness and background.
         coarse_to_fine: grow the NVP grid from coarse to voxel resolution.
@@ -242,6 +268,7 @@ class ReconConfig:
     lr_pupil_rad: float = 0.002
     calibration_warmup: int = 60
     source_calibration: bool = True
+    depth_starts_um: tuple[float, ...] = (0.0, 0.06, 0.12)
     lr_sources_um: float = 0.01
     lr_photometry: float = 0.005
     coarse_to_fine: bool = True
@@ -278,6 +305,11 @@ class ReconConfig:
                 raise ValueError(f"Reconstruction setting {name} must be a finite number {bound}, got {value}.")
         if not (0.0 < self.lr_final_fraction <= 1.0):
             raise ValueError(f"Reconstruction setting lr_final_fraction must lie in (0, 1], got {self.lr_final_fraction}.")
+        starts = self.depth_starts_um
+        if not (isinstance(starts, tuple) and starts and all(math.isfinite(dz) and abs(dz) <= MAX_DEPTH_START_UM for dz in starts)
+                and len(set(starts)) == len(starts)):
+            raise ValueError(f"Reconstruction setting depth_starts_um must be a tuple of distinct depth shifts within "
+                             f"±{MAX_DEPTH_START_UM:g} µm, at least one, got {starts!r}.")
         if self.max_slab_um > MAX_SLAB_UM:
             raise ValueError(f"Reconstruction setting max_slab_um must be at most {MAX_SLAB_UM:g} µm (1 µm slabs already "
                              f"misrender a weak specimen by 3–10 %, docs/physics.md), got {self.max_slab_um:g}.")
@@ -309,12 +341,16 @@ class ReconConfig:
         fields = dict(data)
         if isinstance(fields.get("warm_budget"), dict):
             fields["warm_budget"] = warm_budget_from_dict(fields["warm_budget"])
+        if isinstance(fields.get("depth_starts_um"), list):  # JSON has no tuples
+            fields["depth_starts_um"] = tuple(fields["depth_starts_um"])
         return cls(**fields)
 
 
 @dataclass
 class ReconResult:
-    """What one cold start or warm update produced."""
+    """What one cold start or warm update produced: of a cold start from several depth starts
+    (``ReconConfig.depth_starts_um``), the kept fit's volume, losses, iterations and sources,
+    and the ``seconds`` of all its fits (the pupil calibration before them not counted)."""
 
     dn: np.ndarray
     loss: float
@@ -796,16 +832,45 @@ class Reconstructor:
                     self.model, homogeneous_spectrum(self.model, base_sources), pupil=self._pupil_on(self.model)
                 )
             b0, c0 = fit_brightness_background(unperturbed, measured, self._valid)
+        starts = cfg.depth_starts_um
+        pupil = self.pupil
+        best: tuple[float, ReconResult, float, tuple] | None = None
+        seconds = 0.0
+        for k, dz in enumerate(starts):
+            self.pupil = pupil  # every start from the calibrated pupil (the fit refines it)
+            shift = torch.tensor([0.0, 0.0, dz], dtype=base_sources.dtype, device=self.device)
+            result = self._fit_cold(measured, scale, base_sources + shift, b0, c0, _nth_fit(callback, k, len(starts)))
+            seconds += result.seconds
+            settled = settled_loss(result.losses, cfg.check_every, result.flagged)
+            if best is None or settled < best[0]:
+                best = (settled, result, dz, (self.representation, self.state, self._optimizers, self.pupil,
+                                          self._coherence.weights, self._coherence.age))
+        assert best is not None
+        _, result, kept_dz, kept = best
+        result.seconds = seconds  # every start's fit
+        self.representation, self.state, self._optimizers, self.pupil, self._coherence.weights, self._coherence.age = kept
+        if len(starts) > 1:
+            tried = ", ".join(f"{dz:+g}" for dz in starts)
+            note = (f"Fitted from {len(starts)} bead depth starts ({tried} µm); kept {kept_dz:+g} µm, "
+                    f"the lowest final loss ({best[0]:.4g}).")
+            result.message = f"{note} {result.message}".strip()
+        return result
+
+    def _fit_cold(self, measured: torch.Tensor, scale: torch.Tensor, sources: torch.Tensor, b0: torch.Tensor,
+                  c0: torch.Tensor, callback: ProgressCallback | None) -> ReconResult:
+        """A cold start's volume fit from a new representation, with ``sources`` ``[V, 3]`` (µm),
+        brightness ``b0`` and background ``c0`` ``[V]`` as the calibration's base."""
+        cfg = self.config
         torch.manual_seed(cfg.seed)  # the MLP layers' default initialisation draws from torch's global generator
         self.representation = representation_for(cfg, self.geometry.shape_zyx).to(self.device)
         self.state = ReconState(
             representation={},
             level=0,
             resolution=(),
-            source_offset=torch.zeros_like(base_sources),
+            source_offset=torch.zeros_like(sources),
             log_brightness=torch.zeros_like(b0),
             background=torch.zeros_like(c0),
-            base_sources=base_sources,
+            base_sources=sources,
             base_brightness=b0.detach(),
             base_background=c0.detach(),
             pupil=self.pupil,

@@ -245,7 +245,8 @@ def test_nonsense_fit_settings_are_refused_before_any_work(simulated: Path, tmp_
 
     before = sorted(p.name for p in simulated.iterdir())
     for option, value in (("--sparsity", "-1"), ("--tv", "-1"), ("--sparsity", "nan"), ("--tv", "inf"),
-                          ("--lr", "0"), ("--lr", "-0.01"), ("--lr", "inf"), ("--bead-diameter", "-0.2")):
+                          ("--lr", "0"), ("--lr", "-0.01"), ("--lr", "inf"), ("--bead-diameter", "-0.2"),
+                          ("--depth-starts", "0,0"), ("--depth-starts", "0,2"), ("--depth-starts", "0,x")):
         assert main(["reconstruct", str(simulated), option, value]) == 2
         err = capsys.readouterr().err
         assert f"argument {option}" in err and value in err, err
@@ -266,7 +267,7 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(reconstructed: tu
     assert len(pupil.zernike_rad) == 21 and pupil.zernike_rad[:3] == (0.0, 0.0, 0.0)
     out = nvplive("reconstruct", str(simulated), "--pupil", str(tmp_path / "scope.json"), "--no-pupil-calibration",
                   "--no-source-calibration", "--bead-diameter", "0.3", "--iterations", "3", "--warm-iterations", "2",
-                  "--device", "cpu", cwd=tmp_path)
+                  "--depth-starts", "0,0.05", "--device", "cpu", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert f"the detection pupil: {tmp_path / 'scope.json'} (frames, " in out.stdout and ", as it is" in out.stdout
     assert "--no-source-calibration has no effect with --no-pupil-calibration" in out.stderr  # said, not silently moot
@@ -276,6 +277,7 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(reconstructed: tu
         settings = rec.volume_settings[0]["settings"]
         assert settings["pupil_calibration"] is False and settings["source_calibration"] is False
         assert settings["bead_diameter_um"] == 0.3  # the renderer's beads (the option's over the recording's), saved
+        assert settings["depth_starts_um"] == [0.0, 0.05]
     from nvplive.acquisition.offline import evaluate_recording
 
     assert np.isfinite(evaluate_recording(simulated)["heldout_image_psnr_db"])  # held-out views rendered with them

@@ -3,7 +3,9 @@ coherence mask, and one code path for every representation (issue 3)."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 from scipy import ndimage
 
 from nvplive.errors import ReconstructionError
-from nvplive.recon.loop import IterationBudget
+from nvplive.recon.loop import IterationBudget, settled_loss
 from nvplive.recon.metrics import absolute_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.reconstructor import ReconConfig, Reconstructor
@@ -213,7 +215,8 @@ def _small_runs(compile_mode: str | None) -> tuple[Reconstructor, list]:
     dn[2:6, 8:14, 6:12] = 0.03
     sources = default_sources(SMALL, 3, seed=1)
     frames = Simulator(OPTICS, SMALL, sources, photons=5000.0, coherence=COHERENT, camera=NOISELESS, seed=0).expected(dn)
-    config = ReconConfig(iterations=30, warm_budget=IterationBudget(10, stop_on_plateau=False), compile_mode=compile_mode, pupil_calibration=False)
+    config = ReconConfig(iterations=30, warm_budget=IterationBudget(10, stop_on_plateau=False), compile_mode=compile_mode, pupil_calibration=False,
+                         depth_starts_um=(0.0,))
     rec = Reconstructor(OPTICS, SMALL, sources, config=config, device="cpu")
     return rec, [rec.cold_start(frames), rec.warm_update(frames)]
 
@@ -379,6 +382,37 @@ def test_the_reconstruction_settings_refuse_what_no_fit_can_run_with():
     with pytest.raises(ValueError, match="bead_diameter_um must be a finite number ≥ 0, got -0.2"):
         ReconConfig(bead_diameter_um=-0.2)
     assert ReconConfig(sparsity_weight=0.0, tv_weight=0.0).sparsity_weight == 0.0
+    for starts in ((), (0.0, 0.0), (0.0, float("nan")), (0.0, 1.5), [0.0]):
+        with pytest.raises(ValueError, match="depth_starts_um must be a tuple of distinct depth shifts within ±1 µm"):
+            ReconConfig(depth_starts_um=starts)
+    config = ReconConfig(depth_starts_um=(0.0, 0.06))
+    assert ReconConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_a_cold_start_from_several_depth_starts_keeps_the_lowest_loss_and_goes_on_from_it():
+    """The beads stated at their true depths: of the starts +0.4 µm and 0, the fit from 0 ends
+    lower and is kept, with its state (a warm update goes on from it exactly as from a single
+    fit), and the message names both; the progress counts both fits as one run."""
+    dn = np.zeros(SMALL.shape_zyx, np.float32)
+    dn[2:6, 8:14, 6:12] = 0.03
+    sources = default_sources(SMALL, 3, seed=1)
+    frames = Simulator(OPTICS, SMALL, sources, photons=5000.0, coherence=COHERENT, camera=NOISELESS, seed=0).expected(dn)
+    config = ReconConfig(iterations=30, warm_budget=IterationBudget(10, stop_on_plateau=False), pupil_calibration=False,
+                         self_calibration=False)
+    runs = {}
+    for starts in ((0.4, 0.0), (0.0,), (0.4,)):
+        rec = Reconstructor(OPTICS, SMALL, sources, config=replace(config, depth_starts_um=starts), device="cpu")
+        seen: list[tuple[int, int]] = []
+        cold = rec.cold_start(frames, callback=lambda done, total, loss, phase, seen=seen: seen.append((done, total)))
+        runs[starts] = (cold, rec.warm_update(frames), seen)
+    both, single, shallow = runs[(0.4, 0.0)], runs[(0.0,)], runs[(0.4,)]
+    assert settled_loss(single[0].losses, 10) < settled_loss(shallow[0].losses, 10)
+    assert np.array_equal(both[0].dn, single[0].dn) and both[0].loss == single[0].loss
+    np.testing.assert_allclose(both[0].sources_um_xyz, sources, atol=1e-6)
+    assert np.array_equal(both[1].dn, single[1].dn), "the warm update did not go on from the kept fit"
+    assert "2 bead depth starts (+0.4, +0 µm); kept +0 µm" in both[0].message and single[0].message == ""
+    done = [d for d, _ in both[2]]
+    assert done == sorted(done) and {t for _, t in both[2]} == {60} and done[-1] == 60
 
 
 def test_the_beads_size_is_built_into_every_renderer_and_cannot_change_under_it():

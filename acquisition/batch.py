@@ -79,6 +79,7 @@ class ChunkResult:
     seconds: float
     pupils: list[dict | None]  # the pupil each volume was rendered with (PupilParameters.to_dict(); None: the hard aperture)
     calibration: PupilCalibration | None = None  # the chunk's pupil calibration, when its cold start ran one
+    cold_start_note: str = ""  # the chunk's cold start's result message (the depth start kept, a fallback)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class BatchSummary:
     workers: int
     chunks: list[dict] = field(default_factory=list)  # start, stop, worker, device, seconds per chunk
     pupil_start: str = "the hard aperture"  # the pupil the run started from (calibration_start's words)
+    cold_start_note: str = ""  # the first chunk's cold start's result message
 
 
 def plan_chunks(n_timepoints: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -198,6 +200,8 @@ def reconstruct_chunk(
         for t in range(start, stop):
             callback = _progress_events(dask_worker, progress_topic, t, rec.n_timepoints) if events else None
             result = reconstructor.warm_update(rec.frames(t), callback=callback)
+            if t == start:
+                note = result.message
             volumes.append(result.dn)
             pupils.append(volume_pupil_setting(result.pupil))
             iterations.append(result.iterations)
@@ -219,6 +223,7 @@ def reconstruct_chunk(
         seconds=time.perf_counter() - begin,
         pupils=pupils,
         calibration=reconstructor.calibration,
+        cold_start_note=note,
     )
 
 
@@ -457,6 +462,8 @@ def reconstruct_distributed(
                             "worker": chunk.worker,
                             "pupil": chunk.pupils[i],
                         }
+                        if i == 0 and chunk.cold_start_note:
+                            settings["message"] = chunk.cold_start_note
                         writer.write_volume(t, chunk.volumes[i], config.method, settings)
                         written.add(t)
                     chunk.volumes = np.empty((0,), np.float32)  # written: drop the data, keep the record
@@ -490,6 +497,7 @@ def reconstruct_distributed(
                 for c in done_chunks
             ],
             pupil_start=known_from,
+            cold_start_note=done_chunks[0].cold_start_note if done_chunks else "",
         )
     finally:
         with report_lock:

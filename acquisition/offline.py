@@ -270,6 +270,7 @@ class ReconstructionSummary:
     flagged: list[int]
     device: str
     pupil_start: str = "the hard aperture"
+    cold_start_note: str = ""  # the first timepoint's result message (the depth start kept, a fallback)
 
 
 def timepoint_progress(progress: Progress, t: int, n: int) -> ProgressCallback:
@@ -335,7 +336,10 @@ def reconstruct_recording(
 
             result = reconstructor.warm_update(frames, callback=timepoint_progress(progress, t, n))
             used = volume_pupil_setting(result.pupil)  # after the joint refinement
-            writer.write_volume(t, result.dn, config.method, {**settings, "iterations_run": result.iterations, "pupil": used})
+            said = {"message": result.message} if result.message else {}
+            writer.write_volume(t, result.dn, config.method, {**settings, "iterations_run": result.iterations, "pupil": used, **said})
+            if t == 0:
+                note = result.message
             iterations.append(result.iterations)
             losses.append(result.loss)
             if result.flagged:
@@ -350,7 +354,7 @@ def reconstruct_recording(
                 residual=calibration.residual, residual_before=calibration.residual_start,
             )
     return ReconstructionSummary(n, time.perf_counter() - start, iterations, losses, flagged, str(reconstructor.device),
-                                 known_from)
+                                 known_from, note)
 
 
 def evaluate_recording(path: str | Path, *, heldout_views: int = HELDOUT_VIEWS, progress: Progress = _quiet) -> dict:

@@ -525,6 +525,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
               f"written to {pupil_path(args.recording)}")
     else:
         print(f"the detection pupil: {summary.pupil_start}, as it is")
+    if summary.cold_start_note:
+        print(f"timepoint 1: {summary.cold_start_note}")
     if summary.flagged:
         print(f"warning: timepoints {summary.flagged} diverged and were rolled back", file=sys.stderr)
     print(f"the volumes: {args.recording / 'volumes.ome.tif'}; score them against ground truth with nvplive evaluate "

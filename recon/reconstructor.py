@@ -214,8 +214,8 @@ class ReconConfig:
             A registration through a homogeneous medium puts the beads 0.03–0.14 µm too deep
             under a thick specimen (its optical path), and the joint refinement does not take
             that back; from a start shallower than the truth it finds the depths (BENCHMARKS.md,
-            "Depth starts": thick rows +2.3 to +3.8 dB; the standard rows keep the unshifted
-            fit and score as before). ``(0.0,)``: one fit from the registered depths, a
+            "Depth starts": seven of eight thick rows +2.3 to +4.3 dB; the standard rows keep
+            the unshifted fit and score as before, one +0.13). ``(0.0,)``: one fit from the registered depths, a
             third of the time (the live app's, for its first volume's latency).
         lr_sources_um: learning rate of the source positions (µm per step).
         lr_photometry: learning rate of log-brightness and background.

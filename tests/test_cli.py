@@ -278,6 +278,8 @@ def test_calibrate_a_recording_then_reconstruct_with_its_pupil(reconstructed: tu
         assert settings["pupil_calibration"] is False and settings["source_calibration"] is False
         assert settings["bead_diameter_um"] == 0.3  # the renderer's beads (the option's over the recording's), saved
         assert settings["depth_starts_um"] == [0.0, 0.05]
+        assert settings["message"].startswith("Fitted from 2 bead depth starts (+0, +0.05 µm); kept ")  # which, and why
+    assert "timepoint 1: Fitted from 2 bead depth starts (+0, +0.05 µm); kept " in out.stdout
     from nvplive.acquisition.offline import evaluate_recording
 
     assert np.isfinite(evaluate_recording(simulated)["heldout_image_psnr_db"])  # held-out views rendered with them

@@ -35,7 +35,7 @@ from nvplive.recon.simulate import PartialCoherence
 T = 6
 #: without pupil calibration (the frames come from the reconstruction's own instrument):
 #: the chunking is the subject; CALIBRATED for the pupil's path through the chunks
-CONFIG = ReconConfig(iterations=60, warm_budget=IterationBudget(10), pupil_calibration=False)
+CONFIG = ReconConfig(iterations=60, warm_budget=IterationBudget(10), pupil_calibration=False, depth_starts_um=(0.0,))
 CALIBRATED = replace(CONFIG, pupil_calibration=True)
 #: docs/batch.md: with several chunks, each timepoint's Δn differs from the serial chain's by
 #: at most this RMSE relative to the truth's range, and the mean Δn PSNR drops at most

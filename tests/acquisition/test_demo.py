@@ -22,7 +22,8 @@ def small_reconstructor(info):
     return Reconstructor(
         info.optics, info.geometry, info.sources_um_xyz,
         camera_offset=info.camera_model.offset, camera_gain=info.camera_model.gain,
-        config=ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False),  # as live (LIVE_CONFIG)
+        config=ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False,
+                            depth_starts_um=(0.0,)),  # as live (LIVE_CONFIG)
         device="cpu",
     )
 

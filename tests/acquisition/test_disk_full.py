@@ -32,7 +32,8 @@ SCRIPT = textwrap.dedent(
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
     limit = int(sys.argv[2])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    factory = default_reconstructor_factory("cpu", ReconConfig(iterations=4, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False))
+    factory = default_reconstructor_factory("cpu", ReconConfig(iterations=4, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False,
+                                                                  depth_starts_um=(0.0,)))
     result = run_headless_demo(sys.argv[1], 200, views=3, shape=(8, 32, 32), interval_s=0.0, exposure_ms=1.0,
                                coherence=PartialCoherence(1, 0.0, 1), reconstructor_factory=factory, durable=True)
     print("STATUS", result.acquisition.status, result.acquisition.timepoints_complete)

@@ -28,7 +28,8 @@ DEMO_SCRIPT = textwrap.dedent(
     from nvplive.recon.simulate import PartialCoherence
 
     print("started", flush=True)
-    factory = default_reconstructor_factory("cpu", ReconConfig(iterations=6, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False))
+    factory = default_reconstructor_factory("cpu", ReconConfig(iterations=6, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False,
+                                                                  depth_starts_um=(0.0,)))
     run_headless_demo(sys.argv[1], 100000, views=3, shape=(8, 24, 24), interval_s=0.0, exposure_ms=1.0,
                       coherence=PartialCoherence(1, 0.0, 1), reconstructor_factory=factory, durable=True)
     """

@@ -126,7 +126,8 @@ def test_a_failed_ground_truth_write_is_reported_and_the_acquisition_goes_on(mic
 
 
 def test_settings_requested_while_running_apply_before_the_next_update(microscope):
-    recon = live_reconstructor(microscope.info, ReconConfig(iterations=4, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False), "cpu")
+    recon = live_reconstructor(microscope.info, ReconConfig(iterations=4, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False,
+                                                                  depth_starts_um=(0.0,)), "cpu")
     assert isinstance(recon, LiveReconstructor)
     offset = microscope.info.camera_model.offset
     frames = np.stack([offset + microscope.scene.expected_frame(v, 0.0, exposure_ms=2.0) for v in range(VIEWS)])

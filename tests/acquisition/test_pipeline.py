@@ -145,7 +145,8 @@ def test_live_reconstruction_with_the_real_reconstructor(tmp_path):
     core, info, scene, writer = _setup(tmp_path, views=3)
     recon = Reconstructor(
         info.optics, info.geometry, info.sources_um_xyz, camera_offset=scene.camera.offset,
-        config=ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False), device="cpu",
+        config=ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False,
+                           depth_starts_um=(0.0,)), device="cpu",
     )
     acq = FDTAcquisition(core, info, writer, timepoints=5, interval_s=0.0)
     worker = ReconstructionWorker(recon, writer)

@@ -39,7 +39,8 @@ SHAPE = (16, 32, 32)
 VOXEL = (0.25, 0.25, 0.25)
 FAST = PartialCoherence(n_wavelengths=1, n_subsources=1)
 VIEWS = 3
-TINY_CONFIG = ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False)  # as live
+TINY_CONFIG = ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False,
+                          depth_starts_um=(0.0,))  # as live
 
 
 

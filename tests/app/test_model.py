@@ -31,7 +31,8 @@ def test_fields_are_evented_and_the_defaults_are_the_live_configuration():
 
 def test_budget_modes_give_the_config_the_reconstructor_runs():
     rec = AppModel().reconstruction
-    rec.use_config(ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False))
+    rec.use_config(ReconConfig(iterations=8, warm_budget=IterationBudget(2), check_every=2, pupil_calibration=False,
+                                   depth_starts_um=(0.0,)))
     assert rec.budget_mode == "iterations" and rec.cold_iterations == 8
     config = rec.config()
     assert (config.warm_budget, config.check_every) == (IterationBudget(2, stop_on_plateau=True), 2)

@@ -237,7 +237,7 @@ def test_reconstructor_calibrates_the_pupil_and_keeps_it_for_later_timepoints():
     assert {total for _, total, phase in reports if phase == "calibration"} == {budget}
     assert calibrating and calibrating == sorted(calibrating) and calibrating[-1] > budget // 2
     assert [phase for *_, phase in reports] == ["calibration"] * len(calibrating) + ["fit"] * (len(reports) - len(calibrating))
-    assert reports[-1][1:] == (3, "fit")
+    assert reports[-1][1:] == (3 * len(ReconConfig().depth_starts_um), "fit")  # 3 iterations from each depth start
     fitted = [j - 2 for j in DEFAULT_NOLL]
     found = np.array(first.pupil.zernike_rad)[fitted]
     assert np.linalg.norm(found - np.array(truth.zernike_rad)[fitted]) < 0.05  # wavefront error, rad RMS (0.030 measured)
@@ -310,7 +310,7 @@ def test_the_light_beyond_the_na_is_fitted_with_the_volume():
     dn[4:8, 10:22, 10:22] = 0.02
     dn[5:7, 14:18, 6:26] = 0.04
     frames = aberrated_frames(with_source_edge(model, (0.97 * na, na)), true, PupilParameters(), dn=dn, seed=5)
-    config = ReconConfig(iterations=150, warm_budget=IterationBudget(2))
+    config = ReconConfig(iterations=150, warm_budget=IterationBudget(2), depth_starts_um=(0.0,))
     rec = Reconstructor(SMALL_OPTICS, SMALL_GEOMETRY, true, config=config, device="cpu")
     first = rec.cold_start(frames)
     assert rec.calibration is not None and rec.calibration.pupil.source_edge_na == ()  # nothing identified

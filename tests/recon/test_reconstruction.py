@@ -49,7 +49,7 @@ def spheres_case():
     dn, centres = two_spheres()
     sources = default_sources(GEOMETRY, 7, seed=1)
     frames = noiseless_frames(dn, sources)
-    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=150), device="cpu")
+    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(iterations=150, depth_starts_um=(0.0,)), device="cpu")
     result = rec.cold_start(frames)
     return dn, centres, sources, frames, rec, result
 
@@ -114,7 +114,8 @@ def test_warm_start_reaches_cold_loss_in_far_fewer_iterations():
     moved = np.roll(dn, 1, axis=2)  # the specimen moved by one voxel
     frames0, frames1 = noiseless_frames(dn, sources), noiseless_frames(moved, sources)
     # the warm update runs only as long as it may take to reach the cold start's loss
-    config = ReconConfig(iterations=200, warm_budget=IterationBudget(80, stop_on_plateau=False), check_every=5, pupil_calibration=False)
+    config = ReconConfig(iterations=200, warm_budget=IterationBudget(80, stop_on_plateau=False), check_every=5, pupil_calibration=False,
+                         depth_starts_um=(0.0,))
     cold = Reconstructor(OPTICS, GEOMETRY, sources, config=config, device="cpu")
     cold_loss = cold.cold_start(frames1).loss
     warm = Reconstructor(OPTICS, GEOMETRY, sources, config=config, device="cpu")
@@ -143,7 +144,7 @@ def test_coherence_mask_lowers_the_dn_error_on_polychromatic_frames():
     optics, dn, sources, frames = _broadband_case()
     rmse = {}
     for mask in (True, False):
-        config = ReconConfig(iterations=150, coherence_mask=mask, pupil_calibration=False)
+        config = ReconConfig(iterations=150, coherence_mask=mask, pupil_calibration=False, depth_starts_um=(0.0,))
         result = Reconstructor(optics, GEOMETRY, sources, camera_offset=100.0, config=config, device="cpu").cold_start(frames)
         rmse[mask] = float(np.sqrt(np.mean((result.dn - dn) ** 2)))
     # measured 0.0026 with the mask against 0.0141 without while the source spectrum stopped
@@ -186,7 +187,8 @@ def test_every_representation_runs_the_same_loop(method):
     dn, _ = two_spheres()
     sources = default_sources(GEOMETRY, 6, seed=1)
     frames = noiseless_frames(dn, sources)
-    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(method=method, iterations=30, warm_budget=IterationBudget(10), pupil_calibration=False), device="cpu")
+    rec = Reconstructor(OPTICS, GEOMETRY, sources, config=ReconConfig(method=method, iterations=30, warm_budget=IterationBudget(10), pupil_calibration=False,
+                                                                          depth_starts_um=(0.0,)), device="cpu")
     first = rec.cold_start(frames)
     second = rec.warm_update(frames)
     assert second.warm and second.iterations <= 10
@@ -329,7 +331,7 @@ def test_an_instrument_that_is_not_the_model_is_calibrated_and_beats_the_all_zer
     config = ReconConfig(iterations=150)
     calibrated = Reconstructor(OPTICS, GEOMETRY, sources, camera_offset=100.0, config=config, device="cpu")
     plain = Reconstructor(OPTICS, GEOMETRY, sources, camera_offset=100.0, device="cpu",
-                          config=replace(config, pupil_calibration=False))
+                          config=replace(config, pupil_calibration=False, depth_starts_um=(0.0,)))
     zero = absolute_scores(np.zeros_like(dn), dn).psnr_db
     with_calibration = absolute_scores(calibrated.cold_start(frames).dn, dn).psnr_db
     without = absolute_scores(plain.cold_start(frames).dn, dn).psnr_db

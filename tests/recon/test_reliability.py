@@ -102,7 +102,7 @@ def test_out_of_memory_in_a_cold_start_falls_back_and_gives_the_same_result(fram
     rec = _reconstructor()
     calls = _oom_once(monkeypatch)
     result = rec.cold_start(frames[0])
-    assert len(calls) == 2
+    assert len(calls) == 1 + len(CONFIG.depth_starts_um)  # the first start's fit, then every start's again on the CPU
     assert "out of memory" in result.message.lower() and "ran again" in result.message
     assert rec.device.type == "cpu" and rec.model.device.type == "cpu"
     assert not result.flagged

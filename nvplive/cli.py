@@ -273,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--depth-starts", type=_depth_starts, default=None, metavar="UM,UM,…",
                      help="fit the first timepoint's volume once from each of these common shifts of the registered bead "
                           "depths (µm, positive: shallower) and keep the fit with the lowest final loss; each costs a whole "
-                          "fit (default 0: one fit; under a thick specimen the registration puts the beads 0.03–0.14 µm "
-                          "too deep, and 0,0.06,0.12 finds them: docs/reconstruction.md)")
+                          "fit (default 0,0.06,0.12: three fits; 0: one fit, a third of the time; under a thick specimen the "
+                          "registration puts the beads 0.03–0.14 µm too deep, and a shallower start finds them: "
+                          "docs/reconstruction.md)")
     rec.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                      help="where the reconstruction runs: auto (the GPU when there is one, else the CPU), cpu or cuda (default auto)")
     _threads_option(rec)

@@ -276,7 +276,11 @@ def adam_after_refinement(previous: torch.optim.Optimizer, groups: list[dict]) -
     return optimizer
 
 
-def settled_loss(losses: Sequence[float], window: int, flagged: bool = False) -> float:
+#: Iterations whose mean loss is the loss a fit ended at (:func:`settled_loss`).
+SETTLED_ITERATIONS = 10
+
+
+def settled_loss(losses: Sequence[float], window: int = SETTLED_ITERATIONS, flagged: bool = False) -> float:
     """The loss a fit ended at: the mean of its last ``window`` iterations' losses (one
     iteration's loss jitters with the calibration's and the representation's steps); ``inf``
     for a fit without losses or ``flagged`` as diverged, so that any settled fit beats it.

@@ -841,18 +841,21 @@ class Reconstructor:
             shift = torch.tensor([0.0, 0.0, dz], dtype=base_sources.dtype, device=self.device)
             result = self._fit_cold(measured, scale, base_sources + shift, b0, c0, _nth_fit(callback, k, len(starts)))
             seconds += result.seconds
-            settled = settled_loss(result.losses, cfg.check_every, result.flagged)
+            settled = settled_loss(result.losses, flagged=result.flagged)
             if best is None or settled < best[0]:
                 best = (settled, result, dz, (self.representation, self.state, self._optimizers, self.pupil,
-                                          self._coherence.weights, self._coherence.age))
+                                          self._coherence.weights, self._coherence.age, self._seconds_per_iteration,
+                                          self._finish_seconds))
         assert best is not None
         _, result, kept_dz, kept = best
         result.seconds = seconds  # every start's fit
-        self.representation, self.state, self._optimizers, self.pupil, self._coherence.weights, self._coherence.age = kept
+        (self.representation, self.state, self._optimizers, self.pupil, self._coherence.weights, self._coherence.age,
+         self._seconds_per_iteration, self._finish_seconds) = kept
         if len(starts) > 1:
             tried = ", ".join(f"{dz:+g}" for dz in starts)
             note = (f"Fitted from {len(starts)} bead depth starts ({tried} µm); kept {kept_dz:+g} µm, "
-                    f"the lowest final loss ({best[0]:.4g}).")
+                    f"the lowest final loss ({best[0]:.4g})." if math.isfinite(best[0]) else
+                    f"Fitted from {len(starts)} bead depth starts ({tried} µm); every fit diverged, kept the first.")
             result.message = f"{note} {result.message}".strip()
         return result
 

@@ -29,7 +29,7 @@ import useq
 from nvplive.errors import AcquisitionError
 from nvplive.recon.calibration import StackCalibration, calibrate_bead_stack
 from nvplive.recon.optics import Optics
-from nvplive.recon.progress import STACK_ITERATIONS, CalibrationProgress
+from nvplive.recon.progress import MAX_BEADS, STACK_ITERATIONS, CalibrationProgress
 from nvplive.recon.pupil import PupilParameters
 
 from .engine import FDT_METADATA_KEY, quiet_cancel_notice
@@ -367,12 +367,15 @@ def calibrate_stack(
     bead_diameter_um: float = 0.0,
     pad_px: int | None = None,
     bit_depth: int | None = None,
+    crop_px: int | None = None,
+    max_beads: int = MAX_BEADS,
 ) -> tuple[StackCalibration, CalibratedPupil, Path | None]:
     """Calibrate the detection pupil on a bead z-stack ``[Z, Y, X]`` (raw counts) and, with
     ``output``, write the pupil file; ``name`` says what the stack is (``calibrated_from``);
-    the bead is ``bead_diameter_um`` across (0: a point source); ``iterations`` per L-BFGS
-    pass, the renderer's padding ``pad_px`` and the camera's ``bit_depth`` (its full scale;
-    None: the stack's integer type's) as :func:`~nvplive.recon.calibration.calibrate_bead_stack`.
+    the beads are ``bead_diameter_um`` across (0: point sources); ``iterations`` per L-BFGS
+    pass, the renderer's padding ``pad_px``, the camera's ``bit_depth`` (its full scale;
+    None: the stack's integer type's), each bead's ``crop_px`` and the most beads fitted
+    ``max_beads`` as :func:`~nvplive.recon.calibration.calibrate_bead_stack`.
 
     The one path of ``nvplive calibrate STACK.tif`` and the app's "Calibrate pupil"
     (:func:`~nvplive.recon.calibration.calibrate_bead_stack`). ``progress(done, total, message)``
@@ -380,6 +383,7 @@ def calibrate_stack(
     thread ends the fit at its next evaluation.
 
     Raises:
+        NoBeadError: the stack shows no bead, or none alone in its crop (before the fit).
         CalibrationCancelled: ``cancel`` was set (nothing is written).
     """
 
@@ -389,9 +393,9 @@ def calibrate_stack(
 
     result = calibrate_bead_stack(stack, optics, float(pixel_um), float(z_step_um), iterations=iterations,
                                   z_direction=z_direction, bead_diameter_um=bead_diameter_um, pad_px=pad_px,
-                                  bit_depth=bit_depth, progress=fit_progress)
+                                  bit_depth=bit_depth, crop_px=crop_px, max_beads=max_beads, progress=fit_progress)
     progress(FIT_STEPS, FIT_STEPS, f"pupil fitted, residual {result.residual:.3f}")  # stages may converge before their budget
-    how = f"z direction {result.z_direction:+d}" + (", undetermined by the images" if result.ambiguous else "")
+    how = f"{result.beads}, z direction {result.z_direction:+d}" + (", undetermined by the images" if result.ambiguous else "")
     if result.saturated_pixels:
         how += f"; {result.saturated_pixels} saturated pixels, amplitude unreliable"
     calibrated = CalibratedPupil(

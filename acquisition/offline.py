@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from nvplive.errors import GeometryError, NvpLiveError, RecordingError
-from nvplive.recon.calibration import DEFAULT_NOLL, PupilCalibration, StackCalibration, crop_around_peak, full_scale_counts
+from nvplive.errors import GeometryError, NoBeadError, NvpLiveError, RecordingError
+from nvplive.recon.calibration import DEFAULT_NOLL, PupilCalibration, StackCalibration, full_scale_counts
 from nvplive.recon.capacity import check_memory, check_plausible
 from nvplive.recon.metrics import absolute_scores, image_psnr, published_scores
 from nvplive.recon.optics import Optics, VolumeGeometry
 from nvplive.recon.phantoms import Cardiomyocyte, make_phantom
 from nvplive.recon.physics import ForwardModel, pupil_on_grid, render, with_source_edge
-from nvplive.recon.progress import STACK_ITERATIONS
+from nvplive.recon.progress import MAX_BEADS, STACK_ITERATIONS
 from nvplive.recon.pupil import PupilParameters
 from nvplive.recon.reconstructor import Phase, ProgressCallback, ReconConfig, Reconstructor, check_frame_size
 from nvplive.recon.simulate import (
@@ -569,7 +569,7 @@ def calibrate_stack_file(
     path: str | Path, *, output: str | Path | None = None, iterations: int = STACK_ITERATIONS,
     z_direction: int | None = None, progress: Progress = _quiet, bead_diameter_um: float | None = None,
     crop_px: int | None = None, pad_px: int | None = None, overwrite: bool = False, bit_depth: int | None = None,
-    **overrides: float | None,
+    max_beads: int = MAX_BEADS, **overrides: float | None,
 ) -> tuple[StackCalibration, Path]:
     """Calibrate the detection pupil on a bead z-stack TIFF (``[Z, Y, X]``) and write the pupil file.
 
@@ -585,15 +585,16 @@ def calibrate_stack_file(
     ``progress``, ``iterations``, ``pad_px`` and ``bead_diameter_um``: see
     :func:`.bead_stack.calibrate_stack` (``bead_diameter_um`` None: the optional key
     ``bead_diameter_um`` of ``STACK.json``, else 0, a point source). ``crop_px``: fit only the
-    ``crop_px × crop_px`` pixels around the brightest one (faster, and less background noise;
-    at least :data:`MIN_CROP_PX` and at most the frame). An ``output`` that exists is replaced
-    only with ``overwrite``.
+    ``crop_px × crop_px`` pixels around each bead (faster, and less background noise;
+    at least :data:`MIN_CROP_PX` and at most the frame); ``max_beads``: the most beads fitted
+    together when the stack holds several (:func:`~nvplive.recon.calibration.bead_stack_views`).
+    An ``output`` that exists is replaced only with ``overwrite``.
 
     Raises:
         RecordingError: the stack or its parameters cannot be read, a parameter is missing or
             not a positive number, the bit depth given disagrees with the TIFF's or cannot
             have written its pixels, or the output is the stack (or its JSON) or cannot be
-            written; all before the fit.
+            written, or the stack shows no bead or none alone in its crop; all before the fit.
     """
     import tifffile
 
@@ -661,7 +662,6 @@ def calibrate_stack_file(
                 f"{path}: a crop of {crop_px}×{crop_px} pixels must be at least {MIN_CROP_PX} and at most its "
                 f"{stack.shape[1]}×{stack.shape[2]} frames."
             )
-        stack = crop_around_peak(stack, crop_px)
     try:
         optics = Optics(wavelength_um=float(params["wavelength_um"]), n_medium=float(params["n_medium"]),
                         na=float(params["na"]), emission_fwhm_um=float(params.get("emission_fwhm_um", 0.0)))
@@ -669,10 +669,13 @@ def calibrate_stack_file(
         given = [f"--{k.replace('_', '-')}" for k in ("na", "n_medium", "wavelength_um") if overrides.get(k) is not None]
         source = " and ".join(given) if given else str(beside)
         raise RecordingError(f"{source}: the z-stack's optics are impossible: {str(exc).removeprefix('Optics: ')}") from None
-    result, _, written = calibrate_stack(
-        stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), name=f"bead z-stack {path.name}",
-        iterations=iterations, z_direction=z_direction, output=target,
-        progress=progress, bead_diameter_um=float(bead_diameter_um), pad_px=pad_px, bit_depth=bits,
-    )
+    try:
+        result, _, written = calibrate_stack(
+            stack, optics, float(params["pixel_size_um"]), float(params["z_step_um"]), name=f"bead z-stack {path.name}",
+            iterations=iterations, z_direction=z_direction, output=target, progress=progress,
+            bead_diameter_um=float(bead_diameter_um), pad_px=pad_px, bit_depth=bits, crop_px=crop_px, max_beads=max_beads,
+        )
+    except NoBeadError as exc:
+        raise RecordingError(f"{path}: {exc}") from None
     assert written is not None  # an output was given
     return result, written

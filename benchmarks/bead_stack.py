@@ -62,12 +62,11 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
     import tifffile
     import torch
 
-    from nvplive.recon.calibration import bead_stack_views, calibrate_pupil, crop_around_peak
+    from nvplive.recon.calibration import bead_stack_views, calibrate_pupil
     from nvplive.recon.optics import Optics
 
     params = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     full = tifffile.imread(path)
-    stack = full if crop is None else crop_around_peak(full, crop)
     pixel, step = params["pixel_size_um"], params["z_step_um"]
 
     def optics(fwhm: float = 0.0) -> Optics:
@@ -75,11 +74,11 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
 
     pad_yx = None if pad is None else (pad, pad)
     whole = bead_stack_views(full, optics(), pixel, step, pad_yx=(0, 0))  # the camera's noise, from the whole frame
-    views = bead_stack_views(stack, optics(), pixel, step, pad_yx=pad_yx)
+    views = bead_stack_views(full, optics(), pixel, step, pad_yx=pad_yx, crop_px=crop)
     if whole.noise is None:
         raise SystemExit(f"bead_stack: {path.name}'s pixels are too coarse for the noise estimate beyond the band.")
     floor = whole.noise.expected_residual(views.frames, views.valid)
-    common = {"stack": path.name, "crop": f"{stack.shape[1]}×{stack.shape[2]}", "z_direction": z_direction,
+    common = {"stack": path.name, "crop": f"{views.frames.shape[1]}×{views.frames.shape[2]}", "beads": views.describe(), "z_direction": z_direction,
               "iterations": iterations, "threads": torch.get_num_threads()}
     out = [{**common, "row": "noise", "model": "noise floor (pixel noise beyond the band, photon transfer)",
             "residual": floor, "floor": floor, "residual_whole_frame": whole.noise.residual_floor,
@@ -91,7 +90,8 @@ def measure(path: Path, iterations: int, crop: int | None, pad: int | None, z_di
         bead = keywords.pop("bead_diameter_um", 0.0)
         keywords.setdefault("restart_positions", False)  # as calibrate_bead_stack
         problem = (
-            bead_stack_views(stack, optics(fwhm), pixel, step, pad_yx=pad_yx, bead_diameter_um=bead) if fwhm or bead else views
+            bead_stack_views(full, optics(fwhm), pixel, step, pad_yx=pad_yx, bead_diameter_um=bead, crop_px=crop) if fwhm or bead
+            else views
         )
         start = time.perf_counter()
         cal = calibrate_pupil(problem.model, problem.frames, problem.sources(z_direction), valid=problem.valid,

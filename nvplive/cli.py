@@ -199,7 +199,7 @@ def _command(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The ``nvplive`` argument parser with its sub-commands."""
     from nvplive.recon.phantoms import PHANTOMS  # numpy only
-    from nvplive.recon.progress import STACK_ITERATIONS  # torch-free
+    from nvplive.recon.progress import BEAD_CROP_PX, MAX_BEADS, STACK_ITERATIONS  # torch-free
 
     parser = _Parser(prog="nvplive", description="Live 3D refractive index by fluorescence diffraction tomography.")
     parser.add_argument("--version", action="version", version=f"nvp-live {__version__}")
@@ -317,8 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--iterations", type=_positive_int, default=None,
                      help=f"z-stack: L-BFGS iterations per pass (default {STACK_ITERATIONS})")
     cal.add_argument("--crop", type=_positive_int, default=None, metavar="N",
-                     help="z-stack: fit the N×N pixels around the brightest one (default: the whole frame; "
-                          "64 on a 128×128 stack is ≈1.7× faster and leaves less background noise)")
+                     help="z-stack: fit the N×N pixels around each bead (default: the whole frame for a bead alone in it, "
+                          f"{BEAD_CROP_PX} for several beads; 64 on a 128×128 stack of one bead is ≈1.7× faster and leaves "
+                          "less background noise)")
+    cal.add_argument("--beads", type=_positive_int, default=None, metavar="N",
+                     help=f"z-stack of several beads: fit the N brightest beads that lie alone in their crops together "
+                          f"(default {MAX_BEADS}; each adds the stack's planes to the fit's views)")
     cal.add_argument("--pad", type=_non_negative_int, default=None, metavar="PIXELS",
                      help="z-stack: the renderer's padding per side (default: the bead's defocused disc at the "
                           "farthest plane; BENCHMARKS.md measures what less costs)")
@@ -568,9 +572,9 @@ NO_GAIN_RESIDUAL = 0.001
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from nvplive.acquisition.offline import STACK_KEYS, calibrate_recording, calibrate_stack_file
     from nvplive.acquisition.pupil_file import calibration_start
-    from nvplive.recon.progress import STACK_ITERATIONS
+    from nvplive.recon.progress import MAX_BEADS, STACK_ITERATIONS
 
-    stack_only = [f"--{name.replace('_', '-')}" for name in (*STACK_KEYS, "iterations", "crop", "pad", "z_direction", "bit_depth")
+    stack_only = [f"--{name.replace('_', '-')}" for name in (*STACK_KEYS, "iterations", "crop", "beads", "pad", "z_direction", "bit_depth")
                   if getattr(args, name) is not None]
     recording_only = [flag for flag, given in (("--timepoint", args.timepoint is not None),
                                                ("--no-source-calibration", args.no_source_calibration)) if given]
@@ -598,12 +602,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                 args.input, output=args.output, wavelength_um=args.wavelength_um, na=args.na, n_medium=args.n_medium,
                 pixel_size_um=args.pixel_size_um, z_step_um=args.z_step_um, z_direction=args.z_direction, progress=progress,
                 bead_diameter_um=args.bead_diameter, crop_px=args.crop, pad_px=args.pad, overwrite=args.overwrite,
-                iterations=args.iterations or STACK_ITERATIONS, bit_depth=args.bit_depth,
+                iterations=args.iterations or STACK_ITERATIONS, bit_depth=args.bit_depth, max_beads=args.beads or MAX_BEADS,
             )
         calibration, before, after = result.calibration, result.residual_hard, result.residual
         no_gain = ("warning", "the pupil written is no better than the hard aperture; give it more --iterations, or check that "
                    "the stack shows a bead")
-        how = f"{len(calibration.sources_um_xyz)} planes, z direction {result.z_direction:+d}"
+        how = f"{result.beads}, z direction {result.z_direction:+d}"
         if result.ambiguous:
             how += " (both directions fit alike: the even aberrations' sign follows this choice)"
         residuals = (f"relative residual {before:.3f} with the hard aperture (the planes' positions fitted as long), "

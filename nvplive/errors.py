@@ -23,3 +23,7 @@ class ReconstructionError(NvpLiveError):
 
 class RecordingLockedError(RecordingError):
     """Another live process is writing the recording (it holds the recording's lock)."""
+
+
+class NoBeadError(NvpLiveError, ValueError):
+    """A bead z-stack shows no bead to fit, or none alone in its crop."""

@@ -25,7 +25,7 @@ from scipy import ndimage, special
 from scipy.optimize import least_squares
 from torch.nn import functional as F
 
-from nvplive.errors import ReconstructionError
+from nvplive.errors import NoBeadError, ReconstructionError
 
 from .optics import Optics, VolumeGeometry
 from .physics import (
@@ -37,7 +37,7 @@ from .physics import (
     pupil_basis_on_grid,
     with_source_edge,
 )
-from .progress import STACK_ITERATIONS, CalibrationCallback, CalibrationProgress, report, substages
+from .progress import BEAD_CROP_PX, MAX_BEADS, STACK_ITERATIONS, CalibrationCallback, CalibrationProgress, report, substages
 from .pupil import FIRST_NOLL, SOURCE_RIM_WIDTH, PupilBasis, PupilParameters, pupil_from_basis, zernike
 from .simulate import band_renderers
 
@@ -948,6 +948,7 @@ class StackCalibration:
             stack with 14–64 saturated pixels per plane the fitted apodisation swung between
             fits and the even aberrations' sign could flip (BENCHMARKS.md, "A pupil from a bead
             z-stack"), so a saturated stack should be taken again with a shorter exposure.
+        beads: the planes and beads fitted, in words (:meth:`StackViews.describe`).
     """
 
     calibration: PupilCalibration
@@ -957,6 +958,7 @@ class StackCalibration:
     ambiguous: bool = False
     noise: CameraNoise | None = None
     saturated_pixels: int = 0
+    beads: str = ""
 
 
 #: The fewest pixels per side a bead z-stack's renderer is padded by (:func:`stack_padding`).
@@ -993,29 +995,100 @@ def stack_model(
                               bead_diameter_um=bead_diameter_um)
 
 
-def crop_around_peak(stack: np.ndarray, size: int) -> np.ndarray:
-    """The ``size × size`` pixels of every plane of ``stack`` ``[Z, Y, X]`` around its brightest
-    pixel (clipped to the frame; the whole plane where it is smaller)."""
-    _, y, x = np.unravel_index(int(np.argmax(stack)), stack.shape)
-    ny, nx = stack.shape[1:]
-    y0 = int(np.clip(y - size // 2, 0, max(ny - size, 0)))
-    x0 = int(np.clip(x - size // 2, 0, max(nx - size, 0)))
-    return stack[:, y0 : y0 + size, x0 : x0 + size]
+#: A peak of a bead z-stack's maximum projection is a bead to fit when it reaches this fraction of the
+#: brightest peak's height above the background (fainter beads add little but their neighbours' light).
+BEAD_BRIGHTNESS = 0.25
+#: A peak inside a bead's crop that reaches this fraction of the bead's own height is a second bead in
+#: the crop (the first dark ring of an in-focus bead stays near 0.05 on the measured stack).
+NEIGHBOUR_BRIGHTNESS = 0.1
+#: A peak of the maximum projection must stand this many robust standard deviations above its background.
+BEAD_MIN_SNR = 10.0
+
+
+@dataclass(frozen=True)
+class Bead:
+    """A bead found in a z-stack's maximum projection (:func:`find_beads`).
+
+    Attributes:
+        y_px, x_px: its peak (pixel indices of the stack's frames).
+        height: the smoothed projection's height there above its median (counts).
+        isolated: no other peak of at least :data:`NEIGHBOUR_BRIGHTNESS` of its height lies in
+            its crop, and its in-focus spot lies inside the frame.
+    """
+
+    y_px: int
+    x_px: int
+    height: float
+    isolated: bool
+
+
+def find_beads(
+    stack: np.ndarray, valid: np.ndarray, wavelength_um: float, na: float, pixel_um: float, crop_px: int,
+) -> list[Bead]:
+    """The beads of a z-stack ``[Z, Y, X]`` (counts): the peaks of its maximum projection over z,
+    brightest first.
+
+    Defective pixels (``valid`` False) read their plane's median. The projection is smoothed
+    by a Gaussian of the in-focus spot's width (σ = 0.21·λ/NA, the Airy core's) and its local
+    maxima within the Airy diameter ``1.22·λ/NA`` that stand :data:`BEAD_MIN_SNR` robust
+    standard deviations above its median are peaks; those of at least :data:`BEAD_BRIGHTNESS`
+    of the highest are beads. A bead is ``isolated`` when no other peak of at least
+    :data:`NEIGHBOUR_BRIGHTNESS` of its height lies within ``crop_px / 2`` plus the Airy
+    diameter of it (per axis), and its spot lies at least that diameter inside the frame. A
+    defocused bead's rings are no peaks: they fall inside the Airy diameter or below a tenth of
+    the bead (BENCHMARKS.md, "Beads of one stack").
+
+    Raises:
+        NoBeadError: no peak stands out of the noise (a dark or empty stack).
+    """
+    data = np.asarray(stack, dtype=np.float64)
+    median = np.array([np.median(p[v]) if v.any() else np.median(p) for p, v in zip(data, valid)])
+    projection = np.where(valid, data, median[:, None, None]).max(axis=0)
+    spot_px = 1.22 * wavelength_um / na / pixel_um
+    smooth = ndimage.gaussian_filter(projection, max(0.17 * spot_px, 0.5), mode="nearest")
+    floor = float(np.median(smooth))
+    noise = max(robust_sigma(smooth - floor), 1e-12)
+    reach = max(int(math.ceil(spot_px)), 1)
+    top = ndimage.maximum_filter(smooth, size=2 * reach + 1, mode="nearest")
+    ys, xs = np.nonzero((smooth == top) & (smooth - floor > BEAD_MIN_SNR * noise))
+    if len(ys) == 0:
+        raise NoBeadError(
+            f"no bead stands out of the noise in the stack's maximum projection (its brightest spot is "
+            f"{(smooth.max() - floor) / noise:.1f} robust standard deviations above the median, a bead needs {BEAD_MIN_SNR:g})."
+        )
+    heights = smooth[ys, xs] - floor
+    order = np.argsort(-heights)
+    ys, xs, heights = ys[order], xs[order], heights[order]
+    ny, nx = projection.shape
+    window = crop_px // 2 + reach
+    beads = []
+    for y, x, h in zip(ys, xs, heights):
+        if h < BEAD_BRIGHTNESS * heights[0]:
+            break
+        near = (np.maximum(np.abs(ys - y), np.abs(xs - x)) <= window) & (heights >= NEIGHBOUR_BRIGHTNESS * h)
+        inside = reach <= y < ny - reach and reach <= x < nx - reach
+        beads.append(Bead(int(y), int(x), float(h), bool(near.sum() == 1 and inside)))
+    return beads
 
 
 @dataclass(frozen=True)
 class StackViews:
-    """A bead z-stack prepared for :func:`calibrate_pupil` (:func:`bead_stack_views`).
+    """A bead z-stack prepared for :func:`calibrate_pupil` (:func:`bead_stack_views`): every
+    plane of every bead fitted is one view.
 
     Attributes:
         model: the plane renderer (:func:`stack_model`); band: renderers and weights over the
             emission band, or None (coherent at the centre wavelength).
-        frames: ``[Z, Y, X]`` counts; valid: ``[Z, Y, X]`` bool, False at defective pixels.
-        defocus_um: ``[Z]`` each plane's stage step from the brightest plane (µm).
-        centre_um_xy: the bead's lateral start (the brightest plane's centroid, µm).
-        noise: the stack's pixel noise (:func:`camera_noise`), None when its pixels sample the
-            band too coarsely to leave frequencies beyond it.
-        saturated_pixels: pixels at the camera's full scale (:func:`full_scale_counts`).
+        frames: ``[B·Z, Y, X]`` counts, bead by bead (the whole frame for one bead alone, else
+            each bead's crop); valid: ``[B·Z, Y, X]`` bool, False at defective pixels.
+        defocus_um: ``[B·Z]`` each plane's stage step from its bead's brightest plane (µm).
+        centres_um_xy: ``[B·Z, 2]`` each view's lateral start (its bead's centroid in its
+            brightest plane, µm, in the view's frame).
+        beads: the beads fitted (:func:`find_beads`), in the order of ``frames``.
+        crop_px: each bead's crop (pixels per side), None: the whole frame.
+        noise: the stack's pixel noise (:func:`camera_noise`, on the frames fitted), None when
+            its pixels sample the band too coarsely to leave frequencies beyond it.
+        saturated_pixels: pixels of the frames fitted at the camera's full scale (:func:`full_scale_counts`).
     """
 
     model: ForwardModel
@@ -1023,17 +1096,28 @@ class StackViews:
     frames: np.ndarray
     valid: np.ndarray
     defocus_um: np.ndarray
-    centre_um_xy: tuple[float, float]
+    centres_um_xy: np.ndarray
+    beads: tuple[Bead, ...]
+    crop_px: int | None
     noise: CameraNoise | None
     saturated_pixels: int = 0
 
     def sources(self, z_direction: int) -> np.ndarray:
-        """Starting bead positions ``[Z, 3]`` (µm) for the planes stepping in ``z_direction``
-        (see :func:`calibrate_bead_stack`): the brightest plane at defocus 0."""
-        n = len(self.defocus_um)
+        """Starting bead positions ``[B·Z, 3]`` (µm) for the planes stepping in ``z_direction``
+        (see :func:`calibrate_bead_stack`): each bead's brightest plane at defocus 0."""
         focal = self.model.geometry.focal_z_um
-        x0, y0 = self.centre_um_xy
-        return np.stack([np.full(n, x0), np.full(n, y0), focal - int(np.sign(z_direction)) * self.defocus_um], axis=1)
+        return np.concatenate([self.centres_um_xy, (focal - int(np.sign(z_direction)) * self.defocus_um)[:, None]], axis=1)
+
+    def describe(self) -> str:
+        """The views in words: ``21 planes of 1 bead (the whole frame)``, or ``21 planes of 3 beads
+        at pixels (y, x) (40, 52), …, 64×64 each``."""
+        planes = len(self.frames) // len(self.beads)
+        if self.crop_px is None:
+            return f"{planes} planes of 1 bead (the whole frame)"
+        several = len(self.beads) > 1
+        where = ", ".join(f"({b.y_px}, {b.x_px})" for b in self.beads)
+        return (f"{planes} planes of {len(self.beads)} bead{'s' if several else ''} at pixel{'s' if several else ''} (y, x) "
+                f"{where}, {self.crop_px}×{self.crop_px} each")
 
 
 def full_scale_counts(stack: np.ndarray, bit_depth: int | None = None) -> float | None:
@@ -1060,49 +1144,98 @@ def full_scale_counts(stack: np.ndarray, bit_depth: int | None = None) -> float 
 
 def bead_stack_views(
     stack: np.ndarray, optics: Optics, pixel_um: float, z_step_um: float, *, pad_yx: tuple[int, int] | None = None,
-    bead_diameter_um: float = 0.0, bit_depth: int | None = None,
+    bead_diameter_um: float = 0.0, bit_depth: int | None = None, crop_px: int | None = None, max_beads: int = MAX_BEADS,
 ) -> StackViews:
-    """Prepare a z-stack ``[Z, Y, X]`` of one bead (raw counts) for a pupil fit: defective
-    pixels (:func:`defective_pixels`; saturated at :func:`full_scale_counts` of the camera's
-    ``bit_depth``, None: the integer type's maximum), the brightest plane (defocus 0) and the bead's
-    centroid in it, the renderers (emission band when ``optics.emission_fwhm_um`` > 0, at
-    :data:`EMISSION_SAMPLES` wavelengths, :func:`.simulate.band_renderers`) and the
-    pixel noise (:func:`camera_noise`, beyond the band of the shortest wavelength); the
-    renderers image beads of ``bead_diameter_um``.
+    """Prepare a z-stack ``[Z, Y, X]`` of one or more beads (raw counts) for a pupil fit.
+
+    Defective pixels (:func:`defective_pixels`; saturated at :func:`full_scale_counts` of the
+    camera's ``bit_depth``, None: the integer type's maximum) are found on the whole stack, then
+    the beads (:func:`find_beads`). Without ``crop_px``, a bead alone in the frame (no other
+    peak of :data:`NEIGHBOUR_BRIGHTNESS` of its height) is fitted on the whole frame; with
+    ``crop_px``, or when the frame holds several beads (then :data:`BEAD_CROP_PX`, or the frame
+    where smaller), the ``max_beads`` brightest isolated beads are each fitted on the crop
+    around them (clipped to the frame) and share the pupil: every plane of every bead is a view.
+    Each bead's brightest plane is its defocus 0 and its centroid there its lateral start. The
+    renderers (emission band when ``optics.emission_fwhm_um`` > 0, at :data:`EMISSION_SAMPLES`
+    wavelengths, :func:`.simulate.band_renderers`) image beads of ``bead_diameter_um``; the
+    pixel noise (:func:`camera_noise`) is that beyond the band of the shortest wavelength.
 
     Raises:
-        ValueError: for a stack that is not 3D, a non-positive step or pixel size, or a
-            ``bit_depth`` the stack's integer type cannot hold.
+        ValueError: for a stack that is not 3D, a non-positive step or pixel size, a crop
+            larger than the frame or ``max_beads`` < 1, a ``bit_depth`` the stack's integer type
+            cannot hold, a stack whose projection shows no bead, or beads none of which
+            lies alone in its crop (the message names them and the crop); all before any renderer is built.
     """
     data = np.asarray(stack, dtype=np.float64)
     if data.ndim != 3 or len(data) < 2:
         raise ValueError(f"A bead z-stack must be [Z, Y, X] with at least 2 planes, got shape {data.shape}.")
     if not (pixel_um > 0 and z_step_um > 0):
         raise ValueError(f"Pixel size and z step must be positive, got {pixel_um} and {z_step_um} µm.")
+    _, ny, nx = data.shape
+    if crop_px is not None and not 1 <= crop_px <= min(ny, nx):
+        raise ValueError(f"A crop of {crop_px}×{crop_px} pixels does not fit in the stack's {ny}×{nx} frames.")
+    if max_beads < 1:
+        raise ValueError(f"At least one bead must be fitted, got max_beads={max_beads}.")
     saturation = full_scale_counts(stack, bit_depth)
     bad = defective_pixels(data, peak_ratio=sharpest_peak_ratio(optics.wavelength_um, optics.na, pixel_um), saturation=saturation)
     valid = ~bad
-    n = len(data)
-    best = int(np.argmax([np.percentile(p[v], 99.99) for p, v in zip(data, valid)]))
-    # lateral start: the brightest plane's centroid above its median
-    plane = np.where(valid[best], data[best] - np.median(data[best]), 0.0).clip(0)
-    ny, nx = data.shape[1:]
-    ys, xs = (np.arange(ny) - ny / 2) * pixel_um, (np.arange(nx) - nx / 2) * pixel_um
-    y0 = float((plane.sum(1) * ys).sum() / plane.sum()) if plane.sum() > 0 else 0.0
-    x0 = float((plane.sum(0) * xs).sum() / plane.sum()) if plane.sum() > 0 else 0.0
-    steps = (np.arange(n) - best) * z_step_um
-    reach = float(np.abs(steps).max()) + 1.0
-    model = stack_model(optics, (ny, nx), pixel_um, reach, pad_yx=pad_yx, bead_diameter_um=bead_diameter_um)
+    find = (optics.wavelength_um, optics.na, pixel_um)
+    if crop_px is None:
+        alone = find_beads(data, valid, *find, crop_px=2 * max(ny, nx))
+        if len(alone) == 1 and alone[0].isolated:
+            return _stack_views(data, valid, optics, pixel_um, z_step_um, [(alone[0], 0, 0)], None, pad_yx, bead_diameter_um, saturation)
+    crop = crop_px if crop_px is not None else min(BEAD_CROP_PX, ny, nx)
+    beads = find_beads(data, valid, *find, crop_px=crop)
+    chosen = [b for b in beads if b.isolated][:max_beads]
+    if not chosen:
+        where = ", ".join(f"({b.y_px}, {b.x_px})" for b in beads)
+        raise NoBeadError(
+            f"the stack's beads at pixels (y, x) {where} each have another bead (or their own image cut by the frame's edge) "
+            f"within a {crop}×{crop} crop: give a smaller crop, or take the stack where a bead lies alone."
+        )
+    windows = [(b, int(np.clip(b.y_px - crop // 2, 0, ny - crop)), int(np.clip(b.x_px - crop // 2, 0, nx - crop))) for b in chosen]
+    return _stack_views(data, valid, optics, pixel_um, z_step_um, windows, crop, pad_yx, bead_diameter_um, saturation)
+
+
+def _stack_views(
+    data: np.ndarray, valid: np.ndarray, optics: Optics, pixel_um: float, z_step_um: float,
+    windows: list[tuple[Bead, int, int]], crop_px: int | None, pad_yx: tuple[int, int] | None, bead_diameter_um: float,
+    saturation: float | None,
+) -> StackViews:
+    """:class:`StackViews` of the beads in ``windows`` (bead, top row, left column of its crop of
+    ``crop_px`` pixels per side; None: the whole frame) (:func:`bead_stack_views`)."""
+    n, ny, nx = data.shape
+    sy, sx = (ny, nx) if crop_px is None else (crop_px, crop_px)
+    spot = 2.44 * optics.wavelength_um / optics.na / pixel_um  # two Airy radii: the bead's in-focus spot
+    ys, xs = (np.arange(sy) - sy / 2) * pixel_um, (np.arange(sx) - sx / 2) * pixel_um
+    frames, masks, steps, centres = [], [], [], []
+    for bead, y0, x0 in windows:
+        crop, ok = data[:, y0 : y0 + sy, x0 : x0 + sx], valid[:, y0 : y0 + sy, x0 : x0 + sx]
+        near = np.hypot(np.arange(sy)[:, None] - (bead.y_px - y0), np.arange(sx)[None, :] - (bead.x_px - x0)) <= spot
+        best = int(np.argmax([p[near & v].max() if (near & v).any() else -np.inf for p, v in zip(crop, ok)]))
+        plane = np.where(near & ok[best], crop[best] - np.median(crop[best][ok[best]]), 0.0).clip(0)
+        total = plane.sum()
+        cy = float((plane.sum(1) * ys).sum() / total) if total > 0 else float(ys[bead.y_px - y0])
+        cx = float((plane.sum(0) * xs).sum() / total) if total > 0 else float(xs[bead.x_px - x0])
+        frames.append(crop)
+        masks.append(ok)
+        steps.append((np.arange(n) - best) * z_step_um)
+        centres.append(np.tile([cx, cy], (n, 1)))
+    frames_all, valid_all, defocus = np.concatenate(frames), np.concatenate(masks), np.concatenate(steps)
+    reach = float(np.abs(defocus).max()) + 1.0
+    model = stack_model(optics, (sy, sx), pixel_um, reach, pad_yx=pad_yx, bead_diameter_um=bead_diameter_um)
     band = None
     if optics.emission_fwhm_um > 0:
         band = band_renderers(optics, model.geometry, EMISSION_SAMPLES, pad_yx=model.pad_yx, dtype=model.real_dtype,
                               bead_diameter_um=bead_diameter_um)
     try:
-        noise: CameraNoise | None = camera_noise(data, optics.wavelength_um - optics.emission_fwhm_um, optics.na, pixel_um, valid=valid)
+        noise: CameraNoise | None = camera_noise(frames_all, optics.wavelength_um - optics.emission_fwhm_um, optics.na, pixel_um,
+                                                 valid=valid_all)
     except ValueError:  # pixels too coarse to leave frequencies beyond the band, frames too small
         noise = None
-    saturated = 0 if saturation is None else int((data >= saturation).sum())
-    return StackViews(model, band, data, valid, steps, (x0, y0), noise, saturated)
+    saturated = 0 if saturation is None else int((frames_all >= saturation).sum())
+    return StackViews(model, band, frames_all, valid_all, defocus, np.concatenate(centres), tuple(b for b, _, _ in windows),
+                      crop_px, noise, saturated)
 
 
 def calibrate_bead_stack(
@@ -1120,14 +1253,19 @@ def calibrate_bead_stack(
     free_form: int = 0,
     pad_px: int | None = None,
     bit_depth: int | None = None,
+    crop_px: int | None = None,
+    max_beads: int = MAX_BEADS,
     progress: CalibrationCallback | None = None,
 ) -> StackCalibration:
-    """Fit the detection pupil to a z-stack ``[Z, Y, X]`` of one bead (raw counts; the
+    """Fit the detection pupil to a z-stack ``[Z, Y, X]`` of one or more beads (raw counts; the
     camera offset is part of the fitted background).
 
-    Each plane is a view of the same bead (:func:`calibrate_pupil`): the plane of
-    best focus (brightest pixel) starts at defocus 0 and the others at ± their stage
-    steps (:func:`bead_stack_views`). ``z_direction`` +1: later planes have the bead farther below the focal plane
+    Each plane of each bead fitted is a view (:func:`calibrate_pupil`), all through one pupil:
+    a bead's plane of best focus starts at defocus 0 and its others at ± their stage steps;
+    a bead alone in the frame is fitted on the whole frame, several beads (or any with
+    ``crop_px``) on the crop around each of the ``max_beads`` brightest isolated ones
+    (:func:`bead_stack_views`). The pupil is then the field's average over those beads.
+    ``z_direction`` +1: later planes have the bead farther below the focal plane
     (farther from the objective), −1 the other way; None (unknown) fits both and keeps
     the better. In the scalar model a pupil ``P(k)`` at defocus ``z`` and the pupil
     ``P*(−k)`` at ``−z`` give the same intensity, so the direction cannot be told from
@@ -1147,12 +1285,12 @@ def calibrate_bead_stack(
     renderer's padding per side (default :func:`stack_padding`).
 
     Raises:
-        ValueError: for a stack that is not 3D, a non-positive step or pixel size, or a
-            ``bit_depth`` its integer type cannot hold.
+        ValueError: as :func:`bead_stack_views` (a stack that is not 3D, no bead, no isolated
+            bead, a crop larger than the frame, …), before the fit.
         CalibrationCancelled: ``progress`` returned False (:mod:`.progress`).
     """
     views = bead_stack_views(stack, optics, pixel_um, z_step_um, bead_diameter_um=bead_diameter_um, bit_depth=bit_depth,
-                             pad_yx=None if pad_px is None else (int(pad_px), int(pad_px)))
+                             pad_yx=None if pad_px is None else (int(pad_px), int(pad_px)), crop_px=crop_px, max_beads=max_beads)
     results: list[StackCalibration] = []
     fits = 4 if z_direction is None else 2  # per direction: the hard aperture's, the pupil's
     for direction in (1, -1) if z_direction is None else (int(np.sign(z_direction)),):
@@ -1171,7 +1309,7 @@ def calibrate_bead_stack(
         if noise is not None:  # the floor against the background the residual is measured from
             noise = replace(noise, residual_floor=noise.expected_residual(views.frames, views.valid, cal.background))
         results.append(StackCalibration(cal, direction, hard.residual, cal.residual, noise=noise,
-                                        saturated_pixels=views.saturated_pixels))
+                                        saturated_pixels=views.saturated_pixels, beads=views.describe()))
     best_fit = min(results, key=lambda r: r.residual)
     ambiguous = len(results) == 2 and abs(results[0].residual - results[1].residual) < 0.01 * best_fit.residual
     return replace(best_fit, ambiguous=ambiguous)

@@ -17,6 +17,11 @@ from dataclasses import dataclass, replace
 #: the app's "Calibrate pupil"): on the measured stack 30 and 40 iterations leave the same
 #: residual (BENCHMARKS.md, "The real bead stack"). Here, torch-free, for the command line's help.
 STACK_ITERATIONS = 40
+#: Each bead's crop (pixels per side) when a z-stack holds several beads and no crop is given
+#: (:func:`.calibration.bead_stack_views`; torch-free here for the command line's help).
+BEAD_CROP_PX = 64
+#: The most beads of one z-stack fitted together, the brightest that lie alone in their crops.
+MAX_BEADS = 3
 
 
 class CalibrationCancelled(Exception):

@@ -597,6 +597,22 @@ class _PupilRefinement:
             return now
 
 
+@dataclass
+class _FitState:
+    """What a cold start's fit leaves in the :class:`Reconstructor` and the warm updates go on
+    from: kept for the best of the depth starts and put back (``Reconstructor._fit_state``,
+    ``Reconstructor._restore_fit``)."""
+
+    representation: Representation | None
+    state: ReconState | None
+    optimizers: Any
+    pupil: PupilParameters | None
+    coherence_weights: torch.Tensor | None
+    coherence_age: int | None
+    seconds_per_iteration: float | None
+    finish_seconds: float
+
+
 class Reconstructor:
     """Fits Δn (and calibrates the sources) to the frames of successive timepoints.
 
@@ -834,7 +850,7 @@ class Reconstructor:
             b0, c0 = fit_brightness_background(unperturbed, measured, self._valid)
         starts = cfg.depth_starts_um
         pupil = self.pupil
-        best: tuple[float, ReconResult, float, tuple] | None = None
+        best: tuple[float, ReconResult, float, _FitState] | None = None
         seconds = 0.0
         for k, dz in enumerate(starts):
             self.pupil = pupil  # every start from the calibrated pupil (the fit refines it)
@@ -843,21 +859,26 @@ class Reconstructor:
             seconds += result.seconds
             settled = settled_loss(result.losses, flagged=result.flagged)
             if best is None or settled < best[0]:
-                best = (settled, result, dz, (self.representation, self.state, self._optimizers, self.pupil,
-                                          self._coherence.weights, self._coherence.age, self._seconds_per_iteration,
-                                          self._finish_seconds))
+                best = (settled, result, dz, self._fit_state())
         assert best is not None
-        _, result, kept_dz, kept = best
+        loss, result, kept_dz, kept = best
         result.seconds = seconds  # every start's fit
-        (self.representation, self.state, self._optimizers, self.pupil, self._coherence.weights, self._coherence.age,
-         self._seconds_per_iteration, self._finish_seconds) = kept
+        self._restore_fit(kept)
         if len(starts) > 1:
             tried = ", ".join(f"{dz:+g}" for dz in starts)
-            note = (f"Fitted from {len(starts)} bead depth starts ({tried} µm); kept {kept_dz:+g} µm, "
-                    f"the lowest final loss ({best[0]:.4g})." if math.isfinite(best[0]) else
-                    f"Fitted from {len(starts)} bead depth starts ({tried} µm); every fit diverged, kept the first.")
-            result.message = f"{note} {result.message}".strip()
+            kept_what = (f"kept {kept_dz:+g} µm, the lowest final loss ({loss:.4g})." if math.isfinite(loss)
+                         else "every fit diverged, kept the first.")
+            result.message = f"Fitted from {len(starts)} bead depth starts ({tried} µm); {kept_what} {result.message}".strip()
         return result
+
+    def _fit_state(self) -> _FitState:
+        return _FitState(self.representation, self.state, self._optimizers, self.pupil, self._coherence.weights,
+                         self._coherence.age, self._seconds_per_iteration, self._finish_seconds)
+
+    def _restore_fit(self, kept: _FitState) -> None:
+        self.representation, self.state, self._optimizers, self.pupil = kept.representation, kept.state, kept.optimizers, kept.pupil
+        self._coherence.weights, self._coherence.age = kept.coherence_weights, kept.coherence_age
+        self._seconds_per_iteration, self._finish_seconds = kept.seconds_per_iteration, kept.finish_seconds
 
     def _fit_cold(self, measured: torch.Tensor, scale: torch.Tensor, sources: torch.Tensor, b0: torch.Tensor,
                   c0: torch.Tensor, callback: ProgressCallback | None) -> ReconResult:

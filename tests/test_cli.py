@@ -381,7 +381,7 @@ def test_calibrate_a_bead_z_stack(tmp_path: Path):
     ))
     out = nvplive("calibrate", "data/beads.tif", "--z-direction", "1", "--threads", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "7 planes, z direction +1" in out.stdout and "the stack's noise alone would leave" in out.stdout
+    assert "7 planes of 1 bead (the whole frame), z direction +1" in out.stdout and "the stack's noise alone would leave" in out.stdout
     assert re.search(r"relative residual 0\.\d+ with the hard aperture .*, 0\.\d+ calibrated \(the stack's noise", out.stdout)
     assert "apodisation a₁ " in out.stdout and "did not lower the residual" not in out.stderr
     assert "full scale" not in out.stderr  # no saturation warning for a stack that does not saturate
@@ -407,8 +407,9 @@ def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsy
     that is the stack or its JSON, an output folder that takes no file or does not exist (a
     typo is not created), an earlier pupil file (without --overwrite), parameters that are not
     positive numbers (a JSON true is no NA), a crop larger than the frames, a recording's option
-    (--timepoint), --device cuda (the stack is fitted on the CPU), and a camera bit depth that
-    disagrees with the TIFF's own metadata (both values named) or cannot have written its pixels."""
+    (--timepoint), --device cuda (the stack is fitted on the CPU), a camera bit depth that
+    disagrees with the TIFF's own metadata (both values named) or cannot have written its pixels,
+    and a stack that shows no bead."""
     import torch
 
     from nvplive.cli import main
@@ -466,6 +467,10 @@ def test_a_bead_z_stack_calibration_refuses_before_the_fit(tmp_path: Path, capsy
         assert main(["calibrate", str(tmp_path / "beads.tif"), "-o", str(tmp_path / "p.json")]) == 2
         assert "beads.json: the z-stack's optics are impossible: emission_fwhm_um 3 must be below half the wavelength" \
             in capsys.readouterr().err
+        # a stack that shows no bead (all 100 counts): refused, naming the file, before any fit
+        (tmp_path / "beads.json").write_text(json.dumps(params))
+        assert main(["calibrate", str(tmp_path / "beads.tif"), "-o", str(tmp_path / "p.json")]) == 2
+        assert f"{tmp_path / 'beads.tif'}: no bead stands out of the noise in the stack's maximum projection" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(tifffile.imread(tmp_path / "beads.tif"), stack)

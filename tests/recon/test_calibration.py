@@ -414,6 +414,53 @@ def test_a_saturated_bead_stack_is_counted_and_the_count_reaches_the_calibration
         bead_stack_views(twelve, optics, 0.1, 0.4, bit_depth=11)
 
 
+def several_beads_stack() -> tuple[np.ndarray, Optics, np.ndarray]:
+    """A z-stack ``[7, 80, 80]`` (0.1 µm pixels, 0.4 µm steps, NA 0.8) of four beads through an
+    aberrated pupil (Noll 5, 6, 11: 0.2, −0.15, 0.3 rad): one at pixel (18, 20), one 0.7 as bright
+    and 0.2 µm deeper at (60, 58), and a pair 12 pixels apart at (20, 58) and (20, 70)."""
+    from nvplive.recon.calibration import stack_model
+
+    optics = Optics(wavelength_um=0.52, n_medium=1.333, na=0.8, emission_fwhm_um=0.0)
+    model = stack_model(optics, (80, 80), 0.1, 2.0)
+    zernike = np.zeros(21)
+    zernike[[3, 4, 9]] = (0.2, -0.15, 0.3)
+    steps = np.arange(-3, 4) * 0.4
+    image = np.zeros((7, 80, 80))
+    with torch.no_grad():
+        pupil = pupil_on_grid(model, PupilParameters(tuple(zernike)))
+        for (y, x), brightness, deeper in (((18, 20), 1.0, 0.0), ((60, 58), 0.7, 0.2), ((20, 58), 0.6, 0.0), ((20, 70), 0.6, 0.0)):
+            sources = torch.tensor([[(x - 40) * 0.1, (y - 40) * 0.1, model.geometry.focal_z_um - s - deeper] for s in steps],
+                                   dtype=torch.float64)
+            planes = camera_intensity(model, homogeneous_spectrum(model, sources), pupil=pupil).numpy()
+            image += brightness * planes / planes.max()
+    stack = np.random.default_rng(3).poisson(image * 3000.0 + 100.0).astype(np.uint16)
+    return stack, optics, zernike
+
+
+def test_a_stack_of_several_beads_fits_one_pupil_to_each_bead_alone_in_its_crop():
+    """The issue's "z-stack of one or more beads": the beads are found in the maximum
+    projection, the pair whose crops hold each other is left out, and the two beads alone in
+    their crops share one pupil (their planes are the views) that recovers the aberration. A
+    crop too wide for any bead to lie alone in it, and a stack without a bead, are refused."""
+    from nvplive.errors import NoBeadError
+    from nvplive.recon.calibration import bead_stack_views
+
+    stack, optics, zernike = several_beads_stack()
+    views = bead_stack_views(stack, optics, 0.1, 0.4, crop_px=24)
+    assert [(b.y_px, b.x_px) for b in views.beads] == [(18, 20), (60, 58)]  # brightest first, the pair left out
+    assert views.frames.shape == (14, 24, 24) and views.describe().startswith("7 planes of 2 beads at pixels (y, x) (18, 20), (60, 58)")
+    np.testing.assert_allclose(views.centres_um_xy[[0, 7]], 0.0, atol=0.1)  # each bead at its crop's centre
+    result = calibrate_bead_stack(stack, optics, 0.1, 0.4, crop_px=24, z_direction=1, iterations=20)
+    fitted = np.array(result.calibration.pupil.zernike_rad)
+    assert np.abs(fitted[[3, 4, 9]] - zernike[[3, 4, 9]]).max() < 0.05, fitted[[3, 4, 9]]
+    assert "2 beads" in result.beads
+    with pytest.raises(NoBeadError, match=r"beads at pixels \(y, x\) \(18, 20\), \(60, 58\), \(20, 58\), \(20, 70\) each have "
+                                          r"another bead .* within a 64×64 crop"):
+        bead_stack_views(stack, optics, 0.1, 0.4)  # several beads: the default crop of 64 holds them all
+    with pytest.raises(NoBeadError, match="no bead stands out of the noise"):
+        bead_stack_views(np.random.default_rng(0).poisson(100.0, (5, 40, 40)).astype(np.uint16), optics, 0.1, 0.4)
+
+
 def test_a_bead_the_specimen_pulled_off_is_restarted_through_the_fitted_pupil():
     """The issue's geometry with a cell in the way, 0.5 rad RMS of aberration (the benchmark's
     seed 2): without the restart one bead ends 1.6 µm too deep and 0.6 µm aside and holds the

@@ -45,6 +45,7 @@ from nvplive.recon.simulate import (
 )
 
 from .bead_stack import calibrate_stack
+from .instrument import RELATIVE_TOLERANCE
 from .pupil_file import (
     PUPIL_FILE,
     bead_mismatch,
@@ -539,26 +540,80 @@ def calibrate_recording(
 STACK_KEYS = ("wavelength_um", "na", "n_medium", "pixel_size_um", "z_step_um")
 
 
-def tiff_bit_depth(tif: Any) -> tuple[int, str] | None:
-    """The camera's significant bits as an open ``tifffile.TiffFile`` states them, and where:
-    the OME-XML ``Pixels/@SignificantBits``, else Micro-Manager's ``Summary/BitDepth``; None
-    when it states neither."""
+#: Lengths in OME-XML units, in µm (``PhysicalSizeXUnit`` and the like; µm when absent).
+_OME_UNITS_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "pm": 1e-6}
+#: ImageJ's spellings of a micrometre (its ``unit``).
+_IMAGEJ_MICRONS = {"micron", "microns", "um", "µm", "\u03bcm"}
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def tiff_stated(tif: Any) -> dict[str, tuple[float, str]]:
+    """What an open ``tifffile.TiffFile`` states of the camera and the stage, each value with
+    where it says so: ``bit_depth`` (the OME-XML ``Pixels/@SignificantBits``, else
+    Micro-Manager's ``Summary/BitDepth``), ``pixel_size_um`` (OME ``PhysicalSizeX`` in its
+    unit, else Micro-Manager's ``Summary/PixelSize_um``, else an ImageJ calibration in
+    microns: the X resolution's pixels per micron) and ``z_step_um`` (OME ``PhysicalSizeZ``,
+    Micro-Manager's ``Summary/z-step_um``, ImageJ's ``spacing``). Absent keys: not stated
+    (a Micro-Manager pixel size of 0 is an uncalibrated one).
+
+    Raises:
+        RecordingError: OME metadata that states pixels of different widths in X and Y
+            (the renderer's pixels are square).
+    """
     from xml.etree import ElementTree
 
+    stated: dict[str, tuple[float, str]] = {}
     if tif.is_ome and tif.ome_metadata:
         try:
             root = ElementTree.fromstring(tif.ome_metadata)
         except ElementTree.ParseError:
             root = None
-        for element in () if root is None else root.iter():
-            bits = element.get("SignificantBits") if element.tag.rsplit("}", 1)[-1] == "Pixels" else None
+        pixels = next((e for e in (() if root is None else root.iter()) if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+        if pixels is not None:
+            bits = pixels.get("SignificantBits")
             if bits is not None and bits.isdigit():
-                return int(bits), "its OME metadata (SignificantBits)"
+                stated["bit_depth"] = (int(bits), "its OME metadata (SignificantBits)")
+            sizes = {}
+            for axis in "XYZ":
+                size, scale = _positive(pixels.get(f"PhysicalSize{axis}")), _OME_UNITS_UM.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+                if size is not None and scale is not None:
+                    sizes[axis] = size * scale
+            if "X" in sizes and "Y" in sizes and not math.isclose(sizes["X"], sizes["Y"], rel_tol=RELATIVE_TOLERANCE):
+                raise RecordingError(f"its OME metadata states pixels of {sizes['X']:g} × {sizes['Y']:g} µm (X × Y); "
+                                     "a bead z-stack's pixels must be square.")
+            if "X" in sizes:
+                stated["pixel_size_um"] = (sizes["X"], "its OME metadata (PhysicalSizeX)")
+            if "Z" in sizes:
+                stated["z_step_um"] = (sizes["Z"], "its OME metadata (PhysicalSizeZ)")
     summary = (tif.micromanager_metadata or {}).get("Summary") if tif.is_micromanager else None
-    bits = summary.get("BitDepth") if isinstance(summary, dict) else None
-    if (isinstance(bits, int) and not isinstance(bits, bool)) or (isinstance(bits, str) and bits.isdigit()):
-        return int(bits), "its Micro-Manager metadata (BitDepth)"
-    return None
+    if isinstance(summary, dict):
+        bits = summary.get("BitDepth")
+        if "bit_depth" not in stated and (
+                (isinstance(bits, int) and not isinstance(bits, bool)) or (isinstance(bits, str) and bits.isdigit())):
+            stated["bit_depth"] = (int(bits), "its Micro-Manager metadata (BitDepth)")
+        for key, name in (("pixel_size_um", "PixelSize_um"), ("z_step_um", "z-step_um")):
+            value = _positive(summary.get(name))
+            if key not in stated and value is not None:
+                stated[key] = (value, f"its Micro-Manager metadata ({name})")
+    imagej = tif.imagej_metadata if tif.is_imagej else None
+    if isinstance(imagej, dict) and str(imagej.get("unit", "")).strip().lower() in _IMAGEJ_MICRONS:
+        resolution = tif.pages[0].tags.get("XResolution")
+        if "pixel_size_um" not in stated and resolution is not None:
+            numerator, denominator = resolution.value
+            per_um = _positive(numerator / denominator) if denominator else None
+            if per_um is not None:
+                stated["pixel_size_um"] = (1.0 / per_um, "its ImageJ metadata (XResolution, microns)")
+        spacing = _positive(imagej.get("spacing"))
+        if "z_step_um" not in stated and spacing is not None:
+            stated["z_step_um"] = (spacing, "its ImageJ metadata (spacing, microns)")
+    return stated
 
 
 #: The smallest crop of a bead z-stack (``calibrate --crop``): the in-focus spot and its first rings.
@@ -576,10 +631,13 @@ def calibrate_stack_file(
     Its optics and sampling come from ``STACK.json`` beside it (keys :data:`STACK_KEYS`, and
     when present ``bead_diameter_um`` (µm, default 0: point sources), ``emission_fwhm_um``
     (µm, default 0: coherent at ``wavelength_um``) and ``bit_depth``), each overridden by a
-    keyword argument that is not None. The camera's full scale (saturated pixels are left out of the fit) comes from
-    the bit depth the TIFF states (:func:`tiff_bit_depth`); ``bit_depth`` or the JSON's, when
-    given, must agree with it, and stand alone when the TIFF states none (neither: the
-    integer type's maximum). ``output`` defaults to
+    keyword argument that is not None. What the TIFF itself states (:func:`tiff_stated`) is
+    the instrument's word: its pixel size and z step are used where neither gives them, and
+    a value given that differs from the TIFF's by more than
+    :data:`~.instrument.RELATIVE_TOLERANCE` is refused, both named. So is a bit depth that
+    differs from the TIFF's: the camera's full scale (saturated pixels are left out of the
+    fit) is the TIFF's bit depth, else ``bit_depth`` or the JSON's (neither: the integer
+    type's maximum). ``output`` defaults to
     ``STACK.pupil.json`` in the current folder (the stack's own folder may be a shared,
     read-only data folder). ``z_direction``: see :func:`calibrate_bead_stack`;
     ``progress``, ``iterations``, ``pad_px`` and ``bead_diameter_um``: see
@@ -592,8 +650,8 @@ def calibrate_stack_file(
 
     Raises:
         RecordingError: the stack or its parameters cannot be read, a parameter is missing or
-            not a positive number, the bit depth given disagrees with the TIFF's or cannot
-            have written its pixels, or the output is the stack (or its JSON) or cannot be
+            not a positive number, the pixel size, z step or bit depth given disagrees with the
+            TIFF's, the bit depth cannot have written its pixels, or the output is the stack (or its JSON) or cannot be
             written, or the stack shows no bead or none alone in its crop; all before the fit.
     """
     import tifffile
@@ -611,16 +669,29 @@ def calibrate_stack_file(
         if not isinstance(params, dict):
             raise RecordingError(f"{beside}: must hold a JSON object of the stack's parameters ({', '.join(STACK_KEYS)}).")
     params.update({k: v for k, v in overrides.items() if v is not None})
-    missing = [k for k in STACK_KEYS if k not in params]
+    try:  # the stack's own word on its sampling and bit depth (the metadata only: the pixels come after the refusals)
+        with tifffile.TiffFile(path) as tif:
+            own = tiff_stated(tif)
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise RecordingError(f"{path}: not a readable TIFF z-stack ({exc}).") from None
+    except RecordingError as exc:
+        raise RecordingError(f"{path}: {exc}") from None
+    missing = [k for k in STACK_KEYS if k not in params and k not in own]
     if missing:
         raise RecordingError(
             f"{path}: the z-stack's {', '.join(missing)} must be given (options, or {beside.name} beside it)."
         )
-    for key in STACK_KEYS:
+    for key in (k for k in STACK_KEYS if k in params):
         value = params[key]
+        given = f"--{key.replace('_', '-')}" if overrides.get(key) is not None else str(beside)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            given = f"--{key.replace('_', '-')}" if overrides.get(key) is not None else str(beside)
             raise RecordingError(f"{given}: the z-stack's {key} must be a positive number, got {json.dumps(value)}.")
+        if key in own and not math.isclose(value, own[key][0], rel_tol=RELATIVE_TOLERANCE):
+            raise RecordingError(
+                f"{path}: the {key.removesuffix('_um').replace('_', ' ')} is {own[key][0]:g} µm in {own[key][1]}, but {given} "
+                f"says {value:g} µm; the stack's own metadata is the instrument's word: correct or remove the other."
+            )
+    params.update({k: own[k][0] for k in ("pixel_size_um", "z_step_um") if k in own})
     if bead_diameter_um is None:
         bead_diameter_um = params.get("bead_diameter_um", 0.0)
     for key, value in (("bead_diameter_um", bead_diameter_um), ("emission_fwhm_um", params.get("emission_fwhm_um", 0.0))):
@@ -636,18 +707,17 @@ def calibrate_stack_file(
     target = check_pupil_output(output if output is not None else Path.cwd() / path.with_suffix(".pupil.json").name, path, beside,
                                 overwrite=overwrite)
     try:
-        with tifffile.TiffFile(path) as tif:
-            stack = tif.asarray()
-            stated_bits = tiff_bit_depth(tif)
+        stack = tifffile.imread(path)
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
         raise RecordingError(f"{path}: not a readable TIFF z-stack ({exc}).") from None
+    stated_bits = own.get("bit_depth")
     for value, where in stated if stated_bits is not None else ():
         if value != stated_bits[0]:
             raise RecordingError(
-                f"{path}: the camera's bit depth is {stated_bits[0]} in {stated_bits[1]}, but {where} says {value}; "
+                f"{path}: the camera's bit depth is {stated_bits[0]:g} in {stated_bits[1]}, but {where} says {value}; "
                 "the stack's own metadata is the camera's word: correct or remove the other."
             )
-    bits = stated_bits[0] if stated_bits is not None else given_bits
+    bits = int(stated_bits[0]) if stated_bits is not None else given_bits
     try:
         full_scale_counts(stack, bits)
     except ValueError as exc:

@@ -119,7 +119,7 @@ def test_a_stack_files_bit_depth_is_the_tiffs_own_and_marks_its_saturated_pixels
 
     import tifffile
 
-    from nvplive.acquisition.offline import calibrate_stack_file, tiff_bit_depth
+    from nvplive.acquisition.offline import calibrate_stack_file, tiff_stated
 
     # a bead's spot widening away from focus (the fit's image model is not needed to count clipping)
     yy, xx = np.mgrid[-12:12, -12:12] * 0.1
@@ -132,7 +132,57 @@ def test_a_stack_files_bit_depth_is_the_tiffs_own_and_marks_its_saturated_pixels
     (tmp_path / "beads.json").write_text(json.dumps(params))
     tifffile.imwrite(tmp_path / "plain.tif", stack, photometric="minisblack")
     with tifffile.TiffFile(tmp_path / "plain.tif") as tif:
-        assert tiff_bit_depth(tif) is None  # a TIFF that states nothing: the settings' or the type's
+        assert tiff_stated(tif) == {}  # a TIFF that states nothing: the settings' or the type's
     tifffile.imwrite(tmp_path / "beads.tif", stack, ome=True, metadata={"axes": "ZYX", "SignificantBits": 12})
     result, written = calibrate_stack_file(tmp_path / "beads.tif", output=tmp_path / "pupil.json", iterations=1, z_direction=1)
     assert result.saturated_pixels == clipped and written.is_file()
+
+
+def test_a_stack_files_pixel_size_and_z_step_are_the_tiffs_own(tmp_path):
+    """The instrument's word beats the settings file: a stack whose OME metadata states its
+    pixel size and z step (in its own units) is calibrated without them in STACK.json, and a
+    JSON value or an option that disagrees is refused before the fit, both values named.
+    ImageJ's calibration (pixels per micron, spacing) is read too; a TIFF that states pixels
+    of different widths is refused."""
+    import json
+
+    import tifffile
+
+    from nvplive.acquisition.offline import calibrate_stack_file, tiff_stated
+    from nvplive.errors import RecordingError
+
+    yy, xx = np.mgrid[-12:12, -12:12] * 0.1
+    widths = 0.15 + 0.3 * np.abs(np.arange(-2, 3))
+    spots = np.exp(-(yy**2 + xx**2)[None] / (2 * widths[:, None, None] ** 2)) / widths[:, None, None] ** 2
+    stack = np.random.default_rng(0).poisson(spots / spots.max() * 3000.0 + 100.0).astype(np.uint16)
+    optics = {"wavelength_um": 0.52, "na": 0.8, "n_medium": 1.333}
+    (tmp_path / "beads.json").write_text(json.dumps(optics))
+    tifffile.imwrite(tmp_path / "beads.tif", stack, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeX": 100.0, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 100.0, "PhysicalSizeYUnit": "nm",
+        "PhysicalSizeZ": 0.4, "PhysicalSizeZUnit": "µm"})
+    with tifffile.TiffFile(tmp_path / "beads.tif") as tif:
+        stated = tiff_stated(tif)
+    assert stated["pixel_size_um"] == pytest.approx((0.1, "its OME metadata (PhysicalSizeX)"))
+    assert stated["z_step_um"] == (0.4, "its OME metadata (PhysicalSizeZ)")
+    _, written = calibrate_stack_file(tmp_path / "beads.tif", output=tmp_path / "pupil.json", iterations=1, z_direction=1)
+    assert written.is_file()
+
+    (tmp_path / "beads.json").write_text(json.dumps({**optics, "pixel_size_um": 0.12}))
+    with pytest.raises(RecordingError, match=r"the pixel size is 0\.1 µm in its OME metadata \(PhysicalSizeX\), but "
+                                             r".*beads\.json says 0\.12 µm; the stack's own metadata is the instrument's word"):
+        calibrate_stack_file(tmp_path / "beads.tif", output=tmp_path / "other.json", iterations=1, z_direction=1)
+    (tmp_path / "beads.json").write_text(json.dumps({**optics, "pixel_size_um": 0.1004}))  # within 1 %: the TIFF's
+    with pytest.raises(RecordingError, match=r"the z step is 0\.4 µm in its OME metadata \(PhysicalSizeZ\), but --z-step-um says 0\.5 µm"):
+        calibrate_stack_file(tmp_path / "beads.tif", output=tmp_path / "other.json", iterations=1, z_direction=1, z_step_um=0.5)
+    assert not (tmp_path / "other.json").exists()
+
+    tifffile.imwrite(tmp_path / "imagej.tif", stack, imagej=True, resolution=(12.5, 12.5),
+                     metadata={"axes": "ZYX", "spacing": 0.3, "unit": "micron"})
+    with tifffile.TiffFile(tmp_path / "imagej.tif") as tif:
+        stated = tiff_stated(tif)
+    assert stated["pixel_size_um"][0] == pytest.approx(0.08) and stated["z_step_um"][0] == pytest.approx(0.3)
+
+    tifffile.imwrite(tmp_path / "oblong.tif", stack, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.2})
+    (tmp_path / "oblong.json").write_text(json.dumps({**optics, "z_step_um": 0.4}))
+    with pytest.raises(RecordingError, match=r"oblong\.tif: its OME metadata states pixels of 0\.1 × 0\.2 µm \(X × Y\)"):
+        calibrate_stack_file(tmp_path / "oblong.tif", output=tmp_path / "other.json", iterations=1, z_direction=1)

@@ -1151,7 +1151,9 @@ def bead_stack_views(
     Defective pixels (:func:`defective_pixels`; saturated at :func:`full_scale_counts` of the
     camera's ``bit_depth``, None: the integer type's maximum) are found on the whole stack, then
     the beads (:func:`find_beads`). Without ``crop_px``, a bead alone in the frame (no other
-    peak of :data:`NEIGHBOUR_BRIGHTNESS` of its height) is fitted on the whole frame; with
+    peak of :data:`NEIGHBOUR_BRIGHTNESS` of its height) is fitted on the whole frame, or on the
+    square around it that holds its light where the frame is larger: its defocused disc at the
+    plane farthest from its focus (``depth·tan θ_NA``) and two Airy diameters round it; with
     ``crop_px``, or when the frame holds several beads (then :data:`BEAD_CROP_PX`, or the frame
     where smaller), the ``max_beads`` brightest isolated beads are each fitted on the crop
     around them (clipped to the frame) and share the pupil: every plane of every bead is a view.
@@ -1183,7 +1185,16 @@ def bead_stack_views(
     if crop_px is None:
         alone = find_beads(data, valid, *find, crop_px=2 * max(ny, nx))
         if len(alone) == 1 and alone[0].isolated:
-            return _stack_views(data, valid, optics, pixel_um, z_step_um, [(alone[0], 0, 0)], None, pad_yx, bead_diameter_um, saturation)
+            bead = alone[0]
+            # its light: the defocused disc at the plane farthest from its focus, and two Airy diameters round it
+            focus = int(np.argmax(data[:, bead.y_px, bead.x_px]))
+            depth = max(focus, len(data) - 1 - focus) * z_step_um
+            reach_px = (depth * cone_tan(optics.n_medium, optics.na) + 2.44 * optics.wavelength_um / optics.na) / pixel_um
+            size = 2 * int(math.ceil(reach_px))
+            if size >= min(ny, nx):
+                return _stack_views(data, valid, optics, pixel_um, z_step_um, [(bead, 0, 0)], None, pad_yx, bead_diameter_um, saturation)
+            y0, x0 = int(np.clip(bead.y_px - size // 2, 0, ny - size)), int(np.clip(bead.x_px - size // 2, 0, nx - size))
+            return _stack_views(data, valid, optics, pixel_um, z_step_um, [(bead, y0, x0)], size, pad_yx, bead_diameter_um, saturation)
     crop = crop_px if crop_px is not None else min(BEAD_CROP_PX, ny, nx)
     beads = find_beads(data, valid, *find, crop_px=crop)
     chosen = [b for b in beads if b.isolated][:max_beads]

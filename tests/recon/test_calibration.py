@@ -441,7 +441,8 @@ def test_a_stack_of_several_beads_fits_one_pupil_to_each_bead_alone_in_its_crop(
     """The issue's "z-stack of one or more beads": the beads are found in the maximum
     projection, the pair whose crops hold each other is left out, and the two beads alone in
     their crops share one pupil (their planes are the views) that recovers the aberration. A
-    crop too wide for any bead to lie alone in it, and a stack without a bead, are refused."""
+    bead alone in a larger frame is fitted on the square that holds its light. A crop too wide
+    for any bead to lie alone in it, and a stack without a bead, are refused."""
     from nvplive.errors import NoBeadError
     from nvplive.recon.calibration import bead_stack_views
 
@@ -457,6 +458,11 @@ def test_a_stack_of_several_beads_fits_one_pupil_to_each_bead_alone_in_its_crop(
     with pytest.raises(NoBeadError, match=r"beads at pixels \(y, x\) \(18, 20\), \(60, 58\), \(20, 58\), \(20, 70\) each have "
                                           r"another bead .* within a 64×64 crop"):
         bead_stack_views(stack, optics, 0.1, 0.4)  # several beads: the default crop of 64 holds them all
+    # a bead alone in a larger frame: the square that holds its light (its disc at 1.2–1.6 µm and the spot round it)
+    lone = np.random.default_rng(1).poisson(100.0, (7, 120, 120)).astype(np.uint16)
+    lone[:, :40, :40] = stack[:, :40, :40]
+    views = bead_stack_views(lone, optics, 0.1, 0.4)
+    assert len(views.beads) == 1 and views.crop_px is not None and 40 <= views.crop_px <= 64, views.describe()
     with pytest.raises(NoBeadError, match="no bead stands out of the noise"):
         bead_stack_views(np.random.default_rng(0).poisson(100.0, (5, 40, 40)).astype(np.uint16), optics, 0.1, 0.4)
 

@@ -28,7 +28,7 @@ import useq
 
 from nvplive.errors import AcquisitionError
 from nvplive.recon.calibration import StackCalibration, calibrate_bead_stack
-from nvplive.recon.optics import Optics
+from nvplive.recon.optics import Optics, full_scale
 from nvplive.recon.progress import MAX_BEADS, STACK_ITERATIONS, CalibrationProgress
 from nvplive.recon.pupil import PupilParameters
 
@@ -217,7 +217,7 @@ def _auto_exposure(
 ) -> float:
     """An exposure (ms) that fills the camera to about :data:`AUTO_EXPOSURE_FILL` at the bead's
     focus: probe frames there (one-plane MDAs), halving the exposure while they saturate."""
-    full = float(2 ** int(info.camera_model.bit_depth) - 1)
+    full = float(full_scale(info.camera_model.bit_depth))
     exposure = float(info.exposure_ms)
     offset = float(info.camera_model.offset)
     for _ in range(AUTO_EXPOSURE_PROBES):

@@ -33,7 +33,7 @@ from pymmcore_plus.experimental.unicore import SimpleCameraDevice, StageDevice, 
 
 from nvplive.errors import AcquisitionError
 from nvplive.recon.capacity import check_memory
-from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.optics import Optics, VolumeGeometry, full_scale
 from nvplive.recon.simulate import CameraModel, Instrument, PartialCoherence, Simulator, camera_noise, default_sources
 
 from .instrument import BIT_DEPTH_PROPERTY
@@ -508,7 +508,7 @@ class SimulatedFDTCamera(SimpleCameraDevice):
                 raise CameraFault(self._fail_message)
             self._fail_countdown -= 1
         frame, info = self.scene.render(exposure_ms=self._exposure_ms, binning=self._binning)
-        np.minimum(frame, 2 ** self.get_bit_depth() - 1, out=buffer)
+        np.minimum(frame, full_scale(self.get_bit_depth()), out=buffer)
         self.frames_snapped += 1
         remaining = self._exposure_ms / 1000.0 - (time.perf_counter() - start)
         if remaining > 0:

@@ -21,7 +21,7 @@ import numpy as np
 
 from nvplive import __version__
 from nvplive.errors import GeometryError, RecordingError
-from nvplive.recon.optics import Optics, VolumeGeometry
+from nvplive.recon.optics import Optics, VolumeGeometry, full_scale
 
 from .ome import ome_xml
 from .schema import CameraSection, GroundTruthEntry, InstrumentSection, RecordingHeader, TimepointEntry, VolumeEntry, validate
@@ -222,7 +222,7 @@ class CameraSettings:
     @property
     def saturation_level(self) -> int:
         """The largest count the camera can report (``2**bit_depth − 1``)."""
-        return 2**self.bit_depth - 1
+        return full_scale(self.bit_depth)
 
     def to_dict(self) -> dict:
         """The camera section of ``recording.json``."""

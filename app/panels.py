@@ -21,6 +21,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from nvplive.acquisition.instrument import InstrumentState
 from nvplive.acquisition.live import CONTINUOUS_TIMEPOINTS
 from nvplive.recon.methods import METHOD_LABELS, METHODS
+from nvplive.recon.optics import full_scale
 
 from . import style
 from .model import (
@@ -323,7 +324,7 @@ class AcquisitionPanel(QtWidgets.QWidget):
         else:
             pixel = f"{state.pixel_size_um:.4g} µm ({state.pixel_size_config}, binning {state.binning})"
         self.pixel_label.setText(pixel)
-        self.bit_depth_label.setText(f"{state.bit_depth} bit (saturates at {2**state.bit_depth - 1})")
+        self.bit_depth_label.setText(f"{state.bit_depth} bit (saturates at {full_scale(state.bit_depth)})")
         self.trigger_label.setText("hardware (one triggered sequence per timepoint)" if state.hardware_triggered
                                    else "software (switch and snap per view)")
 

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from nvplive.errors import NoBeadError, ReconstructionError
 
-from .optics import Optics, VolumeGeometry
+from .optics import Optics, VolumeGeometry, full_scale
 from .physics import (
     SOURCE_EDGE_WIDTH,
     ForwardModel,
@@ -1135,7 +1135,7 @@ def full_scale_counts(stack: np.ndarray, bit_depth: int | None = None) -> float 
         return float(np.iinfo(data.dtype).max) if np.issubdtype(data.dtype, np.integer) else None
     if int(bit_depth) < 1 or (np.issubdtype(data.dtype, np.integer) and int(bit_depth) > np.iinfo(data.dtype).bits):
         raise ValueError(f"a camera of {bit_depth} bits cannot have written {data.dtype} frames")
-    full = float(2 ** int(bit_depth) - 1)
+    full = float(full_scale(bit_depth))
     top = float(data.max()) if data.size else 0.0
     if top > full:
         raise ValueError(f"the frames hold counts up to {top:g}, above the full scale {full:g} of a camera of {bit_depth} bits")

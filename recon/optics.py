@@ -26,6 +26,12 @@ DEFAULT_SOURCE_NA_FRACTION = 0.95
 _FIELD_NYQUIST_MARGIN = 0.98
 
 
+def full_scale(bit_depth: int) -> int:
+    """The largest count a camera of ``bit_depth`` significant bits reports, ``2**bit_depth − 1``
+    (a 12-bit camera stores at most 4095, also in 16-bit words): where its pixels saturate."""
+    return 2 ** int(bit_depth) - 1
+
+
 @dataclass(frozen=True)
 class Optics:
     """Microscope optics.

@@ -22,7 +22,7 @@ import torch
 
 from nvplive.errors import GeometryError
 
-from .optics import Optics, VolumeGeometry
+from .optics import Optics, VolumeGeometry, full_scale
 from .physics import ForwardModel, camera_intensity, multislice, pupil_on_grid
 from .pupil import PupilParameters, noll_to_nm
 
@@ -417,4 +417,4 @@ def camera_noise(expected: np.ndarray, camera: CameraModel, rng: np.random.Gener
     """``offset + Poisson(gain·I) + N(0, read_noise²)``, clipped and quantised to uint16."""
     signal = rng.poisson(np.clip(camera.gain * expected, 0, None)).astype(np.float64)
     noisy = camera.offset + signal + rng.normal(0.0, camera.read_noise, size=expected.shape)
-    return np.clip(np.rint(noisy), 0, 2**camera.bit_depth - 1).astype(np.uint16)
+    return np.clip(np.rint(noisy), 0, full_scale(camera.bit_depth)).astype(np.uint16)

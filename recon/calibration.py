@@ -1028,7 +1028,8 @@ def find_beads(
     """The beads of a z-stack ``[Z, Y, X]`` (counts): the peaks of its maximum projection over z,
     brightest first.
 
-    Defective pixels (``valid`` False) read their plane's median. The projection is smoothed
+    Pixels that carry no image (``valid`` False: hot or dead; a saturated pixel carries the
+    bead's light) read their plane's median. The projection is smoothed
     by a Gaussian of the in-focus spot's width (σ = 0.21·λ/NA, the Airy core's) and its local
     maxima within the Airy diameter ``1.22·λ/NA`` that stand :data:`BEAD_MIN_SNR` robust
     standard deviations above its median are peaks; those of at least :data:`BEAD_BRIGHTNESS`
@@ -1182,8 +1183,9 @@ def bead_stack_views(
     bad = defective_pixels(data, peak_ratio=sharpest_peak_ratio(optics.wavelength_um, optics.na, pixel_um), saturation=saturation)
     valid = ~bad
     find = (optics.wavelength_um, optics.na, pixel_um)
+    lit = valid if saturation is None else valid | (data >= saturation)  # a clipped peak is still the bead's light
     if crop_px is None:
-        alone = find_beads(data, valid, *find, crop_px=2 * max(ny, nx))
+        alone = find_beads(data, lit, *find, crop_px=2 * max(ny, nx))
         if len(alone) == 1 and alone[0].isolated:
             bead = alone[0]
             # its light: the defocused disc at the plane farthest from its focus, and two Airy diameters round it
@@ -1196,7 +1198,7 @@ def bead_stack_views(
             y0, x0 = int(np.clip(bead.y_px - size // 2, 0, ny - size)), int(np.clip(bead.x_px - size // 2, 0, nx - size))
             return _stack_views(data, valid, optics, pixel_um, z_step_um, [(bead, y0, x0)], size, pad_yx, bead_diameter_um, saturation)
     crop = crop_px if crop_px is not None else min(BEAD_CROP_PX, ny, nx)
-    beads = find_beads(data, valid, *find, crop_px=crop)
+    beads = find_beads(data, lit, *find, crop_px=crop)
     chosen = [b for b in beads if b.isolated][:max_beads]
     if not chosen:
         where = ", ".join(f"({b.y_px}, {b.x_px})" for b in beads)

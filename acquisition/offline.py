@@ -540,10 +540,16 @@ def calibrate_recording(
 STACK_KEYS = ("wavelength_um", "na", "n_medium", "pixel_size_um", "z_step_um")
 
 
-#: Lengths in OME-XML units, in µm (``PhysicalSizeXUnit`` and the like; µm when absent).
-_OME_UNITS_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3, "pm": 1e-6}
-#: ImageJ's spellings of a micrometre (its ``unit``).
-_IMAGEJ_MICRONS = {"micron", "microns", "um", "µm", "\u03bcm"}
+#: Lengths in OME-XML and ImageJ units, in µm (OME's ``PhysicalSizeXUnit`` and the like, µm when
+#: absent; ImageJ's ``unit``/``zunit``, lower case, its escaped ``\\u00B5m`` read as µm).
+_UNITS_UM = {"m": 1e6, "dm": 1e5, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
+             "nm": 1e-3, "å": 1e-4, "pm": 1e-6}
+
+
+def _unit_um(unit: Any) -> float | None:
+    """µm per ``unit`` (:data:`_UNITS_UM`), None for a unit that is no length (ImageJ's ``pixel``)."""
+    text = str(unit).strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ").replace("\u03bc", "µ").lower()
+    return _UNITS_UM.get(text)
 
 
 def _positive(value: Any) -> float | None:
@@ -582,7 +588,7 @@ def tiff_stated(tif: Any) -> dict[str, tuple[float, str]]:
                 stated["bit_depth"] = (int(bits), "its OME metadata (SignificantBits)")
             sizes = {}
             for axis in "XYZ":
-                size, scale = _positive(pixels.get(f"PhysicalSize{axis}")), _OME_UNITS_UM.get(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+                size, scale = _positive(pixels.get(f"PhysicalSize{axis}")), _unit_um(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
                 if size is not None and scale is not None:
                     sizes[axis] = size * scale
             if "X" in sizes and "Y" in sizes and not math.isclose(sizes["X"], sizes["Y"], rel_tol=RELATIVE_TOLERANCE):
@@ -603,16 +609,23 @@ def tiff_stated(tif: Any) -> dict[str, tuple[float, str]]:
             if key not in stated and value is not None:
                 stated[key] = (value, f"its Micro-Manager metadata ({name})")
     imagej = tif.imagej_metadata if tif.is_imagej else None
-    if isinstance(imagej, dict) and str(imagej.get("unit", "")).strip().lower() in _IMAGEJ_MICRONS:
-        resolution = tif.pages[0].tags.get("XResolution")
-        if "pixel_size_um" not in stated and resolution is not None:
-            numerator, denominator = resolution.value
-            per_um = _positive(numerator / denominator) if denominator else None
-            if per_um is not None:
-                stated["pixel_size_um"] = (1.0 / per_um, "its ImageJ metadata (XResolution, microns)")
+    scale = _unit_um(imagej.get("unit", "")) if isinstance(imagej, dict) else None
+    if isinstance(imagej, dict) and scale is not None:
+        sizes = []
+        for name in ("XResolution", "YResolution"):  # pixels per unit
+            tag = tif.pages[0].tags.get(name)
+            numerator, denominator = tag.value if tag is not None else (0, 0)
+            per_unit = _positive(numerator / denominator) if denominator else None
+            sizes.append(None if per_unit is None else scale / per_unit)
+        if sizes[0] is not None and sizes[1] is not None and not math.isclose(sizes[0], sizes[1], rel_tol=RELATIVE_TOLERANCE):
+            raise RecordingError(f"its ImageJ metadata states pixels of {sizes[0]:g} × {sizes[1]:g} µm (X × Y); "
+                                 "a bead z-stack's pixels must be square.")
+        if "pixel_size_um" not in stated and sizes[0] is not None:
+            stated["pixel_size_um"] = (sizes[0], "its ImageJ metadata (XResolution)")
+        z_scale = _unit_um(imagej.get("zunit", imagej["unit"]))
         spacing = _positive(imagej.get("spacing"))
-        if "z_step_um" not in stated and spacing is not None:
-            stated["z_step_um"] = (spacing, "its ImageJ metadata (spacing, microns)")
+        if "z_step_um" not in stated and spacing is not None and z_scale is not None:
+            stated["z_step_um"] = (spacing * z_scale, "its ImageJ metadata (spacing)")
     return stated
 
 

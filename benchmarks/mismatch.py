@@ -129,7 +129,7 @@ def stack_calibration(geometry_name: str, instrument_name: str, seed: int = 0, b
     ``bead_diameter_um`` (the reconstruction's, as a user gives both the same)."""
     from nvplive.acquisition.bead_stack import AUTO_EXPOSURE_FILL
     from nvplive.recon.calibration import calibrate_bead_stack
-    from nvplive.recon.optics import VolumeGeometry
+    from nvplive.recon.optics import VolumeGeometry, full_scale
     from nvplive.recon.simulate import CameraModel, PartialCoherence, Simulator
 
     g = GEOMETRIES[geometry_name]
@@ -146,9 +146,9 @@ def stack_calibration(geometry_name: str, instrument_name: str, seed: int = 0, b
     empty = np.zeros(geometry.shape_zyx, np.float32)
     # the exposure the app's automatic exposure picks: the in-focus peak at AUTO_EXPOSURE_FILL
     # of the camera's range (a saturated stack hides the peak the pupil's amplitude shapes)
-    full_scale = 2**sim.camera.bit_depth - 1 - sim.camera.offset
+    span = full_scale(sim.camera.bit_depth) - sim.camera.offset
     peak = float((sim.expected(empty) - sim.background[:, None, None]).max()) * sim.camera.gain
-    sim.relative_brightness = sim.relative_brightness * AUTO_EXPOSURE_FILL * full_scale / peak
+    sim.relative_brightness = sim.relative_brightness * AUTO_EXPOSURE_FILL * span / peak
     stack = sim.frames(empty, np.random.default_rng(seed))
     return calibrate_bead_stack(stack, optics, dx, STACK_STEP_UM, z_direction=1, bead_diameter_um=bead_diameter_um)
 

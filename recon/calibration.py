@@ -998,11 +998,15 @@ def stack_model(
 #: A peak of a bead z-stack's maximum projection is a bead to fit when it reaches this fraction of the
 #: brightest peak's height above the background (fainter beads add little but their neighbours' light).
 BEAD_BRIGHTNESS = 0.25
-#: A peak inside a bead's crop that reaches this fraction of the bead's own height is a second bead in
-#: the crop (the first dark ring of an in-focus bead stays near 0.05 on the measured stack).
+#: A peak that reaches this fraction of a bead's own height is another bead to keep out of its crop
+#: (the first dark ring of an in-focus bead stays near 0.05 on the measured stack).
 NEIGHBOUR_BRIGHTNESS = 0.1
 #: A peak of the maximum projection must stand this many robust standard deviations above its background.
 BEAD_MIN_SNR = 10.0
+#: A bead's light changes through focus: a peak whose brightest plane is less than this many times its
+#: dimmest (above each plane's median), in height and in how much of its light the peak holds, is the
+#: same in every plane (a hot pixel cluster), not a bead; a bead ±0.8 µm about focus at NA 0.8 changes 1.45×.
+BEAD_Z_CONTRAST = 1.2
 
 
 @dataclass(frozen=True)
@@ -1012,40 +1016,54 @@ class Bead:
     Attributes:
         y_px, x_px: its peak (pixel indices of the stack's frames).
         height: the smoothed projection's height there above its median (counts).
-        isolated: no other peak of at least :data:`NEIGHBOUR_BRIGHTNESS` of its height lies in
-            its crop, and its in-focus spot lies inside the frame.
+        focus_plane: the plane of its brightest pixel within an Airy diameter (its focus, or the
+            stack's end nearest it).
+        saturated: a pixel within the Airy diameter of the peak is at the camera's full scale in some plane.
     """
 
     y_px: int
     x_px: int
     height: float
-    isolated: bool
+    focus_plane: int
+    saturated: bool = False
+
+
+def airy_diameter_px(wavelength_um: float, na: float, pixel_um: float) -> float:
+    """The Airy disc's diameter ``1.22·λ/NA`` in pixels: the in-focus spot of a point source."""
+    return 1.22 * wavelength_um / na / pixel_um
 
 
 def find_beads(
-    stack: np.ndarray, valid: np.ndarray, wavelength_um: float, na: float, pixel_um: float, crop_px: int,
+    stack: np.ndarray, valid: np.ndarray, wavelength_um: float, na: float, pixel_um: float,
+    saturated: np.ndarray | None = None,
 ) -> list[Bead]:
-    """The beads of a z-stack ``[Z, Y, X]`` (counts): the peaks of its maximum projection over z,
-    brightest first.
+    """The beads of a z-stack ``[Z, Y, X]`` (counts): the peaks of its maximum projection over z
+    whose light changes through focus, brightest first.
 
-    Pixels that carry no image (``valid`` False: hot or dead; a saturated pixel carries the
-    bead's light) read their plane's median. The projection is smoothed
-    by a Gaussian of the in-focus spot's width (σ = 0.21·λ/NA, the Airy core's) and its local
-    maxima within the Airy diameter ``1.22·λ/NA`` that stand :data:`BEAD_MIN_SNR` robust
-    standard deviations above its median are peaks; those of at least :data:`BEAD_BRIGHTNESS`
-    of the highest are beads. A bead is ``isolated`` when no other peak of at least
-    :data:`NEIGHBOUR_BRIGHTNESS` of its height lies within ``crop_px / 2`` plus the Airy
-    diameter of it (per axis), and its spot lies at least that diameter inside the frame. A
-    defocused bead's rings are no peaks: they fall inside the Airy diameter or below a tenth of
-    the bead (BENCHMARKS.md, "Beads of one stack").
+    Pixels that carry no image (``valid`` False: hot or dead) read their plane's median;
+    ``saturated`` ``[Z, Y, X]`` marks pixels at the full scale, which keep their count (the
+    bead's light) and mark the bead ``saturated``. The projection is smoothed by a Gaussian of
+    the in-focus spot's width (σ = 0.21·λ/NA, the Airy core's); its local maxima within the
+    Airy diameter (:func:`airy_diameter_px`) that stand :data:`BEAD_MIN_SNR` robust standard
+    deviations above its median are peaks, and a peak whose 3×3 sum above each plane's
+    median, or that sum's share of the light within an Airy diameter, changes by at least
+    :data:`BEAD_Z_CONTRAST` times between planes is a bead (a cluster of hot pixels is the
+    same in every plane; a bead clipped at an unknown full scale still spreads); a peak clipped at the full
+    scale is a bead unless it is clipped in every plane (a stuck pixel, or a bead so
+    overexposed that it cannot serve). A defocused bead's rings are
+    no beads: they fall within the Airy diameter of its peak or far below it
+    (BENCHMARKS.md, "Beads of one stack"); which beads to fit is :func:`bead_stack_views`'s.
 
     Raises:
-        NoBeadError: no peak stands out of the noise (a dark or empty stack).
+        NoBeadError: no peak stands out of the noise (a dark or empty stack), or none changes
+            through focus.
     """
     data = np.asarray(stack, dtype=np.float64)
     median = np.array([np.median(p[v]) if v.any() else np.median(p) for p, v in zip(data, valid)])
-    projection = np.where(valid, data, median[:, None, None]).max(axis=0)
-    spot_px = 1.22 * wavelength_um / na / pixel_um
+    lit = valid if saturated is None else valid | saturated
+    filled = np.where(lit, data, median[:, None, None])
+    projection = filled.max(axis=0)
+    spot_px = airy_diameter_px(wavelength_um, na, pixel_um)
     smooth = ndimage.gaussian_filter(projection, max(0.17 * spot_px, 0.5), mode="nearest")
     floor = float(np.median(smooth))
     noise = max(robust_sigma(smooth - floor), 1e-12)
@@ -1057,19 +1075,35 @@ def find_beads(
             f"no bead stands out of the noise in the stack's maximum projection (its brightest spot is "
             f"{(smooth.max() - floor) / noise:.1f} robust standard deviations above the median, a bead needs {BEAD_MIN_SNR:g})."
         )
-    heights = smooth[ys, xs] - floor
-    order = np.argsort(-heights)
-    ys, xs, heights = ys[order], xs[order], heights[order]
-    ny, nx = projection.shape
-    window = crop_px // 2 + reach
-    beads = []
-    for y, x, h in zip(ys, xs, heights):
-        if h < BEAD_BRIGHTNESS * heights[0]:
-            break
-        near = (np.maximum(np.abs(ys - y), np.abs(xs - x)) <= window) & (heights >= NEIGHBOUR_BRIGHTNESS * h)
-        inside = reach <= y < ny - reach and reach <= x < nx - reach
-        beads.append(Bead(int(y), int(x), float(h), bool(near.sum() == 1 and inside)))
-    return beads
+    above = filled - median[:, None, None]
+    beads, flat = [], []
+    for y, x in zip(ys, xs):
+        profile = above[:, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2].sum(axis=(1, 2))
+        spread = above[:, max(y - reach, 0) : y + reach + 1, max(x - reach, 0) : x + reach + 1].sum(axis=(1, 2))
+        share = profile[spread > 0] / spread[spread > 0]  # of its light near the peak, the part in the peak's 3×3
+        core = None if saturated is None else saturated[:, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2].any(axis=(1, 2))
+        # its peak, or how much of its light the peak holds, changes through focus; a clipped peak cannot show it
+        # unless it is clipped in every plane (a stuck pixel)
+        focusing = profile.max() >= BEAD_Z_CONTRAST * max(float(profile.min()), 0.0) or (
+            len(share) > 1 and share.max() >= BEAD_Z_CONTRAST * max(float(share.min()), 1e-12))
+        if core is not None and core.any():
+            focusing = not core.all()
+        if not focusing:
+            flat.append((int(y), int(x)))
+            continue
+        clipped = saturated is not None and bool(
+            saturated[:, max(y - reach, 0) : y + reach + 1, max(x - reach, 0) : x + reach + 1].any())
+        box = filled[:, max(y - reach, 0) : y + reach + 1, max(x - reach, 0) : x + reach + 1]
+        focus = int(np.argmax(box.reshape(len(box), -1).max(axis=1)))  # the plane of its brightest pixel
+        beads.append(Bead(int(y), int(x), float(smooth[y, x] - floor), focus, clipped))
+    if not beads:
+        where = ", ".join(f"({y}, {x})" for y, x in flat[:5])
+        raise NoBeadError(
+            f"no bead in the stack: its brightest spots, at pixels (y, x) {where}, are as bright in every plane "
+            f"(less than {BEAD_Z_CONTRAST:g}× from their dimmest plane to their brightest), as hot pixels are and a bead "
+            "through focus is not; a stack for the pupil needs the bead defocused by a few µm on either side."
+        )
+    return sorted(beads, key=lambda b: -b.height)
 
 
 @dataclass(frozen=True)
@@ -1151,23 +1185,30 @@ def bead_stack_views(
 
     Defective pixels (:func:`defective_pixels`; saturated at :func:`full_scale_counts` of the
     camera's ``bit_depth``, None: the integer type's maximum) are found on the whole stack, then
-    the beads (:func:`find_beads`). Without ``crop_px``, a bead alone in the frame (no other
-    peak of :data:`NEIGHBOUR_BRIGHTNESS` of its height) is fitted on the whole frame, or on the
-    square around it that holds its light where the frame is larger: its defocused disc at the
-    plane farthest from its focus (``depth·tan θ_NA``) and two Airy diameters round it; with
-    ``crop_px``, or when the frame holds several beads (then :data:`BEAD_CROP_PX`, or the frame
-    where smaller), the ``max_beads`` brightest isolated beads are each fitted on the crop
-    around them (clipped to the frame) and share the pupil: every plane of every bead is a view.
-    Each bead's brightest plane is its defocus 0 and its centroid there its lateral start. The
-    renderers (emission band when ``optics.emission_fwhm_um`` > 0, at :data:`EMISSION_SAMPLES`
+    the beads (:func:`find_beads`); those of at least :data:`BEAD_BRIGHTNESS` of the brightest's
+    height are the candidates. Without ``crop_px`` and with one candidate, it is fitted on the
+    whole frame, or on the square around it that holds its light where the frame is larger:
+    its defocused disc at the plane farthest from its focus (``depth·tan θ_NA``) and two Airy
+    diameters round it. With ``crop_px``, or with several candidates (then :data:`BEAD_CROP_PX`,
+    or the frame where smaller), each candidate is fitted on the crop around it (clipped to the
+    frame) when its spot lies inside the frame and no other bead of :data:`NEIGHBOUR_BRIGHTNESS`
+    of its height lies within an Airy diameter of that crop; the ``max_beads`` first of those,
+    unsaturated ones first, then those focused inside the stack, then the brightest, share the
+    pupil: every plane of every bead is a view. In every crop the defocused discs of the other
+    beads of :data:`NEIGHBOUR_BRIGHTNESS` of its height (radius ``|Δz|·tan θ_NA`` plus an Airy
+    diameter in each plane) are left out of the fit, as defective pixels are. Each bead's
+    brightest plane is its defocus 0 and its centroid there its lateral start. The renderers
+    (emission band when ``optics.emission_fwhm_um`` > 0, at :data:`EMISSION_SAMPLES`
     wavelengths, :func:`.simulate.band_renderers`) image beads of ``bead_diameter_um``; the
     pixel noise (:func:`camera_noise`) is that beyond the band of the shortest wavelength.
 
     Raises:
         ValueError: for a stack that is not 3D, a non-positive step or pixel size, a crop
-            larger than the frame or ``max_beads`` < 1, a ``bit_depth`` the stack's integer type
-            cannot hold, a stack whose projection shows no bead, or beads none of which
-            lies alone in its crop (the message names them and the crop); all before any renderer is built.
+            larger than the frame, ``max_beads`` < 1, or a ``bit_depth`` the stack's integer
+            type cannot hold.
+        NoBeadError: no bead in the stack (:func:`find_beads`), or none alone in its crop (the
+            message says why for each, and the crop that would hold one alone); all before any
+            renderer is built.
     """
     data = np.asarray(stack, dtype=np.float64)
     if data.ndim != 3 or len(data) < 2:
@@ -1182,50 +1223,82 @@ def bead_stack_views(
     saturation = full_scale_counts(stack, bit_depth)
     bad = defective_pixels(data, peak_ratio=sharpest_peak_ratio(optics.wavelength_um, optics.na, pixel_um), saturation=saturation)
     valid = ~bad
-    find = (optics.wavelength_um, optics.na, pixel_um)
-    lit = valid if saturation is None else valid | (data >= saturation)  # a clipped peak is still the bead's light
-    if crop_px is None:
-        alone = find_beads(data, lit, *find, crop_px=2 * max(ny, nx))
-        if len(alone) == 1 and alone[0].isolated:
-            bead = alone[0]
-            # its light: the defocused disc at the plane farthest from its focus, and two Airy diameters round it
-            focus = int(np.argmax(data[:, bead.y_px, bead.x_px]))
-            depth = max(focus, len(data) - 1 - focus) * z_step_um
-            reach_px = (depth * cone_tan(optics.n_medium, optics.na) + 2.44 * optics.wavelength_um / optics.na) / pixel_um
-            size = 2 * int(math.ceil(reach_px))
-            if size >= min(ny, nx):
-                return _stack_views(data, valid, optics, pixel_um, z_step_um, [(bead, 0, 0)], None, pad_yx, bead_diameter_um, saturation)
-            y0, x0 = int(np.clip(bead.y_px - size // 2, 0, ny - size)), int(np.clip(bead.x_px - size // 2, 0, nx - size))
-            return _stack_views(data, valid, optics, pixel_um, z_step_um, [(bead, y0, x0)], size, pad_yx, bead_diameter_um, saturation)
+    clipped = None if saturation is None else data >= saturation
+    beads = find_beads(data, valid if clipped is None else valid & ~clipped, optics.wavelength_um, optics.na, pixel_um,
+                       saturated=clipped)
+    reach = max(int(math.ceil(airy_diameter_px(optics.wavelength_um, optics.na, pixel_um))), 1)
+    tan = cone_tan(optics.n_medium, optics.na)
+    candidates = [b for b in beads if b.height >= BEAD_BRIGHTNESS * beads[0].height]
+
+    def neighbours(bead: Bead) -> list[Bead]:
+        return [n for n in beads if n is not bead and n.height >= NEIGHBOUR_BRIGHTNESS * bead.height]
+
+    def window(bead: Bead, size: int) -> tuple[int, int]:
+        return int(np.clip(bead.y_px - size // 2, 0, ny - size)), int(np.clip(bead.x_px - size // 2, 0, nx - size))
+
+    masks = (z_step_um * tan / pixel_um, reach)  # a neighbour's disc: its defocus times tan θ, plus the Airy diameter
+    if crop_px is None and len(candidates) == 1:
+        bead = candidates[0]
+        # its light: the defocused disc at the plane farthest from its focus, and two Airy diameters round it
+        depth = max(bead.focus_plane, len(data) - 1 - bead.focus_plane) * z_step_um
+        size = 2 * int(math.ceil(depth * tan / pixel_um + 2 * reach))
+        if size >= min(ny, nx):
+            return _stack_views(data, valid, optics, pixel_um, z_step_um, [(bead, 0, 0, neighbours(bead))], None, pad_yx,
+                                bead_diameter_um, saturation, masks)
+        return _stack_views(data, valid, optics, pixel_um, z_step_um, [(bead, *window(bead, size), neighbours(bead))], size, pad_yx,
+                            bead_diameter_um, saturation, masks)
     crop = crop_px if crop_px is not None else min(BEAD_CROP_PX, ny, nx)
-    beads = find_beads(data, lit, *find, crop_px=crop)
-    chosen = [b for b in beads if b.isolated][:max_beads]
-    if not chosen:
-        where = ", ".join(f"({b.y_px}, {b.x_px})" for b in beads)
+    usable, reasons = [], []
+    for bead in candidates:
+        y0, x0 = window(bead, crop)
+        inside = reach <= bead.y_px < ny - reach and reach <= bead.x_px < nx - reach
+        intruders = [n for n in neighbours(bead)
+                     if y0 - reach <= n.y_px < y0 + crop + reach and x0 - reach <= n.x_px < x0 + crop + reach]
+        if not inside:
+            reasons.append(f"({bead.y_px}, {bead.x_px}) lies at the frame's edge")
+        elif intruders:
+            others = neighbours(bead)
+            nearest = min(max(abs(n.y_px - bead.y_px), abs(n.x_px - bead.x_px)) for n in others)
+            alone = 2 * (nearest - reach - 1)
+            reasons.append(f"({bead.y_px}, {bead.x_px}) has a bead at ({intruders[0].y_px}, {intruders[0].x_px}) in its crop"
+                           + (f" (a crop of {alone} would hold it alone)" if alone >= 2 * reach else ""))
+        else:
+            usable.append((bead, y0, x0, neighbours(bead)))
+    if not usable:
+        given = f"--crop {crop}" if crop_px is not None else f"the default crop of {crop}" + (
+            " (clipped to the frame)" if crop < BEAD_CROP_PX else "")
         raise NoBeadError(
-            f"the stack's beads at pixels (y, x) {where} each have another bead (or their own image cut by the frame's edge) "
-            f"within a {crop}×{crop} crop: give a smaller crop, or take the stack where a bead lies alone."
+            f"no bead of the stack lies alone in a {crop}×{crop} crop ({given}): {'; '.join(reasons)}. Give a crop "
+            "(--crop N) that holds a bead alone, or take the stack where one lies alone."
         )
-    windows = [(b, int(np.clip(b.y_px - crop // 2, 0, ny - crop)), int(np.clip(b.x_px - crop // 2, 0, nx - crop))) for b in chosen]
-    return _stack_views(data, valid, optics, pixel_um, z_step_um, windows, crop, pad_yx, bead_diameter_um, saturation)
+    # unsaturated beads first (a clipped peak blurs the pupil's amplitude), then those whose focus lies inside the stack
+    usable.sort(key=lambda u: (u[0].saturated, u[0].focus_plane in (0, len(data) - 1), -u[0].height))
+    return _stack_views(data, valid, optics, pixel_um, z_step_um, usable[:max_beads], crop, pad_yx, bead_diameter_um, saturation,
+                        masks)
 
 
 def _stack_views(
     data: np.ndarray, valid: np.ndarray, optics: Optics, pixel_um: float, z_step_um: float,
-    windows: list[tuple[Bead, int, int]], crop_px: int | None, pad_yx: tuple[int, int] | None, bead_diameter_um: float,
-    saturation: float | None,
+    windows: list[tuple[Bead, int, int, list[Bead]]], crop_px: int | None, pad_yx: tuple[int, int] | None, bead_diameter_um: float,
+    saturation: float | None, disc: tuple[float, float],
 ) -> StackViews:
-    """:class:`StackViews` of the beads in ``windows`` (bead, top row, left column of its crop of
-    ``crop_px`` pixels per side; None: the whole frame) (:func:`bead_stack_views`)."""
+    """:class:`StackViews` of the beads in ``windows`` (bead, top row and left column of its crop
+    of ``crop_px`` pixels per side, None: the whole frame, and the other beads whose defocused
+    discs are left out of it: in each plane the pixels within ``disc[0]·|Δplane| + disc[1]``
+    pixels of them) (:func:`bead_stack_views`)."""
     n, ny, nx = data.shape
     sy, sx = (ny, nx) if crop_px is None else (crop_px, crop_px)
-    spot = 2.44 * optics.wavelength_um / optics.na / pixel_um  # two Airy radii: the bead's in-focus spot
+    spot = 2 * airy_diameter_px(optics.wavelength_um, optics.na, pixel_um)  # the bead's in-focus spot and its first rings
     ys, xs = (np.arange(sy) - sy / 2) * pixel_um, (np.arange(sx) - sx / 2) * pixel_um
     frames, masks, steps, centres = [], [], [], []
-    for bead, y0, x0 in windows:
-        crop, ok = data[:, y0 : y0 + sy, x0 : x0 + sx], valid[:, y0 : y0 + sy, x0 : x0 + sx]
-        near = np.hypot(np.arange(sy)[:, None] - (bead.y_px - y0), np.arange(sx)[None, :] - (bead.x_px - x0)) <= spot
-        best = int(np.argmax([p[near & v].max() if (near & v).any() else -np.inf for p, v in zip(crop, ok)]))
+    for bead, y0, x0, others in windows:
+        crop, ok = data[:, y0 : y0 + sy, x0 : x0 + sx], valid[:, y0 : y0 + sy, x0 : x0 + sx].copy()
+        rows, cols = np.arange(sy)[:, None] + y0, np.arange(sx)[None, :] + x0
+        for other in others:
+            radius = disc[0] * np.abs(np.arange(n) - other.focus_plane) + disc[1]
+            ok &= np.hypot(rows - other.y_px, cols - other.x_px)[None] > radius[:, None, None]
+        near = np.hypot(rows - bead.y_px, cols - bead.x_px) <= spot
+        best = bead.focus_plane
         plane = np.where(near & ok[best], crop[best] - np.median(crop[best][ok[best]]), 0.0).clip(0)
         total = plane.sum()
         cy = float((plane.sum(1) * ys).sum() / total) if total > 0 else float(ys[bead.y_px - y0])
@@ -1247,7 +1320,7 @@ def _stack_views(
     except ValueError:  # pixels too coarse to leave frequencies beyond the band, frames too small
         noise = None
     saturated = 0 if saturation is None else int((frames_all >= saturation).sum())
-    return StackViews(model, band, frames_all, valid_all, defocus, np.concatenate(centres), tuple(b for b, _, _ in windows),
+    return StackViews(model, band, frames_all, valid_all, defocus, np.concatenate(centres), tuple(w[0] for w in windows),
                       crop_px, noise, saturated)
 
 

@@ -181,6 +181,15 @@ def test_a_stack_files_pixel_size_and_z_step_are_the_tiffs_own(tmp_path):
     with tifffile.TiffFile(tmp_path / "imagej.tif") as tif:
         stated = tiff_stated(tif)
     assert stated["pixel_size_um"][0] == pytest.approx(0.08) and stated["z_step_um"][0] == pytest.approx(0.3)
+    # ImageJ writes µ escaped, and may give z its own unit
+    tifffile.imwrite(tmp_path / "imagej.tif", stack, imagej=True, resolution=(12.5, 12.5),
+                     metadata={"axes": "ZYX", "spacing": 400, "unit": "\\u00B5m", "zunit": "nm"})
+    with tifffile.TiffFile(tmp_path / "imagej.tif") as tif:
+        stated = tiff_stated(tif)
+    assert stated["pixel_size_um"][0] == pytest.approx(0.08) and stated["z_step_um"] == pytest.approx((0.4, "its ImageJ metadata (spacing)"))
+    tifffile.imwrite(tmp_path / "imagej.tif", stack, imagej=True, resolution=(10, 5), metadata={"axes": "ZYX", "unit": "um"})
+    with tifffile.TiffFile(tmp_path / "imagej.tif") as tif, pytest.raises(RecordingError, match=r"pixels of 0\.1 × 0\.2 µm"):
+        tiff_stated(tif)
 
     tifffile.imwrite(tmp_path / "oblong.tif", stack, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.2})
     (tmp_path / "oblong.json").write_text(json.dumps({**optics, "z_step_um": 0.4}))
